@@ -1,0 +1,118 @@
+//! `ranks`: the launcher. `ranks run -n 4 prog args` starts 4 ranked copies of `prog`.
+
+mod job;
+mod output;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit code for launcher usage errors (bad option, missing program, ...).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code when `--timeout` stopped the job.
+pub const EXIT_TIMEOUT: u8 = 124;
+
+#[derive(Parser, Debug)]
+#[command(name = "ranks", version, about = "Run ranked message-passing jobs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start N copies of PROGRAM, each with its own rank, and wait for them.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    /// Shared-memory rings (the fastest on one host).
+    Shm,
+    /// Unix-domain sockets.
+    Uds,
+}
+
+impl TransportKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportKind::Shm => "shm",
+            TransportKind::Uds => "uds",
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Number of ranks to start.
+    #[arg(short = 'n', long = "np", value_name = "N")]
+    pub np: usize,
+
+    /// Prefix every output line with the rank that printed it: `[3] ...`.
+    #[arg(long)]
+    pub tag_output: bool,
+
+    /// Stop the job after SECS seconds, naming the ranks still running (exit code 124).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+
+    /// Pass an environment variable to every rank: `-x NAME=VALUE`, or `-x NAME` to pass
+    /// the launcher's own value. May be repeated.
+    #[arg(short = 'x', value_name = "VAR[=VALUE]")]
+    pub env: Vec<String>,
+
+    /// How ranks on this host talk to each other.
+    #[arg(long, value_enum, default_value = "shm")]
+    pub transport: TransportKind,
+
+    /// The program to run (a path, or a name looked up on PATH).
+    #[arg(value_name = "PROGRAM")]
+    pub program: OsString,
+
+    /// Arguments passed to every copy of the program.
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub args: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::from(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        EXIT_USAGE
+                    } else {
+                        0
+                    },
+                );
+            }
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("ranks: error: {first} (see `ranks run --help`)");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match cli.cmd {
+        Cmd::Run(args) => match job::run(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(msg) => {
+                eprintln!("ranks: error: {msg}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+    }
+}

@@ -1,0 +1,731 @@
+//! Communicators: ranked groups of processes with typed point-to-point messaging.
+
+use std::any::type_name;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use bytemuck::Pod;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::core::{Core, State, Watch};
+use crate::engine::{Body, Msg, Pattern, RecvId, ANY_SOURCE, ANY_TAG};
+use crate::error::{Error, Result};
+use crate::wire::{Encoding, Header, HEADER_LEN};
+
+/// Largest user tag (tags are `0..=MAX_TAG`).
+pub const MAX_TAG: i32 = i32::MAX;
+
+/// Who a receive accepts messages from: a rank, or [`ANY_SOURCE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source(i32);
+
+impl From<i32> for Source {
+    fn from(v: i32) -> Self {
+        Source(v)
+    }
+}
+impl From<usize> for Source {
+    fn from(v: usize) -> Self {
+        Source(i32::try_from(v).unwrap_or(i32::MAX))
+    }
+}
+impl From<u32> for Source {
+    fn from(v: u32) -> Self {
+        Source(i32::try_from(v).unwrap_or(i32::MAX))
+    }
+}
+
+/// What arrived: who sent it, with which tag, and how many payload bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// Rank of the sender in this communicator.
+    pub source: usize,
+    pub tag: i32,
+    /// Payload size in bytes (for slices: elements times element size).
+    pub len: usize,
+}
+
+impl Status {
+    /// Number of `T` elements in a raw-slice message.
+    pub fn count<T: Pod>(&self) -> usize {
+        self.len / std::mem::size_of::<T>().max(1)
+    }
+}
+
+/// A communicator: a group of ranks and a private message space.
+#[derive(Clone)]
+pub struct Comm {
+    pub(crate) core: Arc<Core>,
+    /// Context id of point-to-point traffic; collectives use `ctx + 1`.
+    pub(crate) ctx: u32,
+    pub(crate) rank: usize,
+    /// World rank of each member.
+    pub(crate) members: Arc<[usize]>,
+}
+
+fn typecode<T>() -> u32 {
+    // FNV-1a of the type's name: cheap, stable for the primitive types slices are made of.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in type_name::<T>().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h | 1
+}
+
+impl Comm {
+    pub(crate) fn world(core: Arc<Core>) -> Comm {
+        let members: Arc<[usize]> = (0..core.size).collect();
+        Comm {
+            rank: core.rank,
+            core,
+            ctx: 0,
+            members,
+        }
+    }
+
+    /// This process's rank in the communicator, `0..size()`.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks in the communicator.
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Name of the transport in use (`shm`, `uds`, or `local` for a world of one).
+    pub fn transport(&self) -> &'static str {
+        self.core.t.name()
+    }
+
+    /// End the whole job with `code`: the launcher stops every other rank.
+    pub fn abort(&self, code: i32) -> ! {
+        eprintln!("ranks: rank {} called abort({code})", self.core.rank);
+        std::process::exit(if code == 0 { 1 } else { code })
+    }
+
+    fn peer(&self, dest: usize) -> Result<usize> {
+        self.members.get(dest).copied().ok_or(Error::InvalidRank {
+            rank: dest as i64,
+            size: self.size(),
+        })
+    }
+
+    fn check_send_tag(tag: i32) -> Result<()> {
+        if tag < 0 {
+            return Err(Error::InvalidTag(tag));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pattern(&self, ctx: u32, source: Source, tag: i32) -> Result<Pattern> {
+        let Source(src) = source;
+        if src != ANY_SOURCE && (src < 0 || src as usize >= self.size()) {
+            return Err(Error::InvalidRank {
+                rank: i64::from(src),
+                size: self.size(),
+            });
+        }
+        if tag < 0 && tag != ANY_TAG {
+            return Err(Error::InvalidTag(tag));
+        }
+        Ok(Pattern { ctx, src, tag })
+    }
+
+    fn watch_for(&self, pat: &Pattern) -> Watch<'_> {
+        if pat.src == ANY_SOURCE {
+            Watch::All(&self.members)
+        } else {
+            Watch::Peer(self.members[pat.src as usize])
+        }
+    }
+
+    // ----- sending -------------------------------------------------------------------------
+
+    /// Blocking send of raw payload bytes. Returns when the bytes are in the transport (or,
+    /// for a rendezvous, once the receiver has pulled them).
+    pub(crate) fn send_bytes(
+        &self,
+        ctx: u32,
+        dest: usize,
+        tag: i32,
+        payload: &[u8],
+        enc: Encoding,
+        typecode: u32,
+    ) -> Result<()> {
+        Self::check_send_tag(tag)?;
+        let peer = self.peer(dest)?;
+        let h = Header::data(
+            ctx,
+            self.rank as u32,
+            tag,
+            payload.len() as u64,
+            enc,
+            typecode,
+        );
+        let core = &*self.core;
+        if peer == core.rank {
+            core.lock().m.incoming(Msg {
+                ctx,
+                src: self.rank as u32,
+                tag,
+                enc,
+                typecode,
+                body: Body::Eager(payload.to_vec()),
+            });
+            return Ok(());
+        }
+        if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull() {
+            let token = {
+                let mut st = core.lock();
+                let token = core.new_token(&mut st);
+                core.send_rts(
+                    &mut st,
+                    peer,
+                    &h,
+                    token,
+                    payload.as_ptr() as u64,
+                    payload.len() as u64,
+                );
+                token
+            };
+            // `payload` stays borrowed (and so alive) until the receiver says it is done.
+            return core.wait_for(Watch::Peer(peer), |core, st| {
+                if core.take_fin(st, token) {
+                    return Ok(Some(()));
+                }
+                if core.take_nack(st, token) {
+                    let mut dh = crate::wire::Header::control(crate::wire::Kind::RtsData, token);
+                    dh.len = payload.len() as u64;
+                    core.write_frame(st, peer, &dh, payload);
+                    return Ok(Some(()));
+                }
+                Ok(None)
+            });
+        }
+        let seq = {
+            let mut st = core.lock();
+            core.write_frame(&mut st, peer, &h, payload)
+        };
+        core.wait_for(Watch::Peer(peer), |core, st| {
+            Ok(core.frame_sent(st, peer, seq).then_some(()))
+        })
+    }
+
+    /// Nonblocking send of an owned frame buffer whose first `HEADER_LEN` bytes are free.
+    pub(crate) fn isend_owned(
+        &self,
+        ctx: u32,
+        dest: usize,
+        tag: i32,
+        mut buf: Vec<u8>,
+        enc: Encoding,
+        typecode: u32,
+    ) -> Result<Request<()>> {
+        Self::check_send_tag(tag)?;
+        let peer = self.peer(dest)?;
+        let len = buf.len() - HEADER_LEN;
+        let h = Header::data(ctx, self.rank as u32, tag, len as u64, enc, typecode);
+        let core = &*self.core;
+        let mut st = core.lock();
+        let state = if peer == core.rank {
+            buf.drain(..HEADER_LEN);
+            st.m.incoming(Msg {
+                ctx,
+                src: self.rank as u32,
+                tag,
+                enc,
+                typecode,
+                body: Body::Eager(buf),
+            });
+            ReqState::Done
+        } else if len >= core.tuning.rendezvous_threshold && core.t.can_pull() {
+            ReqState::SendRts {
+                peer,
+                token: core.start_rts_owned(&mut st, peer, &h, buf),
+            }
+        } else {
+            buf[..HEADER_LEN].copy_from_slice(&h.encode());
+            ReqState::Send {
+                peer,
+                seq: core.enqueue(&mut st, peer, buf),
+            }
+        };
+        drop(st);
+        Ok(Request::new(self.clone(), state, |_, _| Ok(())))
+    }
+
+    /// Send a serde value to `dest` with `tag`.
+    ///
+    /// Returns once the message is on its way; like MPI's standard mode, a large message may
+    /// wait until the receiver takes it.
+    pub fn send<T: Serialize + ?Sized>(&self, dest: usize, tag: i32, value: &T) -> Result<()> {
+        let bytes = encode(value)?;
+        self.send_bytes(self.ctx, dest, tag, &bytes, Encoding::Serde, 0)
+    }
+
+    /// Send a slice of plain numbers (no serde, no copy into an intermediate buffer).
+    pub fn send_slice<T: Pod>(&self, dest: usize, tag: i32, data: &[T]) -> Result<()> {
+        self.send_bytes(
+            self.ctx,
+            dest,
+            tag,
+            bytemuck::cast_slice(data),
+            Encoding::Raw,
+            typecode::<T>(),
+        )
+    }
+
+    /// Nonblocking send of a serde value; the value is encoded before this returns.
+    pub fn isend<T: Serialize + ?Sized>(
+        &self,
+        dest: usize,
+        tag: i32,
+        value: &T,
+    ) -> Result<Request<()>> {
+        let mut buf = vec![0u8; HEADER_LEN];
+        buf = postcard::to_extend(value, buf).map_err(|e| Error::Encode(e.to_string()))?;
+        self.isend_owned(self.ctx, dest, tag, buf, Encoding::Serde, 0)
+    }
+
+    /// Nonblocking send of a slice of plain numbers (copied once, so the caller keeps it).
+    pub fn isend_slice<T: Pod>(&self, dest: usize, tag: i32, data: &[T]) -> Result<Request<()>> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let mut buf = Vec::with_capacity(HEADER_LEN + bytes.len());
+        buf.resize(HEADER_LEN, 0);
+        buf.extend_from_slice(bytes);
+        self.isend_owned(self.ctx, dest, tag, buf, Encoding::Raw, typecode::<T>())
+    }
+
+    // ----- receiving -----------------------------------------------------------------------
+
+    /// Post a receive in context `ctx`: the message at once if one is queued.
+    pub(crate) fn post(&self, pat: Pattern) -> ReqState {
+        match self.core.lock().m.post(pat) {
+            Ok(msg) => ReqState::Matched(msg),
+            Err(id) => ReqState::Recv { id, pat },
+        }
+    }
+
+    /// Blocking receive of the next message matching `pat`.
+    pub(crate) fn recv_msg(&self, pat: Pattern) -> Result<Msg> {
+        match self.post(pat) {
+            ReqState::Matched(m) => Ok(m),
+            ReqState::Recv { id, pat } => self.wait_recv(id, pat),
+            _ => unreachable!("post yields a receive state"),
+        }
+    }
+
+    fn wait_recv(&self, id: RecvId, pat: Pattern) -> Result<Msg> {
+        let r = self
+            .core
+            .wait_for(self.watch_for(&pat), |_, st| Ok(st.m.take(id)));
+        if r.is_err() {
+            self.core.lock().m.cancel(id);
+        }
+        r
+    }
+
+    /// Receive a serde value from `source` (or [`ANY_SOURCE`]) with `tag` (or [`ANY_TAG`]).
+    pub fn recv<T: DeserializeOwned>(
+        &self,
+        source: impl Into<Source>,
+        tag: i32,
+    ) -> Result<(T, Status)> {
+        let msg = self.recv_msg(self.pattern(self.ctx, source.into(), tag)?)?;
+        self.decode(msg)
+    }
+
+    /// Receive a slice of plain numbers into a new vector.
+    pub fn recv_vec<T: Pod>(
+        &self,
+        source: impl Into<Source>,
+        tag: i32,
+    ) -> Result<(Vec<T>, Status)> {
+        let msg = self.recv_msg(self.pattern(self.ctx, source.into(), tag)?)?;
+        self.decode_vec(msg)
+    }
+
+    /// Receive a slice of plain numbers into `buf`; the message may be shorter than `buf`
+    /// (see `Status::count`), not longer.
+    pub fn recv_into<T: Pod>(
+        &self,
+        source: impl Into<Source>,
+        tag: i32,
+        buf: &mut [T],
+    ) -> Result<Status> {
+        let msg = self.recv_msg(self.pattern(self.ctx, source.into(), tag)?)?;
+        self.decode_into(msg, buf)
+    }
+
+    /// Nonblocking receive of a serde value.
+    pub fn irecv<T: DeserializeOwned>(
+        &self,
+        source: impl Into<Source>,
+        tag: i32,
+    ) -> Result<Request<(T, Status)>> {
+        let st = self.post(self.pattern(self.ctx, source.into(), tag)?);
+        Ok(Request::new(self.clone(), st, |c, m| {
+            c.decode(m.expect("receive"))
+        }))
+    }
+
+    /// Nonblocking receive of a slice of plain numbers.
+    pub fn irecv_vec<T: Pod>(
+        &self,
+        source: impl Into<Source>,
+        tag: i32,
+    ) -> Result<Request<(Vec<T>, Status)>> {
+        let st = self.post(self.pattern(self.ctx, source.into(), tag)?);
+        Ok(Request::new(self.clone(), st, |c, m| {
+            c.decode_vec(m.expect("receive"))
+        }))
+    }
+
+    /// Send `value` to `dest` and receive from `source` at the same time (no deadlock when
+    /// two ranks exchange).
+    pub fn sendrecv<S: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        value: &S,
+        dest: usize,
+        send_tag: i32,
+        source: impl Into<Source>,
+        recv_tag: i32,
+    ) -> Result<(R, Status)> {
+        let rreq = self.irecv::<R>(source, recv_tag)?;
+        let sreq = self.isend(dest, send_tag, value)?;
+        let got = rreq.wait()?;
+        sreq.wait()?;
+        Ok(got)
+    }
+
+    /// Wait for a message matching `source`/`tag` without receiving it.
+    pub fn probe(&self, source: impl Into<Source>, tag: i32) -> Result<Status> {
+        let pat = self.pattern(self.ctx, source.into(), tag)?;
+        self.core.wait_for(self.watch_for(&pat), |_, st| {
+            Ok(st.m.peek(pat).map(|m| status_of(m)))
+        })
+    }
+
+    /// Like `probe`, but returns `None` at once when nothing matching has arrived.
+    pub fn iprobe(&self, source: impl Into<Source>, tag: i32) -> Result<Option<Status>> {
+        let pat = self.pattern(self.ctx, source.into(), tag)?;
+        let core = &*self.core;
+        let mut st = core.lock();
+        core.progress(&mut st);
+        Ok(st.m.peek(pat).map(status_of))
+    }
+
+    // ----- turning messages into values ----------------------------------------------------
+
+    /// The message's payload bytes, pulling them from the sender if they are still there.
+    fn payload(&self, msg: Msg) -> Result<(Vec<u8>, Status)> {
+        let status = status_of(&msg);
+        let bytes = match msg.body {
+            Body::Eager(v) => v,
+            Body::Failed(e) => return Err(*e),
+            Body::Remote {
+                peer,
+                addr,
+                len,
+                token,
+            } => {
+                let mut v = vec![0u8; len as usize];
+                self.pull_into(peer, addr, token, &mut v)?;
+                v
+            }
+        };
+        Ok((bytes, status))
+    }
+
+    /// Fill `dst` with a rendezvous message's bytes: pull them, or ask the sender to stream.
+    fn pull_into(&self, peer: usize, addr: u64, token: u64, dst: &mut [u8]) -> Result<()> {
+        let core = &*self.core;
+        if core.t.pull(peer, addr, dst)? {
+            let mut st = core.lock();
+            core.enqueue(
+                &mut st,
+                peer,
+                Header::control(crate::wire::Kind::Fin, token)
+                    .encode()
+                    .to_vec(),
+            );
+            return Ok(());
+        }
+        {
+            let mut st = core.lock();
+            core.enqueue(
+                &mut st,
+                peer,
+                Header::control(crate::wire::Kind::Nack, token)
+                    .encode()
+                    .to_vec(),
+            );
+        }
+        let data = core.wait_for(Watch::Peer(peer), |core, st| {
+            Ok(core.take_rts_data(st, peer, token))
+        })?;
+        if data.len() != dst.len() {
+            return Err(Error::Malformed {
+                rank: peer,
+                detail: format!(
+                    "streamed {} bytes for a {}-byte message",
+                    data.len(),
+                    dst.len()
+                ),
+            });
+        }
+        dst.copy_from_slice(&data);
+        Ok(())
+    }
+
+    pub(crate) fn decode<T: DeserializeOwned>(&self, msg: Msg) -> Result<(T, Status)> {
+        let enc = msg.enc;
+        let (bytes, status) = self.payload(msg)?;
+        let mismatch = |detail: String| Error::TypeMismatch {
+            rank: status.source,
+            tag: status.tag,
+            expected: type_name::<T>(),
+            detail,
+        };
+        if enc == Encoding::Raw {
+            return Err(mismatch(format!(
+                "it is a raw slice of {} bytes (sent with send_slice); receive it with recv_vec or recv_into",
+                bytes.len()
+            )));
+        }
+        match postcard::take_from_bytes::<T>(&bytes) {
+            Ok((v, [])) => Ok((v, status)),
+            Ok((_, rest)) => Err(mismatch(format!(
+                "{} of its {} bytes are left over after decoding",
+                rest.len(),
+                bytes.len()
+            ))),
+            Err(e) => Err(mismatch(format!("{e} ({} bytes)", bytes.len()))),
+        }
+    }
+
+    fn check_raw<T: Pod>(&self, msg: &Msg) -> Result<()> {
+        let st = status_of(msg);
+        let mismatch = |detail: String| Error::TypeMismatch {
+            rank: st.source,
+            tag: st.tag,
+            expected: type_name::<[T]>(),
+            detail,
+        };
+        if let Body::Failed(_) = msg.body {
+            return Ok(());
+        }
+        if msg.enc != Encoding::Raw {
+            return Err(mismatch(
+                "it is a serde value (sent with send); receive it with recv".into(),
+            ));
+        }
+        if msg.typecode != typecode::<T>() {
+            return Err(mismatch("its elements are of another type".into()));
+        }
+        if msg.len() % std::mem::size_of::<T>().max(1) as u64 != 0 {
+            return Err(mismatch(format!(
+                "{} bytes is not a whole number of elements",
+                msg.len()
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn decode_vec<T: Pod>(&self, msg: Msg) -> Result<(Vec<T>, Status)> {
+        self.check_raw::<T>(&msg)?;
+        let n = msg.len() as usize / std::mem::size_of::<T>().max(1);
+        let mut v = vec![T::zeroed(); n];
+        let st = self.decode_into(msg, &mut v)?;
+        Ok((v, st))
+    }
+
+    pub(crate) fn decode_into<T: Pod>(&self, msg: Msg, buf: &mut [T]) -> Result<Status> {
+        self.check_raw::<T>(&msg)?;
+        let status = status_of(&msg);
+        let dst: &mut [u8] = bytemuck::cast_slice_mut(buf);
+        if status.len > dst.len() {
+            // Leave the message where it was so nothing is lost.
+            let err = Error::InvalidArgument(format!(
+                "message from rank {} with tag {} has {} bytes but the buffer holds {}",
+                status.source,
+                status.tag,
+                status.len,
+                dst.len()
+            ));
+            self.core.lock().m.incoming_front(msg);
+            return Err(err);
+        }
+        let dst = &mut dst[..status.len];
+        match msg.body {
+            Body::Eager(v) => dst.copy_from_slice(&v),
+            Body::Failed(e) => return Err(*e),
+            Body::Remote {
+                peer, addr, token, ..
+            } => self.pull_into(peer, addr, token, dst)?,
+        }
+        Ok(status)
+    }
+
+    // ----- async -----------------------------------------------------------------------------
+
+    /// Receive from an async task (tokio): the wait runs on a blocking thread.
+    #[cfg(feature = "tokio")]
+    pub async fn recv_async<T: DeserializeOwned + Send + 'static>(
+        &self,
+        source: impl Into<Source>,
+        tag: i32,
+    ) -> Result<(T, Status)> {
+        self.irecv::<T>(source, tag)?.wait_async().await
+    }
+
+    /// Send from an async task (tokio).
+    #[cfg(feature = "tokio")]
+    pub async fn send_async<T: Serialize + ?Sized>(
+        &self,
+        dest: usize,
+        tag: i32,
+        value: &T,
+    ) -> Result<()> {
+        self.isend(dest, tag, value)?.wait_async().await
+    }
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    postcard::to_allocvec(value).map_err(|e| Error::Encode(e.to_string()))
+}
+
+fn status_of(m: &Msg) -> Status {
+    Status {
+        source: m.src as usize,
+        tag: m.tag,
+        len: m.len() as usize,
+    }
+}
+
+/// Where a nonblocking operation stands.
+pub(crate) enum ReqState {
+    Send { peer: usize, seq: u64 },
+    SendRts { peer: usize, token: u64 },
+    Recv { id: RecvId, pat: Pattern },
+    Matched(Msg),
+    Done,
+}
+
+type Finish<T> = fn(&Comm, Option<Msg>) -> Result<T>;
+
+/// A nonblocking operation in flight. `wait` blocks for its result, `test` polls.
+/// Dropping an unfinished receive withdraws it; an unfinished send still completes.
+#[must_use = "a request does nothing unless waited on or tested"]
+pub struct Request<T> {
+    comm: Comm,
+    state: ReqState,
+    finish: Finish<T>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Request<T> {
+    pub(crate) fn new(comm: Comm, state: ReqState, finish: Finish<T>) -> Self {
+        Request {
+            comm,
+            state,
+            finish,
+            _t: PhantomData,
+        }
+    }
+
+    fn poll_state(&mut self, st: &mut State) -> bool {
+        let core = &*self.comm.core;
+        match &self.state {
+            ReqState::Send { peer, seq } => core.frame_sent(st, *peer, *seq),
+            ReqState::SendRts { token, .. } => core.rts_owned_done(st, *token),
+            ReqState::Recv { id, .. } => match st.m.take(*id) {
+                Some(m) => {
+                    self.state = ReqState::Matched(m);
+                    true
+                }
+                None => false,
+            },
+            ReqState::Matched(_) | ReqState::Done => true,
+        }
+    }
+
+    fn complete(mut self) -> Result<T> {
+        let msg = match std::mem::replace(&mut self.state, ReqState::Done) {
+            ReqState::Matched(m) => Some(m),
+            _ => None,
+        };
+        (self.finish)(&self.comm, msg)
+    }
+
+    /// Block until the operation completes and return its result.
+    pub fn wait(mut self) -> Result<T> {
+        let watch = match &self.state {
+            ReqState::Send { peer, .. } | ReqState::SendRts { peer, .. } => Watch::Peer(*peer),
+            ReqState::Recv { pat, .. } if pat.src == ANY_SOURCE => Watch::All(&[]),
+            ReqState::Recv { pat, .. } => Watch::Peer(self.comm.members[pat.src as usize]),
+            _ => Watch::Nobody,
+        };
+        let members = self.comm.members.clone();
+        let watch = match watch {
+            Watch::All(_) => Watch::All(&members),
+            w => w,
+        };
+        let core = self.comm.core.clone();
+        core.wait_for(watch, |_, st| Ok(self.poll_state(st).then_some(())))?;
+        self.complete()
+    }
+
+    /// Complete the operation if it can be without waiting.
+    pub fn test(mut self) -> Result<std::result::Result<T, Request<T>>> {
+        let core = self.comm.core.clone();
+        let done = {
+            let mut st = core.lock();
+            core.progress(&mut st);
+            self.poll_state(&mut st)
+        };
+        if done {
+            self.complete().map(Ok)
+        } else {
+            Ok(Err(self))
+        }
+    }
+
+    /// Whether the operation has completed (makes progress; does not consume the request).
+    pub fn is_complete(&mut self) -> bool {
+        let core = self.comm.core.clone();
+        let mut st = core.lock();
+        core.progress(&mut st);
+        self.poll_state(&mut st)
+    }
+
+    /// Wait from an async task (tokio): the blocking wait runs on tokio's blocking pool.
+    #[cfg(feature = "tokio")]
+    pub async fn wait_async(self) -> Result<T>
+    where
+        T: Send + 'static,
+    {
+        match tokio::task::spawn_blocking(move || self.wait()).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::InvalidArgument(format!(
+                "the waiting task failed: {e}"
+            ))),
+        }
+    }
+}
+
+impl<T> Drop for Request<T> {
+    fn drop(&mut self) {
+        if let ReqState::Recv { id, .. } = self.state {
+            self.comm.core.lock().m.cancel(id);
+        }
+    }
+}
+
+/// Wait for every request and collect the results in order.
+pub fn wait_all<T>(reqs: impl IntoIterator<Item = Request<T>>) -> Result<Vec<T>> {
+    reqs.into_iter().map(Request::wait).collect()
+}

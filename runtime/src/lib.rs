@@ -1,0 +1,48 @@
+//! `ranks`: message passing between ranked processes.
+//!
+//! Start a job with the launcher (`ranks run -n 4 prog`); in each process,
+//! [`init`] returns the world communicator:
+//!
+//! ```no_run
+//! let world = ranks::init()?;
+//! if world.rank() == 0 {
+//!     world.send(1, 7, &"hello".to_string())?;
+//! } else if world.rank() == 1 {
+//!     let (msg, status) = world.recv::<String>(0, 7)?;
+//!     println!("{msg} from {}", status.source);
+//! }
+//! # Ok::<(), ranks::Error>(())
+//! ```
+//!
+//! A program started without the launcher gets a world of size 1.
+
+mod bootstrap;
+mod collectives;
+mod comm;
+mod core;
+mod engine;
+mod error;
+pub mod transport;
+pub mod wire;
+
+use std::sync::OnceLock;
+
+pub use bootstrap::env;
+pub use comm::{wait_all, Comm, Request, Source, Status, MAX_TAG};
+pub use engine::{ANY_SOURCE, ANY_TAG};
+pub use error::{Error, Result};
+
+/// Re-exported so users can derive `Pod` for their own plain structs.
+pub use bytemuck::{Pod, Zeroable};
+
+static WORLD: OnceLock<Comm> = OnceLock::new();
+
+/// Join the job and return the world communicator (a world of one outside the launcher).
+/// Calling it again returns the same world.
+pub fn init() -> Result<Comm> {
+    if let Some(w) = WORLD.get() {
+        return Ok(w.clone());
+    }
+    let w = bootstrap::world_from_env()?;
+    Ok(WORLD.get_or_init(|| w).clone())
+}

@@ -1,0 +1,50 @@
+//! Transports move bytes between the ranks of a job; they know nothing of messages.
+//!
+//! Each ordered pair of ranks has a byte stream (a ring in shared memory, or a Unix socket).
+//! The engine writes frames into streams and reads frames out of them with the
+//! [`crate::wire::FrameDecoder`]. Calls never block except [`Transport::wait`].
+
+use std::time::Duration;
+
+use crate::error::Result;
+
+pub(crate) mod local;
+pub mod shm;
+pub(crate) mod uds;
+
+/// A way for one rank to exchange byte streams with the others.
+pub(crate) trait Transport: Send + Sync {
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+
+    /// Accept up to `buf.len()` bytes for `peer`'s stream; 0 when it is full.
+    fn write(&self, peer: usize, buf: &[u8]) -> Result<usize>;
+
+    /// Read available bytes of `peer`'s stream to us; 0 when nothing is there now.
+    fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize>;
+
+    /// Cheap hint that `read(peer)` may return data.
+    fn readable(&self, peer: usize) -> bool;
+
+    /// Tell `peer` that we wrote to it or made room in its stream (wakes it if asleep).
+    fn notify(&self, peer: usize);
+
+    /// Sleep until something may have changed for this rank, or `timeout`.
+    /// `prepare` runs after the rank is registered as a sleeper and before it sleeps; the
+    /// wait is skipped when it returns true (the condition already holds).
+    fn wait(&self, want_write: &[usize], timeout: Duration, prepare: &mut dyn FnMut() -> bool);
+
+    /// Why `peer` can no longer take part (exited, killed, connection closed), if it can't.
+    fn peer_gone(&self, peer: usize) -> Option<String>;
+
+    /// Whether [`Transport::pull`] can copy from a peer's memory.
+    fn can_pull(&self) -> bool {
+        false
+    }
+
+    /// Copy `dst.len()` bytes at `addr` in `peer`'s address space; `Ok(false)` when the
+    /// kernel refuses (the sender then streams the bytes instead).
+    fn pull(&self, _peer: usize, _addr: u64, _dst: &mut [u8]) -> Result<bool> {
+        Ok(false)
+    }
+}

@@ -1,0 +1,515 @@
+//! Shared-memory transport: one segment per job, mapped by the launcher and every rank.
+//!
+//! Layout of the segment (a file in /dev/shm named after the job):
+//!
+//! ```text
+//! 0     header: magic, version, rank count, ring capacity, launcher pid
+//! 4096  one 128-byte block per rank: pid, state | doorbell sequence, sleeper count
+//! ...   one ring per ordered pair (src, dst): head line, tail line, `cap` data bytes
+//! ```
+//!
+//! A ring is a single-producer single-consumer byte stream: `src` alone writes and advances
+//! `head`, `dst` alone reads and advances `tail`. Waiting ranks sleep on their doorbell futex;
+//! a writer (or a reader that made room) rings the doorbell only when someone sleeps there.
+//! The launcher writes each rank's state when it exits and rings every doorbell, so a rank
+//! waiting on a dead peer wakes up and reports it.
+//!
+//! This is one of the two modules allowed `unsafe` (the mapping and the rings).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering::*};
+use std::time::Duration;
+
+use memmap2::MmapRaw;
+
+use super::Transport;
+use crate::error::{Error, Result};
+
+const MAGIC: u64 = 0x524b_5348_4d30_0001; // "RKSHM0" + layout version
+const HEADER_SIZE: usize = 4096;
+const BLOCK: usize = 128;
+const LINE: usize = 64;
+/// Ring header: head on one cache line, tail on the next.
+const RING_HEADER: usize = 2 * LINE;
+
+/// A rank's state as recorded in the segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum RankState {
+    /// Spawned, not yet attached.
+    Starting = 0,
+    /// Attached to the segment.
+    Running = 1,
+    /// Exited with status 0.
+    Exited = 2,
+    /// Exited abnormally or was killed.
+    Failed = 3,
+}
+
+/// Ring capacity in bytes for a job of `n` ranks: big rings for few ranks, a bounded total.
+pub fn ring_capacity(n: usize) -> usize {
+    let total: usize = 64 << 20;
+    let per = total / (n * n).max(1);
+    let cap = if per.is_power_of_two() {
+        per
+    } else {
+        per.next_power_of_two() / 2
+    };
+    cap.clamp(64 << 10, 1 << 20)
+}
+
+fn layout(n: usize, cap: usize) -> (usize, usize) {
+    let rings_off = (HEADER_SIZE + n * BLOCK).next_multiple_of(4096);
+    (rings_off, rings_off + n * n * (RING_HEADER + cap))
+}
+
+/// A mapped job segment.
+pub struct Segment {
+    map: MmapRaw,
+    path: PathBuf,
+    owner: bool,
+    n: usize,
+    cap: usize,
+    rings_off: usize,
+}
+
+// SAFETY: the mapping is only accessed through atomics (headers, blocks) and through the ring
+// protocol, where each byte range has one writer at a time; the raw pointer it holds stays
+// valid for the life of the value.
+unsafe impl Send for Segment {}
+// SAFETY: as above; shared access from several threads goes through the same atomics.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// Create a new segment at `path` for `n` ranks (the launcher does this).
+    pub fn create(path: &Path, n: usize) -> Result<Segment> {
+        if n == 0 || n > 4096 {
+            return Err(Error::InvalidArgument(format!(
+                "a shared-memory job needs 1..=4096 ranks, not {n}"
+            )));
+        }
+        let cap = ring_capacity(n);
+        let (rings_off, size) = layout(n, cap);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let seg = (|| {
+            file.set_len(size as u64)
+                .map_err(|e| Error::io(format!("sizing {} to {size} bytes", path.display()), e))?;
+            let map = MmapRaw::map_raw(&file)
+                .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+            Ok(Segment {
+                map,
+                path: path.to_owned(),
+                owner: true,
+                n,
+                cap,
+                rings_off,
+            })
+        })();
+        let seg: Segment = match seg {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
+        // The file is zero-filled: every state is Starting, every ring empty.
+        seg.u64_at(8).store(n as u64, Relaxed);
+        seg.u64_at(16).store(cap as u64, Relaxed);
+        seg.u64_at(24).store(u64::from(std::process::id()), Relaxed);
+        seg.u64_at(0).store(MAGIC, Release);
+        Ok(seg)
+    }
+
+    /// Attach to an existing segment made for `n` ranks.
+    pub fn open(path: &Path, n: usize) -> Result<Segment> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening job segment {}", path.display()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+            .len() as usize;
+        let bad =
+            |what: String| Error::Bootstrap(format!("job segment {}: {what}", path.display()));
+        if len < HEADER_SIZE {
+            return Err(bad(format!("only {len} bytes")));
+        }
+        let map = MmapRaw::map_raw(&file)
+            .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+        let mut seg = Segment {
+            map,
+            path: path.to_owned(),
+            owner: false,
+            n,
+            cap: 0,
+            rings_off: 0,
+        };
+        if seg.u64_at(0).load(Acquire) != MAGIC {
+            return Err(bad("not a ranks segment of this version".into()));
+        }
+        let seg_n = seg.u64_at(8).load(Relaxed) as usize;
+        if seg_n != n {
+            return Err(bad(format!("made for {seg_n} ranks, this job has {n}")));
+        }
+        let cap = seg.u64_at(16).load(Relaxed) as usize;
+        if !cap.is_power_of_two() {
+            return Err(bad(format!("ring capacity {cap} is not a power of two")));
+        }
+        let (rings_off, size) = layout(n, cap);
+        if size != len {
+            return Err(bad(format!("{len} bytes, expected {size}")));
+        }
+        seg.cap = cap;
+        seg.rings_off = rings_off;
+        Ok(seg)
+    }
+
+    /// Number of ranks the segment was made for.
+    pub fn ranks(&self) -> usize {
+        self.n
+    }
+
+    /// Path of the backing file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        assert!(off + 8 <= self.map.len() && off % 8 == 0);
+        // SAFETY: in bounds and 8-aligned (the mapping is page aligned); the memory is shared
+        // and only ever accessed atomically at this offset.
+        unsafe { &*(self.map.as_mut_ptr().add(off) as *const AtomicU64) }
+    }
+
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        assert!(off + 4 <= self.map.len() && off % 4 == 0);
+        // SAFETY: in bounds and 4-aligned; only ever accessed atomically at this offset.
+        unsafe { &*(self.map.as_mut_ptr().add(off) as *const AtomicU32) }
+    }
+
+    fn block(&self, rank: usize) -> usize {
+        assert!(rank < self.n);
+        HEADER_SIZE + rank * BLOCK
+    }
+    fn pid_word(&self, rank: usize) -> &AtomicU32 {
+        self.u32_at(self.block(rank))
+    }
+    fn state_word(&self, rank: usize) -> &AtomicU32 {
+        self.u32_at(self.block(rank) + 4)
+    }
+    fn seq_word(&self, rank: usize) -> &AtomicU32 {
+        self.u32_at(self.block(rank) + LINE)
+    }
+    fn sleepers_word(&self, rank: usize) -> &AtomicU32 {
+        self.u32_at(self.block(rank) + LINE + 4)
+    }
+
+    /// The pid a rank registered when it attached (0 before).
+    pub fn pid(&self, rank: usize) -> u32 {
+        self.pid_word(rank).load(Acquire)
+    }
+
+    /// A rank's recorded state.
+    pub fn state(&self, rank: usize) -> RankState {
+        match self.state_word(rank).load(Acquire) {
+            0 => RankState::Starting,
+            1 => RankState::Running,
+            2 => RankState::Exited,
+            _ => RankState::Failed,
+        }
+    }
+
+    /// Record a rank's state and wake everyone, so waiters on it notice.
+    pub fn set_state(&self, rank: usize, state: RankState) {
+        self.state_word(rank).store(state as u32, SeqCst);
+        for r in 0..self.n {
+            self.ring_doorbell(r, true);
+        }
+    }
+
+    /// Register the calling process as `rank`.
+    pub fn attach(&self, rank: usize) {
+        self.pid_word(rank).store(std::process::id(), Release);
+        self.state_word(rank)
+            .store(RankState::Running as u32, SeqCst);
+    }
+
+    fn ring_doorbell(&self, rank: usize, always: bool) {
+        fence(SeqCst);
+        if always || self.sleepers_word(rank).load(SeqCst) > 0 {
+            let seq = self.seq_word(rank);
+            seq.fetch_add(1, SeqCst);
+            futex_wake(seq);
+        }
+    }
+
+    fn ring(&self, src: usize, dst: usize) -> (&AtomicU64, &AtomicU64, *mut u8) {
+        assert!(src < self.n && dst < self.n);
+        let off = self.rings_off + (src * self.n + dst) * (RING_HEADER + self.cap);
+        assert!(off + RING_HEADER + self.cap <= self.map.len());
+        // SAFETY: `off .. off + RING_HEADER + cap` is inside the mapping (checked above).
+        let data = unsafe { self.map.as_mut_ptr().add(off + RING_HEADER) };
+        (self.u64_at(off), self.u64_at(off + LINE), data)
+    }
+
+    /// Append up to `buf.len()` bytes to ring (src, dst). Only `src` may call this.
+    fn ring_write(&self, src: usize, dst: usize, buf: &[u8]) -> usize {
+        let (head, tail, data) = self.ring(src, dst);
+        let h = head.load(Relaxed);
+        let t = tail.load(Acquire);
+        let used = h.wrapping_sub(t).min(self.cap as u64) as usize;
+        let n = buf.len().min(self.cap - used);
+        if n == 0 {
+            return 0;
+        }
+        let off = (h as usize) & (self.cap - 1);
+        let first = n.min(self.cap - off);
+        // SAFETY: `off + first <= cap` and `n - first <= cap`, so both copies stay inside the
+        // ring's data area; the `n` bytes after `head` are free (the reader is behind `tail`
+        // and does not touch them until `head` is published below).
+        unsafe {
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), data.add(off), first);
+            std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, n - first);
+        }
+        head.store(h + n as u64, Release);
+        n
+    }
+
+    /// Take up to `buf.len()` bytes from ring (src, dst). Only `dst` may call this.
+    fn ring_read(&self, src: usize, dst: usize, buf: &mut [u8]) -> Result<usize> {
+        let (head, tail, data) = self.ring(src, dst);
+        let t = tail.load(Relaxed);
+        let h = head.load(Acquire);
+        let avail = h.wrapping_sub(t);
+        if avail > self.cap as u64 {
+            return Err(Error::Malformed {
+                rank: src,
+                detail: format!(
+                    "shared-memory ring claims {avail} bytes in a {}-byte ring",
+                    self.cap
+                ),
+            });
+        }
+        let n = buf.len().min(avail as usize);
+        if n == 0 {
+            return Ok(0);
+        }
+        let off = (t as usize) & (self.cap - 1);
+        let first = n.min(self.cap - off);
+        // SAFETY: both source ranges are inside the ring's data area; the writer published
+        // these bytes with the release store of `head` we acquired, and does not overwrite them
+        // until we advance `tail`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.add(off), buf.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(data, buf.as_mut_ptr().add(first), n - first);
+        }
+        tail.store(t + n as u64, Release);
+        Ok(n)
+    }
+
+    fn ring_has_data(&self, src: usize, dst: usize) -> bool {
+        let (head, tail, _) = self.ring(src, dst);
+        head.load(Acquire) != tail.load(Relaxed)
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.owner {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32 in shared memory; it reads no user memory
+    // beyond the word itself.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        );
+    }
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32 in shared memory with a relative timeout
+    // that lives across the call. Spurious returns (EINTR, EAGAIN) are fine for callers.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0,
+        );
+    }
+}
+
+/// Copy `dst.len()` bytes from `addr` in process `pid` (Linux cross-memory attach).
+fn process_read(pid: u32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < dst.len() {
+        let local = libc::iovec {
+            iov_base: dst[done..].as_mut_ptr().cast(),
+            iov_len: dst.len() - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: dst.len() - done,
+        };
+        // SAFETY: `local` covers the unread tail of `dst`, which we borrow mutably; the
+        // kernel validates the remote range against the other process's mappings.
+        let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "remote range ended early",
+            ));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Whether this kernel and sandbox allow cross-memory attach at all (tried on ourselves).
+fn cma_available() -> bool {
+    if std::env::var("RANKS_CMA").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    let src = [7u8; 16];
+    let mut dst = [0u8; 16];
+    process_read(std::process::id(), src.as_ptr() as u64, &mut dst).is_ok() && dst == src
+}
+
+/// Remove segments left in `dir` by launchers that no longer run. Returns the paths removed.
+pub fn reap_stale(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix("ranks-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let alive = rustix::process::Pid::from_raw(pid)
+            .map(|p| rustix::process::test_kill_process(p).is_ok())
+            .unwrap_or(false);
+        if !alive && std::fs::remove_file(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
+/// The shared-memory transport of one rank.
+pub(crate) struct Shm {
+    seg: Segment,
+    me: usize,
+    cma: bool,
+}
+
+impl Shm {
+    pub(crate) fn attach(path: &Path, rank: usize, size: usize) -> Result<Shm> {
+        let seg = Segment::open(path, size)?;
+        seg.attach(rank);
+        Ok(Shm {
+            seg,
+            me: rank,
+            cma: cma_available(),
+        })
+    }
+}
+
+impl Transport for Shm {
+    fn name(&self) -> &'static str {
+        "shm"
+    }
+
+    fn write(&self, peer: usize, buf: &[u8]) -> Result<usize> {
+        Ok(self.seg.ring_write(self.me, peer, buf))
+    }
+
+    fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
+        self.seg.ring_read(peer, self.me, buf)
+    }
+
+    fn readable(&self, peer: usize) -> bool {
+        self.seg.ring_has_data(peer, self.me)
+    }
+
+    fn notify(&self, peer: usize) {
+        self.seg.ring_doorbell(peer, false);
+    }
+
+    fn wait(&self, _want_write: &[usize], timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
+        let sleepers = self.seg.sleepers_word(self.me);
+        let seq = self.seg.seq_word(self.me);
+        sleepers.fetch_add(1, SeqCst);
+        let before = seq.load(SeqCst);
+        fence(SeqCst);
+        if !prepare() {
+            futex_wait(seq, before, timeout);
+        }
+        sleepers.fetch_sub(1, SeqCst);
+    }
+
+    fn peer_gone(&self, peer: usize) -> Option<String> {
+        match self.seg.state(peer) {
+            RankState::Starting | RankState::Running => None,
+            RankState::Exited => Some("it exited".into()),
+            RankState::Failed => Some("it failed or was killed".into()),
+        }
+    }
+
+    fn can_pull(&self) -> bool {
+        self.cma
+    }
+
+    fn pull(&self, peer: usize, addr: u64, dst: &mut [u8]) -> Result<bool> {
+        if !self.cma {
+            return Ok(false);
+        }
+        let pid = self.seg.pid(peer);
+        if pid == 0 {
+            return Ok(false);
+        }
+        match process_read(pid, addr, dst) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::debug!(peer, error = %e, "cross-memory read refused; falling back to streaming");
+                Ok(false)
+            }
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! Frames on the wire: a fixed 40-byte header followed by a payload.
+//!
+//! This module is pure: it holds no sockets and no threads. Transports move bytes; the
+//! [`FrameDecoder`] turns a byte stream from one peer into frames, validating every header
+//! before it allocates anything for the payload.
+//!
+//! Header layout (little endian):
+//!
+//! | offset | size | field                                             |
+//! |--------|------|---------------------------------------------------|
+//! | 0      | 2    | magic `RK`                                        |
+//! | 2      | 1    | version                                           |
+//! | 3      | 1    | kind ([`Kind`])                                   |
+//! | 4      | 4    | context id (communicator and traffic class)       |
+//! | 8      | 4    | source rank within the communicator               |
+//! | 12     | 4    | tag                                               |
+//! | 16     | 8    | payload length in bytes                           |
+//! | 24     | 8    | aux: rendezvous token or 0                        |
+//! | 32     | 1    | encoding ([`Encoding`])                           |
+//! | 33     | 3    | reserved, zero                                    |
+//! | 36     | 4    | type code of a raw slice's element, 0 otherwise   |
+
+use crate::error::{Error, Result};
+
+/// Bytes in a frame header.
+pub const HEADER_LEN: usize = 40;
+const MAGIC: [u8; 2] = *b"RK";
+/// Wire version; a peer speaking another version is refused.
+pub const VERSION: u8 = 1;
+/// Payload of a rendezvous request: remote address and length.
+pub const RTS_PAYLOAD_LEN: u64 = 16;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A whole message (eager).
+    Data = 1,
+    /// Ready-to-send: a large message the receiver pulls from the sender's memory.
+    Rts = 2,
+    /// The receiver finished pulling the message named by `aux`.
+    Fin = 3,
+    /// The receiver could not pull; the sender must stream the message (`RtsData`).
+    Nack = 4,
+    /// The bytes of a rendezvous message that could not be pulled.
+    RtsData = 5,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Data,
+            2 => Kind::Rts,
+            3 => Kind::Fin,
+            4 => Kind::Nack,
+            5 => Kind::RtsData,
+            _ => return None,
+        })
+    }
+}
+
+/// How a message's payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Encoding {
+    /// postcard-encoded serde value.
+    Serde = 0,
+    /// The raw bytes of a slice of plain numbers; `typecode` names the element type.
+    Raw = 1,
+}
+
+/// A decoded frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub ctx: u32,
+    pub src: u32,
+    pub tag: i32,
+    pub len: u64,
+    pub aux: u64,
+    pub enc: Encoding,
+    pub typecode: u32,
+}
+
+impl Header {
+    /// A header for a message payload.
+    pub fn data(ctx: u32, src: u32, tag: i32, len: u64, enc: Encoding, typecode: u32) -> Self {
+        Header {
+            kind: Kind::Data,
+            ctx,
+            src,
+            tag,
+            len,
+            aux: 0,
+            enc,
+            typecode,
+        }
+    }
+
+    /// A control frame (`Fin`, `Nack`) about rendezvous `token`.
+    pub fn control(kind: Kind, token: u64) -> Self {
+        Header {
+            kind,
+            ctx: 0,
+            src: 0,
+            tag: 0,
+            len: 0,
+            aux: token,
+            enc: Encoding::Raw,
+            typecode: 0,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..2].copy_from_slice(&MAGIC);
+        b[2] = VERSION;
+        b[3] = self.kind as u8;
+        b[4..8].copy_from_slice(&self.ctx.to_le_bytes());
+        b[8..12].copy_from_slice(&self.src.to_le_bytes());
+        b[12..16].copy_from_slice(&self.tag.to_le_bytes());
+        b[16..24].copy_from_slice(&self.len.to_le_bytes());
+        b[24..32].copy_from_slice(&self.aux.to_le_bytes());
+        b[32] = self.enc as u8;
+        b[36..40].copy_from_slice(&self.typecode.to_le_bytes());
+        b
+    }
+
+    /// Parse and validate a header; `peer` only names the sender in errors.
+    pub fn decode(b: &[u8; HEADER_LEN], peer: usize) -> Result<Header> {
+        let bad = |detail: String| Error::Malformed { rank: peer, detail };
+        if b[0..2] != MAGIC {
+            return Err(bad(format!(
+                "bad magic {:02x}{:02x} (not a ranks frame)",
+                b[0], b[1]
+            )));
+        }
+        if b[2] != VERSION {
+            return Err(bad(format!(
+                "wire version {} but this build speaks {VERSION}",
+                b[2]
+            )));
+        }
+        let kind =
+            Kind::from_u8(b[3]).ok_or_else(|| bad(format!("unknown frame kind {}", b[3])))?;
+        let enc = match b[32] {
+            0 => Encoding::Serde,
+            1 => Encoding::Raw,
+            e => return Err(bad(format!("unknown encoding {e}"))),
+        };
+        if b[33..36] != [0, 0, 0] {
+            return Err(bad("reserved header bytes are not zero".into()));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        let h = Header {
+            kind,
+            ctx: u32_at(4),
+            src: u32_at(8),
+            tag: u32_at(12) as i32,
+            len: u64_at(16),
+            aux: u64_at(24),
+            enc,
+            typecode: u32_at(36),
+        };
+        let fixed_len = match kind {
+            Kind::Rts => Some(RTS_PAYLOAD_LEN),
+            Kind::Fin | Kind::Nack => Some(0),
+            Kind::Data | Kind::RtsData => None,
+        };
+        if let Some(want) = fixed_len {
+            if h.len != want {
+                return Err(bad(format!(
+                    "{kind:?} frame with a {}-byte payload (must be {want})",
+                    h.len
+                )));
+            }
+        }
+        if h.tag < 0 && matches!(kind, Kind::Data | Kind::Rts) {
+            return Err(bad(format!("negative tag {}", h.tag)));
+        }
+        Ok(h)
+    }
+}
+
+/// What the decoder produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A complete frame and its payload.
+    Frame(Header, Vec<u8>),
+    /// A frame whose payload exceeds the limit; its bytes are being skipped.
+    TooLarge(Header),
+}
+
+enum State {
+    Header {
+        buf: [u8; HEADER_LEN],
+        have: usize,
+    },
+    Body {
+        header: Header,
+        buf: Vec<u8>,
+        have: usize,
+    },
+    Skip {
+        left: u64,
+    },
+}
+
+/// Turns one peer's byte stream into frames.
+pub struct FrameDecoder {
+    peer: usize,
+    max: u64,
+    state: State,
+}
+
+impl FrameDecoder {
+    /// A decoder for frames from `peer`, refusing payloads above `max` bytes.
+    pub fn new(peer: usize, max: u64) -> Self {
+        FrameDecoder {
+            peer,
+            max,
+            state: State::Header {
+                buf: [0; HEADER_LEN],
+                have: 0,
+            },
+        }
+    }
+
+    /// True when part of a frame has been read but not all of it.
+    pub fn mid_frame(&self) -> bool {
+        match &self.state {
+            State::Header { have, .. } => *have > 0,
+            State::Body { .. } | State::Skip { .. } => true,
+        }
+    }
+
+    /// Reads with `read` (which returns 0 when nothing more is available now) until one frame
+    /// is complete or the input runs dry.
+    pub fn pump(
+        &mut self,
+        mut read: impl FnMut(&mut [u8]) -> Result<usize>,
+    ) -> Result<Option<Decoded>> {
+        loop {
+            match &mut self.state {
+                State::Header { buf, have } => {
+                    let n = read(&mut buf[*have..])?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    *have += n;
+                    if *have < HEADER_LEN {
+                        continue;
+                    }
+                    let header = Header::decode(buf, self.peer)?;
+                    if header.len > self.max {
+                        self.state = State::Skip { left: header.len };
+                        if header.len == 0 {
+                            self.reset();
+                        }
+                        return Ok(Some(Decoded::TooLarge(header)));
+                    }
+                    if header.len == 0 {
+                        self.reset();
+                        return Ok(Some(Decoded::Frame(header, Vec::new())));
+                    }
+                    let len = usize::try_from(header.len).map_err(|_| Error::Malformed {
+                        rank: self.peer,
+                        detail: format!("payload of {} bytes does not fit in memory", header.len),
+                    })?;
+                    self.state = State::Body {
+                        header,
+                        buf: vec![0; len],
+                        have: 0,
+                    };
+                }
+                State::Body { buf, have, .. } => {
+                    let n = read(&mut buf[*have..])?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    *have += n;
+                    if *have == buf.len() {
+                        let State::Body { header, buf, .. } =
+                            std::mem::replace(&mut self.state, State::Skip { left: 0 })
+                        else {
+                            unreachable!()
+                        };
+                        self.reset();
+                        return Ok(Some(Decoded::Frame(header, buf)));
+                    }
+                }
+                State::Skip { left } => {
+                    let mut scratch = [0u8; 4096];
+                    let want = (*left).min(scratch.len() as u64) as usize;
+                    let n = read(&mut scratch[..want])?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    *left -= n as u64;
+                    if *left == 0 {
+                        self.reset();
+                    }
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.state = State::Header {
+            buf: [0; HEADER_LEN],
+            have: 0,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` to a decoder `step` bytes at a time and collects what comes out.
+    fn decode_all(bytes: &[u8], step: usize, max: u64) -> Result<Vec<Decoded>> {
+        let mut d = FrameDecoder::new(3, max);
+        let mut pos = 0;
+        let mut out = Vec::new();
+        loop {
+            let got = d.pump(|buf| {
+                let n = buf.len().min(step).min(bytes.len() - pos);
+                buf[..n].copy_from_slice(&bytes[pos..pos + n]);
+                pos += n;
+                Ok(n)
+            })?;
+            match got {
+                Some(f) => out.push(f),
+                None => break,
+            }
+        }
+        assert!(!d.mid_frame() || pos == bytes.len());
+        Ok(out)
+    }
+
+    fn frame(tag: i32, payload: &[u8]) -> Vec<u8> {
+        let h = Header::data(7, 1, tag, payload.len() as u64, Encoding::Serde, 0);
+        let mut v = h.encode().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = Header {
+            kind: Kind::Rts,
+            ctx: 0xdead_beef,
+            src: 12,
+            tag: i32::MAX,
+            len: RTS_PAYLOAD_LEN,
+            aux: u64::MAX - 1,
+            enc: Encoding::Raw,
+            typecode: 0x1234_5678,
+        };
+        assert_eq!(Header::decode(&h.encode(), 0).unwrap(), h);
+    }
+
+    #[test]
+    fn frames_split_anywhere_decode_the_same() {
+        let mut stream = frame(1, b"hello");
+        stream.extend(frame(2, b""));
+        stream.extend(frame(3, &[9u8; 1000]));
+        for step in [1, 3, 39, 40, 41, 4096] {
+            let got = decode_all(&stream, step, 1 << 20).unwrap();
+            assert_eq!(got.len(), 3, "step {step}");
+            let tags: Vec<i32> = got
+                .iter()
+                .map(|d| match d {
+                    Decoded::Frame(h, _) => h.tag,
+                    Decoded::TooLarge(h) => -h.tag,
+                })
+                .collect();
+            assert_eq!(tags, vec![1, 2, 3]);
+            assert_eq!(
+                got[0],
+                Decoded::Frame(
+                    Header::data(7, 1, 1, 5, Encoding::Serde, 0),
+                    b"hello".to_vec()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_payload_is_reported_and_skipped() {
+        let mut stream = frame(1, &[1u8; 100]);
+        stream.extend(frame(2, b"ok"));
+        let got = decode_all(&stream, 7, 10).unwrap();
+        assert!(matches!(got[0], Decoded::TooLarge(h) if h.tag == 1 && h.len == 100));
+        assert!(matches!(&got[1], Decoded::Frame(h, p) if h.tag == 2 && p == b"ok"));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let err = decode_all(&[0xffu8; 64], 64, 1 << 20).unwrap_err();
+        assert!(matches!(err, Error::Malformed { rank: 3, .. }), "{err}");
+        let mut bad_kind = frame(1, b"x");
+        bad_kind[3] = 99;
+        assert!(matches!(
+            decode_all(&bad_kind, 5, 100),
+            Err(Error::Malformed { .. })
+        ));
+        let mut bad_rts = Header::control(Kind::Rts, 1).encode();
+        bad_rts[16] = 200;
+        assert!(matches!(
+            decode_all(&bad_rts, 40, 1 << 40),
+            Err(Error::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_stream_is_mid_frame() {
+        let stream = frame(1, b"hello world");
+        let mut d = FrameDecoder::new(0, 100);
+        let mut fed = false;
+        let r = d
+            .pump(|buf| {
+                if fed {
+                    return Ok(0);
+                }
+                fed = true;
+                let n = 45.min(buf.len());
+                buf[..n].copy_from_slice(&stream[..n]);
+                Ok(n)
+            })
+            .unwrap();
+        assert!(r.is_none());
+        assert!(d.mid_frame());
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        // A small xorshift generator: deterministic, no dependency.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            let mut bytes = Vec::new();
+            let n = (x % 200) as usize;
+            for _ in 0..n {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes.push(x as u8);
+            }
+            if bytes.len() >= 3 && x % 2 == 0 {
+                bytes[0] = b'R';
+                bytes[1] = b'K';
+                bytes[2] = VERSION;
+            }
+            let _ = decode_all(&bytes, 1 + (x % 50) as usize, 1 << 16);
+        }
+    }
+}
