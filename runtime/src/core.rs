@@ -406,7 +406,7 @@ impl Core {
                 let mut first = None;
                 for &p in ps {
                     if p == self.rank {
-                        return None;
+                        continue;
                     }
                     match self.gone(st, p) {
                         Some(why) => {

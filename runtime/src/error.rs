@@ -18,7 +18,7 @@ pub enum Error {
     InvalidTag(i32),
 
     /// A message did not decode as the type the receive asked for.
-    #[error("message from rank {rank} with tag {tag} is not a {expected}: {detail}")]
+    #[error("message from rank {rank} with tag {tag} does not decode as {expected}: {detail}")]
     TypeMismatch {
         rank: usize,
         tag: i32,

@@ -1,0 +1,447 @@
+//! Job programs for the integration tests: `ranks-testjob SCENARIO [ARGS]`.
+//! Each prints what it checked; a failed check panics (non-zero exit).
+
+use ranks::{Comm, Error, ANY_SOURCE, ANY_TAG};
+use serde::{Deserialize, Serialize};
+
+type R = Result<(), Error>;
+
+fn arg(i: usize, default: u64) -> u64 {
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// 100k (or ARG) messages from 0 to 1, checked in order.
+fn order(w: &Comm) -> R {
+    let count = arg(2, 100_000);
+    match w.rank() {
+        0 => {
+            for i in 0..count {
+                w.send(1, 0, &i)?;
+            }
+        }
+        1 => {
+            for i in 0..count {
+                let (v, st) = w.recv::<u64>(0, 0)?;
+                assert_eq!(v, i, "message {i} out of order");
+                assert_eq!((st.source, st.tag), (0, 0));
+            }
+            println!("order ok {count}");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct Stamp {
+    from: usize,
+    seq: u64,
+}
+
+/// Every rank but 0 sends ARG messages to 0, which receives from ANY_SOURCE.
+fn fanin(w: &Comm) -> R {
+    let count = arg(2, 10_000);
+    if w.rank() == 0 {
+        let mut next = vec![0u64; w.size()];
+        for _ in 0..count * (w.size() as u64 - 1) {
+            let (s, st) = w.recv::<Stamp>(ANY_SOURCE, ANY_TAG)?;
+            assert_eq!(s.from, st.source);
+            assert_eq!(st.tag as usize, s.from);
+            assert_eq!(
+                s.seq, next[s.from],
+                "stream of rank {} out of order",
+                s.from
+            );
+            next[s.from] += 1;
+        }
+        assert!(next[1..].iter().all(|&n| n == count), "{next:?}");
+        assert!(
+            w.iprobe(ANY_SOURCE, ANY_TAG)?.is_none(),
+            "a message was duplicated"
+        );
+        println!("fanin ok {}", count * (w.size() as u64 - 1));
+    } else {
+        for seq in 0..count {
+            w.send(
+                0,
+                w.rank() as i32,
+                &Stamp {
+                    from: w.rank(),
+                    seq,
+                },
+            )?;
+        }
+    }
+    w.barrier()?;
+    Ok(())
+}
+
+fn pattern(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u8)
+                .wrapping_mul(31)
+                .wrapping_add(salt ^ (i >> 16) as u8)
+        })
+        .collect()
+}
+
+/// Messages of 0 B .. 64 MiB every way we can send them; 1 checks and echoes back.
+fn sizes(w: &Comm) -> R {
+    let sizes = [
+        0usize,
+        1,
+        7,
+        40,
+        4095,
+        4096,
+        65535,
+        65536,
+        65537,
+        1 << 20,
+        (8 << 20) + 3,
+        64 << 20,
+    ];
+    if w.rank() == 0 {
+        for (i, &len) in sizes.iter().enumerate() {
+            let data = pattern(len, i as u8);
+            w.send_slice(1, 1, &data)?;
+            w.send(1, 2, &data)?;
+            w.isend_slice(1, 3, &data)?.wait()?;
+            let (back, _) = w.recv_vec::<u8>(1, 4)?;
+            assert!(back == data, "echo of {len} bytes differs");
+        }
+        // f64 slices keep their values.
+        let xs: Vec<f64> = (0..300_000).map(|i| i as f64 * 0.5).collect();
+        w.send_slice(1, 5, &xs)?;
+        println!("sizes ok");
+    } else if w.rank() == 1 {
+        for (i, &len) in sizes.iter().enumerate() {
+            let want = pattern(len, i as u8);
+            let (a, st) = w.recv_vec::<u8>(0, 1)?;
+            assert_eq!(st.len, len);
+            assert!(a == want, "raw {len}");
+            let (b, _) = w.recv::<Vec<u8>>(0, 2)?;
+            assert!(b == want, "serde {len}");
+            let mut c = vec![0u8; len + 5];
+            let st = w.recv_into(0, 3, &mut c)?;
+            assert_eq!(st.len, len);
+            assert!(c[..len] == want[..], "recv_into {len}");
+            w.send_slice(0, 4, &a)?;
+        }
+        let (xs, st) = w.recv_vec::<f64>(0, 5)?;
+        assert_eq!(st.count::<f64>(), 300_000);
+        assert!(xs.iter().enumerate().all(|(i, &x)| x == i as f64 * 0.5));
+    }
+    Ok(())
+}
+
+/// Tags and wildcards: a specific tag overtakes queued ones; wildcards take arrival order.
+fn wildcard(w: &Comm) -> R {
+    match w.rank() {
+        1 => {
+            for tag in [5, 3, 9] {
+                w.send(0, tag, &format!("tag {tag}"))?;
+            }
+            w.barrier()?;
+        }
+        0 => {
+            let st = w.probe(1, 9)?;
+            assert_eq!((st.source, st.tag), (1, 9));
+            let (s, _) = w.recv::<String>(1, 9)?;
+            assert_eq!(s, "tag 9");
+            let (s, st) = w.recv::<String>(ANY_SOURCE, ANY_TAG)?;
+            assert_eq!((s.as_str(), st.tag), ("tag 5", 5));
+            let st = w.iprobe(ANY_SOURCE, ANY_TAG)?.expect("tag 3 is queued");
+            assert_eq!(st.tag, 3);
+            let (s, _) = w.recv::<String>(1, ANY_TAG)?;
+            assert_eq!(s, "tag 3");
+            assert!(w.iprobe(1, ANY_TAG)?.is_none());
+            w.barrier()?;
+            println!("wildcard ok");
+        }
+        _ => w.barrier()?,
+    }
+    Ok(())
+}
+
+/// Receiving the wrong type is an error naming source, tag and type; nothing is lost after.
+fn mismatch(w: &Comm) -> R {
+    match w.rank() {
+        0 => {
+            w.send(1, 4, &"hello world".to_string())?;
+            w.send_slice(1, 6, &[1.5f64, 2.5])?;
+            w.send(1, 7, &42u32)?;
+        }
+        1 => {
+            let e = w.recv::<u64>(0, 4).expect_err("a String is not a u64");
+            println!("error: {e}");
+            assert!(
+                matches!(
+                    e,
+                    Error::TypeMismatch {
+                        rank: 0,
+                        tag: 4,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            let e = w
+                .recv::<String>(0, 6)
+                .expect_err("raw f64 slice is not a String");
+            println!("error: {e}");
+            let (v, _) = w.recv::<u32>(0, 7)?;
+            assert_eq!(v, 42);
+            println!("mismatch ok");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Bad arguments are errors, not panics.
+fn badargs(w: &Comm) -> R {
+    let e = w
+        .send(w.size() + 3, 0, &1u8)
+        .expect_err("rank out of range");
+    println!("error: {e}");
+    assert!(matches!(e, Error::InvalidRank { .. }));
+    let e = w.send(0, -5, &1u8).expect_err("negative tag");
+    assert!(matches!(e, Error::InvalidTag(-5)));
+    let e = w.recv::<u8>(-7, 0).expect_err("negative source");
+    assert!(matches!(e, Error::InvalidRank { .. }));
+    if w.rank() == 0 && w.size() > 1 {
+        w.send_slice(1, 0, &[1u32, 2, 3, 4])?;
+    }
+    if w.rank() == 1 {
+        let mut small = [0u32; 2];
+        let e = w.recv_into(0, 0, &mut small).expect_err("buffer too small");
+        println!("error: {e}");
+        // The message is still there for a big enough buffer.
+        let mut big = [0u32; 4];
+        w.recv_into(0, 0, &mut big)?;
+        assert_eq!(big, [1, 2, 3, 4]);
+    }
+    println!("badargs ok");
+    Ok(())
+}
+
+/// A message above RANKS_MAX_MESSAGE is refused with an error; the next one still arrives.
+fn toolarge(w: &Comm) -> R {
+    match w.rank() {
+        0 => {
+            w.send_slice(1, 1, &vec![7u8; 5000])?;
+            w.send_slice(1, 2, &[1u8, 2, 3])?;
+        }
+        1 => {
+            let e = w.recv_vec::<u8>(0, 1).expect_err("above the limit");
+            println!("error: {e}");
+            assert!(
+                matches!(
+                    e,
+                    Error::FrameTooLarge {
+                        rank: 0,
+                        tag: 1,
+                        len: 5000,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            let (v, _) = w.recv_vec::<u8>(0, 2)?;
+            assert_eq!(v, [1, 2, 3]);
+            println!("toolarge ok");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Rank FAILER (arg 3, default 1) fails the way arg 2 says, after everyone started.
+fn fail(w: &Comm) -> R {
+    let how = std::env::args().nth(2).unwrap_or_default();
+    let failer = arg(3, 1) as usize;
+    w.barrier()?;
+    if w.rank() == failer {
+        match how.as_str() {
+            "panic" => panic!("rank {failer} panics on purpose"),
+            "exit3" => std::process::exit(3),
+            "sigkill" => {
+                let me = rustix::process::getpid();
+                rustix::process::kill_process(me, rustix::process::Signal::KILL).ok();
+                unreachable!("SIGKILL does not return");
+            }
+            other => panic!("unknown failure {other}"),
+        }
+    }
+    // Everyone else waits for a message that will never come.
+    let r = w.recv::<u8>(failer, 0);
+    println!("rank {} woke up: {r:?}", w.rank());
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    Ok(())
+}
+
+/// Rank 1 leaves early; rank 0's receive from it fails with PeerLost instead of hanging.
+fn peerlost(w: &Comm) -> R {
+    if w.rank() == 1 {
+        return Ok(());
+    }
+    if w.rank() == 0 {
+        let e = w.recv::<u8>(1, 0).expect_err("rank 1 is gone");
+        println!("error: {e}");
+        assert!(matches!(e, Error::PeerLost { rank: 1, .. }), "{e:?}");
+        let e = w.recv::<u8>(ANY_SOURCE, 0);
+        if w.size() == 2 {
+            assert!(matches!(e, Err(Error::PeerLost { .. })), "{e:?}");
+        }
+        println!("peerlost ok");
+    }
+    Ok(())
+}
+
+fn sleep(w: &Comm) -> R {
+    let _ = w.rank();
+    std::thread::sleep(std::time::Duration::from_secs(arg(2, 30)));
+    Ok(())
+}
+
+/// A token goes around the ring ARG times; every rank adds 1.
+fn ring(w: &Comm) -> R {
+    let rounds = arg(2, 1000);
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    let mut token = 0u64;
+    for _ in 0..rounds {
+        if me == 0 {
+            w.send(next, 0, &(token + 1))?;
+            token = w.recv::<u64>(prev, 0)?.0;
+        } else {
+            token = w.recv::<u64>(prev, 0)?.0;
+            w.send(next, 0, &(token + 1))?;
+        }
+    }
+    if me == 0 {
+        assert_eq!(token, rounds * n as u64);
+        println!("ring ok {token}");
+    }
+    Ok(())
+}
+
+/// Nonblocking requests, test, wait_all, sendrecv.
+fn nonblocking(w: &Comm) -> R {
+    let (me, n) = (w.rank(), w.size());
+    let next = (me + 1) % n;
+    let prev = (me + n - 1) % n;
+    // Post receives first, then send: works for any ordering.
+    let recvs: Vec<_> = (0..50)
+        .map(|t| w.irecv::<(usize, i32)>(prev, t))
+        .collect::<Result<_, _>>()?;
+    let big = vec![me as u32; 1 << 18];
+    let big_recv = w.irecv_vec::<u32>(prev, 100)?;
+    let sends: Vec<_> = (0..50)
+        .rev()
+        .map(|t| w.isend(next, t, &(me, t)))
+        .collect::<Result<_, _>>()?;
+    let big_send = w.isend_slice(next, 100, &big)?;
+    let got = ranks::wait_all(recvs)?;
+    for (t, ((from, tag), st)) in got.into_iter().enumerate() {
+        assert_eq!(
+            (from, tag, st.source, st.tag),
+            (prev, t as i32, prev, t as i32)
+        );
+    }
+    let (v, _) = big_recv.wait()?;
+    assert!(v.len() == 1 << 18 && v.iter().all(|&x| x as usize == prev));
+    ranks::wait_all(sends)?;
+    big_send.wait()?;
+    // test() on a receive that cannot complete yet, then completes.
+    let mut pending = w.irecv::<String>(prev, 200)?;
+    let early = pending.is_complete();
+    w.barrier()?;
+    w.send(next, 200, &format!("from {me}"))?;
+    let (s, _) = pending.wait()?;
+    assert_eq!(s, format!("from {prev}"));
+    let _ = early;
+    let (v, st) = w.sendrecv::<_, usize>(&me, next, 300, prev, 300)?;
+    assert_eq!((v, st.source), (prev, prev));
+    w.barrier()?;
+    println!("nonblocking ok rank {me}");
+    Ok(())
+}
+
+/// The async forms from a tokio program.
+fn asynchronous(w: &Comm) -> R {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        let (me, n) = (w.rank(), w.size());
+        let next = (me + 1) % n;
+        let prev = (me + n - 1) % n;
+        let recv = w.recv_async::<String>(prev, 1);
+        w.send_async(next, 1, &format!("async hello from {me}"))
+            .await?;
+        let (s, st) = recv.await?;
+        assert_eq!(s, format!("async hello from {prev}"));
+        assert_eq!(st.source, prev);
+        println!("async ok rank {me}");
+        Ok(())
+    })
+}
+
+/// Everything a world of one can do.
+fn singleton(w: &Comm) -> R {
+    assert_eq!((w.rank(), w.size()), (0, 1));
+    w.send(0, 3, &vec![1u8, 2, 3])?;
+    let (v, st) = w.recv::<Vec<u8>>(0, 3)?;
+    assert_eq!((v, st.source, st.tag), (vec![1, 2, 3], 0, 3));
+    let big = vec![9u64; 1 << 20];
+    let r = w.isend_slice(0, 4, &big)?;
+    let (b, _) = w.recv_vec::<u64>(ANY_SOURCE, ANY_TAG)?;
+    r.wait()?;
+    assert!(b == big);
+    w.barrier()?;
+    assert!(w.send(1, 0, &1u8).is_err());
+    println!("singleton ok size {} transport {}", w.size(), w.transport());
+    Ok(())
+}
+
+fn main() {
+    let scenario = std::env::args().nth(1).unwrap_or_default();
+    let w = match ranks::init() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("init failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    let r = match scenario.as_str() {
+        "order" => order(&w),
+        "fanin" => fanin(&w),
+        "sizes" => sizes(&w),
+        "wildcard" => wildcard(&w),
+        "mismatch" => mismatch(&w),
+        "badargs" => badargs(&w),
+        "toolarge" => toolarge(&w),
+        "fail" => fail(&w),
+        "peerlost" => peerlost(&w),
+        "sleep" => sleep(&w),
+        "ring" => ring(&w),
+        "nonblocking" => nonblocking(&w),
+        "async" => asynchronous(&w),
+        "singleton" => singleton(&w),
+        other => {
+            eprintln!("unknown scenario {other:?}");
+            std::process::exit(64);
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("rank {}: {e}", w.rank());
+        std::process::exit(1);
+    }
+}
