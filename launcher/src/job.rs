@@ -198,7 +198,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     let mut forwarders = Vec::new();
     let mut waiters = Vec::new();
     let mut spawn_error = None;
-    for rank in 0..n {
+    for (rank, pid_slot) in pids.iter_mut().enumerate() {
         let mut cmd = Command::new(&program);
         cmd.args(&args.args)
             .env(env::RANK, rank.to_string())
@@ -222,7 +222,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                 break;
             }
         };
-        pids[rank] = Some(child.id());
+        *pid_slot = Some(child.id());
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
         forwarders.push(forward(out, rank, Stream::Stdout, args.tag_output));

@@ -405,7 +405,7 @@ impl Comm {
     pub fn probe(&self, source: impl Into<Source>, tag: i32) -> Result<Status> {
         let pat = self.pattern(self.ctx, source.into(), tag)?;
         self.core.wait_for(self.watch_for(&pat), |_, st| {
-            Ok(st.m.peek(pat).map(|m| status_of(m)))
+            Ok(st.m.peek(pat).map(status_of))
         })
     }
 
@@ -526,7 +526,10 @@ impl Comm {
         if msg.typecode != typecode::<T>() {
             return Err(mismatch("its elements are of another type".into()));
         }
-        if msg.len() % std::mem::size_of::<T>().max(1) as u64 != 0 {
+        if !msg
+            .len()
+            .is_multiple_of(std::mem::size_of::<T>().max(1) as u64)
+        {
             return Err(mismatch(format!(
                 "{} bytes is not a whole number of elements",
                 msg.len()

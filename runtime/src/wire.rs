@@ -447,7 +447,7 @@ mod tests {
                 x ^= x << 17;
                 bytes.push(x as u8);
             }
-            if bytes.len() >= 3 && x % 2 == 0 {
+            if bytes.len() >= 3 && x.is_multiple_of(2) {
                 bytes[0] = b'R';
                 bytes[1] = b'K';
                 bytes[2] = VERSION;

@@ -1,1 +1,204 @@
+//! Helpers for the integration tests: build the binaries once, run jobs through the real
+//! launcher, and check that nothing is left behind.
 
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace's target directory for the profile these tests were built with.
+fn target_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    base.join(if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    })
+}
+
+/// Build the launcher, the examples and the test jobs (once per test process).
+fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .args([
+                "build",
+                "--bins",
+                "-p",
+                "ranks-launcher",
+                "-p",
+                "ranks-examples",
+                "-p",
+                "ranks-tests",
+            ]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("running cargo build");
+        assert!(st.success(), "building the binaries failed");
+    });
+}
+
+/// Path of a binary built from this workspace.
+pub fn bin(name: &str) -> PathBuf {
+    ensure_built();
+    let p = target_dir().join(name);
+    assert!(p.exists(), "{} was not built", p.display());
+    p
+}
+
+/// What a finished job left.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+    /// Pid of the launcher (its segments are named after it).
+    pub launcher_pid: u32,
+    /// Value of `RANKS_TEST_MARK` given to every rank.
+    pub mark: String,
+}
+
+impl Outcome {
+    pub fn lines_with(&self, needle: &str) -> Vec<&str> {
+        self.stdout.lines().filter(|l| l.contains(needle)).collect()
+    }
+}
+
+fn unique_mark() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        n,
+        Instant::now().elapsed().as_nanos()
+    )
+}
+
+/// Run `ranks <args>` with `launcher_args` before the program and `prog_args` after it;
+/// kill it if it runs longer than `limit` (a test failure, not a job timeout).
+pub fn run_job(
+    launcher_args: &[&str],
+    program: &str,
+    prog_args: &[&str],
+    limit: Duration,
+) -> Outcome {
+    let mark = unique_mark();
+    let mut cmd = Command::new(bin("ranks"));
+    cmd.arg("run")
+        .args(launcher_args)
+        .args(["-x", &format!("RANKS_TEST_MARK={mark}")])
+        .arg(bin(program))
+        .args(prog_args);
+    run_command(cmd, limit, mark)
+}
+
+/// Run any command like a job (for launcher error cases).
+pub fn run_command(mut cmd: Command, limit: Duration, mark: String) -> Outcome {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("RUST_BACKTRACE");
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawning the launcher");
+    let launcher_pid = child.id();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("waiting for the launcher") {
+            break st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = t_err.join().unwrap_or_default();
+            panic!("job did not finish within {limit:?}; stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Outcome {
+        code,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+        elapsed,
+        launcher_pid,
+        mark,
+    }
+}
+
+/// Pids of live processes whose environment carries this job's mark.
+pub fn processes_with_mark(mark: &str) -> Vec<u32> {
+    let needle = format!("RANKS_TEST_MARK={mark}");
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            // Zombies have an empty environment; only live processes count.
+            if env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Segments in /dev/shm made by the launcher with this pid.
+pub fn segments_of(launcher_pid: u32) -> Vec<String> {
+    let prefix = format!("ranks-{launcher_pid}-");
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Assert the job left no process and no shared-memory segment behind.
+pub fn assert_clean(o: &Outcome) {
+    // Killed processes can take a moment to disappear from /proc.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_with_mark(&o.mark);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind: {left:?}\n{o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let segs = segments_of(o.launcher_pid);
+    assert!(segs.is_empty(), "segments left in /dev/shm: {segs:?}");
+}
+
+/// The usual limit for a job in these tests.
+pub const LIMIT: Duration = Duration::from_secs(120);

@@ -186,14 +186,14 @@ impl Segment {
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        assert!(off + 8 <= self.map.len() && off % 8 == 0);
+        assert!(off + 8 <= self.map.len() && off.is_multiple_of(8));
         // SAFETY: in bounds and 8-aligned (the mapping is page aligned); the memory is shared
         // and only ever accessed atomically at this offset.
         unsafe { &*(self.map.as_mut_ptr().add(off) as *const AtomicU64) }
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        assert!(off + 4 <= self.map.len() && off % 4 == 0);
+        assert!(off + 4 <= self.map.len() && off.is_multiple_of(4));
         // SAFETY: in bounds and 4-aligned; only ever accessed atomically at this offset.
         unsafe { &*(self.map.as_mut_ptr().add(off) as *const AtomicU32) }
     }

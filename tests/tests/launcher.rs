@@ -1,0 +1,240 @@
+//! The launcher: exit rules, failures, timeouts, signals, output, clean-up.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ranks_tests::*;
+
+#[test]
+fn hello_runs_every_rank_with_distinct_pids() {
+    let o = run_job(&["-n", "4"], "hello", &[], LIMIT);
+    assert_eq!(o.code, 0, "{o:?}");
+    let mut pids = Vec::new();
+    for r in 0..4 {
+        let line = o.lines_with(&format!("hello from rank {r} of 4"));
+        assert_eq!(line.len(), 1, "{o:?}");
+        pids.push(
+            line[0]
+                .rsplit("pid ")
+                .next()
+                .unwrap()
+                .trim_end_matches(')')
+                .to_string(),
+        );
+    }
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "pids must differ: {pids:?}");
+    assert_clean(&o);
+}
+
+#[test]
+fn primes_workload_gives_the_lesson_counts_after_the_barrier() {
+    let o = run_job(&["-n", "4", "--tag-output"], "primes", &[], LIMIT);
+    assert_eq!(o.code, 0, "{o:?}");
+    for (r, count) in [(0, 78498), (1, 70435), (2, 67883), (3, 66330)] {
+        assert_eq!(
+            o.lines_with(&format!("[{r}] rank {r}: {count} primes"))
+                .len(),
+            1,
+            "{}",
+            o.stdout
+        );
+    }
+    assert_eq!(
+        o.lines_with("[0] total: 283146 primes in [1, 4000000]")
+            .len(),
+        1,
+        "{}",
+        o.stdout
+    );
+    // Every line is whole and tagged.
+    assert!(o.stdout.lines().all(|l| l.starts_with('[')), "{}", o.stdout);
+    assert_clean(&o);
+}
+
+#[test]
+fn tag_output_never_mixes_lines() {
+    let o = run_job(
+        &["-n", "4", "--tag-output"],
+        "ranks-testjob",
+        &["fanin", "2000"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    for l in o.stdout.lines() {
+        assert!(
+            l.starts_with("[0] ")
+                || l.starts_with("[1] ")
+                || l.starts_with("[2] ")
+                || l.starts_with("[3] "),
+            "{l:?}"
+        );
+    }
+}
+
+fn check_failure(how: &str, code: i32, why: &str) {
+    for transport in ["shm", "uds"] {
+        let o = run_job(
+            &["-n", "4", "--transport", transport],
+            "ranks-testjob",
+            &["fail", how, "2"],
+            LIMIT,
+        );
+        assert_eq!(o.code, code, "{how} over {transport}: {o:?}");
+        assert!(
+            o.stderr.contains(&"ranks: rank 2 (pid".to_string()),
+            "{o:?}"
+        );
+        assert!(o.stderr.contains(why), "{o:?}");
+        assert!(o.stderr.contains("stopping the other 3 rank(s)"), "{o:?}");
+        assert_clean(&o);
+    }
+}
+
+#[test]
+fn a_panicking_rank_stops_the_job_with_its_code() {
+    check_failure("panic", 101, "exited with code 101 (a Rust panic)");
+}
+
+#[test]
+fn a_rank_exiting_3_makes_the_job_exit_3() {
+    check_failure("exit3", 3, "exited with code 3");
+}
+
+#[test]
+fn a_rank_killed_by_sigkill_makes_the_job_exit_137() {
+    check_failure("sigkill", 137, "was killed by signal 9 (SIGKILL)");
+}
+
+#[test]
+fn timeout_stops_the_job_and_names_running_ranks() {
+    let o = run_job(
+        &["-n", "3", "--timeout", "1"],
+        "ranks-testjob",
+        &["sleep", "60"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 124, "{o:?}");
+    assert!(o.stderr.contains("rank(s) still running: 0, 1, 2"), "{o:?}");
+    assert!(o.elapsed < Duration::from_secs(30), "{o:?}");
+    assert_clean(&o);
+}
+
+#[test]
+fn sigint_to_the_launcher_stops_everything() {
+    let mark = "sigint-test".to_string() + &std::process::id().to_string();
+    let mut cmd = Command::new(bin("ranks"));
+    cmd.args(["run", "-n", "3", "-x", &format!("RANKS_TEST_MARK={mark}")])
+        .arg(bin("ranks-testjob"))
+        .args(["sleep", "60"]);
+    let pid_file = std::env::temp_dir().join(format!("ranks-sigint-{}", std::process::id()));
+    let _ = std::fs::remove_file(&pid_file);
+    // Interrupt once every rank is up.
+    let killer = {
+        let mark = mark.clone();
+        std::thread::spawn(move || {
+            for _ in 0..1000 {
+                if processes_with_mark(&mark).len() >= 4 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let launcher = processes_with_mark(&mark).into_iter().find(|p| {
+                std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e.ends_with("ranks"))
+            });
+            if let Some(p) = launcher {
+                let _ = Command::new("kill").args(["-INT", &p.to_string()]).status();
+            }
+        })
+    };
+    cmd.env("RANKS_TEST_MARK", &mark);
+    let o = run_command(cmd, LIMIT, mark);
+    killer.join().unwrap();
+    assert_eq!(o.code, 130, "{o:?}");
+    assert!(o.stderr.contains("got SIGINT; stopping the job"), "{o:?}");
+    assert_clean(&o);
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    let cases: &[&[&str]] = &[
+        &["run", "-n", "0", "hello"],
+        &["run", "-n", "2", "/no/such/program"],
+        &["run", "-n", "2", "no-such-program-on-path"],
+        &["run", "--bogus", "-n", "2", "hello"],
+        &["run", "-n", "two", "hello"],
+        &["run", "-n", "2", "--timeout", "-1", "hello"],
+    ];
+    for args in cases {
+        let mut cmd = Command::new(bin("ranks"));
+        cmd.args(*args);
+        let o = run_command(cmd, LIMIT, "none".into());
+        assert_eq!(o.code, 2, "{args:?}: {o:?}");
+        assert_eq!(o.stderr.lines().count(), 1, "{args:?}: {o:?}");
+        assert!(o.stderr.starts_with("ranks: error: "), "{args:?}: {o:?}");
+        assert!(!o.stderr.contains("panicked"), "{o:?}");
+    }
+}
+
+#[test]
+fn stale_segments_of_dead_launchers_are_reaped() {
+    // A pid that surely is not running: a child that already exited.
+    let mut c = Command::new("true").spawn().unwrap();
+    let dead = c.id();
+    c.wait().unwrap();
+    let stale = format!("/dev/shm/ranks-{dead}-deadbeef");
+    std::fs::write(&stale, b"left by a crashed job").unwrap();
+    let o = run_job(&["-n", "2"], "hello", &[], LIMIT);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        !std::path::Path::new(&stale).exists(),
+        "stale segment survived"
+    );
+    assert!(o.stderr.contains("left by a job that died"), "{o:?}");
+}
+
+#[test]
+fn killing_the_launcher_takes_the_ranks_with_it() {
+    let mark = format!("sigkill-launcher-{}", std::process::id());
+    let mut child = Command::new(bin("ranks"))
+        .args(["run", "-n", "3", "-x", &format!("RANKS_TEST_MARK={mark}")])
+        .arg(bin("ranks-testjob"))
+        .args(["sleep", "60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..1000 {
+        if processes_with_mark(&mark).len() >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(processes_with_mark(&mark).len(), 3);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_with_mark(&mark).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ranks outlived their launcher"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its segment is reaped by the next launcher.
+    let o = run_job(&["-n", "1"], "hello", &[], LIMIT);
+    assert_eq!(o.code, 0);
+    assert!(segments_of(child.id()).is_empty());
+}
+
+#[test]
+fn environment_is_passed_with_x() {
+    let o = run_job(
+        &["-n", "2", "-x", "RANKS_TEST_MARK=ignored"],
+        "hello",
+        &[],
+        LIMIT,
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+}

@@ -1,0 +1,154 @@
+//! Point-to-point messaging through real jobs, over both local transports.
+
+use ranks_tests::*;
+
+fn job_ok(n: usize, transport: &str, args: &[&str], expect: &str) -> Outcome {
+    let np = n.to_string();
+    let o = run_job(
+        &["-n", &np, "--transport", transport],
+        "ranks-testjob",
+        args,
+        LIMIT,
+    );
+    assert_eq!(o.code, 0, "{args:?} on {n} ranks over {transport}: {o:?}");
+    assert!(
+        o.stdout.contains(expect),
+        "{args:?}: expected {expect:?} in\n{}",
+        o.stdout
+    );
+    assert_clean(&o);
+    o
+}
+
+#[test]
+fn hundred_thousand_messages_stay_in_order() {
+    job_ok(2, "shm", &["order", "100000"], "order ok 100000");
+    job_ok(2, "uds", &["order", "100000"], "order ok 100000");
+}
+
+#[test]
+fn seven_senders_to_one_any_source_receiver() {
+    job_ok(8, "shm", &["fanin", "20000"], "fanin ok 140000");
+    job_ok(8, "uds", &["fanin", "5000"], "fanin ok 35000");
+}
+
+#[test]
+fn messages_from_0_bytes_to_64_mib() {
+    job_ok(2, "shm", &["sizes"], "sizes ok");
+    job_ok(2, "uds", &["sizes"], "sizes ok");
+}
+
+#[test]
+fn large_messages_without_cross_memory_attach() {
+    // RANKS_CMA=0 forces the streaming fallback of the rendezvous path.
+    let o = run_job(
+        &["-n", "2", "-x", "RANKS_CMA=0"],
+        "ranks-testjob",
+        &["sizes"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("sizes ok"));
+}
+
+#[test]
+fn tags_and_wildcards_match_like_mpi() {
+    job_ok(3, "shm", &["wildcard"], "wildcard ok");
+    job_ok(3, "uds", &["wildcard"], "wildcard ok");
+}
+
+#[test]
+fn wrong_type_names_source_tag_and_type() {
+    let o = job_ok(2, "shm", &["mismatch"], "mismatch ok");
+    assert!(
+        o.stdout
+            .contains("message from rank 0 with tag 4 does not decode as u64"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("alloc::string::String"), "{}", o.stdout);
+}
+
+#[test]
+fn bad_ranks_tags_and_buffers_are_errors() {
+    let o = job_ok(2, "shm", &["badargs"], "badargs ok");
+    assert!(
+        o.stdout
+            .contains("invalid rank 5: the communicator has 2 ranks"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("has 16 bytes but the buffer holds 8"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn oversized_messages_are_refused_and_the_stream_goes_on() {
+    for t in ["shm", "uds"] {
+        let o = run_job(
+            &["-n", "2", "--transport", t, "-x", "RANKS_MAX_MESSAGE=1000"],
+            "ranks-testjob",
+            &["toolarge"],
+            LIMIT,
+        );
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(
+            o.stdout
+                .contains("has 5000 bytes, above the limit of 1000 bytes"),
+            "{}",
+            o.stdout
+        );
+        assert!(o.stdout.contains("toolarge ok"));
+    }
+}
+
+#[test]
+fn waiting_on_a_departed_peer_is_peer_lost_not_a_hang() {
+    for t in ["shm", "uds"] {
+        let o = job_ok(2, t, &["peerlost"], "peerlost ok");
+        assert!(o.stdout.contains("rank 1 is gone"), "{}", o.stdout);
+    }
+}
+
+#[test]
+fn nonblocking_requests_and_sendrecv() {
+    job_ok(3, "shm", &["nonblocking"], "nonblocking ok rank 2");
+    job_ok(4, "uds", &["nonblocking"], "nonblocking ok rank 3");
+}
+
+#[test]
+fn async_forms_work_from_tokio() {
+    job_ok(3, "shm", &["async"], "async ok rank 0");
+}
+
+#[test]
+fn eight_ranks_on_two_cores_pass_a_ring_token() {
+    job_ok(8, "shm", &["ring", "2000"], "ring ok 16000");
+    job_ok(8, "uds", &["ring", "500"], "ring ok 4000");
+}
+
+#[test]
+fn eight_ranks_ping_pong_in_pairs() {
+    let o = run_job(&["-n", "8"], "ping_pong", &["5000"], LIMIT);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(
+        o.lines_with("5000 round trips, ball = 5000").len(),
+        4,
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn a_program_without_the_launcher_is_a_world_of_one() {
+    let out = std::process::Command::new(bin("ranks-testjob"))
+        .arg("singleton")
+        .env_remove("RANKS_SIZE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("singleton ok size 1 transport local"));
+}
