@@ -46,3 +46,8 @@ pub fn init() -> Result<Comm> {
     let w = bootstrap::world_from_env()?;
     Ok(WORLD.get_or_init(|| w).clone())
 }
+
+/// The README's examples, compiled and run as doctests (in a world of one).
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
