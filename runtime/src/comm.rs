@@ -1,7 +1,6 @@
 //! Communicators: ranked groups of processes with typed point-to-point messaging.
 
 use std::any::type_name;
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 use bytemuck::Pod;
@@ -205,9 +204,16 @@ impl Comm {
                 Ok(None)
             });
         }
+        if let Some(detail) = core.t.peer_gone(peer) {
+            return Err(Error::PeerLost { rank: peer, detail });
+        }
         let seq = {
             let mut st = core.lock();
-            core.write_frame(&mut st, peer, &h, payload)
+            let seq = core.write_frame(&mut st, peer, &h, payload);
+            if core.frame_sent(&st, peer, seq) {
+                return Ok(());
+            }
+            seq
         };
         core.wait_for(Watch::Peer(peer), |core, st| {
             Ok(core.frame_sent(st, peer, seq).then_some(()))
@@ -223,7 +229,7 @@ impl Comm {
         mut buf: Vec<u8>,
         enc: Encoding,
         typecode: u32,
-    ) -> Result<Request<()>> {
+    ) -> Result<Request<'static, ()>> {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
         let len = buf.len() - HEADER_LEN;
@@ -254,7 +260,48 @@ impl Comm {
             }
         };
         drop(st);
-        Ok(Request::new(self.clone(), state, |_, _| Ok(())))
+        Ok(Request::new(self.clone(), state, |_, _, _| Ok(())))
+    }
+
+    /// Nonblocking send straight from a borrowed buffer: small messages are written (or
+    /// queued) at once; large ones are pulled by the receiver from `payload`, which the
+    /// returned request borrows until it completes.
+    pub(crate) fn isend_borrowed<'a>(
+        &self,
+        ctx: u32,
+        dest: usize,
+        tag: i32,
+        payload: &'a [u8],
+        enc: Encoding,
+        typecode: u32,
+    ) -> Result<Request<'a, ()>> {
+        Self::check_send_tag(tag)?;
+        let peer = self.peer(dest)?;
+        let core = &*self.core;
+        let h = Header::data(ctx, self.rank as u32, tag, payload.len() as u64, enc, typecode);
+        let mut st = core.lock();
+        let state = if peer == core.rank {
+            st.m.incoming(Msg {
+                ctx,
+                src: self.rank as u32,
+                tag,
+                enc,
+                typecode,
+                body: Body::Eager(payload.to_vec()),
+            });
+            ReqState::Done
+        } else if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull() {
+            let token = core.new_token(&mut st);
+            core.send_rts(&mut st, peer, &h, token, payload.as_ptr() as u64, payload.len() as u64);
+            ReqState::SendRtsBorrowed { peer, token, data: payload }
+        } else {
+            ReqState::Send {
+                peer,
+                seq: core.write_frame(&mut st, peer, &h, payload),
+            }
+        };
+        drop(st);
+        Ok(Request::new(self.clone(), state, |_, _, _| Ok(())))
     }
 
     /// Send a serde value to `dest` with `tag`.
@@ -284,25 +331,34 @@ impl Comm {
         dest: usize,
         tag: i32,
         value: &T,
-    ) -> Result<Request<()>> {
+    ) -> Result<Request<'static, ()>> {
         let mut buf = vec![0u8; HEADER_LEN];
         buf = postcard::to_extend(value, buf).map_err(|e| Error::Encode(e.to_string()))?;
         self.isend_owned(self.ctx, dest, tag, buf, Encoding::Serde, 0)
     }
 
-    /// Nonblocking send of a slice of plain numbers (copied once, so the caller keeps it).
-    pub fn isend_slice<T: Pod>(&self, dest: usize, tag: i32, data: &[T]) -> Result<Request<()>> {
-        let bytes: &[u8] = bytemuck::cast_slice(data);
-        let mut buf = Vec::with_capacity(HEADER_LEN + bytes.len());
-        buf.resize(HEADER_LEN, 0);
-        buf.extend_from_slice(bytes);
-        self.isend_owned(self.ctx, dest, tag, buf, Encoding::Raw, typecode::<T>())
+    /// Nonblocking send of a slice of plain numbers, without copying it: the request
+    /// borrows `data` until it completes (dropping it unfinished waits for completion).
+    pub fn isend_slice<'a, T: Pod>(
+        &self,
+        dest: usize,
+        tag: i32,
+        data: &'a [T],
+    ) -> Result<Request<'a, ()>> {
+        self.isend_borrowed(
+            self.ctx,
+            dest,
+            tag,
+            bytemuck::cast_slice(data),
+            Encoding::Raw,
+            typecode::<T>(),
+        )
     }
 
     // ----- receiving -----------------------------------------------------------------------
 
     /// Post a receive in context `ctx`: the message at once if one is queued.
-    pub(crate) fn post(&self, pat: Pattern) -> ReqState {
+    pub(crate) fn post(&self, pat: Pattern) -> ReqState<'static> {
         match self.core.lock().m.post(pat) {
             Ok(msg) => ReqState::Matched(msg),
             Err(id) => ReqState::Recv { id, pat },
@@ -365,9 +421,9 @@ impl Comm {
         &self,
         source: impl Into<Source>,
         tag: i32,
-    ) -> Result<Request<(T, Status)>> {
+    ) -> Result<Request<'static, (T, Status)>> {
         let st = self.post(self.pattern(self.ctx, source.into(), tag)?);
-        Ok(Request::new(self.clone(), st, |c, m| {
+        Ok(Request::new(self.clone(), st, |c, m, _| {
             c.decode(m.expect("receive"))
         }))
     }
@@ -377,11 +433,32 @@ impl Comm {
         &self,
         source: impl Into<Source>,
         tag: i32,
-    ) -> Result<Request<(Vec<T>, Status)>> {
+    ) -> Result<Request<'static, (Vec<T>, Status)>> {
         let st = self.post(self.pattern(self.ctx, source.into(), tag)?);
-        Ok(Request::new(self.clone(), st, |c, m| {
+        Ok(Request::new(self.clone(), st, |c, m, _| {
             c.decode_vec(m.expect("receive"))
         }))
+    }
+
+    /// Nonblocking receive of a slice of plain numbers into `buf`, which the request
+    /// borrows until it completes.
+    pub fn irecv_into<'a, T: Pod>(
+        &self,
+        source: impl Into<Source>,
+        tag: i32,
+        buf: &'a mut [T],
+    ) -> Result<Request<'a, Status>> {
+        let st = self.post(self.pattern(self.ctx, source.into(), tag)?);
+        fn finish<T: Pod>(c: &Comm, m: Option<Msg>, buf: Option<&mut [u8]>) -> Result<Status> {
+            let buf: &mut [T] = bytemuck::cast_slice_mut(buf.expect("irecv_into has a buffer"));
+            c.decode_into(m.expect("receive"), buf)
+        }
+        Ok(Request::with_buffer(
+            self.clone(),
+            st,
+            finish::<T>,
+            bytemuck::cast_slice_mut(buf),
+        ))
     }
 
     /// Send `value` to `dest` and receive from `source` at the same time (no deadlock when
@@ -610,41 +687,76 @@ fn status_of(m: &Msg) -> Status {
 }
 
 /// Where a nonblocking operation stands.
-pub(crate) enum ReqState {
+pub(crate) enum ReqState<'a> {
     Send { peer: usize, seq: u64 },
     SendRts { peer: usize, token: u64 },
+    SendRtsBorrowed { peer: usize, token: u64, data: &'a [u8] },
     Recv { id: RecvId, pat: Pattern },
     Matched(Msg),
     Done,
 }
 
-type Finish<T> = fn(&Comm, Option<Msg>) -> Result<T>;
+/// Turns the matched message (receives) into the result, using the borrowed buffer if any.
+type Finish<T> = fn(&Comm, Option<Msg>, Option<&mut [u8]>) -> Result<T>;
 
 /// A nonblocking operation in flight. `wait` blocks for its result, `test` polls.
-/// Dropping an unfinished receive withdraws it; an unfinished send still completes.
+///
+/// A request may borrow the buffer it sends from or receives into (`'a`). Dropping an
+/// unfinished receive withdraws it; dropping an unfinished send waits until the receiver no
+/// longer needs the buffer.
 #[must_use = "a request does nothing unless waited on or tested"]
-pub struct Request<T> {
+pub struct Request<'a, T> {
     comm: Comm,
-    state: ReqState,
+    state: ReqState<'a>,
     finish: Finish<T>,
-    _t: PhantomData<fn() -> T>,
+    buf: Option<&'a mut [u8]>,
 }
 
-impl<T> Request<T> {
-    pub(crate) fn new(comm: Comm, state: ReqState, finish: Finish<T>) -> Self {
+impl<'a, T> Request<'a, T> {
+    pub(crate) fn new(comm: Comm, state: ReqState<'a>, finish: Finish<T>) -> Self {
         Request {
             comm,
             state,
             finish,
-            _t: PhantomData,
+            buf: None,
         }
     }
 
-    fn poll_state(&mut self, st: &mut State) -> bool {
-        let core = &*self.comm.core;
+    pub(crate) fn with_buffer(
+        comm: Comm,
+        state: ReqState<'a>,
+        finish: Finish<T>,
+        buf: &'a mut [u8],
+    ) -> Self {
+        Request {
+            comm,
+            state,
+            finish,
+            buf: Some(buf),
+        }
+    }
+
+    /// Advance the operation; true once it is complete.
+    fn poll_state(&mut self, core: &Core, st: &mut State) -> bool {
         match &self.state {
             ReqState::Send { peer, seq } => core.frame_sent(st, *peer, *seq),
             ReqState::SendRts { token, .. } => core.rts_owned_done(st, *token),
+            ReqState::SendRtsBorrowed { peer, token, data } => {
+                let (peer, token, data) = (*peer, *token, *data);
+                if core.take_fin(st, token) {
+                    self.state = ReqState::Done;
+                    return true;
+                }
+                if core.take_nack(st, token) {
+                    // The receiver cannot pull: stream the bytes (copied if the stream is full).
+                    let mut h = Header::control(crate::wire::Kind::RtsData, token);
+                    h.len = data.len() as u64;
+                    let seq = core.write_frame(st, peer, &h, data);
+                    self.state = ReqState::Send { peer, seq };
+                    return core.frame_sent(st, peer, seq);
+                }
+                false
+            }
             ReqState::Recv { id, .. } => match st.m.take(*id) {
                 Some(m) => {
                     self.state = ReqState::Matched(m);
@@ -656,41 +768,49 @@ impl<T> Request<T> {
         }
     }
 
+    fn watch(&self) -> Option<usize> {
+        match &self.state {
+            ReqState::Send { peer, .. }
+            | ReqState::SendRts { peer, .. }
+            | ReqState::SendRtsBorrowed { peer, .. } => Some(*peer),
+            ReqState::Recv { pat, .. } if pat.src != ANY_SOURCE => {
+                Some(self.comm.members[pat.src as usize])
+            }
+            _ => None,
+        }
+    }
+
+    /// Block until the operation is complete (result not yet taken).
+    fn drive(&mut self) -> Result<()> {
+        let core = self.comm.core.clone();
+        let members = self.comm.members.clone();
+        let any = matches!(&self.state, ReqState::Recv { pat, .. } if pat.src == ANY_SOURCE);
+        let watch = match self.watch() {
+            Some(p) => Watch::Peer(p),
+            None if any => Watch::All(&members),
+            None => Watch::Nobody,
+        };
+        core.wait_for(watch, |core, st| Ok(self.poll_state(core, st).then_some(())))
+    }
+
     fn complete(mut self) -> Result<T> {
         let msg = match std::mem::replace(&mut self.state, ReqState::Done) {
             ReqState::Matched(m) => Some(m),
             _ => None,
         };
-        (self.finish)(&self.comm, msg)
+        let buf = self.buf.take();
+        (self.finish)(&self.comm, msg, buf)
     }
 
     /// Block until the operation completes and return its result.
     pub fn wait(mut self) -> Result<T> {
-        let watch = match &self.state {
-            ReqState::Send { peer, .. } | ReqState::SendRts { peer, .. } => Watch::Peer(*peer),
-            ReqState::Recv { pat, .. } if pat.src == ANY_SOURCE => Watch::All(&[]),
-            ReqState::Recv { pat, .. } => Watch::Peer(self.comm.members[pat.src as usize]),
-            _ => Watch::Nobody,
-        };
-        let members = self.comm.members.clone();
-        let watch = match watch {
-            Watch::All(_) => Watch::All(&members),
-            w => w,
-        };
-        let core = self.comm.core.clone();
-        core.wait_for(watch, |_, st| Ok(self.poll_state(st).then_some(())))?;
+        self.drive()?;
         self.complete()
     }
 
-    /// Complete the operation if it can be without waiting.
-    pub fn test(mut self) -> Result<std::result::Result<T, Request<T>>> {
-        let core = self.comm.core.clone();
-        let done = {
-            let mut st = core.lock();
-            core.progress(&mut st);
-            self.poll_state(&mut st)
-        };
-        if done {
+    /// Complete the operation if it can be without waiting; otherwise hand the request back.
+    pub fn test(mut self) -> Result<std::result::Result<T, Request<'a, T>>> {
+        if self.is_complete() {
             self.complete().map(Ok)
         } else {
             Ok(Err(self))
@@ -702,7 +822,7 @@ impl<T> Request<T> {
         let core = self.comm.core.clone();
         let mut st = core.lock();
         core.progress(&mut st);
-        self.poll_state(&mut st)
+        self.poll_state(&core, &mut st)
     }
 
     /// Wait from an async task (tokio): the blocking wait runs on tokio's blocking pool.
@@ -710,25 +830,30 @@ impl<T> Request<T> {
     pub async fn wait_async(self) -> Result<T>
     where
         T: Send + 'static,
+        'a: 'static,
     {
         match tokio::task::spawn_blocking(move || self.wait()).await {
             Ok(r) => r,
-            Err(e) => Err(Error::InvalidArgument(format!(
-                "the waiting task failed: {e}"
-            ))),
+            Err(e) => Err(Error::InvalidArgument(format!("the waiting task failed: {e}"))),
         }
     }
 }
 
-impl<T> Drop for Request<T> {
+impl<T> Drop for Request<'_, T> {
     fn drop(&mut self) {
-        if let ReqState::Recv { id, .. } = self.state {
-            self.comm.core.lock().m.cancel(id);
+        match self.state {
+            ReqState::Recv { id, .. } => self.comm.core.lock().m.cancel(id),
+            ReqState::SendRtsBorrowed { .. } => {
+                // The receiver may still read the borrowed buffer: wait until it is done
+                // (or gone; errors cannot be reported from here).
+                let _ = self.drive();
+            }
+            _ => {}
         }
     }
 }
 
 /// Wait for every request and collect the results in order.
-pub fn wait_all<T>(reqs: impl IntoIterator<Item = Request<T>>) -> Result<Vec<T>> {
+pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result<Vec<T>> {
     reqs.into_iter().map(Request::wait).collect()
 }

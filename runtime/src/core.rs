@@ -427,7 +427,7 @@ impl Core {
         watch: Watch<'_>,
         mut check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
     ) -> Result<R> {
-        let start = Instant::now();
+        let mut start: Option<Instant> = None;
         let mut yields = 0;
         loop {
             {
@@ -441,7 +441,7 @@ impl Core {
                     return Err(Error::PeerLost { rank, detail });
                 }
             }
-            if start.elapsed() < self.tuning.spin {
+            if start.get_or_insert_with(Instant::now).elapsed() < self.tuning.spin {
                 std::hint::spin_loop();
                 continue;
             }
