@@ -4,7 +4,7 @@
 //! makes progress, checks its condition, spins briefly and then sleeps on the transport's
 //! wakeup (futex doorbell or `poll`), so ranks that outnumber cores do not burn them.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ impl Tuning {
         let oversubscribed = local_ranks > cores;
         Tuning {
             max_message: num("RANKS_MAX_MESSAGE").unwrap_or(1 << 36),
-            rendezvous_threshold: num("RANKS_RENDEZVOUS_THRESHOLD").unwrap_or(64 << 10) as usize,
+            rendezvous_threshold: num("RANKS_RENDEZVOUS_THRESHOLD").unwrap_or(32 << 10) as usize,
             spin: Duration::from_micros(num("RANKS_SPIN_US").unwrap_or(if oversubscribed {
                 0
             } else {
@@ -64,14 +64,26 @@ pub(crate) struct State {
     out: Vec<OutQueue>,
     dec: Vec<FrameDecoder>,
     pub(crate) m: Matcher,
-    fins: HashSet<u64>,
-    nacks: HashSet<u64>,
+    /// Tokens of rendezvous sends the receiver finished (`Fin`) or refused to pull (`Nack`).
+    /// Only a few are ever outstanding, so plain vectors.
+    fins: Vec<u64>,
+    nacks: Vec<u64>,
     rts_data: HashMap<(usize, u64), Vec<u8>>,
     /// Owned buffers of nonblocking rendezvous sends, until the receiver is done with them.
     rts_out: HashMap<u64, Vec<u8>>,
     next_token: u64,
     /// Peers whose stream became unusable, with the reason.
     broken: Vec<Option<String>>,
+}
+
+fn take_token(v: &mut Vec<u64>, token: u64) -> bool {
+    match v.iter().position(|&t| t == token) {
+        Some(i) => {
+            v.swap_remove(i);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Which peers' loss ends a wait.
@@ -101,8 +113,8 @@ impl Core {
                 .map(|p| FrameDecoder::new(p, tuning.max_message))
                 .collect(),
             m: Matcher::default(),
-            fins: HashSet::new(),
-            nacks: HashSet::new(),
+            fins: Vec::new(),
+            nacks: Vec::new(),
             rts_data: HashMap::new(),
             rts_out: HashMap::new(),
             next_token: 1,
@@ -233,7 +245,7 @@ impl Core {
                 }
                 Kind::Fin => {
                     if st.rts_out.remove(&h.aux).is_none() {
-                        st.fins.insert(h.aux);
+                        st.fins.push(h.aux);
                     }
                 }
                 Kind::Nack => {
@@ -245,7 +257,7 @@ impl Core {
                         data[..HEADER_LEN].copy_from_slice(&hd.encode());
                         self.enqueue(st, peer, data);
                     } else {
-                        st.nacks.insert(h.aux);
+                        st.nacks.push(h.aux);
                     }
                 }
                 Kind::RtsData => {
@@ -296,16 +308,9 @@ impl Core {
             return self.enqueue(st, peer, v);
         }
         let hb = h.encode();
-        let mut hdr_done = 0;
-        let mut body_done = 0;
-        let r = (|| -> Result<()> {
-            hdr_done = self.t.write(peer, &hb)?;
-            if hdr_done == HEADER_LEN && !payload.is_empty() {
-                body_done = self.t.write(peer, payload)?;
-            }
-            Ok(())
-        })();
-        if hdr_done > 0 {
+        let r = self.t.write2(peer, &hb, payload);
+        let done = *r.as_ref().unwrap_or(&0);
+        if done > 0 {
             self.t.notify(peer);
         }
         let oq = &mut st.out[peer];
@@ -316,12 +321,17 @@ impl Core {
             oq.sent += 1;
             return seq;
         }
-        if hdr_done == HEADER_LEN && body_done == payload.len() {
+        let total = HEADER_LEN + payload.len();
+        if done == total {
             oq.sent += 1;
         } else {
-            let mut rest = Vec::with_capacity(HEADER_LEN - hdr_done + payload.len() - body_done);
-            rest.extend_from_slice(&hb[hdr_done..]);
-            rest.extend_from_slice(&payload[body_done..]);
+            let mut rest = Vec::with_capacity(total - done);
+            if done < HEADER_LEN {
+                rest.extend_from_slice(&hb[done..]);
+                rest.extend_from_slice(payload);
+            } else {
+                rest.extend_from_slice(&payload[done - HEADER_LEN..]);
+            }
             oq.q.push_back(Out {
                 bytes: rest,
                 off: 0,
@@ -382,11 +392,11 @@ impl Core {
     }
 
     pub(crate) fn take_fin(&self, st: &mut State, token: u64) -> bool {
-        st.fins.remove(&token)
+        take_token(&mut st.fins, token)
     }
 
     pub(crate) fn take_nack(&self, st: &mut State, token: u64) -> bool {
-        st.nacks.remove(&token)
+        take_token(&mut st.nacks, token)
     }
 
     pub(crate) fn take_rts_data(&self, st: &mut State, peer: usize, token: u64) -> Option<Vec<u8>> {
@@ -395,6 +405,17 @@ impl Core {
 
     fn gone(&self, st: &State, peer: usize) -> Option<String> {
         st.broken[peer].clone().or_else(|| self.t.peer_gone(peer))
+    }
+
+    /// `PeerLost`, or `Truncated` when the peer went away in the middle of a frame.
+    fn lost_error(&self, st: &State, rank: usize, detail: String) -> Error {
+        if st.dec[rank].mid_frame() {
+            return Error::Truncated {
+                rank,
+                detail: format!("its stream ended inside a frame ({detail})"),
+            };
+        }
+        Error::PeerLost { rank, detail }
     }
 
     fn check_watch(&self, st: &State, watch: Watch<'_>) -> Option<(usize, String)> {
@@ -429,20 +450,30 @@ impl Core {
     ) -> Result<R> {
         let mut start: Option<Instant> = None;
         let mut yields = 0;
+        let mut iter: u32 = 0;
         loop {
             {
                 let mut st = self.lock();
-                let lost = self.check_watch(&st, watch);
+                // Peer loss is checked before progress (so everything the peer sent before it
+                // went is read first), and only now and then while spinning.
+                let lost = if iter % 64 == 0 {
+                    self.check_watch(&st, watch)
+                } else {
+                    None
+                };
                 self.progress(&mut st);
                 if let Some(r) = check(self, &mut st)? {
                     return Ok(r);
                 }
                 if let Some((rank, detail)) = lost {
-                    return Err(Error::PeerLost { rank, detail });
+                    return Err(self.lost_error(&st, rank, detail));
                 }
             }
+            iter = iter.wrapping_add(1);
+            if iter % 32 != 0 {
+                continue;
+            }
             if start.get_or_insert_with(Instant::now).elapsed() < self.tuning.spin {
-                std::hint::spin_loop();
                 continue;
             }
             if yields < self.tuning.yields {
@@ -472,6 +503,7 @@ impl Core {
             if let Some(r) = outcome {
                 return r;
             }
+            iter = 0;
         }
     }
 }

@@ -5,7 +5,7 @@
 //! source in one context are matched in the order they were sent; receives are matched in the
 //! order they were posted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::error::Error;
 use crate::wire::Encoding;
@@ -81,7 +81,8 @@ pub(crate) type RecvId = u64;
 pub(crate) struct Matcher {
     unexpected: VecDeque<Msg>,
     posted: Vec<(RecvId, Pattern)>,
-    done: HashMap<RecvId, Msg>,
+    /// Completed receives not yet collected (few at a time: a vector beats a map).
+    done: Vec<(RecvId, Msg)>,
     next_id: RecvId,
 }
 
@@ -90,7 +91,7 @@ impl Matcher {
     pub fn incoming(&mut self, msg: Msg) {
         if let Some(i) = self.posted.iter().position(|(_, p)| p.matches(&msg)) {
             let (id, _) = self.posted.remove(i);
-            self.done.insert(id, msg);
+            self.done.push((id, msg));
         } else {
             self.unexpected.push_back(msg);
         }
@@ -100,7 +101,7 @@ impl Matcher {
     pub fn incoming_front(&mut self, msg: Msg) {
         if let Some(i) = self.posted.iter().position(|(_, p)| p.matches(&msg)) {
             let (id, _) = self.posted.remove(i);
-            self.done.insert(id, msg);
+            self.done.push((id, msg));
         } else {
             self.unexpected.push_front(msg);
         }
@@ -119,13 +120,14 @@ impl Matcher {
 
     /// The completed message of a posted receive, if it has matched.
     pub fn take(&mut self, id: RecvId) -> Option<Msg> {
-        self.done.remove(&id)
+        let i = self.done.iter().position(|(d, _)| *d == id)?;
+        Some(self.done.swap_remove(i).1)
     }
 
     /// Withdraw a posted receive; a message it already matched goes back to the queue front.
     pub fn cancel(&mut self, id: RecvId) {
         self.posted.retain(|(i, _)| *i != id);
-        if let Some(m) = self.done.remove(&id) {
+        if let Some(m) = self.take(id) {
             self.unexpected.push_front(m);
         }
     }

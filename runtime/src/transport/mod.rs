@@ -20,6 +20,16 @@ pub(crate) trait Transport: Send + Sync {
     /// Accept up to `buf.len()` bytes for `peer`'s stream; 0 when it is full.
     fn write(&self, peer: usize, buf: &[u8]) -> Result<usize>;
 
+    /// Accept up to all of `a` then `b` (in that order) for `peer`'s stream, as one write.
+    /// Returns how many bytes of the two were taken.
+    fn write2(&self, peer: usize, a: &[u8], b: &[u8]) -> Result<usize> {
+        let n = self.write(peer, a)?;
+        if n < a.len() || b.is_empty() {
+            return Ok(n);
+        }
+        Ok(n + self.write(peer, b)?)
+    }
+
     /// Read available bytes of `peer`'s stream to us; 0 when nothing is there now.
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize>;
 

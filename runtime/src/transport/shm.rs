@@ -263,27 +263,36 @@ impl Segment {
         (self.u64_at(off), self.u64_at(off + LINE), data)
     }
 
-    /// Append up to `buf.len()` bytes to ring (src, dst). Only `src` may call this.
-    fn ring_write(&self, src: usize, dst: usize, buf: &[u8]) -> usize {
+    /// Append up to all of `bufs` (in order) to ring (src, dst), published with one store.
+    /// Only `src` may call this. Returns the number of bytes taken.
+    fn ring_write(&self, src: usize, dst: usize, bufs: &[&[u8]]) -> usize {
         let (head, tail, data) = self.ring(src, dst);
         let h = head.load(Relaxed);
         let t = tail.load(Acquire);
         let used = h.wrapping_sub(t).min(self.cap as u64) as usize;
-        let n = buf.len().min(self.cap - used);
-        if n == 0 {
-            return 0;
+        let mut free = self.cap - used;
+        let mut pos = h;
+        for buf in bufs {
+            let n = buf.len().min(free);
+            if n == 0 {
+                break;
+            }
+            let off = (pos as usize) & (self.cap - 1);
+            let first = n.min(self.cap - off);
+            // SAFETY: `off + first <= cap` and `n - first <= cap`, so both copies stay inside
+            // the ring's data area; the `free` bytes after `head` are not being read (the
+            // reader stops at `head`, which is published only below).
+            unsafe {
+                std::ptr::copy_nonoverlapping(buf.as_ptr(), data.add(off), first);
+                std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, n - first);
+            }
+            pos += n as u64;
+            free -= n;
         }
-        let off = (h as usize) & (self.cap - 1);
-        let first = n.min(self.cap - off);
-        // SAFETY: `off + first <= cap` and `n - first <= cap`, so both copies stay inside the
-        // ring's data area; the `n` bytes after `head` are free (the reader is behind `tail`
-        // and does not touch them until `head` is published below).
-        unsafe {
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), data.add(off), first);
-            std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, n - first);
+        if pos != h {
+            head.store(pos, Release);
         }
-        head.store(h + n as u64, Release);
-        n
+        (pos - h) as usize
     }
 
     /// Take up to `buf.len()` bytes from ring (src, dst). Only `dst` may call this.
@@ -457,7 +466,11 @@ impl Transport for Shm {
     }
 
     fn write(&self, peer: usize, buf: &[u8]) -> Result<usize> {
-        Ok(self.seg.ring_write(self.me, peer, buf))
+        Ok(self.seg.ring_write(self.me, peer, &[buf]))
+    }
+
+    fn write2(&self, peer: usize, a: &[u8], b: &[u8]) -> Result<usize> {
+        Ok(self.seg.ring_write(self.me, peer, &[a, b]))
     }
 
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {

@@ -134,6 +134,15 @@ impl Transport for Uds {
         }
     }
 
+    fn write2(&self, peer: usize, a: &[u8], b: &[u8]) -> Result<usize> {
+        let mut s = self.sock(peer)?;
+        match s.write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)]) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(self.lost(peer, &format!("its socket failed: {e}"))),
+        }
+    }
+
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
         if self.gone[peer].load(Ordering::Relaxed) {
             return Ok(0);
