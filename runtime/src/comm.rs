@@ -278,7 +278,14 @@ impl Comm {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
         let core = &*self.core;
-        let h = Header::data(ctx, self.rank as u32, tag, payload.len() as u64, enc, typecode);
+        let h = Header::data(
+            ctx,
+            self.rank as u32,
+            tag,
+            payload.len() as u64,
+            enc,
+            typecode,
+        );
         let mut st = core.lock();
         let state = if peer == core.rank {
             st.m.incoming(Msg {
@@ -292,8 +299,19 @@ impl Comm {
             ReqState::Done
         } else if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull() {
             let token = core.new_token(&mut st);
-            core.send_rts(&mut st, peer, &h, token, payload.as_ptr() as u64, payload.len() as u64);
-            ReqState::SendRtsBorrowed { peer, token, data: payload }
+            core.send_rts(
+                &mut st,
+                peer,
+                &h,
+                token,
+                payload.as_ptr() as u64,
+                payload.len() as u64,
+            );
+            ReqState::SendRtsBorrowed {
+                peer,
+                token,
+                data: payload,
+            }
         } else {
             ReqState::Send {
                 peer,
@@ -688,10 +706,23 @@ fn status_of(m: &Msg) -> Status {
 
 /// Where a nonblocking operation stands.
 pub(crate) enum ReqState<'a> {
-    Send { peer: usize, seq: u64 },
-    SendRts { peer: usize, token: u64 },
-    SendRtsBorrowed { peer: usize, token: u64, data: &'a [u8] },
-    Recv { id: RecvId, pat: Pattern },
+    Send {
+        peer: usize,
+        seq: u64,
+    },
+    SendRts {
+        peer: usize,
+        token: u64,
+    },
+    SendRtsBorrowed {
+        peer: usize,
+        token: u64,
+        data: &'a [u8],
+    },
+    Recv {
+        id: RecvId,
+        pat: Pattern,
+    },
     Matched(Msg),
     Done,
 }
@@ -790,7 +821,9 @@ impl<'a, T> Request<'a, T> {
             None if any => Watch::All(&members),
             None => Watch::Nobody,
         };
-        core.wait_for(watch, |core, st| Ok(self.poll_state(core, st).then_some(())))
+        core.wait_for(watch, |core, st| {
+            Ok(self.poll_state(core, st).then_some(()))
+        })
     }
 
     fn complete(mut self) -> Result<T> {
@@ -834,7 +867,9 @@ impl<'a, T> Request<'a, T> {
     {
         match tokio::task::spawn_blocking(move || self.wait()).await {
             Ok(r) => r,
-            Err(e) => Err(Error::InvalidArgument(format!("the waiting task failed: {e}"))),
+            Err(e) => Err(Error::InvalidArgument(format!(
+                "the waiting task failed: {e}"
+            ))),
         }
     }
 }

@@ -93,7 +93,10 @@ fn barrier(w: &Comm) -> Result<(), Error> {
         w.barrier()?;
     }
     if w.rank() == 0 {
-        println!("barrier 0 {:.3} us", t0.elapsed().as_secs_f64() * 1e6 / iters as f64);
+        println!(
+            "barrier 0 {:.3} us",
+            t0.elapsed().as_secs_f64() * 1e6 / iters as f64
+        );
     }
     Ok(())
 }

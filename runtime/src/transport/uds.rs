@@ -138,7 +138,9 @@ impl Transport for Uds {
         let mut s = self.sock(peer)?;
         match s.write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)]) {
             Ok(n) => Ok(n),
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => Ok(0),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                Ok(0)
+            }
             Err(e) => Err(self.lost(peer, &format!("its socket failed: {e}"))),
         }
     }
