@@ -456,7 +456,7 @@ impl Core {
                 let mut st = self.lock();
                 // Peer loss is checked before progress (so everything the peer sent before it
                 // went is read first), and only now and then while spinning.
-                let lost = if iter % 64 == 0 {
+                let lost = if iter.is_multiple_of(64) {
                     self.check_watch(&st, watch)
                 } else {
                     None
@@ -470,7 +470,7 @@ impl Core {
                 }
             }
             iter = iter.wrapping_add(1);
-            if iter % 32 != 0 {
+            if !iter.is_multiple_of(32) {
                 continue;
             }
             if start.get_or_insert_with(Instant::now).elapsed() < self.tuning.spin {
