@@ -1,43 +1,1171 @@
 //! Collective operations, written once over point-to-point in the communicator's collective
-//! context (`ctx + 1`), so they never match user messages.
+//! context (`ctx + 1`), so they never match user messages. Every call takes the next
+//! collective sequence number, which goes into the tags: two collectives in flight on one
+//! communicator (a nonblocking one and the next call) never see each other's messages.
+//!
+//! Algorithms (thresholds in bytes, tunable by environment variable):
+//! - barrier: dissemination, ceil(log2 n) rounds.
+//! - broadcast: binomial tree; from `RANKS_BCAST_LARGE` (512 KiB) on more than 2 ranks,
+//!   binomial scatter + ring all-gather.
+//! - reduce: binomial tree (in rank order for non-commutative operations).
+//! - all_reduce: recursive doubling (with the extra ranks folded in for non-powers of two);
+//!   from `RANKS_ALLREDUCE_LARGE` (64 KiB) with a commutative operation, ring reduce-scatter
+//!   + ring all-gather, reducing in place in the receive buffer.
+//! - scan / exscan: recursive doubling. reduce_scatter: ring (commutative) or reduce +
+//!   scatter. gather / scatter: linear from / to the root. all_gather: ring.
+//!   all_to_all: pairwise exchange.
 
-use crate::comm::{Comm, Source};
-use crate::error::Result;
+use bytemuck::Pod;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::comm::{encode, typecode, Comm, Request, Source, Status};
+use crate::error::{Error, Result};
+use crate::op::{Number, Op};
 use crate::wire::Encoding;
 
-/// Tags inside the collective context.
-const TAG_BARRIER: i32 = 1;
+fn env_bytes(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// Tag for `round` of collective number `seq`.
+fn ctag(seq: u32, round: u32) -> i32 {
+    (((seq & 0x1f_ffff) << 10) | (round & 0x3ff)) as i32
+}
+
+/// Start and length of block `i` when `len` items are split into `n` nearly equal blocks.
+fn block(len: usize, n: usize, i: usize) -> (usize, usize) {
+    let base = len / n;
+    let extra = len % n;
+    let start = i * base + i.min(extra);
+    (start, base + usize::from(i < extra))
+}
+
+/// Disjoint `&src[a]` and `&mut dst[b]` views of one buffer.
+fn split_pair<T>(
+    buf: &mut [T],
+    a: std::ops::Range<usize>,
+    b: std::ops::Range<usize>,
+) -> (&[T], &mut [T]) {
+    if a.start < b.start {
+        let (lo, hi) = buf.split_at_mut(b.start);
+        (&lo[a], &mut hi[..b.end - b.start])
+    } else {
+        let (lo, hi) = buf.split_at_mut(a.start);
+        let a_len = a.end - a.start;
+        (&hi[..a_len], &mut lo[b])
+    }
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: buffer has {got} elements, expected {want}"
+        )));
+    }
+    Ok(())
+}
 
 impl Comm {
     fn coll_ctx(&self) -> u32 {
         self.ctx + 1
     }
 
-    /// Block until every rank of the communicator has called `barrier`.
-    ///
-    /// Dissemination algorithm: in round k each rank signals rank + 2^k and waits for
-    /// rank - 2^k, so it finishes in ceil(log2 n) rounds for any n.
-    pub fn barrier(&self) -> Result<()> {
-        let n = self.size();
-        let me = self.rank();
-        let mut dist = 1;
-        while dist < n {
-            let to = (me + dist) % n;
-            let from = (me + n - dist) % n;
-            let ctx = self.coll_ctx();
-            let req = self.isend_owned(
-                ctx,
-                to,
-                TAG_BARRIER,
-                vec![0u8; crate::wire::HEADER_LEN],
-                Encoding::Raw,
-                0,
-            )?;
-            let pat = self.pattern(ctx, Source::from(from), TAG_BARRIER)?;
-            self.recv_msg(pat)?;
-            req.wait()?;
-            dist *= 2;
+    pub(crate) fn next_seq(&self) -> u32 {
+        self.coll_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn check_root(&self, root: usize) -> Result<()> {
+        if root >= self.size() {
+            return Err(Error::InvalidRank {
+                rank: root as i64,
+                size: self.size(),
+            });
         }
         Ok(())
+    }
+
+    // ----- point-to-point in the collective context -----------------------------------------
+
+    fn c_send<T: Pod>(&self, dest: usize, tag: i32, data: &[T]) -> Result<()> {
+        self.send_bytes(
+            self.coll_ctx(),
+            dest,
+            tag,
+            bytemuck::cast_slice(data),
+            Encoding::Raw,
+            typecode::<T>(),
+        )
+    }
+
+    fn c_isend<'a, T: Pod>(&self, dest: usize, tag: i32, data: &'a [T]) -> Result<Request<'a, ()>> {
+        self.isend_borrowed(
+            self.coll_ctx(),
+            dest,
+            tag,
+            bytemuck::cast_slice(data),
+            Encoding::Raw,
+            typecode::<T>(),
+        )
+    }
+
+    fn c_recv_into<T: Pod>(&self, src: usize, tag: i32, buf: &mut [T]) -> Result<Status> {
+        let msg = self.recv_msg(self.pattern(self.coll_ctx(), Source::from(src), tag)?)?;
+        let st = self.decode_into(msg, buf)?;
+        if st.len != std::mem::size_of_val(buf) {
+            return Err(Error::InvalidArgument(format!(
+                "collective: rank {src} contributed {} bytes where {} were expected (do all ranks pass the same counts?)",
+                st.len,
+                std::mem::size_of_val(buf)
+            )));
+        }
+        Ok(st)
+    }
+
+    fn c_recv_vec<T: Pod>(&self, src: usize, tag: i32) -> Result<Vec<T>> {
+        let msg = self.recv_msg(self.pattern(self.coll_ctx(), Source::from(src), tag)?)?;
+        Ok(self.decode_vec(msg)?.0)
+    }
+
+    /// Send `data` to `dest` and receive exactly `buf.len()` items from `src` at once.
+    fn c_exchange<T: Pod>(
+        &self,
+        dest: usize,
+        data: &[T],
+        src: usize,
+        buf: &mut [T],
+        tag: i32,
+    ) -> Result<()> {
+        let s = self.c_isend(dest, tag, data)?;
+        self.c_recv_into(src, tag, buf)?;
+        s.wait()
+    }
+
+    // ----- barrier -------------------------------------------------------------------------
+
+    /// Block until every rank of the communicator has called `barrier`.
+    pub fn barrier(&self) -> Result<()> {
+        self.barrier_seq(self.next_seq())
+    }
+
+    fn barrier_seq(&self, seq: u32) -> Result<()> {
+        let (n, me) = (self.size(), self.rank());
+        let mut dist = 1;
+        let mut round = 0;
+        let mut token = [0u8; 0];
+        while dist < n {
+            let tag = ctag(seq, round);
+            self.c_exchange(
+                (me + dist) % n,
+                &[0u8; 0],
+                (me + n - dist) % n,
+                &mut token,
+                tag,
+            )?;
+            dist *= 2;
+            round += 1;
+        }
+        Ok(())
+    }
+
+    /// Nonblocking barrier.
+    pub fn ibarrier(&self) -> Request<'static, ()> {
+        let seq = self.next_seq();
+        let c = self.clone();
+        Request::spawn(self, move || c.barrier_seq(seq))
+    }
+
+    // ----- broadcast -----------------------------------------------------------------------
+
+    /// Copy `buf` from `root` to every rank (all ranks pass buffers of the same length).
+    pub fn broadcast_slice<T: Pod>(&self, root: usize, buf: &mut [T]) -> Result<()> {
+        self.check_root(root)?;
+        self.bcast_seq(self.next_seq(), root, buf)
+    }
+
+    fn bcast_seq<T: Pod>(&self, seq: u32, root: usize, buf: &mut [T]) -> Result<()> {
+        let n = self.size();
+        let large = env_bytes("RANKS_BCAST_LARGE", 512 << 10);
+        if n > 2 && std::mem::size_of_val(buf) >= large && buf.len() >= n {
+            return self.bcast_scatter_allgather(seq, root, buf);
+        }
+        let vrank = (self.rank() + n - root) % n;
+        let tag = ctag(seq, 0);
+        let mut mask = 1;
+        while mask < n {
+            if vrank & mask != 0 {
+                self.c_recv_into((vrank - mask + root) % n, tag, buf)?;
+                break;
+            }
+            mask <<= 1;
+        }
+        mask >>= 1;
+        let mut sends = Vec::new();
+        while mask > 0 {
+            if vrank + mask < n {
+                sends.push(self.c_isend((vrank + mask + root) % n, tag, &*buf)?);
+            }
+            mask >>= 1;
+        }
+        crate::comm::wait_all(sends)?;
+        Ok(())
+    }
+
+    /// Large broadcast: binomial scatter of n blocks, then ring all-gather.
+    fn bcast_scatter_allgather<T: Pod>(&self, seq: u32, root: usize, buf: &mut [T]) -> Result<()> {
+        let n = self.size();
+        let vrank = (self.rank() + n - root) % n;
+        let len = buf.len();
+        let real = |v: usize| (v + root) % n;
+        // Items of the blocks of vranks [v, v + count).
+        let span = |v: usize, count: usize| {
+            let (s, _) = block(len, n, v);
+            let end_v = (v + count).min(n);
+            let e = if end_v == n {
+                len
+            } else {
+                block(len, n, end_v).0
+            };
+            s..e
+        };
+        // Scatter: each vrank gets the blocks of its subtree.
+        let tag = ctag(seq, 0);
+        let mut mask = 1;
+        while mask < n {
+            if vrank & mask != 0 {
+                let r = span(vrank, mask);
+                self.c_recv_into(real(vrank - mask), tag, &mut buf[r])?;
+                break;
+            }
+            mask <<= 1;
+        }
+        mask >>= 1;
+        while mask > 0 {
+            if vrank + mask < n {
+                let r = span(vrank + mask, mask);
+                self.c_send(real(vrank + mask), tag, &buf[r])?;
+            }
+            mask >>= 1;
+        }
+        // Ring all-gather over vrank blocks.
+        let next = real((vrank + 1) % n);
+        let prev = real((vrank + n - 1) % n);
+        for step in 0..n - 1 {
+            let sb = (vrank + n - step) % n;
+            let rb = (vrank + n - step - 1) % n;
+            let (s, sl) = block(len, n, sb);
+            let (r, rl) = block(len, n, rb);
+            let (src, dst) = split_pair(buf, s..s + sl, r..r + rl);
+            self.c_exchange(next, src, prev, dst, ctag(seq, 1 + step as u32))?;
+        }
+        Ok(())
+    }
+
+    /// Broadcast any serde value from `root`; other ranks' `value` is replaced.
+    pub fn broadcast<T: Serialize + DeserializeOwned>(
+        &self,
+        root: usize,
+        value: &mut T,
+    ) -> Result<()> {
+        self.check_root(root)?;
+        let seq = self.next_seq();
+        let n = self.size();
+        let vrank = (self.rank() + n - root) % n;
+        let tag = ctag(seq, 0);
+        let mut bytes = if vrank == 0 {
+            encode(value)?
+        } else {
+            Vec::new()
+        };
+        let mut mask = 1;
+        while mask < n {
+            if vrank & mask != 0 {
+                bytes = self.c_recv_vec::<u8>((vrank - mask + root) % n, tag)?;
+                break;
+            }
+            mask <<= 1;
+        }
+        mask >>= 1;
+        while mask > 0 {
+            if vrank + mask < n {
+                self.c_send((vrank + mask + root) % n, tag, &bytes)?;
+            }
+            mask >>= 1;
+        }
+        if vrank != 0 {
+            *value = self.decode_bytes(&bytes, (vrank + n - 1 + root) % n, tag)?;
+        }
+        Ok(())
+    }
+
+    fn decode_bytes<T: DeserializeOwned>(&self, bytes: &[u8], from: usize, tag: i32) -> Result<T> {
+        match postcard::take_from_bytes::<T>(bytes) {
+            Ok((v, [])) => Ok(v),
+            Ok((_, rest)) => Err(Error::TypeMismatch {
+                rank: from,
+                tag,
+                expected: std::any::type_name::<T>(),
+                detail: format!("{} bytes left over", rest.len()),
+            }),
+            Err(e) => Err(Error::TypeMismatch {
+                rank: from,
+                tag,
+                expected: std::any::type_name::<T>(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Nonblocking broadcast of a vector of plain numbers; the result is the root's vector.
+    pub fn ibroadcast_slice<T: Pod + Send>(
+        &self,
+        root: usize,
+        mut buf: Vec<T>,
+    ) -> Result<Request<'static, Vec<T>>> {
+        self.check_root(root)?;
+        let seq = self.next_seq();
+        let c = self.clone();
+        Ok(Request::spawn(self, move || {
+            c.bcast_seq(seq, root, &mut buf)?;
+            Ok(buf)
+        }))
+    }
+
+    // ----- reduce --------------------------------------------------------------------------
+
+    /// Combine every rank's `send` with `op`; the result lands in `recv` on `root` (other
+    /// ranks' `recv` is not touched and may be empty).
+    pub fn reduce_slice<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        root: usize,
+        send: &[T],
+        recv: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        self.check_root(root)?;
+        if self.rank() == root {
+            check_len("reduce", recv.len(), send.len())?;
+        }
+        self.reduce_seq(self.next_seq(), root, send, recv, op)
+    }
+
+    fn reduce_seq<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        seq: u32,
+        root: usize,
+        send: &[T],
+        recv: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        let n = self.size();
+        let me = self.rank();
+        // Non-commutative: reduce in rank order towards rank 0, then hand over to the root.
+        let tree_root = if op.commutative() { root } else { 0 };
+        let vrank = (me + n - tree_root) % n;
+        let mut acc = send.to_vec();
+        let mut tmp = vec![T::zeroed(); send.len()];
+        let tag = ctag(seq, 0);
+        let mut mask = 1;
+        while mask < n {
+            if vrank & mask != 0 {
+                self.c_send((vrank - mask + tree_root) % n, tag, &acc)?;
+                break;
+            }
+            if vrank + mask < n {
+                self.c_recv_into((vrank + mask + tree_root) % n, tag, &mut tmp)?;
+                // `tmp` holds higher ranks: acc = acc ∘ tmp.
+                op.combine(&acc, &mut tmp);
+                std::mem::swap(&mut acc, &mut tmp);
+            }
+            mask <<= 1;
+        }
+        if tree_root != root {
+            let tag = ctag(seq, 1);
+            if me == tree_root {
+                self.c_send(root, tag, &acc)?;
+            } else if me == root {
+                self.c_recv_into(tree_root, tag, recv)?;
+            }
+        } else if me == root {
+            recv.copy_from_slice(&acc);
+        }
+        Ok(())
+    }
+
+    /// Reduce any serde value with `f(lower, higher)` (associative; applied in rank order);
+    /// `Some(result)` on `root`, `None` elsewhere.
+    pub fn reduce<T: Serialize + DeserializeOwned>(
+        &self,
+        root: usize,
+        value: T,
+        f: impl Fn(T, T) -> T,
+    ) -> Result<Option<T>> {
+        self.check_root(root)?;
+        let seq = self.next_seq();
+        let (n, me) = (self.size(), self.rank());
+        let mut acc = value;
+        let tag = ctag(seq, 0);
+        let mut mask = 1;
+        while mask < n {
+            if me & mask != 0 {
+                self.c_send(me - mask, tag, &encode(&acc)?)?;
+                break;
+            }
+            if me + mask < n {
+                let bytes = self.c_recv_vec::<u8>(me + mask, tag)?;
+                let higher: T = self.decode_bytes(&bytes, me + mask, tag)?;
+                acc = f(acc, higher);
+            }
+            mask <<= 1;
+        }
+        let tag = ctag(seq, 1);
+        if root != 0 {
+            if me == 0 {
+                self.c_send(root, tag, &encode(&acc)?)?;
+                return Ok(None);
+            }
+            if me == root {
+                let bytes = self.c_recv_vec::<u8>(0, tag)?;
+                return Ok(Some(self.decode_bytes(&bytes, 0, tag)?));
+            }
+            return Ok(None);
+        }
+        Ok((me == 0).then_some(acc))
+    }
+
+    /// Reduce any serde value with `f(lower, higher)`; every rank gets the result.
+    pub fn all_reduce<T: Serialize + DeserializeOwned>(
+        &self,
+        value: T,
+        f: impl Fn(T, T) -> T,
+    ) -> Result<T> {
+        let mut v = self.reduce(0, value, f)?;
+        // Broadcast the Option so non-roots need no default value.
+        self.broadcast(0, &mut v)?;
+        v.ok_or_else(|| Error::InvalidArgument("all_reduce: root had no result".into()))
+    }
+
+    // ----- all_reduce ----------------------------------------------------------------------
+
+    /// Combine every rank's `send` with `op` into every rank's `recv`.
+    pub fn all_reduce_slice<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        check_len("all_reduce", recv.len(), send.len())?;
+        recv.copy_from_slice(send);
+        self.allreduce_seq(self.next_seq(), recv, op)
+    }
+
+    /// `all_reduce_slice` with the buffer as both input and output.
+    pub fn all_reduce_in_place<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        buf: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        self.allreduce_seq(self.next_seq(), buf, op)
+    }
+
+    /// Nonblocking all-reduce of an owned vector (the op is a built-in or any `'static` op).
+    pub fn iall_reduce<T: Pod + Send, O: Op<T> + Send + 'static>(
+        &self,
+        mut buf: Vec<T>,
+        op: O,
+    ) -> Request<'static, Vec<T>> {
+        let seq = self.next_seq();
+        let c = self.clone();
+        Request::spawn(self, move || {
+            c.allreduce_seq(seq, &mut buf, &op)?;
+            Ok(buf)
+        })
+    }
+
+    fn allreduce_seq<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        seq: u32,
+        buf: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        let n = self.size();
+        if n == 1 {
+            return Ok(());
+        }
+        let large = env_bytes("RANKS_ALLREDUCE_LARGE", 64 << 10);
+        if op.commutative() && std::mem::size_of_val(buf) >= large && buf.len() >= n {
+            self.ring_reduce_scatter(seq, buf, op)?;
+            return self.ring_allgather_blocks(seq, 512, buf);
+        }
+        self.allreduce_recursive_doubling(seq, buf, op)
+    }
+
+    fn allreduce_recursive_doubling<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        seq: u32,
+        acc: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        let (n, me) = (self.size(), self.rank());
+        let pof2 = if n.is_power_of_two() {
+            n
+        } else {
+            n.next_power_of_two() / 2
+        };
+        let rem = n - pof2;
+        let mut tmp = vec![T::zeroed(); acc.len()];
+        let tag0 = ctag(seq, 0);
+        // Fold the first 2*rem ranks pairwise so a power of two remains.
+        let newrank = if me < 2 * rem {
+            if me % 2 == 0 {
+                self.c_send(me + 1, tag0, acc)?;
+                None
+            } else {
+                self.c_recv_into(me - 1, tag0, &mut tmp)?;
+                op.combine(&tmp, acc); // tmp is the lower rank
+                Some(me / 2)
+            }
+        } else {
+            Some(me - rem)
+        };
+        if let Some(nr) = newrank {
+            let mut mask = 1;
+            let mut round = 1;
+            while mask < pof2 {
+                let np = nr ^ mask;
+                let partner = if np < rem { np * 2 + 1 } else { np + rem };
+                self.c_exchange(partner, acc, partner, &mut tmp, ctag(seq, round))?;
+                if partner < me {
+                    op.combine(&tmp, acc);
+                } else {
+                    op.combine(acc, &mut tmp);
+                    acc.copy_from_slice(&tmp);
+                }
+                mask <<= 1;
+                round += 1;
+            }
+        }
+        let tagf = ctag(seq, 1000);
+        if me < 2 * rem {
+            if me % 2 == 1 {
+                self.c_send(me - 1, tagf, acc)?;
+            } else {
+                self.c_recv_into(me + 1, tagf, acc)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ring reduce-scatter over `n` nearly equal blocks: afterwards rank r holds the fully
+    /// reduced block r (in place in `buf`). Commutative operations only.
+    fn ring_reduce_scatter<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        seq: u32,
+        buf: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        let counts: Vec<usize> = (0..self.size())
+            .map(|i| block(buf.len(), self.size(), i).1)
+            .collect();
+        self.ring_reduce_scatter_counts(seq, buf, &counts, op)
+    }
+
+    fn ring_reduce_scatter_counts<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        seq: u32,
+        buf: &mut [T],
+        counts: &[usize],
+        op: &O,
+    ) -> Result<()> {
+        let (n, me) = (self.size(), self.rank());
+        let starts: Vec<usize> = counts
+            .iter()
+            .scan(0, |acc, &c| {
+                let s = *acc;
+                *acc += c;
+                Some(s)
+            })
+            .collect();
+        let next = (me + 1) % n;
+        let prev = (me + n - 1) % n;
+        let maxc = counts.iter().copied().max().unwrap_or(0);
+        let mut tmp = vec![T::zeroed(); maxc];
+        for step in 0..n - 1 {
+            let sb = (me + 2 * n - step - 1) % n;
+            let rb = (me + 2 * n - step - 2) % n;
+            let tag = ctag(seq, step as u32);
+            let s = self.c_isend(next, tag, &buf[starts[sb]..starts[sb] + counts[sb]])?;
+            let t = &mut tmp[..counts[rb]];
+            self.c_recv_into(prev, tag, t)?;
+            s.wait()?;
+            op.combine(t, &mut buf[starts[rb]..starts[rb] + counts[rb]]);
+        }
+        Ok(())
+    }
+
+    /// Ring all-gather of the `n` nearly equal blocks of `buf`, rank r owning block r.
+    fn ring_allgather_blocks<T: Pod>(&self, seq: u32, round0: u32, buf: &mut [T]) -> Result<()> {
+        let (n, me) = (self.size(), self.rank());
+        let next = (me + 1) % n;
+        let prev = (me + n - 1) % n;
+        let len = buf.len();
+        for step in 0..n - 1 {
+            let sb = (me + n - step) % n;
+            let rb = (me + 2 * n - step - 1) % n;
+            let (s, sl) = block(len, n, sb);
+            let (r, rl) = block(len, n, rb);
+            let (src, dst) = split_pair(buf, s..s + sl, r..r + rl);
+            self.c_exchange(next, src, prev, dst, ctag(seq, round0 + step as u32))?;
+        }
+        Ok(())
+    }
+
+    // ----- scan ----------------------------------------------------------------------------
+
+    /// Inclusive prefix reduction: rank r gets `x0 ∘ ... ∘ xr` in `recv`.
+    pub fn scan_slice<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        check_len("scan", recv.len(), send.len())?;
+        self.scan_seq(self.next_seq(), send, recv, op, false)
+    }
+
+    /// Exclusive prefix reduction: rank r > 0 gets `x0 ∘ ... ∘ x(r-1)`; rank 0's `recv` is
+    /// left as it was.
+    pub fn exscan_slice<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        check_len("exscan", recv.len(), send.len())?;
+        self.scan_seq(self.next_seq(), send, recv, op, true)
+    }
+
+    fn scan_seq<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        seq: u32,
+        send: &[T],
+        recv: &mut [T],
+        op: &O,
+        exclusive: bool,
+    ) -> Result<()> {
+        let (n, me) = (self.size(), self.rank());
+        let mut partial = send.to_vec();
+        let mut tmp = vec![T::zeroed(); send.len()];
+        if !exclusive {
+            recv.copy_from_slice(send);
+        }
+        let mut have_ex = false;
+        let mut mask = 1;
+        let mut round = 0;
+        while mask < n {
+            let tag = ctag(seq, round);
+            {
+                let s = if me + mask < n {
+                    Some(self.c_isend(me + mask, tag, &partial)?)
+                } else {
+                    None
+                };
+                if me >= mask {
+                    self.c_recv_into(me - mask, tag, &mut tmp)?;
+                }
+                if let Some(s) = s {
+                    s.wait()?;
+                }
+            }
+            if me >= mask {
+                // `tmp` covers the ranks just below those in `partial`.
+                op.combine(&tmp, &mut partial);
+                if exclusive && !have_ex {
+                    recv.copy_from_slice(&tmp);
+                    have_ex = true;
+                } else {
+                    op.combine(&tmp, recv);
+                }
+            }
+            mask <<= 1;
+            round += 1;
+        }
+        Ok(())
+    }
+
+    // ----- reduce_scatter ------------------------------------------------------------------
+
+    /// Reduce `send` (the concatenation of one block per rank, `counts[i]` items for rank i)
+    /// with `op`; rank r receives reduced block r in `recv` (`counts[r]` items).
+    pub fn reduce_scatter_slice<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        op: &O,
+    ) -> Result<()> {
+        let n = self.size();
+        if counts.len() != n {
+            return Err(Error::InvalidArgument(format!(
+                "reduce_scatter: {} counts for {n} ranks",
+                counts.len()
+            )));
+        }
+        check_len("reduce_scatter send", send.len(), counts.iter().sum())?;
+        check_len("reduce_scatter recv", recv.len(), counts[self.rank()])?;
+        let seq = self.next_seq();
+        let start: usize = counts[..self.rank()].iter().sum();
+        if op.commutative() {
+            let mut work = send.to_vec();
+            self.ring_reduce_scatter_counts(seq, &mut work, counts, op)?;
+            recv.copy_from_slice(&work[start..start + counts[self.rank()]]);
+            return Ok(());
+        }
+        let mut full = if self.rank() == 0 {
+            vec![T::zeroed(); send.len()]
+        } else {
+            Vec::new()
+        };
+        self.reduce_seq(seq, 0, send, &mut full, op)?;
+        self.scatterv_seq(
+            seq,
+            0,
+            (self.rank() == 0).then_some((&full[..], counts)),
+            recv,
+        )
+    }
+
+    // ----- gather / scatter ----------------------------------------------------------------
+
+    /// Gather equal-sized `send` blocks into `recv` on `root` (rank order); other ranks'
+    /// `recv` is not touched and may be empty.
+    pub fn gather_slice<T: Pod>(&self, root: usize, send: &[T], recv: &mut [T]) -> Result<()> {
+        self.check_root(root)?;
+        let seq = self.next_seq();
+        let tag = ctag(seq, 0);
+        let (n, me) = (self.size(), self.rank());
+        if me != root {
+            return self.c_send(root, tag, send);
+        }
+        check_len("gather", recv.len(), send.len() * n)?;
+        let k = send.len();
+        if k == 0 {
+            for r in (0..n).filter(|&r| r != me) {
+                self.c_recv_into::<T>(r, tag, &mut [])?;
+            }
+            return Ok(());
+        }
+        let mut reqs = Vec::with_capacity(n);
+        for (r, chunk) in recv.chunks_mut(k).enumerate() {
+            if r == me {
+                chunk.copy_from_slice(send);
+            } else {
+                reqs.push(self.c_irecv_exact(r, tag, chunk)?);
+            }
+        }
+        crate::comm::wait_all(reqs)?;
+        Ok(())
+    }
+
+    fn c_irecv_exact<'a, T: Pod>(
+        &self,
+        src: usize,
+        tag: i32,
+        buf: &'a mut [T],
+    ) -> Result<Request<'a, Status>> {
+        let pat = self.pattern(self.coll_ctx(), Source::from(src), tag)?;
+        self.irecv_pattern_into(pat, buf)
+    }
+
+    /// Gather blocks of any length on `root`: `Some((items, counts))` there, `None` elsewhere.
+    pub fn gather_varcount<T: Pod>(
+        &self,
+        root: usize,
+        send: &[T],
+    ) -> Result<Option<(Vec<T>, Vec<usize>)>> {
+        self.check_root(root)?;
+        let seq = self.next_seq();
+        let tag = ctag(seq, 0);
+        let (n, me) = (self.size(), self.rank());
+        if me != root {
+            self.c_send(root, tag, send)?;
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        let mut counts = Vec::with_capacity(n);
+        for r in 0..n {
+            if r == me {
+                out.extend_from_slice(send);
+                counts.push(send.len());
+            } else {
+                let v = self.c_recv_vec::<T>(r, tag)?;
+                counts.push(v.len());
+                out.extend_from_slice(&v);
+            }
+        }
+        Ok(Some((out, counts)))
+    }
+
+    /// Gather any serde value on `root`: `Some(values in rank order)` there.
+    pub fn gather<T: Serialize + DeserializeOwned>(
+        &self,
+        root: usize,
+        value: &T,
+    ) -> Result<Option<Vec<T>>> {
+        let bytes = encode(value)?;
+        let Some((all, counts)) = self.gather_varcount(root, &bytes)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(counts.len());
+        let mut pos = 0;
+        for (r, c) in counts.into_iter().enumerate() {
+            out.push(self.decode_bytes(&all[pos..pos + c], r, 0)?);
+            pos += c;
+        }
+        Ok(Some(out))
+    }
+
+    /// Scatter equal blocks of `send` (significant on `root` only) into every rank's `recv`.
+    pub fn scatter_slice<T: Pod>(&self, root: usize, send: &[T], recv: &mut [T]) -> Result<()> {
+        self.check_root(root)?;
+        let n = self.size();
+        if self.rank() == root {
+            check_len("scatter", send.len(), recv.len() * n)?;
+        }
+        let counts = vec![recv.len(); n];
+        let seq = self.next_seq();
+        self.scatterv_seq(
+            seq,
+            root,
+            (self.rank() == root).then_some((send, &counts[..])),
+            recv,
+        )
+    }
+
+    fn scatterv_seq<T: Pod>(
+        &self,
+        seq: u32,
+        root: usize,
+        send: Option<(&[T], &[usize])>,
+        recv: &mut [T],
+    ) -> Result<()> {
+        let tag = ctag(seq, 100);
+        let (n, me) = (self.size(), self.rank());
+        if me != root {
+            self.c_recv_into(root, tag, recv)?;
+            return Ok(());
+        }
+        let (data, counts) = send.expect("root has the data");
+        let mut reqs = Vec::with_capacity(n);
+        let mut pos = 0;
+        for (r, &c) in counts.iter().enumerate() {
+            let part = &data[pos..pos + c];
+            if r == me {
+                check_len("scatter recv", recv.len(), c)?;
+                recv.copy_from_slice(part);
+            } else {
+                reqs.push(self.c_isend(r, tag, part)?);
+            }
+            pos += c;
+        }
+        crate::comm::wait_all(reqs)?;
+        Ok(())
+    }
+
+    /// Scatter blocks of any length: on `root`, `send` is `Some((items, counts))` with one
+    /// count per rank; every rank gets its block.
+    pub fn scatter_varcount<T: Pod>(
+        &self,
+        root: usize,
+        send: Option<(&[T], &[usize])>,
+    ) -> Result<Vec<T>> {
+        self.check_root(root)?;
+        let seq = self.next_seq();
+        let tag = ctag(seq, 100);
+        let (n, me) = (self.size(), self.rank());
+        if me != root {
+            return self.c_recv_vec(root, tag);
+        }
+        let Some((data, counts)) = send else {
+            return Err(Error::InvalidArgument(
+                "scatter_varcount: the root must pass its data".into(),
+            ));
+        };
+        if counts.len() != n || counts.iter().sum::<usize>() != data.len() {
+            return Err(Error::InvalidArgument(format!(
+                "scatter_varcount: {} counts summing to {} for {n} ranks and {} items",
+                counts.len(),
+                counts.iter().sum::<usize>(),
+                data.len()
+            )));
+        }
+        let mut mine = Vec::new();
+        let mut reqs = Vec::new();
+        let mut pos = 0;
+        for (r, &c) in counts.iter().enumerate() {
+            if r == me {
+                mine = data[pos..pos + c].to_vec();
+            } else {
+                reqs.push(self.c_isend(r, tag, &data[pos..pos + c])?);
+            }
+            pos += c;
+        }
+        crate::comm::wait_all(reqs)?;
+        Ok(mine)
+    }
+
+    /// Scatter one serde value to each rank from `root` (`Some(values)` there, one per rank).
+    pub fn scatter<T: Serialize + DeserializeOwned>(
+        &self,
+        root: usize,
+        values: Option<Vec<T>>,
+    ) -> Result<T> {
+        self.check_root(root)?;
+        let n = self.size();
+        let (bytes, counts) = if self.rank() == root {
+            let values = values.ok_or_else(|| {
+                Error::InvalidArgument("scatter: the root must pass the values".into())
+            })?;
+            if values.len() != n {
+                return Err(Error::InvalidArgument(format!(
+                    "scatter: {} values for {n} ranks",
+                    values.len()
+                )));
+            }
+            let mut bytes = Vec::new();
+            let mut counts = Vec::with_capacity(n);
+            for v in &values {
+                let b = encode(v)?;
+                counts.push(b.len());
+                bytes.extend_from_slice(&b);
+            }
+            (bytes, counts)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let send = (self.rank() == root).then_some((&bytes[..], &counts[..]));
+        let mine = self.scatter_varcount(root, send)?;
+        self.decode_bytes(&mine, root, 0)
+    }
+
+    // ----- all_gather ----------------------------------------------------------------------
+
+    /// Every rank's equal-sized `send` block, in rank order, into every rank's `recv`.
+    pub fn all_gather_slice<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        let (n, me) = (self.size(), self.rank());
+        check_len("all_gather", recv.len(), send.len() * n)?;
+        let k = send.len();
+        recv[me * k..(me + 1) * k].copy_from_slice(send);
+        let counts = vec![k; n];
+        self.ring_allgatherv(self.next_seq(), recv, &counts)
+    }
+
+    fn ring_allgatherv<T: Pod>(&self, seq: u32, buf: &mut [T], counts: &[usize]) -> Result<()> {
+        let (n, me) = (self.size(), self.rank());
+        let starts: Vec<usize> = counts
+            .iter()
+            .scan(0, |acc, &c| {
+                let s = *acc;
+                *acc += c;
+                Some(s)
+            })
+            .collect();
+        let next = (me + 1) % n;
+        let prev = (me + n - 1) % n;
+        for step in 0..n.saturating_sub(1) {
+            let sb = (me + n - step) % n;
+            let rb = (me + 2 * n - step - 1) % n;
+            let (src, dst) = split_pair(
+                buf,
+                starts[sb]..starts[sb] + counts[sb],
+                starts[rb]..starts[rb] + counts[rb],
+            );
+            self.c_exchange(next, src, prev, dst, ctag(seq, step as u32))?;
+        }
+        Ok(())
+    }
+
+    /// Every rank's block of any length, in rank order, to every rank: `(items, counts)`.
+    pub fn all_gather_varcount<T: Pod>(&self, send: &[T]) -> Result<(Vec<T>, Vec<usize>)> {
+        let n = self.size();
+        let mut counts64 = vec![0u64; n];
+        self.all_gather_slice(&[send.len() as u64], &mut counts64)?;
+        let counts: Vec<usize> = counts64.iter().map(|&c| c as usize).collect();
+        let total = counts.iter().sum();
+        let mut out = vec![T::zeroed(); total];
+        let start: usize = counts[..self.rank()].iter().sum();
+        out[start..start + send.len()].copy_from_slice(send);
+        self.ring_allgatherv(self.next_seq(), &mut out, &counts)?;
+        Ok((out, counts))
+    }
+
+    /// Every rank's serde value, in rank order, to every rank.
+    pub fn all_gather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>> {
+        let (all, counts) = self.all_gather_varcount(&encode(value)?)?;
+        let mut out = Vec::with_capacity(counts.len());
+        let mut pos = 0;
+        for (r, c) in counts.into_iter().enumerate() {
+            out.push(self.decode_bytes(&all[pos..pos + c], r, 0)?);
+            pos += c;
+        }
+        Ok(out)
+    }
+
+    /// Nonblocking all-gather of equal-sized blocks: the result is the concatenation.
+    pub fn iall_gather<T: Pod + Send>(&self, send: Vec<T>) -> Request<'static, Vec<T>> {
+        let seq = self.next_seq();
+        let c = self.clone();
+        Request::spawn(self, move || {
+            let (n, me) = (c.size(), c.rank());
+            let k = send.len();
+            let mut out = vec![T::zeroed(); k * n];
+            out[me * k..(me + 1) * k].copy_from_slice(&send);
+            c.ring_allgatherv(seq, &mut out, &vec![k; n])?;
+            Ok(out)
+        })
+    }
+
+    // ----- all_to_all ----------------------------------------------------------------------
+
+    /// Rank r sends block j of `send` to rank j and receives rank j's block r into block j
+    /// of `recv` (equal block sizes).
+    pub fn all_to_all_slice<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        let n = self.size();
+        if send.len() % n != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "all_to_all: {} items do not split into {n} equal blocks",
+                send.len()
+            )));
+        }
+        check_len("all_to_all", recv.len(), send.len())?;
+        let k = send.len() / n;
+        let counts = vec![k; n];
+        self.alltoallv_seq(self.next_seq(), send, &counts, recv, &counts)
+    }
+
+    fn alltoallv_seq<T: Pod>(
+        &self,
+        seq: u32,
+        send: &[T],
+        scounts: &[usize],
+        recv: &mut [T],
+        rcounts: &[usize],
+    ) -> Result<()> {
+        let (n, me) = (self.size(), self.rank());
+        let starts = |c: &[usize]| -> Vec<usize> {
+            c.iter()
+                .scan(0, |acc, &x| {
+                    let s = *acc;
+                    *acc += x;
+                    Some(s)
+                })
+                .collect()
+        };
+        let (ss, rs) = (starts(scounts), starts(rcounts));
+        recv[rs[me]..rs[me] + rcounts[me]].copy_from_slice(&send[ss[me]..ss[me] + scounts[me]]);
+        for step in 1..n {
+            let dst = (me + step) % n;
+            let src = (me + n - step) % n;
+            let tag = ctag(seq, step as u32);
+            self.c_exchange(
+                dst,
+                &send[ss[dst]..ss[dst] + scounts[dst]],
+                src,
+                &mut recv[rs[src]..rs[src] + rcounts[src]],
+                tag,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// All-to-all with blocks of any length: `send_counts[j]` items of `send` go to rank j.
+    /// Returns the received items (rank order) and how many came from each rank.
+    pub fn all_to_all_varcount<T: Pod>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+    ) -> Result<(Vec<T>, Vec<usize>)> {
+        let n = self.size();
+        if send_counts.len() != n || send_counts.iter().sum::<usize>() != send.len() {
+            return Err(Error::InvalidArgument(format!(
+                "all_to_all_varcount: {} counts summing to {} for {n} ranks and {} items",
+                send_counts.len(),
+                send_counts.iter().sum::<usize>(),
+                send.len()
+            )));
+        }
+        let sc: Vec<u64> = send_counts.iter().map(|&c| c as u64).collect();
+        let mut rc = vec![0u64; n];
+        self.all_to_all_slice(&sc, &mut rc)?;
+        let rcounts: Vec<usize> = rc.iter().map(|&c| c as usize).collect();
+        let mut out = vec![T::zeroed(); rcounts.iter().sum()];
+        self.alltoallv_seq(self.next_seq(), send, send_counts, &mut out, &rcounts)?;
+        Ok((out, rcounts))
+    }
+
+    /// All-to-all of serde values: `values[j]` goes to rank j; returns one value per rank.
+    pub fn all_to_all<T: Serialize + DeserializeOwned>(&self, values: Vec<T>) -> Result<Vec<T>> {
+        let n = self.size();
+        if values.len() != n {
+            return Err(Error::InvalidArgument(format!(
+                "all_to_all: {} values for {n} ranks",
+                values.len()
+            )));
+        }
+        let mut bytes = Vec::new();
+        let mut counts = Vec::with_capacity(n);
+        for v in &values {
+            let b = encode(v)?;
+            counts.push(b.len());
+            bytes.extend_from_slice(&b);
+        }
+        let (all, rcounts) = self.all_to_all_varcount(&bytes, &counts)?;
+        let mut out = Vec::with_capacity(n);
+        let mut pos = 0;
+        for (r, c) in rcounts.into_iter().enumerate() {
+            out.push(self.decode_bytes(&all[pos..pos + c], r, 0)?);
+            pos += c;
+        }
+        Ok(out)
+    }
+
+    // ----- min/max with location -----------------------------------------------------------
+
+    /// Element-wise minimum over all ranks, with the lowest rank holding it.
+    pub fn all_reduce_min_loc<T: Number>(&self, values: &[T]) -> Result<Vec<(T, usize)>> {
+        self.extreme_loc(values, crate::op::Extreme::Min)
+    }
+
+    /// Element-wise maximum over all ranks, with the lowest rank holding it.
+    pub fn all_reduce_max_loc<T: Number>(&self, values: &[T]) -> Result<Vec<(T, usize)>> {
+        self.extreme_loc(values, crate::op::Extreme::Max)
+    }
+
+    fn extreme_loc<T: Number>(
+        &self,
+        values: &[T],
+        which: crate::op::Extreme,
+    ) -> Result<Vec<(T, usize)>> {
+        let mut best = vec![T::zeroed(); values.len()];
+        match which {
+            crate::op::Extreme::Min => self.all_reduce_slice(values, &mut best, &crate::op::Min)?,
+            crate::op::Extreme::Max => self.all_reduce_slice(values, &mut best, &crate::op::Max)?,
+        }
+        let mine: Vec<u64> = values
+            .iter()
+            .zip(&best)
+            .map(|(v, b)| if v == b { self.rank() as u64 } else { u64::MAX })
+            .collect();
+        let mut loc = vec![0u64; values.len()];
+        self.all_reduce_slice(&mine, &mut loc, &crate::op::Min)?;
+        Ok(best
+            .into_iter()
+            .zip(loc)
+            .map(|(b, l)| (b, l as usize))
+            .collect())
     }
 }

@@ -61,9 +61,12 @@ pub struct Comm {
     pub(crate) rank: usize,
     /// World rank of each member.
     pub(crate) members: Arc<[usize]>,
+    /// Sequence number of the next collective call (the same on every member, since all
+    /// members call collectives in the same order); it keeps concurrent collectives apart.
+    pub(crate) coll_seq: Arc<std::sync::atomic::AtomicU32>,
 }
 
-fn typecode<T>() -> u32 {
+pub(crate) fn typecode<T>() -> u32 {
     // FNV-1a of the type's name: cheap, stable for the primitive types slices are made of.
     let mut h: u32 = 0x811c_9dc5;
     for b in type_name::<T>().bytes() {
@@ -81,6 +84,7 @@ impl Comm {
             core,
             ctx: 0,
             members,
+            coll_seq: Default::default(),
         }
     }
 
@@ -260,7 +264,7 @@ impl Comm {
             }
         };
         drop(st);
-        Ok(Request::new(self.clone(), state, |_, _, _| Ok(())))
+        Ok(Request::new(self.clone(), state, |_, _, _, _| Ok(())))
     }
 
     /// Nonblocking send straight from a borrowed buffer: small messages are written (or
@@ -319,7 +323,7 @@ impl Comm {
             }
         };
         drop(st);
-        Ok(Request::new(self.clone(), state, |_, _, _| Ok(())))
+        Ok(Request::new(self.clone(), state, |_, _, _, _| Ok(())))
     }
 
     /// Send a serde value to `dest` with `tag`.
@@ -441,7 +445,7 @@ impl Comm {
         tag: i32,
     ) -> Result<Request<'static, (T, Status)>> {
         let st = self.post(self.pattern(self.ctx, source.into(), tag)?);
-        Ok(Request::new(self.clone(), st, |c, m, _| {
+        Ok(Request::new(self.clone(), st, |c, m, _, _| {
             c.decode(m.expect("receive"))
         }))
     }
@@ -453,7 +457,7 @@ impl Comm {
         tag: i32,
     ) -> Result<Request<'static, (Vec<T>, Status)>> {
         let st = self.post(self.pattern(self.ctx, source.into(), tag)?);
-        Ok(Request::new(self.clone(), st, |c, m, _| {
+        Ok(Request::new(self.clone(), st, |c, m, _, _| {
             c.decode_vec(m.expect("receive"))
         }))
     }
@@ -466,11 +470,24 @@ impl Comm {
         tag: i32,
         buf: &'a mut [T],
     ) -> Result<Request<'a, Status>> {
-        let st = self.post(self.pattern(self.ctx, source.into(), tag)?);
-        fn finish<T: Pod>(c: &Comm, m: Option<Msg>, buf: Option<&mut [u8]>) -> Result<Status> {
+        self.irecv_pattern_into(self.pattern(self.ctx, source.into(), tag)?, buf)
+    }
+
+    pub(crate) fn irecv_pattern_into<'a, T: Pod>(
+        &self,
+        pat: Pattern,
+        buf: &'a mut [T],
+    ) -> Result<Request<'a, Status>> {
+        fn finish<T: Pod>(
+            c: &Comm,
+            m: Option<Msg>,
+            buf: Option<&mut [u8]>,
+            _: Option<Background>,
+        ) -> Result<Status> {
             let buf: &mut [T] = bytemuck::cast_slice_mut(buf.expect("irecv_into has a buffer"));
             c.decode_into(m.expect("receive"), buf)
         }
+        let st = self.post(pat);
         Ok(Request::with_buffer(
             self.clone(),
             st,
@@ -724,11 +741,16 @@ pub(crate) enum ReqState<'a> {
         pat: Pattern,
     },
     Matched(Msg),
+    /// Runs on its own thread (nonblocking collectives).
+    Thread(std::thread::JoinHandle<Background>),
     Done,
 }
 
 /// Turns the matched message (receives) into the result, using the borrowed buffer if any.
-type Finish<T> = fn(&Comm, Option<Msg>, Option<&mut [u8]>) -> Result<T>;
+type Finish<T> = fn(&Comm, Option<Msg>, Option<&mut [u8]>, Option<Background>) -> Result<T>;
+
+/// What a background operation (a nonblocking collective) hands back: a boxed `Result<T>`.
+pub(crate) type Background = Box<dyn std::any::Any + Send>;
 
 /// A nonblocking operation in flight. `wait` blocks for its result, `test` polls.
 ///
@@ -795,6 +817,7 @@ impl<'a, T> Request<'a, T> {
                 }
                 None => false,
             },
+            ReqState::Thread(h) => h.is_finished(),
             ReqState::Matched(_) | ReqState::Done => true,
         }
     }
@@ -813,6 +836,9 @@ impl<'a, T> Request<'a, T> {
 
     /// Block until the operation is complete (result not yet taken).
     fn drive(&mut self) -> Result<()> {
+        if let ReqState::Thread(_) = self.state {
+            return Ok(()); // `complete` joins the thread
+        }
         let core = self.comm.core.clone();
         let members = self.comm.members.clone();
         let any = matches!(&self.state, ReqState::Recv { pat, .. } if pat.src == ANY_SOURCE);
@@ -827,12 +853,20 @@ impl<'a, T> Request<'a, T> {
     }
 
     fn complete(mut self) -> Result<T> {
-        let msg = match std::mem::replace(&mut self.state, ReqState::Done) {
-            ReqState::Matched(m) => Some(m),
-            _ => None,
+        let (msg, bg) = match std::mem::replace(&mut self.state, ReqState::Done) {
+            ReqState::Matched(m) => (Some(m), None),
+            ReqState::Thread(h) => match h.join() {
+                Ok(v) => (None, Some(v)),
+                Err(_) => {
+                    return Err(Error::InvalidArgument(
+                        "a nonblocking collective panicked".into(),
+                    ))
+                }
+            },
+            _ => (None, None),
         };
         let buf = self.buf.take();
-        (self.finish)(&self.comm, msg, buf)
+        (self.finish)(&self.comm, msg, buf, bg)
     }
 
     /// Block until the operation completes and return its result.
@@ -874,10 +908,37 @@ impl<'a, T> Request<'a, T> {
     }
 }
 
+impl<T: Send + 'static> Request<'static, T> {
+    /// A request for work done on a background thread (which returns `Result<T>`).
+    pub(crate) fn spawn(comm: &Comm, work: impl FnOnce() -> Result<T> + Send + 'static) -> Self {
+        fn finish<T: 'static>(
+            _: &Comm,
+            _: Option<Msg>,
+            _: Option<&mut [u8]>,
+            bg: Option<Background>,
+        ) -> Result<T> {
+            match bg.map(|b| b.downcast::<Result<T>>()) {
+                Some(Ok(r)) => *r,
+                _ => Err(Error::InvalidArgument(
+                    "background request lost its result".into(),
+                )),
+            }
+        }
+        let h = std::thread::spawn(move || Box::new(work()) as Background);
+        Request::new(comm.clone(), ReqState::Thread(h), finish::<T>)
+    }
+}
+
 impl<T> Drop for Request<'_, T> {
     fn drop(&mut self) {
         match self.state {
             ReqState::Recv { id, .. } => self.comm.core.lock().m.cancel(id),
+            ReqState::Thread(_) => {
+                // A collective must finish on every rank: let it run to the end.
+                if let ReqState::Thread(h) = std::mem::replace(&mut self.state, ReqState::Done) {
+                    let _ = h.join();
+                }
+            }
             ReqState::SendRtsBorrowed { .. } => {
                 // The receiver may still read the borrowed buffer: wait until it is done
                 // (or gone; errors cannot be reported from here).

@@ -103,6 +103,9 @@ pub(crate) struct Core {
     pub t: Box<dyn Transport>,
     pub tuning: Tuning,
     st: Mutex<State>,
+    /// Lowest context id this process may still hand to a new communicator (the world uses
+    /// 0 and 1; every communicator takes two: point-to-point and collectives).
+    pub next_ctx: std::sync::atomic::AtomicU32,
 }
 
 impl Core {
@@ -126,6 +129,7 @@ impl Core {
             t,
             tuning,
             st: Mutex::new(st),
+            next_ctx: std::sync::atomic::AtomicU32::new(2),
         }
     }
 

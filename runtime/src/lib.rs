@@ -22,6 +22,8 @@ mod comm;
 mod core;
 mod engine;
 mod error;
+mod group;
+pub mod op;
 pub mod transport;
 pub mod wire;
 

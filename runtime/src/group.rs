@@ -1,0 +1,101 @@
+//! Making communicators from communicators: `split`, `dup`, `subgroup`, `split_by_host`.
+//!
+//! A new communicator needs a context id that no communicator sharing a process with it
+//! uses. Each process keeps the lowest id it may still hand out (`Core::next_ctx`); creating
+//! a communicator is collective over the parent, which takes the maximum of its members'
+//! values, so the new id is above every id any member has used, and every member moves past
+//! it. Communicators of disjoint groups may share an id: their messages never meet.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+
+impl Comm {
+    /// This process's rank in the world (the job).
+    pub fn world_rank(&self) -> usize {
+        self.core.rank
+    }
+
+    /// World rank of each member, in communicator rank order.
+    pub fn members(&self) -> &[usize] {
+        &self.members
+    }
+
+    /// Split into sub-communicators: ranks passing the same `color` form one, ordered by
+    /// `key` (ties by rank in this communicator). `None` as color takes no part and gets
+    /// `None` back. Collective: every rank must call it.
+    pub fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Comm>> {
+        let n = self.size();
+        let mine = [
+            color.map_or(-1, i64::from),
+            i64::from(key),
+            i64::from(self.core.next_ctx.load(Ordering::SeqCst)),
+        ];
+        let mut all = vec![0i64; 3 * n];
+        self.all_gather_slice(&mine, &mut all)?;
+        let ctx = all.chunks(3).map(|c| c[2]).max().unwrap_or(2);
+        let ctx = u32::try_from(ctx)
+            .ok()
+            .filter(|c| *c < u32::MAX - 2)
+            .ok_or_else(|| Error::InvalidArgument("out of communicator context ids".into()))?;
+        self.core.next_ctx.fetch_max(ctx + 2, Ordering::SeqCst);
+        let Some(color) = color else {
+            return Ok(None);
+        };
+        let mut group: Vec<(i64, usize)> = all
+            .chunks(3)
+            .enumerate()
+            .filter(|(_, c)| c[0] == i64::from(color))
+            .map(|(r, c)| (c[1], r))
+            .collect();
+        group.sort();
+        let members: Arc<[usize]> = group.iter().map(|&(_, r)| self.members[r]).collect();
+        let rank = group
+            .iter()
+            .position(|&(_, r)| r == self.rank())
+            .expect("this rank passed this color");
+        Ok(Some(Comm {
+            core: self.core.clone(),
+            ctx,
+            rank,
+            members,
+            coll_seq: Default::default(),
+        }))
+    }
+
+    /// A copy of this communicator with its own message space. Collective.
+    pub fn dup(&self) -> Result<Comm> {
+        Ok(self
+            .split(Some(0), self.rank() as i32)?
+            .expect("every rank passes color 0"))
+    }
+
+    /// The communicator of the listed ranks (in that order); `None` on ranks not listed.
+    /// Collective: every rank must call it with the same list.
+    pub fn subgroup(&self, ranks: &[usize]) -> Result<Option<Comm>> {
+        if let Some(&bad) = ranks.iter().find(|&&r| r >= self.size()) {
+            return Err(Error::InvalidRank {
+                rank: bad as i64,
+                size: self.size(),
+            });
+        }
+        let pos = ranks.iter().position(|&r| r == self.rank());
+        self.split(pos.map(|_| 0), pos.unwrap_or(0) as i32)
+    }
+
+    /// The ranks that share this host, as a communicator (ordered by rank). Collective.
+    pub fn split_by_host(&self) -> Result<Comm> {
+        let host = std::env::var("RANKS_HOSTNAME").unwrap_or_else(|_| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        let hosts = self.all_gather(&host)?;
+        let color = hosts.iter().position(|h| *h == host).unwrap_or(0) as u32;
+        Ok(self
+            .split(Some(color), self.rank() as i32)?
+            .expect("every rank has a host"))
+    }
+}
