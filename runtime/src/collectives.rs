@@ -50,13 +50,19 @@ fn split_pair<T>(
     a: std::ops::Range<usize>,
     b: std::ops::Range<usize>,
 ) -> (&[T], &mut [T]) {
-    if a.start < b.start {
+    if a.is_empty() {
+        return (&[], &mut buf[b]);
+    }
+    if b.is_empty() {
+        return (&buf[a], &mut []);
+    }
+    assert!(a.end <= b.start || b.end <= a.start, "blocks overlap");
+    if a.end <= b.start {
         let (lo, hi) = buf.split_at_mut(b.start);
         (&lo[a], &mut hi[..b.end - b.start])
     } else {
         let (lo, hi) = buf.split_at_mut(a.start);
-        let a_len = a.end - a.start;
-        (&hi[..a_len], &mut lo[b])
+        (&hi[..a.end - a.start], &mut lo[b])
     }
 }
 
@@ -1035,7 +1041,7 @@ impl Comm {
     /// of `recv` (equal block sizes).
     pub fn all_to_all_slice<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
         let n = self.size();
-        if send.len() % n != 0 {
+        if !send.len().is_multiple_of(n) {
             return Err(Error::InvalidArgument(format!(
                 "all_to_all: {} items do not split into {n} equal blocks",
                 send.len()
