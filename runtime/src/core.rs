@@ -169,7 +169,7 @@ impl Core {
                 }
             }
             if read_any {
-                self.t.notify(peer);
+                self.t.read_done(peer);
                 any = true;
             }
         }

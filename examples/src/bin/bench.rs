@@ -1,7 +1,7 @@
 //! OSU-style micro-benchmarks, same tests and output format as `../shared/bench/mpi_bench.c`
 //! so figures can be compared line by line.
 //!
-//! Usage: `ranks run -n 2 bench latency|bw|barrier|pairs|hello`
+//! Usage: `ranks run -n 2 bench latency|bw|barrier|allreduce|pairs|hello`
 //! Prints `<test> <bytes> <value> <unit>` lines on rank 0.
 
 use std::time::Instant;
@@ -101,6 +101,28 @@ fn barrier(w: &Comm) -> Result<(), Error> {
     Ok(())
 }
 
+fn allreduce(w: &Comm) -> Result<(), Error> {
+    let input = vec![1.0f64; 1 << 20];
+    let mut out = vec![0.0f64; 1 << 20];
+    let mut n = 1;
+    while n <= 1 << 20 {
+        let iters = if n <= 4096 { 10000 } else { 50 };
+        for _ in 0..iters / 10 {
+            w.all_reduce_slice(&input[..n], &mut out[..n], &ranks::op::Sum)?;
+        }
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            w.all_reduce_slice(&input[..n], &mut out[..n], &ranks::op::Sum)?;
+        }
+        if w.rank() == 0 {
+            let us = t0.elapsed().as_secs_f64() * 1e6 / iters as f64;
+            println!("allreduce {} {us:.3} us", n * 8);
+        }
+        n *= 16;
+    }
+    Ok(())
+}
+
 /// Every pair (0,1), (2,3), ... ping-pongs 8 bytes at once; rank 0 prints the mean one-way
 /// latency over the pairs.
 fn pairs(w: &Comm) -> Result<(), Error> {
@@ -146,6 +168,7 @@ fn main() -> Result<(), Error> {
         "bw" => bw(&w),
         "barrier" => barrier(&w),
         "pairs" => pairs(&w),
+        "allreduce" => allreduce(&w),
         "hello" => {
             if w.rank() == 0 {
                 println!("hello {}", w.size());
@@ -153,7 +176,7 @@ fn main() -> Result<(), Error> {
             Ok(())
         }
         other => {
-            eprintln!("unknown benchmark {other:?}: latency|bw|barrier|pairs|hello");
+            eprintln!("unknown benchmark {other:?}: latency|bw|barrier|allreduce|pairs|hello");
             std::process::exit(2);
         }
     }

@@ -39,6 +39,11 @@ pub(crate) trait Transport: Send + Sync {
     /// Tell `peer` that we wrote to it or made room in its stream (wakes it if asleep).
     fn notify(&self, peer: usize);
 
+    /// Called after reading from `peer`: wake it if it may be waiting for room we made.
+    fn read_done(&self, peer: usize) {
+        self.notify(peer);
+    }
+
     /// Sleep until something may have changed for this rank, or `timeout`.
     /// `prepare` runs after the rank is registered as a sleeper and before it sleeps; the
     /// wait is skipped when it returns true (the condition already holds).

@@ -20,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::time::Duration;
 
 use memmap2::MmapRaw;
@@ -296,7 +296,15 @@ impl Segment {
     }
 
     /// Take up to `buf.len()` bytes from ring (src, dst). Only `dst` may call this.
-    fn ring_read(&self, src: usize, dst: usize, buf: &mut [u8]) -> Result<usize> {
+    /// `was_half_full` is set when the ring held more than half its capacity: only then can
+    /// the writer be blocked for room (it writes partial frames, so it waits only when full).
+    fn ring_read(
+        &self,
+        src: usize,
+        dst: usize,
+        buf: &mut [u8],
+        was_half_full: &AtomicBool,
+    ) -> Result<usize> {
         let (head, tail, data) = self.ring(src, dst);
         let t = tail.load(Relaxed);
         let h = head.load(Acquire);
@@ -313,6 +321,9 @@ impl Segment {
         let n = buf.len().min(avail as usize);
         if n == 0 {
             return Ok(0);
+        }
+        if avail > (self.cap / 2) as u64 {
+            was_half_full.store(true, Relaxed);
         }
         let off = (t as usize) & (self.cap - 1);
         let first = n.min(self.cap - off);
@@ -446,6 +457,8 @@ pub(crate) struct Shm {
     seg: Segment,
     me: usize,
     cma: bool,
+    /// Per peer: our last reads found its ring more than half full (it may wait for room).
+    drained_full: Vec<AtomicBool>,
 }
 
 impl Shm {
@@ -456,6 +469,7 @@ impl Shm {
             seg,
             me: rank,
             cma: cma_available(),
+            drained_full: (0..size).map(|_| AtomicBool::new(false)).collect(),
         })
     }
 }
@@ -474,7 +488,14 @@ impl Transport for Shm {
     }
 
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
-        self.seg.ring_read(peer, self.me, buf)
+        self.seg
+            .ring_read(peer, self.me, buf, &self.drained_full[peer])
+    }
+
+    fn read_done(&self, peer: usize) {
+        if self.drained_full[peer].swap(false, Relaxed) {
+            self.seg.ring_doorbell(peer, false);
+        }
     }
 
     fn readable(&self, peer: usize) -> bool {
