@@ -465,8 +465,47 @@ impl Comm {
         op: &O,
     ) -> Result<()> {
         check_len("all_reduce", recv.len(), send.len())?;
+        let seq = self.next_seq();
+        let n = self.size();
+        let large = env_bytes("RANKS_ALLREDUCE_LARGE", 64 << 10);
+        if n > 1 && op.commutative() && std::mem::size_of_val(send) >= large && send.len() >= n {
+            // Ring reduce-scatter straight into `recv` (no staging copy), then all-gather.
+            self.ring_reduce_scatter_from(seq, send, recv, op)?;
+            return self.ring_allgather_blocks(seq, 512, recv);
+        }
         recv.copy_from_slice(send);
-        self.allreduce_seq(self.next_seq(), recv, op)
+        self.allreduce_seq(seq, recv, op)
+    }
+
+    /// Ring reduce-scatter reading contributions from `send` and accumulating in `recv`:
+    /// each step receives a partial block straight into `recv` and adds our own part of it.
+    /// Afterwards rank r holds the reduced block r. Commutative operations only.
+    fn ring_reduce_scatter_from<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        seq: u32,
+        send: &[T],
+        recv: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        let (n, me) = (self.size(), self.rank());
+        let len = send.len();
+        let next = (me + 1) % n;
+        let prev = (me + n - 1) % n;
+        for step in 0..n - 1 {
+            let sb = (me + 2 * n - step - 1) % n;
+            let rb = (me + 2 * n - step - 2) % n;
+            let (s, sl) = block(len, n, sb);
+            let (r, rl) = block(len, n, rb);
+            let tag = ctag(seq, step as u32);
+            if step == 0 {
+                self.c_exchange(next, &send[s..s + sl], prev, &mut recv[r..r + rl], tag)?;
+            } else {
+                let (src, dst) = split_pair(recv, s..s + sl, r..r + rl);
+                self.c_exchange(next, src, prev, dst, tag)?;
+            }
+            op.combine(&send[r..r + rl], &mut recv[r..r + rl]);
+        }
+        Ok(())
     }
 
     /// `all_reduce_slice` with the buffer as both input and output.

@@ -41,7 +41,7 @@ impl Tuning {
             } else {
                 100
             })),
-            yields: num("RANKS_YIELDS").unwrap_or(if oversubscribed { 4 } else { 16 }) as u32,
+            yields: num("RANKS_YIELDS").unwrap_or(16) as u32,
         }
     }
 }
@@ -474,10 +474,12 @@ impl Core {
                 }
             }
             iter = iter.wrapping_add(1);
-            if !iter.is_multiple_of(32) {
-                continue;
-            }
-            if start.get_or_insert_with(Instant::now).elapsed() < self.tuning.spin {
+            // Spin (checking the clock every 32 rounds) unless spinning is off, as it is when
+            // ranks outnumber cores: then give the core away after every fruitless round.
+            if !self.tuning.spin.is_zero()
+                && (!iter.is_multiple_of(32)
+                    || start.get_or_insert_with(Instant::now).elapsed() < self.tuning.spin)
+            {
                 continue;
             }
             if yields < self.tuning.yields {
