@@ -64,6 +64,9 @@ pub struct Comm {
     /// Sequence number of the next collective call (the same on every member, since all
     /// members call collectives in the same order); it keeps concurrent collectives apart.
     pub(crate) coll_seq: Arc<std::sync::atomic::AtomicU32>,
+    /// Number of shared objects (queues, locks, ...) created on this communicator so far;
+    /// like `coll_seq` it advances identically on every member.
+    pub(crate) obj_seq: Arc<std::sync::atomic::AtomicU32>,
 }
 
 pub(crate) fn typecode<T>() -> u32 {
@@ -85,6 +88,7 @@ impl Comm {
             ctx: 0,
             members,
             coll_seq: Default::default(),
+            obj_seq: Default::default(),
         }
     }
 
@@ -396,6 +400,34 @@ impl Comm {
         }
     }
 
+    /// Receive the next message matching `pat`, or `None` once `deadline` passes (no
+    /// deadline: wait as long as it takes). `quiet` waiters never spin.
+    pub(crate) fn recv_msg_until(
+        &self,
+        pat: Pattern,
+        deadline: Option<std::time::Instant>,
+        quiet: bool,
+        watch: bool,
+    ) -> Result<Option<Msg>> {
+        let id = match self.post(pat) {
+            ReqState::Matched(m) => return Ok(Some(m)),
+            ReqState::Recv { id, .. } => id,
+            _ => unreachable!("post yields a receive state"),
+        };
+        let w = if watch {
+            self.watch_for(&pat)
+        } else {
+            Watch::Nobody
+        };
+        let r = self
+            .core
+            .wait_until(w, deadline, quiet, |_, st| Ok(st.m.take(id)));
+        if !matches!(r, Ok(Some(_))) {
+            self.core.lock().m.cancel(id);
+        }
+        r
+    }
+
     fn wait_recv(&self, id: RecvId, pat: Pattern) -> Result<Msg> {
         let r = self
             .core
@@ -524,6 +556,15 @@ impl Comm {
     /// Like `probe`, but returns `None` at once when nothing matching has arrived.
     pub fn iprobe(&self, source: impl Into<Source>, tag: i32) -> Result<Option<Status>> {
         let pat = self.pattern(self.ctx, source.into(), tag)?;
+        let core = &*self.core;
+        let mut st = core.lock();
+        core.progress(&mut st);
+        Ok(st.m.peek(pat).map(status_of))
+    }
+
+    /// `iprobe` in another context, by world rank (for primitives in their own contexts).
+    pub(crate) fn iprobe_ctx(&self, ctx: u32, source: usize, tag: i32) -> Result<Option<Status>> {
+        let pat = self.pattern(ctx, Source::from(source), tag)?;
         let core = &*self.core;
         let mut st = core.lock();
         core.progress(&mut st);

@@ -450,8 +450,27 @@ impl Core {
     pub(crate) fn wait_for<R>(
         &self,
         watch: Watch<'_>,
-        mut check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
+        check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
     ) -> Result<R> {
+        let r = self.wait_until(watch, None, false, check)?;
+        Ok(r.expect("no deadline"))
+    }
+
+    /// `wait_for` with an optional deadline (`Ok(None)` when it passes). `quiet` waiters
+    /// (service threads) never spin: they yield once and sleep.
+    pub(crate) fn wait_until<R>(
+        &self,
+        watch: Watch<'_>,
+        deadline: Option<Instant>,
+        quiet: bool,
+        mut check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
+    ) -> Result<Option<R>> {
+        let spin = if quiet {
+            Duration::ZERO
+        } else {
+            self.tuning.spin
+        };
+        let max_yields = if quiet { 1 } else { self.tuning.yields };
         let mut start: Option<Instant> = None;
         let mut yields = 0;
         let mut iter: u32 = 0;
@@ -467,22 +486,26 @@ impl Core {
                 };
                 self.progress(&mut st);
                 if let Some(r) = check(self, &mut st)? {
-                    return Ok(r);
+                    return Ok(Some(r));
                 }
                 if let Some((rank, detail)) = lost {
                     return Err(self.lost_error(&st, rank, detail));
                 }
             }
+            let now_past = |d: Instant| Instant::now() >= d;
+            if deadline.is_some_and(now_past) {
+                return Ok(None);
+            }
             iter = iter.wrapping_add(1);
             // Spin (checking the clock every 32 rounds) unless spinning is off, as it is when
             // ranks outnumber cores: then give the core away after every fruitless round.
-            if !self.tuning.spin.is_zero()
+            if !spin.is_zero()
                 && (!iter.is_multiple_of(32)
-                    || start.get_or_insert_with(Instant::now).elapsed() < self.tuning.spin)
+                    || start.get_or_insert_with(Instant::now).elapsed() < spin)
             {
                 continue;
             }
-            if yields < self.tuning.yields {
+            if yields < max_yields {
                 yields += 1;
                 std::thread::yield_now();
                 continue;
@@ -494,20 +517,23 @@ impl Core {
                     .collect()
             };
             let mut outcome: Option<Result<R>> = None;
-            self.t
-                .wait(&want_write, Duration::from_millis(50), &mut || {
-                    let mut st = self.lock();
-                    self.progress(&mut st);
-                    match check(self, &mut st) {
-                        Ok(None) => false,
-                        other => {
-                            outcome = other.transpose();
-                            true
-                        }
+            let mut nap = Duration::from_millis(50);
+            if let Some(d) = deadline {
+                nap = nap.min(d.saturating_duration_since(Instant::now()));
+            }
+            self.t.wait(&want_write, nap, &mut || {
+                let mut st = self.lock();
+                self.progress(&mut st);
+                match check(self, &mut st) {
+                    Ok(None) => false,
+                    other => {
+                        outcome = other.transpose();
+                        true
                     }
-                });
+                }
+            });
             if let Some(r) = outcome {
-                return r;
+                return r.map(Some);
             }
             iter = 0;
         }

@@ -55,6 +55,46 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A nonblocking `try_get`, or a `get` whose timeout passed, found the queue empty.
+    #[error("the queue is empty")]
+    Empty,
+
+    /// A nonblocking `try_put`, or a `put` whose timeout passed, found the queue full.
+    #[error("the queue is full")]
+    Full,
+
+    /// The object was closed (a queue after `close`, a pool after `close`).
+    #[error("{0} is closed")]
+    Closed(&'static str),
+
+    /// A wait with a timeout ran out.
+    #[error("timed out")]
+    Timeout,
+
+    /// The rank holding a lock (or semaphore, or condition) died holding it.
+    #[error("rank {rank} died while holding the {what}; it was released without being unlocked")]
+    HolderDied { rank: usize, what: &'static str },
+
+    /// A barrier was aborted, or broken by a timeout or a lost party.
+    #[error("the barrier is broken ({0})")]
+    BrokenBarrier(String),
+
+    /// The other end of a pipe closed it (or exited) and nothing more will come.
+    #[error("end of stream: the other end of the pipe closed it")]
+    EndOfStream,
+
+    /// Releasing a lock this rank does not hold, and similar misuse.
+    #[error("{0}")]
+    Usage(String),
+
+    /// A pool task panicked or failed.
+    #[error("pool task for item {item} failed on rank {rank}: {message}")]
+    TaskFailed {
+        item: usize,
+        rank: usize,
+        message: String,
+    },
+
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {

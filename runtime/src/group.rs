@@ -62,6 +62,7 @@ impl Comm {
             rank,
             members,
             coll_seq: Default::default(),
+            obj_seq: Default::default(),
         }))
     }
 

@@ -24,6 +24,7 @@ mod engine;
 mod error;
 mod group;
 pub mod op;
+pub mod primitives;
 pub mod transport;
 pub mod wire;
 
@@ -33,6 +34,11 @@ pub use bootstrap::env;
 pub use comm::{wait_all, Comm, Request, Source, Status, MAX_TAG};
 pub use engine::{ANY_SOURCE, ANY_TAG};
 pub use error::{Error, Result};
+pub use primitives::manager::{Dict, List, Manager, Namespace};
+pub use primitives::pipe::Pipe;
+pub use primitives::queue::Queue;
+pub use primitives::shared::{SharedArray, SharedMemory, SharedValue};
+pub use primitives::sync::{Barrier, Condition, Event, Lock, LockGuard, RLock, Semaphore};
 
 /// Re-exported so users can derive `Pod` for their own plain structs.
 pub use bytemuck::{Pod, Zeroable};

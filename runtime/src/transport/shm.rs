@@ -20,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
 use std::time::Duration;
 
 use memmap2::MmapRaw;
@@ -544,6 +544,134 @@ impl Transport for Shm {
                 tracing::debug!(peer, error = %e, "cross-memory read refused; falling back to streaming");
                 Ok(false)
             }
+        }
+    }
+}
+
+/// A block of shared memory for user data (shared values, arrays and named blocks), a file
+/// in /dev/shm mapped by every rank that uses it. Access goes through atomics only, so ranks
+/// may read and write it concurrently without undefined behaviour.
+pub struct SharedBlock {
+    map: MmapRaw,
+    path: PathBuf,
+    owner: bool,
+    len: usize,
+}
+
+// SAFETY: the mapping is only accessed through atomics; the pointer stays valid while the
+// value lives.
+unsafe impl Send for SharedBlock {}
+// SAFETY: as above.
+unsafe impl Sync for SharedBlock {}
+
+impl SharedBlock {
+    /// Create a zero-filled block of `len` bytes at `path`; it is removed when this value is
+    /// dropped (ranks that mapped it keep their mapping).
+    pub fn create(path: &Path, len: usize) -> Result<SharedBlock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(format!("creating shared memory {}", path.display()), e))?;
+        let size = len.max(1).next_multiple_of(8);
+        let block = (|| {
+            file.set_len(size as u64)
+                .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
+            MmapRaw::map_raw(&file).map_err(|e| Error::io(format!("mapping {}", path.display()), e))
+        })();
+        match block {
+            Ok(map) => Ok(SharedBlock {
+                map,
+                path: path.to_owned(),
+                owner: true,
+                len,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Map an existing block, waiting up to `wait` for its creator to make it.
+    pub fn open(path: &Path, wait: std::time::Duration) -> Result<SharedBlock> {
+        let deadline = std::time::Instant::now() + wait;
+        let file = loop {
+            match File::options().read(true).write(true).open(path) {
+                Ok(f) if f.metadata().map(|m| m.len() > 0).unwrap_or(false) => break f,
+                Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Ok(_) => {
+                    return Err(Error::Bootstrap(format!(
+                        "shared memory {} was never sized",
+                        path.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("opening shared memory {}", path.display()),
+                        e,
+                    ))
+                }
+            }
+        };
+        let map = MmapRaw::map_raw(&file)
+            .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+        let len = map.len();
+        Ok(SharedBlock {
+            map,
+            path: path.to_owned(),
+            owner: false,
+            len,
+        })
+    }
+
+    /// Usable length in bytes (as created; an opened block reports its mapped size).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the block has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The 8-byte word at byte offset `8 * i`.
+    pub fn u64_at(&self, i: usize) -> &AtomicU64 {
+        let off = i * 8;
+        assert!(off + 8 <= self.map.len(), "shared word {i} out of range");
+        // SAFETY: in bounds and 8-aligned (page-aligned mapping); only accessed atomically.
+        unsafe { &*(self.map.as_mut_ptr().add(off) as *const AtomicU64) }
+    }
+
+    /// The 4-byte word at byte offset `4 * i`.
+    pub fn u32_at(&self, i: usize) -> &AtomicU32 {
+        let off = i * 4;
+        assert!(off + 4 <= self.map.len(), "shared word {i} out of range");
+        // SAFETY: in bounds and 4-aligned; only accessed atomically.
+        unsafe { &*(self.map.as_mut_ptr().add(off) as *const AtomicU32) }
+    }
+
+    /// The byte at offset `i`.
+    pub fn u8_at(&self, i: usize) -> &AtomicU8 {
+        assert!(i < self.map.len(), "shared byte {i} out of range");
+        // SAFETY: in bounds; only accessed atomically.
+        unsafe { &*(self.map.as_mut_ptr().add(i) as *const AtomicU8) }
+    }
+
+    /// Path of the backing file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SharedBlock {
+    fn drop(&mut self) {
+        if self.owner {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
