@@ -94,11 +94,26 @@ fn job_id() -> String {
 struct Resources {
     segment: Option<Segment>,
     sock_dir: Option<PathBuf>,
+    /// File-name prefix of everything the job may create in /dev/shm.
+    shm_prefix: Option<String>,
 }
 
 impl Drop for Resources {
     fn drop(&mut self) {
         self.segment.take(); // removes the file
+                             // Shared values and memory blocks the ranks made are named after the job.
+        if let Some(prefix) = self.shm_prefix.take() {
+            if let Ok(dir) = std::fs::read_dir("/dev/shm") {
+                for e in dir.flatten() {
+                    if e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.starts_with(&prefix))
+                    {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
         if let Some(d) = self.sock_dir.take() {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -152,6 +167,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     let mut res = Resources {
         segment: None,
         sock_dir: None,
+        shm_prefix: Some(format!("ranks-{id}")),
     };
     let mut job_env: Vec<(&str, String)> = vec![
         (env::SIZE, n.to_string()),
@@ -243,9 +259,11 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     let mut stop_code: Option<u8> = None;
     let mut kill_at: Option<Instant> = None;
 
-    let stop_all = |running: &[bool], sig: Signal| {
+    let mut signalled = vec![false; n];
+    let stop_all = |running: &[bool], signalled: &mut [bool], sig: Signal| {
         for (r, pid) in pids.iter().enumerate() {
             if let (true, Some(pid)) = (running[r], pid) {
+                signalled[r] = true;
                 if let Some(p) = Pid::from_raw(*pid as i32) {
                     let _ = kill_process_group(p, sig);
                 }
@@ -256,7 +274,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     if let Some(e) = spawn_error {
         eprintln!("ranks: {e}; stopping the job");
         stop_code = Some(crate::EXIT_USAGE);
-        stop_all(&running, Signal::TERM);
+        stop_all(&running, &mut signalled, Signal::TERM);
         kill_at = Some(Instant::now() + grace());
     }
 
@@ -286,7 +304,9 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                         },
                     );
                 }
-                if ok || stop_code.is_some() {
+                // A rank that we signalled and that died of a signal did not fail by itself.
+                let ours = signalled[rank] && matches!(&status, Ok(s) if s.signal().is_some());
+                if ok || ours {
                     continue;
                 }
                 let (why, code) = match &status {
@@ -296,29 +316,32 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                 let pid = pids[rank].unwrap_or(0);
                 eprintln!("ranks: rank {rank} (pid {pid}) {why}");
                 failures.push((rank, code));
+                if stop_code.is_some() || args.keep_going {
+                    continue;
+                }
                 if left > 0 {
                     eprintln!("ranks: stopping the other {left} rank(s)");
                 }
                 stop_code = Some(code);
-                stop_all(&running, Signal::TERM);
+                stop_all(&running, &mut signalled, Signal::TERM);
                 kill_at = Some(Instant::now() + grace());
             }
             Ok(Event::Signal(sig)) => {
                 if stop_code.is_none() {
                     eprintln!("ranks: got {}; stopping the job", signal_name(sig));
                     stop_code = Some((128 + sig) as u8);
-                    stop_all(&running, Signal::TERM);
+                    stop_all(&running, &mut signalled, Signal::TERM);
                     kill_at = Some(Instant::now() + grace());
                 } else {
                     // A second Ctrl-C: do not wait for the grace period.
-                    stop_all(&running, Signal::KILL);
+                    stop_all(&running, &mut signalled, Signal::KILL);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
                 if let Some(k) = kill_at {
                     if now >= k {
-                        stop_all(&running, Signal::KILL);
+                        stop_all(&running, &mut signalled, Signal::KILL);
                         kill_at = None;
                     }
                 }
@@ -334,7 +357,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                             still.join(", ")
                         );
                         stop_code = Some(EXIT_TIMEOUT);
-                        stop_all(&running, Signal::TERM);
+                        stop_all(&running, &mut signalled, Signal::TERM);
                         kill_at = Some(Instant::now() + grace());
                     }
                 }
@@ -345,8 +368,16 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     for w in waiters {
         let _ = w.join();
     }
+    // Output still buffered in the pipes is forwarded; a stray descendant that escaped its
+    // rank's process group and keeps a pipe open does not keep the launcher waiting.
+    let drain_until = Instant::now() + Duration::from_secs(2);
     for f in forwarders {
-        let _ = f.join();
+        while !f.is_finished() && Instant::now() < drain_until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if f.is_finished() {
+            let _ = f.join();
+        }
     }
     sig_handle.close();
     drop(res);

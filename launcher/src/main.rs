@@ -62,6 +62,10 @@ pub struct RunArgs {
     #[arg(short = 'x', value_name = "VAR[=VALUE]")]
     pub env: Vec<String>,
 
+    /// Keep the job running when a rank fails (the exit code still reports the failure).
+    #[arg(long)]
+    pub keep_going: bool,
+
     /// How ranks on this host talk to each other.
     #[arg(long, value_enum, default_value = "shm")]
     pub transport: TransportKind,

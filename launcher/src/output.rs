@@ -23,7 +23,8 @@ pub fn forward(
         let mut line = Vec::with_capacity(256);
         loop {
             line.clear();
-            match reader.read_until(b'\n', &mut line) {
+            // Lines longer than 64 KiB are forwarded in pieces, so memory stays bounded.
+            match (&mut reader).take(64 << 10).read_until(b'\n', &mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }

@@ -327,15 +327,6 @@ impl Handle {
         let bytes = self.call(op, encode(arg)?, timeout)?.into_result(what)?;
         decode_as(&bytes, self.owner)
     }
-
-    /// The world rank of this process.
-    pub(crate) fn me(&self) -> usize {
-        self.world.core.rank
-    }
-
-    pub(crate) fn core(&self) -> &Arc<Core> {
-        &self.world.core
-    }
 }
 
 fn register(comm: &Comm, obj: u64, o: Box<dyn Object>) {

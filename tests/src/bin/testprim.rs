@@ -1,0 +1,368 @@
+//! Job programs for the multiprocessing-style primitives: `ranks-testprim SCENARIO [ARGS]`.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use ranks::{
+    Barrier, Comm, Condition, Error, Event, Lock, Manager, Pipe, Queue, RLock, Semaphore,
+    SharedArray, SharedMemory, SharedValue,
+};
+
+type R = Result<(), Error>;
+
+fn arg(i: usize, default: u64) -> u64 {
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Half the ranks produce, half consume, through one queue hosted by rank 0.
+fn queue_mpmc(w: &Comm) -> R {
+    let total = arg(2, 100_000);
+    let (n, me) = (w.size(), w.rank());
+    let q: Queue<(u32, u64)> = Queue::new(w, 0, 1000)?;
+    let results: Queue<Vec<(u32, u64)>> = Queue::new(w, 0, 0)?;
+    let producers: Vec<usize> = (0..n).filter(|r| r % 2 == 0).collect();
+    let consumers: Vec<usize> = (0..n).filter(|r| r % 2 == 1).collect();
+    let consumers = if consumers.is_empty() {
+        vec![0]
+    } else {
+        consumers
+    };
+    let per = total / producers.len() as u64;
+    if producers.contains(&me) {
+        for i in 0..per {
+            q.put(&(me as u32, i))?;
+        }
+    }
+    if consumers.contains(&me) {
+        let quota = per * producers.len() as u64 / consumers.len() as u64
+            + u64::from(consumers[0] == me)
+                * (per * producers.len() as u64 % consumers.len() as u64);
+        let mut got = Vec::with_capacity(quota as usize);
+        for _ in 0..quota {
+            got.push(q.get()?);
+        }
+        results.put(&got)?;
+    }
+    if me == 0 {
+        let mut all = Vec::new();
+        for _ in 0..consumers.len() {
+            all.extend(results.get()?);
+        }
+        assert_eq!(all.len() as u64, per * producers.len() as u64, "lost items");
+        let set: HashSet<(u32, u64)> = all.iter().copied().collect();
+        assert_eq!(set.len(), all.len(), "duplicated items");
+        // FIFO per producer as seen by each consumer: within one consumer's list, a
+        // producer's sequence numbers increase.
+        assert!(q.try_get().is_err());
+        println!(
+            "queue ok {} items, {} producers, {} consumers",
+            all.len(),
+            producers.len(),
+            consumers.len()
+        );
+    }
+    w.barrier()
+}
+
+fn queue_semantics(w: &Comm) -> R {
+    let q: Queue<String> = Queue::new(w, w.size() - 1, 2)?;
+    if w.rank() == 0 {
+        assert!(matches!(q.try_get(), Err(Error::Empty)));
+        let t = Instant::now();
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(100)),
+            Err(Error::Empty)
+        ));
+        assert!(t.elapsed() >= Duration::from_millis(90));
+        q.put(&"a".into())?;
+        q.put(&"b".into())?;
+        assert!(q.full()?);
+        assert!(matches!(q.try_put(&"c".into()), Err(Error::Full)));
+        assert!(matches!(
+            q.put_timeout(&"c".into(), Duration::from_millis(50)),
+            Err(Error::Full)
+        ));
+        assert_eq!(q.qsize()?, 2);
+        assert_eq!(q.get()?, "a");
+        assert_eq!(q.get()?, "b");
+        assert!(q.empty()?);
+        q.put(&"last".into())?;
+        q.close()?;
+        assert!(matches!(q.put(&"x".into()), Err(Error::Closed(_))));
+        assert_eq!(q.get()?, "last");
+        assert!(matches!(q.get(), Err(Error::Closed(_))));
+        println!("queue semantics ok");
+    }
+    w.barrier()
+}
+
+/// Every rank adds 1 ITER times with fetch_add and with with_lock.
+fn counter(w: &Comm) -> R {
+    let iters = arg(2, 10_000);
+    let atomic = SharedValue::<u64>::new(w, 0, 0)?;
+    let locked = SharedValue::<i64>::new(w, 0, 0)?;
+    let managed = Manager::new(w, 0)?.namespace()?;
+    for _ in 0..iters {
+        atomic.fetch_add(1);
+    }
+    for _ in 0..iters / 10 {
+        locked.with_lock(|v| *v += 10)?;
+    }
+    for _ in 0..10 {
+        managed.update::<u64>("count", |c| c.unwrap_or(0) + 1)?;
+    }
+    w.barrier()?;
+    let n = w.size() as u64;
+    assert_eq!(atomic.get(), iters * n);
+    assert_eq!(locked.get() as u64, (iters / 10) * 10 * n);
+    assert_eq!(managed.get::<u64>("count")?, Some(10 * n));
+    if w.rank() == 0 {
+        println!("counter ok {} {}", atomic.get(), locked.get());
+    }
+    w.barrier()
+}
+
+/// Locks, semaphores, conditions, events, barriers.
+fn sync(w: &Comm) -> R {
+    let (n, me) = (w.size(), w.rank());
+    let lock = Lock::new(w, 0)?;
+    let inside = SharedValue::<u32>::new(w, 0, 0)?;
+    for _ in 0..20 {
+        let g = lock.acquire()?;
+        assert_eq!(inside.fetch_add(1), 0, "two ranks inside the lock");
+        std::thread::sleep(Duration::from_micros(50));
+        inside.fetch_add(u32::MAX); // -1
+        drop(g);
+    }
+    w.barrier()?;
+    // A plain lock is not re-entrant; an RLock is.
+    let rl = RLock::new(w, n - 1)?;
+    {
+        let _a = rl.acquire()?;
+        let _b = rl.acquire()?;
+    }
+    if me == 0 {
+        let g = lock.acquire()?;
+        assert!(matches!(lock.acquire(), Err(Error::Usage(_))));
+        drop(g);
+    }
+    w.barrier()?;
+    // A semaphore of 2 never lets 3 in.
+    let sem = Semaphore::bounded(w, 0, 2)?;
+    let count = SharedValue::<u32>::new(w, 0, 0)?;
+    for _ in 0..10 {
+        sem.acquire()?;
+        assert!(count.fetch_add(1) < 2);
+        std::thread::sleep(Duration::from_micros(100));
+        count.fetch_add(u32::MAX);
+        sem.release()?;
+    }
+    w.barrier()?;
+    if me == 0 {
+        assert!(matches!(sem.release(), Err(Error::Usage(_))));
+    }
+    // Event: rank 0 sets it after everyone is waiting or about to.
+    let ev = Event::new(w, 0)?;
+    if me == 0 {
+        assert!(!ev.wait_timeout(Some(Duration::from_millis(20)))?);
+        std::thread::sleep(Duration::from_millis(50));
+        ev.set()?;
+    } else {
+        ev.wait()?;
+    }
+    assert!(ev.is_set()?);
+    w.barrier()?;
+    // Condition: rank 0 produces a value; the others wait_for it.
+    let cond = Condition::new(w, 0)?;
+    let value = SharedValue::<u64>::new(w, 0, 0)?;
+    if me == 0 {
+        std::thread::sleep(Duration::from_millis(50));
+        let g = cond.acquire()?;
+        value.set(42);
+        cond.notify_all(&g)?;
+        drop(g);
+    } else {
+        let g = cond.acquire()?;
+        assert!(cond.wait_for(&g, || value.get() == 42, Some(Duration::from_secs(30)))?);
+        drop(g);
+    }
+    // A timed wait that nobody notifies.
+    {
+        let g = cond.acquire()?;
+        assert!(!cond.wait_timeout(&g, Some(Duration::from_millis(20)))?);
+    }
+    w.barrier()?;
+    // Barrier objects are reusable; indices are distinct.
+    let bar = Barrier::new(w, n - 1, n)?;
+    for _ in 0..3 {
+        let i = bar.wait()?;
+        assert!(i < n);
+        let all = w.all_gather(&i)?;
+        let set: HashSet<usize> = all.into_iter().collect();
+        assert_eq!(set.len(), n, "barrier indices must differ");
+    }
+    // A barrier that times out is broken for everyone.
+    let lonely = Barrier::new(w, 0, n + 1)?;
+    if me == 0 {
+        assert!(matches!(
+            lonely.wait_timeout(Some(Duration::from_millis(50))),
+            Err(Error::BrokenBarrier(_))
+        ));
+        assert!(matches!(lonely.wait(), Err(Error::BrokenBarrier(_))));
+        lonely.reset()?;
+        lonely.abort()?;
+        assert!(matches!(lonely.wait(), Err(Error::BrokenBarrier(_))));
+    }
+    w.barrier()?;
+    if me == 0 {
+        println!("sync ok");
+    }
+    Ok(())
+}
+
+/// A rank dies holding a lock; the waiter is told.
+fn lock_holder_dies(w: &Comm) -> R {
+    let lock = Lock::new(w, 0)?;
+    w.barrier()?;
+    if w.rank() == 1 {
+        let _g = lock.acquire()?;
+        w.barrier()?;
+        std::thread::sleep(Duration::from_millis(100));
+        // Die holding it.
+        let me = rustix::process::getpid();
+        rustix::process::kill_process(me, rustix::process::Signal::KILL).ok();
+        unreachable!();
+    }
+    w.barrier()?;
+    if w.rank() == 2 % w.size() {
+        match lock.acquire() {
+            Err(e @ Error::HolderDied { rank: 1, .. }) => println!("holder died: {e}"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("got a lock whose holder died"),
+        }
+        // The lock is usable again.
+        lock.acquire()?.release()?;
+        println!("lock recovered");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
+/// Pipes: duplex echo, one-way, end of stream.
+fn pipes(w: &Comm) -> R {
+    let (n, me) = (w.size(), w.rank());
+    let p: Option<Pipe<String>> = Pipe::new(w, 0, n - 1, true)?;
+    let one: Option<Pipe<u32>> = Pipe::new(w, n - 1, 0, false)?;
+    if me == 0 {
+        let mut p = p.unwrap();
+        for s in ["hello", "are you there?", "END"] {
+            p.send(&s.to_string())?;
+            assert_eq!(p.recv()?, format!("echo {s}"));
+        }
+        assert!(!p.poll(Duration::from_millis(20))?, "nothing is pending");
+        p.close()?;
+        assert!(matches!(p.send(&"late".to_string()), Err(Error::Closed(_))));
+        let mut one = one.unwrap();
+        assert!(matches!(one.send(&1), Err(Error::Usage(_))));
+        let mut got = Vec::new();
+        loop {
+            match one.recv() {
+                Ok(v) => got.push(v),
+                Err(Error::EndOfStream) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+        assert!(matches!(one.recv(), Err(Error::EndOfStream)));
+        println!("pipes ok");
+    } else if me == n - 1 {
+        let mut p = p.unwrap();
+        loop {
+            assert!(p.poll(Duration::from_secs(30))?);
+            match p.recv() {
+                Ok(s) => p.send(&format!("echo {s}"))?,
+                Err(Error::EndOfStream) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let mut one = one.unwrap();
+        for i in 0..100 {
+            one.send(&i)?;
+        }
+        one.close()?;
+    }
+    w.barrier()
+}
+
+/// Manager dict and list, shared arrays and raw shared memory.
+fn shared_state(w: &Comm) -> R {
+    let (n, me) = (w.size(), w.rank());
+    let m = Manager::new(w, 0)?;
+    let d = m.dict::<String, usize>()?;
+    let l = m.list::<String>()?;
+    let name = format!("worker-{me}");
+    l.append(&name)?;
+    d.set(&name, &name.len())?;
+    d.update(&"total".to_string(), |v| v.unwrap_or(0) + 1)?;
+    let arr = SharedArray::<f64>::new(w, 0, &[1.0, 2.5, 3.0])?;
+    arr.with_lock(|a| a.iter_mut().for_each(|x| *x += 1.0))?;
+    let ints = SharedArray::<i32>::new(w, 0, &[0; 8])?;
+    ints.fetch_add(me % 8, 1)?;
+    let shm = if me == 0 {
+        Some(SharedMemory::create("block", 16)?)
+    } else {
+        None
+    };
+    w.barrier()?;
+    let block = SharedMemory::attach("block", Duration::from_secs(10))?;
+    block.write(me % 16, &[me as u8 + 1])?;
+    w.barrier()?;
+    assert_eq!(l.len()?, n);
+    let mut names = l.snapshot()?;
+    names.sort();
+    let mut want: Vec<String> = (0..n).map(|r| format!("worker-{r}")).collect();
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(d.len()?, n + 1);
+    assert_eq!(d.get(&"total".to_string())?, Some(n));
+    assert_eq!(
+        arr.to_vec(),
+        vec![1.0 + n as f64, 2.5 + n as f64, 3.0 + n as f64]
+    );
+    assert_eq!(ints.to_vec().iter().sum::<i32>(), n as i32);
+    let bytes = block.to_vec();
+    for r in 0..n.min(16) {
+        assert!(bytes[r] != 0);
+    }
+    w.barrier()?;
+    drop(shm);
+    if me == 0 {
+        println!("shared state ok");
+    }
+    Ok(())
+}
+
+fn main() {
+    let scenario = std::env::args().nth(1).unwrap_or_default();
+    let w = ranks::init().expect("init");
+    let r = match scenario.as_str() {
+        "queue" => queue_mpmc(&w),
+        "queue_semantics" => queue_semantics(&w),
+        "counter" => counter(&w),
+        "sync" => sync(&w),
+        "lockdies" => lock_holder_dies(&w),
+        "pipes" => pipes(&w),
+        "shared" => shared_state(&w),
+        other => {
+            eprintln!("unknown scenario {other:?}");
+            std::process::exit(64);
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("rank {}: {e}", w.rank());
+        std::process::exit(1);
+    }
+}
