@@ -36,6 +36,7 @@ pub use engine::{ANY_SOURCE, ANY_TAG};
 pub use error::{Error, Result};
 pub use primitives::manager::{Dict, List, Manager, Namespace};
 pub use primitives::pipe::Pipe;
+pub use primitives::pool::{AsyncResult, Pool};
 pub use primitives::queue::Queue;
 pub use primitives::shared::{SharedArray, SharedMemory, SharedValue};
 pub use primitives::sync::{Barrier, Condition, Event, Lock, LockGuard, RLock, Semaphore};

@@ -345,6 +345,82 @@ fn shared_state(w: &Comm) -> R {
     Ok(())
 }
 
+/// Pool: map, imap, imap_unordered, apply_async with callbacks, a panicking task, and
+/// items of very unequal cost.
+fn pool(w: &Comm) -> R {
+    use std::sync::{Arc, Mutex};
+    let work = |x: u64| -> u64 {
+        if x == 777 {
+            panic!("unlucky item {x}");
+        }
+        if (1000..2000).contains(&x) {
+            // Costly items: x - 1000 milliseconds.
+            std::thread::sleep(Duration::from_millis(x - 1000));
+        }
+        x * x
+    };
+    let Some(mut pool) = ranks::Pool::new(w, 0, work)? else {
+        return Ok(()); // a worker: served until the root closed the pool
+    };
+    assert_eq!(pool.map((1..=5).collect())?, vec![1, 4, 9, 16, 25]);
+    let got: Vec<u64> = pool
+        .imap((0..100).collect(), Some(3))?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(got, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    let mut un: Vec<u64> = pool
+        .imap_unordered((20..60).collect(), Some(1))?
+        .collect::<Result<_, _>>()?;
+    un.sort();
+    assert_eq!(un, (20..60u64).map(|x| x * x).collect::<Vec<_>>());
+    // A task that panics is an error naming the item; the pool keeps working.
+    match pool.map(vec![12, 777, 14]) {
+        Err(Error::TaskFailed {
+            item: 1, message, ..
+        }) => assert!(message.contains("unlucky item 777"), "{message}"),
+        other => panic!("expected a failed task, got {other:?}"),
+    }
+    assert_eq!(pool.map(vec![2, 3])?, vec![4, 9]);
+    // apply_async with callbacks, submitted over time.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for x in 10000..10010u64 {
+        let seen = seen.clone();
+        handles.push(pool.apply_async(
+            x,
+            Some(Box::new(move |r: &u64| seen.lock().unwrap().push(*r))),
+        )?);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let got: Vec<u64> = handles
+        .into_iter()
+        .map(|h| h.get())
+        .collect::<Result<_, _>>()?;
+    assert_eq!(got, (10000..10010u64).map(|x| x * x).collect::<Vec<_>>());
+    // Unequal costs: one 400 ms item and many 10 ms items; with dynamic hand-out the total
+    // is about max(400 ms, total / workers), not 400 ms + a share of the rest.
+    let mut items = vec![1400u64];
+    items.extend(std::iter::repeat_n(1010u64, 60));
+    let t = Instant::now();
+    let out = pool.map_chunked(items, Some(1))?;
+    let took = t.elapsed();
+    assert_eq!(out.len(), 61);
+    let workers = pool.workers().max(1) as f64;
+    let ideal = (0.4f64).max((0.4 + 0.6) / workers);
+    println!(
+        "pool unequal items: {:.3} s (ideal {:.3} s with {} workers)",
+        took.as_secs_f64(),
+        ideal,
+        pool.workers()
+    );
+    pool.close();
+    assert!(matches!(pool.map(vec![1]), Err(Error::Closed(_))));
+    pool.join()?;
+    let cb = seen.lock().unwrap().clone();
+    assert_eq!(cb.len(), 10, "every callback ran");
+    println!("pool ok with {} workers", pool.workers());
+    Ok(())
+}
+
 fn main() {
     let scenario = std::env::args().nth(1).unwrap_or_default();
     let w = ranks::init().expect("init");
@@ -356,6 +432,7 @@ fn main() {
         "lockdies" => lock_holder_dies(&w),
         "pipes" => pipes(&w),
         "shared" => shared_state(&w),
+        "pool" => pool(&w),
         other => {
             eprintln!("unknown scenario {other:?}");
             std::process::exit(64);
