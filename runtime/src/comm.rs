@@ -181,6 +181,7 @@ impl Comm {
                 enc,
                 typecode,
                 body: Body::Eager(payload.to_vec()),
+                seq: 0,
             });
             return Ok(());
         }
@@ -199,18 +200,24 @@ impl Comm {
                 token
             };
             // `payload` stays borrowed (and so alive) until the receiver says it is done.
-            return core.wait_for(Watch::Peer(peer), |core, st| {
-                if core.take_fin(st, token) {
-                    return Ok(Some(()));
+            let streamed = core.wait_for(Watch::Peer(peer), |core, st| {
+                if core.take_fin(st, peer, token) {
+                    return Ok(Some(None));
                 }
-                if core.take_nack(st, token) {
+                if core.take_nack(st, peer, token) {
+                    // The receiver cannot pull: stream the bytes instead.
                     let mut dh = crate::wire::Header::control(crate::wire::Kind::RtsData, token);
                     dh.len = payload.len() as u64;
-                    core.write_frame(st, peer, &dh, payload);
-                    return Ok(Some(()));
+                    return Ok(Some(Some(core.write_frame(st, peer, &dh, payload))));
                 }
                 Ok(None)
-            });
+            })?;
+            if let Some(seq) = streamed {
+                core.wait_for(Watch::Peer(peer), |core, st| {
+                    Ok(core.frame_sent(st, peer, seq).then_some(()))
+                })?;
+            }
+            return Ok(());
         }
         if let Some(detail) = core.t.peer_gone(peer) {
             return Err(Error::PeerLost { rank: peer, detail });
@@ -218,6 +225,9 @@ impl Comm {
         let seq = {
             let mut st = core.lock();
             let seq = core.write_frame(&mut st, peer, &h, payload);
+            if let Some(detail) = core.write_error(&st, peer) {
+                return Err(Error::PeerLost { rank: peer, detail });
+            }
             if core.frame_sent(&st, peer, seq) {
                 return Ok(());
             }
@@ -253,6 +263,7 @@ impl Comm {
                 enc,
                 typecode,
                 body: Body::Eager(buf),
+                seq: 0,
             });
             ReqState::Done
         } else if len >= core.tuning.rendezvous_threshold && core.t.can_pull() {
@@ -303,18 +314,11 @@ impl Comm {
                 enc,
                 typecode,
                 body: Body::Eager(payload.to_vec()),
+                seq: 0,
             });
             ReqState::Done
         } else if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull() {
-            let token = core.new_token(&mut st);
-            core.send_rts(
-                &mut st,
-                peer,
-                &h,
-                token,
-                payload.as_ptr() as u64,
-                payload.len() as u64,
-            );
+            let token = core.start_rts_borrowed(&mut st, peer, &h, payload);
             ReqState::SendRtsBorrowed {
                 peer,
                 token,
@@ -585,7 +589,17 @@ impl Comm {
                 len,
                 token,
             } => {
-                let mut v = vec![0u8; len as usize];
+                let mut v = Vec::new();
+                if v.try_reserve_exact(len as usize).is_err() {
+                    self.discard_remote(peer, token);
+                    return Err(Error::FrameTooLarge {
+                        rank: status.source,
+                        tag: status.tag,
+                        len,
+                        max: self.core.tuning.max_message,
+                    });
+                }
+                v.resize(len as usize, 0);
                 self.pull_into(peer, addr, token, &mut v)?;
                 v
             }
@@ -634,8 +648,37 @@ impl Comm {
         Ok(())
     }
 
+    /// Drop a message nobody will receive; a sender waiting to have it pulled is released.
+    fn discard(&self, msg: Msg) {
+        if let Body::Remote { peer, token, .. } = msg.body {
+            self.discard_remote(peer, token);
+        }
+    }
+
+    fn discard_remote(&self, peer: usize, token: u64) {
+        let core = &*self.core;
+        let mut st = core.lock();
+        let fin = Header::control(crate::wire::Kind::Fin, token)
+            .encode()
+            .to_vec();
+        core.enqueue(&mut st, peer, fin);
+    }
+
     pub(crate) fn decode<T: DeserializeOwned>(&self, msg: Msg) -> Result<(T, Status)> {
         let enc = msg.enc;
+        if enc == Encoding::Raw {
+            let st = status_of(&msg);
+            self.discard(msg);
+            return Err(Error::TypeMismatch {
+                rank: st.source,
+                tag: st.tag,
+                expected: type_name::<T>(),
+                detail: format!(
+                    "it is a raw slice of {} bytes (sent with send_slice); receive it with recv_vec or recv_into",
+                    st.len
+                ),
+            });
+        }
         let (bytes, status) = self.payload(msg)?;
         let mismatch = |detail: String| Error::TypeMismatch {
             rank: status.source,
@@ -692,7 +735,10 @@ impl Comm {
     }
 
     pub(crate) fn decode_vec<T: Pod>(&self, msg: Msg) -> Result<(Vec<T>, Status)> {
-        self.check_raw::<T>(&msg)?;
+        if let Err(e) = self.check_raw::<T>(&msg) {
+            self.discard(msg);
+            return Err(e);
+        }
         let n = msg.len() as usize / std::mem::size_of::<T>().max(1);
         let mut v = vec![T::zeroed(); n];
         let st = self.decode_into(msg, &mut v)?;
@@ -700,7 +746,10 @@ impl Comm {
     }
 
     pub(crate) fn decode_into<T: Pod>(&self, msg: Msg, buf: &mut [T]) -> Result<Status> {
-        self.check_raw::<T>(&msg)?;
+        if let Err(e) = self.check_raw::<T>(&msg) {
+            self.discard(msg);
+            return Err(e);
+        }
         let status = status_of(&msg);
         let dst: &mut [u8] = bytemuck::cast_slice_mut(buf);
         if status.len > dst.len() {
@@ -837,12 +886,13 @@ impl<'a, T> Request<'a, T> {
             ReqState::SendRts { token, .. } => core.rts_owned_done(st, *token),
             ReqState::SendRtsBorrowed { peer, token, data } => {
                 let (peer, token, data) = (*peer, *token, *data);
-                if core.take_fin(st, token) {
+                if core.rts_borrowed_done(st, peer, token) {
                     self.state = ReqState::Done;
                     return true;
                 }
-                if core.take_nack(st, token) {
-                    // The receiver cannot pull: stream the bytes (copied if the stream is full).
+                if core.take_nack(st, peer, token) {
+                    // The engine could not copy the buffer itself: stream it from here.
+                    core.drop_rts_borrowed(st, peer, token);
                     let mut h = Header::control(crate::wire::Kind::RtsData, token);
                     h.len = data.len() as u64;
                     let seq = core.write_frame(st, peer, &h, data);
@@ -972,18 +1022,26 @@ impl<T: Send + 'static> Request<'static, T> {
 
 impl<T> Drop for Request<'_, T> {
     fn drop(&mut self) {
-        match self.state {
+        match std::mem::replace(&mut self.state, ReqState::Done) {
             ReqState::Recv { id, .. } => self.comm.core.lock().m.cancel(id),
-            ReqState::Thread(_) => {
+            // A message this request took but nobody consumed goes back, in its place.
+            ReqState::Matched(m) => self.comm.core.lock().m.incoming_front(m),
+            ReqState::Thread(h) => {
                 // A collective must finish on every rank: let it run to the end.
-                if let ReqState::Thread(h) = std::mem::replace(&mut self.state, ReqState::Done) {
-                    let _ = h.join();
-                }
+                let _ = h.join();
             }
-            ReqState::SendRtsBorrowed { .. } => {
+            state @ ReqState::SendRtsBorrowed { .. } => {
                 // The receiver may still read the borrowed buffer: wait until it is done
                 // (or gone; errors cannot be reported from here).
-                let _ = self.drive();
+                let (peer, token) = match &state {
+                    ReqState::SendRtsBorrowed { peer, token, .. } => (*peer, *token),
+                    _ => unreachable!(),
+                };
+                self.state = state;
+                if self.drive().is_err() {
+                    let core = self.comm.core.clone();
+                    core.drop_rts_borrowed(&mut core.lock(), peer, token);
+                }
             }
             _ => {}
         }

@@ -34,7 +34,7 @@ impl Tuning {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let oversubscribed = local_ranks > cores;
         Tuning {
-            max_message: num("RANKS_MAX_MESSAGE").unwrap_or(1 << 36),
+            max_message: num("RANKS_MAX_MESSAGE").unwrap_or(1 << 32),
             rendezvous_threshold: num("RANKS_RENDEZVOUS_THRESHOLD").unwrap_or(32 << 10) as usize,
             spin: Duration::from_micros(num("RANKS_SPIN_US").unwrap_or(if oversubscribed {
                 0
@@ -66,17 +66,22 @@ pub(crate) struct State {
     pub(crate) m: Matcher,
     /// Tokens of rendezvous sends the receiver finished (`Fin`) or refused to pull (`Nack`).
     /// Only a few are ever outstanding, so plain vectors.
-    fins: Vec<u64>,
-    nacks: Vec<u64>,
+    fins: Vec<(usize, u64)>,
+    nacks: Vec<(usize, u64)>,
     rts_data: HashMap<(usize, u64), Vec<u8>>,
     /// Owned buffers of nonblocking rendezvous sends, until the receiver is done with them.
     rts_out: HashMap<u64, Vec<u8>>,
+    /// Nonblocking rendezvous sends from borrowed buffers: (peer, token) -> (address, length).
+    /// A `Nack` for one is answered here, by streaming a copy of the bytes.
+    rts_borrowed: HashMap<(usize, u64), (u64, u64)>,
+    /// Peers a write to failed (their stream may still hold data for us to read).
+    write_err: Vec<Option<String>>,
     next_token: u64,
     /// Peers whose stream became unusable, with the reason.
     broken: Vec<Option<String>>,
 }
 
-fn take_token(v: &mut Vec<u64>, token: u64) -> bool {
+fn take_token(v: &mut Vec<(usize, u64)>, token: (usize, u64)) -> bool {
     match v.iter().position(|&t| t == token) {
         Some(i) => {
             v.swap_remove(i);
@@ -120,6 +125,8 @@ impl Core {
             nacks: Vec::new(),
             rts_data: HashMap::new(),
             rts_out: HashMap::new(),
+            rts_borrowed: HashMap::new(),
+            write_err: vec![None; size],
             next_token: 1,
             broken: vec![None; size],
         };
@@ -146,7 +153,9 @@ impl Core {
             if peer == self.rank || st.broken[peer].is_some() {
                 continue;
             }
-            any |= self.flush(st, peer);
+            if st.write_err[peer].is_none() {
+                any |= self.flush(st, peer);
+            }
             if !self.t.readable(peer) {
                 continue;
             }
@@ -191,7 +200,7 @@ impl Core {
                     oq.sent += 1;
                 }
                 Err(e) => {
-                    st.broken[peer] = Some(e.to_string());
+                    st.write_err[peer] = Some(e.to_string());
                     oq.q.clear();
                     break;
                 }
@@ -213,6 +222,7 @@ impl Core {
                     enc: h.enc,
                     typecode: h.typecode,
                     body: Body::Eager(payload),
+                    seq: 0,
                 }),
                 Kind::Rts => {
                     let addr = u64::from_le_bytes(payload[0..8].try_into().expect("16 bytes"));
@@ -245,11 +255,14 @@ impl Core {
                         enc: h.enc,
                         typecode: h.typecode,
                         body,
+                        seq: 0,
                     });
                 }
                 Kind::Fin => {
-                    if st.rts_out.remove(&h.aux).is_none() {
-                        st.fins.push(h.aux);
+                    if st.rts_out.remove(&h.aux).is_none()
+                        && st.rts_borrowed.remove(&(peer, h.aux)).is_none()
+                    {
+                        st.fins.push((peer, h.aux));
                     }
                 }
                 Kind::Nack => {
@@ -260,8 +273,21 @@ impl Core {
                         hd.len = len;
                         data[..HEADER_LEN].copy_from_slice(&hd.encode());
                         self.enqueue(st, peer, data);
+                    } else if let Some((addr, len)) = st.rts_borrowed.get(&(peer, h.aux)).copied() {
+                        // The buffer is still borrowed by its request: copy it (a read of
+                        // our own memory the kernel checks) and stream the copy.
+                        let mut data = vec![0u8; HEADER_LEN + len as usize];
+                        let mut hd = Header::control(Kind::RtsData, h.aux);
+                        hd.len = len;
+                        data[..HEADER_LEN].copy_from_slice(&hd.encode());
+                        if self.t.read_own(addr, &mut data[HEADER_LEN..]) {
+                            st.rts_borrowed.remove(&(peer, h.aux));
+                            self.enqueue(st, peer, data);
+                        } else {
+                            st.nacks.push((peer, h.aux));
+                        }
                     } else {
-                        st.nacks.push(h.aux);
+                        st.nacks.push((peer, h.aux));
                     }
                 }
                 Kind::RtsData => {
@@ -280,6 +306,7 @@ impl Core {
                     len: h.len,
                     max: self.tuning.max_message,
                 })),
+                seq: 0,
             }),
         }
     }
@@ -305,7 +332,7 @@ impl Core {
         h: &Header,
         payload: &[u8],
     ) -> u64 {
-        if !st.out[peer].q.is_empty() || st.broken[peer].is_some() {
+        if !st.out[peer].q.is_empty() || st.write_err[peer].is_some() {
             let mut v = Vec::with_capacity(HEADER_LEN + payload.len());
             v.extend_from_slice(&h.encode());
             v.extend_from_slice(payload);
@@ -321,7 +348,7 @@ impl Core {
         let seq = oq.enqueued;
         oq.enqueued += 1;
         if let Err(e) = r {
-            st.broken[peer] = Some(e.to_string());
+            st.write_err[peer] = Some(e.to_string());
             oq.sent += 1;
             return seq;
         }
@@ -395,12 +422,43 @@ impl Core {
         !st.rts_out.contains_key(&token)
     }
 
-    pub(crate) fn take_fin(&self, st: &mut State, token: u64) -> bool {
-        take_token(&mut st.fins, token)
+    pub(crate) fn take_fin(&self, st: &mut State, peer: usize, token: u64) -> bool {
+        take_token(&mut st.fins, (peer, token))
     }
 
-    pub(crate) fn take_nack(&self, st: &mut State, token: u64) -> bool {
-        take_token(&mut st.nacks, token)
+    pub(crate) fn take_nack(&self, st: &mut State, peer: usize, token: u64) -> bool {
+        take_token(&mut st.nacks, (peer, token))
+    }
+
+    /// Register a nonblocking rendezvous send from a borrowed buffer.
+    pub(crate) fn start_rts_borrowed(
+        &self,
+        st: &mut State,
+        peer: usize,
+        h: &Header,
+        data: &[u8],
+    ) -> u64 {
+        let token = self.new_token(st);
+        let (addr, len) = (data.as_ptr() as u64, data.len() as u64);
+        st.rts_borrowed.insert((peer, token), (addr, len));
+        self.send_rts(st, peer, h, token, addr, len);
+        token
+    }
+
+    /// Whether a borrowed rendezvous send is done with its buffer (pulled, or copied and
+    /// streamed after a `Nack`).
+    pub(crate) fn rts_borrowed_done(&self, st: &State, peer: usize, token: u64) -> bool {
+        !st.rts_borrowed.contains_key(&(peer, token))
+    }
+
+    /// Forget a borrowed rendezvous send whose peer is gone.
+    pub(crate) fn drop_rts_borrowed(&self, st: &mut State, peer: usize, token: u64) {
+        st.rts_borrowed.remove(&(peer, token));
+    }
+
+    /// Why the last write to `peer` failed, if it did.
+    pub(crate) fn write_error(&self, st: &State, peer: usize) -> Option<String> {
+        st.write_err[peer].clone()
     }
 
     pub(crate) fn take_rts_data(&self, st: &mut State, peer: usize, token: u64) -> Option<Vec<u8>> {
@@ -408,7 +466,10 @@ impl Core {
     }
 
     fn gone(&self, st: &State, peer: usize) -> Option<String> {
-        st.broken[peer].clone().or_else(|| self.t.peer_gone(peer))
+        st.broken[peer]
+            .clone()
+            .or_else(|| st.write_err[peer].clone())
+            .or_else(|| self.t.peer_gone(peer))
     }
 
     /// `PeerLost`, or `Truncated` when the peer went away in the middle of a frame.

@@ -42,6 +42,8 @@ pub(crate) struct Msg {
     pub enc: Encoding,
     pub typecode: u32,
     pub body: Body,
+    /// Arrival order, set by the matcher: a message put back goes back in its place.
+    pub seq: u64,
 }
 
 impl Msg {
@@ -84,11 +86,14 @@ pub(crate) struct Matcher {
     /// Completed receives not yet collected (few at a time: a vector beats a map).
     done: Vec<(RecvId, Msg)>,
     next_id: RecvId,
+    next_seq: u64,
 }
 
 impl Matcher {
     /// A message arrived: give it to the oldest matching posted receive, or queue it.
-    pub fn incoming(&mut self, msg: Msg) {
+    pub fn incoming(&mut self, mut msg: Msg) {
+        msg.seq = self.next_seq;
+        self.next_seq += 1;
         if let Some(i) = self.posted.iter().position(|(_, p)| p.matches(&msg)) {
             let (id, _) = self.posted.remove(i);
             self.done.push((id, msg));
@@ -103,7 +108,9 @@ impl Matcher {
             let (id, _) = self.posted.remove(i);
             self.done.push((id, msg));
         } else {
-            self.unexpected.push_front(msg);
+            // Back in arrival order, ahead of everything that arrived after it.
+            let at = self.unexpected.partition_point(|m| m.seq < msg.seq);
+            self.unexpected.insert(at, msg);
         }
     }
 
@@ -128,7 +135,7 @@ impl Matcher {
     pub fn cancel(&mut self, id: RecvId) {
         self.posted.retain(|(i, _)| *i != id);
         if let Some(m) = self.take(id) {
-            self.unexpected.push_front(m);
+            self.incoming_front(m);
         }
     }
 
@@ -150,6 +157,7 @@ mod tests {
             enc: Encoding::Serde,
             typecode: 0,
             body: Body::Eager(vec![byte]),
+            seq: 0,
         }
     }
     fn first_byte(m: &Msg) -> u8 {
@@ -195,6 +203,24 @@ mod tests {
                 tag: 7
             })
             .is_some());
+    }
+
+    #[test]
+    fn a_message_put_back_keeps_its_place_and_can_match_other_receives() {
+        let mut m = Matcher::default();
+        m.incoming(msg(0, 1, 1)); // A
+        m.incoming(msg(0, 2, 2)); // B
+        let b = m.post(pat(0, 2)).unwrap();
+        m.incoming_front(b);
+        // A was sent first and still comes first for a wildcard receive.
+        assert_eq!(first_byte(&m.post(pat(0, ANY_TAG)).unwrap()), 1);
+        assert_eq!(first_byte(&m.post(pat(0, ANY_TAG)).unwrap()), 2);
+        // A cancelled receive's message goes to another posted receive that wants it.
+        let r1 = m.post(pat(ANY_SOURCE, 5)).unwrap_err();
+        let r2 = m.post(pat(2, 5)).unwrap_err();
+        m.incoming(msg(2, 5, 9));
+        m.cancel(r1);
+        assert_eq!(first_byte(&m.take(r2).unwrap()), 9);
     }
 
     #[test]

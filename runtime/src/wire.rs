@@ -253,6 +253,15 @@ impl FrameDecoder {
                         continue;
                     }
                     let header = Header::decode(buf, self.peer)?;
+                    if header.len > self.max && header.kind != Kind::Data {
+                        return Err(Error::Malformed {
+                            rank: self.peer,
+                            detail: format!(
+                                "{:?} frame of {} bytes, above the limit of {}",
+                                header.kind, header.len, self.max
+                            ),
+                        });
+                    }
                     if header.len > self.max {
                         self.state = State::Skip { left: header.len };
                         if header.len == 0 {
@@ -268,9 +277,15 @@ impl FrameDecoder {
                         rank: self.peer,
                         detail: format!("payload of {} bytes does not fit in memory", header.len),
                     })?;
+                    let mut buf = Vec::new();
+                    buf.try_reserve_exact(len).map_err(|_| Error::Malformed {
+                        rank: self.peer,
+                        detail: format!("cannot allocate {len} bytes for a frame"),
+                    })?;
+                    buf.resize(len, 0);
                     self.state = State::Body {
                         header,
-                        buf: vec![0; len],
+                        buf,
                         have: 0,
                     };
                 }

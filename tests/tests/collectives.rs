@@ -52,3 +52,8 @@ fn large_message_algorithms_on_small_messages() {
 fn collectives_over_unix_sockets() {
     coll(5, &["--transport", "uds"], &["small"]);
 }
+
+#[test]
+fn collectives_when_the_kernel_refuses_to_pull() {
+    coll(4, &["-x", "RANKS_TEST_REFUSE_PULL=1"], &[]);
+}

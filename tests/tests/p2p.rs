@@ -52,6 +52,22 @@ fn large_messages_without_cross_memory_attach() {
 }
 
 #[test]
+fn large_messages_when_the_kernel_refuses_to_pull() {
+    // Senders still offer rendezvous, every pull is refused: receivers ask for the bytes to
+    // be streamed (Nack), for blocking, nonblocking and borrowed sends alike.
+    for scenario in ["sizes", "nonblocking"] {
+        let o = run_job(
+            &["-n", "3", "-x", "RANKS_TEST_REFUSE_PULL=1"],
+            "ranks-testjob",
+            &[scenario],
+            LIMIT,
+        );
+        assert_eq!(o.code, 0, "{scenario}: {o:?}");
+        assert_clean(&o);
+    }
+}
+
+#[test]
 fn tags_and_wildcards_match_like_mpi() {
     job_ok(3, "shm", &["wildcard"], "wildcard ok");
     job_ok(3, "uds", &["wildcard"], "wildcard ok");

@@ -39,6 +39,12 @@ pub(crate) trait Transport: Send + Sync {
     /// Tell `peer` that we wrote to it or made room in its stream (wakes it if asleep).
     fn notify(&self, peer: usize);
 
+    /// Copy `dst.len()` bytes at `addr` in our own address space, through the kernel (which
+    /// checks the range), for streaming a borrowed buffer. False if that is not possible.
+    fn read_own(&self, _addr: u64, _dst: &mut [u8]) -> bool {
+        false
+    }
+
     /// Called after reading from `peer`: wake it if it may be waiting for room we made.
     fn read_done(&self, peer: usize) {
         self.notify(peer);

@@ -422,6 +422,16 @@ fn cma_available() -> bool {
     if std::env::var("RANKS_CMA").is_ok_and(|v| v == "0") {
         return false;
     }
+    // Yama: scope 1 allows it once we name any process as our tracer (below); 2 and 3 need
+    // privileges we do not assume.
+    if std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_some_and(|scope| scope >= 2)
+    {
+        return false;
+    }
+    let _ = rustix::process::set_ptracer(rustix::process::PTracer::Any);
     let src = [7u8; 16];
     let mut dst = [0u8; 16];
     process_read(std::process::id(), src.as_ptr() as u64, &mut dst).is_ok() && dst == src
@@ -459,6 +469,9 @@ pub(crate) struct Shm {
     cma: bool,
     /// Per peer: our last reads found its ring more than half full (it may wait for room).
     drained_full: Vec<AtomicBool>,
+    /// Testing knob (`RANKS_TEST_REFUSE_PULL=1`): refuse every pull, as a kernel that forbids
+    /// cross-memory attach between ranks would, so the streaming fallback runs.
+    refuse_pull: bool,
 }
 
 impl Shm {
@@ -470,6 +483,7 @@ impl Shm {
             me: rank,
             cma: cma_available(),
             drained_full: (0..size).map(|_| AtomicBool::new(false)).collect(),
+            refuse_pull: std::env::var("RANKS_TEST_REFUSE_PULL").is_ok_and(|v| v == "1"),
         })
     }
 }
@@ -530,8 +544,12 @@ impl Transport for Shm {
         self.cma
     }
 
+    fn read_own(&self, addr: u64, dst: &mut [u8]) -> bool {
+        process_read(std::process::id(), addr, dst).is_ok()
+    }
+
     fn pull(&self, peer: usize, addr: u64, dst: &mut [u8]) -> Result<bool> {
-        if !self.cma {
+        if !self.cma || self.refuse_pull {
             return Ok(false);
         }
         let pid = self.seg.pid(peer);

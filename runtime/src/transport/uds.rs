@@ -109,8 +109,8 @@ impl Uds {
             })
     }
 
+    /// A write failed: report it, but keep reading what the peer sent before it went.
     fn lost(&self, peer: usize, why: &str) -> Error {
-        self.gone[peer].store(true, Ordering::SeqCst);
         Error::PeerLost {
             rank: peer,
             detail: why.to_string(),
