@@ -72,7 +72,7 @@ fn die_with_launcher() {
 pub(crate) fn world_from_env() -> Result<Comm> {
     init_logging();
     let Ok(size) = std::env::var(env::SIZE) else {
-        let core = Core::new(0, 1, Box::new(Local), Tuning::from_env(1));
+        let core = Core::new(0, 1, Box::new(Local::default()), Tuning::from_env(1));
         return Ok(Comm::world(Arc::new(core)));
     };
     let size: usize = parse(env::SIZE, &size)?;

@@ -174,15 +174,18 @@ impl Comm {
         );
         let core = &*self.core;
         if peer == core.rank {
-            core.lock().m.incoming(Msg {
-                ctx,
-                src: self.rank as u32,
-                tag,
-                enc,
-                typecode,
-                body: Body::Eager(payload.to_vec()),
-                seq: 0,
-            });
+            core.deliver_local(
+                &mut core.lock(),
+                Msg {
+                    ctx,
+                    src: self.rank as u32,
+                    tag,
+                    enc,
+                    typecode,
+                    body: Body::Eager(payload.to_vec()),
+                    seq: 0,
+                },
+            );
             return Ok(());
         }
         if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull() {
@@ -256,15 +259,18 @@ impl Comm {
         let mut st = core.lock();
         let state = if peer == core.rank {
             buf.drain(..HEADER_LEN);
-            st.m.incoming(Msg {
-                ctx,
-                src: self.rank as u32,
-                tag,
-                enc,
-                typecode,
-                body: Body::Eager(buf),
-                seq: 0,
-            });
+            core.deliver_local(
+                &mut st,
+                Msg {
+                    ctx,
+                    src: self.rank as u32,
+                    tag,
+                    enc,
+                    typecode,
+                    body: Body::Eager(buf),
+                    seq: 0,
+                },
+            );
             ReqState::Done
         } else if len >= core.tuning.rendezvous_threshold && core.t.can_pull() {
             ReqState::SendRts {
@@ -307,15 +313,18 @@ impl Comm {
         );
         let mut st = core.lock();
         let state = if peer == core.rank {
-            st.m.incoming(Msg {
-                ctx,
-                src: self.rank as u32,
-                tag,
-                enc,
-                typecode,
-                body: Body::Eager(payload.to_vec()),
-                seq: 0,
-            });
+            core.deliver_local(
+                &mut st,
+                Msg {
+                    ctx,
+                    src: self.rank as u32,
+                    tag,
+                    enc,
+                    typecode,
+                    body: Body::Eager(payload.to_vec()),
+                    seq: 0,
+                },
+            );
             ReqState::Done
         } else if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull() {
             let token = core.start_rts_borrowed(&mut st, peer, &h, payload);

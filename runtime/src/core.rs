@@ -311,6 +311,12 @@ impl Core {
         }
     }
 
+    /// A message to ourselves: straight to matching, and wake our other threads.
+    pub(crate) fn deliver_local(&self, st: &mut State, msg: Msg) {
+        st.m.incoming(msg);
+        self.t.wake_self();
+    }
+
     /// Queue a complete frame for `peer` and try to write it now. Returns its sequence number.
     pub(crate) fn enqueue(&self, st: &mut State, peer: usize, bytes: Vec<u8>) -> u64 {
         let oq = &mut st.out[peer];

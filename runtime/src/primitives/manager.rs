@@ -23,6 +23,8 @@ const POP: u8 = 8;
 const CLEAR: u8 = 9;
 
 type Bytes = Vec<u8>;
+/// Marks a dictionary's key and value types without owning any.
+type KeyValue<K, V> = fn(K, V) -> (K, V);
 
 /// Entries in insertion order, each with a version bumped on every write.
 #[derive(Default)]
@@ -229,7 +231,7 @@ impl Manager {
 /// A dictionary hosted by a [`Manager`]; every operation is atomic on the host.
 pub struct Dict<K, V> {
     h: Handle,
-    _t: PhantomData<fn(K, V) -> (K, V)>,
+    _t: PhantomData<KeyValue<K, V>>,
 }
 
 impl<K, V> Clone for Dict<K, V> {

@@ -295,7 +295,8 @@ impl Handle {
             .world
             .pattern(REPLY_CTX, Source::from(self.owner), reply_tag(id))?;
         let deadline = timeout.map(|t| Instant::now() + t);
-        let msg = match self.world.recv_msg_until(pat, deadline, false, true)? {
+        // Quiet wait: the answer comes from a service thread that needs a core to run on.
+        let msg = match self.world.recv_msg_until(pat, deadline, true, true)? {
             Some(m) => m,
             None => {
                 self.send(OP_CANCEL, 0, encode(&id)?)?;

@@ -30,7 +30,8 @@ const TAG_KICK: i32 = 4;
 type TaskMsg = Vec<(u64, Vec<u8>)>;
 type ResultMsg = Vec<(u64, std::result::Result<Vec<u8>, String>)>;
 
-type Callback<O> = Box<dyn FnMut(&O) + Send>;
+/// A function run on the root with each result of `apply_async`.
+pub type Callback<O> = Box<dyn FnMut(&O) + Send>;
 
 /// Results of one submission (a `map`, or one `apply_async`).
 struct Batch<O> {
@@ -278,7 +279,7 @@ where
     pub fn apply_async(
         &self,
         item: I,
-        callback: Option<Box<dyn FnMut(&O) + Send>>,
+        callback: Option<Callback<O>>,
     ) -> Result<AsyncResult<O>> {
         let batch = self.submit(vec![item], Some(1), callback)?;
         Ok(AsyncResult { batch })

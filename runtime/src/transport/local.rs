@@ -1,11 +1,18 @@
 //! The transport of a world of one: there is nobody to talk to.
 
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use super::Transport;
 use crate::error::{Error, Result};
 
-pub(crate) struct Local;
+/// Threads of the one process wait on a condition variable; a message to ourselves bumps
+/// the counter and wakes them.
+#[derive(Default)]
+pub(crate) struct Local {
+    seq: Mutex<u64>,
+    cv: Condvar,
+}
 
 impl Transport for Local {
     fn name(&self) -> &'static str {
@@ -24,9 +31,18 @@ impl Transport for Local {
         false
     }
     fn notify(&self, _peer: usize) {}
+    fn wake_self(&self) {
+        *self.seq.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.cv.notify_all();
+    }
     fn wait(&self, _want_write: &[usize], timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
-        if !prepare() {
-            std::thread::sleep(timeout);
+        let before = *self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        if prepare() {
+            return;
+        }
+        let g = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        if *g == before {
+            let _ = self.cv.wait_timeout(g, timeout);
         }
     }
     fn peer_gone(&self, _peer: usize) -> Option<String> {

@@ -50,6 +50,9 @@ pub(crate) trait Transport: Send + Sync {
         self.notify(peer);
     }
 
+    /// Wake this process's own threads sleeping in `wait` (after a message to ourselves).
+    fn wake_self(&self);
+
     /// Sleep until something may have changed for this rank, or `timeout`.
     /// `prepare` runs after the rank is registered as a sleeper and before it sleeps; the
     /// wait is skipped when it returns true (the condition already holds).

@@ -544,6 +544,10 @@ impl Transport for Shm {
         self.cma
     }
 
+    fn wake_self(&self) {
+        self.seg.ring_doorbell(self.me, false);
+    }
+
     fn read_own(&self, addr: u64, dst: &mut [u8]) -> bool {
         process_read(std::process::id(), addr, dst).is_ok()
     }

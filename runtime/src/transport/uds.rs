@@ -21,6 +21,9 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
 pub(crate) struct Uds {
     socks: Vec<Option<UnixStream>>,
     gone: Vec<AtomicBool>,
+    /// A socket pair to wake our own threads out of `poll` (messages to ourselves).
+    wake_tx: UnixStream,
+    wake_rx: UnixStream,
 }
 
 fn sock_path(dir: &Path, rank: usize) -> PathBuf {
@@ -96,7 +99,19 @@ impl Uds {
                 .map_err(|e| Error::io("socket", e))?;
         }
         let gone = (0..size).map(|_| AtomicBool::new(false)).collect();
-        Ok(Uds { socks, gone })
+        let (wake_tx, wake_rx) = UnixStream::pair().map_err(|e| Error::io("socket pair", e))?;
+        wake_tx
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("socket pair", e))?;
+        wake_rx
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("socket pair", e))?;
+        Ok(Uds {
+            socks,
+            gone,
+            wake_tx,
+            wake_rx,
+        })
     }
 
     fn sock(&self, peer: usize) -> Result<&UnixStream> {
@@ -173,11 +188,16 @@ impl Transport for Uds {
 
     fn notify(&self, _peer: usize) {}
 
+    fn wake_self(&self) {
+        let _ = (&self.wake_tx).write(&[1]);
+    }
+
     fn wait(&self, want_write: &[usize], timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
         if prepare() {
             return;
         }
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.socks.len());
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.socks.len() + 1);
+        fds.push(PollFd::new(&self.wake_rx, PollFlags::IN));
         for (peer, s) in self.socks.iter().enumerate() {
             let Some(s) = s else { continue };
             if self.gone[peer].load(Ordering::Relaxed) {
@@ -194,6 +214,9 @@ impl Transport for Uds {
             tv_nsec: timeout.subsec_nanos() as _,
         };
         let _ = poll(&mut fds, Some(&ts));
+        drop(fds);
+        let mut sink = [0u8; 64];
+        while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
     }
 
     fn peer_gone(&self, peer: usize) -> Option<String> {

@@ -1,0 +1,116 @@
+//! Queues, pipes, locks, semaphores, conditions, events, barriers, shared state, managers
+//! and pools across ranks: real jobs with 2, 4 and 8 ranks (8 on 2 cores).
+
+use ranks_tests::*;
+
+fn prim(n: usize, extra: &[&str], args: &[&str], expect: &str) -> Outcome {
+    let np = n.to_string();
+    let mut launcher = vec!["-n", np.as_str()];
+    launcher.extend_from_slice(extra);
+    let o = run_job(&launcher, "ranks-testprim", args, LIMIT);
+    assert_eq!(o.code, 0, "{args:?} on {n} ranks: {o:?}");
+    assert!(
+        o.stdout.contains(expect),
+        "{args:?} on {n} ranks: expected {expect:?} in {o:?}"
+    );
+    assert_clean(&o);
+    o
+}
+
+#[test]
+fn queue_with_seven_producers_and_seven_consumers_moves_100k_items_exactly_once() {
+    prim(
+        14,
+        &[],
+        &["queue", "100000"],
+        "queue ok 100000 items, 7 producers, 7 consumers",
+    );
+}
+
+#[test]
+fn queue_many_producers_and_consumers_on_2_4_8_ranks() {
+    prim(
+        2,
+        &[],
+        &["queue", "20000"],
+        "queue ok 20000 items, 1 producers, 1 consumers",
+    );
+    prim(
+        4,
+        &[],
+        &["queue", "20000"],
+        "queue ok 20000 items, 2 producers, 2 consumers",
+    );
+    prim(
+        8,
+        &[],
+        &["queue", "20000"],
+        "queue ok 20000 items, 4 producers, 4 consumers",
+    );
+    prim(
+        4,
+        &["--transport", "uds"],
+        &["queue", "5000"],
+        "queue ok 5000 items",
+    );
+}
+
+#[test]
+fn queue_blocking_timeouts_full_empty_and_close() {
+    prim(2, &[], &["queue_semantics"], "queue semantics ok");
+    prim(4, &[], &["queue_semantics"], "queue semantics ok");
+}
+
+#[test]
+fn counter_of_8_ranks_times_10000_is_exactly_80000() {
+    prim(8, &[], &["counter", "10000"], "counter ok 80000 80000");
+    prim(2, &[], &["counter", "10000"], "counter ok 20000 20000");
+    prim(4, &[], &["counter", "2000"], "counter ok 8000 8000");
+}
+
+#[test]
+fn locks_semaphores_conditions_events_barriers() {
+    for n in [2, 4, 8] {
+        prim(n, &[], &["sync"], "sync ok");
+    }
+}
+
+#[test]
+fn a_lock_whose_holder_is_killed_gives_the_next_acquirer_a_clear_error() {
+    let o = run_job(
+        &["-n", "3", "--keep-going"],
+        "ranks-testprim",
+        &["lockdies"],
+        LIMIT,
+    );
+    // Rank 1 was killed on purpose: the job reports it.
+    assert_eq!(o.code, 137, "{o:?}");
+    assert!(
+        o.stdout
+            .contains("holder died: rank 1 died while holding the lock"),
+        "{o:?}"
+    );
+    assert!(o.stdout.contains("lock recovered"), "{o:?}");
+    assert_clean(&o);
+}
+
+#[test]
+fn pipes_duplex_one_way_and_end_of_stream() {
+    prim(2, &[], &["pipes"], "pipes ok");
+    prim(4, &[], &["pipes"], "pipes ok");
+}
+
+#[test]
+fn manager_containers_shared_arrays_and_named_memory() {
+    for n in [2, 4, 8] {
+        prim(n, &[], &["shared"], "shared state ok");
+    }
+}
+
+#[test]
+fn pool_map_imap_apply_async_callbacks_failures_and_load_balance() {
+    prim(1, &[], &["pool"], "pool ok with 0 workers");
+    prim(2, &[], &["pool"], "pool ok with 1 workers");
+    prim(4, &[], &["pool"], "pool ok with 3 workers");
+    prim(8, &[], &["pool"], "pool ok with 7 workers");
+}
