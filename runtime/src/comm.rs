@@ -414,12 +414,12 @@ impl Comm {
     }
 
     /// Receive the next message matching `pat`, or `None` once `deadline` passes (no
-    /// deadline: wait as long as it takes). `quiet` waiters never spin.
+    /// deadline: wait as long as it takes). `spin_cap`: see `Core::wait_until`.
     pub(crate) fn recv_msg_until(
         &self,
         pat: Pattern,
         deadline: Option<std::time::Instant>,
-        quiet: bool,
+        spin_cap: Option<std::time::Duration>,
         watch: bool,
     ) -> Result<Option<Msg>> {
         let id = match self.post(pat) {
@@ -434,7 +434,7 @@ impl Comm {
         };
         let r = self
             .core
-            .wait_until(w, deadline, quiet, |_, st| Ok(st.m.take(id)));
+            .wait_until(w, deadline, spin_cap, |_, st| Ok(st.m.take(id)));
         if !matches!(r, Ok(Some(_))) {
             self.core.lock().m.cancel(id);
         }

@@ -519,25 +519,22 @@ impl Core {
         watch: Watch<'_>,
         check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
     ) -> Result<R> {
-        let r = self.wait_until(watch, None, false, check)?;
+        let r = self.wait_until(watch, None, None, check)?;
         Ok(r.expect("no deadline"))
     }
 
-    /// `wait_for` with an optional deadline (`Ok(None)` when it passes). `quiet` waiters
-    /// (service threads) never spin: they yield once and sleep.
+    /// `wait_for` with an optional deadline (`Ok(None)` when it passes). `spin_cap` limits
+    /// spinning below the tuned value (service threads and their clients use a short one,
+    /// yield once and sleep); `None` waits the usual way.
     pub(crate) fn wait_until<R>(
         &self,
         watch: Watch<'_>,
         deadline: Option<Instant>,
-        quiet: bool,
+        spin_cap: Option<Duration>,
         mut check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
     ) -> Result<Option<R>> {
-        let spin = if quiet {
-            Duration::ZERO
-        } else {
-            self.tuning.spin
-        };
-        let max_yields = if quiet { 1 } else { self.tuning.yields };
+        let spin = spin_cap.map_or(self.tuning.spin, |c| c.min(self.tuning.spin));
+        let max_yields = if spin_cap.is_some() { 1 } else { self.tuning.yields };
         let mut start: Option<Instant> = None;
         let mut yields = 0;
         let mut iter: u32 = 0;

@@ -1,7 +1,7 @@
 //! OSU-style micro-benchmarks, same tests and output format as `../shared/bench/mpi_bench.c`
 //! so figures can be compared line by line.
 //!
-//! Usage: `ranks run -n 2 bench latency|bw|barrier|allreduce|pairs|hello`
+//! Usage: `ranks run -n 2 bench latency|bw|barrier|allreduce|pairs|queue|pipe|lock|pool|hello`
 //! Prints `<test> <bytes> <value> <unit>` lines on rank 0.
 
 use std::time::Instant;
@@ -123,6 +123,100 @@ fn allreduce(w: &Comm) -> Result<(), Error> {
     Ok(())
 }
 
+/// Queue round trip, as `py_anchors.py queue`: rank 0 puts on one queue, rank 1 takes it
+/// and puts it on another, rank 0 takes it back. Prints the one-way time (half a trip).
+fn queue(w: &Comm) -> Result<(), Error> {
+    const N: u64 = 20000;
+    let qa: ranks::Queue<u64> = ranks::Queue::new(w, 1 % w.size(), 0)?;
+    let qb: ranks::Queue<u64> = ranks::Queue::new(w, 0, 0)?;
+    w.barrier()?;
+    let t0 = Instant::now();
+    match w.rank() {
+        0 => {
+            for i in 0..N {
+                qa.put(&i)?;
+                qb.get()?;
+            }
+            let us = t0.elapsed().as_secs_f64() * 1e6 / (2.0 * N as f64);
+            println!("queue latency {us:.2} us");
+        }
+        1 => {
+            for _ in 0..N {
+                let v = qa.get()?;
+                qb.put(&v)?;
+            }
+        }
+        _ => {}
+    }
+    w.barrier()
+}
+
+/// Pipe round trip, as `py_anchors.py pipe`.
+fn pipe(w: &Comm) -> Result<(), Error> {
+    const N: u64 = 20000;
+    let p: Option<ranks::Pipe<u64>> = ranks::Pipe::new(w, 0, 1, true)?;
+    if let Some(mut p) = p {
+        let t0 = Instant::now();
+        for i in 0..N {
+            if w.rank() == 0 {
+                p.send(&i)?;
+                p.recv()?;
+            } else {
+                let v = p.recv()?;
+                p.send(&v)?;
+            }
+        }
+        if w.rank() == 0 {
+            let us = t0.elapsed().as_secs_f64() * 1e6 / (2.0 * N as f64);
+            println!("pipe latency {us:.2} us");
+        }
+    }
+    w.barrier()
+}
+
+/// Every rank acquires and releases one lock (hosted by rank 0) for a second.
+fn lock(w: &Comm) -> Result<(), Error> {
+    let lock = ranks::Lock::new(w, 0)?;
+    w.barrier()?;
+    let t0 = Instant::now();
+    let mut pairs = 0u64;
+    while t0.elapsed().as_secs_f64() < 1.0 {
+        lock.acquire()?.release()?;
+        pairs += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let mut total = [0u64];
+    w.all_reduce_slice(&[pairs], &mut total, &ranks::op::Sum)?;
+    if w.rank() == 0 {
+        println!("lock {} ranks {:.0} acquire/release pairs/s", w.size(), total[0] as f64 / secs);
+    }
+    Ok(())
+}
+
+/// The lesson's pool workload as `py_anchors.py pool`: sum_all_values over
+/// 1_000_000..1_000_100 (the loop kept honest with black_box).
+fn pool(w: &Comm) -> Result<(), Error> {
+    fn sum_all_values(x: u64) -> u64 {
+        let mut total = 0u64;
+        for i in 1..=x {
+            total = std::hint::black_box(total + i);
+        }
+        total
+    }
+    let t0 = Instant::now();
+    if let Some(mut pool) = ranks::Pool::new(w, 0, sum_all_values)? {
+        let out = pool.map((1_000_000..1_000_100).collect())?;
+        let checksum: u64 = out.iter().sum();
+        println!(
+            "pool sum_all_values x100 checksum {checksum} in {:.3} s ({} workers)",
+            t0.elapsed().as_secs_f64(),
+            pool.workers()
+        );
+        pool.join()?;
+    }
+    Ok(())
+}
+
 /// Every pair (0,1), (2,3), ... ping-pongs 8 bytes at once; rank 0 prints the mean one-way
 /// latency over the pairs.
 fn pairs(w: &Comm) -> Result<(), Error> {
@@ -169,6 +263,10 @@ fn main() -> Result<(), Error> {
         "barrier" => barrier(&w),
         "pairs" => pairs(&w),
         "allreduce" => allreduce(&w),
+        "queue" => queue(&w),
+        "pipe" => pipe(&w),
+        "lock" => lock(&w),
+        "pool" => pool(&w),
         "hello" => {
             if w.rank() == 0 {
                 println!("hello {}", w.size());
@@ -176,7 +274,7 @@ fn main() -> Result<(), Error> {
             Ok(())
         }
         other => {
-            eprintln!("unknown benchmark {other:?}: latency|bw|barrier|allreduce|pairs|hello");
+            eprintln!("unknown benchmark {other:?}: latency|bw|barrier|allreduce|pairs|queue|pipe|lock|pool|hello");
             std::process::exit(2);
         }
     }

@@ -33,6 +33,8 @@ const SVC_CTX: u32 = u32::MAX - 1;
 const REPLY_CTX: u32 = u32::MAX - 3;
 /// Context of pipes.
 pub(crate) const PIPE_CTX: u32 = u32::MAX - 5;
+/// How long service threads and their clients spin before they sleep.
+const SHORT_SPIN: Duration = Duration::from_micros(50);
 /// Operation code of a cancellation (of a request that timed out on the client).
 const OP_CANCEL: u8 = 255;
 
@@ -166,9 +168,19 @@ fn serve(svc: Arc<Service>, rx: Comm, tx: Comm) {
         Err(_) => return,
     };
     let mut last_tick = Instant::now();
+    let mut last_request = Instant::now();
     loop {
         let deadline = Instant::now() + Duration::from_millis(100);
-        let got = rx.recv_msg_until(pat, Some(deadline), true, false);
+        // Stay awake a little while requests keep coming; otherwise sleep.
+        let spin = if last_request.elapsed() < Duration::from_millis(1) {
+            SHORT_SPIN
+        } else {
+            Duration::ZERO
+        };
+        let got = rx.recv_msg_until(pat, Some(deadline), Some(spin), false);
+        if matches!(got, Ok(Some(_))) {
+            last_request = Instant::now();
+        }
         let mut replies = Vec::new();
         {
             let mut reg = svc.reg.lock().unwrap_or_else(|p| p.into_inner());
@@ -295,8 +307,8 @@ impl Handle {
             .world
             .pattern(REPLY_CTX, Source::from(self.owner), reply_tag(id))?;
         let deadline = timeout.map(|t| Instant::now() + t);
-        // Quiet wait: the answer comes from a service thread that needs a core to run on.
-        let msg = match self.world.recv_msg_until(pat, deadline, true, true)? {
+        // A short spin, then sleep: the answer comes from a service thread that needs a core.
+        let msg = match self.world.recv_msg_until(pat, deadline, Some(SHORT_SPIN), true)? {
             Some(m) => m,
             None => {
                 self.send(OP_CANCEL, 0, encode(&id)?)?;

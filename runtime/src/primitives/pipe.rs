@@ -99,7 +99,7 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
         let pat = self
             .world
             .pattern(PIPE_CTX, Source::from(self.peer), self.tag)?;
-        let msg = match self.world.recv_msg_until(pat, deadline, false, true) {
+        let msg = match self.world.recv_msg_until(pat, deadline, None, true) {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(None),
             Err(Error::PeerLost { .. }) => {

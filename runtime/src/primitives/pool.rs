@@ -467,7 +467,7 @@ where
         let Some(msg) = comm.recv_msg_until(
             pat,
             Some(Instant::now() + Duration::from_millis(200)),
-            true,
+            Some(Duration::ZERO),
             false,
         )?
         else {
