@@ -534,7 +534,11 @@ impl Core {
         mut check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
     ) -> Result<Option<R>> {
         let spin = spin_cap.map_or(self.tuning.spin, |c| c.min(self.tuning.spin));
-        let max_yields = if spin_cap.is_some() { 1 } else { self.tuning.yields };
+        let max_yields = if spin_cap.is_some() {
+            1
+        } else {
+            self.tuning.yields
+        };
         let mut start: Option<Instant> = None;
         let mut yields = 0;
         let mut iter: u32 = 0;

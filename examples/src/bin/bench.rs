@@ -188,7 +188,11 @@ fn lock(w: &Comm) -> Result<(), Error> {
     let mut total = [0u64];
     w.all_reduce_slice(&[pairs], &mut total, &ranks::op::Sum)?;
     if w.rank() == 0 {
-        println!("lock {} ranks {:.0} acquire/release pairs/s", w.size(), total[0] as f64 / secs);
+        println!(
+            "lock {} ranks {:.0} acquire/release pairs/s",
+            w.size(),
+            total[0] as f64 / secs
+        );
     }
     Ok(())
 }

@@ -133,6 +133,11 @@ struct Registry {
 
 struct Service {
     reg: Mutex<Registry>,
+    /// Threads of ours now waiting in `Handle::wait_reply`, which serve requests themselves;
+    /// while there are any, the service thread stays off the doorbell (so senders need not
+    /// wake it) and waits for a nudge instead.
+    clients: std::sync::atomic::AtomicUsize,
+    nudge: (Mutex<u64>, std::sync::Condvar),
 }
 
 static SERVICE: OnceLock<Arc<Service>> = OnceLock::new();
@@ -149,6 +154,8 @@ fn service(comm: &Comm) -> Arc<Service> {
         .get_or_init(|| {
             let svc = Arc::new(Service {
                 reg: Mutex::new(Registry::default()),
+                clients: std::sync::atomic::AtomicUsize::new(0),
+                nudge: (Mutex::new(0), std::sync::Condvar::new()),
             });
             let s2 = svc.clone();
             let rx = world_ctx(comm, SVC_CTX);
@@ -177,42 +184,81 @@ fn serve(svc: Arc<Service>, rx: Comm, tx: Comm) {
         } else {
             Duration::ZERO
         };
-        let got = rx.recv_msg_until(pat, Some(deadline), Some(spin), false);
+        if svc.clients.load(Ordering::SeqCst) > 0 {
+            let (m, cv) = &svc.nudge;
+            let g = m.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = cv.wait_timeout(g, Duration::from_millis(20));
+            continue;
+        }
+        // Look for requests without posting a receive, so a thread of ours that is waiting
+        // for an answer (and serving meanwhile) can take them first, with no thread switch.
+        let seen = rx.core.wait_until(
+            crate::core::Watch::Nobody,
+            Some(deadline),
+            Some(spin),
+            |_, st| Ok(st.m.peek(pat).map(|_| ())),
+        );
+        let got = match seen {
+            Ok(Some(())) => {
+                let posted = rx.core.lock().m.post(pat);
+                match posted {
+                    Ok(m) => Ok(Some(m)),
+                    Err(id) => {
+                        // Someone else took it.
+                        rx.core.lock().m.cancel(id);
+                        Ok(None)
+                    }
+                }
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
         if matches!(got, Ok(Some(_))) {
             last_request = Instant::now();
         }
-        let mut replies = Vec::new();
-        {
-            let mut reg = svc.reg.lock().unwrap_or_else(|p| p.into_inner());
-            let mut ctx = Ctx {
-                replies: Vec::new(),
-                core: &rx.core,
-            };
-            match got {
-                Ok(Some(msg)) => {
-                    let from = msg.src as usize;
-                    match rx.decode::<Request>(msg) {
-                        Ok((req, _)) => dispatch(&mut reg, &mut ctx, from, req),
-                        Err(e) => tracing::warn!(from, error = %e, "bad request to the service"),
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "service receive failed");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+        let msg = match got {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "service receive failed");
+                std::thread::sleep(Duration::from_millis(50));
+                None
             }
-            if last_tick.elapsed() >= Duration::from_millis(100) {
-                last_tick = Instant::now();
-                for o in reg.objects.values_mut() {
-                    o.tick(&mut ctx);
-                }
+        };
+        let tick = last_tick.elapsed() >= Duration::from_millis(100);
+        if tick {
+            last_tick = Instant::now();
+        }
+        serve_message(&svc, &rx, &tx, msg, tick);
+    }
+}
+
+/// Handle one request (and, with `tick`, let every object check on its holders); send the
+/// answers. Any thread of the owner may do this: the service thread, or a thread that is
+/// itself waiting for an answer.
+fn serve_message(svc: &Service, rx: &Comm, tx: &Comm, msg: Option<crate::engine::Msg>, tick: bool) {
+    let mut replies = Vec::new();
+    {
+        let mut reg = svc.reg.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ctx = Ctx {
+            replies: Vec::new(),
+            core: &rx.core,
+        };
+        if let Some(msg) = msg {
+            let from = msg.src as usize;
+            match rx.decode::<Request>(msg) {
+                Ok((req, _)) => dispatch(&mut reg, &mut ctx, from, req),
+                Err(e) => tracing::warn!(from, error = %e, "bad request to the service"),
             }
-            replies.append(&mut ctx.replies);
         }
-        for (to, r) in replies {
-            send_reply(&tx, to, &r);
+        if tick {
+            for o in reg.objects.values_mut() {
+                o.tick(&mut ctx);
+            }
         }
+        replies.append(&mut ctx.replies);
+    }
+    for (to, r) in replies {
+        send_reply(tx, to, &r);
     }
 }
 
@@ -307,15 +353,99 @@ impl Handle {
             .world
             .pattern(REPLY_CTX, Source::from(self.owner), reply_tag(id))?;
         let deadline = timeout.map(|t| Instant::now() + t);
-        // A short spin, then sleep: the answer comes from a service thread that needs a core.
-        let msg = match self.world.recv_msg_until(pat, deadline, Some(SHORT_SPIN), true)? {
+        let msg = match self.wait_reply(pat, deadline)? {
             Some(m) => m,
             None => {
                 self.send(OP_CANCEL, 0, encode(&id)?)?;
-                self.world.recv_msg(pat)?
+                self.wait_reply(pat, None)?.expect("no deadline")
             }
         };
         Ok(self.world.decode::<Reply>(msg)?.0)
+    }
+
+    /// Wait for the reply matching `pat`. If this process hosts objects, requests to them
+    /// that arrive meanwhile are served right here, instead of waking the service thread:
+    /// two ranks trading requests then talk without any thread switch.
+    fn wait_reply(
+        &self,
+        pat: crate::engine::Pattern,
+        deadline: Option<Instant>,
+    ) -> Result<Option<crate::engine::Msg>> {
+        let Some(svc) = SERVICE.get().cloned() else {
+            return self
+                .world
+                .recv_msg_until(pat, deadline, Some(SHORT_SPIN), true);
+        };
+        svc.clients.fetch_add(1, Ordering::SeqCst);
+        let r = self.wait_reply_serving(&svc, pat, deadline);
+        if svc.clients.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // The service thread takes over again (requests may be waiting already).
+            let (m, cv) = &svc.nudge;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            cv.notify_all();
+        }
+        r
+    }
+
+    fn wait_reply_serving(
+        &self,
+        svc: &Service,
+        pat: crate::engine::Pattern,
+        deadline: Option<Instant>,
+    ) -> Result<Option<crate::engine::Msg>> {
+        let rx = world_ctx(&self.world, SVC_CTX);
+        let svc_pat = rx.pattern(SVC_CTX, Source::from(ANY_SOURCE), crate::engine::ANY_TAG)?;
+        let core = &self.world.core;
+        let posted = core.lock().m.post(pat);
+        let reply_id = match posted {
+            Ok(m) => return Ok(Some(m)),
+            Err(id) => id,
+        };
+        let result = loop {
+            let posted = core.lock().m.post(svc_pat);
+            let svc_id = match posted {
+                Ok(m) => {
+                    serve_message(svc, &rx, &self.world, Some(m), false);
+                    continue;
+                }
+                Err(id) => id,
+            };
+            enum Got {
+                Reply(crate::engine::Msg),
+                Request(crate::engine::Msg),
+            }
+            let got = core.wait_until(
+                crate::core::Watch::Peer(self.owner),
+                deadline,
+                Some(SHORT_SPIN),
+                |_, st| {
+                    if let Some(m) = st.m.take(reply_id) {
+                        return Ok(Some(Got::Reply(m)));
+                    }
+                    Ok(st.m.take(svc_id).map(Got::Request))
+                },
+            );
+            match got {
+                Ok(Some(Got::Request(m))) => serve_message(svc, &rx, &self.world, Some(m), false),
+                Ok(Some(Got::Reply(m))) => {
+                    core.lock().m.cancel(svc_id);
+                    break Ok(Some(m));
+                }
+                Ok(None) => {
+                    let mut st = core.lock();
+                    st.m.cancel(svc_id);
+                    st.m.cancel(reply_id);
+                    break Ok(None);
+                }
+                Err(e) => {
+                    let mut st = core.lock();
+                    st.m.cancel(svc_id);
+                    st.m.cancel(reply_id);
+                    break Err(e);
+                }
+            }
+        };
+        result
     }
 
     fn send(&self, op: u8, id: u64, data: Vec<u8>) -> Result<()> {

@@ -276,11 +276,7 @@ where
 
     /// Submit one item; the handle gives its result. `callback` (if any) runs on the root,
     /// on the pool's dispatcher thread, with the result as soon as it arrives.
-    pub fn apply_async(
-        &self,
-        item: I,
-        callback: Option<Callback<O>>,
-    ) -> Result<AsyncResult<O>> {
+    pub fn apply_async(&self, item: I, callback: Option<Callback<O>>) -> Result<AsyncResult<O>> {
         let batch = self.submit(vec![item], Some(1), callback)?;
         Ok(AsyncResult { batch })
     }
