@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 pub(crate) struct Local {
     seq: Mutex<u64>,
     cv: Condvar,
+    /// Threads inside `wait`: without any, waking is free.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Transport for Local {
@@ -32,18 +34,23 @@ impl Transport for Local {
     }
     fn notify(&self, _peer: usize) {}
     fn wake_self(&self) {
-        *self.seq.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.cv.notify_all();
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.waiting.load(SeqCst) > 0 {
+            *self.seq.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            self.cv.notify_all();
+        }
     }
     fn wait(&self, _want_write: &[usize], timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiting.fetch_add(1, SeqCst);
         let before = *self.seq.lock().unwrap_or_else(|p| p.into_inner());
-        if prepare() {
-            return;
+        if !prepare() {
+            let g = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+            if *g == before {
+                let _ = self.cv.wait_timeout(g, timeout);
+            }
         }
-        let g = self.seq.lock().unwrap_or_else(|p| p.into_inner());
-        if *g == before {
-            let _ = self.cv.wait_timeout(g, timeout);
-        }
+        self.waiting.fetch_sub(1, SeqCst);
     }
     fn peer_gone(&self, _peer: usize) -> Option<String> {
         Some("a world of one has no peers".into())

@@ -265,10 +265,17 @@ impl Segment {
 
     /// Append up to all of `bufs` (in order) to ring (src, dst), published with one store.
     /// Only `src` may call this. Returns the number of bytes taken.
-    fn ring_write(&self, src: usize, dst: usize, bufs: &[&[u8]]) -> usize {
+    /// `tail_seen` caches the reader's position: the shared tail (a cache line the reader
+    /// writes) is only read again when the cached value shows too little room.
+    fn ring_write(&self, src: usize, dst: usize, bufs: &[&[u8]], tail_seen: &AtomicU64) -> usize {
         let (head, tail, data) = self.ring(src, dst);
         let h = head.load(Relaxed);
-        let t = tail.load(Acquire);
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut t = tail_seen.load(Relaxed);
+        if self.cap - (h.wrapping_sub(t).min(self.cap as u64) as usize) < want {
+            t = tail.load(Acquire);
+            tail_seen.store(t, Relaxed);
+        }
         let used = h.wrapping_sub(t).min(self.cap as u64) as usize;
         let mut free = self.cap - used;
         let mut pos = h;
@@ -469,6 +476,8 @@ pub(crate) struct Shm {
     cma: bool,
     /// Per peer: our last reads found its ring more than half full (it may wait for room).
     drained_full: Vec<AtomicBool>,
+    /// Per peer: the last reader position we saw in our ring to it.
+    tail_seen: Vec<AtomicU64>,
     /// Testing knob (`RANKS_TEST_REFUSE_PULL=1`): refuse every pull, as a kernel that forbids
     /// cross-memory attach between ranks would, so the streaming fallback runs.
     refuse_pull: bool,
@@ -483,6 +492,7 @@ impl Shm {
             me: rank,
             cma: cma_available(),
             drained_full: (0..size).map(|_| AtomicBool::new(false)).collect(),
+            tail_seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
             refuse_pull: std::env::var("RANKS_TEST_REFUSE_PULL").is_ok_and(|v| v == "1"),
         })
     }
@@ -494,11 +504,15 @@ impl Transport for Shm {
     }
 
     fn write(&self, peer: usize, buf: &[u8]) -> Result<usize> {
-        Ok(self.seg.ring_write(self.me, peer, &[buf]))
+        Ok(self
+            .seg
+            .ring_write(self.me, peer, &[buf], &self.tail_seen[peer]))
     }
 
     fn write2(&self, peer: usize, a: &[u8], b: &[u8]) -> Result<usize> {
-        Ok(self.seg.ring_write(self.me, peer, &[a, b]))
+        Ok(self
+            .seg
+            .ring_write(self.me, peer, &[a, b], &self.tail_seen[peer]))
     }
 
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
