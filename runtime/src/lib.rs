@@ -45,10 +45,16 @@ pub use primitives::sync::{Barrier, Condition, Event, Lock, LockGuard, RLock, Se
 pub use bytemuck::{Pod, Zeroable};
 
 static WORLD: OnceLock<Comm> = OnceLock::new();
+/// Serialises the first joins: two threads calling `init` at once must not both attach.
+static JOINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Join the job and return the world communicator (a world of one outside the launcher).
-/// Calling it again returns the same world.
+/// Calling it again, from any thread, returns the same world.
 pub fn init() -> Result<Comm> {
+    if let Some(w) = WORLD.get() {
+        return Ok(w.clone());
+    }
+    let _one_at_a_time = JOINING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(w) = WORLD.get() {
         return Ok(w.clone());
     }

@@ -217,7 +217,21 @@ impl Manager {
 
     /// A new shared list (collective).
     pub fn list<T: Serialize + DeserializeOwned>(&self) -> Result<List<T>> {
-        let h = Handle::create(&self.comm, self.owner, || Box::<ListObj>::default())?;
+        self.list_from(&[])
+    }
+
+    /// A new shared list holding `items` (collective; the owner's `items` count, like
+    /// `manager.list([0, 0, 0])`).
+    pub fn list_from<T: Serialize + DeserializeOwned>(&self, items: &[T]) -> Result<List<T>> {
+        let init: Vec<Bytes> = items.iter().map(encode).collect::<Result<_>>()?;
+        let h = Handle::create(&self.comm, self.owner, move || {
+            let mut l = ListObj::default();
+            for v in init {
+                l.next_version += 1;
+                l.items.push((v, l.next_version));
+            }
+            Box::new(l)
+        })?;
         Ok(List { h, _t: PhantomData })
     }
 

@@ -32,6 +32,8 @@ type ResultMsg = Vec<(u64, std::result::Result<Vec<u8>, String>)>;
 
 /// A function run on the root with each result of `apply_async`.
 pub type Callback<O> = Box<dyn FnMut(&O) + Send>;
+/// A function run on the root with the error of a failed `apply_async` task.
+pub type ErrorCallback = Box<dyn FnMut(&Error) + Send>;
 
 /// Results of one submission (a `map`, or one `apply_async`).
 struct Batch<O> {
@@ -75,6 +77,7 @@ struct Task<O> {
     item: Vec<u8>,
     chunk: usize,
     callback: Option<Arc<Mutex<Callback<O>>>>,
+    on_error: Option<Arc<Mutex<ErrorCallback>>>,
 }
 
 struct Shared<O> {
@@ -169,6 +172,7 @@ where
         items: Vec<I>,
         chunksize: Option<usize>,
         callback: Option<Callback<O>>,
+        on_error: Option<ErrorCallback>,
     ) -> Result<Arc<Batch<O>>> {
         let n = items.len();
         let batch = Batch::new(n);
@@ -176,6 +180,7 @@ where
             .unwrap_or_else(|| n.div_ceil(4 * self.workers.max(1)))
             .max(1);
         let callback = callback.map(|c| Arc::new(Mutex::new(c)));
+        let on_error = on_error.map(|c| Arc::new(Mutex::new(c)));
         {
             let mut sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
             if sh.closed {
@@ -192,6 +197,7 @@ where
                         item: encode(&item)?,
                         chunk,
                         callback: callback.clone(),
+                        on_error: on_error.clone(),
                     },
                 ));
             }
@@ -212,7 +218,7 @@ where
 
     /// `map` with an explicit number of items per task message.
     pub fn map_chunked(&self, items: Vec<I>, chunksize: Option<usize>) -> Result<Vec<O>> {
-        let batch = self.submit(items, chunksize, None)?;
+        let batch = self.submit(items, chunksize, None, None)?;
         let mut st = batch.state.lock().unwrap_or_else(|p| p.into_inner());
         while st.remaining > 0 {
             st = batch.done.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -234,7 +240,7 @@ where
         items: Vec<I>,
         chunksize: Option<usize>,
     ) -> Result<impl Iterator<Item = Result<O>>> {
-        let batch = self.submit(items, chunksize, None)?;
+        let batch = self.submit(items, chunksize, None, None)?;
         let n = batch
             .state
             .lock()
@@ -256,7 +262,7 @@ where
         items: Vec<I>,
         chunksize: Option<usize>,
     ) -> Result<impl Iterator<Item = Result<O>>> {
-        let batch = self.submit(items, chunksize, None)?;
+        let batch = self.submit(items, chunksize, None, None)?;
         let n = batch
             .state
             .lock()
@@ -277,7 +283,17 @@ where
     /// Submit one item; the handle gives its result. `callback` (if any) runs on the root,
     /// on the pool's dispatcher thread, with the result as soon as it arrives.
     pub fn apply_async(&self, item: I, callback: Option<Callback<O>>) -> Result<AsyncResult<O>> {
-        let batch = self.submit(vec![item], Some(1), callback)?;
+        self.apply_async_with(item, callback, None)
+    }
+
+    /// `apply_async` with an error callback too (run on the root if the task fails).
+    pub fn apply_async_with(
+        &self,
+        item: I,
+        callback: Option<Callback<O>>,
+        on_error: Option<ErrorCallback>,
+    ) -> Result<AsyncResult<O>> {
+        let batch = self.submit(vec![item], Some(1), callback, on_error)?;
         Ok(AsyncResult { batch })
     }
 
@@ -398,8 +414,10 @@ where
     let mut inflight: HashMap<u64, Task<O>> = HashMap::new();
     let workers = comm.size() - 1;
     let deliver = |task: Task<O>, r: Result<O>| {
-        if let (Ok(o), Some(cb)) = (&r, &task.callback) {
-            (cb.lock().unwrap_or_else(|p| p.into_inner()))(o);
+        match (&r, &task.callback, &task.on_error) {
+            (Ok(o), Some(cb), _) => (cb.lock().unwrap_or_else(|p| p.into_inner()))(o),
+            (Err(e), _, Some(cb)) => (cb.lock().unwrap_or_else(|p| p.into_inner()))(e),
+            _ => {}
         }
         task.batch.fill(task.index, r);
     };

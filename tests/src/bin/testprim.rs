@@ -309,6 +309,8 @@ fn pipes(w: &Comm) -> R {
 fn shared_state(w: &Comm) -> R {
     let (n, me) = (w.size(), w.rank());
     let m = Manager::new(w, 0)?;
+    let zeros = m.list_from(&[0u32, 0, 0])?;
+    zeros.update(me % 3, |v| v + 1)?;
     let d = m.dict::<String, usize>()?;
     let l = m.list::<String>()?;
     let name = format!("worker-{me}");
@@ -329,6 +331,7 @@ fn shared_state(w: &Comm) -> R {
     block.write(me % 16, &[me as u8 + 1])?;
     w.barrier()?;
     assert_eq!(l.len()?, n);
+    assert_eq!(zeros.snapshot()?.iter().sum::<u32>(), n as u32);
     let mut names = l.snapshot()?;
     names.sort();
     let mut want: Vec<String> = (0..n).map(|r| format!("worker-{r}")).collect();
