@@ -66,6 +66,30 @@ fn split_pair<T>(
     }
 }
 
+/// Where each block starts when blocks of `counts` items are laid end to end.
+fn offsets(counts: &[usize]) -> Vec<usize> {
+    counts
+        .iter()
+        .scan(0, |acc, &c| {
+            let s = *acc;
+            *acc += c;
+            Some(s)
+        })
+        .collect()
+}
+
+/// Encode each value; the bytes end to end, and each one's length.
+fn encode_blocks<T: Serialize>(values: &[T]) -> Result<(Vec<u8>, Vec<usize>)> {
+    let mut bytes = Vec::new();
+    let mut counts = Vec::with_capacity(values.len());
+    for v in values {
+        let b = encode(v)?;
+        counts.push(b.len());
+        bytes.extend_from_slice(&b);
+    }
+    Ok((bytes, counts))
+}
+
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
         return Err(Error::InvalidArgument(format!(
@@ -306,6 +330,17 @@ impl Comm {
             *value = self.decode_bytes(&bytes, (vrank + n - 1 + root) % n, tag)?;
         }
         Ok(())
+    }
+
+    /// Decode one value from each block of `all` (block r came from rank r).
+    fn decode_blocks<T: DeserializeOwned>(&self, all: &[u8], counts: &[usize]) -> Result<Vec<T>> {
+        let mut out = Vec::with_capacity(counts.len());
+        let mut pos = 0;
+        for (r, &c) in counts.iter().enumerate() {
+            out.push(self.decode_bytes(&all[pos..pos + c], r, 0)?);
+            pos += c;
+        }
+        Ok(out)
     }
 
     fn decode_bytes<T: DeserializeOwned>(&self, bytes: &[u8], from: usize, tag: i32) -> Result<T> {
@@ -627,14 +662,7 @@ impl Comm {
         op: &O,
     ) -> Result<()> {
         let (n, me) = (self.size(), self.rank());
-        let starts: Vec<usize> = counts
-            .iter()
-            .scan(0, |acc, &c| {
-                let s = *acc;
-                *acc += c;
-                Some(s)
-            })
-            .collect();
+        let starts = offsets(counts);
         let next = (me + 1) % n;
         let prev = (me + n - 1) % n;
         let maxc = counts.iter().copied().max().unwrap_or(0);
@@ -865,13 +893,7 @@ impl Comm {
         let Some((all, counts)) = self.gather_varcount(root, &bytes)? else {
             return Ok(None);
         };
-        let mut out = Vec::with_capacity(counts.len());
-        let mut pos = 0;
-        for (r, c) in counts.into_iter().enumerate() {
-            out.push(self.decode_bytes(&all[pos..pos + c], r, 0)?);
-            pos += c;
-        }
-        Ok(Some(out))
+        Ok(Some(self.decode_blocks(&all, &counts)?))
     }
 
     /// Scatter equal blocks of `send` (significant on `root` only) into every rank's `recv`.
@@ -981,14 +1003,7 @@ impl Comm {
                     values.len()
                 )));
             }
-            let mut bytes = Vec::new();
-            let mut counts = Vec::with_capacity(n);
-            for v in &values {
-                let b = encode(v)?;
-                counts.push(b.len());
-                bytes.extend_from_slice(&b);
-            }
-            (bytes, counts)
+            encode_blocks(&values)?
         } else {
             (Vec::new(), Vec::new())
         };
@@ -1011,14 +1026,7 @@ impl Comm {
 
     fn ring_allgatherv<T: Pod>(&self, seq: u32, buf: &mut [T], counts: &[usize]) -> Result<()> {
         let (n, me) = (self.size(), self.rank());
-        let starts: Vec<usize> = counts
-            .iter()
-            .scan(0, |acc, &c| {
-                let s = *acc;
-                *acc += c;
-                Some(s)
-            })
-            .collect();
+        let starts = offsets(counts);
         let next = (me + 1) % n;
         let prev = (me + n - 1) % n;
         for step in 0..n.saturating_sub(1) {
@@ -1051,13 +1059,7 @@ impl Comm {
     /// Every rank's serde value, in rank order, to every rank.
     pub fn all_gather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>> {
         let (all, counts) = self.all_gather_varcount(&encode(value)?)?;
-        let mut out = Vec::with_capacity(counts.len());
-        let mut pos = 0;
-        for (r, c) in counts.into_iter().enumerate() {
-            out.push(self.decode_bytes(&all[pos..pos + c], r, 0)?);
-            pos += c;
-        }
-        Ok(out)
+        Ok(self.decode_blocks(&all, &counts)?)
     }
 
     /// Nonblocking all-gather of equal-sized blocks: the result is the concatenation.
@@ -1101,16 +1103,7 @@ impl Comm {
         rcounts: &[usize],
     ) -> Result<()> {
         let (n, me) = (self.size(), self.rank());
-        let starts = |c: &[usize]| -> Vec<usize> {
-            c.iter()
-                .scan(0, |acc, &x| {
-                    let s = *acc;
-                    *acc += x;
-                    Some(s)
-                })
-                .collect()
-        };
-        let (ss, rs) = (starts(scounts), starts(rcounts));
+        let (ss, rs) = (offsets(scounts), offsets(rcounts));
         recv[rs[me]..rs[me] + rcounts[me]].copy_from_slice(&send[ss[me]..ss[me] + scounts[me]]);
         for step in 1..n {
             let dst = (me + step) % n;
@@ -1161,21 +1154,9 @@ impl Comm {
                 values.len()
             )));
         }
-        let mut bytes = Vec::new();
-        let mut counts = Vec::with_capacity(n);
-        for v in &values {
-            let b = encode(v)?;
-            counts.push(b.len());
-            bytes.extend_from_slice(&b);
-        }
+        let (bytes, counts) = encode_blocks(&values)?;
         let (all, rcounts) = self.all_to_all_varcount(&bytes, &counts)?;
-        let mut out = Vec::with_capacity(n);
-        let mut pos = 0;
-        for (r, c) in rcounts.into_iter().enumerate() {
-            out.push(self.decode_bytes(&all[pos..pos + c], r, 0)?);
-            pos += c;
-        }
-        Ok(out)
+        Ok(self.decode_blocks(&all, &rcounts)?)
     }
 
     // ----- min/max with location -----------------------------------------------------------

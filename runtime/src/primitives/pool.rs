@@ -60,8 +60,20 @@ impl<O> Batch<O> {
         })
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, BatchState<O>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sleep until the next result arrives.
+    fn wait<'a>(
+        &self,
+        g: std::sync::MutexGuard<'a, BatchState<O>>,
+    ) -> std::sync::MutexGuard<'a, BatchState<O>> {
+        self.done.wait(g).unwrap_or_else(|p| p.into_inner())
+    }
+
     fn fill(&self, i: usize, r: Result<O>) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
         if st.slots[i].is_none() {
             st.slots[i] = Some(r);
             st.order.push_back(i);
@@ -219,9 +231,9 @@ where
     /// `map` with an explicit number of items per task message.
     pub fn map_chunked(&self, items: Vec<I>, chunksize: Option<usize>) -> Result<Vec<O>> {
         let batch = self.submit(items, chunksize, None, None)?;
-        let mut st = batch.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = batch.lock();
         while st.remaining > 0 {
-            st = batch.done.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = batch.wait(st);
         }
         st.slots
             .drain(..)
@@ -240,17 +252,12 @@ where
         items: Vec<I>,
         chunksize: Option<usize>,
     ) -> Result<impl Iterator<Item = Result<O>>> {
+        let n = items.len();
         let batch = self.submit(items, chunksize, None, None)?;
-        let n = batch
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .slots
-            .len();
         Ok((0..n).map(move |i| {
-            let mut st = batch.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = batch.lock();
             while st.slots[i].is_none() {
-                st = batch.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = batch.wait(st);
             }
             st.slots[i].take().expect("filled")
         }))
@@ -262,20 +269,15 @@ where
         items: Vec<I>,
         chunksize: Option<usize>,
     ) -> Result<impl Iterator<Item = Result<O>>> {
+        let n = items.len();
         let batch = self.submit(items, chunksize, None, None)?;
-        let n = batch
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .slots
-            .len();
         Ok((0..n).map(move |_| {
-            let mut st = batch.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = batch.lock();
             loop {
                 if let Some(i) = st.order.pop_front() {
                     return st.slots[i].take().expect("filled");
                 }
-                st = batch.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = batch.wait(st);
             }
         }))
     }
@@ -345,10 +347,10 @@ impl<O> AsyncResult<O> {
     /// Wait at most `timeout` for the result; true if it is there.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         let end = timeout.map(|t| Instant::now() + t);
-        let mut st = self.batch.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.batch.lock();
         while st.remaining > 0 {
             match end {
-                None => st = self.batch.done.wait(st).unwrap_or_else(|p| p.into_inner()),
+                None => st = self.batch.wait(st),
                 Some(e) => {
                     let now = Instant::now();
                     if now >= e {
@@ -369,7 +371,7 @@ impl<O> AsyncResult<O> {
     /// Wait for the result and take it.
     pub fn get(self) -> Result<O> {
         self.wait(None);
-        let mut st = self.batch.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.batch.lock();
         st.slots[0]
             .take()
             .unwrap_or(Err(Error::Usage("result already taken".into())))
