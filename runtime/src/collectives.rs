@@ -1059,7 +1059,7 @@ impl Comm {
     /// Every rank's serde value, in rank order, to every rank.
     pub fn all_gather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>> {
         let (all, counts) = self.all_gather_varcount(&encode(value)?)?;
-        Ok(self.decode_blocks(&all, &counts)?)
+        self.decode_blocks(&all, &counts)
     }
 
     /// Nonblocking all-gather of equal-sized blocks: the result is the concatenation.
@@ -1156,7 +1156,7 @@ impl Comm {
         }
         let (bytes, counts) = encode_blocks(&values)?;
         let (all, rcounts) = self.all_to_all_varcount(&bytes, &counts)?;
-        Ok(self.decode_blocks(&all, &rcounts)?)
+        self.decode_blocks(&all, &rcounts)
     }
 
     // ----- min/max with location -----------------------------------------------------------
