@@ -1,6 +1,7 @@
 //! Running a job on this host: spawn the ranks, watch them, apply the exit rules.
 
 use std::ffi::OsString;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -182,11 +183,18 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
             job_env.push((env::SHM, path.display().to_string()));
             res.segment = Some(seg);
         }
-        TransportKind::Uds => {
+        TransportKind::Uds | TransportKind::Quic => {
             let dir = std::env::temp_dir().join(format!("ranks-{id}"));
-            std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            res.sock_dir = Some(dir.clone());
+            if args.transport == TransportKind::Quic {
+                // Fresh credentials for this job only: a job CA and the ranks' certificate.
+                ranks::transport::quic::make_job_credentials(&dir).map_err(|e| e.to_string())?;
+            }
             job_env.push((env::DIR, dir.display().to_string()));
-            res.sock_dir = Some(dir);
         }
     }
 

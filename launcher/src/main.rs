@@ -32,6 +32,9 @@ pub enum TransportKind {
     Shm,
     /// Unix-domain sockets.
     Uds,
+    /// QUIC over UDP with per-job credentials (what ranks on different hosts use; on one
+    /// host, for testing and measuring).
+    Quic,
 }
 
 impl TransportKind {
@@ -39,6 +42,7 @@ impl TransportKind {
         match self {
             TransportKind::Shm => "shm",
             TransportKind::Uds => "uds",
+            TransportKind::Quic => "quic",
         }
     }
 }

@@ -19,7 +19,7 @@ pub mod env {
     pub const SIZE: &str = "RANKS_SIZE";
     /// Job id (unique per launch).
     pub const JOB: &str = "RANKS_JOB";
-    /// `shm` or `uds`.
+    /// `shm`, `uds` or `quic`.
     pub const TRANSPORT: &str = "RANKS_TRANSPORT";
     /// Path of the job's shared-memory segment.
     pub const SHM: &str = "RANKS_SHM";
@@ -87,9 +87,14 @@ pub(crate) fn world_from_env() -> Result<Comm> {
     let t: Box<dyn Transport> = match transport.as_str() {
         "shm" => Box::new(Shm::attach(&PathBuf::from(var(env::SHM)?), rank, size)?),
         "uds" => Box::new(Uds::connect(&PathBuf::from(var(env::DIR)?), rank, size)?),
+        "quic" => Box::new(crate::transport::quic::Quic::connect(
+            &PathBuf::from(var(env::DIR)?),
+            rank,
+            size,
+        )?),
         other => {
             return Err(Error::Bootstrap(format!(
-                "unknown transport {other:?} in {} (expected shm or uds)",
+                "unknown transport {other:?} in {} (expected shm, uds or quic)",
                 env::TRANSPORT
             )))
         }

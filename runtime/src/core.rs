@@ -377,6 +377,7 @@ impl Core {
         seq
     }
 
+    /// Whether frame `seq` to `peer` is fully written to the transport.
     pub(crate) fn frame_sent(&self, st: &State, peer: usize, seq: u64) -> bool {
         st.out[peer].sent > seq
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::error::Result;
 
 pub(crate) mod local;
+pub mod quic;
 pub mod shm;
 pub(crate) mod uds;
 

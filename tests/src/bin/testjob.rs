@@ -411,6 +411,120 @@ fn singleton(w: &Comm) -> R {
     Ok(())
 }
 
+/// A client that trusts any server and shows a certificate of its own making.
+#[derive(Debug)]
+struct TrustAnything;
+
+impl rustls::client::danger::ServerCertVerifier for TrustAnything {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Try to join rank 1's QUIC endpoint from outside the job, with a certificate of our own and
+/// with none: both must be refused, and the job goes on.
+fn forge(w: &Comm) -> R {
+    if w.rank() == 0 {
+        let dir = std::env::var("RANKS_DIR").expect("a quic job has a directory");
+        let addr: std::net::SocketAddr = std::fs::read_to_string(format!("{dir}/r1.addr"))
+            .expect("rank 1 published its address")
+            .trim()
+            .parse()
+            .expect("an address");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ranks-job".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for with_cert in [true, false] {
+            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(TrustAnything));
+            let mut cfg = if with_cert {
+                builder
+                    .with_client_auth_cert(
+                        vec![cert.der().clone()],
+                        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                    )
+                    .unwrap()
+            } else {
+                builder.with_no_client_auth()
+            };
+            cfg.alpn_protocols = vec![b"ranks/1".to_vec()];
+            let qc = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
+            let outcome: Result<(), String> = rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap())
+                        .map_err(|e| e.to_string())?;
+                    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(qc)));
+                    let conn = ep
+                        .connect(addr, "ranks-job")
+                        .map_err(|e| e.to_string())?
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    // Even if the handshake looked done from here, the server must not let us in.
+                    let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                    tx.write_all(&[0xffu8; 64])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut b = [0u8; 8];
+                    tokio::time::timeout(std::time::Duration::from_secs(3), rx.read_exact(&mut b))
+                        .await
+                        .map_err(|_| "no answer".to_string())?
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|_| "timed out".to_string())?
+            });
+            match outcome {
+                Ok(()) => panic!("a connection without the job's credentials got an answer"),
+                Err(e) => println!("forged connection (own certificate: {with_cert}) refused: {e}"),
+            }
+        }
+        w.send(1, 0, &"still here".to_string())?;
+    } else if w.rank() == 1 {
+        let (s, _) = w.recv::<String>(0, 0)?;
+        assert_eq!(s, "still here");
+        println!("job unaffected");
+    }
+    w.barrier()
+}
+
 fn main() {
     let scenario = std::env::args().nth(1).unwrap_or_default();
     let w = match ranks::init() {
@@ -435,6 +549,7 @@ fn main() {
         "nonblocking" => nonblocking(&w),
         "async" => asynchronous(&w),
         "singleton" => singleton(&w),
+        "forge" => forge(&w),
         other => {
             eprintln!("unknown scenario {other:?}");
             std::process::exit(64);

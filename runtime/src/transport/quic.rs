@@ -1,0 +1,576 @@
+//! QUIC transport (quinn on tokio): one connection per pair of ranks, mutually authenticated
+//! with the job's credentials, which the launcher makes fresh for every job.
+//!
+//! Each connection carries two bidirectional streams, opened by the higher rank: one for
+//! frames, one for acknowledgements. A background tokio runtime moves bytes between the
+//! streams and per-peer buffers; the engine reads and writes those buffers without blocking,
+//! and sleeps on a condition variable the I/O tasks signal. A receiver acknowledges the bytes
+//! it has taken in. At exit (an `atexit` handler) every stream is finished and the process
+//! waits, briefly, until its peers have all of it: what a rank sent last is not lost, and the
+//! peers see it leave at once.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::Transport;
+use crate::error::{Error, Result};
+
+/// Name every rank's certificate carries.
+const SERVER_NAME: &str = "ranks-job";
+const ALPN: &[u8] = b"ranks/1";
+/// Bytes a peer's outgoing buffer may hold before `write` pushes back.
+const OUT_LIMIT: usize = 8 << 20;
+/// Bytes a peer's incoming buffer may hold before its reader task waits.
+const IN_LIMIT: usize = 32 << 20;
+const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Make a job CA and the job's certificate and key in `dir` (`ca.der`, `cert.der`,
+/// `key.der`, readable by the owner only). The launcher calls this once per job.
+pub fn make_job_credentials(dir: &Path) -> Result<()> {
+    let bad = |e: rcgen::Error| Error::Bootstrap(format!("making job credentials: {e}"));
+    let ca_key = rcgen::KeyPair::generate().map_err(bad)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).map_err(bad)?;
+    let key = rcgen::KeyPair::generate().map_err(bad)?;
+    let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(bad)?;
+    let cert = params.signed_by(&key, &ca, &ca_key).map_err(bad)?;
+    for (name, bytes) in [
+        ("ca.der", ca.der().to_vec()),
+        ("cert.der", cert.der().to_vec()),
+        ("key.der", key.serialize_der()),
+    ] {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        f.write_all(&bytes)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let p = dir.join(name);
+    std::fs::read(&p).map_err(|e| Error::io(format!("reading job credential {}", p.display()), e))
+}
+
+/// Server and client configurations that accept only holders of the job's credentials.
+fn configs(dir: &Path) -> Result<(quinn::ServerConfig, quinn::ClientConfig)> {
+    let (ca, cert, key) = (
+        read(dir, "ca.der")?,
+        read(dir, "cert.der")?,
+        read(dir, "key.der")?,
+    );
+    let tls = |e: rustls::Error| Error::Bootstrap(format!("TLS setup: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(ca)).map_err(tls)?;
+    let roots = Arc::new(roots);
+    let chain = vec![CertificateDer::from(cert)];
+    let key = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone()));
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| Error::Bootstrap(format!("TLS client verifier: {e}")))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key())
+        .map_err(tls)?;
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key())
+        .map_err(tls)?;
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    let qs = quinn::crypto::rustls::QuicServerConfig::try_from(server)
+        .map_err(|e| Error::Bootstrap(format!("QUIC server config: {e}")))?;
+    let qc = quinn::crypto::rustls::QuicClientConfig::try_from(client)
+        .map_err(|e| Error::Bootstrap(format!("QUIC client config: {e}")))?;
+    Ok((
+        quinn::ServerConfig::with_crypto(Arc::new(qs)),
+        quinn::ClientConfig::new(Arc::new(qc)),
+    ))
+}
+
+/// Wakes the engine's sleeping threads.
+#[derive(Default)]
+struct Signal {
+    seq: Mutex<u64>,
+    cv: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl Signal {
+    fn bump(&self) {
+        if self.waiting.load(SeqCst) > 0 {
+            *self.seq.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            self.cv.notify_all();
+        }
+    }
+}
+
+#[derive(Default)]
+struct PeerIo {
+    inbox: Mutex<VecDeque<u8>>,
+    inbox_space: tokio::sync::Notify,
+    outbox: Mutex<VecDeque<u8>>,
+    out_ready: tokio::sync::Notify,
+    /// Bytes handed to `write` so far, and bytes the peer has acknowledged.
+    written: AtomicU64,
+    acked: AtomicU64,
+    gone: AtomicBool,
+    why: Mutex<Option<String>>,
+}
+
+impl PeerIo {
+    fn lose(&self, why: String) {
+        let mut w = self.why.lock().unwrap_or_else(|p| p.into_inner());
+        if w.is_none() {
+            *w = Some(why);
+        }
+        self.gone.store(true, SeqCst);
+    }
+}
+
+pub(crate) struct Quic {
+    peers: Vec<Option<Arc<PeerIo>>>,
+    signal: Arc<Signal>,
+    _rt: tokio::runtime::Runtime,
+    _endpoint: quinn::Endpoint,
+}
+
+/// A peer's connection and its two streams (frames, acknowledgements), each both ways.
+type Wire = (
+    usize,
+    quinn::Connection,
+    [(quinn::SendStream, quinn::RecvStream); 2],
+);
+
+fn addr_file(dir: &Path, rank: usize) -> std::path::PathBuf {
+    dir.join(format!("r{rank}.addr"))
+}
+
+impl Quic {
+    pub(crate) fn connect(dir: &Path, me: usize, size: usize) -> Result<Quic> {
+        let (mut server, mut client) = configs(dir)?;
+        // Keep-alives, so a peer that vanished (its host, its network) is noticed in seconds.
+        let mut tc = quinn::TransportConfig::default();
+        tc.keep_alive_interval(Some(Duration::from_secs(1)));
+        tc.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(5)).expect("5 s is a valid timeout"),
+        ));
+        let tc = Arc::new(tc);
+        server.transport_config(tc.clone());
+        client.transport_config(tc);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ranks-quic")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the QUIC runtime", e))?;
+        let bind: SocketAddr = std::env::var("RANKS_BIND")
+            .ok()
+            .map(|b| format!("{b}:0"))
+            .unwrap_or_else(|| "127.0.0.1:0".into())
+            .parse()
+            .map_err(|e| Error::Bootstrap(format!("RANKS_BIND: {e}")))?;
+        let mut endpoint = rt
+            .block_on(async { quinn::Endpoint::server(server, bind) })
+            .map_err(|e| Error::io(format!("binding a QUIC endpoint on {bind}"), e))?;
+        endpoint.set_default_client_config(client);
+        let local = endpoint
+            .local_addr()
+            .map_err(|e| Error::io("QUIC endpoint address", e))?;
+        // Publish our address (write, then rename: readers never see half a file).
+        let tmp = dir.join(format!("r{me}.addr.tmp"));
+        std::fs::write(&tmp, local.to_string())
+            .map_err(|e| Error::io("publishing the address", e))?;
+        std::fs::rename(&tmp, addr_file(dir, me))
+            .map_err(|e| Error::io("publishing the address", e))?;
+
+        let signal = Arc::new(Signal::default());
+        let peers: Vec<Option<Arc<PeerIo>>> = (0..size)
+            .map(|p| (p != me).then(|| Arc::new(PeerIo::default())))
+            .collect();
+        let deadline = Instant::now() + CONNECT_DEADLINE;
+        let conns: Vec<Wire> = rt.block_on(async {
+            let mut out = Vec::new();
+            // Connect to every lower rank.
+            for peer in 0..me {
+                let addr: SocketAddr = loop {
+                    if let Ok(s) = std::fs::read_to_string(addr_file(dir, peer)) {
+                        if let Ok(a) = s.trim().parse() {
+                            break a;
+                        }
+                    }
+                    if Instant::now() > deadline {
+                        return Err(Error::Bootstrap(format!(
+                            "rank {peer} never published its QUIC address"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                };
+                let conn = endpoint
+                    .connect(addr, SERVER_NAME)
+                    .map_err(|e| {
+                        Error::Bootstrap(format!("connecting to rank {peer} at {addr}: {e}"))
+                    })?
+                    .await
+                    .map_err(|e| {
+                        Error::Bootstrap(format!("connecting to rank {peer} at {addr}: {e}"))
+                    })?;
+                let (mut d_tx, d_rx) = conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                let (a_tx, a_rx) = conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                d_tx.write_all(&(me as u32).to_le_bytes())
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                // A stream shows up at the peer only once it carries data: acknowledge 0.
+                let mut a_tx = a_tx;
+                a_tx.write_all(&0u64.to_le_bytes())
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                out.push((peer, conn, [(d_tx, d_rx), (a_tx, a_rx)]));
+            }
+            // Accept every higher rank.
+            for _ in me + 1..size {
+                let incoming = tokio::time::timeout_at(deadline.into(), endpoint.accept())
+                    .await
+                    .map_err(|_| {
+                        Error::Bootstrap(format!("rank {me}: higher ranks never connected"))
+                    })?
+                    .ok_or_else(|| Error::Bootstrap("QUIC endpoint closed".into()))?;
+                let conn = incoming.await.map_err(|e| {
+                    Error::Bootstrap(format!("a connection to rank {me} failed: {e}"))
+                })?;
+                let (d_tx, mut d_rx) = conn
+                    .accept_bi()
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                let mut id = [0u8; 4];
+                d_rx.read_exact(&mut id)
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                let (mut a_tx, a_rx) = conn
+                    .accept_bi()
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                a_tx.write_all(&0u64.to_le_bytes())
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                let peer = u32::from_le_bytes(id) as usize;
+                if peer <= me || peer >= size || out.iter().any(|(p, _, _)| *p == peer) {
+                    return Err(Error::Bootstrap(format!(
+                        "unexpected greeting from rank {peer} at rank {me}"
+                    )));
+                }
+                out.push((peer, conn, [(d_tx, d_rx), (a_tx, a_rx)]));
+            }
+            // Both directions work once each side has heard the other's first acknowledgement.
+            for (peer, _, [_, (_, a_rx)]) in out.iter_mut() {
+                let mut b = [0u8; 8];
+                tokio::time::timeout_at(deadline.into(), a_rx.read_exact(&mut b))
+                    .await
+                    .map_err(|_| Error::Bootstrap(format!("rank {peer} never answered")))?
+                    .map_err(|e| Error::Bootstrap(format!("rank {peer}: {e}")))?;
+            }
+            Ok(out)
+        })?;
+        // Later connections are not part of the job's wiring: let the handshake (which checks
+        // the job's credentials) run, then close whatever got through.
+        let late = endpoint.clone();
+        rt.spawn(async move {
+            while let Some(incoming) = late.accept().await {
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => conn.close(1u32.into(), b"the job is already wired"),
+                        Err(e) => tracing::warn!(error = %e, "refused a connection"),
+                    }
+                });
+            }
+        });
+        let (exit_tx, exit_rx) = tokio::sync::watch::channel(false);
+        let exit = Arc::new(ExitFlush {
+            exiting: exit_tx,
+            flushed: AtomicUsize::new(0),
+            streams: 2 * conns.len(),
+        });
+        for (peer, conn, [(d_tx, d_rx), (a_tx, a_rx)]) in conns {
+            let io = peers[peer].clone().expect("a peer");
+            rt.spawn(reader(
+                io.clone(),
+                signal.clone(),
+                d_rx,
+                a_tx,
+                exit_rx.clone(),
+                exit.clone(),
+            ));
+            rt.spawn(writer(
+                io.clone(),
+                signal.clone(),
+                d_tx,
+                exit_rx.clone(),
+                exit.clone(),
+            ));
+            rt.spawn(acks(io.clone(), signal.clone(), a_rx));
+            drop(conn);
+        }
+        if EXIT.set(exit).is_ok() {
+            // SAFETY: `flush_at_exit` is a plain `extern "C" fn()` that only touches the
+            // process-wide `EXIT` state; registering it has no other preconditions.
+            unsafe {
+                libc::atexit(flush_at_exit);
+            }
+        }
+        Ok(Quic {
+            peers,
+            signal,
+            _rt: rt,
+            _endpoint: endpoint,
+        })
+    }
+
+    fn io(&self, peer: usize) -> Result<&Arc<PeerIo>> {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.as_ref())
+            .ok_or(Error::InvalidRank {
+                rank: peer as i64,
+                size: self.peers.len(),
+            })
+    }
+}
+
+/// What the process does on its way out: finish every stream it sends on and wait (briefly)
+/// until the peers have everything, so its last messages and acknowledgements are not lost
+/// and the peers see a clean end of stream at once.
+struct ExitFlush {
+    exiting: tokio::sync::watch::Sender<bool>,
+    flushed: AtomicUsize,
+    streams: usize,
+}
+
+static EXIT: std::sync::OnceLock<Arc<ExitFlush>> = std::sync::OnceLock::new();
+
+extern "C" fn flush_at_exit() {
+    let Some(exit) = EXIT.get() else { return };
+    let _ = exit.exiting.send(true);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while exit.flushed.load(SeqCst) < exit.streams && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Finish a stream we send on and wait until the peer has all of it (unless it is gone).
+async fn finish(mut tx: quinn::SendStream, io: &PeerIo, exit: &ExitFlush) {
+    if !io.gone.load(SeqCst) && tx.finish().is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), tx.stopped()).await;
+    }
+    exit.flushed.fetch_add(1, SeqCst);
+}
+
+/// Frames in: append to the inbox, acknowledge what was taken in.
+async fn reader(
+    io: Arc<PeerIo>,
+    signal: Arc<Signal>,
+    mut rx: quinn::RecvStream,
+    mut ack: quinn::SendStream,
+    mut exiting: tokio::sync::watch::Receiver<bool>,
+    exit: Arc<ExitFlush>,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total: u64 = 0;
+    loop {
+        while io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len() > IN_LIMIT {
+            io.inbox_space.notified().await;
+        }
+        let got = tokio::select! {
+            r = rx.read(&mut buf) => r,
+            _ = exiting.changed() => {
+                finish(ack, &io, &exit).await;
+                return;
+            }
+        };
+        match got {
+            Ok(Some(n)) => {
+                io.inbox
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(&buf[..n]);
+                total += n as u64;
+                signal.bump();
+                if ack.write_all(&total.to_le_bytes()).await.is_err() {
+                    // The peer no longer listens for acknowledgements; keep reading.
+                }
+            }
+            Ok(None) => {
+                io.lose("it exited".into());
+                break;
+            }
+            Err(e) => {
+                io.lose(format!("its connection failed: {e}"));
+                break;
+            }
+        }
+    }
+    signal.bump();
+    let _ = exiting.changed().await;
+    finish(ack, &io, &exit).await;
+}
+
+/// Frames out: drain the outbox into the stream.
+async fn writer(
+    io: Arc<PeerIo>,
+    signal: Arc<Signal>,
+    mut tx: quinn::SendStream,
+    mut exiting: tokio::sync::watch::Receiver<bool>,
+    exit: Arc<ExitFlush>,
+) {
+    loop {
+        let chunk: Vec<u8> = {
+            let mut ob = io.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            let n = ob.len().min(256 << 10);
+            ob.drain(..n).collect()
+        };
+        if chunk.is_empty() {
+            if *exiting.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = io.out_ready.notified() => {}
+                _ = exiting.changed() => {}
+            }
+            continue;
+        }
+        if let Err(e) = tx.write_all(&chunk).await {
+            io.lose(format!("writing to it failed: {e}"));
+            signal.bump();
+            let _ = exiting.changed().await;
+            break;
+        }
+        signal.bump();
+    }
+    finish(tx, &io, &exit).await;
+}
+
+/// Acknowledgements in: how many bytes the peer has taken in. The end of this stream says
+/// nothing about the data stream (the reader notices when that one ends or fails).
+async fn acks(io: Arc<PeerIo>, signal: Arc<Signal>, mut rx: quinn::RecvStream) {
+    let mut b = [0u8; 8];
+    while rx.read_exact(&mut b).await.is_ok() {
+        io.acked.store(u64::from_le_bytes(b), SeqCst);
+        signal.bump();
+    }
+}
+
+impl Transport for Quic {
+    fn name(&self) -> &'static str {
+        "quic"
+    }
+
+    fn write(&self, peer: usize, buf: &[u8]) -> Result<usize> {
+        let io = self.io(peer)?;
+        if io.gone.load(SeqCst) {
+            let why = io.why.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(Error::PeerLost {
+                rank: peer,
+                detail: why.unwrap_or_else(|| "its connection closed".into()),
+            });
+        }
+        let n = {
+            let mut ob = io.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            let n = buf.len().min(OUT_LIMIT.saturating_sub(ob.len()));
+            ob.extend(&buf[..n]);
+            n
+        };
+        if n > 0 {
+            io.written.fetch_add(n as u64, SeqCst);
+            io.out_ready.notify_one();
+        }
+        Ok(n)
+    }
+
+    fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
+        let io = self.io(peer)?;
+        let mut ib = io.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let n = buf.len().min(ib.len());
+        for (d, s) in buf.iter_mut().zip(ib.drain(..n)) {
+            *d = s;
+        }
+        if ib.len() <= IN_LIMIT {
+            io.inbox_space.notify_one();
+        }
+        Ok(n)
+    }
+
+    fn readable(&self, peer: usize) -> bool {
+        self.peers[peer].as_ref().is_some_and(|io| {
+            !io.inbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        })
+    }
+
+    fn notify(&self, _peer: usize) {}
+
+    fn wake_self(&self) {
+        self.signal.bump();
+    }
+
+    fn wait(&self, _want_write: &[usize], timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
+        self.signal.waiting.fetch_add(1, SeqCst);
+        let before = *self.signal.seq.lock().unwrap_or_else(|p| p.into_inner());
+        if !prepare() {
+            let g = self.signal.seq.lock().unwrap_or_else(|p| p.into_inner());
+            if *g == before {
+                let _ = self.signal.cv.wait_timeout(g, timeout);
+            }
+        }
+        self.signal.waiting.fetch_sub(1, SeqCst);
+    }
+
+    fn peer_gone(&self, peer: usize) -> Option<String> {
+        let io = self.peers.get(peer)?.as_ref()?;
+        // Gone only once everything it sent has been read.
+        if io.gone.load(SeqCst)
+            && io
+                .inbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        {
+            return Some(
+                io.why
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "its connection closed".into()),
+            );
+        }
+        None
+    }
+}

@@ -1,0 +1,77 @@
+//! The QUIC transport on one host (`--transport quic`): the same jobs as over shared memory,
+//! and connections from outside the job refused.
+
+use ranks_tests::*;
+
+fn quic_job(n: usize, program: &str, args: &[&str], expect: &str) {
+    let np = n.to_string();
+    let o = run_job(&["-n", &np, "--transport", "quic"], program, args, LIMIT);
+    assert_eq!(o.code, 0, "{program} {args:?}: {o:?}");
+    assert!(
+        o.stdout.contains(expect),
+        "{program} {args:?}: expected {expect:?} in {o:?}"
+    );
+    assert_clean(&o);
+}
+
+#[test]
+fn point_to_point_over_quic() {
+    quic_job(2, "ranks-testjob", &["order", "20000"], "order ok 20000");
+    quic_job(4, "ranks-testjob", &["fanin", "2000"], "fanin ok 6000");
+    quic_job(2, "ranks-testjob", &["sizes"], "sizes ok");
+    quic_job(3, "ranks-testjob", &["wildcard"], "wildcard ok");
+    quic_job(
+        3,
+        "ranks-testjob",
+        &["nonblocking"],
+        "nonblocking ok rank 2",
+    );
+    quic_job(2, "ranks-testjob", &["peerlost"], "peerlost ok");
+}
+
+#[test]
+fn collectives_and_primitives_over_quic() {
+    quic_job(4, "ranks-testcoll", &["small"], "collectives ok on 4 ranks");
+    quic_job(
+        4,
+        "ranks-testprim",
+        &["queue", "2000"],
+        "queue ok 2000 items",
+    );
+    quic_job(3, "primes", &[], "total: 283146 primes");
+}
+
+#[test]
+fn connections_without_the_job_credentials_are_refused() {
+    let o = run_job(
+        &["-n", "2", "--transport", "quic"],
+        "ranks-testjob",
+        &["forge"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stdout
+            .contains("forged connection (own certificate: true) refused"),
+        "{o:?}"
+    );
+    assert!(
+        o.stdout
+            .contains("forged connection (own certificate: false) refused"),
+        "{o:?}"
+    );
+    assert!(o.stdout.contains("job unaffected"), "{o:?}");
+    assert_clean(&o);
+}
+
+#[test]
+fn a_failing_rank_over_quic_stops_the_job() {
+    let o = run_job(
+        &["-n", "3", "--transport", "quic"],
+        "ranks-testjob",
+        &["fail", "exit3", "1"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 3, "{o:?}");
+    assert_clean(&o);
+}
