@@ -72,7 +72,7 @@ fn die_with_launcher() {
 pub(crate) fn world_from_env() -> Result<Comm> {
     init_logging();
     let Ok(size) = std::env::var(env::SIZE) else {
-        let core = Core::new(0, 1, Box::new(Local::default()), Tuning::from_env(1));
+        let core = Core::new(0, 1, Box::new(Local::default()), Tuning::from_env(1, false));
         return Ok(Comm::world(Arc::new(core)));
     };
     let size: usize = parse(env::SIZE, &size)?;
@@ -100,6 +100,7 @@ pub(crate) fn world_from_env() -> Result<Comm> {
         }
     };
     tracing::debug!(rank, size, transport = t.name(), "joined the job");
-    let core = Core::new(rank, size, t, Tuning::from_env(size));
+    let tuning = Tuning::from_env(size, t.name() == "quic");
+    let core = Core::new(rank, size, t, tuning);
     Ok(Comm::world(Arc::new(core)))
 }

@@ -27,12 +27,14 @@ pub(crate) struct Tuning {
 }
 
 impl Tuning {
-    pub(crate) fn from_env(local_ranks: usize) -> Tuning {
+    /// `io_threads`: the transport moves bytes on threads of its own (QUIC), which waiting
+    /// ranks must not starve by spinning.
+    pub(crate) fn from_env(local_ranks: usize, io_threads: bool) -> Tuning {
         fn num(var: &str) -> Option<u64> {
             std::env::var(var).ok().and_then(|v| v.trim().parse().ok())
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let oversubscribed = local_ranks > cores;
+        let oversubscribed = local_ranks > cores || io_threads;
         Tuning {
             max_message: num("RANKS_MAX_MESSAGE").unwrap_or(1 << 32),
             rendezvous_threshold: num("RANKS_RENDEZVOUS_THRESHOLD").unwrap_or(32 << 10) as usize,

@@ -157,6 +157,16 @@ pub(crate) struct Quic {
     _endpoint: quinn::Endpoint,
 }
 
+/// Move the first `dst.len()` bytes of `q` into `dst` (with block copies, not byte by byte).
+fn take_front(q: &mut VecDeque<u8>, dst: &mut [u8]) {
+    let n = dst.len();
+    let (a, b) = q.as_slices();
+    let k = a.len().min(n);
+    dst[..k].copy_from_slice(&a[..k]);
+    dst[k..].copy_from_slice(&b[..n - k]);
+    q.drain(..n);
+}
+
 /// A peer's connection and its two streams (frames, acknowledgements), each both ways.
 type Wire = (
     usize,
@@ -401,7 +411,7 @@ async fn reader(
     mut exiting: tokio::sync::watch::Receiver<bool>,
     exit: Arc<ExitFlush>,
 ) {
-    let mut buf = vec![0u8; 64 << 10];
+    let mut buf = vec![0u8; 256 << 10];
     let mut total: u64 = 0;
     loop {
         while io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len() > IN_LIMIT {
@@ -452,8 +462,10 @@ async fn writer(
     loop {
         let chunk: Vec<u8> = {
             let mut ob = io.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            let n = ob.len().min(256 << 10);
-            ob.drain(..n).collect()
+            let n = ob.len().min(1 << 20);
+            let mut c = vec![0u8; n];
+            take_front(&mut ob, &mut c);
+            c
         };
         if chunk.is_empty() {
             if *exiting.borrow() {
@@ -517,9 +529,7 @@ impl Transport for Quic {
         let io = self.io(peer)?;
         let mut ib = io.inbox.lock().unwrap_or_else(|p| p.into_inner());
         let n = buf.len().min(ib.len());
-        for (d, s) in buf.iter_mut().zip(ib.drain(..n)) {
-            *d = s;
-        }
+        take_front(&mut ib, &mut buf[..n]);
         if ib.len() <= IN_LIMIT {
             io.inbox_space.notify_one();
         }
