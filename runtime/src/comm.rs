@@ -176,15 +176,7 @@ impl Comm {
         if peer == core.rank {
             core.deliver_local(
                 &mut core.lock(),
-                Msg {
-                    ctx,
-                    src: self.rank as u32,
-                    tag,
-                    enc,
-                    typecode,
-                    body: Body::Eager(payload.to_vec()),
-                    seq: 0,
-                },
+                Msg::new(&h, Body::Eager(payload.to_vec())),
             );
             return Ok(());
         }
@@ -259,18 +251,7 @@ impl Comm {
         let mut st = core.lock();
         let state = if peer == core.rank {
             buf.drain(..HEADER_LEN);
-            core.deliver_local(
-                &mut st,
-                Msg {
-                    ctx,
-                    src: self.rank as u32,
-                    tag,
-                    enc,
-                    typecode,
-                    body: Body::Eager(buf),
-                    seq: 0,
-                },
-            );
+            core.deliver_local(&mut st, Msg::new(&h, Body::Eager(buf)));
             ReqState::Done
         } else if len >= core.tuning.rendezvous_threshold && core.t.can_pull() {
             ReqState::SendRts {
@@ -313,18 +294,7 @@ impl Comm {
         );
         let mut st = core.lock();
         let state = if peer == core.rank {
-            core.deliver_local(
-                &mut st,
-                Msg {
-                    ctx,
-                    src: self.rank as u32,
-                    tag,
-                    enc,
-                    typecode,
-                    body: Body::Eager(payload.to_vec()),
-                    seq: 0,
-                },
-            );
+            core.deliver_local(&mut st, Msg::new(&h, Body::Eager(payload.to_vec())));
             ReqState::Done
         } else if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull() {
             let token = core.start_rts_borrowed(&mut st, peer, &h, payload);

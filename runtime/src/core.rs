@@ -217,15 +217,7 @@ impl Core {
     fn dispatch(&self, st: &mut State, peer: usize, d: Decoded) {
         match d {
             Decoded::Frame(h, payload) => match h.kind {
-                Kind::Data => st.m.incoming(Msg {
-                    ctx: h.ctx,
-                    src: h.src,
-                    tag: h.tag,
-                    enc: h.enc,
-                    typecode: h.typecode,
-                    body: Body::Eager(payload),
-                    seq: 0,
-                }),
+                Kind::Data => st.m.incoming(Msg::new(&h, Body::Eager(payload))),
                 Kind::Rts => {
                     let addr = u64::from_le_bytes(payload[0..8].try_into().expect("16 bytes"));
                     let len = u64::from_le_bytes(payload[8..16].try_into().expect("16 bytes"));
@@ -250,15 +242,7 @@ impl Core {
                             token: h.aux,
                         }
                     };
-                    st.m.incoming(Msg {
-                        ctx: h.ctx,
-                        src: h.src,
-                        tag: h.tag,
-                        enc: h.enc,
-                        typecode: h.typecode,
-                        body,
-                        seq: 0,
-                    });
+                    st.m.incoming(Msg::new(&h, body));
                 }
                 Kind::Fin => {
                     if st.rts_out.remove(&h.aux).is_none()
@@ -296,20 +280,15 @@ impl Core {
                     st.rts_data.insert((peer, h.aux), payload);
                 }
             },
-            Decoded::TooLarge(h) => st.m.incoming(Msg {
-                ctx: h.ctx,
-                src: h.src,
-                tag: h.tag,
-                enc: h.enc,
-                typecode: h.typecode,
-                body: Body::Failed(Box::new(Error::FrameTooLarge {
+            Decoded::TooLarge(h) => {
+                let err = Error::FrameTooLarge {
                     rank: h.src as usize,
                     tag: h.tag,
                     len: h.len,
                     max: self.tuning.max_message,
-                })),
-                seq: 0,
-            }),
+                };
+                st.m.incoming(Msg::new(&h, Body::Failed(Box::new(err))))
+            }
         }
     }
 

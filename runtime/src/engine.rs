@@ -47,6 +47,19 @@ pub(crate) struct Msg {
 }
 
 impl Msg {
+    /// The message a frame with header `h` carries (`seq` is set when it is matched in).
+    pub fn new(h: &crate::wire::Header, body: Body) -> Msg {
+        Msg {
+            ctx: h.ctx,
+            src: h.src,
+            tag: h.tag,
+            enc: h.enc,
+            typecode: h.typecode,
+            body,
+            seq: 0,
+        }
+    }
+
     /// Size of the payload in bytes.
     pub fn len(&self) -> u64 {
         match &self.body {
