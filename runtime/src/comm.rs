@@ -348,6 +348,9 @@ impl Comm {
 
     /// Nonblocking send of a slice of plain numbers, without copying it: the request
     /// borrows `data` until it completes (dropping it unfinished waits for completion).
+    /// As with MPI, the buffer must outlive the transfer: leaking the request with
+    /// `mem::forget` and freeing the buffer lets a receiver that pulls a large message read
+    /// whatever the memory then holds (no memory unsafety here; wrong data there).
     pub fn isend_slice<'a, T: Pod>(
         &self,
         dest: usize,
