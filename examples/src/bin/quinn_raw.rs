@@ -41,14 +41,25 @@ fn configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
 }
 
 fn main() {
-    let mib: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1024);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    let mib: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1024);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
     rt.block_on(async move {
         let (sc, cc) = configs();
         let server = quinn::Endpoint::server(sc, "127.0.0.1:0".parse().unwrap()).expect("server");
         let addr = server.local_addr().expect("addr");
         tokio::spawn(async move {
-            let conn = server.accept().await.expect("incoming").await.expect("handshake");
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("handshake");
             let (mut tx, mut rx) = conn.accept_bi().await.expect("stream");
             // Echo 8-byte pings, then swallow the bulk stream and answer with one byte.
             let mut b = [0u8; 8];
@@ -69,7 +80,11 @@ fn main() {
         });
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client");
         client.set_default_client_config(cc);
-        let conn = client.connect(addr, "localhost").expect("connect").await.expect("handshake");
+        let conn = client
+            .connect(addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
         let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
         let iters = 20000;
         let mut b = [0u8; 8];
@@ -93,6 +108,10 @@ fn main() {
         let mut one = [0u8; 1];
         rx.read_exact(&mut one).await.expect("done");
         let secs = t0.elapsed().as_secs_f64();
-        println!("stream {} {:.1} MB/s", mib << 20, (mib << 20) as f64 / secs / 1e6);
+        println!(
+            "stream {} {:.1} MB/s",
+            mib << 20,
+            (mib << 20) as f64 / secs / 1e6
+        );
     });
 }
