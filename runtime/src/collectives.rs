@@ -682,19 +682,9 @@ impl Comm {
 
     /// Ring all-gather of the `n` nearly equal blocks of `buf`, rank r owning block r.
     fn ring_allgather_blocks<T: Pod>(&self, seq: u32, round0: u32, buf: &mut [T]) -> Result<()> {
-        let (n, me) = (self.size(), self.rank());
-        let next = (me + 1) % n;
-        let prev = (me + n - 1) % n;
-        let len = buf.len();
-        for step in 0..n - 1 {
-            let sb = (me + n - step) % n;
-            let rb = (me + 2 * n - step - 1) % n;
-            let (s, sl) = block(len, n, sb);
-            let (r, rl) = block(len, n, rb);
-            let (src, dst) = split_pair(buf, s..s + sl, r..r + rl);
-            self.c_exchange(next, src, prev, dst, ctag(seq, round0 + step as u32))?;
-        }
-        Ok(())
+        let n = self.size();
+        let counts: Vec<usize> = (0..n).map(|i| block(buf.len(), n, i).1).collect();
+        self.ring_allgatherv(seq, round0, buf, &counts)
     }
 
     // ----- scan ----------------------------------------------------------------------------
@@ -1021,10 +1011,18 @@ impl Comm {
         let k = send.len();
         recv[me * k..(me + 1) * k].copy_from_slice(send);
         let counts = vec![k; n];
-        self.ring_allgatherv(self.next_seq(), recv, &counts)
+        self.ring_allgatherv(self.next_seq(), 0, recv, &counts)
     }
 
-    fn ring_allgatherv<T: Pod>(&self, seq: u32, buf: &mut [T], counts: &[usize]) -> Result<()> {
+    /// Ring all-gather of blocks laid end to end (`counts[r]` items from rank r, already in
+    /// place on r); tags start at round `round0` of collective `seq`.
+    fn ring_allgatherv<T: Pod>(
+        &self,
+        seq: u32,
+        round0: u32,
+        buf: &mut [T],
+        counts: &[usize],
+    ) -> Result<()> {
         let (n, me) = (self.size(), self.rank());
         let starts = offsets(counts);
         let next = (me + 1) % n;
@@ -1037,7 +1035,7 @@ impl Comm {
                 starts[sb]..starts[sb] + counts[sb],
                 starts[rb]..starts[rb] + counts[rb],
             );
-            self.c_exchange(next, src, prev, dst, ctag(seq, step as u32))?;
+            self.c_exchange(next, src, prev, dst, ctag(seq, round0 + step as u32))?;
         }
         Ok(())
     }
@@ -1052,7 +1050,7 @@ impl Comm {
         let mut out = vec![T::zeroed(); total];
         let start: usize = counts[..self.rank()].iter().sum();
         out[start..start + send.len()].copy_from_slice(send);
-        self.ring_allgatherv(self.next_seq(), &mut out, &counts)?;
+        self.ring_allgatherv(self.next_seq(), 0, &mut out, &counts)?;
         Ok((out, counts))
     }
 
@@ -1071,7 +1069,7 @@ impl Comm {
             let k = send.len();
             let mut out = vec![T::zeroed(); k * n];
             out[me * k..(me + 1) * k].copy_from_slice(&send);
-            c.ring_allgatherv(seq, &mut out, &vec![k; n])?;
+            c.ring_allgatherv(seq, 0, &mut out, &vec![k; n])?;
             Ok(out)
         })
     }
