@@ -1,19 +1,20 @@
-//! Running a job on this host: spawn the ranks, watch them, apply the exit rules.
+//! Running a job: place the ranks on hosts, start them (here directly, elsewhere through an
+//! agent over ssh), forward their output, and apply the exit rules.
 
 use std::ffi::OsString;
-use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ranks::env;
-use ranks::transport::shm::{self, RankState, Segment};
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::process::Signal;
 
-use crate::output::{forward, Stream};
-use crate::{RunArgs, TransportKind, EXIT_TIMEOUT};
+use crate::hosts::{self, Host};
+use crate::node::{resolve_program, Node, NodeEvent};
+use crate::output::print_line;
+use crate::proto::{Bind, FromAgent, NodeSpec, Status, ToAgent};
+use crate::remote::{HostEvent, Remote};
+use crate::{RunArgs, TransportKind, EXIT_HOST_LOST, EXIT_TIMEOUT, EXIT_USAGE};
 
 /// How long ranks get between SIGTERM and SIGKILL when a job is stopped.
 fn grace() -> Duration {
@@ -24,8 +25,17 @@ fn grace() -> Duration {
     Duration::from_millis(ms)
 }
 
+/// Silence from an agent after which its host counts as lost (agents say something every
+/// second; ssh's own keep-alives give up after about 5 s).
+const HOST_SILENCE: Duration = Duration::from_secs(4);
+/// How long agents get to come up (ssh connects in at most 10 s).
+const AGENT_START: Duration = Duration::from_secs(30);
+
 enum Event {
-    Exited(usize, std::io::Result<ExitStatus>),
+    /// From the node on this host.
+    Local(NodeEvent),
+    /// From the agent on host `.0`.
+    Host(usize, HostEvent),
     Signal(i32),
 }
 
@@ -47,42 +57,6 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// Find PROGRAM the way a shell would: a path as given, or a name on PATH.
-fn resolve_program(prog: &OsString) -> Result<PathBuf, String> {
-    let p = Path::new(prog);
-    let executable = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if prog.is_empty() {
-        return Err("the program name is empty".into());
-    }
-    if p.components().count() > 1 || p.is_absolute() {
-        if !p.exists() {
-            return Err(format!("program {} not found", p.display()));
-        }
-        if !executable(p) {
-            return Err(format!("program {} is not an executable file", p.display()));
-        }
-        return Ok(p.to_path_buf());
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let cand = dir.join(p);
-            if executable(&cand) {
-                return Ok(cand);
-            }
-        }
-    }
-    Err(format!(
-        "program {:?} not found on PATH (give a path like ./{} for a file here)",
-        prog,
-        p.display()
-    ))
-}
-
 fn job_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -91,53 +65,47 @@ fn job_id() -> String {
     format!("{}-{:x}", std::process::id(), (nanos as u64) & 0xffff_ffff)
 }
 
-/// What the job holds that must go away at the end, whatever happens.
-struct Resources {
-    segment: Option<Segment>,
-    sock_dir: Option<PathBuf>,
-    /// File-name prefix of everything the job may create in /dev/shm.
-    shm_prefix: Option<String>,
-}
-
-impl Drop for Resources {
-    fn drop(&mut self) {
-        self.segment.take(); // removes the file
-                             // Shared values and memory blocks the ranks made are named after the job.
-        if let Some(prefix) = self.shm_prefix.take() {
-            if let Ok(dir) = std::fs::read_dir("/dev/shm") {
-                for e in dir.flatten() {
-                    if e.file_name()
-                        .to_str()
-                        .is_some_and(|n| n.starts_with(&prefix))
-                    {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
+fn describe(status: Status) -> (String, u8) {
+    match status {
+        Status::Code(code) => {
+            let hint = if code == 101 { " (a Rust panic)" } else { "" };
+            (format!("exited with code {code}{hint}"), code as u8)
         }
-        if let Some(d) = self.sock_dir.take() {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
-fn describe(status: &ExitStatus) -> (String, u8) {
-    if let Some(code) = status.code() {
-        let hint = if code == 101 { " (a Rust panic)" } else { "" };
-        (format!("exited with code {code}{hint}"), code as u8)
-    } else if let Some(sig) = status.signal() {
-        (
+        Status::Signal(sig) => (
             format!("was killed by signal {sig} ({})", signal_name(sig)),
             (128 + sig) as u8,
-        )
-    } else {
-        ("ended in an unknown way".into(), 1)
+        ),
+        Status::Unknown => ("ended in an unknown way".into(), 1),
     }
 }
 
-/// Run the job; `Ok(exit code)`, or `Err(message)` for a usage error before anything ran.
-pub fn run(args: RunArgs) -> Result<u8, String> {
-    if args.np == 0 {
+/// One host of the job and how it runs.
+struct HostRun {
+    name: String,
+    ranks: Vec<usize>,
+    /// `None` for this host (the launcher runs its ranks itself).
+    remote: Option<Remote>,
+    heard: Instant,
+    /// The agent finished sending (every rank exited, all output forwarded).
+    done: bool,
+    /// The host's session ended or fell silent.
+    lost: bool,
+}
+
+/// Validate the command line and work out where every rank runs.
+struct Plan {
+    program: String,
+    extra_env: Vec<(String, String)>,
+    hosts: Vec<Host>,
+    /// Host index of every rank.
+    host_of: Vec<u32>,
+    transport: &'static str,
+    bind: Bind,
+}
+
+fn plan(args: &RunArgs) -> Result<Plan, String> {
+    let n = args.np;
+    if n == 0 {
         return Err("-n must be at least 1".into());
     }
     if let Some(t) = args.timeout {
@@ -158,45 +126,136 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
             _ => return Err(format!("-x {x:?}: expected NAME or NAME=VALUE")),
         }
     }
-    let program = resolve_program(&args.program)?;
+    let all = match (&args.host, &args.hostfile) {
+        (Some(_), Some(_)) => return Err("give --host or --hostfile, not both".into()),
+        (Some(h), None) => hosts::parse_host_list(h)?,
+        (None, Some(f)) => hosts::parse_hostfile(f)?,
+        (None, None) => vec![Host {
+            name: "localhost".into(),
+            slots: n,
+        }],
+    };
+    let placement = hosts::map(&all, n, args.map_by)?;
+    // Keep the hosts that got ranks, in order.
+    let mut used: Vec<usize> = Vec::new();
+    let mut host_of = Vec::with_capacity(n);
+    for h in placement {
+        let h = h as usize;
+        let i = used.iter().position(|u| *u == h).unwrap_or_else(|| {
+            used.push(h);
+            used.len() - 1
+        });
+        host_of.push(i as u32);
+    }
+    let hosts: Vec<Host> = used.iter().map(|&i| all[i].clone()).collect();
+    let locals: Vec<&str> = hosts
+        .iter()
+        .filter(|h| hosts::is_local(&h.name))
+        .map(|h| h.name.as_str())
+        .collect();
+    if locals.len() > 1 {
+        return Err(format!(
+            "hosts {} are all this machine; name it once",
+            locals.join(" and ")
+        ));
+    }
+    let multi = hosts.len() > 1;
+    let transport = match (args.transport, multi) {
+        (TransportKind::Auto, false) => "shm",
+        (TransportKind::Auto, true) => "auto",
+        (TransportKind::Quic, _) => "quic",
+        (t @ (TransportKind::Shm | TransportKind::Uds), true) => {
+            return Err(format!(
+                "--transport {} works within one host; this job spans {} hosts (use auto or quic)",
+                t.name(),
+                hosts.len()
+            ))
+        }
+        (t, false) => t.name(),
+    };
+    let bind = match (&args.bind, &args.iface) {
+        (Some(_), Some(_)) => return Err("give --bind or --iface, not both".into()),
+        (Some(b), None) => {
+            let ip = b.split('/').next().unwrap_or("");
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!(
+                    "--bind {b:?}: expected an IP address or a network like 10.0.0.0/24"
+                ));
+            }
+            Bind::Addr(b.clone())
+        }
+        (None, Some(i)) => Bind::Iface(i.clone()),
+        (None, None) => Bind::Default,
+    };
+    if let Some(p) = &args.ports {
+        if ranks::transport::quic::parse_port_range(p).is_none() {
+            return Err(format!(
+                "--ports {p:?}: expected LOW-HIGH, e.g. 41000-41100"
+            ));
+        }
+    }
+    let program = args
+        .program
+        .to_str()
+        .ok_or("the program name is not valid UTF-8")?
+        .to_string();
+    if hosts.iter().any(|h| hosts::is_local(&h.name)) {
+        resolve_program(&program)?;
+    }
+    Ok(Plan {
+        program,
+        extra_env,
+        hosts,
+        host_of,
+        transport,
+        bind,
+    })
+}
+
+fn to_strings(v: &[OsString]) -> Result<Vec<String>, String> {
+    v.iter()
+        .map(|a| {
+            a.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("argument {a:?} is not valid UTF-8"))
+        })
+        .collect()
+}
+
+/// Run the job; `Ok(exit code)`, or `Err(message)` for a usage error before anything ran.
+pub fn run(args: RunArgs) -> Result<u8, String> {
+    let plan = plan(&args)?;
     let n = args.np;
     let id = job_id();
+    let multi = plan.hosts.len() > 1;
 
-    for p in shm::reap_stale(Path::new("/dev/shm")) {
+    for p in ranks::transport::shm::reap_stale(Path::new("/dev/shm")) {
         eprintln!("ranks: removed {} left by a job that died", p.display());
     }
-    let mut res = Resources {
-        segment: None,
-        sock_dir: None,
-        shm_prefix: Some(format!("ranks-{id}")),
+    let credentials = if plan.transport == "quic" || plan.transport == "auto" {
+        ranks::transport::quic::job_credentials().map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
     };
-    let mut job_env: Vec<(&str, String)> = vec![
-        (env::SIZE, n.to_string()),
-        (env::JOB, id.clone()),
-        (env::TRANSPORT, args.transport.name().to_string()),
-        (env::LAUNCHER_PID, std::process::id().to_string()),
-    ];
-    match args.transport {
-        TransportKind::Shm => {
-            let path = PathBuf::from(format!("/dev/shm/ranks-{id}"));
-            let seg = Segment::create(&path, n).map_err(|e| e.to_string())?;
-            job_env.push((env::SHM, path.display().to_string()));
-            res.segment = Some(seg);
-        }
-        TransportKind::Uds | TransportKind::Quic => {
-            let dir = std::env::temp_dir().join(format!("ranks-{id}"));
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            res.sock_dir = Some(dir.clone());
-            if args.transport == TransportKind::Quic {
-                // Fresh credentials for this job only: a job CA and the ranks' certificate.
-                ranks::transport::quic::make_job_credentials(&dir).map_err(|e| e.to_string())?;
-            }
-            job_env.push((env::DIR, dir.display().to_string()));
-        }
-    }
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    let spec_for = |i: usize| NodeSpec {
+        job: id.clone(),
+        host_index: i as u32,
+        host_name: plan.hosts[i].name.clone(),
+        ranks: (0..n).filter(|&r| plan.host_of[r] as usize == i).collect(),
+        hosts: plan.host_of.clone(),
+        program: plan.program.clone(),
+        args: to_strings(&args.args).unwrap_or_default(),
+        env: plan.extra_env.clone(),
+        cwd: cwd.clone(),
+        transport: plan.transport.to_string(),
+        credentials: credentials.clone(),
+        bind: plan.bind.clone(),
+        ports: args.ports.clone(),
+    };
+    to_strings(&args.args)?;
 
     let (tx, rx) = mpsc::channel::<Event>();
     // Catch the signals that should stop the job before any rank exists.
@@ -218,181 +277,416 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         });
     }
 
-    let mut pids: Vec<Option<u32>> = vec![None; n];
-    let mut forwarders = Vec::new();
-    let mut waiters = Vec::new();
-    let mut spawn_error = None;
-    for (rank, pid_slot) in pids.iter_mut().enumerate() {
-        let mut cmd = Command::new(&program);
-        cmd.args(&args.args)
-            .env(env::RANK, rank.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        for (k, v) in &job_env {
-            cmd.env(k, v);
+    // Agents on the other hosts, all started at once.
+    let ssh: Vec<String> = args
+        .ssh
+        .as_deref()
+        .unwrap_or("ssh")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let agent = match &args.agent {
+        Some(a) => a.clone(),
+        None => std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "ranks".into()),
+    };
+    let mut hosts: Vec<HostRun> = Vec::new();
+    let close_all = |hosts: &[HostRun]| {
+        for h in hosts {
+            if let Some(r) = &h.remote {
+                r.close();
+            }
         }
-        for (k, v) in &extra_env {
-            cmd.env(k, v);
+        for h in hosts {
+            if let Some(r) = &h.remote {
+                r.reap(Duration::from_secs(3));
+            }
         }
-        let mut child: Child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                spawn_error = Some(format!(
-                    "could not start rank {rank} ({}): {e}",
-                    program.display()
-                ));
-                break;
+    };
+    for (i, h) in plan.hosts.iter().enumerate() {
+        let remote = if hosts::is_local(&h.name) {
+            None
+        } else {
+            match Remote::start(&h.name, &ssh, &agent, tx.clone(), move |e| {
+                Event::Host(i, e)
+            }) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    close_all(&hosts);
+                    return Err(e);
+                }
             }
         };
-        *pid_slot = Some(child.id());
-        let out = child.stdout.take().expect("piped");
-        let err = child.stderr.take().expect("piped");
-        forwarders.push(forward(out, rank, Stream::Stdout, args.tag_output));
-        forwarders.push(forward(err, rank, Stream::Stderr, args.tag_output));
-        let tx = tx.clone();
-        waiters.push(std::thread::spawn(move || {
-            let st = child.wait();
-            let _ = tx.send(Event::Exited(rank, st));
-        }));
+        hosts.push(HostRun {
+            name: h.name.clone(),
+            ranks: (0..n).filter(|&r| plan.host_of[r] as usize == i).collect(),
+            remote,
+            heard: Instant::now(),
+            done: false,
+            lost: false,
+        });
+    }
+    // Wait until every agent is up.
+    let mut waiting = hosts.iter().filter(|h| h.remote.is_some()).count();
+    let mut launcher_ip = None;
+    let start_by = Instant::now() + AGENT_START;
+    while waiting > 0 {
+        let ev = rx.recv_timeout(start_by.saturating_duration_since(Instant::now()));
+        let fail = match ev {
+            Ok(Event::Host(i, HostEvent::Msg(FromAgent::Ready { launcher_ip: ip }))) => {
+                waiting -= 1;
+                launcher_ip = launcher_ip.or(ip);
+                let h = &mut hosts[i];
+                h.heard = Instant::now();
+                h.remote.as_ref().expect("remote").set_live();
+                continue;
+            }
+            Ok(Event::Host(i, HostEvent::Gone(why))) => hosts[i]
+                .remote
+                .as_ref()
+                .expect("remote")
+                .startup_failure(&why),
+            Ok(Event::Host(..)) | Ok(Event::Local(_)) => continue,
+            Ok(Event::Signal(sig)) => {
+                eprintln!("ranks: got {}; stopping the job", signal_name(sig));
+                close_all(&hosts);
+                sig_handle.close();
+                return Ok((128 + sig) as u8);
+            }
+            Err(_) => {
+                let slow: Vec<&str> = hosts
+                    .iter()
+                    .filter(|h| h.remote.is_some() && h.heard.elapsed() >= AGENT_START)
+                    .map(|h| h.name.as_str())
+                    .collect();
+                format!(
+                    "host(s) {}: the agent did not come up within {} s",
+                    slow.join(", "),
+                    AGENT_START.as_secs()
+                )
+            }
+        };
+        for h in &hosts {
+            if let Some(r) = &h.remote {
+                r.kill();
+            }
+        }
+        close_all(&hosts);
+        sig_handle.close();
+        return Err(fail);
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        if let Some(r) = &h.remote {
+            r.send(ToAgent::Start(Box::new(spec_for(i))));
+        }
+    }
+
+    // This host's ranks.
+    let mut node: Option<Node> = None;
+    let local_host = hosts.iter().position(|h| h.remote.is_none());
+    if let Some(i) = local_host {
+        let spec = spec_for(i);
+        let default_bind = if multi { launcher_ip.clone() } else { None };
+        let started = crate::agent::choose_bind(&spec.bind, default_bind).and_then(|bind| {
+            let program = resolve_program(&spec.program)?;
+            let (ntx, nrx) = mpsc::channel();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for e in nrx {
+                    if tx.send(Event::Local(e)).is_err() {
+                        break;
+                    }
+                }
+            });
+            let tag = args.tag_output;
+            let sink = Arc::new(move |rank: usize, err: bool, line: &[u8]| {
+                print_line(rank, err, tag, line)
+            });
+            Node::start(&spec, &program, bind, ntx, sink)
+        });
+        match started {
+            Ok(nd) => node = Some(nd),
+            Err(e) => {
+                for h in &hosts {
+                    if let Some(r) = &h.remote {
+                        r.send(ToAgent::Signal(Signal::KILL.as_raw()));
+                    }
+                }
+                close_all(&hosts);
+                sig_handle.close();
+                return Err(e);
+            }
+        }
     }
     drop(tx);
 
     let started = Instant::now();
     let deadline = args.timeout.map(|t| started + Duration::from_secs_f64(t));
-    let mut running: Vec<bool> = pids.iter().map(Option::is_some).collect();
-    let mut left = running.iter().filter(|r| **r).count();
+    let mut pids: Vec<Option<u32>> = vec![None; n];
+    let mut running = vec![true; n];
+    let mut left = n;
     let mut failures: Vec<(usize, u8)> = Vec::new();
     let mut stop_code: Option<u8> = None;
     let mut kill_at: Option<Instant> = None;
-
+    let mut host_lost = false;
     let mut signalled = vec![false; n];
-    let stop_all = |running: &[bool], signalled: &mut [bool], sig: Signal| {
-        for (r, pid) in pids.iter().enumerate() {
-            if let (true, Some(pid)) = (running[r], pid) {
-                signalled[r] = true;
-                if let Some(p) = Pid::from_raw(*pid as i32) {
-                    let _ = kill_process_group(p, sig);
+    let mut next_ping = Instant::now();
+    let has_remotes = hosts.iter().any(|h| h.remote.is_some());
+
+    let stop_all = |hosts: &[HostRun], running: &[bool], signalled: &mut [bool], sig: Signal| {
+        for (r, s) in signalled.iter_mut().enumerate() {
+            if running[r] {
+                *s = true;
+            }
+        }
+        for h in hosts {
+            if !h.ranks.iter().any(|&r| running[r]) {
+                continue;
+            }
+            match &h.remote {
+                None => {
+                    if let Some(nd) = &node {
+                        nd.signal(sig)
+                    }
                 }
+                Some(r) => r.send(ToAgent::Signal(sig.as_raw())),
             }
         }
     };
+    let where_ = |hosts: &[HostRun], r: usize| {
+        if multi || hosts[plan.host_of[r] as usize].remote.is_some() {
+            format!(" on {}", hosts[plan.host_of[r] as usize].name)
+        } else {
+            String::new()
+        }
+    };
 
-    if let Some(e) = spawn_error {
-        eprintln!("ranks: {e}; stopping the job");
-        stop_code = Some(crate::EXIT_USAGE);
-        stop_all(&running, &mut signalled, Signal::TERM);
-        kill_at = Some(Instant::now() + grace());
-    }
-
-    while left > 0 {
+    // Remote hosts also finish when their output is all in (`done`), so the loop runs until
+    // then (for a short while at most: see `drain_by`).
+    let mut drain_by: Option<Instant> = None;
+    loop {
+        let all_done = hosts.iter().all(|h| h.remote.is_none() || h.done || h.lost);
+        if left == 0 {
+            if all_done {
+                break;
+            }
+            let d = *drain_by.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
+            if Instant::now() >= d {
+                break;
+            }
+        }
         let now = Instant::now();
         let mut wake = kill_at.unwrap_or(now + Duration::from_secs(3600));
         if let (Some(d), None) = (deadline, stop_code) {
             wake = wake.min(d);
         }
+        if has_remotes {
+            wake = wake.min(now + Duration::from_millis(250));
+        }
+        if let Some(d) = drain_by {
+            wake = wake.min(d);
+        }
         let ev = rx.recv_timeout(wake.saturating_duration_since(now));
+        // A rank exited (here or on another host).
+        let mut exited: Option<(usize, Status)> = None;
         match ev {
-            Ok(Event::Exited(rank, status)) => {
-                running[rank] = false;
-                left -= 1;
-                // Take down anything the rank left behind in its process group.
-                if let Some(p) = pids[rank].and_then(|p| Pid::from_raw(p as i32)) {
-                    let _ = kill_process_group(p, Signal::KILL);
+            Ok(Event::Local(NodeEvent::Started(r, pid))) => pids[r] = Some(pid),
+            Ok(Event::Local(NodeEvent::Exited(r, st))) => exited = Some((r, st)),
+            Ok(Event::Local(NodeEvent::Address(r, addr))) => {
+                for h in &hosts {
+                    if let Some(rem) = &h.remote {
+                        rem.send(ToAgent::Addresses(vec![(r, addr.clone())]));
+                    }
                 }
-                let ok = matches!(&status, Ok(s) if s.success());
-                if let Some(seg) = &res.segment {
-                    seg.set_state(
-                        rank,
-                        if ok {
-                            RankState::Exited
-                        } else {
-                            RankState::Failed
-                        },
-                    );
+            }
+            Ok(Event::Host(i, HostEvent::Msg(m))) => {
+                hosts[i].heard = Instant::now();
+                match m {
+                    FromAgent::Output { rank, err, line } => {
+                        print_line(rank, err, args.tag_output, &line)
+                    }
+                    FromAgent::Started { rank, pid } => pids[rank] = Some(pid),
+                    FromAgent::Exited { rank, status } => exited = Some((rank, status)),
+                    FromAgent::Address { rank, addr } => {
+                        for (j, h) in hosts.iter().enumerate() {
+                            match &h.remote {
+                                Some(rem) if j != i => {
+                                    rem.send(ToAgent::Addresses(vec![(rank, addr.clone())]))
+                                }
+                                None => {
+                                    if let Some(nd) = &node {
+                                        nd.add_addresses(&[(rank, addr.clone())])
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    FromAgent::Done => hosts[i].done = true,
+                    FromAgent::Failed(why) => {
+                        eprintln!("ranks: error: host {}: {why}", hosts[i].name);
+                        hosts[i].done = true;
+                        for &r in &hosts[i].ranks {
+                            if running[r] {
+                                running[r] = false;
+                                left -= 1;
+                            }
+                        }
+                        if stop_code.is_none() {
+                            stop_code = Some(EXIT_USAGE);
+                            stop_all(&hosts, &running, &mut signalled, Signal::TERM);
+                            kill_at = Some(Instant::now() + grace());
+                        }
+                    }
+                    FromAgent::Ready { .. } | FromAgent::Pong => {}
                 }
-                // A rank that we signalled and that died of a signal did not fail by itself.
-                let ours = signalled[rank] && matches!(&status, Ok(s) if s.signal().is_some());
-                if ok || ours {
-                    continue;
+            }
+            Ok(Event::Host(i, HostEvent::Gone(why))) => {
+                let h = &mut hosts[i];
+                let lost: Vec<usize> = h.ranks.iter().copied().filter(|&r| running[r]).collect();
+                if !h.lost && !lost.is_empty() {
+                    h.lost = true;
+                    lose_host(h, &why, &lost, &mut running, &mut left);
+                    host_lost = true;
+                    if stop_code.is_none() {
+                        stop_code = Some(EXIT_HOST_LOST);
+                        stop_all(&hosts, &running, &mut signalled, Signal::TERM);
+                        kill_at = Some(Instant::now() + grace());
+                    }
                 }
-                let (why, code) = match &status {
-                    Ok(s) => describe(s),
-                    Err(e) => (format!("could not be waited for: {e}"), 1),
-                };
-                let pid = pids[rank].unwrap_or(0);
-                eprintln!("ranks: rank {rank} (pid {pid}) {why}");
-                failures.push((rank, code));
-                if stop_code.is_some() || args.keep_going {
-                    continue;
-                }
-                if left > 0 {
-                    eprintln!("ranks: stopping the other {left} rank(s)");
-                }
-                stop_code = Some(code);
-                stop_all(&running, &mut signalled, Signal::TERM);
-                kill_at = Some(Instant::now() + grace());
+                hosts[i].lost = true;
             }
             Ok(Event::Signal(sig)) => {
                 if stop_code.is_none() {
                     eprintln!("ranks: got {}; stopping the job", signal_name(sig));
                     stop_code = Some((128 + sig) as u8);
-                    stop_all(&running, &mut signalled, Signal::TERM);
+                    stop_all(&hosts, &running, &mut signalled, Signal::TERM);
                     kill_at = Some(Instant::now() + grace());
                 } else {
                     // A second Ctrl-C: do not wait for the grace period.
-                    stop_all(&running, &mut signalled, Signal::KILL);
+                    stop_all(&hosts, &running, &mut signalled, Signal::KILL);
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let now = Instant::now();
-                if let Some(k) = kill_at {
-                    if now >= k {
-                        stop_all(&running, &mut signalled, Signal::KILL);
-                        kill_at = None;
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+
+        if let Some((rank, status)) = exited {
+            if !running[rank] {
+                continue;
+            }
+            running[rank] = false;
+            left -= 1;
+            let ok = matches!(status, Status::Code(0));
+            // A rank that we signalled and that died of a signal did not fail by itself.
+            let ours = signalled[rank] && matches!(status, Status::Signal(_));
+            if !ok && !ours {
+                let (why, code) = describe(status);
+                let pid = pids[rank].unwrap_or(0);
+                eprintln!(
+                    "ranks: rank {rank} (pid {pid}{}) {why}",
+                    where_(&hosts, rank)
+                );
+                failures.push((rank, code));
+                if stop_code.is_none() && !args.keep_going {
+                    if left > 0 {
+                        eprintln!("ranks: stopping the other {left} rank(s)");
+                    }
+                    stop_code = Some(code);
+                    stop_all(&hosts, &running, &mut signalled, Signal::TERM);
+                    kill_at = Some(Instant::now() + grace());
+                }
+            }
+        }
+
+        let now = Instant::now();
+        if let Some(k) = kill_at {
+            if now >= k {
+                stop_all(&hosts, &running, &mut signalled, Signal::KILL);
+                kill_at = None;
+            }
+        }
+        if let (Some(d), None) = (deadline, stop_code) {
+            if now >= d {
+                let still: Vec<String> = (0..n)
+                    .filter(|&r| running[r])
+                    .map(|r| r.to_string())
+                    .collect();
+                eprintln!(
+                    "ranks: timeout after {:.1} s; rank(s) still running: {}",
+                    args.timeout.unwrap_or(0.0),
+                    still.join(", ")
+                );
+                stop_code = Some(EXIT_TIMEOUT);
+                stop_all(&hosts, &running, &mut signalled, Signal::TERM);
+                kill_at = Some(Instant::now() + grace());
+            }
+        }
+        if has_remotes {
+            if now >= next_ping {
+                next_ping = now + Duration::from_secs(1);
+                for h in &hosts {
+                    if let Some(r) = &h.remote {
+                        if !h.lost && !h.done {
+                            r.send(ToAgent::Ping);
+                        }
                     }
                 }
-                if let (Some(d), None) = (deadline, stop_code) {
-                    if now >= d {
-                        let still: Vec<String> = (0..n)
-                            .filter(|&r| running[r])
-                            .map(|r| r.to_string())
-                            .collect();
-                        eprintln!(
-                            "ranks: timeout after {:.1} s; rank(s) still running: {}",
-                            args.timeout.unwrap_or(0.0),
-                            still.join(", ")
-                        );
-                        stop_code = Some(EXIT_TIMEOUT);
-                        stop_all(&running, &mut signalled, Signal::TERM);
+            }
+            for i in 0..hosts.len() {
+                let h = &mut hosts[i];
+                if h.remote.is_none() || h.lost || h.done {
+                    continue;
+                }
+                if now.duration_since(h.heard) > HOST_SILENCE {
+                    let lost: Vec<usize> =
+                        h.ranks.iter().copied().filter(|&r| running[r]).collect();
+                    h.lost = true;
+                    if let Some(r) = &h.remote {
+                        r.kill();
+                    }
+                    if lost.is_empty() {
+                        continue;
+                    }
+                    let why = format!("no keep-alive for {} s", HOST_SILENCE.as_secs());
+                    lose_host(h, &why, &lost, &mut running, &mut left);
+                    host_lost = true;
+                    if stop_code.is_none() {
+                        stop_code = Some(EXIT_HOST_LOST);
+                        stop_all(&hosts, &running, &mut signalled, Signal::TERM);
                         kill_at = Some(Instant::now() + grace());
                     }
                 }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    for w in waiters {
-        let _ = w.join();
+    if let Some(nd) = node {
+        nd.finish();
     }
-    // Output still buffered in the pipes is forwarded; a stray descendant that escaped its
-    // rank's process group and keeps a pipe open does not keep the launcher waiting.
-    let drain_until = Instant::now() + Duration::from_secs(2);
-    for f in forwarders {
-        while !f.is_finished() && Instant::now() < drain_until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if f.is_finished() {
-            let _ = f.join();
-        }
-    }
+    close_all(&hosts);
     sig_handle.close();
-    drop(res);
 
+    if host_lost {
+        return Ok(EXIT_HOST_LOST);
+    }
     let code = match failures.iter().min_by_key(|(r, _)| *r) {
         Some((_, c)) => *c,
         None => stop_code.unwrap_or(0),
     };
     Ok(code)
+}
+
+/// Report a host as lost and count its ranks as gone.
+fn lose_host(h: &HostRun, why: &str, lost: &[usize], running: &mut [bool], left: &mut usize) {
+    let list: Vec<String> = lost.iter().map(usize::to_string).collect();
+    eprintln!(
+        "ranks: lost host {} ({why}); rank(s) {} there cannot be reached; stopping the job",
+        h.name,
+        list.join(", ")
+    );
+    for &r in lost {
+        running[r] = false;
+        *left -= 1;
+    }
 }

@@ -1,7 +1,12 @@
 //! `ranks`: the launcher. `ranks run -n 4 prog args` starts 4 ranked copies of `prog`.
 
+mod agent;
+mod hosts;
 mod job;
+mod node;
 mod output;
+mod proto;
+mod remote;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -12,6 +17,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code when `--timeout` stopped the job.
 pub const EXIT_TIMEOUT: u8 = 124;
+/// Exit code when a host of the job was lost (its agent, its network).
+pub const EXIT_HOST_LOST: u8 = 255;
 
 #[derive(Parser, Debug)]
 #[command(name = "ranks", version, about = "Run ranked message-passing jobs")]
@@ -24,10 +31,16 @@ struct Cli {
 enum Cmd {
     /// Start N copies of PROGRAM, each with its own rank, and wait for them.
     Run(RunArgs),
+    /// Run one host's share of a job (started by `ranks run` over ssh; speaks on stdin and
+    /// stdout).
+    #[command(hide = true)]
+    Agent,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TransportKind {
+    /// Shared memory between ranks of one host, QUIC between hosts.
+    Auto,
     /// Shared-memory rings (the fastest on one host).
     Shm,
     /// Unix-domain sockets.
@@ -40,6 +53,7 @@ pub enum TransportKind {
 impl TransportKind {
     pub fn name(self) -> &'static str {
         match self {
+            TransportKind::Auto => "auto",
             TransportKind::Shm => "shm",
             TransportKind::Uds => "uds",
             TransportKind::Quic => "quic",
@@ -70,9 +84,43 @@ pub struct RunArgs {
     #[arg(long)]
     pub keep_going: bool,
 
-    /// How ranks on this host talk to each other.
-    #[arg(long, value_enum, default_value = "shm")]
+    /// How ranks talk to each other.
+    #[arg(long, value_enum, default_value = "auto")]
     pub transport: TransportKind,
+
+    /// Run on these hosts: `a:4,b:4` (a host without a count takes one rank). Hosts other
+    /// than this one are reached with ssh.
+    #[arg(long, value_name = "HOST[:SLOTS],...")]
+    pub host: Option<String>,
+
+    /// Read the hosts from FILE: lines `host slots=N` (`#` comments, blank lines).
+    #[arg(long, value_name = "FILE")]
+    pub hostfile: Option<std::path::PathBuf>,
+
+    /// Place ranks by slot (fill a host, then the next) or by node (one per host in turn).
+    #[arg(long, value_enum, default_value = "slot")]
+    pub map_by: hosts::MapBy,
+
+    /// The command that reaches other hosts, with its options (default: ssh).
+    #[arg(long, value_name = "CMD")]
+    pub ssh: Option<String>,
+
+    /// Path of `ranks` on the other hosts (default: this launcher's own path).
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<String>,
+
+    /// Address QUIC binds to: an IP address, or a network (`10.1.0.0/16`) in which each
+    /// host uses its own address. Default: the address ssh reached the host at.
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+
+    /// Bind QUIC to this network interface's IPv4 address on every host.
+    #[arg(long, value_name = "NAME")]
+    pub iface: Option<String>,
+
+    /// Ports QUIC may use, for firewalls: `LOW-HIGH`.
+    #[arg(long, value_name = "LOW-HIGH")]
+    pub ports: Option<String>,
 
     /// The program to run (a path, or a name looked up on PATH).
     #[arg(value_name = "PROGRAM")]
@@ -122,5 +170,6 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Cmd::Agent => ExitCode::from(agent::main()),
     }
 }

@@ -3,23 +3,17 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::thread::JoinHandle;
 
-/// Which of the launcher's streams a rank's stream goes to.
-#[derive(Clone, Copy)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
+use crate::node::OutputSink;
 
-/// Copy `src` line by line to the launcher's `stream`, prefixed with `[rank] ` if `tag`.
+/// Hand `src` line by line to `sink` as `(rank, is_stderr, line)`; every line ends in `\n`.
 pub fn forward(
     src: impl Read + Send + 'static,
     rank: usize,
-    stream: Stream,
-    tag: bool,
+    err: bool,
+    sink: OutputSink,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::with_capacity(64 << 10, src);
-        let prefix = format!("[{rank}] ");
         let mut line = Vec::with_capacity(256);
         loop {
             line.clear();
@@ -31,22 +25,25 @@ pub fn forward(
             if line.last() != Some(&b'\n') {
                 line.push(b'\n');
             }
-            // One locked write per line: std's stdout/stderr locks keep lines whole.
-            let write = |w: &mut dyn Write| {
-                if tag {
-                    w.write_all(prefix.as_bytes())?;
-                }
-                w.write_all(&line)?;
-                w.flush()
-            };
-            let r = match stream {
-                Stream::Stdout => write(&mut std::io::stdout().lock()),
-                Stream::Stderr => write(&mut std::io::stderr().lock()),
-            };
-            if r.is_err() {
-                // Our own output is gone (closed pipe); keep draining so the rank never blocks.
-                continue;
-            }
+            sink(rank, err, &line);
         }
     })
+}
+
+/// Write one line of `rank` to the launcher's stdout or stderr, `[rank] `-prefixed if `tag`.
+/// One locked write per line: std's stdout/stderr locks keep lines whole. A closed output is
+/// ignored (the ranks' pipes keep being drained, so no rank blocks on a full pipe).
+pub fn print_line(rank: usize, err: bool, tag: bool, line: &[u8]) {
+    let write = |w: &mut dyn Write| {
+        if tag {
+            write!(w, "[{rank}] ")?;
+        }
+        w.write_all(line)?;
+        w.flush()
+    };
+    let _ = if err {
+        write(&mut std::io::stderr().lock())
+    } else {
+        write(&mut std::io::stdout().lock())
+    };
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::comm::Comm;
 use crate::core::{Core, Tuning};
 use crate::error::{Error, Result};
-use crate::transport::{local::Local, shm::Shm, uds::Uds, Transport};
+use crate::transport::{hybrid, local::Local, shm::Shm, uds::Uds, Transport};
 
 /// Names of the environment variables the launcher passes to each rank.
 pub mod env {
@@ -19,14 +19,22 @@ pub mod env {
     pub const SIZE: &str = "RANKS_SIZE";
     /// Job id (unique per launch).
     pub const JOB: &str = "RANKS_JOB";
-    /// `shm`, `uds` or `quic`.
+    /// `shm`, `uds`, `quic` or `auto` (shared memory within a host, QUIC across hosts).
     pub const TRANSPORT: &str = "RANKS_TRANSPORT";
     /// Path of the job's shared-memory segment.
     pub const SHM: &str = "RANKS_SHM";
     /// Directory for the job's Unix sockets.
     pub const DIR: &str = "RANKS_DIR";
-    /// Pid of the launcher (ranks die with it).
+    /// Pid of the launcher or agent that started the rank (ranks die with it).
     pub const LAUNCHER_PID: &str = "RANKS_LAUNCHER_PID";
+    /// With transport `auto`: the host index of every rank, `0,0,1,1`.
+    pub const HOSTS: &str = "RANKS_HOSTS";
+    /// The name of this rank's host in the job (what `split_by_host` groups by).
+    pub const HOSTNAME: &str = "RANKS_HOSTNAME";
+    /// The IP address QUIC endpoints bind to (127.0.0.1 when unset).
+    pub const BIND: &str = "RANKS_BIND";
+    /// Ports QUIC endpoints may bind to, `LOW-HIGH` (any when unset).
+    pub const PORTS: &str = "RANKS_PORTS";
 }
 
 fn var(name: &str) -> Result<String> {
@@ -84,6 +92,7 @@ pub(crate) fn world_from_env() -> Result<Comm> {
     }
     die_with_launcher();
     let transport = std::env::var(env::TRANSPORT).unwrap_or_else(|_| "shm".into());
+    let (mut local_ranks, mut io_threads) = (size, false);
     let t: Box<dyn Transport> = match transport.as_str() {
         "shm" => Box::new(Shm::attach(&PathBuf::from(var(env::SHM)?), rank, size)?),
         "uds" => Box::new(Uds::connect(&PathBuf::from(var(env::DIR)?), rank, size)?),
@@ -91,16 +100,34 @@ pub(crate) fn world_from_env() -> Result<Comm> {
             &PathBuf::from(var(env::DIR)?),
             rank,
             size,
+            &[],
+            None,
         )?),
+        "auto" => {
+            let hosts = hybrid::parse_hosts(&var(env::HOSTS)?, size)?;
+            let here = hosts.iter().filter(|h| **h == hosts[rank]).count();
+            local_ranks = here;
+            io_threads = here == 1 && size > 1;
+            let seg = std::env::var(env::SHM).ok().map(PathBuf::from);
+            Box::new(hybrid::Hybrid::connect(
+                seg.as_deref(),
+                &PathBuf::from(var(env::DIR)?),
+                rank,
+                &hosts,
+            )?)
+        }
         other => {
             return Err(Error::Bootstrap(format!(
-                "unknown transport {other:?} in {} (expected shm, uds or quic)",
+                "unknown transport {other:?} in {} (expected shm, uds, quic or auto)",
                 env::TRANSPORT
             )))
         }
     };
     tracing::debug!(rank, size, transport = t.name(), "joined the job");
-    let tuning = Tuning::from_env(size, t.name() == "quic");
+    if t.name() == "quic" {
+        io_threads = true;
+    }
+    let tuning = Tuning::from_env(local_ranks, io_threads);
     let core = Core::new(rank, size, t, tuning);
     Ok(Comm::world(Arc::new(core)))
 }

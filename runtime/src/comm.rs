@@ -180,7 +180,7 @@ impl Comm {
             );
             return Ok(());
         }
-        if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull() {
+        if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull(peer) {
             let token = {
                 let mut st = core.lock();
                 let token = core.new_token(&mut st);
@@ -253,7 +253,7 @@ impl Comm {
             buf.drain(..HEADER_LEN);
             core.deliver_local(&mut st, Msg::new(&h, Body::Eager(buf)));
             ReqState::Done
-        } else if len >= core.tuning.rendezvous_threshold && core.t.can_pull() {
+        } else if len >= core.tuning.rendezvous_threshold && core.t.can_pull(peer) {
             ReqState::SendRts {
                 peer,
                 token: core.start_rts_owned(&mut st, peer, &h, buf),
@@ -296,7 +296,7 @@ impl Comm {
         let state = if peer == core.rank {
             core.deliver_local(&mut st, Msg::new(&h, Body::Eager(payload.to_vec())));
             ReqState::Done
-        } else if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull() {
+        } else if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull(peer) {
             let token = core.start_rts_borrowed(&mut st, peer, &h, payload);
             ReqState::SendRtsBorrowed {
                 peer,

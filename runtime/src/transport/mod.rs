@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::Result;
 
+pub(crate) mod hybrid;
 pub(crate) mod local;
 pub mod quic;
 pub mod shm;
@@ -62,8 +63,8 @@ pub(crate) trait Transport: Send + Sync {
     /// Why `peer` can no longer take part (exited, killed, connection closed), if it can't.
     fn peer_gone(&self, peer: usize) -> Option<String>;
 
-    /// Whether [`Transport::pull`] can copy from a peer's memory.
-    fn can_pull(&self) -> bool {
+    /// Whether [`Transport::pull`] can copy from `peer`'s memory.
+    fn can_pull(&self, _peer: usize) -> bool {
         false
     }
 

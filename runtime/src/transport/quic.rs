@@ -30,9 +30,10 @@ const OUT_LIMIT: usize = 8 << 20;
 const IN_LIMIT: usize = 32 << 20;
 const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Make a job CA and the job's certificate and key in `dir` (`ca.der`, `cert.der`,
-/// `key.der`, readable by the owner only). The launcher calls this once per job.
-pub fn make_job_credentials(dir: &Path) -> Result<()> {
+/// Make a job CA and the job's certificate and key, signed by it: `(file name, bytes)` for
+/// `ca.der`, `cert.der` and `key.der`. The CA's own key is dropped here, so nobody can sign
+/// another certificate for the job. The launcher calls this once per job.
+pub fn job_credentials() -> Result<Vec<(String, Vec<u8>)>> {
     let bad = |e: rcgen::Error| Error::Bootstrap(format!("making job credentials: {e}"));
     let ca_key = rcgen::KeyPair::generate().map_err(bad)?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
@@ -41,13 +42,24 @@ pub fn make_job_credentials(dir: &Path) -> Result<()> {
     let key = rcgen::KeyPair::generate().map_err(bad)?;
     let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(bad)?;
     let cert = params.signed_by(&key, &ca, &ca_key).map_err(bad)?;
-    for (name, bytes) in [
-        ("ca.der", ca.der().to_vec()),
-        ("cert.der", cert.der().to_vec()),
-        ("key.der", key.serialize_der()),
-    ] {
+    Ok(vec![
+        ("ca.der".into(), ca.der().to_vec()),
+        ("cert.der".into(), cert.der().to_vec()),
+        ("key.der".into(), key.serialize_der()),
+    ])
+}
+
+/// Write credentials from [`job_credentials`] into the job directory `dir`, readable by the
+/// owner only.
+pub fn write_credentials(dir: &Path, creds: &[(String, Vec<u8>)]) -> Result<()> {
+    for (name, bytes) in creds {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
+        if !matches!(name.as_str(), "ca.der" | "cert.der" | "key.der") {
+            return Err(Error::Bootstrap(format!(
+                "unexpected credential file {name:?}"
+            )));
+        }
         let path = dir.join(name);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -55,7 +67,7 @@ pub fn make_job_credentials(dir: &Path) -> Result<()> {
             .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-        f.write_all(&bytes)
+        f.write_all(bytes)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     Ok(())
@@ -110,16 +122,25 @@ fn configs(dir: &Path) -> Result<(quinn::ServerConfig, quinn::ClientConfig)> {
     ))
 }
 
-/// Wakes the engine's sleeping threads.
+/// Something that wakes a rank's sleeping threads from another thread.
+pub(crate) type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// Wakes the engine's sleeping threads: our own condition variable, or, in a job that also
+/// uses shared memory, the rank's doorbell (so one wait covers both transports).
 #[derive(Default)]
 struct Signal {
     seq: Mutex<u64>,
     cv: Condvar,
     waiting: AtomicUsize,
+    external: Option<Waker>,
 }
 
 impl Signal {
     fn bump(&self) {
+        if let Some(w) = &self.external {
+            w();
+            return;
+        }
         if self.waiting.load(SeqCst) > 0 {
             *self.seq.lock().unwrap_or_else(|p| p.into_inner()) += 1;
             self.cv.notify_all();
@@ -178,8 +199,66 @@ fn addr_file(dir: &Path, rank: usize) -> std::path::PathBuf {
     dir.join(format!("r{rank}.addr"))
 }
 
+/// The address to bind: `RANKS_BIND` (an IP address of this host; 127.0.0.1 when unset) and a
+/// port, the first free one of `RANKS_PORTS` (`LOW-HIGH`) or any.
+fn bind_endpoint(
+    rt: &tokio::runtime::Runtime,
+    server: quinn::ServerConfig,
+) -> Result<quinn::Endpoint> {
+    let ip: std::net::IpAddr = std::env::var("RANKS_BIND")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".into())
+        .parse()
+        .map_err(|e| Error::Bootstrap(format!("RANKS_BIND: {e}")))?;
+    let ports: (u16, u16) = match std::env::var("RANKS_PORTS").ok().filter(|p| !p.is_empty()) {
+        None => (0, 0),
+        Some(p) => parse_port_range(&p).ok_or_else(|| {
+            Error::Bootstrap(format!(
+                "RANKS_PORTS={p:?}: expected LOW-HIGH (e.g. 41000-41100)"
+            ))
+        })?,
+    };
+    let mut last = None;
+    for port in ports.0..=ports.1 {
+        let addr = SocketAddr::new(ip, port);
+        match rt.block_on(async { quinn::Endpoint::server(server.clone(), addr) }) {
+            Ok(e) => return Ok(e),
+            Err(e) => last = Some((addr, e)),
+        }
+    }
+    let (addr, e) = last.expect("the range has at least one port");
+    Err(Error::io(
+        if ports.0 == ports.1 {
+            format!("binding a QUIC endpoint on {addr}")
+        } else {
+            format!(
+                "binding a QUIC endpoint on {ip}, ports {}-{}",
+                ports.0, ports.1
+            )
+        },
+        e,
+    ))
+}
+
+/// `LOW-HIGH` (or a single port) with LOW <= HIGH.
+pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+    (lo <= hi && lo > 0).then_some((lo, hi))
+}
+
 impl Quic {
-    pub(crate) fn connect(dir: &Path, me: usize, size: usize) -> Result<Quic> {
+    /// Connect to every peer `p` with `remote[p]` (all peers when `remote` is empty). `wake`
+    /// replaces our own condition variable as the way to wake the rank's sleepers.
+    pub(crate) fn connect(
+        dir: &Path,
+        me: usize,
+        size: usize,
+        remote: &[bool],
+        wake: Option<Waker>,
+    ) -> Result<Quic> {
+        let is_peer = |p: usize| p != me && (remote.is_empty() || remote[p]);
         let (mut server, mut client) = configs(dir)?;
         // Keep-alives, so a peer that vanished (its host, its network) is noticed in seconds.
         let mut tc = quinn::TransportConfig::default();
@@ -196,15 +275,7 @@ impl Quic {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the QUIC runtime", e))?;
-        let bind: SocketAddr = std::env::var("RANKS_BIND")
-            .ok()
-            .map(|b| format!("{b}:0"))
-            .unwrap_or_else(|| "127.0.0.1:0".into())
-            .parse()
-            .map_err(|e| Error::Bootstrap(format!("RANKS_BIND: {e}")))?;
-        let mut endpoint = rt
-            .block_on(async { quinn::Endpoint::server(server, bind) })
-            .map_err(|e| Error::io(format!("binding a QUIC endpoint on {bind}"), e))?;
+        let mut endpoint = bind_endpoint(&rt, server)?;
         endpoint.set_default_client_config(client);
         let local = endpoint
             .local_addr()
@@ -216,15 +287,19 @@ impl Quic {
         std::fs::rename(&tmp, addr_file(dir, me))
             .map_err(|e| Error::io("publishing the address", e))?;
 
-        let signal = Arc::new(Signal::default());
+        let signal = Arc::new(Signal {
+            external: wake,
+            ..Signal::default()
+        });
         let peers: Vec<Option<Arc<PeerIo>>> = (0..size)
-            .map(|p| (p != me).then(|| Arc::new(PeerIo::default())))
+            .map(|p| is_peer(p).then(|| Arc::new(PeerIo::default())))
             .collect();
+        let higher = (me + 1..size).filter(|&p| is_peer(p)).count();
         let deadline = Instant::now() + CONNECT_DEADLINE;
         let conns: Vec<Wire> = rt.block_on(async {
             let mut out = Vec::new();
             // Connect to every lower rank.
-            for peer in 0..me {
+            for peer in (0..me).filter(|&p| is_peer(p)) {
                 let addr: SocketAddr = loop {
                     if let Ok(s) = std::fs::read_to_string(addr_file(dir, peer)) {
                         if let Ok(a) = s.trim().parse() {
@@ -266,7 +341,7 @@ impl Quic {
                 out.push((peer, conn, [(d_tx, d_rx), (a_tx, a_rx)]));
             }
             // Accept every higher rank.
-            for _ in me + 1..size {
+            for _ in 0..higher {
                 let incoming = tokio::time::timeout_at(deadline.into(), endpoint.accept())
                     .await
                     .map_err(|_| {
@@ -292,7 +367,11 @@ impl Quic {
                     .await
                     .map_err(|e| Error::Bootstrap(e.to_string()))?;
                 let peer = u32::from_le_bytes(id) as usize;
-                if peer <= me || peer >= size || out.iter().any(|(p, _, _)| *p == peer) {
+                if peer <= me
+                    || peer >= size
+                    || !is_peer(peer)
+                    || out.iter().any(|(p, _, _)| *p == peer)
+                {
                     return Err(Error::Bootstrap(format!(
                         "unexpected greeting from rank {peer} at rank {me}"
                     )));

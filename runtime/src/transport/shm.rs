@@ -21,6 +21,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+use std::sync::Arc;
 use std::time::Duration;
 
 use memmap2::MmapRaw;
@@ -471,7 +472,7 @@ pub fn reap_stale(dir: &Path) -> Vec<PathBuf> {
 
 /// The shared-memory transport of one rank.
 pub(crate) struct Shm {
-    seg: Segment,
+    seg: Arc<Segment>,
     me: usize,
     cma: bool,
     /// Per peer: our last reads found its ring more than half full (it may wait for room).
@@ -485,7 +486,7 @@ pub(crate) struct Shm {
 
 impl Shm {
     pub(crate) fn attach(path: &Path, rank: usize, size: usize) -> Result<Shm> {
-        let seg = Segment::open(path, size)?;
+        let seg = Arc::new(Segment::open(path, size)?);
         seg.attach(rank);
         Ok(Shm {
             seg,
@@ -495,6 +496,16 @@ impl Shm {
             tail_seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
             refuse_pull: std::env::var("RANKS_TEST_REFUSE_PULL").is_ok_and(|v| v == "1"),
         })
+    }
+}
+
+impl Shm {
+    /// Something another part of this process can call to wake this rank's sleepers (the
+    /// QUIC side of a job spanning hosts rings the same doorbell).
+    pub(crate) fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let seg = self.seg.clone();
+        let me = self.me;
+        Arc::new(move || seg.ring_doorbell(me, false))
     }
 }
 
@@ -554,7 +565,7 @@ impl Transport for Shm {
         }
     }
 
-    fn can_pull(&self) -> bool {
+    fn can_pull(&self, _peer: usize) -> bool {
         self.cma
     }
 

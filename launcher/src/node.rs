@@ -1,0 +1,356 @@
+//! The ranks of a job on one host: spawn them, forward their output, watch them exit, and own
+//! what they share there (segment, job directory). The launcher runs one for its own host; an
+//! agent runs one on every other host.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ranks::env;
+use ranks::transport::shm::{RankState, Segment};
+use rustix::process::{kill_process_group, Pid, Signal};
+
+use crate::output::forward;
+use crate::proto::{NodeSpec, Status};
+
+/// What a node tells its owner.
+pub enum NodeEvent {
+    Started(usize, u32),
+    Exited(usize, Status),
+    /// A rank published its QUIC address (jobs spanning hosts only).
+    Address(usize, String),
+}
+
+/// Where output lines go: `(rank, is_stderr, line)`.
+pub type OutputSink = Arc<dyn Fn(usize, bool, &[u8]) + Send + Sync>;
+
+/// Find PROGRAM the way a shell would: a path as given, or a name on PATH.
+pub fn resolve_program(prog: &str) -> Result<PathBuf, String> {
+    let p = Path::new(prog);
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if prog.is_empty() {
+        return Err("the program name is empty".into());
+    }
+    if p.components().count() > 1 || p.is_absolute() {
+        if !p.exists() {
+            return Err(format!("program {} not found", p.display()));
+        }
+        if !executable(p) {
+            return Err(format!("program {} is not an executable file", p.display()));
+        }
+        return Ok(p.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let cand = dir.join(p);
+            if executable(&cand) {
+                return Ok(cand);
+            }
+        }
+    }
+    Err(format!(
+        "program {:?} not found on PATH (give a path like ./{} for a file here)",
+        prog,
+        p.display()
+    ))
+}
+
+pub fn status_of(s: &std::process::ExitStatus) -> Status {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => Status::Code(c),
+        (None, Some(sig)) => Status::Signal(sig),
+        _ => Status::Unknown,
+    }
+}
+
+/// What the node holds that must go away at the end, whatever happens.
+struct Resources {
+    segment: Option<Arc<Segment>>,
+    dir: Option<PathBuf>,
+    /// File-name prefix of everything the ranks may create in /dev/shm.
+    shm_prefix: String,
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        if let Some(seg) = self.segment.take() {
+            // The last reference removes the file (waiters hold clones until they end).
+            drop(seg);
+        }
+        if let Ok(dir) = std::fs::read_dir("/dev/shm") {
+            for e in dir.flatten() {
+                if e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&self.shm_prefix))
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        if let Some(d) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+pub struct Node {
+    /// `(rank, pid, running)` of every rank started here.
+    procs: Arc<Mutex<Vec<(usize, u32, bool)>>>,
+    dir: Option<PathBuf>,
+    waiters: Vec<JoinHandle<()>>,
+    forwarders: Vec<JoinHandle<()>>,
+    watcher: Option<JoinHandle<()>>,
+    stop_watch: Arc<std::sync::atomic::AtomicBool>,
+    res: Resources,
+}
+
+impl Node {
+    /// Prepare the host's shared resources and start its ranks. `Err` when nothing could be
+    /// started; a rank that fails to start after others did is reported as exit code 127.
+    pub fn start(
+        spec: &NodeSpec,
+        program: &Path,
+        bind: Option<String>,
+        events: Sender<NodeEvent>,
+        output: OutputSink,
+    ) -> Result<Node, String> {
+        let multi_host = spec.hosts.iter().any(|h| *h != spec.hosts[0]);
+        // Names on this host carry the pid of the process that owns them first, so stale
+        // ones are recognised (see `shm::reap_stale`), and the host index, so hosts sharing
+        // a file system (or namespaces of one machine) never collide.
+        let local_id = if multi_host {
+            format!("{}-{}-h{}", std::process::id(), spec.job, spec.host_index)
+        } else {
+            spec.job.clone()
+        };
+        let mut res = Resources {
+            segment: None,
+            dir: None,
+            shm_prefix: format!("ranks-{local_id}"),
+        };
+        let mut job_env: Vec<(&str, String)> = vec![
+            (env::SIZE, spec.hosts.len().to_string()),
+            (env::JOB, local_id.clone()),
+            (env::TRANSPORT, spec.transport.clone()),
+            (env::LAUNCHER_PID, std::process::id().to_string()),
+            (env::HOSTNAME, spec.host_name.clone()),
+        ];
+        // Index of each local rank in this host's segment.
+        let seg_index: Vec<usize> = if spec.transport == "shm" {
+            spec.ranks.clone()
+        } else {
+            (0..spec.ranks.len()).collect()
+        };
+        let seg_size = match spec.transport.as_str() {
+            "shm" => Some(spec.hosts.len()),
+            "auto" if spec.ranks.len() > 1 => Some(spec.ranks.len()),
+            _ => None,
+        };
+        if let Some(n) = seg_size {
+            let path = PathBuf::from(format!("/dev/shm/ranks-{local_id}"));
+            let seg = Segment::create(&path, n).map_err(|e| e.to_string())?;
+            job_env.push((env::SHM, path.display().to_string()));
+            res.segment = Some(Arc::new(seg));
+        }
+        if spec.transport != "shm" {
+            let dir = std::env::temp_dir().join(format!("ranks-{local_id}"));
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            res.dir = Some(dir.clone());
+            if !spec.credentials.is_empty() {
+                ranks::transport::quic::write_credentials(&dir, &spec.credentials)
+                    .map_err(|e| e.to_string())?;
+            }
+            job_env.push((env::DIR, dir.display().to_string()));
+        }
+        if spec.transport == "auto" {
+            let hosts: Vec<String> = spec.hosts.iter().map(u32::to_string).collect();
+            job_env.push((env::HOSTS, hosts.join(",")));
+        }
+        if let Some(b) = &bind {
+            job_env.push((env::BIND, b.clone()));
+        }
+        if let Some(p) = &spec.ports {
+            job_env.push((env::PORTS, p.clone()));
+        }
+
+        let procs = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        let mut forwarders = Vec::new();
+        for (i, &rank) in spec.ranks.iter().enumerate() {
+            let mut cmd = Command::new(program);
+            cmd.args(&spec.args)
+                .env(env::RANK, rank.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            for (k, v) in &job_env {
+                cmd.env(k, v);
+            }
+            for (k, v) in &spec.env {
+                cmd.env(k, v);
+            }
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) if i == 0 => {
+                    return Err(format!(
+                        "could not start rank {rank} ({}): {e}",
+                        program.display()
+                    ))
+                }
+                Err(e) => {
+                    eprintln!(
+                        "ranks: could not start rank {rank} ({}): {e}",
+                        program.display()
+                    );
+                    let _ = events.send(NodeEvent::Exited(rank, Status::Code(127)));
+                    continue;
+                }
+            };
+            let pid = child.id();
+            procs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((rank, pid, true));
+            let _ = events.send(NodeEvent::Started(rank, pid));
+            let out = child.stdout.take().expect("piped");
+            let err = child.stderr.take().expect("piped");
+            forwarders.push(forward(out, rank, false, output.clone()));
+            forwarders.push(forward(err, rank, true, output.clone()));
+            let events = events.clone();
+            let seg = res.segment.clone();
+            let procs = procs.clone();
+            let idx = seg_index[i];
+            waiters.push(std::thread::spawn(move || {
+                let st = child.wait();
+                let status = match &st {
+                    Ok(s) => status_of(s),
+                    Err(_) => Status::Unknown,
+                };
+                {
+                    let mut p = procs.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(e) = p.iter_mut().find(|e| e.0 == rank) {
+                        e.2 = false;
+                    }
+                    // Take down anything the rank left behind in its process group.
+                    if let Some(p) = Pid::from_raw(pid as i32) {
+                        let _ = kill_process_group(p, Signal::KILL);
+                    }
+                }
+                if let Some(seg) = &seg {
+                    let ok = matches!(status, Status::Code(0));
+                    seg.set_state(
+                        idx,
+                        if ok {
+                            RankState::Exited
+                        } else {
+                            RankState::Failed
+                        },
+                    );
+                }
+                let _ = events.send(NodeEvent::Exited(rank, status));
+            }));
+        }
+
+        // In a job spanning hosts, the ranks' QUIC addresses go to the other hosts.
+        let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = match (&res.dir, multi_host) {
+            (Some(dir), true) => {
+                let (dir, ranks, stop) = (dir.clone(), spec.ranks.clone(), stop_watch.clone());
+                Some(std::thread::spawn(move || {
+                    watch_addresses(&dir, ranks, &stop, &events)
+                }))
+            }
+            _ => None,
+        };
+        Ok(Node {
+            procs,
+            dir: res.dir.clone(),
+            waiters,
+            forwarders,
+            watcher,
+            stop_watch,
+            res,
+        })
+    }
+
+    /// Signal every rank of this host that still runs (its whole process group).
+    pub fn signal(&self, sig: Signal) {
+        let p = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        for &(_, pid, running) in p.iter() {
+            if running {
+                if let Some(p) = Pid::from_raw(pid as i32) {
+                    let _ = kill_process_group(p, sig);
+                }
+            }
+        }
+    }
+
+    /// Make other hosts' rank addresses known to the ranks here.
+    pub fn add_addresses(&self, list: &[(usize, String)]) {
+        let Some(dir) = &self.dir else { return };
+        for (rank, addr) in list {
+            let tmp = dir.join(format!("r{rank}.addr.in"));
+            if std::fs::write(&tmp, addr).is_ok() {
+                let _ = std::fs::rename(&tmp, dir.join(format!("r{rank}.addr")));
+            }
+        }
+    }
+
+    /// After every rank exited: collect the threads, forward what output is left (a stray
+    /// descendant holding a pipe open does not keep us waiting more than 2 s), clean up.
+    pub fn finish(self) {
+        self.stop_watch
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in self.waiters {
+            let _ = w.join();
+        }
+        if let Some(w) = self.watcher {
+            let _ = w.join();
+        }
+        let drain_until = Instant::now() + Duration::from_secs(2);
+        for f in self.forwarders {
+            while !f.is_finished() && Instant::now() < drain_until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if f.is_finished() {
+                let _ = f.join();
+            }
+        }
+        drop(self.res);
+    }
+}
+
+/// Report each local rank's address file once it appears.
+fn watch_addresses(
+    dir: &Path,
+    mut ranks: Vec<usize>,
+    stop: &std::sync::atomic::AtomicBool,
+    events: &Sender<NodeEvent>,
+) {
+    while !ranks.is_empty() && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        ranks.retain(
+            |&r| match std::fs::read_to_string(dir.join(format!("r{r}.addr"))) {
+                Ok(a) if !a.trim().is_empty() => {
+                    let _ = events.send(NodeEvent::Address(r, a.trim().to_string()));
+                    false
+                }
+                _ => true,
+            },
+        );
+        std::thread::sleep(Duration::from_millis(3));
+    }
+}

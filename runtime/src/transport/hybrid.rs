@@ -1,0 +1,167 @@
+//! A job spanning hosts: shared memory between the ranks of one host, QUIC to the others.
+//!
+//! Each host has its own segment holding only its ranks, indexed by their position among the
+//! host's ranks; this transport maps world ranks to that index. The QUIC side rings the rank's
+//! shared-memory doorbell when bytes arrive, so a rank sleeps in one place for both.
+
+use std::time::Duration;
+
+use super::quic::Quic;
+use super::shm::Shm;
+use super::Transport;
+use crate::error::{Error, Result};
+
+pub(crate) struct Hybrid {
+    /// Per world rank: its index in this host's segment, or `None` when it is on another host.
+    local: Vec<Option<usize>>,
+    /// Present when this host runs more than one rank of the job.
+    shm: Option<Shm>,
+    /// Present when some rank runs on another host.
+    quic: Option<Quic>,
+}
+
+/// Which host each rank runs on, from `RANKS_HOSTS` (`0,0,1,1`: a host index per rank).
+pub(crate) fn parse_hosts(v: &str, size: usize) -> Result<Vec<u32>> {
+    let hosts: Vec<u32> = v
+        .split(',')
+        .map(|h| h.trim().parse())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::Bootstrap(format!("RANKS_HOSTS={v:?} is not a list of numbers")))?;
+    if hosts.len() != size {
+        return Err(Error::Bootstrap(format!(
+            "RANKS_HOSTS names {} hosts for a world of {size}",
+            hosts.len()
+        )));
+    }
+    Ok(hosts)
+}
+
+impl Hybrid {
+    pub(crate) fn connect(
+        segment: Option<&std::path::Path>,
+        dir: &std::path::Path,
+        me: usize,
+        hosts: &[u32],
+    ) -> Result<Hybrid> {
+        let size = hosts.len();
+        let mut local = vec![None; size];
+        let mut n_local = 0;
+        for (r, h) in hosts.iter().enumerate() {
+            if *h == hosts[me] {
+                local[r] = Some(n_local);
+                n_local += 1;
+            }
+        }
+        let shm = if n_local > 1 {
+            let path = segment.ok_or_else(|| {
+                Error::Bootstrap("this host runs several ranks but RANKS_SHM is not set".into())
+            })?;
+            Some(Shm::attach(
+                path,
+                local[me].expect("we are local"),
+                n_local,
+            )?)
+        } else {
+            None
+        };
+        let remote: Vec<bool> = local.iter().map(Option::is_none).collect();
+        let quic = if n_local < size {
+            Some(Quic::connect(
+                dir,
+                me,
+                size,
+                &remote,
+                shm.as_ref().map(Shm::waker),
+            )?)
+        } else {
+            None
+        };
+        Ok(Hybrid { local, shm, quic })
+    }
+
+    fn route(&self, peer: usize) -> Result<(&dyn Transport, usize)> {
+        match self.local.get(peer) {
+            Some(Some(i)) => Ok((self.shm.as_ref().expect("local peers use shm"), *i)),
+            Some(None) => Ok((self.quic.as_ref().expect("remote peers use quic"), peer)),
+            None => Err(Error::InvalidRank {
+                rank: peer as i64,
+                size: self.local.len(),
+            }),
+        }
+    }
+}
+
+impl Transport for Hybrid {
+    fn name(&self) -> &'static str {
+        "auto"
+    }
+
+    fn write(&self, peer: usize, buf: &[u8]) -> Result<usize> {
+        let (t, p) = self.route(peer)?;
+        t.write(p, buf)
+    }
+
+    fn write2(&self, peer: usize, a: &[u8], b: &[u8]) -> Result<usize> {
+        let (t, p) = self.route(peer)?;
+        t.write2(p, a, b)
+    }
+
+    fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
+        let (t, p) = self.route(peer)?;
+        t.read(p, buf)
+    }
+
+    fn readable(&self, peer: usize) -> bool {
+        self.route(peer).is_ok_and(|(t, p)| t.readable(p))
+    }
+
+    fn notify(&self, peer: usize) {
+        if let Ok((t, p)) = self.route(peer) {
+            t.notify(p)
+        }
+    }
+
+    fn read_own(&self, addr: u64, dst: &mut [u8]) -> bool {
+        self.shm.as_ref().is_some_and(|s| s.read_own(addr, dst))
+    }
+
+    fn read_done(&self, peer: usize) {
+        if let Ok((t, p)) = self.route(peer) {
+            t.read_done(p)
+        }
+    }
+
+    fn wake_self(&self) {
+        match (&self.shm, &self.quic) {
+            (Some(s), _) => s.wake_self(),
+            (None, Some(q)) => q.wake_self(),
+            (None, None) => {}
+        }
+    }
+
+    fn wait(&self, want_write: &[usize], timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
+        match (&self.shm, &self.quic) {
+            (Some(s), _) => s.wait(want_write, timeout, prepare),
+            (None, Some(q)) => q.wait(want_write, timeout, prepare),
+            (None, None) => {
+                if !prepare() {
+                    std::thread::sleep(timeout.min(Duration::from_millis(10)));
+                }
+            }
+        }
+    }
+
+    fn peer_gone(&self, peer: usize) -> Option<String> {
+        let (t, p) = self.route(peer).ok()?;
+        t.peer_gone(p)
+    }
+
+    fn can_pull(&self, peer: usize) -> bool {
+        self.route(peer).is_ok_and(|(t, p)| t.can_pull(p))
+    }
+
+    fn pull(&self, peer: usize, addr: u64, dst: &mut [u8]) -> Result<bool> {
+        let (t, p) = self.route(peer)?;
+        t.pull(p, addr, dst)
+    }
+}
