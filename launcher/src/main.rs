@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Start N copies of PROGRAM, each with its own rank, and wait for them.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run one host's share of a job (started by `ranks run` over ssh; speaks on stdin and
     /// stdout).
     #[command(hide = true)]
@@ -163,7 +163,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.cmd {
-        Cmd::Run(args) => match job::run(args) {
+        Cmd::Run(args) => match job::run(*args) {
             Ok(code) => ExitCode::from(code),
             Err(msg) => {
                 eprintln!("ranks: error: {msg}");
