@@ -406,6 +406,7 @@ impl Quic {
             exiting: exit_tx,
             flushed: AtomicUsize::new(0),
             streams: 2 * conns.len(),
+            conns: conns.iter().map(|(_, c, _)| c.clone()).collect(),
         });
         for (peer, conn, [(d_tx, d_rx), (a_tx, a_rx)]) in conns {
             let io = peers[peer].clone().expect("a peer");
@@ -460,6 +461,7 @@ struct ExitFlush {
     exiting: tokio::sync::watch::Sender<bool>,
     flushed: AtomicUsize,
     streams: usize,
+    conns: Vec<quinn::Connection>,
 }
 
 static EXIT: std::sync::OnceLock<Arc<ExitFlush>> = std::sync::OnceLock::new();
@@ -470,6 +472,14 @@ extern "C" fn flush_at_exit() {
     let deadline = Instant::now() + Duration::from_secs(3);
     while exit.flushed.load(SeqCst) < exit.streams && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
+    }
+    // Say goodbye on every connection: a peer that outlives us learns at once that we are
+    // gone, instead of waiting for the idle timeout. Give the I/O thread a moment to send it.
+    for c in exit.conns.iter() {
+        c.close(0u32.into(), b"rank exited");
+    }
+    if !exit.conns.is_empty() {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -499,6 +509,8 @@ async fn reader(
         let got = tokio::select! {
             r = rx.read(&mut buf) => r,
             _ = exiting.changed() => {
+                // We read no more: tell the peer at once, so it does not wait for us.
+                let _ = rx.stop(0u32.into());
                 finish(ack, &io, &exit).await;
                 return;
             }
@@ -516,6 +528,10 @@ async fn reader(
                 }
             }
             Ok(None) => {
+                io.lose("it exited".into());
+                break;
+            }
+            Err(quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(_))) => {
                 io.lose("it exited".into());
                 break;
             }
