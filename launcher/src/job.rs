@@ -525,7 +525,10 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                     }
                     FromAgent::Done => hosts[i].done = true,
                     FromAgent::Failed(why) => {
-                        eprintln!("ranks: error: host {}: {why}", hosts[i].name);
+                        // The first failure is the news; others are mostly the same one.
+                        if stop_code.is_none() {
+                            eprintln!("ranks: error: host {}: {why}", hosts[i].name);
+                        }
                         hosts[i].done = true;
                         for &r in &hosts[i].ranks {
                             if running[r] {

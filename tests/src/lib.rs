@@ -168,17 +168,50 @@ pub fn processes_with_mark(mark: &str) -> Vec<u32> {
     found
 }
 
-/// Segments in /dev/shm made by the launcher with this pid.
+/// Files in /dev/shm and job directories in the temp directory made for the job of the
+/// launcher with this pid: `ranks-PID-...` here, `ranks-AGENTPID-PID-...` by an agent.
 pub fn segments_of(launcher_pid: u32) -> Vec<String> {
-    let prefix = format!("ranks-{launcher_pid}-");
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default()
+    let mine = |n: &str| {
+        let Some(rest) = n.strip_prefix("ranks-") else {
+            return false;
+        };
+        let parts: Vec<&str> = rest.split('-').collect();
+        let pid = launcher_pid.to_string();
+        parts.first() == Some(&pid.as_str()) || parts.get(1) == Some(&pid.as_str())
+    };
+    let mut out = Vec::new();
+    for dir in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        if let Ok(d) = std::fs::read_dir(&dir) {
+            out.extend(
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| mine(n))
+                    .map(|n| dir.join(n).display().to_string()),
+            );
+        }
+    }
+    out
+}
+
+/// Pid of the live process of `rank` in the job with this mark.
+pub fn rank_pid(mark: &str, rank: usize) -> Option<u32> {
+    let needle = format!("RANKS_RANK={rank}");
+    processes_with_mark(mark).into_iter().find(|p| {
+        std::fs::read(format!("/proc/{p}/environ"))
+            .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+    })
+}
+
+/// Wait (at most `limit`) until `n` ranks of the job with this mark run.
+pub fn wait_for_ranks(mark: &str, n: usize, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if (0..n).all(|r| rank_pid(mark, r).is_some()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// Assert the job left no process and no shared-memory segment behind.

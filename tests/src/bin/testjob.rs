@@ -309,6 +309,24 @@ fn sleep(w: &Comm) -> R {
     Ok(())
 }
 
+/// Where each rank runs: its host name in the job and how many ranks share that host.
+fn where_(w: &Comm) -> R {
+    let host = std::env::var("RANKS_HOSTNAME").unwrap_or_default();
+    let local = w.split_by_host()?;
+    let names = w.gather(0, &host)?;
+    if let Some(names) = names {
+        for (r, h) in names.iter().enumerate() {
+            println!("where rank {r} on {h}");
+        }
+    }
+    println!(
+        "where rank {} shares its host with {} rank(s)",
+        w.rank(),
+        local.size()
+    );
+    w.barrier()
+}
+
 /// A token goes around the ring ARG times; every rank adds 1.
 fn ring(w: &Comm) -> R {
     let rounds = arg(2, 1000);
@@ -489,7 +507,7 @@ fn forge(w: &Comm) -> R {
             let qc = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
             let outcome: Result<(), String> = rt.block_on(async {
                 tokio::time::timeout(std::time::Duration::from_secs(10), async {
-                    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap())
+                    let mut ep = quinn::Endpoint::client("0.0.0.0:0".parse().unwrap())
                         .map_err(|e| e.to_string())?;
                     ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(qc)));
                     let conn = ep
@@ -550,6 +568,7 @@ fn main() {
         "async" => asynchronous(&w),
         "singleton" => singleton(&w),
         "forge" => forge(&w),
+        "where" => where_(&w),
         other => {
             eprintln!("unknown scenario {other:?}");
             std::process::exit(64);

@@ -1,0 +1,429 @@
+//! Jobs across hosts: real ssh, real agents, real QUIC between network namespaces.
+//!
+//! The hosts are `ranks-h1` .. `ranks-h4`, made by `bash .ci/netns-hosts.sh up 4` (as root:
+//! a network namespace each, with its own address and sshd). Without them these tests print
+//! why and pass without running, unless `RANKS_REQUIRE_HOSTS=1` (set by CI) makes that an
+//! error. `ranks-h4` is taken off the network by one test, so no other test uses it.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ranks_tests::*;
+
+fn hosts_ready() -> bool {
+    static READY: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let r = READY.get_or_init(|| {
+        for h in ["ranks-h1", "ranks-h2", "ranks-h3", "ranks-h4"] {
+            let ok = Command::new("ssh")
+                .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=3", h, "true"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(format!(
+                    "`ssh {h} true` fails; make the test hosts with `bash .ci/netns-hosts.sh up 4` (root)"
+                ));
+            }
+        }
+        Ok(())
+    });
+    match r {
+        Ok(()) => true,
+        Err(why) if std::env::var("RANKS_REQUIRE_HOSTS").is_ok_and(|v| v == "1") => {
+            panic!("RANKS_REQUIRE_HOSTS=1 but the test hosts are missing: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipping the multi-host tests: {why}");
+            false
+        }
+    }
+}
+
+fn ok_job(launcher: &[&str], program: &str, args: &[&str], expect: &str) -> Outcome {
+    let o = run_job(launcher, program, args, LIMIT);
+    assert_eq!(o.code, 0, "{launcher:?} {program} {args:?}: {o:?}");
+    assert!(
+        o.stdout.contains(expect),
+        "{launcher:?} {program} {args:?}: expected {expect:?} in {o:?}"
+    );
+    assert_clean(&o);
+    o
+}
+
+#[test]
+fn primes_runs_across_two_hosts() {
+    if !hosts_ready() {
+        return;
+    }
+    ok_job(
+        &["-n", "4", "--host", "ranks-h1:2,ranks-h2:2"],
+        "primes",
+        &[],
+        "total: 283146 primes in [1, 4000000]",
+    );
+}
+
+#[test]
+fn point_to_point_across_hosts() {
+    if !hosts_ready() {
+        return;
+    }
+    let two = ["-n", "2", "--host", "ranks-h1:1,ranks-h2:1"];
+    ok_job(&two, "ranks-testjob", &["order", "20000"], "order ok 20000");
+    ok_job(&two, "ranks-testjob", &["sizes"], "sizes ok");
+    ok_job(&two, "ranks-testjob", &["peerlost"], "peerlost ok");
+    // Shared memory within a host and QUIC across, in the same ranks.
+    let three = ["-n", "4", "--host", "ranks-h1:2,ranks-h2:1,ranks-h3:1"];
+    ok_job(&three, "ranks-testjob", &["fanin", "2000"], "fanin ok 6000");
+    ok_job(&three, "ranks-testjob", &["wildcard"], "wildcard ok");
+    ok_job(
+        &three,
+        "ranks-testjob",
+        &["nonblocking"],
+        "nonblocking ok rank 3",
+    );
+    // QUIC forced between ranks of one host too.
+    ok_job(
+        &[
+            "-n",
+            "4",
+            "--host",
+            "ranks-h1:2,ranks-h2:2",
+            "--transport",
+            "quic",
+        ],
+        "ranks-testjob",
+        &["order", "5000"],
+        "order ok 5000",
+    );
+}
+
+#[test]
+fn collectives_and_primitives_across_hosts() {
+    if !hosts_ready() {
+        return;
+    }
+    ok_job(
+        &["-n", "5", "--host", "ranks-h1:2,ranks-h2:2,ranks-h3:1"],
+        "ranks-testcoll",
+        &["small"],
+        "collectives ok on 5 ranks",
+    );
+    ok_job(
+        &["-n", "4", "--host", "ranks-h1:2,ranks-h2:2"],
+        "ranks-testcoll",
+        &["large"],
+        "collectives ok on 4 ranks",
+    );
+    ok_job(
+        &["-n", "4", "--host", "ranks-h1:2,ranks-h3:2"],
+        "ranks-testprim",
+        &["queue", "2000"],
+        "queue ok 2000 items",
+    );
+}
+
+#[test]
+fn hostfile_and_map_by_place_ranks() {
+    if !hosts_ready() {
+        return;
+    }
+    let file = std::env::temp_dir().join(format!("ranks-test-hostfile-{}", std::process::id()));
+    std::fs::write(
+        &file,
+        "# two test hosts\nranks-h1 slots=2\n\nranks-h2 slots=2  # the second\n",
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    let by_slot = ok_job(
+        &["-n", "3", "--hostfile", &f],
+        "ranks-testjob",
+        &["where"],
+        "where rank 0 on ranks-h1",
+    );
+    for l in [
+        "where rank 1 on ranks-h1",
+        "where rank 2 on ranks-h2",
+        "where rank 0 shares its host with 2 rank(s)",
+        "where rank 2 shares its host with 1 rank(s)",
+    ] {
+        assert!(by_slot.stdout.contains(l), "{l}: {by_slot:?}");
+    }
+    let by_node = ok_job(
+        &["-n", "4", "--hostfile", &f, "--map-by", "node"],
+        "ranks-testjob",
+        &["where"],
+        "where rank 0 on ranks-h1",
+    );
+    for l in [
+        "where rank 1 on ranks-h2",
+        "where rank 2 on ranks-h1",
+        "where rank 3 on ranks-h2",
+    ] {
+        assert!(by_node.stdout.contains(l), "{l}: {by_node:?}");
+    }
+    let o = run_job(&["-n", "5", "--hostfile", &f], "hello", &[], LIMIT);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("4 slot(s)"), "{o:?}");
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn this_host_and_remote_hosts_in_one_job() {
+    if !hosts_ready() {
+        return;
+    }
+    ok_job(
+        &["-n", "4", "--host", "localhost:2,ranks-h1:2"],
+        "ranks-testcoll",
+        &["small"],
+        "collectives ok on 4 ranks",
+    );
+    ok_job(
+        &[
+            "-n",
+            "3",
+            "--host",
+            "localhost:1,ranks-h2:2",
+            "--tag-output",
+        ],
+        "primes",
+        &[],
+        "[0] total: 283146 primes",
+    );
+}
+
+#[test]
+fn a_rank_failing_on_a_remote_host_stops_every_host() {
+    if !hosts_ready() {
+        return;
+    }
+    let o = run_job(
+        &["-n", "4", "--host", "ranks-h1:2,ranks-h2:2"],
+        "ranks-testjob",
+        &["fail", "exit3", "3"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 3, "{o:?}");
+    assert!(
+        o.stderr.contains("rank 3 (pid ") && o.stderr.contains(" on ranks-h2) exited with code 3"),
+        "{o:?}"
+    );
+    assert_clean(&o);
+
+    // Killed from outside, on the remote host.
+    let mark = format!("remote-kill-{}", std::process::id());
+    let killer = {
+        let mark = mark.clone();
+        std::thread::spawn(move || {
+            if wait_for_ranks(&mark, 4, Duration::from_secs(60)) {
+                let pid = rank_pid(&mark, 2).expect("rank 2 runs");
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        })
+    };
+    let mut cmd = Command::new(bin("ranks"));
+    cmd.args(["run", "-n", "4", "--host", "ranks-h1:2,ranks-h2:2"])
+        .args(["-x", &format!("RANKS_TEST_MARK={mark}")])
+        .arg(bin("ranks-testjob"))
+        .args(["sleep", "60"]);
+    let o = run_command(cmd, LIMIT, mark);
+    killer.join().unwrap();
+    assert_eq!(o.code, 137, "{o:?}");
+    assert!(
+        o.stderr
+            .contains("on ranks-h2) was killed by signal 9 (SIGKILL)"),
+        "{o:?}"
+    );
+    assert!(o.elapsed < Duration::from_secs(30), "{o:?}");
+    assert_clean(&o);
+}
+
+#[test]
+fn ctrl_c_stops_every_host() {
+    if !hosts_ready() {
+        return;
+    }
+    let mark = format!("remote-sigint-{}", std::process::id());
+    let mut cmd = Command::new(bin("ranks"));
+    cmd.args(["run", "-n", "4", "--host", "ranks-h2:2,ranks-h3:2"])
+        .args(["-x", &format!("RANKS_TEST_MARK={mark}")])
+        .arg(bin("ranks-testjob"))
+        .args(["sleep", "60"])
+        .env("RANKS_TEST_LAUNCHER", &mark);
+    let killer = {
+        let mark = mark.clone();
+        std::thread::spawn(move || {
+            if wait_for_ranks(&mark, 4, Duration::from_secs(60)) {
+                let needle = format!("RANKS_TEST_LAUNCHER={mark}");
+                let launcher = std::fs::read_dir("/proc").ok().and_then(|d| {
+                    d.flatten().find_map(|e| {
+                        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+                        env.split(|&b| b == 0)
+                            .any(|kv| kv == needle.as_bytes())
+                            .then_some(pid)
+                    })
+                });
+                if let Some(p) = launcher {
+                    let _ = Command::new("kill").args(["-INT", &p.to_string()]).status();
+                }
+            }
+        })
+    };
+    let o = run_command(cmd, LIMIT, mark);
+    killer.join().unwrap();
+    assert_eq!(o.code, 130, "{o:?}");
+    assert!(o.stderr.contains("got SIGINT; stopping the job"), "{o:?}");
+    assert_clean(&o);
+}
+
+/// Brings the link back up whatever happens in the test.
+struct LinkDown(&'static str);
+
+impl Drop for LinkDown {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "set", self.0, "up"])
+            .status();
+    }
+}
+
+#[test]
+fn losing_a_host_is_detected_named_and_cleaned_up() {
+    if !hosts_ready() {
+        return;
+    }
+    let mark = format!("link-down-{}", std::process::id());
+    let guard = LinkDown("rkv4");
+    let cut = {
+        let mark = mark.clone();
+        std::thread::spawn(move || {
+            if wait_for_ranks(&mark, 4, Duration::from_secs(60)) {
+                // Everyone is connected; now take ranks-h4 off the network.
+                std::thread::sleep(Duration::from_millis(300));
+                let st = Command::new("ip")
+                    .args(["link", "set", "rkv4", "down"])
+                    .status()
+                    .expect("running ip");
+                assert!(st.success());
+                return Some(Instant::now());
+            }
+            None
+        })
+    };
+    let mut cmd = Command::new(bin("ranks"));
+    cmd.args(["run", "-n", "4", "--host", "ranks-h1:2,ranks-h4:2"])
+        .args(["-x", &format!("RANKS_TEST_MARK={mark}")])
+        .arg(bin("ranks-testjob"))
+        .args(["ring", "100000000"]);
+    let o = run_command(cmd, LIMIT, mark.clone());
+    let cut_at = cut.join().unwrap().expect("the job started");
+    let detected_after = cut_at.elapsed();
+    assert_eq!(o.code, 255, "{o:?}");
+    assert!(o.stderr.contains("lost host ranks-h4"), "{o:?}");
+    assert!(o.stderr.contains("rank(s) 2, 3 there"), "{o:?}");
+    drop(guard);
+    // The agent on the lost host stops its ranks when the launcher falls silent.
+    let until = Instant::now() + Duration::from_secs(20);
+    while !processes_with_mark(&mark).is_empty() {
+        assert!(
+            Instant::now() < until,
+            "ranks left on the lost host: {:?}",
+            processes_with_mark(&mark)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_clean(&o);
+    eprintln!("host loss noticed and the job ended within {detected_after:?} of the cut");
+}
+
+#[test]
+fn forged_connections_across_hosts_are_refused() {
+    if !hosts_ready() {
+        return;
+    }
+    let o = ok_job(
+        &["-n", "2", "--host", "ranks-h1:1,ranks-h3:1"],
+        "ranks-testjob",
+        &["forge"],
+        "job unaffected",
+    );
+    for c in ["true", "false"] {
+        let l = format!("forged connection (own certificate: {c}) refused");
+        assert!(o.stdout.contains(&l), "{l}: {o:?}");
+    }
+}
+
+#[test]
+fn bad_hosts_are_one_clear_error() {
+    if !hosts_ready() {
+        return;
+    }
+    let check = |launcher: &[&str], program: &str, needles: &[&str]| {
+        let mut cmd = Command::new(bin("ranks"));
+        let mark = format!("bad-host-{}-{}", std::process::id(), needles[0].len());
+        cmd.arg("run")
+            .args(launcher)
+            .args(["-x", &format!("RANKS_TEST_MARK={mark}")])
+            .arg(program);
+        let o = run_command(cmd, LIMIT, mark);
+        assert_eq!(o.code, 2, "{o:?}");
+        for n in needles {
+            assert!(o.stderr.contains(n), "{n}: {o:?}");
+        }
+        assert_eq!(o.stderr.lines().count(), 1, "{o:?}");
+        assert_clean(&o);
+    };
+    let hello = bin("hello").display().to_string();
+    check(
+        &["-n", "2", "--host", "ranks-h1:1,no-such-host.invalid:1"],
+        &hello,
+        &["host no-such-host.invalid", "ssh failed"],
+    );
+    check(
+        &[
+            "-n",
+            "2",
+            "--host",
+            "ranks-h2:2",
+            "--agent",
+            "/nonexistent/ranks",
+        ],
+        &hello,
+        &["host ranks-h2", "/nonexistent/ranks", "--agent"],
+    );
+    check(
+        &["-n", "2", "--host", "ranks-h1:2"],
+        "/nonexistent/program",
+        &["host ranks-h1", "/nonexistent/program not found"],
+    );
+    check(
+        &[
+            "-n",
+            "2",
+            "--host",
+            "ranks-h1:1,ranks-h2:1",
+            "--transport",
+            "shm",
+        ],
+        &hello,
+        &["--transport shm works within one host"],
+    );
+    check(
+        &[
+            "-n",
+            "2",
+            "--host",
+            "ranks-h1:1,ranks-h2:1",
+            "--iface",
+            "nosuchif0",
+        ],
+        &hello,
+        &["nosuchif0"],
+    );
+}
