@@ -1,7 +1,7 @@
 //! OSU-style micro-benchmarks, same tests and output format as `../shared/bench/mpi_bench.c`
 //! so figures can be compared line by line.
 //!
-//! Usage: `ranks run -n 2 bench latency|bw|barrier|allreduce|pairs|queue|pipe|lock|pool|hello`
+//! Usage: `ranks run -n 2 bench latency|bw|stream [MiB]|barrier|allreduce|pairs|queue|pipe|lock|pool|hello`
 //! Prints `<test> <bytes> <value> <unit>` lines on rank 0.
 
 use std::time::Instant;
@@ -36,6 +36,40 @@ fn latency(w: &Comm) -> Result<(), Error> {
             println!("latency {size} {us:.3} us");
         }
         size *= 4;
+    }
+    Ok(())
+}
+
+/// Rank 0 streams MiB (argument 2, default 1024) to rank 1 as 1 MiB messages, one after the
+/// other (blocking sends); rank 1 answers once it has everything.
+fn stream(w: &Comm) -> Result<(), Error> {
+    let mib: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1024);
+    let mut buf = vec![7u8; 1 << 20];
+    w.barrier()?;
+    let t0 = Instant::now();
+    match w.rank() {
+        0 => {
+            for _ in 0..mib {
+                w.send_slice(1, 5, &buf)?;
+            }
+            w.recv_into(1, 6, &mut buf[..1])?;
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "stream {} {:.1} MB/s",
+                mib << 20,
+                (mib << 20) as f64 / secs / 1e6
+            );
+        }
+        1 => {
+            for _ in 0..mib {
+                w.recv_into(0, 5, &mut buf)?;
+            }
+            w.send_slice(0, 6, &buf[..1])?;
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -264,6 +298,7 @@ fn main() -> Result<(), Error> {
     match std::env::args().nth(1).as_deref().unwrap_or("latency") {
         "latency" => latency(&w),
         "bw" => bw(&w),
+        "stream" => stream(&w),
         "barrier" => barrier(&w),
         "pairs" => pairs(&w),
         "allreduce" => allreduce(&w),
@@ -278,7 +313,7 @@ fn main() -> Result<(), Error> {
             Ok(())
         }
         other => {
-            eprintln!("unknown benchmark {other:?}: latency|bw|barrier|allreduce|pairs|queue|pipe|lock|pool|hello");
+            eprintln!("unknown benchmark {other:?}: latency|bw|stream [MiB]|barrier|allreduce|pairs|queue|pipe|lock|pool|hello");
             std::process::exit(2);
         }
     }
