@@ -1,17 +1,18 @@
 //! QUIC transport (quinn on tokio): one connection per pair of ranks, mutually authenticated
 //! with the job's credentials, which the launcher makes fresh for every job.
 //!
-//! Each connection carries one bidirectional stream, opened by the higher rank. A background
-//! tokio runtime moves bytes between the stream and per-peer buffers of byte chunks (handed to
-//! and taken from quinn without copying); the engine reads and writes those buffers without
-//! blocking, and sleeps on a condition variable the I/O tasks signal. At exit (an `atexit`
-//! handler) every stream is finished and the process waits, briefly, until its peers have all
-//! of it: what a rank sent last is not lost, and the peers see it leave at once.
+//! Each connection carries two bidirectional streams, opened by the higher rank: one for
+//! frames, one for acknowledgements. A background tokio runtime moves bytes between the
+//! streams and per-peer buffers; the engine reads and writes those buffers without blocking,
+//! and sleeps on a condition variable the I/O tasks signal. A receiver acknowledges the bytes
+//! it has taken in. At exit (an `atexit` handler) every stream is finished and the process
+//! waits, briefly, until its peers have all of it: what a rank sent last is not lost, and the
+//! peers see it leave at once.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -147,30 +148,15 @@ impl Signal {
     }
 }
 
-/// Byte chunks in order, and how many bytes they hold.
-struct Chunks<B> {
-    q: VecDeque<B>,
-    len: usize,
-}
-
-impl<B> Default for Chunks<B> {
-    fn default() -> Self {
-        Chunks {
-            q: VecDeque::new(),
-            len: 0,
-        }
-    }
-}
-
-/// Small writes are gathered into chunks of up to this size before they go to quinn.
-const CHUNK: usize = 64 << 10;
-
 #[derive(Default)]
 struct PeerIo {
-    inbox: Mutex<Chunks<bytes::Bytes>>,
+    inbox: Mutex<VecDeque<u8>>,
     inbox_space: tokio::sync::Notify,
-    outbox: Mutex<Chunks<Vec<u8>>>,
+    outbox: Mutex<VecDeque<u8>>,
     out_ready: tokio::sync::Notify,
+    /// Bytes handed to `write` so far, and bytes the peer has acknowledged.
+    written: AtomicU64,
+    acked: AtomicU64,
     gone: AtomicBool,
     why: Mutex<Option<String>>,
 }
@@ -192,31 +178,21 @@ pub(crate) struct Quic {
     _endpoint: quinn::Endpoint,
 }
 
-/// Move up to `dst.len()` bytes from the front of `inbox` into `dst`; how many moved.
-fn take_front(inbox: &mut Chunks<bytes::Bytes>, dst: &mut [u8]) -> usize {
-    let mut n = 0;
-    while n < dst.len() {
-        let Some(front) = inbox.q.front_mut() else {
-            break;
-        };
-        let k = front.len().min(dst.len() - n);
-        dst[n..n + k].copy_from_slice(&front[..k]);
-        n += k;
-        if k == front.len() {
-            inbox.q.pop_front();
-        } else {
-            let _ = front.split_to(k);
-        }
-    }
-    inbox.len -= n;
-    n
+/// Move the first `dst.len()` bytes of `q` into `dst` (with block copies, not byte by byte).
+fn take_front(q: &mut VecDeque<u8>, dst: &mut [u8]) {
+    let n = dst.len();
+    let (a, b) = q.as_slices();
+    let k = a.len().min(n);
+    dst[..k].copy_from_slice(&a[..k]);
+    dst[k..].copy_from_slice(&b[..n - k]);
+    q.drain(..n);
 }
 
-/// A peer's connection and its stream.
+/// A peer's connection and its two streams (frames, acknowledgements), each both ways.
 type Wire = (
     usize,
     quinn::Connection,
-    (quinn::SendStream, quinn::RecvStream),
+    [(quinn::SendStream, quinn::RecvStream); 2],
 );
 
 fn addr_file(dir: &Path, rank: usize) -> std::path::PathBuf {
@@ -346,15 +322,23 @@ impl Quic {
                     .map_err(|e| {
                         Error::Bootstrap(format!("connecting to rank {peer} at {addr}: {e}"))
                     })?;
-                let (mut tx, rx) = conn
+                let (mut d_tx, d_rx) = conn
                     .open_bi()
                     .await
                     .map_err(|e| Error::Bootstrap(e.to_string()))?;
-                // The stream shows up at the peer with its first bytes: who we are.
-                tx.write_all(&(me as u32).to_le_bytes())
+                let (a_tx, a_rx) = conn
+                    .open_bi()
                     .await
                     .map_err(|e| Error::Bootstrap(e.to_string()))?;
-                out.push((peer, conn, (tx, rx)));
+                d_tx.write_all(&(me as u32).to_le_bytes())
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                // A stream shows up at the peer only once it carries data: acknowledge 0.
+                let mut a_tx = a_tx;
+                a_tx.write_all(&0u64.to_le_bytes())
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                out.push((peer, conn, [(d_tx, d_rx), (a_tx, a_rx)]));
             }
             // Accept every higher rank.
             for _ in 0..higher {
@@ -367,14 +351,19 @@ impl Quic {
                 let conn = incoming.await.map_err(|e| {
                     Error::Bootstrap(format!("a connection to rank {me} failed: {e}"))
                 })?;
-                let (tx, mut rx) = tokio::time::timeout_at(deadline.into(), conn.accept_bi())
+                let (d_tx, mut d_rx) = conn
+                    .accept_bi()
                     .await
-                    .map_err(|_| {
-                        Error::Bootstrap("a connecting rank never opened its stream".into())
-                    })?
                     .map_err(|e| Error::Bootstrap(e.to_string()))?;
                 let mut id = [0u8; 4];
-                rx.read_exact(&mut id)
+                d_rx.read_exact(&mut id)
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                let (mut a_tx, a_rx) = conn
+                    .accept_bi()
+                    .await
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                a_tx.write_all(&0u64.to_le_bytes())
                     .await
                     .map_err(|e| Error::Bootstrap(e.to_string()))?;
                 let peer = u32::from_le_bytes(id) as usize;
@@ -387,7 +376,15 @@ impl Quic {
                         "unexpected greeting from rank {peer} at rank {me}"
                     )));
                 }
-                out.push((peer, conn, (tx, rx)));
+                out.push((peer, conn, [(d_tx, d_rx), (a_tx, a_rx)]));
+            }
+            // Both directions work once each side has heard the other's first acknowledgement.
+            for (peer, _, [_, (_, a_rx)]) in out.iter_mut() {
+                let mut b = [0u8; 8];
+                tokio::time::timeout_at(deadline.into(), a_rx.read_exact(&mut b))
+                    .await
+                    .map_err(|_| Error::Bootstrap(format!("rank {peer} never answered")))?
+                    .map_err(|e| Error::Bootstrap(format!("rank {peer}: {e}")))?;
             }
             Ok(out)
         })?;
@@ -408,19 +405,27 @@ impl Quic {
         let exit = Arc::new(ExitFlush {
             exiting: exit_tx,
             flushed: AtomicUsize::new(0),
-            streams: conns.len(),
+            streams: 2 * conns.len(),
             conns: conns.iter().map(|(_, c, _)| c.clone()).collect(),
         });
-        for (peer, conn, (tx, rx)) in conns {
+        for (peer, conn, [(d_tx, d_rx), (a_tx, a_rx)]) in conns {
             let io = peers[peer].clone().expect("a peer");
-            rt.spawn(reader(io.clone(), signal.clone(), rx, exit_rx.clone()));
-            rt.spawn(writer(
-                io,
+            rt.spawn(reader(
+                io.clone(),
                 signal.clone(),
-                tx,
+                d_rx,
+                a_tx,
                 exit_rx.clone(),
                 exit.clone(),
             ));
+            rt.spawn(writer(
+                io.clone(),
+                signal.clone(),
+                d_tx,
+                exit_rx.clone(),
+                exit.clone(),
+            ));
+            rt.spawn(acks(io.clone(), signal.clone(), a_rx));
             drop(conn);
         }
         if EXIT.set(exit).is_ok() {
@@ -486,36 +491,41 @@ async fn finish(mut tx: quinn::SendStream, io: &PeerIo, exit: &ExitFlush) {
     exit.flushed.fetch_add(1, SeqCst);
 }
 
-/// Frames in: append quinn's chunks to the inbox.
+/// Frames in: append to the inbox, acknowledge what was taken in.
 async fn reader(
     io: Arc<PeerIo>,
     signal: Arc<Signal>,
     mut rx: quinn::RecvStream,
+    mut ack: quinn::SendStream,
     mut exiting: tokio::sync::watch::Receiver<bool>,
+    exit: Arc<ExitFlush>,
 ) {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total: u64 = 0;
     loop {
-        while io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len > IN_LIMIT {
+        while io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len() > IN_LIMIT {
             io.inbox_space.notified().await;
         }
-        // Take every chunk quinn has at once: one lock and one wake-up for many packets.
-        let mut chunks: [bytes::Bytes; 32] = Default::default();
         let got = tokio::select! {
-            r = rx.read_chunks(&mut chunks) => r,
+            r = rx.read(&mut buf) => r,
             _ = exiting.changed() => {
                 // We read no more: tell the peer at once, so it does not wait for us.
                 let _ = rx.stop(0u32.into());
+                finish(ack, &io, &exit).await;
                 return;
             }
         };
         match got {
-            Ok(Some(k)) => {
-                let mut ib = io.inbox.lock().unwrap_or_else(|p| p.into_inner());
-                for c in chunks.iter_mut().take(k) {
-                    ib.len += c.len();
-                    ib.q.push_back(std::mem::take(c));
-                }
-                drop(ib);
+            Ok(Some(n)) => {
+                io.inbox
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(&buf[..n]);
+                total += n as u64;
                 signal.bump();
+                if ack.write_all(&total.to_le_bytes()).await.is_err() {
+                    // The peer no longer listens for acknowledgements; keep reading.
+                }
             }
             Ok(None) => {
                 io.lose("it exited".into());
@@ -532,9 +542,11 @@ async fn reader(
         }
     }
     signal.bump();
+    let _ = exiting.changed().await;
+    finish(ack, &io, &exit).await;
 }
 
-/// Frames out: hand the outbox's chunks to the stream.
+/// Frames out: drain the outbox into the stream.
 async fn writer(
     io: Arc<PeerIo>,
     signal: Arc<Signal>,
@@ -543,12 +555,14 @@ async fn writer(
     exit: Arc<ExitFlush>,
 ) {
     loop {
-        let mut chunks: Vec<bytes::Bytes> = {
+        let chunk: Vec<u8> = {
             let mut ob = io.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            ob.len = 0;
-            ob.q.drain(..).map(bytes::Bytes::from).collect()
+            let n = ob.len().min(1 << 20);
+            let mut c = vec![0u8; n];
+            take_front(&mut ob, &mut c);
+            c
         };
-        if chunks.is_empty() {
+        if chunk.is_empty() {
             if *exiting.borrow() {
                 break;
             }
@@ -558,7 +572,7 @@ async fn writer(
             }
             continue;
         }
-        if let Err(e) = tx.write_all_chunks(&mut chunks).await {
+        if let Err(e) = tx.write_all(&chunk).await {
             io.lose(format!("writing to it failed: {e}"));
             signal.bump();
             let _ = exiting.changed().await;
@@ -567,6 +581,16 @@ async fn writer(
         signal.bump();
     }
     finish(tx, &io, &exit).await;
+}
+
+/// Acknowledgements in: how many bytes the peer has taken in. The end of this stream says
+/// nothing about the data stream (the reader notices when that one ends or fails).
+async fn acks(io: Arc<PeerIo>, signal: Arc<Signal>, mut rx: quinn::RecvStream) {
+    let mut b = [0u8; 8];
+    while rx.read_exact(&mut b).await.is_ok() {
+        io.acked.store(u64::from_le_bytes(b), SeqCst);
+        signal.bump();
+    }
 }
 
 impl Transport for Quic {
@@ -585,20 +609,12 @@ impl Transport for Quic {
         }
         let n = {
             let mut ob = io.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            let n = buf.len().min(OUT_LIMIT.saturating_sub(ob.len));
-            let data = &buf[..n];
-            match ob.q.back_mut() {
-                Some(last) if last.len() + n <= CHUNK => last.extend_from_slice(data),
-                _ => {
-                    let mut v = Vec::with_capacity(n.max(4096));
-                    v.extend_from_slice(data);
-                    ob.q.push_back(v);
-                }
-            }
-            ob.len += n;
+            let n = buf.len().min(OUT_LIMIT.saturating_sub(ob.len()));
+            ob.extend(&buf[..n]);
             n
         };
         if n > 0 {
+            io.written.fetch_add(n as u64, SeqCst);
             io.out_ready.notify_one();
         }
         Ok(n)
@@ -607,18 +623,21 @@ impl Transport for Quic {
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
         let io = self.io(peer)?;
         let mut ib = io.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        let n = take_front(&mut ib, buf);
-        if ib.len <= IN_LIMIT {
+        let n = buf.len().min(ib.len());
+        take_front(&mut ib, &mut buf[..n]);
+        if ib.len() <= IN_LIMIT {
             io.inbox_space.notify_one();
         }
         Ok(n)
     }
 
     fn readable(&self, peer: usize) -> bool {
-        self.peers
-            .get(peer)
-            .and_then(|p| p.as_ref())
-            .is_some_and(|io| io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len > 0)
+        self.peers[peer].as_ref().is_some_and(|io| {
+            !io.inbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        })
     }
 
     fn notify(&self, _peer: usize) {}
@@ -642,7 +661,13 @@ impl Transport for Quic {
     fn peer_gone(&self, peer: usize) -> Option<String> {
         let io = self.peers.get(peer)?.as_ref()?;
         // Gone only once everything it sent has been read.
-        if io.gone.load(SeqCst) && io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len == 0 {
+        if io.gone.load(SeqCst)
+            && io
+                .inbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        {
             return Some(
                 io.why
                     .lock()
