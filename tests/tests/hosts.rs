@@ -427,3 +427,42 @@ fn bad_hosts_are_one_clear_error() {
         &["nosuchif0"],
     );
 }
+
+#[test]
+fn killing_the_launcher_stops_the_ranks_on_every_host() {
+    if !hosts_ready() {
+        return;
+    }
+    let mark = format!("launcher-kill-{}", std::process::id());
+    let mut launcher = Command::new(bin("ranks"))
+        .args(["run", "-n", "4", "--host", "ranks-h1:2,ranks-h2:2"])
+        .args(["-x", &format!("RANKS_TEST_MARK={mark}")])
+        .arg(bin("ranks-testjob"))
+        .args(["sleep", "60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting the launcher");
+    assert!(wait_for_ranks(&mark, 4, Duration::from_secs(60)));
+    launcher.kill().expect("SIGKILL to the launcher");
+    let _ = launcher.wait();
+    // The ssh sessions see their input end; each agent stops its ranks and cleans up.
+    let until = Instant::now() + Duration::from_secs(20);
+    while !processes_with_mark(&mark).is_empty() {
+        assert!(
+            Instant::now() < until,
+            "ranks left after the launcher died: {:?}",
+            processes_with_mark(&mark)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while !segments_of(launcher.id()).is_empty() {
+        assert!(
+            Instant::now() < until,
+            "files left: {:?}",
+            segments_of(launcher.id())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
