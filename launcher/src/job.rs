@@ -240,6 +240,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     let cwd = std::env::current_dir()
         .map(|d| d.display().to_string())
         .unwrap_or_default();
+    let prog_args = to_strings(&args.args)?;
     let spec_for = |i: usize| NodeSpec {
         job: id.clone(),
         host_index: i as u32,
@@ -247,7 +248,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         ranks: (0..n).filter(|&r| plan.host_of[r] as usize == i).collect(),
         hosts: plan.host_of.clone(),
         program: plan.program.clone(),
-        args: to_strings(&args.args).unwrap_or_default(),
+        args: prog_args.clone(),
         env: plan.extra_env.clone(),
         cwd: cwd.clone(),
         transport: plan.transport.to_string(),
@@ -255,7 +256,6 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         bind: plan.bind.clone(),
         ports: args.ports.clone(),
     };
-    to_strings(&args.args)?;
 
     let (tx, rx) = mpsc::channel::<Event>();
     // Catch the signals that should stop the job before any rank exists.
@@ -494,11 +494,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
             Ok(Event::Local(NodeEvent::Started(r, pid))) => pids[r] = Some(pid),
             Ok(Event::Local(NodeEvent::Exited(r, st))) => exited = Some((r, st)),
             Ok(Event::Local(NodeEvent::Address(r, addr))) => {
-                for h in &hosts {
-                    if let Some(rem) = &h.remote {
-                        rem.send(ToAgent::Addresses(vec![(r, addr.clone())]));
-                    }
-                }
+                relay_address(&hosts, node.as_ref(), local_host, r, &addr)
             }
             Ok(Event::Host(i, HostEvent::Msg(m))) => {
                 hosts[i].heard = Instant::now();
@@ -509,19 +505,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                     FromAgent::Started { rank, pid } => pids[rank] = Some(pid),
                     FromAgent::Exited { rank, status } => exited = Some((rank, status)),
                     FromAgent::Address { rank, addr } => {
-                        for (j, h) in hosts.iter().enumerate() {
-                            match &h.remote {
-                                Some(rem) if j != i => {
-                                    rem.send(ToAgent::Addresses(vec![(rank, addr.clone())]))
-                                }
-                                None => {
-                                    if let Some(nd) = &node {
-                                        nd.add_addresses(&[(rank, addr.clone())])
-                                    }
-                                }
-                                _ => {}
-                            }
-                        }
+                        relay_address(&hosts, node.as_ref(), Some(i), rank, &addr)
                     }
                     FromAgent::Done => hosts[i].done = true,
                     FromAgent::Failed(why) => {
@@ -546,11 +530,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                 }
             }
             Ok(Event::Host(i, HostEvent::Gone(why))) => {
-                let h = &mut hosts[i];
-                let lost: Vec<usize> = h.ranks.iter().copied().filter(|&r| running[r]).collect();
-                if !h.lost && !lost.is_empty() {
-                    h.lost = true;
-                    lose_host(h, &why, &lost, &mut running, &mut left);
+                if !hosts[i].lost && lose_host(&mut hosts[i], &why, &mut running, &mut left) {
                     host_lost = true;
                     if stop_code.is_none() {
                         stop_code = Some(EXIT_HOST_LOST);
@@ -558,7 +538,6 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                         kill_at = Some(Instant::now() + grace());
                     }
                 }
-                hosts[i].lost = true;
             }
             Ok(Event::Signal(sig)) => {
                 if stop_code.is_none() {
@@ -643,17 +622,10 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                     continue;
                 }
                 if now.duration_since(h.heard) > HOST_SILENCE {
-                    let lost: Vec<usize> =
-                        h.ranks.iter().copied().filter(|&r| running[r]).collect();
-                    h.lost = true;
-                    if let Some(r) = &h.remote {
-                        r.kill();
-                    }
-                    if lost.is_empty() {
+                    let why = format!("no keep-alive for {} s", HOST_SILENCE.as_secs());
+                    if !lose_host(h, &why, &mut running, &mut left) {
                         continue;
                     }
-                    let why = format!("no keep-alive for {} s", HOST_SILENCE.as_secs());
-                    lose_host(h, &why, &lost, &mut running, &mut left);
                     host_lost = true;
                     if stop_code.is_none() {
                         stop_code = Some(EXIT_HOST_LOST);
@@ -680,16 +652,46 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     Ok(code)
 }
 
-/// Report a host as lost and count its ranks as gone.
-fn lose_host(h: &HostRun, why: &str, lost: &[usize], running: &mut [bool], left: &mut usize) {
+/// Pass a rank's QUIC address to every host but its own (`from`; `None` here).
+fn relay_address(
+    hosts: &[HostRun],
+    node: Option<&Node>,
+    from: Option<usize>,
+    rank: usize,
+    addr: &str,
+) {
+    for (j, h) in hosts.iter().enumerate() {
+        if Some(j) == from {
+            continue;
+        }
+        match (&h.remote, node) {
+            (Some(rem), _) => rem.send(ToAgent::Addresses(vec![(rank, addr.to_string())])),
+            (None, Some(nd)) => nd.add_addresses(&[(rank, addr.to_string())]),
+            (None, None) => {}
+        }
+    }
+}
+
+/// Mark a host as lost (ending its session). If ranks still ran there, report it, count them
+/// as gone and return true.
+fn lose_host(h: &mut HostRun, why: &str, running: &mut [bool], left: &mut usize) -> bool {
+    h.lost = true;
+    if let Some(r) = &h.remote {
+        r.kill();
+    }
+    let lost: Vec<usize> = h.ranks.iter().copied().filter(|&r| running[r]).collect();
+    if lost.is_empty() {
+        return false;
+    }
     let list: Vec<String> = lost.iter().map(usize::to_string).collect();
     eprintln!(
         "ranks: lost host {} ({why}); rank(s) {} there cannot be reached; stopping the job",
         h.name,
         list.join(", ")
     );
-    for &r in lost {
+    for &r in &lost {
         running[r] = false;
         *left -= 1;
     }
+    true
 }

@@ -83,10 +83,8 @@ struct Resources {
 
 impl Drop for Resources {
     fn drop(&mut self) {
-        if let Some(seg) = self.segment.take() {
-            // The last reference removes the file (waiters hold clones until they end).
-            drop(seg);
-        }
+        // The last reference removes the file (waiters hold clones until they end).
+        self.segment.take();
         if let Ok(dir) = std::fs::read_dir("/dev/shm") {
             for e in dir.flatten() {
                 if e.file_name()
@@ -106,7 +104,6 @@ impl Drop for Resources {
 pub struct Node {
     /// `(rank, pid, running)` of every rank started here.
     procs: Arc<Mutex<Vec<(usize, u32, bool)>>>,
-    dir: Option<PathBuf>,
     waiters: Vec<JoinHandle<()>>,
     forwarders: Vec<JoinHandle<()>>,
     watcher: Option<JoinHandle<()>>,
@@ -278,7 +275,6 @@ impl Node {
         };
         Ok(Node {
             procs,
-            dir: res.dir.clone(),
             waiters,
             forwarders,
             watcher,
@@ -301,7 +297,7 @@ impl Node {
 
     /// Make other hosts' rank addresses known to the ranks here.
     pub fn add_addresses(&self, list: &[(usize, String)]) {
-        let Some(dir) = &self.dir else { return };
+        let Some(dir) = &self.res.dir else { return };
         for (rank, addr) in list {
             let tmp = dir.join(format!("r{rank}.addr.in"));
             if std::fs::write(&tmp, addr).is_ok() {
