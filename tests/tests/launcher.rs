@@ -165,6 +165,31 @@ fn usage_errors_exit_2_with_one_line() {
         &["run", "--bogus", "-n", "2", "hello"],
         &["run", "-n", "two", "hello"],
         &["run", "-n", "2", "--timeout", "-1", "hello"],
+        &[
+            "run",
+            "-n",
+            "2",
+            "--host",
+            "a:1",
+            "--hostfile",
+            "/x",
+            "hello",
+        ],
+        &["run", "-n", "2", "--host", "a:0", "hello"],
+        &["run", "-n", "2", "--hostfile", "/no/such/hostfile", "hello"],
+        &["run", "-n", "3", "--host", "localhost:2", "hello"],
+        &["run", "-n", "2", "--bind", "not-an-address", "hello"],
+        &[
+            "run",
+            "-n",
+            "2",
+            "--bind",
+            "127.0.0.1",
+            "--iface",
+            "lo",
+            "hello",
+        ],
+        &["run", "-n", "2", "--ports", "9-1", "hello"],
     ];
     for args in cases {
         let mut cmd = Command::new(bin("ranks"));
