@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::comm::Comm;
-use crate::core::{Core, Tuning};
 use crate::error::{Error, Result};
+use crate::progress::{Core, Tuning};
 use crate::transport::{hybrid, local::Local, shm::Shm, uds::Uds, Transport};
 
 /// Names of the environment variables the launcher passes to each rank.

@@ -144,8 +144,7 @@ impl Comm {
     }
 
     fn c_recv_into<T: Pod>(&self, src: usize, tag: i32, buf: &mut [T]) -> Result<Status> {
-        let msg = self.recv_msg(self.pattern(self.coll_ctx(), Source::from(src), tag)?)?;
-        let st = self.decode_into(msg, buf)?;
+        let st = self.recv_into_pat(self.pattern(self.coll_ctx(), Source::from(src), tag)?, buf)?;
         if st.len != std::mem::size_of_val(buf) {
             return Err(Error::InvalidArgument(format!(
                 "collective: rank {src} contributed {} bytes where {} were expected (do all ranks pass the same counts?)",
@@ -157,8 +156,9 @@ impl Comm {
     }
 
     fn c_recv_vec<T: Pod>(&self, src: usize, tag: i32) -> Result<Vec<T>> {
-        let msg = self.recv_msg(self.pattern(self.coll_ctx(), Source::from(src), tag)?)?;
-        Ok(self.decode_vec(msg)?.0)
+        Ok(self
+            .recv_vec_pat(self.pattern(self.coll_ctx(), Source::from(src), tag)?)?
+            .0)
     }
 
     /// Send `data` to `dest` and receive exactly `buf.len()` items from `src` at once.

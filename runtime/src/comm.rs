@@ -7,9 +7,12 @@ use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::core::{Core, State, Watch};
-use crate::engine::{Body, Msg, Pattern, RecvId, ANY_SOURCE, ANY_TAG};
 use crate::error::{Error, Result};
+use crate::progress::{Core, Watch};
+use crate::protocol::matching::{Body, Msg, Pattern, RecvId, ANY_SOURCE, ANY_TAG};
+use crate::protocol::{PullJob, Route, RvBuf, SendId, Taken};
+use crate::request::ReqState;
+pub use crate::request::{wait_all, Request};
 use crate::wire::{Encoding, Header, HEADER_LEN};
 
 /// Largest user tag (tags are `0..=MAX_TAG`).
@@ -141,7 +144,7 @@ impl Comm {
         Ok(Pattern { ctx, src, tag })
     }
 
-    fn watch_for(&self, pat: &Pattern) -> Watch<'_> {
+    pub(crate) fn watch_for(&self, pat: &Pattern) -> Watch<'_> {
         if pat.src == ANY_SOURCE {
             Watch::All(&self.members)
         } else {
@@ -152,7 +155,7 @@ impl Comm {
     // ----- sending -------------------------------------------------------------------------
 
     /// Blocking send of raw payload bytes. Returns when the bytes are in the transport (or,
-    /// for a rendezvous, once the receiver has pulled them).
+    /// for a rendezvous, once the receiver has them).
     pub(crate) fn send_bytes(
         &self,
         ctx: u32,
@@ -173,64 +176,45 @@ impl Comm {
             typecode,
         );
         let core = &*self.core;
-        if peer == core.rank {
-            core.deliver_local(
-                &mut core.lock(),
-                Msg::new(&h, Body::Eager(payload.to_vec())),
-            );
-            return Ok(());
-        }
-        if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull(peer) {
-            let token = {
-                let mut st = core.lock();
-                let token = core.new_token(&mut st);
-                core.send_rts(
-                    &mut st,
-                    peer,
-                    &h,
-                    token,
-                    payload.as_ptr() as u64,
-                    payload.len() as u64,
-                );
-                token
-            };
-            // `payload` stays borrowed (and so alive) until the receiver says it is done.
-            let streamed = core.wait_for(Watch::Peer(peer), |core, st| {
-                if core.take_fin(st, peer, token) {
-                    return Ok(Some(None));
-                }
-                if core.take_nack(st, peer, token) {
-                    // The receiver cannot pull: stream the bytes instead.
-                    let mut dh = crate::wire::Header::control(crate::wire::Kind::RtsData, token);
-                    dh.len = payload.len() as u64;
-                    return Ok(Some(Some(core.write_frame(st, peer, &dh, payload))));
-                }
-                Ok(None)
-            })?;
-            if let Some(seq) = streamed {
-                core.wait_for(Watch::Peer(peer), |core, st| {
-                    Ok(core.frame_sent(st, peer, seq).then_some(()))
-                })?;
-            }
-            return Ok(());
-        }
-        if let Some(detail) = core.t.peer_gone(peer) {
-            return Err(Error::PeerLost { rank: peer, detail });
-        }
-        let seq = {
+        let id = {
             let mut st = core.lock();
-            let seq = core.write_frame(&mut st, peer, &h, payload);
-            if let Some(detail) = core.write_error(&st, peer) {
-                return Err(Error::PeerLost { rank: peer, detail });
+            match core.route(&st, peer, payload.len()) {
+                Route::SelfSend => {
+                    core.deliver_local(&mut st, Msg::new(&h, Body::Eager(payload.to_vec())));
+                    return Ok(());
+                }
+                Route::Eager => {
+                    if let Some(detail) = st.proto.write_error(peer) {
+                        return Err(Error::PeerLost {
+                            rank: peer,
+                            detail: detail.to_string(),
+                        });
+                    }
+                    if let Some(detail) = core.t.peer_gone(peer) {
+                        return Err(Error::PeerLost { rank: peer, detail });
+                    }
+                    let id = core.write_frame(&mut st, peer, &h, payload);
+                    if core.send_finished(&mut st, id)? {
+                        return Ok(());
+                    }
+                    id
+                }
+                Route::Rendezvous => {
+                    let (addr, len) = (payload.as_ptr() as u64, payload.len() as u64);
+                    core.offer(&mut st, peer, &h, RvBuf::Borrowed { addr, len })
+                }
             }
-            if core.frame_sent(&st, peer, seq) {
-                return Ok(());
-            }
-            seq
         };
-        core.wait_for(Watch::Peer(peer), |core, st| {
-            Ok(core.frame_sent(st, peer, seq).then_some(()))
-        })
+        // `payload` stays borrowed (and so alive) until the receiver is done with it.
+        let r = core.wait_for(Watch::Peer(peer), |core, st| {
+            Ok(poll_borrowed_send(core, st, id, payload)?.then_some(()))
+        });
+        if r.is_err() {
+            if let SendId::Rendezvous { peer, token } = id {
+                core.lock().proto.abandon_send(peer, token);
+            }
+        }
+        r
     }
 
     /// Nonblocking send of an owned frame buffer whose first `HEADER_LEN` bytes are free.
@@ -249,24 +233,24 @@ impl Comm {
         let h = Header::data(ctx, self.rank as u32, tag, len as u64, enc, typecode);
         let core = &*self.core;
         let mut st = core.lock();
-        let state = if peer == core.rank {
-            buf.drain(..HEADER_LEN);
-            core.deliver_local(&mut st, Msg::new(&h, Body::Eager(buf)));
-            ReqState::Done
-        } else if len >= core.tuning.rendezvous_threshold && core.t.can_pull(peer) {
-            ReqState::SendRts {
-                peer,
-                token: core.start_rts_owned(&mut st, peer, &h, buf),
+        let id = match core.route(&st, peer, len) {
+            Route::SelfSend => {
+                buf.drain(..HEADER_LEN);
+                core.deliver_local(&mut st, Msg::new(&h, Body::Eager(buf)));
+                SendId::Done
             }
-        } else {
-            buf[..HEADER_LEN].copy_from_slice(&h.encode());
-            ReqState::Send {
-                peer,
-                seq: core.enqueue(&mut st, peer, buf),
+            Route::Rendezvous => core.offer(&mut st, peer, &h, RvBuf::Owned(buf)),
+            Route::Eager => {
+                buf[..HEADER_LEN].copy_from_slice(&h.encode());
+                core.queue_frame(&mut st, peer, buf)
             }
         };
         drop(st);
-        Ok(Request::new(self.clone(), state, |_, _, _, _| Ok(())))
+        Ok(Request::new(
+            self.clone(),
+            ReqState::Send { id, data: &[] },
+            |_, _, _, _| Ok(()),
+        ))
     }
 
     /// Nonblocking send straight from a borrowed buffer: small messages are written (or
@@ -293,24 +277,23 @@ impl Comm {
             typecode,
         );
         let mut st = core.lock();
-        let state = if peer == core.rank {
-            core.deliver_local(&mut st, Msg::new(&h, Body::Eager(payload.to_vec())));
-            ReqState::Done
-        } else if payload.len() >= core.tuning.rendezvous_threshold && core.t.can_pull(peer) {
-            let token = core.start_rts_borrowed(&mut st, peer, &h, payload);
-            ReqState::SendRtsBorrowed {
-                peer,
-                token,
-                data: payload,
+        let id = match core.route(&st, peer, payload.len()) {
+            Route::SelfSend => {
+                core.deliver_local(&mut st, Msg::new(&h, Body::Eager(payload.to_vec())));
+                SendId::Done
             }
-        } else {
-            ReqState::Send {
-                peer,
-                seq: core.write_frame(&mut st, peer, &h, payload),
+            Route::Rendezvous => {
+                let (addr, len) = (payload.as_ptr() as u64, payload.len() as u64);
+                core.offer(&mut st, peer, &h, RvBuf::Borrowed { addr, len })
             }
+            Route::Eager => core.write_frame(&mut st, peer, &h, payload),
         };
         drop(st);
-        Ok(Request::new(self.clone(), state, |_, _, _, _| Ok(())))
+        Ok(Request::new(
+            self.clone(),
+            ReqState::Send { id, data: payload },
+            |_, _, _, _| Ok(()),
+        ))
     }
 
     /// Send a serde value to `dest` with `tag`.
@@ -369,25 +352,40 @@ impl Comm {
 
     // ----- receiving -----------------------------------------------------------------------
 
-    /// Post a receive in context `ctx`: the message at once if one is queued.
-    pub(crate) fn post(&self, pat: Pattern) -> ReqState<'static> {
-        match self.core.lock().m.post(pat) {
-            Ok(msg) => ReqState::Matched(msg),
+    /// Post a receive: the message at once if one is here with its bytes. `direct`: the
+    /// caller waits for it now, with a buffer of its own for a rendezvous.
+    pub(crate) fn post(&self, pat: Pattern, direct: bool) -> ReqState<'static> {
+        match self.core.lock().proto.post(pat, direct) {
+            Ok(msg) => ReqState::Matched(Taken::Msg(msg)),
             Err(id) => ReqState::Recv { id, pat },
         }
     }
 
-    /// Blocking receive of the next message matching `pat`.
-    pub(crate) fn recv_msg(&self, pat: Pattern) -> Result<Msg> {
-        match self.post(pat) {
-            ReqState::Matched(m) => Ok(m),
-            ReqState::Recv { id, pat } => self.wait_recv(id, pat),
+    /// Wait until receive `id` has something: its message, or (`direct`) a pull to make.
+    /// A failed wait withdraws the receive.
+    pub(crate) fn wait_taken(&self, id: RecvId, watch: Watch<'_>, direct: bool) -> Result<Taken> {
+        let r = self
+            .core
+            .wait_for(watch, |_, st| Ok(st.proto.take(id, direct)));
+        if r.is_err() {
+            self.core.lock().proto.cancel(id);
+        }
+        r
+    }
+
+    /// Blocking receive of the next message matching `pat` (`direct`: a rendezvous comes
+    /// back as a pull for the caller to make into its own buffer).
+    pub(crate) fn recv_taken(&self, pat: Pattern, direct: bool) -> Result<Taken> {
+        match self.post(pat, direct) {
+            ReqState::Matched(t) => Ok(t),
+            ReqState::Recv { id, pat } => self.wait_taken(id, self.watch_for(&pat), direct),
             _ => unreachable!("post yields a receive state"),
         }
     }
 
-    /// Receive the next message matching `pat`, or `None` once `deadline` passes (no
-    /// deadline: wait as long as it takes). `spin_cap`: see `Core::wait_until`.
+    /// Receive the next message matching `pat`, with its bytes here, or `None` once
+    /// `deadline` passes (no deadline: wait as long as it takes). `spin_cap`: see
+    /// `Core::wait_until`.
     pub(crate) fn recv_msg_until(
         &self,
         pat: Pattern,
@@ -395,8 +393,8 @@ impl Comm {
         spin_cap: Option<std::time::Duration>,
         watch: bool,
     ) -> Result<Option<Msg>> {
-        let id = match self.post(pat) {
-            ReqState::Matched(m) => return Ok(Some(m)),
+        let id = match self.post(pat, false) {
+            ReqState::Matched(Taken::Msg(m)) => return Ok(Some(m)),
             ReqState::Recv { id, .. } => id,
             _ => unreachable!("post yields a receive state"),
         };
@@ -405,21 +403,14 @@ impl Comm {
         } else {
             Watch::Nobody
         };
-        let r = self
-            .core
-            .wait_until(w, deadline, spin_cap, |_, st| Ok(st.m.take(id)));
+        let r = self.core.wait_until(w, deadline, spin_cap, |_, st| {
+            Ok(match st.proto.take(id, false) {
+                Some(Taken::Msg(m)) => Some(m),
+                _ => None,
+            })
+        });
         if !matches!(r, Ok(Some(_))) {
-            self.core.lock().m.cancel(id);
-        }
-        r
-    }
-
-    fn wait_recv(&self, id: RecvId, pat: Pattern) -> Result<Msg> {
-        let r = self
-            .core
-            .wait_for(self.watch_for(&pat), |_, st| Ok(st.m.take(id)));
-        if r.is_err() {
-            self.core.lock().m.cancel(id);
+            self.core.lock().proto.cancel(id);
         }
         r
     }
@@ -430,8 +421,8 @@ impl Comm {
         source: impl Into<Source>,
         tag: i32,
     ) -> Result<(T, Status)> {
-        let msg = self.recv_msg(self.pattern(self.ctx, source.into(), tag)?)?;
-        self.decode(msg)
+        let t = self.recv_taken(self.pattern(self.ctx, source.into(), tag)?, true)?;
+        self.decode(t)
     }
 
     /// Receive a slice of plain numbers into a new vector.
@@ -440,8 +431,12 @@ impl Comm {
         source: impl Into<Source>,
         tag: i32,
     ) -> Result<(Vec<T>, Status)> {
-        let msg = self.recv_msg(self.pattern(self.ctx, source.into(), tag)?)?;
-        self.decode_vec(msg)
+        self.recv_vec_pat(self.pattern(self.ctx, source.into(), tag)?)
+    }
+
+    pub(crate) fn recv_vec_pat<T: Pod>(&self, pat: Pattern) -> Result<(Vec<T>, Status)> {
+        let t = self.recv_taken(pat, true)?;
+        self.decode_vec(t)
     }
 
     /// Receive a slice of plain numbers into `buf`; the message may be shorter than `buf`
@@ -452,8 +447,12 @@ impl Comm {
         tag: i32,
         buf: &mut [T],
     ) -> Result<Status> {
-        let msg = self.recv_msg(self.pattern(self.ctx, source.into(), tag)?)?;
-        self.decode_into(msg, buf)
+        self.recv_into_pat(self.pattern(self.ctx, source.into(), tag)?, buf)
+    }
+
+    pub(crate) fn recv_into_pat<T: Pod>(&self, pat: Pattern, buf: &mut [T]) -> Result<Status> {
+        let t = self.recv_taken(pat, true)?;
+        self.decode_into(t, buf)
     }
 
     /// Nonblocking receive of a serde value.
@@ -462,7 +461,7 @@ impl Comm {
         source: impl Into<Source>,
         tag: i32,
     ) -> Result<Request<'static, (T, Status)>> {
-        let st = self.post(self.pattern(self.ctx, source.into(), tag)?);
+        let st = self.post(self.pattern(self.ctx, source.into(), tag)?, false);
         Ok(Request::new(self.clone(), st, |c, m, _, _| {
             c.decode(m.expect("receive"))
         }))
@@ -474,7 +473,7 @@ impl Comm {
         source: impl Into<Source>,
         tag: i32,
     ) -> Result<Request<'static, (Vec<T>, Status)>> {
-        let st = self.post(self.pattern(self.ctx, source.into(), tag)?);
+        let st = self.post(self.pattern(self.ctx, source.into(), tag)?, false);
         Ok(Request::new(self.clone(), st, |c, m, _, _| {
             c.decode_vec(m.expect("receive"))
         }))
@@ -498,14 +497,14 @@ impl Comm {
     ) -> Result<Request<'a, Status>> {
         fn finish<T: Pod>(
             c: &Comm,
-            m: Option<Msg>,
+            m: Option<Taken>,
             buf: Option<&mut [u8]>,
-            _: Option<Background>,
+            _: Option<crate::request::Background>,
         ) -> Result<Status> {
             let buf: &mut [T] = bytemuck::cast_slice_mut(buf.expect("irecv_into has a buffer"));
             c.decode_into(m.expect("receive"), buf)
         }
-        let st = self.post(pat);
+        let st = self.post(pat, false);
         Ok(Request::with_buffer(
             self.clone(),
             st,
@@ -535,122 +534,117 @@ impl Comm {
     pub fn probe(&self, source: impl Into<Source>, tag: i32) -> Result<Status> {
         let pat = self.pattern(self.ctx, source.into(), tag)?;
         self.core.wait_for(self.watch_for(&pat), |_, st| {
-            Ok(st.m.peek(pat).map(status_of))
+            Ok(st.proto.peek(pat).map(status_of))
         })
     }
 
     /// Like `probe`, but returns `None` at once when nothing matching has arrived.
     pub fn iprobe(&self, source: impl Into<Source>, tag: i32) -> Result<Option<Status>> {
         let pat = self.pattern(self.ctx, source.into(), tag)?;
-        let core = &*self.core;
-        let mut st = core.lock();
-        core.progress(&mut st);
-        Ok(st.m.peek(pat).map(status_of))
+        self.iprobe_pat(pat)
     }
 
     /// `iprobe` in another context, by world rank (for primitives in their own contexts).
     pub(crate) fn iprobe_ctx(&self, ctx: u32, source: usize, tag: i32) -> Result<Option<Status>> {
-        let pat = self.pattern(ctx, Source::from(source), tag)?;
+        self.iprobe_pat(self.pattern(ctx, Source::from(source), tag)?)
+    }
+
+    fn iprobe_pat(&self, pat: Pattern) -> Result<Option<Status>> {
         let core = &*self.core;
         let mut st = core.lock();
         core.progress(&mut st);
-        Ok(st.m.peek(pat).map(status_of))
+        Ok(st.proto.peek(pat).map(status_of))
     }
 
     // ----- turning messages into values ----------------------------------------------------
 
-    /// The message's payload bytes, pulling them from the sender if they are still there.
-    fn payload(&self, msg: Msg) -> Result<(Vec<u8>, Status)> {
-        let status = status_of(&msg);
-        let bytes = match msg.body {
-            Body::Eager(v) => v,
-            Body::Failed(e) => return Err(*e),
-            Body::Remote {
-                peer,
-                addr,
-                len,
-                token,
-            } => {
+    /// Pull a rendezvous message into `dst` (its exact length): from the sender's memory, or,
+    /// when that is refused, as a stream the sender is asked for.
+    fn land_pull(&self, job: PullJob, dst: &mut [u8]) -> Result<()> {
+        let core = &*self.core;
+        let pulled = matches!(core.t.pull(job.peer, job.addr, dst), Ok(true));
+        {
+            let mut st = core.lock();
+            st.proto
+                .pull_done(&job, if pulled { Ok(None) } else { Err(()) });
+            core.progress(&mut st);
+        }
+        if pulled {
+            return Ok(());
+        }
+        match self.wait_taken(job.id, Watch::Peer(job.peer), true)? {
+            Taken::Msg(m) => match m.body {
+                Body::Eager(v) if v.len() == dst.len() => {
+                    dst.copy_from_slice(&v);
+                    Ok(())
+                }
+                Body::Failed(e) => Err(*e),
+                _ => Err(Error::Malformed {
+                    rank: job.peer,
+                    detail: "a streamed message of the wrong length".into(),
+                }),
+            },
+            Taken::Pull(..) => Err(Error::Malformed {
+                rank: job.peer,
+                detail: "a refused pull was offered again".into(),
+            }),
+        }
+    }
+
+    /// The payload bytes of a taken message (pulling them if they are still at the sender).
+    fn payload(&self, t: Taken) -> Result<(Vec<u8>, Status)> {
+        match t {
+            Taken::Msg(msg) => {
+                let status = status_of(&msg);
+                match msg.body {
+                    Body::Eager(v) => Ok((v, status)),
+                    Body::Failed(e) => Err(*e),
+                    Body::Remote { .. } => unreachable!("a taken message has its bytes"),
+                }
+            }
+            Taken::Pull(job, msg) => {
+                let status = status_of(&msg);
                 let mut v = Vec::new();
-                if v.try_reserve_exact(len as usize).is_err() {
-                    self.discard_remote(peer, token);
+                if v.try_reserve_exact(job.len as usize).is_err() {
+                    self.release(Taken::Pull(job, msg));
                     return Err(Error::FrameTooLarge {
                         rank: status.source,
                         tag: status.tag,
-                        len,
+                        len: status.len as u64,
                         max: self.core.tuning.max_message,
                     });
                 }
-                v.resize(len as usize, 0);
-                self.pull_into(peer, addr, token, &mut v)?;
-                v
+                v.resize(job.len as usize, 0);
+                self.land_pull(job, &mut v)?;
+                Ok((v, status))
             }
-        };
-        Ok((bytes, status))
-    }
-
-    /// Fill `dst` with a rendezvous message's bytes: pull them, or ask the sender to stream.
-    fn pull_into(&self, peer: usize, addr: u64, token: u64, dst: &mut [u8]) -> Result<()> {
-        let core = &*self.core;
-        if core.t.pull(peer, addr, dst)? {
-            let mut st = core.lock();
-            core.enqueue(
-                &mut st,
-                peer,
-                Header::control(crate::wire::Kind::Fin, token)
-                    .encode()
-                    .to_vec(),
-            );
-            return Ok(());
-        }
-        {
-            let mut st = core.lock();
-            core.enqueue(
-                &mut st,
-                peer,
-                Header::control(crate::wire::Kind::Nack, token)
-                    .encode()
-                    .to_vec(),
-            );
-        }
-        let data = core.wait_for(Watch::Peer(peer), |core, st| {
-            Ok(core.take_rts_data(st, peer, token))
-        })?;
-        if data.len() != dst.len() {
-            return Err(Error::Malformed {
-                rank: peer,
-                detail: format!(
-                    "streamed {} bytes for a {}-byte message",
-                    data.len(),
-                    dst.len()
-                ),
-            });
-        }
-        dst.copy_from_slice(&data);
-        Ok(())
-    }
-
-    /// Drop a message nobody will receive; a sender waiting to have it pulled is released.
-    fn discard(&self, msg: Msg) {
-        if let Body::Remote { peer, token, .. } = msg.body {
-            self.discard_remote(peer, token);
         }
     }
 
-    fn discard_remote(&self, peer: usize, token: u64) {
-        let core = &*self.core;
-        let mut st = core.lock();
-        let fin = Header::control(crate::wire::Kind::Fin, token)
-            .encode()
-            .to_vec();
-        core.enqueue(&mut st, peer, fin);
+    /// Drop a taken message nobody will receive; a sender waiting for its pull is released.
+    fn release(&self, t: Taken) {
+        let mut st = self.core.lock();
+        match t {
+            Taken::Msg(m) => st.proto.discard(m),
+            Taken::Pull(job, _) => st.proto.pull_done(&job, Ok(None)),
+        }
     }
 
-    pub(crate) fn decode<T: DeserializeOwned>(&self, msg: Msg) -> Result<(T, Status)> {
-        let enc = msg.enc;
-        if enc == Encoding::Raw {
-            let st = status_of(&msg);
-            self.discard(msg);
+    /// Give a taken message back to matching, in its place (nothing is lost).
+    pub(crate) fn put_back(&self, t: Taken) {
+        let mut st = self.core.lock();
+        match t {
+            Taken::Msg(m) => st.proto.put_back(m),
+            Taken::Pull(job, m) => st.proto.unpull(&job, m),
+        }
+    }
+
+    pub(crate) fn decode<T: DeserializeOwned>(&self, t: impl Into<Taken>) -> Result<(T, Status)> {
+        let t = t.into();
+        let msg = t.msg();
+        if msg.enc == Encoding::Raw {
+            let st = status_of(msg);
+            self.release(t);
             return Err(Error::TypeMismatch {
                 rank: st.source,
                 tag: st.tag,
@@ -661,19 +655,13 @@ impl Comm {
                 ),
             });
         }
-        let (bytes, status) = self.payload(msg)?;
+        let (bytes, status) = self.payload(t)?;
         let mismatch = |detail: String| Error::TypeMismatch {
             rank: status.source,
             tag: status.tag,
             expected: type_name::<T>(),
             detail,
         };
-        if enc == Encoding::Raw {
-            return Err(mismatch(format!(
-                "it is a raw slice of {} bytes (sent with send_slice); receive it with recv_vec or recv_into",
-                bytes.len()
-            )));
-        }
         match postcard::take_from_bytes::<T>(&bytes) {
             Ok((v, [])) => Ok((v, status)),
             Ok((_, rest)) => Err(mismatch(format!(
@@ -716,23 +704,36 @@ impl Comm {
         Ok(())
     }
 
-    pub(crate) fn decode_vec<T: Pod>(&self, msg: Msg) -> Result<(Vec<T>, Status)> {
-        if let Err(e) = self.check_raw::<T>(&msg) {
-            self.discard(msg);
+    pub(crate) fn decode_vec<T: Pod>(&self, t: impl Into<Taken>) -> Result<(Vec<T>, Status)> {
+        let t = t.into();
+        if let Err(e) = self.check_raw::<T>(t.msg()) {
+            self.release(t);
             return Err(e);
         }
-        let n = msg.len() as usize / std::mem::size_of::<T>().max(1);
-        let mut v = vec![T::zeroed(); n];
-        let st = self.decode_into(msg, &mut v)?;
+        let n = t.msg().len() as usize / std::mem::size_of::<T>().max(1);
+        let mut v = Vec::new();
+        if v.try_reserve_exact(n).is_err() {
+            let st = status_of(t.msg());
+            self.release(t);
+            return Err(Error::FrameTooLarge {
+                rank: st.source,
+                tag: st.tag,
+                len: st.len as u64,
+                max: self.core.tuning.max_message,
+            });
+        }
+        v.resize(n, T::zeroed());
+        let st = self.decode_into(t, &mut v)?;
         Ok((v, st))
     }
 
-    pub(crate) fn decode_into<T: Pod>(&self, msg: Msg, buf: &mut [T]) -> Result<Status> {
-        if let Err(e) = self.check_raw::<T>(&msg) {
-            self.discard(msg);
+    pub(crate) fn decode_into<T: Pod>(&self, t: impl Into<Taken>, buf: &mut [T]) -> Result<Status> {
+        let t = t.into();
+        if let Err(e) = self.check_raw::<T>(t.msg()) {
+            self.release(t);
             return Err(e);
         }
-        let status = status_of(&msg);
+        let status = status_of(t.msg());
         let dst: &mut [u8] = bytemuck::cast_slice_mut(buf);
         if status.len > dst.len() {
             // Leave the message where it was so nothing is lost.
@@ -743,16 +744,17 @@ impl Comm {
                 status.len,
                 dst.len()
             ));
-            self.core.lock().m.incoming_front(msg);
+            self.put_back(t);
             return Err(err);
         }
         let dst = &mut dst[..status.len];
-        match msg.body {
-            Body::Eager(v) => dst.copy_from_slice(&v),
-            Body::Failed(e) => return Err(*e),
-            Body::Remote {
-                peer, addr, token, ..
-            } => self.pull_into(peer, addr, token, dst)?,
+        match t {
+            Taken::Msg(msg) => match msg.body {
+                Body::Eager(v) => dst.copy_from_slice(&v),
+                Body::Failed(e) => return Err(*e),
+                Body::Remote { .. } => unreachable!("a taken message has its bytes"),
+            },
+            Taken::Pull(job, _) => self.land_pull(job, dst)?,
         }
         Ok(status)
     }
@@ -781,256 +783,31 @@ impl Comm {
     }
 }
 
+/// Advance a send whose payload the caller still holds: stream it if the receiver asked
+/// and no thread could copy it. `Ok(true)` when done.
+pub(crate) fn poll_borrowed_send(
+    core: &Core,
+    st: &mut crate::progress::State,
+    id: SendId,
+    data: &[u8],
+) -> Result<bool> {
+    if let SendId::Rendezvous { peer, token } = id {
+        if st.proto.needs_stream(peer, token) {
+            st.proto.stream_borrowed(peer, token, data);
+            core.flush_peer(st, peer);
+        }
+    }
+    core.send_finished(st, id)
+}
+
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(value).map_err(|e| Error::Encode(e.to_string()))
 }
 
-fn status_of(m: &Msg) -> Status {
+pub(crate) fn status_of(m: &Msg) -> Status {
     Status {
         source: m.src as usize,
         tag: m.tag,
         len: m.len() as usize,
     }
-}
-
-/// Where a nonblocking operation stands.
-pub(crate) enum ReqState<'a> {
-    Send {
-        peer: usize,
-        seq: u64,
-    },
-    SendRts {
-        peer: usize,
-        token: u64,
-    },
-    SendRtsBorrowed {
-        peer: usize,
-        token: u64,
-        data: &'a [u8],
-    },
-    Recv {
-        id: RecvId,
-        pat: Pattern,
-    },
-    Matched(Msg),
-    /// Runs on its own thread (nonblocking collectives).
-    Thread(std::thread::JoinHandle<Background>),
-    Done,
-}
-
-/// Turns the matched message (receives) into the result, using the borrowed buffer if any.
-type Finish<T> = fn(&Comm, Option<Msg>, Option<&mut [u8]>, Option<Background>) -> Result<T>;
-
-/// What a background operation (a nonblocking collective) hands back: a boxed `Result<T>`.
-pub(crate) type Background = Box<dyn std::any::Any + Send>;
-
-/// A nonblocking operation in flight. `wait` blocks for its result, `test` polls.
-///
-/// A request may borrow the buffer it sends from or receives into (`'a`). Dropping an
-/// unfinished receive withdraws it; dropping an unfinished send waits until the receiver no
-/// longer needs the buffer.
-#[must_use = "a request does nothing unless waited on or tested"]
-pub struct Request<'a, T> {
-    comm: Comm,
-    state: ReqState<'a>,
-    finish: Finish<T>,
-    buf: Option<&'a mut [u8]>,
-}
-
-impl<'a, T> Request<'a, T> {
-    pub(crate) fn new(comm: Comm, state: ReqState<'a>, finish: Finish<T>) -> Self {
-        Request {
-            comm,
-            state,
-            finish,
-            buf: None,
-        }
-    }
-
-    pub(crate) fn with_buffer(
-        comm: Comm,
-        state: ReqState<'a>,
-        finish: Finish<T>,
-        buf: &'a mut [u8],
-    ) -> Self {
-        Request {
-            comm,
-            state,
-            finish,
-            buf: Some(buf),
-        }
-    }
-
-    /// Advance the operation; true once it is complete.
-    fn poll_state(&mut self, core: &Core, st: &mut State) -> bool {
-        match &self.state {
-            ReqState::Send { peer, seq } => core.frame_sent(st, *peer, *seq),
-            ReqState::SendRts { token, .. } => core.rts_owned_done(st, *token),
-            ReqState::SendRtsBorrowed { peer, token, data } => {
-                let (peer, token, data) = (*peer, *token, *data);
-                if core.rts_borrowed_done(st, peer, token) {
-                    self.state = ReqState::Done;
-                    return true;
-                }
-                if core.take_nack(st, peer, token) {
-                    // The engine could not copy the buffer itself: stream it from here.
-                    core.drop_rts_borrowed(st, peer, token);
-                    let mut h = Header::control(crate::wire::Kind::RtsData, token);
-                    h.len = data.len() as u64;
-                    let seq = core.write_frame(st, peer, &h, data);
-                    self.state = ReqState::Send { peer, seq };
-                    return core.frame_sent(st, peer, seq);
-                }
-                false
-            }
-            ReqState::Recv { id, .. } => match st.m.take(*id) {
-                Some(m) => {
-                    self.state = ReqState::Matched(m);
-                    true
-                }
-                None => false,
-            },
-            ReqState::Thread(h) => h.is_finished(),
-            ReqState::Matched(_) | ReqState::Done => true,
-        }
-    }
-
-    fn watch(&self) -> Option<usize> {
-        match &self.state {
-            ReqState::Send { peer, .. }
-            | ReqState::SendRts { peer, .. }
-            | ReqState::SendRtsBorrowed { peer, .. } => Some(*peer),
-            ReqState::Recv { pat, .. } if pat.src != ANY_SOURCE => {
-                Some(self.comm.members[pat.src as usize])
-            }
-            _ => None,
-        }
-    }
-
-    /// Block until the operation is complete (result not yet taken).
-    fn drive(&mut self) -> Result<()> {
-        if let ReqState::Thread(_) = self.state {
-            return Ok(()); // `complete` joins the thread
-        }
-        let core = self.comm.core.clone();
-        let members = self.comm.members.clone();
-        let any = matches!(&self.state, ReqState::Recv { pat, .. } if pat.src == ANY_SOURCE);
-        let watch = match self.watch() {
-            Some(p) => Watch::Peer(p),
-            None if any => Watch::All(&members),
-            None => Watch::Nobody,
-        };
-        core.wait_for(watch, |core, st| {
-            Ok(self.poll_state(core, st).then_some(()))
-        })
-    }
-
-    fn complete(mut self) -> Result<T> {
-        let (msg, bg) = match std::mem::replace(&mut self.state, ReqState::Done) {
-            ReqState::Matched(m) => (Some(m), None),
-            ReqState::Thread(h) => match h.join() {
-                Ok(v) => (None, Some(v)),
-                Err(_) => {
-                    return Err(Error::InvalidArgument(
-                        "a nonblocking collective panicked".into(),
-                    ))
-                }
-            },
-            _ => (None, None),
-        };
-        let buf = self.buf.take();
-        (self.finish)(&self.comm, msg, buf, bg)
-    }
-
-    /// Block until the operation completes and return its result.
-    pub fn wait(mut self) -> Result<T> {
-        self.drive()?;
-        self.complete()
-    }
-
-    /// Complete the operation if it can be without waiting; otherwise hand the request back.
-    pub fn test(mut self) -> Result<std::result::Result<T, Request<'a, T>>> {
-        if self.is_complete() {
-            self.complete().map(Ok)
-        } else {
-            Ok(Err(self))
-        }
-    }
-
-    /// Whether the operation has completed (makes progress; does not consume the request).
-    pub fn is_complete(&mut self) -> bool {
-        let core = self.comm.core.clone();
-        let mut st = core.lock();
-        core.progress(&mut st);
-        self.poll_state(&core, &mut st)
-    }
-
-    /// Wait from an async task (tokio): the blocking wait runs on tokio's blocking pool.
-    #[cfg(feature = "tokio")]
-    pub async fn wait_async(self) -> Result<T>
-    where
-        T: Send + 'static,
-        'a: 'static,
-    {
-        match tokio::task::spawn_blocking(move || self.wait()).await {
-            Ok(r) => r,
-            Err(e) => Err(Error::InvalidArgument(format!(
-                "the waiting task failed: {e}"
-            ))),
-        }
-    }
-}
-
-impl<T: Send + 'static> Request<'static, T> {
-    /// A request for work done on a background thread (which returns `Result<T>`).
-    pub(crate) fn spawn(comm: &Comm, work: impl FnOnce() -> Result<T> + Send + 'static) -> Self {
-        fn finish<T: 'static>(
-            _: &Comm,
-            _: Option<Msg>,
-            _: Option<&mut [u8]>,
-            bg: Option<Background>,
-        ) -> Result<T> {
-            match bg.map(|b| b.downcast::<Result<T>>()) {
-                Some(Ok(r)) => *r,
-                _ => Err(Error::InvalidArgument(
-                    "background request lost its result".into(),
-                )),
-            }
-        }
-        let h = std::thread::spawn(move || Box::new(work()) as Background);
-        Request::new(comm.clone(), ReqState::Thread(h), finish::<T>)
-    }
-}
-
-impl<T> Drop for Request<'_, T> {
-    fn drop(&mut self) {
-        match std::mem::replace(&mut self.state, ReqState::Done) {
-            ReqState::Recv { id, .. } => self.comm.core.lock().m.cancel(id),
-            // A message this request took but nobody consumed goes back, in its place.
-            ReqState::Matched(m) => self.comm.core.lock().m.incoming_front(m),
-            ReqState::Thread(h) => {
-                // A collective must finish on every rank: let it run to the end.
-                let _ = h.join();
-            }
-            state @ ReqState::SendRtsBorrowed { .. } => {
-                // The receiver may still read the borrowed buffer: wait until it is done
-                // (or gone; errors cannot be reported from here).
-                let (peer, token) = match &state {
-                    ReqState::SendRtsBorrowed { peer, token, .. } => (*peer, *token),
-                    _ => unreachable!(),
-                };
-                self.state = state;
-                if self.drive().is_err() {
-                    let core = self.comm.core.clone();
-                    core.drop_rts_borrowed(&mut core.lock(), peer, token);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Wait for every request and collect the results in order.
-pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result<Vec<T>> {
-    reqs.into_iter().map(Request::wait).collect()
 }

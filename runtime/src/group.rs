@@ -1,12 +1,9 @@
 //! Making communicators from communicators: `split`, `dup`, `subgroup`, `split_by_host`.
 //!
 //! A new communicator needs a context id that no communicator sharing a process with it
-//! uses. Each process keeps the lowest id it may still hand out (`Core::next_ctx`); creating
-//! a communicator is collective over the parent, which takes the maximum of its members'
-//! values, so the new id is above every id any member has used, and every member moves past
-//! it. Communicators of disjoint groups may share an id: their messages never meet.
+//! uses; `crate::context` owns them and says how members agree on one. Communicators of
+//! disjoint groups (the colors of one split) share an id: their messages never meet.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::comm::Comm;
@@ -28,19 +25,33 @@ impl Comm {
     /// `None` back. Collective: every rank must call it.
     pub fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Comm>> {
         let n = self.size();
-        let mine = [
-            color.map_or(-1, i64::from),
-            i64::from(key),
-            i64::from(self.core.next_ctx.load(Ordering::SeqCst)),
-        ];
-        let mut all = vec![0i64; 3 * n];
-        self.all_gather_slice(&mine, &mut all)?;
-        let ctx = all.chunks(3).map(|c| c[2]).max().unwrap_or(2);
-        let ctx = u32::try_from(ctx)
-            .ok()
-            .filter(|c| *c < u32::MAX - 2)
-            .ok_or_else(|| Error::InvalidArgument("out of communicator context ids".into()))?;
-        self.core.next_ctx.fetch_max(ctx + 2, Ordering::SeqCst);
+        let contexts = &self.core.contexts;
+        let out_of_ids = || Error::InvalidArgument("out of communicator context ids".into());
+        let mut floor = 2;
+        let (ctx, all) = loop {
+            let proposal = contexts.propose(floor).ok_or_else(out_of_ids)?;
+            let mine = [
+                color.map_or(-1, i64::from),
+                i64::from(key),
+                i64::from(proposal),
+            ];
+            let mut all = vec![0i64; 3 * n];
+            self.all_gather_slice(&mine, &mut all)?;
+            let ctx = all.chunks(3).map(|c| c[2]).max().unwrap_or(2);
+            let ctx = u32::try_from(ctx).map_err(|_| out_of_ids())?;
+            // Another thread of some member may have claimed the same id meanwhile.
+            let claimed = contexts.claim(ctx);
+            let mut oks = vec![0i64; n];
+            self.all_gather_slice(&[i64::from(claimed)], &mut oks)?;
+            if oks.iter().all(|&ok| ok == 1) {
+                break (ctx, all);
+            }
+            if claimed {
+                contexts.release(ctx);
+            }
+            // Retry above it; parents part ways by jumping ahead by different amounts.
+            floor = ctx.checked_add(2 + self.ctx % 128).ok_or_else(out_of_ids)?;
+        };
         let Some(color) = color else {
             return Ok(None);
         };

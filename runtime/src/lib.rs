@@ -19,12 +19,14 @@
 mod bootstrap;
 mod collectives;
 mod comm;
-mod core;
-mod engine;
+mod context;
 mod error;
 mod group;
 pub mod op;
 pub mod primitives;
+mod progress;
+mod protocol;
+mod request;
 pub mod transport;
 pub mod wire;
 
@@ -32,7 +34,6 @@ use std::sync::OnceLock;
 
 pub use bootstrap::env;
 pub use comm::{wait_all, Comm, Request, Source, Status, MAX_TAG};
-pub use engine::{ANY_SOURCE, ANY_TAG};
 pub use error::{Error, Result};
 pub use primitives::manager::{Dict, List, Manager, Namespace};
 pub use primitives::pipe::Pipe;
@@ -40,6 +41,7 @@ pub use primitives::pool::{AsyncResult, Pool};
 pub use primitives::queue::Queue;
 pub use primitives::shared::{SharedArray, SharedMemory, SharedValue};
 pub use primitives::sync::{Barrier, Condition, Event, Lock, LockGuard, RLock, Semaphore};
+pub use protocol::matching::{ANY_SOURCE, ANY_TAG};
 
 /// Re-exported so users can derive `Pod` for their own plain structs.
 pub use bytemuck::{Pod, Zeroable};

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::comm::{encode, Comm, Source};
-use crate::core::Core;
-use crate::engine::ANY_SOURCE;
 use crate::error::{Error, Result};
+use crate::progress::Core;
+use crate::protocol::matching::ANY_SOURCE;
 use crate::wire::Encoding;
 
 /// Context of requests to service threads.
@@ -170,7 +170,11 @@ fn service(comm: &Comm) -> Arc<Service> {
 }
 
 fn serve(svc: Arc<Service>, rx: Comm, tx: Comm) {
-    let pat = match rx.pattern(SVC_CTX, Source::from(ANY_SOURCE), crate::engine::ANY_TAG) {
+    let pat = match rx.pattern(
+        SVC_CTX,
+        Source::from(ANY_SOURCE),
+        crate::protocol::matching::ANY_TAG,
+    ) {
         Ok(p) => p,
         Err(_) => return,
     };
@@ -193,19 +197,19 @@ fn serve(svc: Arc<Service>, rx: Comm, tx: Comm) {
         // Look for requests without posting a receive, so a thread of ours that is waiting
         // for an answer (and serving meanwhile) can take them first, with no thread switch.
         let seen = rx.core.wait_until(
-            crate::core::Watch::Nobody,
+            crate::progress::Watch::Nobody,
             Some(deadline),
             Some(spin),
-            |_, st| Ok(st.m.peek(pat).map(|_| ())),
+            |_, st| Ok(st.peek(pat).map(|_| ())),
         );
         let got = match seen {
             Ok(Some(())) => {
-                let posted = rx.core.lock().m.post(pat);
+                let posted = rx.core.post_msg(pat);
                 match posted {
                     Ok(m) => Ok(Some(m)),
                     Err(id) => {
                         // Someone else took it.
-                        rx.core.lock().m.cancel(id);
+                        rx.core.cancel(id);
                         Ok(None)
                     }
                 }
@@ -235,7 +239,13 @@ fn serve(svc: Arc<Service>, rx: Comm, tx: Comm) {
 /// Handle one request (and, with `tick`, let every object check on its holders); send the
 /// answers. Any thread of the owner may do this: the service thread, or a thread that is
 /// itself waiting for an answer.
-fn serve_message(svc: &Service, rx: &Comm, tx: &Comm, msg: Option<crate::engine::Msg>, tick: bool) {
+fn serve_message(
+    svc: &Service,
+    rx: &Comm,
+    tx: &Comm,
+    msg: Option<crate::protocol::matching::Msg>,
+    tick: bool,
+) {
     let mut replies = Vec::new();
     {
         let mut reg = svc.reg.lock().unwrap_or_else(|p| p.into_inner());
@@ -368,9 +378,9 @@ impl Handle {
     /// two ranks trading requests then talk without any thread switch.
     fn wait_reply(
         &self,
-        pat: crate::engine::Pattern,
+        pat: crate::protocol::matching::Pattern,
         deadline: Option<Instant>,
-    ) -> Result<Option<crate::engine::Msg>> {
+    ) -> Result<Option<crate::protocol::matching::Msg>> {
         let Some(svc) = SERVICE.get().cloned() else {
             return self
                 .world
@@ -390,19 +400,23 @@ impl Handle {
     fn wait_reply_serving(
         &self,
         svc: &Service,
-        pat: crate::engine::Pattern,
+        pat: crate::protocol::matching::Pattern,
         deadline: Option<Instant>,
-    ) -> Result<Option<crate::engine::Msg>> {
+    ) -> Result<Option<crate::protocol::matching::Msg>> {
         let rx = world_ctx(&self.world, SVC_CTX);
-        let svc_pat = rx.pattern(SVC_CTX, Source::from(ANY_SOURCE), crate::engine::ANY_TAG)?;
+        let svc_pat = rx.pattern(
+            SVC_CTX,
+            Source::from(ANY_SOURCE),
+            crate::protocol::matching::ANY_TAG,
+        )?;
         let core = &self.world.core;
-        let posted = core.lock().m.post(pat);
+        let posted = core.post_msg(pat);
         let reply_id = match posted {
             Ok(m) => return Ok(Some(m)),
             Err(id) => id,
         };
         let result = loop {
-            let posted = core.lock().m.post(svc_pat);
+            let posted = core.post_msg(svc_pat);
             let svc_id = match posted {
                 Ok(m) => {
                     serve_message(svc, &rx, &self.world, Some(m), false);
@@ -411,36 +425,34 @@ impl Handle {
                 Err(id) => id,
             };
             enum Got {
-                Reply(crate::engine::Msg),
-                Request(crate::engine::Msg),
+                Reply(crate::protocol::matching::Msg),
+                Request(crate::protocol::matching::Msg),
             }
             let got = core.wait_until(
-                crate::core::Watch::Peer(self.owner),
+                crate::progress::Watch::Peer(self.owner),
                 deadline,
                 Some(SHORT_SPIN),
                 |_, st| {
-                    if let Some(m) = st.m.take(reply_id) {
+                    if let Some(m) = st.take_msg(reply_id) {
                         return Ok(Some(Got::Reply(m)));
                     }
-                    Ok(st.m.take(svc_id).map(Got::Request))
+                    Ok(st.take_msg(svc_id).map(Got::Request))
                 },
             );
             match got {
                 Ok(Some(Got::Request(m))) => serve_message(svc, &rx, &self.world, Some(m), false),
                 Ok(Some(Got::Reply(m))) => {
-                    core.lock().m.cancel(svc_id);
+                    core.cancel(svc_id);
                     break Ok(Some(m));
                 }
                 Ok(None) => {
-                    let mut st = core.lock();
-                    st.m.cancel(svc_id);
-                    st.m.cancel(reply_id);
+                    core.cancel(svc_id);
+                    core.cancel(reply_id);
                     break Ok(None);
                 }
                 Err(e) => {
-                    let mut st = core.lock();
-                    st.m.cancel(svc_id);
-                    st.m.cancel(reply_id);
+                    core.cancel(svc_id);
+                    core.cancel(reply_id);
                     break Err(e);
                 }
             }

@@ -19,8 +19,8 @@ use serde::Serialize;
 
 use super::decode_as;
 use crate::comm::{encode, Comm};
-use crate::engine::ANY_SOURCE;
 use crate::error::{Error, Result};
+use crate::protocol::matching::ANY_SOURCE;
 
 const TAG_TASK: i32 = 1;
 const TAG_RESULT: i32 = 2;
@@ -398,7 +398,7 @@ fn serve<I: DeserializeOwned, O: Serialize>(
     }
 }
 
-const ANY_TAG_TASK_OR_STOP: i32 = crate::engine::ANY_TAG;
+const ANY_TAG_TASK_OR_STOP: i32 = crate::protocol::matching::ANY_TAG;
 
 /// The root's dispatcher: hand chunks to idle workers, collect results, run callbacks.
 fn dispatch<I, O>(
@@ -478,7 +478,7 @@ where
         let pat = comm.pattern(
             comm.ctx,
             crate::comm::Source::from(ANY_SOURCE),
-            crate::engine::ANY_TAG,
+            crate::protocol::matching::ANY_TAG,
         )?;
         let Some(msg) = comm.recv_msg_until(
             pat,

@@ -391,6 +391,87 @@ fn nonblocking(w: &Comm) -> R {
     Ok(())
 }
 
+/// The textbook halo exchange: post both receives, then blocking sends of ARG u64s (1 MiB by
+/// default, a rendezvous) to both neighbours, then wait. MPI's progress rule makes this
+/// finish: a rank blocked in its send must still let its posted receives be pulled.
+fn halo(w: &Comm) -> R {
+    let len = arg(2, 1 << 17) as usize;
+    let rounds = arg(3, 3);
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    for round in 0..rounds {
+        let rl = w.irecv_vec::<u64>(prev, 0)?;
+        let rr = w.irecv_vec::<u64>(next, 1)?;
+        let mine = |to: usize| vec![(me * 1000 + to) as u64 + round; len];
+        w.send_slice(next, 0, &mine(next))?;
+        w.send_slice(prev, 1, &mine(prev))?;
+        let (l, _) = rl.wait()?;
+        let (r, _) = rr.wait()?;
+        assert_eq!(l, vec![(prev * 1000 + me) as u64 + round; len], "from left");
+        assert_eq!(
+            r,
+            vec![(next * 1000 + me) as u64 + round; len],
+            "from right"
+        );
+    }
+    println!("halo ok rank {me}");
+    Ok(())
+}
+
+/// Large messages into posted receives, completed in the opposite order to their sending:
+/// each rank posts receives for K messages from its left neighbour (into buffers, as vectors
+/// and as serde values), sends K to its right with blocking sends, and waits last-first.
+fn posted_large(w: &Comm) -> R {
+    let len = arg(2, 1 << 16) as usize;
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    const K: usize = 4;
+    let mut bufs = vec![vec![0u32; len]; K];
+    let mut into = Vec::new();
+    for (k, b) in bufs.iter_mut().enumerate().take(2) {
+        into.push(w.irecv_into(prev, k as i32, b)?);
+    }
+    let as_vec = w.irecv_vec::<u32>(prev, 2)?;
+    let as_serde = w.irecv::<Vec<u32>>(prev, 3)?;
+    for k in 0..K {
+        let data = vec![(me * 10 + k) as u32; len];
+        if k == 3 {
+            w.send(next, k as i32, &data)?;
+        } else {
+            w.send_slice(next, k as i32, &data)?;
+        }
+    }
+    let (s, _) = as_serde.wait()?;
+    assert_eq!(s, vec![(prev * 10 + 3) as u32; len]);
+    let (v, _) = as_vec.wait()?;
+    assert_eq!(v, vec![(prev * 10 + 2) as u32; len]);
+    for r in into.into_iter().rev() {
+        let st = r.wait()?;
+        assert_eq!(st.len, len * 4);
+    }
+    for (k, b) in bufs.iter().take(2).enumerate() {
+        assert!(b.iter().all(|&x| x == (prev * 10 + k) as u32), "buffer {k}");
+    }
+    w.barrier()?;
+    println!("posted_large ok rank {me}");
+    Ok(())
+}
+
+/// Two ranks each send the other a large message with a blocking send while the other's
+/// receive was posted before as a nonblocking one; plus a wildcard posted receive.
+fn head_to_head(w: &Comm) -> R {
+    let len = arg(2, 1 << 18) as usize;
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    let any = w.irecv_vec::<u8>(ranks::ANY_SOURCE, 9)?;
+    w.send_slice(next, 9, &vec![me as u8; len])?;
+    let (v, st) = any.wait()?;
+    assert_eq!(st.source, prev);
+    assert!(v.len() == len && v.iter().all(|&b| b == prev as u8));
+    println!("head_to_head ok rank {me}");
+    Ok(())
+}
+
 /// The async forms from a tokio program.
 fn asynchronous(w: &Comm) -> R {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -565,6 +646,9 @@ fn main() {
         "sleep" => sleep(&w),
         "ring" => ring(&w),
         "nonblocking" => nonblocking(&w),
+        "halo" => halo(&w),
+        "posted_large" => posted_large(&w),
+        "head_to_head" => head_to_head(&w),
         "async" => asynchronous(&w),
         "singleton" => singleton(&w),
         "forge" => forge(&w),

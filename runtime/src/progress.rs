@@ -1,0 +1,454 @@
+//! The progress engine of one process: transport streams in, frames out, matching, waiting.
+//!
+//! All mutable state sits behind one mutex ([`State`]); blocking calls run a wait loop that
+//! makes progress, checks its condition, spins briefly and then sleeps on the transport's
+//! wakeup (futex doorbell or `poll`), so ranks that outnumber cores do not burn them.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::protocol::matching::{Msg, Pattern, RecvId};
+use crate::protocol::{Protocol, ProtocolConfig, PullJob, Route, RvBuf, SendId, SendPoll, Taken};
+use crate::transport::Transport;
+use crate::wire::{FrameDecoder, Header, HEADER_LEN};
+
+/// Tunables read from the environment at start-up.
+#[derive(Debug, Clone)]
+pub(crate) struct Tuning {
+    /// Largest payload accepted from a peer.
+    pub max_message: u64,
+    /// Payloads at least this big go by rendezvous (pulled by the receiver) when possible.
+    pub rendezvous_threshold: usize,
+    /// How long a waiter spins before it yields and sleeps.
+    pub spin: Duration,
+    /// How many times a waiter yields the CPU before it sleeps.
+    pub yields: u32,
+}
+
+impl Tuning {
+    /// `io_threads`: the transport moves bytes on threads of its own (QUIC), which waiting
+    /// ranks must not starve by spinning.
+    pub(crate) fn from_env(local_ranks: usize, io_threads: bool) -> Tuning {
+        fn num(var: &str) -> Option<u64> {
+            std::env::var(var).ok().and_then(|v| v.trim().parse().ok())
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let oversubscribed = local_ranks > cores || io_threads;
+        Tuning {
+            max_message: num("RANKS_MAX_MESSAGE").unwrap_or(1 << 32),
+            rendezvous_threshold: num("RANKS_RENDEZVOUS_THRESHOLD").unwrap_or(32 << 10) as usize,
+            spin: Duration::from_micros(num("RANKS_SPIN_US").unwrap_or(if oversubscribed {
+                0
+            } else {
+                100
+            })),
+            yields: num("RANKS_YIELDS").unwrap_or(16) as u32,
+        }
+    }
+}
+
+/// Everything the progress layer mutates, behind one mutex.
+pub(crate) struct State {
+    pub(crate) proto: Protocol,
+    dec: Vec<FrameDecoder>,
+    /// Peers whose stream became unusable, with the reason.
+    broken: Vec<Option<String>>,
+    /// Peers whose loss the protocol has been told of.
+    lost_told: Vec<bool>,
+}
+
+impl State {
+    /// The message of receive `id` once it is here with its bytes (pulls of rendezvous
+    /// messages are made by progress).
+    pub(crate) fn take_msg(&mut self, id: RecvId) -> Option<Msg> {
+        match self.proto.take(id, false)? {
+            Taken::Msg(m) => Some(m),
+            Taken::Pull(..) => unreachable!("only direct takers are handed pulls"),
+        }
+    }
+
+    /// The oldest unmatched message matching `pat`, without taking it.
+    pub(crate) fn peek(&self, pat: Pattern) -> Option<&Msg> {
+        self.proto.peek(pat)
+    }
+}
+
+/// Which peers' loss ends a wait.
+#[derive(Clone, Copy)]
+pub(crate) enum Watch<'a> {
+    Nobody,
+    /// This world rank.
+    Peer(usize),
+    /// All of these world ranks (an any-source receive fails only when all are gone).
+    All(&'a [usize]),
+}
+
+/// The progress layer of one process: the protocol core, the transport, and waiting.
+pub(crate) struct Core {
+    pub rank: usize,
+    pub size: usize,
+    pub t: Box<dyn Transport>,
+    pub tuning: Tuning,
+    st: Mutex<State>,
+    /// Context ids of this process's communicators.
+    pub contexts: crate::context::Contexts,
+}
+
+impl Core {
+    pub(crate) fn new(rank: usize, size: usize, t: Box<dyn Transport>, tuning: Tuning) -> Core {
+        let cfg = ProtocolConfig {
+            rank,
+            size,
+            max_message: tuning.max_message,
+            rendezvous_threshold: tuning.rendezvous_threshold,
+            can_pull: (0..size).map(|p| p != rank && t.can_pull(p)).collect(),
+        };
+        let st = State {
+            proto: Protocol::new(cfg),
+            dec: (0..size)
+                .map(|p| FrameDecoder::new(p, tuning.max_message))
+                .collect(),
+            broken: vec![None; size],
+            lost_told: vec![false; size],
+        };
+        Core {
+            rank,
+            size,
+            t,
+            tuning,
+            st: Mutex::new(st),
+            contexts: crate::context::Contexts::new(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // matters more than the panic itself; keep going rather than poison every call.
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Move bytes: flush queued frames, read and dispatch incoming frames, and make the
+    /// pulls and copies the protocol asks for. Never blocks.
+    pub(crate) fn progress(&self, st: &mut State) -> bool {
+        let mut any = false;
+        for peer in 0..self.size {
+            if peer == self.rank || st.broken[peer].is_some() {
+                continue;
+            }
+            any |= self.flush_peer(st, peer);
+            if !self.t.readable(peer) {
+                continue;
+            }
+            let mut read_any = false;
+            loop {
+                let t = &self.t;
+                let got = st.dec[peer].pump(|buf| {
+                    let n = t.read(peer, buf)?;
+                    read_any |= n > 0;
+                    Ok(n)
+                });
+                match got {
+                    Ok(Some(d)) => st.proto.handle_frame(peer, d),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(peer, error = %e, "dropping peer stream");
+                        st.broken[peer] = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if read_any {
+                self.t.read_done(peer);
+                any = true;
+            }
+        }
+        while let Some(job) = st.proto.claim_pull() {
+            let bytes = self.pull_new(&job);
+            st.proto.pull_done(&job, bytes);
+            any = true;
+        }
+        while let Some((peer, token, addr, len)) = st.proto.claim_copy() {
+            let mut data = vec![0u8; HEADER_LEN + len as usize];
+            let ok = self.t.read_own(addr, &mut data[HEADER_LEN..]);
+            st.proto.copy_done(peer, token, ok.then_some(data));
+            any = true;
+        }
+        if any {
+            // Frames the protocol queued while handling input (Fin, Nack, streams).
+            for peer in 0..self.size {
+                if peer != self.rank && st.broken[peer].is_none() {
+                    self.flush_peer(st, peer);
+                }
+            }
+        }
+        any
+    }
+
+    /// Pull a rendezvous payload into a new buffer (`Err` when refused).
+    fn pull_new(&self, job: &PullJob) -> std::result::Result<Option<Vec<u8>>, ()> {
+        let mut v = Vec::new();
+        if v.try_reserve_exact(job.len as usize).is_err() {
+            return Err(()); // the stream's frame limit then reports it
+        }
+        v.resize(job.len as usize, 0);
+        match self.t.pull(job.peer, job.addr, &mut v) {
+            Ok(true) => Ok(Some(v)),
+            _ => Err(()),
+        }
+    }
+
+    pub(crate) fn flush_peer(&self, st: &mut State, peer: usize) -> bool {
+        let mut wrote = false;
+        while let Some(front) = st.proto.out_front(peer) {
+            match self.t.write(peer, front) {
+                Ok(0) => break,
+                Ok(n) => {
+                    wrote = true;
+                    st.proto.out_advance(peer, n);
+                }
+                Err(e) => {
+                    st.proto.write_failed(peer, e.to_string());
+                    break;
+                }
+            }
+        }
+        if wrote {
+            self.t.notify(peer);
+        }
+        wrote
+    }
+
+    /// Send header + payload to `peer` as one frame, straight from `payload` when nothing is
+    /// queued ahead; whatever the transport does not take now is copied into the queue.
+    pub(crate) fn write_frame(
+        &self,
+        st: &mut State,
+        peer: usize,
+        h: &Header,
+        payload: &[u8],
+    ) -> SendId {
+        if !st.proto.can_write_direct(peer) {
+            return st.proto.queue_copy(peer, h, payload);
+        }
+        let hb = h.encode();
+        match self.t.write2(peer, &hb, payload) {
+            Ok(n) => {
+                if n > 0 {
+                    self.t.notify(peer);
+                }
+                st.proto.wrote_direct(peer, &hb, payload, n)
+            }
+            Err(e) => {
+                st.proto.write_failed(peer, e.to_string());
+                st.proto.queue_copy(peer, h, payload)
+            }
+        }
+    }
+
+    /// Queue a whole frame for `peer` and try to write it now.
+    pub(crate) fn queue_frame(&self, st: &mut State, peer: usize, bytes: Vec<u8>) -> SendId {
+        let id = st.proto.queue_frame(peer, bytes);
+        self.flush_peer(st, peer);
+        id
+    }
+
+    /// Offer a rendezvous to `peer` and try to write the `Rts` now.
+    pub(crate) fn offer(&self, st: &mut State, peer: usize, h: &Header, buf: RvBuf) -> SendId {
+        let id = st.proto.offer(peer, h, buf);
+        self.flush_peer(st, peer);
+        id
+    }
+
+    /// Post a receive whose message the caller wants with its bytes here: the message at
+    /// once, or the id to wait on with [`State::take_msg`].
+    pub(crate) fn post_msg(&self, pat: Pattern) -> std::result::Result<Msg, RecvId> {
+        self.lock().proto.post(pat, false)
+    }
+
+    /// Withdraw a receive (a message it matched goes back to matching).
+    pub(crate) fn cancel(&self, id: RecvId) {
+        self.lock().proto.cancel(id);
+    }
+
+    /// How a payload of `len` bytes to world rank `peer` goes.
+    pub(crate) fn route(&self, st: &State, peer: usize, len: usize) -> Route {
+        st.proto.route(peer, len)
+    }
+
+    /// A message to ourselves: straight to matching, and wake our other threads.
+    pub(crate) fn deliver_local(&self, st: &mut State, msg: Msg) {
+        st.proto.send_self(msg);
+        self.t.wake_self();
+    }
+
+    /// Where a send stands, as a wait condition: `Ok(true)` when done.
+    pub(crate) fn send_finished(&self, st: &mut State, id: SendId) -> Result<bool> {
+        match st.proto.poll_send(id) {
+            SendPoll::Done => Ok(true),
+            SendPoll::Pending | SendPoll::StreamYourself => Ok(false),
+            SendPoll::Failed(detail) => {
+                let rank = match id {
+                    SendId::Frame { peer, .. } | SendId::Rendezvous { peer, .. } => peer,
+                    SendId::Done => self.rank,
+                };
+                Err(Error::PeerLost { rank, detail })
+            }
+        }
+    }
+
+    /// Tell the protocol of peers that are gone, once each, when rendezvous may wait on them.
+    /// `gone` was taken before the last progress step, so their last frames were read.
+    fn tell_lost(&self, st: &mut State, gone: &[(usize, String)]) {
+        for (p, why) in gone {
+            if !st.lost_told[*p] {
+                st.lost_told[*p] = true;
+                st.proto.peer_lost(*p, why);
+            }
+        }
+    }
+
+    fn lost_peers(&self, st: &State) -> Vec<(usize, String)> {
+        (0..self.size)
+            .filter(|&p| p != self.rank && !st.lost_told[p])
+            .filter_map(|p| self.gone(st, p).map(|why| (p, why)))
+            .collect()
+    }
+
+    fn gone(&self, st: &State, peer: usize) -> Option<String> {
+        st.broken[peer]
+            .clone()
+            .or_else(|| st.proto.write_error(peer).map(str::to_string))
+            .or_else(|| self.t.peer_gone(peer))
+    }
+
+    /// `PeerLost`, or `Truncated` when the peer went away in the middle of a frame.
+    fn lost_error(&self, st: &State, rank: usize, detail: String) -> Error {
+        if st.dec[rank].mid_frame() {
+            return Error::Truncated {
+                rank,
+                detail: format!("its stream ended inside a frame ({detail})"),
+            };
+        }
+        Error::PeerLost { rank, detail }
+    }
+
+    fn check_watch(&self, st: &State, watch: Watch<'_>) -> Option<(usize, String)> {
+        match watch {
+            Watch::Nobody => None,
+            Watch::Peer(p) if p == self.rank => None,
+            Watch::Peer(p) => self.gone(st, p).map(|why| (p, why)),
+            Watch::All(ps) => {
+                let mut first = None;
+                for &p in ps {
+                    if p == self.rank {
+                        continue;
+                    }
+                    match self.gone(st, p) {
+                        Some(why) => {
+                            first.get_or_insert((p, why));
+                        }
+                        None => return None,
+                    }
+                }
+                first
+            }
+        }
+    }
+
+    /// Make progress until `check` yields a value. Fails with `PeerLost` when the watched
+    /// peer is gone and `check` still has nothing after everything it sent was read.
+    pub(crate) fn wait_for<R>(
+        &self,
+        watch: Watch<'_>,
+        check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
+    ) -> Result<R> {
+        let r = self.wait_until(watch, None, None, check)?;
+        Ok(r.expect("no deadline"))
+    }
+
+    /// `wait_for` with an optional deadline (`Ok(None)` when it passes). `spin_cap` limits
+    /// spinning below the tuned value (service threads and their clients use a short one,
+    /// yield once and sleep); `None` waits the usual way.
+    pub(crate) fn wait_until<R>(
+        &self,
+        watch: Watch<'_>,
+        deadline: Option<Instant>,
+        spin_cap: Option<Duration>,
+        mut check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
+    ) -> Result<Option<R>> {
+        let spin = spin_cap.map_or(self.tuning.spin, |c| c.min(self.tuning.spin));
+        let max_yields = if spin_cap.is_some() {
+            1
+        } else {
+            self.tuning.yields
+        };
+        let mut start: Option<Instant> = None;
+        let mut yields = 0;
+        let mut iter: u32 = 0;
+        loop {
+            {
+                let mut st = self.lock();
+                // Peer loss is checked before progress (so everything the peer sent before it
+                // went is read first), and only now and then while spinning.
+                let (lost, gone) = if iter.is_multiple_of(64) {
+                    (self.check_watch(&st, watch), self.lost_peers(&st))
+                } else {
+                    (None, Vec::new())
+                };
+                self.progress(&mut st);
+                self.tell_lost(&mut st, &gone);
+                if let Some(r) = check(self, &mut st)? {
+                    return Ok(Some(r));
+                }
+                if let Some((rank, detail)) = lost {
+                    return Err(self.lost_error(&st, rank, detail));
+                }
+            }
+            let now_past = |d: Instant| Instant::now() >= d;
+            if deadline.is_some_and(now_past) {
+                return Ok(None);
+            }
+            iter = iter.wrapping_add(1);
+            // Spin (checking the clock every 32 rounds) unless spinning is off, as it is when
+            // ranks outnumber cores: then give the core away after every fruitless round.
+            if !spin.is_zero()
+                && (!iter.is_multiple_of(32)
+                    || start.get_or_insert_with(Instant::now).elapsed() < spin)
+            {
+                continue;
+            }
+            if yields < max_yields {
+                yields += 1;
+                std::thread::yield_now();
+                continue;
+            }
+            let want_write: Vec<usize> = {
+                let st = self.lock();
+                (0..self.size)
+                    .filter(|&p| st.proto.wants_write(p))
+                    .collect()
+            };
+            let mut outcome: Option<Result<R>> = None;
+            let mut nap = Duration::from_millis(50);
+            if let Some(d) = deadline {
+                nap = nap.min(d.saturating_duration_since(Instant::now()));
+            }
+            self.t.wait(&want_write, nap, &mut || {
+                let mut st = self.lock();
+                self.progress(&mut st);
+                match check(self, &mut st) {
+                    Ok(None) => false,
+                    other => {
+                        outcome = other.transpose();
+                        true
+                    }
+                }
+            });
+            if let Some(r) = outcome {
+                return r.map(Some);
+            }
+            iter = 0;
+        }
+    }
+}

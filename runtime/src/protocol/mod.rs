@@ -1,0 +1,878 @@
+//! The protocol core of one process, without I/O: frames in, frames out, completions.
+//!
+//! Nothing here touches a socket, a ring, a thread or a clock. The progress layer
+//! (`crate::progress`) feeds it decoded frames ([`Protocol::handle_frame`]), asks it how a
+//! send goes ([`Protocol::route`]), takes the frames it queued for each peer
+//! ([`Protocol::out_front`] / [`Protocol::out_advance`]), and carries out the pulls and
+//! copies it asks for ([`Protocol::claim_pull`], [`Protocol::claim_copy`]), reporting back.
+//! Tests drive two or more cores through an in-memory network (`tests.rs`).
+//!
+//! What it keeps:
+//! - per peer, the queue of frames not yet written and how many were ever written;
+//! - the matcher (posted receives, unexpected messages);
+//! - the request table: receives that matched a rendezvous message and are being pulled or
+//!   streamed, and rendezvous sends waiting for the receiver (`Fin`, `Nack`).
+//!
+//! Rendezvous: a payload of at least `rendezvous_threshold` bytes to a peer that can read
+//! our memory goes as an `Rts` (address, length, token). The receive that matches it pulls
+//! the bytes and answers `Fin`; a receiver whose pull is refused answers `Nack`, and the
+//! sender streams the bytes in an `RtsData` frame. The pull of a matched receive is made by
+//! whichever thread of the process is waiting (MPI's progress rule), not only by the
+//! receive's own `wait`, so a rank blocked in a send still lets its peers' sends finish.
+
+pub(crate) mod matching;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::error::Error;
+use crate::wire::{Decoded, Header, Kind, HEADER_LEN, RTS_PAYLOAD_LEN};
+use matching::{Body, Matcher, Msg, Pattern, RecvId};
+
+/// How a send of a payload goes: the one place that decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// To ourselves: straight into our own matcher.
+    SelfSend,
+    /// The whole payload in one frame.
+    Eager,
+    /// An `Rts`; the receiver pulls (or asks for a stream).
+    Rendezvous,
+}
+
+/// Where the bytes of a rendezvous send are.
+#[derive(Debug)]
+pub(crate) enum RvBuf {
+    /// Owned by the protocol until the receiver is done; `HEADER_LEN` free bytes in front
+    /// (so a refused pull streams it without a copy).
+    Owned(Vec<u8>),
+    /// Borrowed from a caller who keeps it alive until the send completes.
+    Borrowed { addr: u64, len: u64 },
+}
+
+impl RvBuf {
+    fn addr_len(&self) -> (u64, u64) {
+        match self {
+            RvBuf::Owned(v) => (
+                v[HEADER_LEN..].as_ptr() as u64,
+                (v.len() - HEADER_LEN) as u64,
+            ),
+            RvBuf::Borrowed { addr, len } => (*addr, *len),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum RvSendState {
+    /// `Rts` sent; waiting for `Fin` or `Nack`.
+    Offered,
+    /// The receiver asked for a stream of a borrowed buffer: someone who can read it must
+    /// copy it ([`Protocol::claim_copy`]) or stream it ([`Protocol::stream_borrowed`]).
+    Nacked,
+    /// A copy is being made by some thread.
+    Copying,
+    /// The bytes are in the out queue as frame `seq`.
+    Streaming {
+        seq: u64,
+    },
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct RvSend {
+    buf: RvBuf,
+    state: RvSendState,
+}
+
+/// A receive in the request table (it matched a rendezvous message, or is waited on).
+#[derive(Debug)]
+enum Slot {
+    /// A matched message ready to be taken (eager bytes, pulled bytes, or an error).
+    Ready(Msg),
+    /// Matched a rendezvous message nobody pulls yet. `direct`: the receive's owner waits
+    /// with a buffer of its own and pulls it there; other threads leave it alone.
+    NeedPull { msg: Msg, direct: bool },
+    /// Some thread is pulling it. `cancelled`: the receive was withdrawn meanwhile.
+    Pulling { msg: Msg, cancelled: bool },
+    /// The pull was refused; `Nack` sent, waiting for `RtsData`.
+    AwaitStream { msg: Msg, cancelled: bool },
+}
+
+/// A pull to make: copy `len` bytes at `addr` in `peer`'s memory, then report with
+/// [`Protocol::pull_done`].
+#[derive(Debug)]
+pub(crate) struct PullJob {
+    pub id: RecvId,
+    pub peer: usize,
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// What a send is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendId {
+    /// Nothing (self-sends, or finished).
+    Done,
+    /// Frame `seq` of `peer`'s out queue must be written.
+    Frame { peer: usize, seq: u64 },
+    /// A rendezvous: the receiver must be done with the buffer.
+    Rendezvous { peer: usize, token: u64 },
+}
+
+/// Where a send stands.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SendPoll {
+    Pending,
+    Done,
+    /// The receiver wants the bytes of a borrowed buffer streamed and no thread could copy
+    /// them: the caller holding the buffer must call [`Protocol::stream_borrowed`].
+    StreamYourself,
+    /// The peer can no longer take it.
+    Failed(String),
+}
+
+/// What taking a receive yields.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// The message, with its bytes here (or the error receiving it reports).
+    Msg(Msg),
+    /// A rendezvous message for the caller to pull into its own buffer (then `pull_done`).
+    Pull(PullJob, Msg),
+}
+
+impl Taken {
+    /// The message (for a pull, its envelope).
+    pub(crate) fn msg(&self) -> &Msg {
+        match self {
+            Taken::Msg(m) | Taken::Pull(_, m) => m,
+        }
+    }
+}
+
+impl From<Msg> for Taken {
+    fn from(m: Msg) -> Taken {
+        Taken::Msg(m)
+    }
+}
+
+struct Out {
+    bytes: Vec<u8>,
+    off: usize,
+}
+
+#[derive(Default)]
+struct OutQueue {
+    q: VecDeque<Out>,
+    /// Frames ever queued or written directly / fully written.
+    enqueued: u64,
+    sent: u64,
+}
+
+/// Settings of the protocol.
+#[derive(Debug, Clone)]
+pub(crate) struct ProtocolConfig {
+    pub rank: usize,
+    pub size: usize,
+    /// Largest payload accepted from a peer.
+    pub max_message: u64,
+    /// Payloads at least this big go by rendezvous to peers that can pull.
+    pub rendezvous_threshold: usize,
+    /// Per peer: whether it can read our memory (so a rendezvous is worth offering).
+    pub can_pull: Vec<bool>,
+}
+
+/// The protocol state of one process.
+pub(crate) struct Protocol {
+    cfg: ProtocolConfig,
+    matcher: Matcher,
+    out: Vec<OutQueue>,
+    /// Why writing to a peer failed, if it did.
+    write_err: Vec<Option<String>>,
+    next_token: u64,
+    sends: HashMap<(usize, u64), RvSend>,
+    recvs: HashMap<RecvId, Slot>,
+    /// Receives waiting for a stream, by (peer, token).
+    streams: HashMap<(usize, u64), RecvId>,
+    /// Nacked borrowed sends, for any thread that can copy them.
+    copies: VecDeque<(usize, u64)>,
+    /// Matched rendezvous receives nobody is pulling, oldest first (may hold stale ids).
+    pulls: VecDeque<RecvId>,
+    /// Posted receives whose owners wait on them with buffers of their own (few at a time).
+    direct: Vec<RecvId>,
+}
+
+impl Protocol {
+    pub(crate) fn new(cfg: ProtocolConfig) -> Protocol {
+        let size = cfg.size;
+        Protocol {
+            cfg,
+            matcher: Matcher::default(),
+            out: (0..size).map(|_| OutQueue::default()).collect(),
+            write_err: vec![None; size],
+            next_token: 1,
+            sends: HashMap::new(),
+            recvs: HashMap::new(),
+            streams: HashMap::new(),
+            copies: VecDeque::new(),
+            pulls: VecDeque::new(),
+            direct: Vec::new(),
+        }
+    }
+
+    // ----- sending ---------------------------------------------------------------------------
+
+    /// How a payload of `len` bytes to world rank `peer` goes.
+    pub(crate) fn route(&self, peer: usize, len: usize) -> Route {
+        if peer == self.cfg.rank {
+            Route::SelfSend
+        } else if len >= self.cfg.rendezvous_threshold && self.cfg.can_pull[peer] {
+            Route::Rendezvous
+        } else {
+            Route::Eager
+        }
+    }
+
+    /// A message to ourselves goes straight to matching.
+    pub(crate) fn send_self(&mut self, msg: Msg) {
+        self.arrived(msg);
+    }
+
+    /// Whether a frame for `peer` may be written straight to the transport now (nothing is
+    /// queued ahead of it and writes work).
+    pub(crate) fn can_write_direct(&self, peer: usize) -> bool {
+        self.out[peer].q.is_empty() && self.write_err[peer].is_none()
+    }
+
+    /// A frame of header `hb` and `payload` of which the transport took `written` bytes
+    /// directly; the rest is queued (copied). Returns what the send waits for.
+    pub(crate) fn wrote_direct(
+        &mut self,
+        peer: usize,
+        hb: &[u8; HEADER_LEN],
+        payload: &[u8],
+        written: usize,
+    ) -> SendId {
+        let oq = &mut self.out[peer];
+        let seq = oq.enqueued;
+        oq.enqueued += 1;
+        let total = HEADER_LEN + payload.len();
+        if written >= total {
+            oq.sent += 1;
+            return SendId::Done;
+        }
+        let mut rest = Vec::with_capacity(total - written);
+        if written < HEADER_LEN {
+            rest.extend_from_slice(&hb[written..]);
+            rest.extend_from_slice(payload);
+        } else {
+            rest.extend_from_slice(&payload[written - HEADER_LEN..]);
+        }
+        oq.q.push_back(Out {
+            bytes: rest,
+            off: 0,
+        });
+        SendId::Frame { peer, seq }
+    }
+
+    /// Queue a whole frame (header included) for `peer`.
+    pub(crate) fn queue_frame(&mut self, peer: usize, bytes: Vec<u8>) -> SendId {
+        let oq = &mut self.out[peer];
+        let seq = oq.enqueued;
+        oq.enqueued += 1;
+        if self.write_err[peer].is_some() {
+            oq.sent += 1; // dropped: whoever waits learns of the error
+        } else {
+            oq.q.push_back(Out { bytes, off: 0 });
+        }
+        SendId::Frame { peer, seq }
+    }
+
+    /// Queue header + payload (copied) for `peer`.
+    pub(crate) fn queue_copy(&mut self, peer: usize, h: &Header, payload: &[u8]) -> SendId {
+        let mut v = Vec::with_capacity(HEADER_LEN + payload.len());
+        v.extend_from_slice(&h.encode());
+        v.extend_from_slice(payload);
+        self.queue_frame(peer, v)
+    }
+
+    fn queue_control(&mut self, peer: usize, kind: Kind, token: u64) {
+        self.queue_frame(peer, Header::control(kind, token).encode().to_vec());
+    }
+
+    /// Offer a rendezvous of `h`'s payload in `buf` to `peer`: queue the `Rts`.
+    pub(crate) fn offer(&mut self, peer: usize, h: &Header, buf: RvBuf) -> SendId {
+        let token = self.next_token;
+        self.next_token += 1;
+        let (addr, len) = buf.addr_len();
+        let mut rh = *h;
+        rh.kind = Kind::Rts;
+        rh.len = RTS_PAYLOAD_LEN;
+        rh.aux = token;
+        let mut v = Vec::with_capacity(HEADER_LEN + RTS_PAYLOAD_LEN as usize);
+        v.extend_from_slice(&rh.encode());
+        v.extend_from_slice(&addr.to_le_bytes());
+        v.extend_from_slice(&len.to_le_bytes());
+        self.queue_frame(peer, v);
+        let state = match &self.write_err[peer] {
+            Some(e) => RvSendState::Failed(e.clone()),
+            None => RvSendState::Offered,
+        };
+        self.sends.insert((peer, token), RvSend { buf, state });
+        SendId::Rendezvous { peer, token }
+    }
+
+    /// Where the send `id` stands. A finished rendezvous is forgotten when this reports it.
+    pub(crate) fn poll_send(&mut self, id: SendId) -> SendPoll {
+        match id {
+            SendId::Done => SendPoll::Done,
+            SendId::Frame { peer, seq } => {
+                if self.out[peer].sent > seq {
+                    match &self.write_err[peer] {
+                        Some(e) => SendPoll::Failed(e.clone()),
+                        None => SendPoll::Done,
+                    }
+                } else {
+                    SendPoll::Pending
+                }
+            }
+            SendId::Rendezvous { peer, token } => {
+                let Some(s) = self.sends.get(&(peer, token)) else {
+                    return SendPoll::Done;
+                };
+                let r = match &s.state {
+                    RvSendState::Offered | RvSendState::Copying => SendPoll::Pending,
+                    RvSendState::Nacked => SendPoll::StreamYourself,
+                    RvSendState::Streaming { seq } => {
+                        match self.poll_send(SendId::Frame { peer, seq: *seq }) {
+                            SendPoll::Pending => SendPoll::Pending,
+                            done => done,
+                        }
+                    }
+                    RvSendState::Failed(e) => SendPoll::Failed(e.clone()),
+                };
+                if matches!(r, SendPoll::Done | SendPoll::Failed(_)) {
+                    self.sends.remove(&(peer, token));
+                }
+                r
+            }
+        }
+    }
+
+    /// Whether the receiver of a borrowed rendezvous wants it streamed and no thread copied
+    /// it: the caller holding the buffer should [`Protocol::stream_borrowed`] it.
+    pub(crate) fn needs_stream(&self, peer: usize, token: u64) -> bool {
+        self.sends
+            .get(&(peer, token))
+            .is_some_and(|s| matches!(s.state, RvSendState::Nacked))
+    }
+
+    /// Stream a nacked borrowed rendezvous from the caller's `data` (the buffer it offered).
+    pub(crate) fn stream_borrowed(&mut self, peer: usize, token: u64, data: &[u8]) {
+        let Some(s) = self.sends.get_mut(&(peer, token)) else {
+            return;
+        };
+        if !matches!(s.state, RvSendState::Nacked) {
+            return;
+        }
+        let mut h = Header::control(Kind::RtsData, token);
+        h.len = data.len() as u64;
+        let SendId::Frame { seq, .. } = self.queue_copy(peer, &h, data) else {
+            unreachable!("queue_copy queues a frame")
+        };
+        if let Some(s) = self.sends.get_mut(&(peer, token)) {
+            s.state = RvSendState::Streaming { seq };
+        }
+    }
+
+    /// A nacked borrowed buffer some thread may copy from our own memory (then
+    /// [`Protocol::copy_done`]): `(peer, token, addr, len)`.
+    pub(crate) fn claim_copy(&mut self) -> Option<(usize, u64, u64, u64)> {
+        while let Some((peer, token)) = self.copies.pop_front() {
+            if let Some(s) = self.sends.get_mut(&(peer, token)) {
+                if matches!(s.state, RvSendState::Nacked) {
+                    s.state = RvSendState::Copying;
+                    let (addr, len) = s.buf.addr_len();
+                    return Some((peer, token, addr, len));
+                }
+            }
+        }
+        None
+    }
+
+    /// The copy of a nacked borrowed buffer, with room for a header in front; `None` when it
+    /// could not be made (the send's owner streams it then).
+    pub(crate) fn copy_done(&mut self, peer: usize, token: u64, copy: Option<Vec<u8>>) {
+        let Some(s) = self.sends.get_mut(&(peer, token)) else {
+            return;
+        };
+        if !matches!(s.state, RvSendState::Copying) {
+            return;
+        }
+        match copy {
+            Some(mut data) => {
+                let mut h = Header::control(Kind::RtsData, token);
+                h.len = (data.len() - HEADER_LEN) as u64;
+                data[..HEADER_LEN].copy_from_slice(&h.encode());
+                let SendId::Frame { seq, .. } = self.queue_frame(peer, data) else {
+                    unreachable!("queue_frame queues a frame")
+                };
+                if let Some(s) = self.sends.get_mut(&(peer, token)) {
+                    s.state = RvSendState::Streaming { seq };
+                }
+            }
+            None => s.state = RvSendState::Nacked,
+        }
+    }
+
+    /// Forget a borrowed rendezvous whose owner gives up on it (its peer is gone).
+    pub(crate) fn abandon_send(&mut self, peer: usize, token: u64) {
+        self.sends.remove(&(peer, token));
+    }
+
+    // ----- the out queues --------------------------------------------------------------------
+
+    /// The unwritten bytes of the oldest queued frame for `peer`.
+    pub(crate) fn out_front(&self, peer: usize) -> Option<&[u8]> {
+        self.out[peer].q.front().map(|f| &f.bytes[f.off..])
+    }
+
+    /// The transport took `n` bytes of the front frame for `peer`.
+    pub(crate) fn out_advance(&mut self, peer: usize, n: usize) {
+        let oq = &mut self.out[peer];
+        if let Some(f) = oq.q.front_mut() {
+            f.off += n;
+            if f.off >= f.bytes.len() {
+                oq.q.pop_front();
+                oq.sent += 1;
+            }
+        }
+    }
+
+    /// Whether frames wait to be written to `peer`.
+    pub(crate) fn wants_write(&self, peer: usize) -> bool {
+        !self.out[peer].q.is_empty()
+    }
+
+    /// Writing to `peer` failed: its queue is dropped, and sends waiting on it fail.
+    pub(crate) fn write_failed(&mut self, peer: usize, why: String) {
+        let oq = &mut self.out[peer];
+        oq.sent = oq.enqueued;
+        oq.q.clear();
+        for ((p, _), s) in self.sends.iter_mut() {
+            if *p == peer {
+                s.state = RvSendState::Failed(why.clone());
+            }
+        }
+        self.write_err[peer] = Some(why);
+    }
+
+    pub(crate) fn write_error(&self, peer: usize) -> Option<&str> {
+        self.write_err[peer].as_deref()
+    }
+
+    // ----- receiving -------------------------------------------------------------------------
+
+    /// A frame from `peer` was decoded.
+    pub(crate) fn handle_frame(&mut self, peer: usize, d: Decoded) {
+        match d {
+            Decoded::Frame(h, payload) => match h.kind {
+                Kind::Data => self.arrived(Msg::new(&h, Body::Eager(payload))),
+                Kind::Rts => self.rts(peer, &h, &payload),
+                Kind::Fin => {
+                    self.sends.remove(&(peer, h.aux));
+                }
+                Kind::Nack => self.nack(peer, h.aux),
+                Kind::RtsData => self.stream_arrived(peer, h.aux, payload),
+            },
+            Decoded::TooLarge(h) => {
+                let err = Error::FrameTooLarge {
+                    rank: h.src as usize,
+                    tag: h.tag,
+                    len: h.len,
+                    max: self.cfg.max_message,
+                };
+                self.arrived(Msg::new(&h, Body::Failed(Box::new(err))))
+            }
+        }
+    }
+
+    fn rts(&mut self, peer: usize, h: &Header, payload: &[u8]) {
+        let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
+        let (addr, len) = if payload.len() == RTS_PAYLOAD_LEN as usize {
+            (word(0), word(8))
+        } else {
+            (0, u64::MAX)
+        };
+        let body = if len > self.cfg.max_message {
+            // Release the sender; the receive that matches this reports the error.
+            self.queue_control(peer, Kind::Fin, h.aux);
+            Body::Failed(Box::new(Error::FrameTooLarge {
+                rank: h.src as usize,
+                tag: h.tag,
+                len,
+                max: self.cfg.max_message,
+            }))
+        } else {
+            Body::Remote {
+                peer,
+                addr,
+                len,
+                token: h.aux,
+            }
+        };
+        self.arrived(Msg::new(h, body));
+    }
+
+    fn nack(&mut self, peer: usize, token: u64) {
+        let Some(s) = self.sends.get_mut(&(peer, token)) else {
+            return;
+        };
+        if !matches!(s.state, RvSendState::Offered) {
+            return;
+        }
+        match &mut s.buf {
+            RvBuf::Owned(data) => {
+                let mut data = std::mem::take(data);
+                let mut h = Header::control(Kind::RtsData, token);
+                h.len = (data.len() - HEADER_LEN) as u64;
+                data[..HEADER_LEN].copy_from_slice(&h.encode());
+                let SendId::Frame { seq, .. } = self.queue_frame(peer, data) else {
+                    unreachable!("queue_frame queues a frame")
+                };
+                if let Some(s) = self.sends.get_mut(&(peer, token)) {
+                    s.state = RvSendState::Streaming { seq };
+                }
+            }
+            RvBuf::Borrowed { .. } => {
+                s.state = RvSendState::Nacked;
+                self.copies.push_back((peer, token));
+            }
+        }
+    }
+
+    fn stream_arrived(&mut self, peer: usize, token: u64, payload: Vec<u8>) {
+        let Some(id) = self.streams.remove(&(peer, token)) else {
+            tracing::debug!(peer, token, "stream for no receive; dropped");
+            return;
+        };
+        let Some(Slot::AwaitStream { mut msg, cancelled }) = self.recvs.remove(&id) else {
+            return;
+        };
+        let expected = msg.len();
+        msg.body = if payload.len() as u64 == expected {
+            Body::Eager(payload)
+        } else {
+            Body::Failed(Box::new(Error::Malformed {
+                rank: peer,
+                detail: format!(
+                    "streamed {} bytes for a {expected}-byte message",
+                    payload.len()
+                ),
+            }))
+        };
+        self.settle(id, msg, cancelled);
+    }
+
+    /// A matched message for receive `id`, or back to matching if that receive is gone.
+    fn settle(&mut self, id: RecvId, msg: Msg, cancelled: bool) {
+        if cancelled {
+            self.put_back(msg);
+        } else {
+            self.recvs.insert(id, Slot::Ready(msg));
+        }
+    }
+
+    /// A message to match (arrived, or sent to ourselves).
+    fn arrived(&mut self, msg: Msg) {
+        if let Some((id, msg)) = self.matcher.incoming(msg) {
+            self.matched(id, msg, false);
+        }
+    }
+
+    fn matched(&mut self, id: RecvId, msg: Msg, direct: bool) {
+        let direct = direct || self.undirect(id);
+        if matches!(msg.body, Body::Remote { .. }) {
+            self.recvs.insert(id, Slot::NeedPull { msg, direct });
+            if !direct {
+                self.pulls.push_back(id);
+            }
+        } else {
+            self.recvs.insert(id, Slot::Ready(msg));
+        }
+    }
+
+    /// Post a receive. A message already here with its bytes is returned at once (with no
+    /// table entry); otherwise the receive waits under the returned id (a rendezvous message
+    /// it matched is in the table, to be pulled). `direct`: the caller will wait for it at
+    /// once with a buffer of its own (see [`Protocol::take`]).
+    pub(crate) fn post(&mut self, pat: Pattern, direct: bool) -> Result<Msg, RecvId> {
+        let (id, got) = self.matcher.post(pat);
+        match got {
+            Some(m) if !matches!(m.body, Body::Remote { .. }) => Ok(m),
+            Some(m) => {
+                self.matched(id, m, direct);
+                Err(id)
+            }
+            None => {
+                if direct {
+                    // A rendezvous that matches it later is left to the owner to pull.
+                    self.direct.push(id);
+                }
+                Err(id)
+            }
+        }
+    }
+
+    /// Take what receive `id` has: its message, or (for a `direct` taker, or a rendezvous
+    /// nobody pulls yet) a pull to make into the caller's buffer. `None`: nothing yet.
+    pub(crate) fn take(&mut self, id: RecvId, direct: bool) -> Option<Taken> {
+        match self.recvs.remove(&id)? {
+            Slot::Ready(m) => Some(Taken::Msg(m)),
+            Slot::NeedPull { msg, .. } if direct => {
+                let job = pull_job(id, &msg);
+                self.recvs.insert(
+                    id,
+                    Slot::Pulling {
+                        msg: strip(&msg),
+                        cancelled: false,
+                    },
+                );
+                Some(Taken::Pull(job, msg))
+            }
+            other => {
+                self.recvs.insert(id, other);
+                None
+            }
+        }
+    }
+
+    /// The owner of receive `id` now waits on it with its own buffer: rendezvous data goes
+    /// there, not through a temporary one.
+    pub(crate) fn set_direct(&mut self, id: RecvId) {
+        match self.recvs.get_mut(&id) {
+            Some(Slot::NeedPull { direct, .. }) => *direct = true,
+            Some(_) => {}
+            None => {
+                if !self.direct.contains(&id) {
+                    self.direct.push(id);
+                }
+            }
+        }
+    }
+
+    /// Forget that `id` was waited on directly; whether it was.
+    fn undirect(&mut self, id: RecvId) -> bool {
+        match self.direct.iter().position(|&d| d == id) {
+            Some(i) => {
+                self.direct.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A matched rendezvous receive no one is pulling, for a waiting thread to pull into a
+    /// buffer of its own (then [`Protocol::pull_done`] with the bytes).
+    pub(crate) fn claim_pull(&mut self) -> Option<PullJob> {
+        while let Some(id) = self.pulls.pop_front() {
+            let Some(Slot::NeedPull { direct: false, .. }) = self.recvs.get(&id) else {
+                continue;
+            };
+            let Some(Slot::NeedPull { msg, .. }) = self.recvs.remove(&id) else {
+                unreachable!("checked above")
+            };
+            let job = pull_job(id, &msg);
+            self.recvs.insert(
+                id,
+                Slot::Pulling {
+                    msg,
+                    cancelled: false,
+                },
+            );
+            return Some(job);
+        }
+        None
+    }
+
+    /// A pull finished. `Ok(Some(bytes))`: pulled into a buffer of the protocol's (the
+    /// receive becomes ready with it); `Ok(None)`: pulled into the owner's buffer (the owner
+    /// has what it needs); `Err(())`: refused (ask the sender to stream).
+    pub(crate) fn pull_done(&mut self, job: &PullJob, result: Result<Option<Vec<u8>>, ()>) {
+        let Some(Slot::Pulling { mut msg, cancelled }) = self.recvs.remove(&job.id) else {
+            return;
+        };
+        let Body::Remote { peer, token, .. } = msg.body else {
+            return;
+        };
+        match result {
+            Ok(bytes) => {
+                self.queue_control(peer, Kind::Fin, token);
+                if let Some(bytes) = bytes {
+                    msg.body = Body::Eager(bytes);
+                    self.settle(job.id, msg, cancelled);
+                }
+            }
+            Err(()) => {
+                self.queue_control(peer, Kind::Nack, token);
+                self.streams.insert((peer, token), job.id);
+                self.recvs
+                    .insert(job.id, Slot::AwaitStream { msg, cancelled });
+            }
+        }
+    }
+
+    /// A pull handed to a direct taker that will not make it (its buffer is too small): the
+    /// message goes back to matching, still at the sender.
+    pub(crate) fn unpull(&mut self, job: &PullJob, msg: Msg) {
+        if let Some(Slot::Pulling { .. }) = self.recvs.get(&job.id) {
+            self.recvs.remove(&job.id);
+        }
+        self.put_back(msg);
+    }
+
+    /// Withdraw receive `id` (its request was dropped or its wait failed). A message it
+    /// matched goes back to matching, in its place.
+    pub(crate) fn cancel(&mut self, id: RecvId) {
+        self.undirect(id);
+        if self.matcher.cancel(id) {
+            return;
+        }
+        match self.recvs.remove(&id) {
+            Some(Slot::Ready(m)) | Some(Slot::NeedPull { msg: m, .. }) => self.put_back(m),
+            Some(Slot::Pulling { msg, .. }) => {
+                self.recvs.insert(
+                    id,
+                    Slot::Pulling {
+                        msg,
+                        cancelled: true,
+                    },
+                );
+            }
+            Some(Slot::AwaitStream { msg, .. }) => {
+                self.recvs.insert(
+                    id,
+                    Slot::AwaitStream {
+                        msg,
+                        cancelled: true,
+                    },
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// A matched message the taker did not consume goes back to matching, in its place.
+    pub(crate) fn put_back(&mut self, msg: Msg) {
+        if let Some((id, msg)) = self.matcher.incoming_front(msg) {
+            self.matched(id, msg, false);
+        }
+    }
+
+    /// Drop a taken message nobody will receive; a sender waiting for its pull is released.
+    pub(crate) fn discard(&mut self, msg: Msg) {
+        if let Body::Remote { peer, token, .. } = msg.body {
+            self.queue_control(peer, Kind::Fin, token);
+        }
+    }
+
+    /// The oldest unmatched message matching `pat`, without taking it.
+    pub(crate) fn peek(&self, pat: Pattern) -> Option<&Msg> {
+        self.matcher.peek(pat)
+    }
+
+    /// `peer` is gone and everything it sent has been read: rendezvous with it fail.
+    pub(crate) fn peer_lost(&mut self, peer: usize, why: &str) {
+        for ((p, _), s) in self.sends.iter_mut() {
+            if *p == peer && !matches!(s.state, RvSendState::Streaming { .. }) {
+                s.state = RvSendState::Failed(why.to_string());
+            }
+        }
+        let lost = |m: &Msg| matches!(m.body, Body::Remote { peer: p, .. } if p == peer);
+        let ids: Vec<RecvId> = self
+            .recvs
+            .iter()
+            .filter(|(_, s)| match s {
+                Slot::NeedPull { msg, .. } | Slot::AwaitStream { msg, .. } => lost(msg),
+                _ => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let (mut msg, cancelled) = match self.recvs.remove(&id) {
+                Some(Slot::NeedPull { msg, .. }) => (msg, false),
+                Some(Slot::AwaitStream { msg, cancelled }) => (msg, cancelled),
+                _ => continue,
+            };
+            if let Body::Remote { token, .. } = msg.body {
+                self.streams.remove(&(peer, token));
+            }
+            if cancelled {
+                continue; // nobody wants it, and it can no longer be received
+            }
+            msg.body = Body::Failed(Box::new(Error::PeerLost {
+                rank: peer,
+                detail: format!("it went away before its message could be read ({why})"),
+            }));
+            self.recvs.insert(id, Slot::Ready(msg));
+        }
+    }
+
+    /// Rendezvous sends waiting for their receivers, and receives being pulled or streamed.
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> (usize, usize) {
+        (self.sends.len(), self.recvs.len())
+    }
+
+    /// The bytes of an owned rendezvous send (what a pull from `addr` reads; for tests).
+    #[cfg(test)]
+    pub(crate) fn owned_bytes(&self, addr: u64) -> Option<&[u8]> {
+        self.sends.values().find_map(|s| match &s.buf {
+            RvBuf::Owned(v) if v.len() > HEADER_LEN && v[HEADER_LEN..].as_ptr() as u64 == addr => {
+                Some(&v[HEADER_LEN..])
+            }
+            _ => None,
+        })
+    }
+}
+
+fn pull_job(id: RecvId, msg: &Msg) -> PullJob {
+    match msg.body {
+        Body::Remote {
+            peer, addr, len, ..
+        } => PullJob {
+            id,
+            peer,
+            addr,
+            len,
+        },
+        _ => unreachable!("only rendezvous messages are pulled"),
+    }
+}
+
+/// A copy of a rendezvous message's envelope (the taker holds the message itself).
+fn strip(m: &Msg) -> Msg {
+    let body = match m.body {
+        Body::Remote {
+            peer,
+            addr,
+            len,
+            token,
+        } => Body::Remote {
+            peer,
+            addr,
+            len,
+            token,
+        },
+        _ => Body::Eager(Vec::new()),
+    };
+    Msg {
+        ctx: m.ctx,
+        src: m.src,
+        tag: m.tag,
+        enc: m.enc,
+        typecode: m.typecode,
+        body,
+        seq: m.seq,
+    }
+}

@@ -1,0 +1,250 @@
+//! Requests: nonblocking operations in flight, waited on or tested.
+
+use crate::comm::{poll_borrowed_send, Comm};
+use crate::error::{Error, Result};
+use crate::progress::{Core, State, Watch};
+use crate::protocol::matching::{Pattern, RecvId, ANY_SOURCE};
+use crate::protocol::{SendId, Taken};
+
+/// Where a nonblocking operation stands.
+pub(crate) enum ReqState<'a> {
+    /// A send; `data` is the caller's payload when the request borrows it (a rendezvous the
+    /// receiver may ask to have streamed), else empty.
+    Send {
+        id: SendId,
+        data: &'a [u8],
+    },
+    Recv {
+        id: RecvId,
+        pat: Pattern,
+    },
+    Matched(Taken),
+    /// Runs on its own thread (nonblocking collectives).
+    Thread(std::thread::JoinHandle<Background>),
+    Done,
+}
+
+/// Turns the matched message (receives) into the result, using the borrowed buffer if any.
+type Finish<T> = fn(&Comm, Option<Taken>, Option<&mut [u8]>, Option<Background>) -> Result<T>;
+
+/// What a background operation (a nonblocking collective) hands back: a boxed `Result<T>`.
+pub(crate) type Background = Box<dyn std::any::Any + Send>;
+
+/// A nonblocking operation in flight. `wait` blocks for its result, `test` polls.
+///
+/// A request may borrow the buffer it sends from or receives into (`'a`). Dropping an
+/// unfinished receive withdraws it; dropping an unfinished send waits until the receiver no
+/// longer needs the buffer.
+#[must_use = "a request does nothing unless waited on or tested"]
+pub struct Request<'a, T> {
+    comm: Comm,
+    state: ReqState<'a>,
+    finish: Finish<T>,
+    buf: Option<&'a mut [u8]>,
+}
+
+impl<'a, T> Request<'a, T> {
+    pub(crate) fn new(comm: Comm, state: ReqState<'a>, finish: Finish<T>) -> Self {
+        Request {
+            comm,
+            state,
+            finish,
+            buf: None,
+        }
+    }
+
+    pub(crate) fn with_buffer(
+        comm: Comm,
+        state: ReqState<'a>,
+        finish: Finish<T>,
+        buf: &'a mut [u8],
+    ) -> Self {
+        Request {
+            comm,
+            state,
+            finish,
+            buf: Some(buf),
+        }
+    }
+
+    /// Advance the operation; true once it is complete (or failed: `complete` says how).
+    /// `direct`: the caller waits now, so a rendezvous receive is pulled into its buffer.
+    fn poll_state(&mut self, core: &Core, st: &mut State, direct: bool) -> Result<bool> {
+        match &self.state {
+            ReqState::Send { id, data } => {
+                let done = poll_borrowed_send(core, st, *id, data)?;
+                if done {
+                    self.state = ReqState::Done;
+                }
+                Ok(done)
+            }
+            ReqState::Recv { id, .. } => match st.proto.take(*id, direct) {
+                Some(t) => {
+                    self.state = ReqState::Matched(t);
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+            ReqState::Thread(h) => Ok(h.is_finished()),
+            ReqState::Matched(_) | ReqState::Done => Ok(true),
+        }
+    }
+
+    fn watch(&self) -> Watch<'_> {
+        match &self.state {
+            ReqState::Send {
+                id: SendId::Frame { peer, .. } | SendId::Rendezvous { peer, .. },
+                ..
+            } => Watch::Peer(*peer),
+            ReqState::Recv { pat, .. } if pat.src == ANY_SOURCE => Watch::All(&self.comm.members),
+            ReqState::Recv { pat, .. } => Watch::Peer(self.comm.members[pat.src as usize]),
+            _ => Watch::Nobody,
+        }
+    }
+
+    /// Block until the operation is complete (result not yet taken).
+    fn drive(&mut self) -> Result<()> {
+        match self.state {
+            ReqState::Thread(_) => return Ok(()), // `complete` joins the thread
+            ReqState::Recv { id, .. } => self.comm.core.lock().proto.set_direct(id),
+            _ => {}
+        }
+        let core = self.comm.core.clone();
+        let members = self.comm.members.clone();
+        let watch = match self.watch() {
+            Watch::Peer(p) => Watch::Peer(p),
+            Watch::All(_) => Watch::All(&members),
+            Watch::Nobody => Watch::Nobody,
+        };
+        let r = core.wait_for(watch, |core, st| {
+            Ok(self.poll_state(core, st, true)?.then_some(()))
+        });
+        if r.is_err() {
+            self.abandon();
+        }
+        r
+    }
+
+    /// Give up on an operation whose wait failed (its peer is gone).
+    fn abandon(&mut self) {
+        let mut st = self.comm.core.lock();
+        match std::mem::replace(&mut self.state, ReqState::Done) {
+            ReqState::Recv { id, .. } => st.proto.cancel(id),
+            ReqState::Send {
+                id: SendId::Rendezvous { peer, token },
+                ..
+            } => st.proto.abandon_send(peer, token),
+            other => self.state = other,
+        }
+    }
+
+    fn complete(mut self) -> Result<T> {
+        let (taken, bg) = match std::mem::replace(&mut self.state, ReqState::Done) {
+            ReqState::Matched(t) => (Some(t), None),
+            ReqState::Thread(h) => match h.join() {
+                Ok(v) => (None, Some(v)),
+                Err(_) => {
+                    return Err(Error::InvalidArgument(
+                        "a nonblocking collective panicked".into(),
+                    ))
+                }
+            },
+            _ => (None, None),
+        };
+        let buf = self.buf.take();
+        (self.finish)(&self.comm, taken, buf, bg)
+    }
+
+    /// Block until the operation completes and return its result.
+    pub fn wait(mut self) -> Result<T> {
+        self.drive()?;
+        self.complete()
+    }
+
+    /// Complete the operation if it can be without waiting; otherwise hand the request back.
+    pub fn test(mut self) -> Result<std::result::Result<T, Request<'a, T>>> {
+        if self.check()? {
+            self.complete().map(Ok)
+        } else {
+            Ok(Err(self))
+        }
+    }
+
+    /// Whether the operation has completed (makes progress; does not consume the request).
+    pub fn is_complete(&mut self) -> bool {
+        // An error is complete too: `wait` or `test` reports it.
+        self.check().unwrap_or(true)
+    }
+
+    fn check(&mut self) -> Result<bool> {
+        let core = self.comm.core.clone();
+        let mut st = core.lock();
+        core.progress(&mut st);
+        self.poll_state(&core, &mut st, false)
+    }
+
+    /// Wait from an async task (tokio): the blocking wait runs on tokio's blocking pool.
+    #[cfg(feature = "tokio")]
+    pub async fn wait_async(self) -> Result<T>
+    where
+        T: Send + 'static,
+        'a: 'static,
+    {
+        match tokio::task::spawn_blocking(move || self.wait()).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::InvalidArgument(format!(
+                "the waiting task failed: {e}"
+            ))),
+        }
+    }
+}
+
+impl<T: Send + 'static> Request<'static, T> {
+    /// A request for work done on a background thread (which returns `Result<T>`).
+    pub(crate) fn spawn(comm: &Comm, work: impl FnOnce() -> Result<T> + Send + 'static) -> Self {
+        fn finish<T: 'static>(
+            _: &Comm,
+            _: Option<Taken>,
+            _: Option<&mut [u8]>,
+            bg: Option<Background>,
+        ) -> Result<T> {
+            match bg.map(|b| b.downcast::<Result<T>>()) {
+                Some(Ok(r)) => *r,
+                _ => Err(Error::InvalidArgument(
+                    "background request lost its result".into(),
+                )),
+            }
+        }
+        let h = std::thread::spawn(move || Box::new(work()) as Background);
+        Request::new(comm.clone(), ReqState::Thread(h), finish::<T>)
+    }
+}
+
+impl<T> Drop for Request<'_, T> {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.state, ReqState::Done) {
+            ReqState::Recv { id, .. } => self.comm.core.lock().proto.cancel(id),
+            // A message this request took but nobody consumed goes back, in its place.
+            ReqState::Matched(t) => self.comm.put_back(t),
+            ReqState::Thread(h) => {
+                // A collective must finish on every rank: let it run to the end.
+                let _ = h.join();
+            }
+            state @ ReqState::Send {
+                id: SendId::Rendezvous { .. },
+                data,
+            } if !data.is_empty() => {
+                // The receiver may still read the borrowed buffer: wait until it is done
+                // (or gone; errors cannot be reported from here).
+                self.state = state;
+                let _ = self.drive();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Wait for every request and collect the results in order.
+pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result<Vec<T>> {
+    reqs.into_iter().map(Request::wait).collect()
+}

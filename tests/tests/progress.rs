@@ -1,0 +1,57 @@
+//! MPI's progress rule through real jobs: a rank blocked in one call (a blocking send) still
+//! advances its other pending operations (posted receives of rendezvous messages), so the
+//! textbook patterns finish on every transport, at the default rendezvous threshold and with
+//! every message a rendezvous (`RANKS_RENDEZVOUS_THRESHOLD=1`).
+
+use std::time::Duration;
+
+use ranks_tests::*;
+
+/// A hang here is the bug: the launcher's own timeout ends it well before the test's limit.
+fn pattern(scenario: &str, args: &[&str]) {
+    for transport in ["shm", "uds", "quic"] {
+        for threshold in [None, Some("1")] {
+            for n in [2, 3, 5] {
+                let np = n.to_string();
+                let mut launcher = vec!["-n", &np, "--transport", transport, "--timeout", "60"];
+                let var;
+                if let Some(t) = threshold {
+                    var = format!("RANKS_RENDEZVOUS_THRESHOLD={t}");
+                    launcher.extend(["-x", &var]);
+                }
+                let mut prog = vec![scenario];
+                prog.extend(args);
+                let o = run_job(&launcher, "ranks-testjob", &prog, Duration::from_secs(90));
+                let what =
+                    format!("{scenario} on {n} ranks over {transport}, threshold {threshold:?}");
+                assert_eq!(o.code, 0, "{what}: {o:?}");
+                for r in 0..n {
+                    let line = format!("{scenario} ok rank {r}");
+                    assert!(o.stdout.contains(&line), "{what}: no {line:?} in {o:?}");
+                }
+                assert_clean(&o);
+            }
+        }
+    }
+}
+
+#[test]
+fn halo_exchange_with_blocking_rendezvous_sends() {
+    pattern("halo", &[]);
+}
+
+#[test]
+fn posted_large_receives_completed_out_of_order() {
+    pattern("posted_large", &[]);
+}
+
+#[test]
+fn head_to_head_large_sends_into_a_posted_wildcard_receive() {
+    pattern("head_to_head", &[]);
+}
+
+#[test]
+fn small_halo_where_every_message_is_eager_or_threshold_one() {
+    // 16 u64s: eager by default, a rendezvous with threshold 1.
+    pattern("halo", &["16", "50"]);
+}
