@@ -55,3 +55,26 @@ fn small_halo_where_every_message_is_eager_or_threshold_one() {
     // 16 u64s: eager by default, a rendezvous with threshold 1.
     pattern("halo", &["16", "50"]);
 }
+
+#[test]
+fn eight_threads_create_communicators_at_once() {
+    for transport in ["shm", "uds", "quic"] {
+        for n in [2, 3, 4] {
+            let np = n.to_string();
+            let o = run_job(
+                &["-n", &np, "--transport", transport, "--timeout", "60"],
+                "ranks-testjob",
+                &["dup_threads"],
+                Duration::from_secs(90),
+            );
+            assert_eq!(o.code, 0, "{n} ranks over {transport}: {o:?}");
+            for r in 0..n {
+                assert!(
+                    o.stdout.contains(&format!("dup_threads ok rank {r}")),
+                    "{o:?}"
+                );
+            }
+            assert_clean(&o);
+        }
+    }
+}

@@ -472,6 +472,49 @@ fn head_to_head(w: &Comm) -> R {
     Ok(())
 }
 
+/// Eight threads, each with a communicator of its own, create communicators at the same
+/// time (dup and split, ARG rounds each) and use them at once: no two may share a context
+/// id, or their messages would cross.
+fn dup_threads(w: &Comm) -> R {
+    const THREADS: usize = 8;
+    let rounds = arg(2, 20);
+    let (me, n) = (w.rank(), w.size());
+    let bases: Vec<Comm> = (0..THREADS).map(|_| w.dup()).collect::<Result<_, _>>()?;
+    let handles: Vec<_> = bases
+        .into_iter()
+        .enumerate()
+        .map(|(t, base)| {
+            std::thread::spawn(move || -> R {
+                for round in 0..rounds {
+                    let c = if round % 2 == 0 {
+                        base.dup()?
+                    } else {
+                        base.split(Some(0), -(base.rank() as i32))?
+                            .expect("every rank takes part")
+                    };
+                    // Everyone sends its thread and round to its right on the new one.
+                    let (next, prev) = ((c.rank() + 1) % n, (c.rank() + n - 1) % n);
+                    let (got, _) = c.sendrecv::<_, (usize, u64)>(&(t, round), next, 0, prev, 0)?;
+                    assert_eq!(
+                        got,
+                        (t, round),
+                        "thread {t} round {round}: a message crossed"
+                    );
+                    let mut sum = [0u64];
+                    c.all_reduce_slice(&[t as u64 + round], &mut sum, &ranks::op::Sum)?;
+                    assert_eq!(sum[0], (t as u64 + round) * n as u64);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread panicked")?;
+    }
+    println!("dup_threads ok rank {me}");
+    Ok(())
+}
+
 /// The async forms from a tokio program.
 fn asynchronous(w: &Comm) -> R {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -647,6 +690,7 @@ fn main() {
         "ring" => ring(&w),
         "nonblocking" => nonblocking(&w),
         "halo" => halo(&w),
+        "dup_threads" => dup_threads(&w),
         "posted_large" => posted_large(&w),
         "head_to_head" => head_to_head(&w),
         "async" => asynchronous(&w),
