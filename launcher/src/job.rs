@@ -15,14 +15,11 @@ use crate::output::print_line;
 use crate::proto::{Bind, FromAgent, NodeSpec, Status, ToAgent};
 use crate::remote::{HostEvent, Remote};
 use crate::{RunArgs, TransportKind, EXIT_HOST_LOST, EXIT_TIMEOUT, EXIT_USAGE};
+use ranks::config::TransportKind as Resolved;
 
 /// How long ranks get between SIGTERM and SIGKILL when a job is stopped.
 fn grace() -> Duration {
-    let ms = std::env::var("RANKS_KILL_GRACE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    Duration::from_millis(ms)
+    ranks::config::Config::global().map_or(Duration::from_secs(1), |c| c.kill_grace)
 }
 
 /// Silence from an agent after which its host counts as lost (agents say something every
@@ -99,7 +96,7 @@ struct Plan {
     hosts: Vec<Host>,
     /// Host index of every rank.
     host_of: Vec<u32>,
-    transport: &'static str,
+    transport: Resolved,
     bind: Bind,
 }
 
@@ -161,9 +158,9 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
     }
     let multi = hosts.len() > 1;
     let transport = match (args.transport, multi) {
-        (TransportKind::Auto, false) => "shm",
-        (TransportKind::Auto, true) => "auto",
-        (TransportKind::Quic, _) => "quic",
+        (TransportKind::Auto, false) => Resolved::Shm,
+        (TransportKind::Auto, true) => Resolved::Hybrid,
+        (TransportKind::Quic, _) => Resolved::Quic,
         (t @ (TransportKind::Shm | TransportKind::Uds), true) => {
             return Err(format!(
                 "--transport {} works within one host; this job spans {} hosts (use auto or quic)",
@@ -171,7 +168,8 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
                 hosts.len()
             ))
         }
-        (t, false) => t.name(),
+        (TransportKind::Shm, false) => Resolved::Shm,
+        (TransportKind::Uds, false) => Resolved::Uds,
     };
     let bind = match (&args.bind, &args.iface) {
         (Some(_), Some(_)) => return Err("give --bind or --iface, not both".into()),
@@ -188,7 +186,7 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
         (None, None) => Bind::Default,
     };
     if let Some(p) = &args.ports {
-        if ranks::transport::quic::parse_port_range(p).is_none() {
+        if ranks::config::port_range(p).is_none() {
             return Err(format!(
                 "--ports {p:?}: expected LOW-HIGH, e.g. 41000-41100"
             ));
@@ -232,7 +230,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     for p in ranks::transport::shm::reap_stale(Path::new("/dev/shm")) {
         eprintln!("ranks: removed {} left by a job that died", p.display());
     }
-    let credentials = if plan.transport == "quic" || plan.transport == "auto" {
+    let credentials = if plan.transport.uses_quic() {
         ranks::transport::quic::job_credentials().map_err(|e| e.to_string())?
     } else {
         Vec::new()
@@ -251,7 +249,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         args: prog_args.clone(),
         env: plan.extra_env.clone(),
         cwd: cwd.clone(),
-        transport: plan.transport.to_string(),
+        transport: plan.transport,
         credentials: credentials.clone(),
         bind: plan.bind.clone(),
         ports: args.ports.clone(),

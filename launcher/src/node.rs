@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ranks::env;
+use ranks::config::{Placement, TransportKind};
 use ranks::transport::shm::{RankState, Segment};
 use rustix::process::{kill_process_group, Pid, Signal};
 
@@ -135,31 +135,37 @@ impl Node {
             dir: None,
             shm_prefix: format!("ranks-{local_id}"),
         };
-        let mut job_env: Vec<(&str, String)> = vec![
-            (env::SIZE, spec.hosts.len().to_string()),
-            (env::JOB, local_id.clone()),
-            (env::TRANSPORT, spec.transport.clone()),
-            (env::LAUNCHER_PID, std::process::id().to_string()),
-            (env::HOSTNAME, spec.host_name.clone()),
-        ];
+        let mut place = Placement {
+            rank: 0,
+            size: spec.hosts.len(),
+            job: local_id.clone(),
+            transport: spec.transport,
+            shm: None,
+            dir: None,
+            launcher_pid: Some(std::process::id()),
+            hosts: None,
+            hostname: Some(spec.host_name.clone()),
+            bind,
+            ports: spec.ports.as_deref().and_then(ranks::config::port_range),
+        };
         // Index of each local rank in this host's segment.
-        let seg_index: Vec<usize> = if spec.transport == "shm" {
+        let seg_index: Vec<usize> = if spec.transport == TransportKind::Shm {
             spec.ranks.clone()
         } else {
             (0..spec.ranks.len()).collect()
         };
-        let seg_size = match spec.transport.as_str() {
-            "shm" => Some(spec.hosts.len()),
-            "auto" if spec.ranks.len() > 1 => Some(spec.ranks.len()),
+        let seg_size = match spec.transport {
+            TransportKind::Shm => Some(spec.hosts.len()),
+            TransportKind::Hybrid if spec.ranks.len() > 1 => Some(spec.ranks.len()),
             _ => None,
         };
         if let Some(n) = seg_size {
             let path = PathBuf::from(format!("/dev/shm/ranks-{local_id}"));
             let seg = Segment::create(&path, n).map_err(|e| e.to_string())?;
-            job_env.push((env::SHM, path.display().to_string()));
+            place.shm = Some(path);
             res.segment = Some(Arc::new(seg));
         }
-        if spec.transport != "shm" {
+        if spec.transport != TransportKind::Shm {
             let dir = std::env::temp_dir().join(format!("ranks-{local_id}"));
             std::fs::DirBuilder::new()
                 .mode(0o700)
@@ -170,17 +176,10 @@ impl Node {
                 ranks::transport::quic::write_credentials(&dir, &spec.credentials)
                     .map_err(|e| e.to_string())?;
             }
-            job_env.push((env::DIR, dir.display().to_string()));
+            place.dir = Some(dir);
         }
-        if spec.transport == "auto" {
-            let hosts: Vec<String> = spec.hosts.iter().map(u32::to_string).collect();
-            job_env.push((env::HOSTS, hosts.join(",")));
-        }
-        if let Some(b) = &bind {
-            job_env.push((env::BIND, b.clone()));
-        }
-        if let Some(p) = &spec.ports {
-            job_env.push((env::PORTS, p.clone()));
+        if spec.transport == TransportKind::Hybrid {
+            place.hosts = Some(spec.hosts.clone());
         }
 
         let procs = Arc::new(Mutex::new(Vec::new()));
@@ -188,15 +187,13 @@ impl Node {
         let mut forwarders = Vec::new();
         for (i, &rank) in spec.ranks.iter().enumerate() {
             let mut cmd = Command::new(program);
+            place.rank = rank;
             cmd.args(&spec.args)
-                .env(env::RANK, rank.to_string())
+                .envs(place.to_env())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .process_group(0);
-            for (k, v) in &job_env {
-                cmd.env(k, v);
-            }
             for (k, v) in &spec.env {
                 cmd.env(k, v);
             }

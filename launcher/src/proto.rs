@@ -29,8 +29,7 @@ pub struct NodeSpec {
     pub env: Vec<(String, String)>,
     /// The launcher's working directory (ranks start there when it exists on this host).
     pub cwd: String,
-    /// `shm`, `uds`, `quic` or `auto`.
-    pub transport: String,
+    pub transport: ranks::config::TransportKind,
     /// The job's QUIC credentials (file name, bytes).
     pub credentials: Vec<(String, Vec<u8>)>,
     /// How to choose the address QUIC binds to.

@@ -24,13 +24,6 @@ use crate::error::{Error, Result};
 use crate::op::{Number, Op};
 use crate::wire::Encoding;
 
-fn env_bytes(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
 /// Tag for `round` of collective number `seq`.
 fn ctag(seq: u32, round: u32) -> i32 {
     (((seq & 0x1f_ffff) << 10) | (round & 0x3ff)) as i32
@@ -219,7 +212,7 @@ impl Comm {
 
     fn bcast_seq<T: Pod>(&self, seq: u32, root: usize, buf: &mut [T]) -> Result<()> {
         let n = self.size();
-        let large = env_bytes("RANKS_BCAST_LARGE", 512 << 10);
+        let large = self.core.tuning.bcast_large;
         if n > 2 && std::mem::size_of_val(buf) >= large && buf.len() >= n {
             return self.bcast_scatter_allgather(seq, root, buf);
         }
@@ -502,7 +495,7 @@ impl Comm {
         check_len("all_reduce", recv.len(), send.len())?;
         let seq = self.next_seq();
         let n = self.size();
-        let large = env_bytes("RANKS_ALLREDUCE_LARGE", 64 << 10);
+        let large = self.core.tuning.allreduce_large;
         if n > 1 && op.commutative() && std::mem::size_of_val(send) >= large && send.len() >= n {
             // Ring reduce-scatter straight into `recv` (no staging copy), then all-gather.
             self.ring_reduce_scatter_from(seq, send, recv, op)?;
@@ -576,7 +569,7 @@ impl Comm {
         if n == 1 {
             return Ok(());
         }
-        let large = env_bytes("RANKS_ALLREDUCE_LARGE", 64 << 10);
+        let large = self.core.tuning.allreduce_large;
         if op.commutative() && std::mem::size_of_val(buf) >= large && buf.len() >= n {
             self.ring_reduce_scatter(seq, buf, op)?;
             return self.ring_allgather_blocks(seq, 512, buf);

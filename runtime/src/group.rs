@@ -99,11 +99,7 @@ impl Comm {
 
     /// The ranks that share this host, as a communicator (ordered by rank). Collective.
     pub fn split_by_host(&self) -> Result<Comm> {
-        let host = std::env::var("RANKS_HOSTNAME").unwrap_or_else(|_| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into())
-        });
+        let host = self.core.host.clone();
         let hosts = self.all_gather(&host)?;
         let color = hosts.iter().position(|h| *h == host).unwrap_or(0) as u32;
         Ok(self

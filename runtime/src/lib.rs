@@ -19,6 +19,8 @@
 mod bootstrap;
 mod collectives;
 mod comm;
+#[doc(hidden)]
+pub mod config;
 mod context;
 mod error;
 mod group;
@@ -32,8 +34,8 @@ pub mod wire;
 
 use std::sync::OnceLock;
 
-pub use bootstrap::env;
 pub use comm::{wait_all, Comm, Request, Source, Status, MAX_TAG};
+pub use config::env;
 pub use error::{Error, Result};
 pub use primitives::manager::{Dict, List, Manager, Namespace};
 pub use primitives::pipe::Pipe;

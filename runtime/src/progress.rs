@@ -13,7 +13,8 @@ use crate::protocol::{Protocol, ProtocolConfig, PullJob, Route, RvBuf, SendId, S
 use crate::transport::Transport;
 use crate::wire::{FrameDecoder, Header, HEADER_LEN};
 
-/// Tunables read from the environment at start-up.
+/// The tunables in force (from `crate::config::Tuning`, with waiting decided by how many
+/// ranks share the cores).
 #[derive(Debug, Clone)]
 pub(crate) struct Tuning {
     /// Largest payload accepted from a peer.
@@ -24,26 +25,32 @@ pub(crate) struct Tuning {
     pub spin: Duration,
     /// How many times a waiter yields the CPU before it sleeps.
     pub yields: u32,
+    /// Collective decision thresholds (bytes).
+    pub bcast_large: usize,
+    pub allreduce_large: usize,
 }
 
 impl Tuning {
     /// `io_threads`: the transport moves bytes on threads of its own (QUIC), which waiting
     /// ranks must not starve by spinning.
-    pub(crate) fn from_env(local_ranks: usize, io_threads: bool) -> Tuning {
-        fn num(var: &str) -> Option<u64> {
-            std::env::var(var).ok().and_then(|v| v.trim().parse().ok())
-        }
+    pub(crate) fn resolve(
+        cfg: &crate::config::Tuning,
+        local_ranks: usize,
+        io_threads: bool,
+    ) -> Tuning {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let oversubscribed = local_ranks > cores || io_threads;
         Tuning {
-            max_message: num("RANKS_MAX_MESSAGE").unwrap_or(1 << 32),
-            rendezvous_threshold: num("RANKS_RENDEZVOUS_THRESHOLD").unwrap_or(32 << 10) as usize,
-            spin: Duration::from_micros(num("RANKS_SPIN_US").unwrap_or(if oversubscribed {
-                0
+            max_message: cfg.max_message,
+            rendezvous_threshold: cfg.rendezvous_threshold,
+            spin: cfg.spin.unwrap_or(if oversubscribed {
+                Duration::ZERO
             } else {
-                100
-            })),
-            yields: num("RANKS_YIELDS").unwrap_or(16) as u32,
+                Duration::from_micros(100)
+            }),
+            yields: cfg.yields,
+            bcast_large: cfg.bcast_large,
+            allreduce_large: cfg.allreduce_large,
         }
     }
 }
@@ -93,10 +100,18 @@ pub(crate) struct Core {
     st: Mutex<State>,
     /// Context ids of this process's communicators.
     pub contexts: crate::context::Contexts,
+    /// The name of this process's host in the job.
+    pub host: String,
 }
 
 impl Core {
-    pub(crate) fn new(rank: usize, size: usize, t: Box<dyn Transport>, tuning: Tuning) -> Core {
+    pub(crate) fn new(
+        rank: usize,
+        size: usize,
+        t: Box<dyn Transport>,
+        tuning: Tuning,
+        host: String,
+    ) -> Core {
         let cfg = ProtocolConfig {
             rank,
             size,
@@ -119,6 +134,7 @@ impl Core {
             tuning,
             st: Mutex::new(st),
             contexts: crate::context::Contexts::new(),
+            host,
         }
     }
 

@@ -39,9 +39,13 @@ impl SharedInt for isize {}
 impl SharedInt for usize {}
 
 fn job_prefix() -> String {
-    match std::env::var(crate::env::JOB) {
-        Ok(j) => format!("/dev/shm/ranks-{j}"),
-        Err(_) => format!("/dev/shm/ranks-{}-single", std::process::id()),
+    let job = crate::config::Config::global()
+        .ok()
+        .and_then(|c| c.placement.as_ref())
+        .map(|p| p.job.clone());
+    match job {
+        Some(j) => format!("/dev/shm/ranks-{j}"),
+        None => format!("/dev/shm/ranks-{}-single", std::process::id()),
     }
 }
 

@@ -20,30 +20,14 @@ pub(crate) struct Hybrid {
     quic: Option<Quic>,
 }
 
-/// Which host each rank runs on, from `RANKS_HOSTS` (`0,0,1,1`: a host index per rank).
-pub(crate) fn parse_hosts(v: &str, size: usize) -> Result<Vec<u32>> {
-    let hosts: Vec<u32> = v
-        .split(',')
-        .map(|h| h.trim().parse())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| Error::Bootstrap(format!("RANKS_HOSTS={v:?} is not a list of numbers")))?;
-    if hosts.len() != size {
-        return Err(Error::Bootstrap(format!(
-            "RANKS_HOSTS names {} hosts for a world of {size}",
-            hosts.len()
-        )));
-    }
-    Ok(hosts)
-}
-
 impl Hybrid {
     pub(crate) fn connect(
-        segment: Option<&std::path::Path>,
-        dir: &std::path::Path,
-        me: usize,
+        place: &crate::config::Placement,
+        tuning: &crate::config::Tuning,
         hosts: &[u32],
     ) -> Result<Hybrid> {
-        let size = hosts.len();
+        let (me, size) = (place.rank, place.size);
+        let dir = place.need_path(&place.dir, crate::config::env::DIR)?;
         let mut local = vec![None; size];
         let mut n_local = 0;
         for (r, h) in hosts.iter().enumerate() {
@@ -53,13 +37,14 @@ impl Hybrid {
             }
         }
         let shm = if n_local > 1 {
-            let path = segment.ok_or_else(|| {
+            let path = place.shm.as_ref().ok_or_else(|| {
                 Error::Bootstrap("this host runs several ranks but RANKS_SHM is not set".into())
             })?;
             Some(Shm::attach(
                 path,
                 local[me].expect("we are local"),
                 n_local,
+                tuning,
             )?)
         } else {
             None
@@ -68,8 +53,7 @@ impl Hybrid {
         let quic = if n_local < size {
             Some(Quic::connect(
                 dir,
-                me,
-                size,
+                place,
                 &remote,
                 shm.as_ref().map(Shm::waker),
             )?)

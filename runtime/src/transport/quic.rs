@@ -196,26 +196,19 @@ fn addr_file(dir: &Path, rank: usize) -> std::path::PathBuf {
     dir.join(format!("r{rank}.addr"))
 }
 
-/// The address to bind: `RANKS_BIND` (an IP address of this host; 127.0.0.1 when unset) and a
-/// port, the first free one of `RANKS_PORTS` (`LOW-HIGH`) or any.
+/// The address to bind: `bind` (an IP address of this host; 127.0.0.1 when unset) and a
+/// port, the first free one of `ports` or any.
 fn bind_endpoint(
     rt: &tokio::runtime::Runtime,
     server: quinn::ServerConfig,
+    bind: Option<&str>,
+    ports: Option<(u16, u16)>,
 ) -> Result<quinn::Endpoint> {
-    let ip: std::net::IpAddr = std::env::var("RANKS_BIND")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| "127.0.0.1".into())
+    let ip: std::net::IpAddr = bind
+        .unwrap_or("127.0.0.1")
         .parse()
-        .map_err(|e| Error::Bootstrap(format!("RANKS_BIND: {e}")))?;
-    let ports: (u16, u16) = match std::env::var("RANKS_PORTS").ok().filter(|p| !p.is_empty()) {
-        None => (0, 0),
-        Some(p) => parse_port_range(&p).ok_or_else(|| {
-            Error::Bootstrap(format!(
-                "RANKS_PORTS={p:?}: expected LOW-HIGH (e.g. 41000-41100)"
-            ))
-        })?,
-    };
+        .map_err(|e| Error::Bootstrap(format!("{}: {e}", crate::config::env::BIND)))?;
+    let ports = ports.unwrap_or((0, 0));
     let mut last = None;
     for port in ports.0..=ports.1 {
         let addr = SocketAddr::new(ip, port);
@@ -238,23 +231,16 @@ fn bind_endpoint(
     ))
 }
 
-/// `LOW-HIGH` (or a single port) with LOW <= HIGH.
-pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
-    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-    let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
-    (lo <= hi && lo > 0).then_some((lo, hi))
-}
-
 impl Quic {
     /// Connect to every peer `p` with `remote[p]` (all peers when `remote` is empty). `wake`
     /// replaces our own condition variable as the way to wake the rank's sleepers.
     pub(crate) fn connect(
         dir: &Path,
-        me: usize,
-        size: usize,
+        place: &crate::config::Placement,
         remote: &[bool],
         wake: Option<Waker>,
     ) -> Result<Quic> {
+        let (me, size) = (place.rank, place.size);
         let is_peer = |p: usize| p != me && (remote.is_empty() || remote[p]);
         let (mut server, mut client) = configs(dir)?;
         // Keep-alives, so a peer that vanished (its host, its network) is noticed in seconds.
@@ -272,7 +258,7 @@ impl Quic {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the QUIC runtime", e))?;
-        let mut endpoint = bind_endpoint(&rt, server)?;
+        let mut endpoint = bind_endpoint(&rt, server, place.bind.as_deref(), place.ports)?;
         endpoint.set_default_client_config(client);
         let local = endpoint
             .local_addr()

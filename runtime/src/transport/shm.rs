@@ -426,8 +426,8 @@ fn process_read(pid: u32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
 }
 
 /// Whether this kernel and sandbox allow cross-memory attach at all (tried on ourselves).
-fn cma_available() -> bool {
-    if std::env::var("RANKS_CMA").is_ok_and(|v| v == "0") {
+fn cma_available(allowed: bool) -> bool {
+    if !allowed {
         return false;
     }
     // Yama: scope 1 allows it once we name any process as our tracer (below); 2 and 3 need
@@ -485,16 +485,21 @@ pub(crate) struct Shm {
 }
 
 impl Shm {
-    pub(crate) fn attach(path: &Path, rank: usize, size: usize) -> Result<Shm> {
+    pub(crate) fn attach(
+        path: &Path,
+        rank: usize,
+        size: usize,
+        tuning: &crate::config::Tuning,
+    ) -> Result<Shm> {
         let seg = Arc::new(Segment::open(path, size)?);
         seg.attach(rank);
         Ok(Shm {
             seg,
             me: rank,
-            cma: cma_available(),
+            cma: cma_available(tuning.cma),
             drained_full: (0..size).map(|_| AtomicBool::new(false)).collect(),
             tail_seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
-            refuse_pull: std::env::var("RANKS_TEST_REFUSE_PULL").is_ok_and(|v| v == "1"),
+            refuse_pull: tuning.refuse_pull,
         })
     }
 }

@@ -1,0 +1,453 @@
+//! Every `RANKS_*` setting, parsed once into types, shared by the launcher and the runtime.
+//!
+//! The launcher writes a rank's [`Placement`] into its environment with
+//! [`Placement::to_env`]; the rank reads everything back with [`Config::from_env`] when it
+//! joins. Tuning knobs are read in the same place, so a malformed value is one clear error
+//! at start-up instead of a silently ignored setting somewhere later.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Names of the environment variables.
+pub mod env {
+    /// This process's rank in the world.
+    pub const RANK: &str = "RANKS_RANK";
+    /// Number of ranks in the world.
+    pub const SIZE: &str = "RANKS_SIZE";
+    /// Job id (unique per launch).
+    pub const JOB: &str = "RANKS_JOB";
+    /// `shm`, `uds`, `quic` or `auto` (shared memory within a host, QUIC across hosts).
+    pub const TRANSPORT: &str = "RANKS_TRANSPORT";
+    /// Path of the job's shared-memory segment.
+    pub const SHM: &str = "RANKS_SHM";
+    /// Directory for the job's Unix sockets.
+    pub const DIR: &str = "RANKS_DIR";
+    /// Pid of the launcher or agent that started the rank (ranks die with it).
+    pub const LAUNCHER_PID: &str = "RANKS_LAUNCHER_PID";
+    /// With transport `auto`: the host index of every rank, `0,0,1,1`.
+    pub const HOSTS: &str = "RANKS_HOSTS";
+    /// The name of this rank's host in the job (what `split_by_host` groups by).
+    pub const HOSTNAME: &str = "RANKS_HOSTNAME";
+    /// The IP address QUIC endpoints bind to (127.0.0.1 when unset).
+    pub const BIND: &str = "RANKS_BIND";
+    /// Ports QUIC endpoints may bind to, `LOW-HIGH` (any when unset).
+    pub const PORTS: &str = "RANKS_PORTS";
+    /// Largest payload accepted from a peer, bytes.
+    pub const MAX_MESSAGE: &str = "RANKS_MAX_MESSAGE";
+    /// Payloads of at least this many bytes go by rendezvous.
+    pub const RENDEZVOUS_THRESHOLD: &str = "RANKS_RENDEZVOUS_THRESHOLD";
+    /// How long a waiter spins before it yields, microseconds.
+    pub const SPIN_US: &str = "RANKS_SPIN_US";
+    /// How many times a waiter yields before it sleeps.
+    pub const YIELDS: &str = "RANKS_YIELDS";
+    /// Broadcasts of at least this many bytes use scatter + all-gather.
+    pub const BCAST_LARGE: &str = "RANKS_BCAST_LARGE";
+    /// All-reductions of at least this many bytes use reduce-scatter + all-gather.
+    pub const ALLREDUCE_LARGE: &str = "RANKS_ALLREDUCE_LARGE";
+    /// `0` turns off cross-memory attach (rendezvous payloads are streamed).
+    pub const CMA: &str = "RANKS_CMA";
+    /// Testing knob: `1` refuses every pull, as a kernel forbidding cross-memory attach would.
+    pub const TEST_REFUSE_PULL: &str = "RANKS_TEST_REFUSE_PULL";
+    /// A `tracing` filter (`debug`, `ranks=trace`, ...): logging to stderr.
+    pub const LOG: &str = "RANKS_LOG";
+    /// Launcher: milliseconds between SIGTERM and SIGKILL when a job is stopped.
+    pub const KILL_GRACE_MS: &str = "RANKS_KILL_GRACE_MS";
+}
+
+/// How the ranks of a job talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TransportKind {
+    /// Shared-memory rings, one host.
+    Shm,
+    /// Unix-domain sockets, one host.
+    Uds,
+    /// QUIC between every pair.
+    Quic,
+    /// Shared memory within a host, QUIC across hosts (`auto` in the environment).
+    Hybrid,
+}
+
+impl TransportKind {
+    /// The name in `RANKS_TRANSPORT`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportKind::Shm => "shm",
+            TransportKind::Uds => "uds",
+            TransportKind::Quic => "quic",
+            TransportKind::Hybrid => "auto",
+        }
+    }
+
+    /// Whether the job needs a shared-memory segment on each host with more than one rank.
+    pub fn uses_segment(self) -> bool {
+        matches!(self, TransportKind::Shm | TransportKind::Hybrid)
+    }
+
+    /// Whether the transport carries credentials for QUIC.
+    pub fn uses_quic(self) -> bool {
+        matches!(self, TransportKind::Quic | TransportKind::Hybrid)
+    }
+}
+
+impl FromStr for TransportKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "shm" => TransportKind::Shm,
+            "uds" => TransportKind::Uds,
+            "quic" => TransportKind::Quic,
+            "auto" => TransportKind::Hybrid,
+            other => {
+                return Err(Error::Bootstrap(format!(
+                    "unknown transport {other:?} in {} (expected shm, uds, quic or auto)",
+                    env::TRANSPORT
+                )))
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a rank stands in its job: what the launcher tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub rank: usize,
+    pub size: usize,
+    pub job: String,
+    pub transport: TransportKind,
+    pub shm: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
+    pub launcher_pid: Option<u32>,
+    /// Host index of every rank (transport `auto`).
+    pub hosts: Option<Vec<u32>>,
+    pub hostname: Option<String>,
+    pub bind: Option<String>,
+    pub ports: Option<(u16, u16)>,
+}
+
+impl Placement {
+    /// The variables that give a rank this placement.
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            (env::RANK, self.rank.to_string()),
+            (env::SIZE, self.size.to_string()),
+            (env::JOB, self.job.clone()),
+            (env::TRANSPORT, self.transport.name().to_string()),
+        ];
+        let path = |p: &PathBuf| p.display().to_string();
+        if let Some(p) = &self.shm {
+            v.push((env::SHM, path(p)));
+        }
+        if let Some(p) = &self.dir {
+            v.push((env::DIR, path(p)));
+        }
+        if let Some(p) = self.launcher_pid {
+            v.push((env::LAUNCHER_PID, p.to_string()));
+        }
+        if let Some(h) = &self.hosts {
+            let h: Vec<String> = h.iter().map(u32::to_string).collect();
+            v.push((env::HOSTS, h.join(",")));
+        }
+        if let Some(h) = &self.hostname {
+            v.push((env::HOSTNAME, h.clone()));
+        }
+        if let Some(b) = &self.bind {
+            v.push((env::BIND, b.clone()));
+        }
+        if let Some((lo, hi)) = self.ports {
+            v.push((env::PORTS, format!("{lo}-{hi}")));
+        }
+        v
+    }
+
+    fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Placement>> {
+        let Some(size) = get(env::SIZE) else {
+            return Ok(None);
+        };
+        let need = |name: &str| {
+            get(name).ok_or_else(|| {
+                Error::Bootstrap(format!(
+                    "{name} is not set although {} is; was this process started by `ranks run`?",
+                    env::SIZE
+                ))
+            })
+        };
+        let size: usize = number(env::SIZE, &size)?;
+        let rank: usize = number(env::RANK, &need(env::RANK)?)?;
+        if size == 0 || rank >= size {
+            return Err(Error::Bootstrap(format!(
+                "rank {rank} is outside a world of size {size}"
+            )));
+        }
+        let transport = match get(env::TRANSPORT) {
+            Some(t) => t.parse()?,
+            None => TransportKind::Shm,
+        };
+        let hosts = match get(env::HOSTS) {
+            Some(h) => Some(parse_hosts(&h, size)?),
+            None if transport == TransportKind::Hybrid => {
+                return Err(Error::Bootstrap(format!(
+                    "{} is needed with transport auto",
+                    env::HOSTS
+                )))
+            }
+            None => None,
+        };
+        Ok(Some(Placement {
+            rank,
+            size,
+            job: get(env::JOB).unwrap_or_default(),
+            transport,
+            shm: get(env::SHM).map(PathBuf::from),
+            dir: get(env::DIR).map(PathBuf::from),
+            launcher_pid: get(env::LAUNCHER_PID)
+                .map(|p| number(env::LAUNCHER_PID, &p))
+                .transpose()?,
+            hosts,
+            hostname: get(env::HOSTNAME),
+            bind: get(env::BIND).filter(|b| !b.is_empty()),
+            ports: get(env::PORTS)
+                .filter(|p| !p.is_empty())
+                .map(|p| parse_ports(&p))
+                .transpose()?,
+        }))
+    }
+
+    /// The required path of a transport (`RANKS_SHM`, `RANKS_DIR`).
+    pub fn need_path<'a>(&self, p: &'a Option<PathBuf>, name: &str) -> Result<&'a PathBuf> {
+        p.as_ref().ok_or_else(|| {
+            Error::Bootstrap(format!(
+                "{name} is not set although transport {} needs it",
+                self.transport
+            ))
+        })
+    }
+}
+
+/// Knobs of the protocol, waiting and collectives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// Largest payload accepted from a peer.
+    pub max_message: u64,
+    /// Payloads at least this big go by rendezvous (pulled by the receiver) when possible.
+    pub rendezvous_threshold: usize,
+    /// How long a waiter spins before it yields and sleeps; `None`: decided at start-up
+    /// from how many ranks share the cores.
+    pub spin: Option<Duration>,
+    /// How many times a waiter yields the CPU before it sleeps.
+    pub yields: u32,
+    /// Broadcasts of at least this many bytes use scatter + ring all-gather.
+    pub bcast_large: usize,
+    /// All-reductions of at least this many bytes use the ring algorithm.
+    pub allreduce_large: usize,
+    /// Cross-memory attach allowed (`RANKS_CMA=0` turns it off).
+    pub cma: bool,
+    /// Testing: refuse every pull.
+    pub refuse_pull: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            max_message: 1 << 32,
+            rendezvous_threshold: 32 << 10,
+            spin: None,
+            yields: 16,
+            bcast_large: 512 << 10,
+            allreduce_large: 64 << 10,
+            cma: true,
+            refuse_pull: false,
+        }
+    }
+}
+
+/// Everything a process reads from its environment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// `None` outside the launcher: a world of one.
+    pub placement: Option<Placement>,
+    pub tuning: Tuning,
+    /// `RANKS_LOG`.
+    pub log: Option<String>,
+    /// `RANKS_KILL_GRACE_MS` (the launcher's).
+    pub kill_grace: Duration,
+}
+
+impl Config {
+    /// This process's settings, read from its environment the first time they are asked for.
+    pub fn global() -> Result<&'static Config> {
+        static CFG: std::sync::OnceLock<std::result::Result<Config, String>> =
+            std::sync::OnceLock::new();
+        match CFG.get_or_init(|| Config::from_env().map_err(|e| e.to_string())) {
+            Ok(c) => Ok(c),
+            Err(e) => Err(Error::Bootstrap(e.clone())),
+        }
+    }
+
+    /// Read the process environment.
+    pub fn from_env() -> Result<Config> {
+        Config::from_vars(&|k| std::env::var(k).ok())
+    }
+
+    /// Read settings through `get` (the environment, or a map in tests).
+    pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let d = Tuning::default();
+        let num = |name: &str, default: u64| -> Result<u64> {
+            match get(name) {
+                Some(v) if !v.trim().is_empty() => number(name, &v),
+                _ => Ok(default),
+            }
+        };
+        let flag = |name: &str, on: &str| get(name).is_some_and(|v| v.trim() == on);
+        let tuning = Tuning {
+            max_message: num(env::MAX_MESSAGE, d.max_message)?,
+            rendezvous_threshold: num(env::RENDEZVOUS_THRESHOLD, d.rendezvous_threshold as u64)?
+                as usize,
+            spin: match get(env::SPIN_US) {
+                Some(v) if !v.trim().is_empty() => {
+                    Some(Duration::from_micros(number(env::SPIN_US, &v)?))
+                }
+                _ => None,
+            },
+            yields: u32::try_from(num(env::YIELDS, u64::from(d.yields))?)
+                .map_err(|_| Error::Bootstrap(format!("{} is too large", env::YIELDS)))?,
+            bcast_large: num(env::BCAST_LARGE, d.bcast_large as u64)? as usize,
+            allreduce_large: num(env::ALLREDUCE_LARGE, d.allreduce_large as u64)? as usize,
+            cma: !flag(env::CMA, "0"),
+            refuse_pull: flag(env::TEST_REFUSE_PULL, "1"),
+        };
+        Ok(Config {
+            placement: Placement::from_vars(get)?,
+            tuning,
+            log: get(env::LOG),
+            kill_grace: Duration::from_millis(num(env::KILL_GRACE_MS, 1000)?),
+        })
+    }
+}
+
+fn number<T: FromStr>(name: &str, v: &str) -> Result<T> {
+    v.trim()
+        .parse()
+        .map_err(|_| Error::Bootstrap(format!("{name}={v:?} is not a valid number")))
+}
+
+/// `RANKS_HOSTS`: the host index of each rank, `0,0,1,1`.
+pub fn parse_hosts(v: &str, size: usize) -> Result<Vec<u32>> {
+    let hosts: Vec<u32> = v
+        .split(',')
+        .map(|h| h.trim().parse())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::Bootstrap(format!("{}={v:?} is not a list of numbers", env::HOSTS)))?;
+    if hosts.len() != size {
+        return Err(Error::Bootstrap(format!(
+            "{} names {} hosts for a world of {size}",
+            env::HOSTS,
+            hosts.len()
+        )));
+    }
+    Ok(hosts)
+}
+
+/// `RANKS_PORTS`: `LOW-HIGH` (or a single port) with 0 < LOW <= HIGH.
+pub fn parse_ports(p: &str) -> Result<(u16, u16)> {
+    port_range(p).ok_or_else(|| {
+        Error::Bootstrap(format!(
+            "{}={p:?}: expected LOW-HIGH (e.g. 41000-41100)",
+            env::PORTS
+        ))
+    })
+}
+
+/// `LOW-HIGH` (or a single port) with 0 < LOW <= HIGH.
+pub fn port_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+    (lo <= hi && lo > 0).then_some((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_vars(&|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn nothing_set_is_a_world_of_one_with_default_tuning() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.placement, None);
+        assert_eq!(c.tuning, Tuning::default());
+    }
+
+    #[test]
+    fn a_placement_round_trips_through_the_environment() {
+        let p = Placement {
+            rank: 3,
+            size: 4,
+            job: "j1".into(),
+            transport: TransportKind::Hybrid,
+            shm: Some("/dev/shm/ranks-1".into()),
+            dir: Some("/tmp/ranks-1".into()),
+            launcher_pid: Some(42),
+            hosts: Some(vec![0, 0, 1, 1]),
+            hostname: Some("node7".into()),
+            bind: Some("10.0.0.1".into()),
+            ports: Some((41000, 41100)),
+        };
+        let vars = p.to_env();
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(cfg(&pairs).unwrap().placement, Some(p));
+    }
+
+    #[test]
+    fn malformed_settings_are_clear_errors() {
+        let bad = [
+            vec![(env::SIZE, "4")],
+            vec![(env::SIZE, "4"), (env::RANK, "4")],
+            vec![(env::SIZE, "x"), (env::RANK, "0")],
+            vec![
+                (env::SIZE, "2"),
+                (env::RANK, "0"),
+                (env::TRANSPORT, "carrier pigeon"),
+            ],
+            vec![(env::SIZE, "2"), (env::RANK, "0"), (env::TRANSPORT, "auto")],
+            vec![(env::SIZE, "2"), (env::RANK, "0"), (env::HOSTS, "0,1,2")],
+            vec![(env::SIZE, "2"), (env::RANK, "0"), (env::PORTS, "9-3")],
+            vec![(env::RENDEZVOUS_THRESHOLD, "lots")],
+        ];
+        for vars in bad {
+            let e = cfg(&vars).expect_err("refused");
+            assert!(matches!(e, Error::Bootstrap(_)), "{vars:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn tuning_knobs_are_read() {
+        let c = cfg(&[
+            (env::RENDEZVOUS_THRESHOLD, "1"),
+            (env::SPIN_US, "0"),
+            (env::CMA, "0"),
+            (env::TEST_REFUSE_PULL, "1"),
+            (env::ALLREDUCE_LARGE, "1024"),
+        ])
+        .unwrap();
+        assert_eq!(c.tuning.rendezvous_threshold, 1);
+        assert_eq!(c.tuning.spin, Some(Duration::ZERO));
+        assert!(!c.tuning.cma && c.tuning.refuse_pull);
+        assert_eq!(c.tuning.allreduce_large, 1024);
+    }
+}
