@@ -8,9 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::progress::{Core, Watch};
+use crate::progress::{Core, FromStream, Watch};
 use crate::protocol::matching::{Body, Msg, Pattern, RecvId, ANY_SOURCE, ANY_TAG};
-use crate::protocol::{PullJob, Route, RvBuf, SendId, Taken};
+use crate::protocol::{PullJob, Route, RvBuf, SendId, Taken, Want};
 use crate::request::ReqState;
 pub use crate::request::{wait_all, Request};
 use crate::wire::{Encoding, Header, HEADER_LEN};
@@ -352,10 +352,10 @@ impl Comm {
 
     // ----- receiving -----------------------------------------------------------------------
 
-    /// Post a receive: the message at once if one is here with its bytes. `direct`: the
-    /// caller waits for it now, with a buffer of its own for a rendezvous.
-    pub(crate) fn post(&self, pat: Pattern, direct: bool) -> ReqState<'static> {
-        match self.core.lock().proto.post(pat, direct) {
+    /// Post a receive: the message at once if one is here with its bytes; `want` says who
+    /// pulls a rendezvous message it matches.
+    pub(crate) fn post(&self, pat: Pattern, want: Want) -> ReqState<'static> {
+        match self.core.lock().proto.post(pat, want) {
             Ok(msg) => ReqState::Matched(Taken::Msg(msg)),
             Err(id) => ReqState::Recv { id, pat },
         }
@@ -376,7 +376,8 @@ impl Comm {
     /// Blocking receive of the next message matching `pat` (`direct`: a rendezvous comes
     /// back as a pull for the caller to make into its own buffer).
     pub(crate) fn recv_taken(&self, pat: Pattern, direct: bool) -> Result<Taken> {
-        match self.post(pat, direct) {
+        let want = if direct { Want::Now } else { Want::Bytes };
+        match self.post(pat, want) {
             ReqState::Matched(t) => Ok(t),
             ReqState::Recv { id, pat } => self.wait_taken(id, self.watch_for(&pat), direct),
             _ => unreachable!("post yields a receive state"),
@@ -393,7 +394,7 @@ impl Comm {
         spin_cap: Option<std::time::Duration>,
         watch: bool,
     ) -> Result<Option<Msg>> {
-        let id = match self.post(pat, false) {
+        let id = match self.post(pat, Want::Bytes) {
             ReqState::Matched(Taken::Msg(m)) => return Ok(Some(m)),
             ReqState::Recv { id, .. } => id,
             _ => unreachable!("post yields a receive state"),
@@ -451,8 +452,80 @@ impl Comm {
     }
 
     pub(crate) fn recv_into_pat<T: Pod>(&self, pat: Pattern, buf: &mut [T]) -> Result<Status> {
-        let t = self.recv_taken(pat, true)?;
+        let from = usize::try_from(pat.src).ok().map(|s| self.members[s]);
+        let t = match from {
+            Some(peer) if peer != self.core.rank && self.core.t.available(peer).is_some() => {
+                match self.recv_fast(peer, pat, typecode::<T>(), bytemuck::cast_slice_mut(buf))? {
+                    Ok(status) => return Ok(status),
+                    Err(t) => t,
+                }
+            }
+            _ => self.recv_taken(pat, true)?,
+        };
         self.decode_into(t, buf)
+    }
+
+    /// A blocking receive from one peer that takes a small message straight from the
+    /// peer's stream into `dst` when nothing else could claim it first (the common case of
+    /// a ping-pong or a collective step); anything else goes the general way and comes back
+    /// as `Err(taken)` for the caller to finish.
+    fn recv_fast(
+        &self,
+        peer: usize,
+        pat: Pattern,
+        typecode: u32,
+        dst: &mut [u8],
+    ) -> Result<std::result::Result<Status, Taken>> {
+        let core = &*self.core;
+        let mut posted: Option<RecvId> = None;
+        // Whether this thread is counted as waiting on the stream (from the first check on).
+        let mut fast = false;
+        let mut first = true;
+        let stop_fast = |core: &Core, st: &mut crate::progress::State, fast: &mut bool| {
+            if std::mem::replace(fast, false) {
+                core.stream_waiter(st, peer, false);
+            }
+        };
+        let ready = || core.t.available(peer).is_some_and(|n| n >= HEADER_LEN);
+        let r = core.wait_checking_first(Watch::Peer(peer), &ready, |core, st| {
+            if let Some(id) = posted {
+                return Ok(st.proto.take(id, true).map(Err));
+            }
+            if std::mem::take(&mut first) {
+                core.stream_waiter(st, peer, true);
+                fast = true;
+            }
+            if st.proto.may_bypass(pat) {
+                match core.recv_from_stream(st, peer, &pat, typecode, dst) {
+                    FromStream::Got(h) => {
+                        stop_fast(core, st, &mut fast);
+                        return Ok(Some(Ok(Status {
+                            source: h.src as usize,
+                            tag: h.tag,
+                            len: h.len as usize,
+                        })));
+                    }
+                    FromStream::Empty => return Ok(None),
+                    FromStream::No => {}
+                }
+            }
+            stop_fast(core, st, &mut fast);
+            match st.proto.post(pat, Want::Now) {
+                Ok(m) => Ok(Some(Err(Taken::Msg(m)))),
+                Err(id) => {
+                    posted = Some(id);
+                    Ok(None)
+                }
+            }
+        });
+        if fast || (r.is_err() && posted.is_some()) {
+            let mut st = core.lock();
+            stop_fast(core, &mut st, &mut fast);
+            if let (Err(_), Some(id)) = (&r, posted) {
+                st.proto.cancel(id);
+            }
+        }
+        r
     }
 
     /// Nonblocking receive of a serde value.
@@ -461,7 +534,7 @@ impl Comm {
         source: impl Into<Source>,
         tag: i32,
     ) -> Result<Request<'static, (T, Status)>> {
-        let st = self.post(self.pattern(self.ctx, source.into(), tag)?, false);
+        let st = self.post(self.pattern(self.ctx, source.into(), tag)?, Want::Bytes);
         Ok(Request::new(self.clone(), st, |c, m, _, _| {
             c.decode(m.expect("receive"))
         }))
@@ -473,7 +546,7 @@ impl Comm {
         source: impl Into<Source>,
         tag: i32,
     ) -> Result<Request<'static, (Vec<T>, Status)>> {
-        let st = self.post(self.pattern(self.ctx, source.into(), tag)?, false);
+        let st = self.post(self.pattern(self.ctx, source.into(), tag)?, Want::Bytes);
         Ok(Request::new(self.clone(), st, |c, m, _, _| {
             c.decode_vec(m.expect("receive"))
         }))
@@ -504,7 +577,7 @@ impl Comm {
             let buf: &mut [T] = bytemuck::cast_slice_mut(buf.expect("irecv_into has a buffer"));
             c.decode_into(m.expect("receive"), buf)
         }
-        let st = self.post(pat, false);
+        let st = self.post(pat, Want::Later);
         Ok(Request::with_buffer(
             self.clone(),
             st,
@@ -567,7 +640,9 @@ impl Comm {
             let mut st = core.lock();
             st.proto
                 .pull_done(&job, if pulled { Ok(None) } else { Err(()) });
-            core.progress(&mut st);
+            // Send the Fin (or Nack) now; no general progress here, which would pull the
+            // receives their owners are about to pull themselves.
+            core.flush_peer(&mut st, job.peer);
         }
         if pulled {
             return Ok(());

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::protocol::matching::{Msg, Pattern, RecvId};
-use crate::protocol::{Protocol, ProtocolConfig, PullJob, Route, RvBuf, SendId, SendPoll, Taken};
+use crate::protocol::{
+    Protocol, ProtocolConfig, PullJob, Route, RvBuf, SendId, SendPoll, Taken, Want,
+};
 use crate::transport::Transport;
-use crate::wire::{FrameDecoder, Header, HEADER_LEN};
+use crate::wire::{Encoding, FrameDecoder, Header, Kind, HEADER_LEN};
 
 /// The tunables in force (from `crate::config::Tuning`, with waiting decided by how many
 /// ranks share the cores).
@@ -63,6 +65,9 @@ pub(crate) struct State {
     broken: Vec<Option<String>>,
     /// Peers whose loss the protocol has been told of.
     lost_told: Vec<bool>,
+    /// Per peer: threads waiting to take its next frame straight from the stream (see
+    /// [`Core::recv_from_stream`]); progress leaves such a stream alone.
+    stream_waiters: Vec<u32>,
 }
 
 impl State {
@@ -79,6 +84,16 @@ impl State {
     pub(crate) fn peek(&self, pat: Pattern) -> Option<&Msg> {
         self.proto.peek(pat)
     }
+}
+
+/// What [`Core::recv_from_stream`] found.
+pub(crate) enum FromStream {
+    /// The frame with this header, its payload in the caller's buffer.
+    Got(Header),
+    /// Nothing whole there yet.
+    Empty,
+    /// Something the general path must handle (another message, a partial frame, an error).
+    No,
 }
 
 /// Which peers' loss ends a wait.
@@ -126,6 +141,7 @@ impl Core {
                 .collect(),
             broken: vec![None; size],
             lost_told: vec![false; size],
+            stream_waiters: vec![0; size],
         };
         Core {
             rank,
@@ -147,13 +163,19 @@ impl Core {
     /// Move bytes: flush queued frames, read and dispatch incoming frames, and make the
     /// pulls and copies the protocol asks for. Never blocks.
     pub(crate) fn progress(&self, st: &mut State) -> bool {
+        self.progress_with(st, true)
+    }
+
+    /// `progress`; `urgent` false (a wait that has only just begun) leaves receives whose
+    /// owners will pull them into their own buffers to those owners.
+    fn progress_with(&self, st: &mut State, urgent: bool) -> bool {
         let mut any = false;
         for peer in 0..self.size {
             if peer == self.rank || st.broken[peer].is_some() {
                 continue;
             }
             any |= self.flush_peer(st, peer);
-            if !self.t.readable(peer) {
+            if st.stream_waiters[peer] > 0 || !self.t.readable(peer) {
                 continue;
             }
             let mut read_any = false;
@@ -179,7 +201,7 @@ impl Core {
                 any = true;
             }
         }
-        while let Some(job) = st.proto.claim_pull() {
+        while let Some(job) = st.proto.claim_pull(urgent) {
             let bytes = self.pull_new(&job);
             st.proto.pull_done(&job, bytes);
             any = true;
@@ -199,6 +221,67 @@ impl Core {
             }
         }
         any
+    }
+
+    /// Take the next frame of `peer`'s stream straight into `dst` when it is a whole data
+    /// frame that matches `pat`, fits, and has the element type `typecode` (MPI order is kept:
+    /// the caller checked that no posted receive or queued message comes first). No decoder,
+    /// no allocation, no matching: the small-message fast path.
+    pub(crate) fn recv_from_stream(
+        &self,
+        st: &mut State,
+        peer: usize,
+        pat: &Pattern,
+        typecode: u32,
+        dst: &mut [u8],
+    ) -> FromStream {
+        if st.broken[peer].is_some() || st.dec[peer].mid_frame() {
+            return FromStream::No;
+        }
+        let Some(avail) = self.t.available(peer) else {
+            return FromStream::No;
+        };
+        if avail < HEADER_LEN {
+            return FromStream::Empty;
+        }
+        let mut hb = [0u8; HEADER_LEN];
+        if self.t.peek(peer, &mut hb) < HEADER_LEN {
+            return FromStream::Empty;
+        }
+        let Ok(h) = Header::decode(&hb, peer) else {
+            return FromStream::No;
+        };
+        let len = h.len as usize;
+        let fits = h.kind == Kind::Data
+            && pat.matches_header(&h)
+            && h.enc == Encoding::Raw
+            && h.typecode == typecode
+            && len <= dst.len()
+            && avail >= HEADER_LEN + len;
+        if !fits {
+            return FromStream::No;
+        }
+        let got = self.t.read(peer, &mut hb).and_then(|n| {
+            let m = self.t.read(peer, &mut dst[..len])?;
+            Ok(n + m)
+        });
+        match got {
+            Ok(n) if n == HEADER_LEN + len => {
+                self.t.read_done(peer);
+                FromStream::Got(h)
+            }
+            // The bytes were there a moment ago and only we read this stream: a broken ring.
+            _ => {
+                st.broken[peer] = Some("its stream lost bytes under a read".into());
+                FromStream::No
+            }
+        }
+    }
+
+    /// Mark (or unmark) a thread as waiting on `peer`'s stream directly.
+    pub(crate) fn stream_waiter(&self, st: &mut State, peer: usize, waiting: bool) {
+        let w = &mut st.stream_waiters[peer];
+        *w = if waiting { *w + 1 } else { w.saturating_sub(1) };
     }
 
     /// Pull a rendezvous payload into a new buffer (`Err` when refused).
@@ -279,7 +362,7 @@ impl Core {
     /// Post a receive whose message the caller wants with its bytes here: the message at
     /// once, or the id to wait on with [`State::take_msg`].
     pub(crate) fn post_msg(&self, pat: Pattern) -> std::result::Result<Msg, RecvId> {
-        self.lock().proto.post(pat, false)
+        self.lock().proto.post(pat, Want::Bytes)
     }
 
     /// Withdraw a receive (a message it matched goes back to matching).
@@ -325,6 +408,9 @@ impl Core {
     }
 
     fn lost_peers(&self, st: &State) -> Vec<(usize, String)> {
+        if !st.proto.rendezvous_pending() {
+            return Vec::new();
+        }
         (0..self.size)
             .filter(|&p| p != self.rank && !st.lost_told[p])
             .filter_map(|p| self.gone(st, p).map(|why| (p, why)))
@@ -391,8 +477,34 @@ impl Core {
         watch: Watch<'_>,
         deadline: Option<Instant>,
         spin_cap: Option<Duration>,
+        check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
+    ) -> Result<Option<R>> {
+        self.wait_loop(watch, deadline, spin_cap, None, check)
+    }
+
+    /// `wait_for` that also checks before each progress step (for a check that reads a
+    /// stream progress leaves alone). While spinning, `ready` (cheap, lock-free) says when
+    /// checking is worth taking the lock for; every 64 fruitless looks the lock is taken
+    /// anyway, so the rest of the process keeps moving.
+    pub(crate) fn wait_checking_first<R>(
+        &self,
+        watch: Watch<'_>,
+        ready: &dyn Fn() -> bool,
+        check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
+    ) -> Result<R> {
+        let r = self.wait_loop(watch, None, None, Some(ready), check)?;
+        Ok(r.expect("no deadline"))
+    }
+
+    fn wait_loop<R>(
+        &self,
+        watch: Watch<'_>,
+        deadline: Option<Instant>,
+        spin_cap: Option<Duration>,
+        ready: Option<&dyn Fn() -> bool>,
         mut check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
     ) -> Result<Option<R>> {
+        let check_first = ready.is_some();
         let spin = spin_cap.map_or(self.tuning.spin, |c| c.min(self.tuning.spin));
         let max_yields = if spin_cap.is_some() {
             1
@@ -412,7 +524,14 @@ impl Core {
                 } else {
                     (None, Vec::new())
                 };
-                self.progress(&mut st);
+                if check_first {
+                    if let Some(r) = check(self, &mut st)? {
+                        return Ok(Some(r));
+                    }
+                }
+                // Until this wait has spun for a while it leaves receives with buffers of their
+                // own to their owners; after that it pulls whatever is matched.
+                self.progress_with(&mut st, yields > 0);
                 self.tell_lost(&mut st, &gone);
                 if let Some(r) = check(self, &mut st)? {
                     return Ok(Some(r));
@@ -432,6 +551,14 @@ impl Core {
                 && (!iter.is_multiple_of(32)
                     || start.get_or_insert_with(Instant::now).elapsed() < spin)
             {
+                if let Some(ready) = ready {
+                    for _ in 0..64 {
+                        if ready() {
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                }
                 continue;
             }
             if yields < max_yields {

@@ -9,9 +9,17 @@ use std::time::Instant;
 use ranks::{Comm, Error};
 
 fn latency(w: &Comm) -> Result<(), Error> {
-    let mut buf = vec![0u8; 4 << 20];
-    let mut size = 1;
-    while size <= 4 << 20 {
+    // `bench latency [FROM [TO]]`: sizes FROM..=TO bytes (default 1 B to 4 MiB).
+    let arg = |i: usize, d: usize| -> usize {
+        std::env::args()
+            .nth(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(d)
+    };
+    let (from, to) = (arg(2, 1), arg(3, 4 << 20));
+    let mut buf = vec![0u8; to.max(1)];
+    let mut size = from.max(1);
+    while size <= to {
         let iters = if size <= 8192 { 20000 } else { 500 };
         let warm = iters / 10;
         let mut t0 = Instant::now();
@@ -78,8 +86,16 @@ fn bw(w: &Comm) -> Result<(), Error> {
     const WINDOW: usize = 64;
     let mut bufs: Vec<Vec<u8>> = (0..WINDOW).map(|_| vec![1u8; 1 << 20]).collect();
     let mut ack = [0u8; 1];
-    let mut size = 8;
-    while size <= 1 << 20 {
+    // `bench bw [FROM [TO]]`: sizes FROM..=TO bytes (default 8 B to 256 KiB).
+    let arg = |i: usize, d: usize| -> usize {
+        std::env::args()
+            .nth(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(d)
+    };
+    let (from, to) = (arg(2, 8), arg(3, 1 << 18).min(1 << 20));
+    let mut size = from.max(1);
+    while size <= to {
         let iters = if size <= 65536 { 2000 } else { 100 };
         let warm = 10;
         let mut t0 = Instant::now();

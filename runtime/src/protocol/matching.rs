@@ -81,6 +81,13 @@ pub(crate) struct Pattern {
 }
 
 impl Pattern {
+    /// Whether a data frame with this header would match.
+    pub fn matches_header(&self, h: &crate::wire::Header) -> bool {
+        self.ctx == h.ctx
+            && (self.src == ANY_SOURCE || self.src as u32 == h.src)
+            && (self.tag == ANY_TAG || self.tag == h.tag)
+    }
+
     pub fn matches(&self, m: &Msg) -> bool {
         self.ctx == m.ctx
             && (self.src == ANY_SOURCE || self.src as u32 == m.src)
@@ -154,6 +161,11 @@ impl Matcher {
         let before = self.posted.len();
         self.posted.retain(|(i, _)| *i != id);
         self.posted.len() != before
+    }
+
+    /// Whether any receive is posted (and so may claim the next arrival first).
+    pub fn has_posted(&self) -> bool {
+        !self.posted.is_empty()
     }
 
     /// The oldest queued message matching `pat`, without taking it.

@@ -24,11 +24,36 @@ pub(crate) mod matching;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::Error;
 use crate::wire::{Decoded, Header, Kind, HEADER_LEN, RTS_PAYLOAD_LEN};
 use matching::{Body, Matcher, Msg, Pattern, RecvId};
+
+/// A hasher for the request table's small integer keys: one multiply, no SipHash (which
+/// showed in profiles of the small-message path).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// How a send of a payload goes: the one place that decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,13 +115,25 @@ struct RvSend {
 enum Slot {
     /// A matched message ready to be taken (eager bytes, pulled bytes, or an error).
     Ready(Msg),
-    /// Matched a rendezvous message nobody pulls yet. `direct`: the receive's owner waits
-    /// with a buffer of its own and pulls it there; other threads leave it alone.
-    NeedPull { msg: Msg, direct: bool },
+    /// Matched a rendezvous message nobody pulls yet; `want` says who should.
+    NeedPull { msg: Msg, want: Want },
     /// Some thread is pulling it. `cancelled`: the receive was withdrawn meanwhile.
     Pulling { msg: Msg, cancelled: bool },
     /// The pull was refused; `Nack` sent, waiting for `RtsData`.
     AwaitStream { msg: Msg, cancelled: bool },
+}
+
+/// Who pulls a receive's rendezvous message, and where to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// Any waiting thread, into a new buffer (the receive wants the bytes in a vector).
+    Bytes,
+    /// The receive has a buffer of its own and will wait for it later: its owner pulls
+    /// straight into that buffer; another thread pulls it (into a new buffer) only when it
+    /// has waited a while without progress, so that nobody waits on it forever.
+    Later,
+    /// The owner waits for it now with its own buffer: only the owner pulls it.
+    Now,
 }
 
 /// A pull to make: copy `len` bytes at `addr` in `peer`'s memory, then report with
@@ -198,8 +235,8 @@ pub(crate) struct Protocol {
     copies: VecDeque<(usize, u64)>,
     /// Matched rendezvous receives nobody is pulling, oldest first (may hold stale ids).
     pulls: VecDeque<RecvId>,
-    /// Posted receives whose owners wait on them with buffers of their own (few at a time).
-    direct: Vec<RecvId>,
+    /// Posted receives that are not `Want::Bytes` (few at a time).
+    wants: Vec<(RecvId, Want)>,
 }
 
 impl Protocol {
@@ -211,12 +248,12 @@ impl Protocol {
             out: (0..size).map(|_| OutQueue::default()).collect(),
             write_err: vec![None; size],
             next_token: 1,
-            sends: HashMap::new(),
-            recvs: HashMap::new(),
-            streams: HashMap::new(),
+            sends: HashMap::default(),
+            recvs: HashMap::default(),
+            streams: HashMap::default(),
             copies: VecDeque::new(),
             pulls: VecDeque::new(),
-            direct: Vec::new(),
+            wants: Vec::new(),
         }
     }
 
@@ -586,15 +623,15 @@ impl Protocol {
     /// A message to match (arrived, or sent to ourselves).
     fn arrived(&mut self, msg: Msg) {
         if let Some((id, msg)) = self.matcher.incoming(msg) {
-            self.matched(id, msg, false);
+            self.matched(id, msg, Want::Bytes);
         }
     }
 
-    fn matched(&mut self, id: RecvId, msg: Msg, direct: bool) {
-        let direct = direct || self.undirect(id);
+    fn matched(&mut self, id: RecvId, msg: Msg, want: Want) {
+        let want = self.forget_want(id).unwrap_or(want);
         if matches!(msg.body, Body::Remote { .. }) {
-            self.recvs.insert(id, Slot::NeedPull { msg, direct });
-            if !direct {
+            self.recvs.insert(id, Slot::NeedPull { msg, want });
+            if want != Want::Now {
                 self.pulls.push_back(id);
             }
         } else {
@@ -604,20 +641,18 @@ impl Protocol {
 
     /// Post a receive. A message already here with its bytes is returned at once (with no
     /// table entry); otherwise the receive waits under the returned id (a rendezvous message
-    /// it matched is in the table, to be pulled). `direct`: the caller will wait for it at
-    /// once with a buffer of its own (see [`Protocol::take`]).
-    pub(crate) fn post(&mut self, pat: Pattern, direct: bool) -> Result<Msg, RecvId> {
+    /// it matched is in the table, to be pulled, as `want` says).
+    pub(crate) fn post(&mut self, pat: Pattern, want: Want) -> Result<Msg, RecvId> {
         let (id, got) = self.matcher.post(pat);
         match got {
             Some(m) if !matches!(m.body, Body::Remote { .. }) => Ok(m),
             Some(m) => {
-                self.matched(id, m, direct);
+                self.matched(id, m, want);
                 Err(id)
             }
             None => {
-                if direct {
-                    // A rendezvous that matches it later is left to the owner to pull.
-                    self.direct.push(id);
+                if want != Want::Bytes {
+                    self.wants.push((id, want));
                 }
                 Err(id)
             }
@@ -627,6 +662,11 @@ impl Protocol {
     /// Take what receive `id` has: its message, or (for a `direct` taker, or a rendezvous
     /// nobody pulls yet) a pull to make into the caller's buffer. `None`: nothing yet.
     pub(crate) fn take(&mut self, id: RecvId, direct: bool) -> Option<Taken> {
+        match self.recvs.get(&id)? {
+            Slot::Ready(_) => {}
+            Slot::NeedPull { .. } if direct => {}
+            _ => return None,
+        }
         match self.recvs.remove(&id)? {
             Slot::Ready(m) => Some(Taken::Msg(m)),
             Slot::NeedPull { msg, .. } if direct => {
@@ -651,34 +691,47 @@ impl Protocol {
     /// there, not through a temporary one.
     pub(crate) fn set_direct(&mut self, id: RecvId) {
         match self.recvs.get_mut(&id) {
-            Some(Slot::NeedPull { direct, .. }) => *direct = true,
+            Some(Slot::NeedPull { want, .. }) => *want = Want::Now,
             Some(_) => {}
             None => {
-                if !self.direct.contains(&id) {
-                    self.direct.push(id);
-                }
+                self.forget_want(id);
+                self.wants.push((id, Want::Now));
             }
         }
     }
 
-    /// Forget that `id` was waited on directly; whether it was.
-    fn undirect(&mut self, id: RecvId) -> bool {
-        match self.direct.iter().position(|&d| d == id) {
-            Some(i) => {
-                self.direct.swap_remove(i);
-                true
-            }
-            None => false,
-        }
+    /// Forget what a posted receive wanted; what it was, if not `Want::Bytes`.
+    fn forget_want(&mut self, id: RecvId) -> Option<Want> {
+        let i = self.wants.iter().position(|&(d, _)| d == id)?;
+        Some(self.wants.swap_remove(i).1)
     }
 
     /// A matched rendezvous receive no one is pulling, for a waiting thread to pull into a
-    /// buffer of its own (then [`Protocol::pull_done`] with the bytes).
-    pub(crate) fn claim_pull(&mut self) -> Option<PullJob> {
-        while let Some(id) = self.pulls.pop_front() {
-            let Some(Slot::NeedPull { direct: false, .. }) = self.recvs.get(&id) else {
-                continue;
-            };
+    /// buffer of its own (then [`Protocol::pull_done`] with the bytes). `urgent`: the thread
+    /// has waited a while, so receives whose owners would pull them later are taken too.
+    pub(crate) fn claim_pull(&mut self, urgent: bool) -> Option<PullJob> {
+        let mut i = 0;
+        while i < self.pulls.len() {
+            let id = self.pulls[i];
+            match self.recvs.get(&id) {
+                Some(Slot::NeedPull {
+                    want: Want::Bytes, ..
+                }) => {}
+                Some(Slot::NeedPull {
+                    want: Want::Later, ..
+                }) if urgent => {}
+                Some(Slot::NeedPull {
+                    want: Want::Later, ..
+                }) => {
+                    i += 1;
+                    continue;
+                }
+                _ => {
+                    self.pulls.remove(i);
+                    continue;
+                }
+            }
+            self.pulls.remove(i);
             let Some(Slot::NeedPull { msg, .. }) = self.recvs.remove(&id) else {
                 unreachable!("checked above")
             };
@@ -734,7 +787,7 @@ impl Protocol {
     /// Withdraw receive `id` (its request was dropped or its wait failed). A message it
     /// matched goes back to matching, in its place.
     pub(crate) fn cancel(&mut self, id: RecvId) {
-        self.undirect(id);
+        self.forget_want(id);
         if self.matcher.cancel(id) {
             return;
         }
@@ -765,7 +818,7 @@ impl Protocol {
     /// A matched message the taker did not consume goes back to matching, in its place.
     pub(crate) fn put_back(&mut self, msg: Msg) {
         if let Some((id, msg)) = self.matcher.incoming_front(msg) {
-            self.matched(id, msg, false);
+            self.matched(id, msg, Want::Bytes);
         }
     }
 
@@ -779,6 +832,18 @@ impl Protocol {
     /// The oldest unmatched message matching `pat`, without taking it.
     pub(crate) fn peek(&self, pat: Pattern) -> Option<&Msg> {
         self.matcher.peek(pat)
+    }
+
+    /// Whether a message arriving now may be handed to a receive straight from its stream:
+    /// no posted receive could claim it first and none matching `pat` is already queued.
+    pub(crate) fn may_bypass(&self, pat: Pattern) -> bool {
+        !self.matcher.has_posted() && self.matcher.peek(pat).is_none()
+    }
+
+    /// Whether any rendezvous is in flight (sends waiting for receivers, receives being
+    /// pulled or streamed, or matched receives not yet taken).
+    pub(crate) fn rendezvous_pending(&self) -> bool {
+        !self.sends.is_empty() || !self.recvs.is_empty()
     }
 
     /// `peer` is gone and everything it sent has been read: rendezvous with it fail.

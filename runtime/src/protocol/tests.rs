@@ -79,7 +79,7 @@ impl Net {
     }
 
     fn post(&mut self, rank: usize, src: i32, tag: i32) -> Result<Msg, RecvId> {
-        self.cores[rank].post(Pattern { ctx: 0, src, tag }, false)
+        self.cores[rank].post(Pattern { ctx: 0, src, tag }, Want::Bytes)
     }
 
     /// Bytes at `addr` in `rank`'s memory.
@@ -122,7 +122,7 @@ impl Net {
     /// What a waiting thread of `rank` does besides moving bytes: pulls and copies.
     fn work(&mut self, rank: usize) -> bool {
         let mut any = false;
-        while let Some(job) = self.cores[rank].claim_pull() {
+        while let Some(job) = self.cores[rank].claim_pull(true) {
             let r = if self.refuse_pull[rank] {
                 Err(())
             } else {
@@ -318,7 +318,7 @@ fn a_pull_too_big_for_the_takers_buffer_goes_back_and_the_sender_waits() {
         src: 1,
         tag: 0,
     };
-    let id = net.cores[0].post(pat, true).expect_err("rendezvous");
+    let id = net.cores[0].post(pat, Want::Now).expect_err("rendezvous");
     let Some(Taken::Pull(job, msg)) = net.cores[0].take(id, true) else {
         panic!("a direct taker makes the pull itself")
     };
@@ -342,7 +342,7 @@ fn a_direct_taker_pulls_into_its_own_buffer_and_others_leave_it_alone() {
         src: 1,
         tag: 0,
     };
-    let id = net.cores[0].post(pat, true).expect_err("nothing yet");
+    let id = net.cores[0].post(pat, Want::Now).expect_err("nothing yet");
     let s = net.send(1, 0, 0, payload(1, 0, 300));
     net.settle(&[1, 0]);
     // Progress did not pull it: the owner waits with its own buffer.
@@ -395,7 +395,7 @@ fn a_receive_cancelled_while_being_pulled_leaves_its_message_for_the_next() {
     let s = net.send(1, 0, 0, payload(1, 0, 400));
     let r = net.post(0, 1, 0).unwrap_err();
     net.deliver(1, 0);
-    let job = net.cores[0].claim_pull().expect("a pull to make");
+    let job = net.cores[0].claim_pull(true).expect("a pull to make");
     net.cores[0].cancel(r);
     let data = net.read(1, job.addr, job.len).unwrap();
     net.cores[0].pull_done(&job, Ok(Some(data)));
@@ -460,4 +460,35 @@ fn the_route_decides_self_eager_and_rendezvous_in_one_place() {
     let s = net.send(0, 0, 4, vec![1, 2, 3]);
     assert_eq!(s, SendId::Done);
     assert_eq!(bytes(&net.post(0, 0, 4).unwrap()), [1, 2, 3]);
+}
+
+#[test]
+fn receives_with_buffers_of_their_own_are_left_to_their_owners_until_a_wait_drags_on() {
+    let mut net = Net::new(2, 100);
+    let pat = Pattern {
+        ctx: 0,
+        src: 1,
+        tag: 0,
+    };
+    let later = net.cores[0].post(pat, Want::Later).unwrap_err();
+    let s = net.send(1, 0, 0, payload(1, 0, 300));
+    net.deliver(1, 0);
+    // A wait that has only begun leaves it alone...
+    assert!(net.cores[0].claim_pull(false).is_none());
+    // ...its owner, when it waits, pulls it into its own buffer...
+    net.cores[0].set_direct(later);
+    assert!(matches!(
+        net.cores[0].take(later, true),
+        Some(Taken::Pull(..))
+    ));
+    // ...and a wait that drags on takes one nobody waits for, so nothing hangs.
+    let other = net.cores[0].post(pat, Want::Later).unwrap_err();
+    let _ = net.send(1, 0, 0, payload(1, 0, 200));
+    net.deliver(1, 0);
+    assert!(net.cores[0].claim_pull(false).is_none());
+    let job = net.cores[0]
+        .claim_pull(true)
+        .expect("an urgent wait pulls it");
+    assert_eq!(job.id, other);
+    let _ = s;
 }

@@ -99,6 +99,14 @@ impl Transport for Hybrid {
         self.route(peer).is_ok_and(|(t, p)| t.readable(p))
     }
 
+    fn available(&self, peer: usize) -> Option<usize> {
+        self.route(peer).ok().and_then(|(t, p)| t.available(p))
+    }
+
+    fn peek(&self, peer: usize, buf: &mut [u8]) -> usize {
+        self.route(peer).map_or(0, |(t, p)| t.peek(p, buf))
+    }
+
     fn notify(&self, peer: usize) {
         if let Ok((t, p)) = self.route(peer) {
             t.notify(p)

@@ -38,6 +38,18 @@ pub(crate) trait Transport: Send + Sync {
     /// Cheap hint that `read(peer)` may return data.
     fn readable(&self, peer: usize) -> bool;
 
+    /// Bytes of `peer`'s stream that `read` would return now, if the transport can tell
+    /// (and [`Transport::peek`] at them); `None` when it cannot.
+    fn available(&self, _peer: usize) -> Option<usize> {
+        None
+    }
+
+    /// Copy the next `buf.len()` bytes of `peer`'s stream without consuming them (at most
+    /// what is available). Only for transports whose `available` is `Some`.
+    fn peek(&self, _peer: usize, _buf: &mut [u8]) -> usize {
+        0
+    }
+
     /// Tell `peer` that we wrote to it or made room in its stream (wakes it if asleep).
     fn notify(&self, peer: usize);
 

@@ -346,6 +346,37 @@ impl Segment {
         Ok(n)
     }
 
+    /// Bytes in ring (src, dst) a read would return now (0 if the ring is corrupt; the read
+    /// reports that).
+    fn ring_available(&self, src: usize, dst: usize) -> usize {
+        let (head, tail, _) = self.ring(src, dst);
+        let avail = head.load(Acquire).wrapping_sub(tail.load(Relaxed));
+        if avail > self.cap as u64 {
+            return 0;
+        }
+        avail as usize
+    }
+
+    /// Copy up to `buf.len()` bytes from the front of ring (src, dst) without taking them.
+    /// Only `dst` may call this.
+    fn ring_peek(&self, src: usize, dst: usize, buf: &mut [u8]) -> usize {
+        let (_, tail, data) = self.ring(src, dst);
+        let n = buf.len().min(self.ring_available(src, dst));
+        if n == 0 {
+            return 0;
+        }
+        let off = (tail.load(Relaxed) as usize) & (self.cap - 1);
+        let first = n.min(self.cap - off);
+        // SAFETY: as in `ring_read`: both ranges are inside the data area, and the `n`
+        // bytes after `tail` were published by the writer (acquired in `ring_available`) and
+        // stay put until we advance `tail`, which this does not.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.add(off), buf.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(data, buf.as_mut_ptr().add(first), n - first);
+        }
+        n
+    }
+
     fn ring_has_data(&self, src: usize, dst: usize) -> bool {
         let (head, tail, _) = self.ring(src, dst);
         head.load(Acquire) != tail.load(Relaxed)
@@ -544,6 +575,14 @@ impl Transport for Shm {
 
     fn readable(&self, peer: usize) -> bool {
         self.seg.ring_has_data(peer, self.me)
+    }
+
+    fn available(&self, peer: usize) -> Option<usize> {
+        Some(self.seg.ring_available(peer, self.me))
+    }
+
+    fn peek(&self, peer: usize, buf: &mut [u8]) -> usize {
+        self.seg.ring_peek(peer, self.me, buf)
     }
 
     fn notify(&self, peer: usize) {
