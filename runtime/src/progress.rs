@@ -514,12 +514,15 @@ impl Core {
         let mut start: Option<Instant> = None;
         let mut yields = 0;
         let mut iter: u32 = 0;
+        // Peer loss is looked for now and then while spinning, and after every sleep; not on
+        // the first look, which most waits need no more than.
+        let mut woke = false;
         loop {
             {
                 let mut st = self.lock();
                 // Peer loss is checked before progress (so everything the peer sent before it
                 // went is read first), and only now and then while spinning.
-                let (lost, gone) = if iter.is_multiple_of(64) {
+                let (lost, gone) = if iter % 64 == 63 || std::mem::take(&mut woke) {
                     (self.check_watch(&st, watch), self.lost_peers(&st))
                 } else {
                     (None, Vec::new())
@@ -592,6 +595,7 @@ impl Core {
                 return r.map(Some);
             }
             iter = 0;
+            woke = true;
         }
     }
 }

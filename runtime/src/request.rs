@@ -106,6 +106,12 @@ impl<'a, T> Request<'a, T> {
     fn drive(&mut self) -> Result<()> {
         match self.state {
             ReqState::Thread(_) => return Ok(()), // `complete` joins the thread
+            // A send written whole at once, or a message here already: nothing to wait for.
+            ReqState::Send {
+                id: SendId::Done, ..
+            }
+            | ReqState::Matched(_)
+            | ReqState::Done => return Ok(()),
             ReqState::Recv { id, .. } => self.comm.core.lock().proto.set_direct(id),
             _ => {}
         }
