@@ -466,3 +466,30 @@ fn killing_the_launcher_stops_the_ranks_on_every_host() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn progress_patterns_across_hosts() {
+    // The halo exchange and out-of-order large receives with shared memory inside a host and
+    // QUIC across, at the default rendezvous threshold and with every message a rendezvous.
+    if !hosts_ready() {
+        return;
+    }
+    for threshold in ["32768", "1"] {
+        let var = format!("RANKS_RENDEZVOUS_THRESHOLD={threshold}");
+        for (n, hosts) in [
+            ("3", "ranks-h1:2,ranks-h2:1"),
+            ("5", "ranks-h1:2,ranks-h2:2,ranks-h3:1"),
+        ] {
+            let launcher = ["-n", n, "--host", hosts, "-x", &var, "--timeout", "60"];
+            let last = format!("rank {}", n.parse::<usize>().unwrap() - 1);
+            for scenario in ["halo", "posted_large", "head_to_head"] {
+                ok_job(
+                    &launcher,
+                    "ranks-testjob",
+                    &[scenario],
+                    &format!("{scenario} ok {last}"),
+                );
+            }
+        }
+    }
+}
