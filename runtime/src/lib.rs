@@ -25,6 +25,7 @@ mod context;
 mod error;
 mod group;
 pub mod op;
+mod p2p;
 pub mod primitives;
 mod progress;
 mod protocol;

@@ -370,6 +370,11 @@ impl Core {
         self.lock().proto.cancel(id);
     }
 
+    /// Why world rank `peer` can no longer take part, if it can't.
+    pub(crate) fn peer_gone(&self, peer: usize) -> Option<String> {
+        self.t.peer_gone(peer)
+    }
+
     /// How a payload of `len` bytes to world rank `peer` goes.
     pub(crate) fn route(&self, st: &State, peer: usize, len: usize) -> Route {
         st.proto.route(peer, len)

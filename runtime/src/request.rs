@@ -1,7 +1,8 @@
 //! Requests: nonblocking operations in flight, waited on or tested.
 
-use crate::comm::{poll_borrowed_send, Comm};
+use crate::comm::Comm;
 use crate::error::{Error, Result};
+use crate::p2p::poll_borrowed_send;
 use crate::progress::{Core, State, Watch};
 use crate::protocol::matching::{Pattern, RecvId, ANY_SOURCE};
 use crate::protocol::{SendId, Taken};

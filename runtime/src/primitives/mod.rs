@@ -111,7 +111,7 @@ impl Ctx<'_> {
     }
     /// Whether world rank `rank` has exited or died.
     pub(crate) fn gone(&self, rank: usize) -> bool {
-        rank != self.core.rank && self.core.t.peer_gone(rank).is_some()
+        rank != self.core.rank && self.core.peer_gone(rank).is_some()
     }
 }
 

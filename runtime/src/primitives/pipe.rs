@@ -138,7 +138,7 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
             {
                 return Ok(true);
             }
-            if self.world.core.t.peer_gone(self.peer).is_some() {
+            if self.world.core.peer_gone(self.peer).is_some() {
                 return Ok(true);
             }
             if Instant::now() >= deadline {

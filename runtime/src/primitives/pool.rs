@@ -489,7 +489,7 @@ where
         else {
             // Now and then: did a busy worker die?
             for (w, ids) in busy.iter_mut() {
-                if let Some(why) = comm.core.t.peer_gone(comm.members[*w]) {
+                if let Some(why) = comm.core.peer_gone(comm.members[*w]) {
                     for id in ids.drain(..) {
                         if let Some(task) = inflight.remove(&id) {
                             let item = task.index;

@@ -1,0 +1,560 @@
+//! Point-to-point transfers: how `Comm` moves payload bytes over the progress layer.
+//!
+//! The internal request API that the typed methods of `comm.rs`, the collectives and the
+//! primitives are written against: blocking and nonblocking sends of raw payloads,
+//! receives that come back as a message with its bytes or as a pull for the caller's own
+//! buffer, and turning messages into values. Nothing above this module touches the
+//! protocol's state or the transport.
+
+use std::any::type_name;
+
+use bytemuck::Pod;
+use serde::de::DeserializeOwned;
+
+use crate::comm::{status_of, typecode, Comm, Status};
+use crate::error::{Error, Result};
+use crate::progress::{Core, FromStream, Watch};
+use crate::protocol::matching::{Body, Msg, Pattern, RecvId};
+use crate::protocol::{PullJob, Route, RvBuf, SendId, Taken, Want};
+use crate::request::{ReqState, Request};
+use crate::wire::{Encoding, Header, HEADER_LEN};
+
+impl Comm {
+    /// Blocking send of raw payload bytes. Returns when the bytes are in the transport (or,
+    /// for a rendezvous, once the receiver has them).
+    pub(crate) fn send_bytes(
+        &self,
+        ctx: u32,
+        dest: usize,
+        tag: i32,
+        payload: &[u8],
+        enc: Encoding,
+        typecode: u32,
+    ) -> Result<()> {
+        Self::check_send_tag(tag)?;
+        let peer = self.peer(dest)?;
+        let h = Header::data(
+            ctx,
+            self.rank as u32,
+            tag,
+            payload.len() as u64,
+            enc,
+            typecode,
+        );
+        let core = &*self.core;
+        let id = {
+            let mut st = core.lock();
+            match core.route(&st, peer, payload.len()) {
+                Route::SelfSend => {
+                    core.deliver_local(&mut st, Msg::new(&h, Body::Eager(payload.to_vec())));
+                    return Ok(());
+                }
+                Route::Eager => {
+                    if let Some(detail) = st.proto.write_error(peer) {
+                        return Err(Error::PeerLost {
+                            rank: peer,
+                            detail: detail.to_string(),
+                        });
+                    }
+                    if let Some(detail) = core.t.peer_gone(peer) {
+                        return Err(Error::PeerLost { rank: peer, detail });
+                    }
+                    let id = core.write_frame(&mut st, peer, &h, payload);
+                    if core.send_finished(&mut st, id)? {
+                        return Ok(());
+                    }
+                    id
+                }
+                Route::Rendezvous => {
+                    let (addr, len) = (payload.as_ptr() as u64, payload.len() as u64);
+                    core.offer(&mut st, peer, &h, RvBuf::Borrowed { addr, len })
+                }
+            }
+        };
+        // `payload` stays borrowed (and so alive) until the receiver is done with it.
+        let r = core.wait_for(Watch::Peer(peer), |core, st| {
+            Ok(poll_borrowed_send(core, st, id, payload)?.then_some(()))
+        });
+        if r.is_err() {
+            if let SendId::Rendezvous { peer, token } = id {
+                core.lock().proto.abandon_send(peer, token);
+            }
+        }
+        r
+    }
+
+    /// Nonblocking send of an owned frame buffer whose first `HEADER_LEN` bytes are free.
+    pub(crate) fn isend_owned(
+        &self,
+        ctx: u32,
+        dest: usize,
+        tag: i32,
+        mut buf: Vec<u8>,
+        enc: Encoding,
+        typecode: u32,
+    ) -> Result<Request<'static, ()>> {
+        Self::check_send_tag(tag)?;
+        let peer = self.peer(dest)?;
+        let len = buf.len() - HEADER_LEN;
+        let h = Header::data(ctx, self.rank as u32, tag, len as u64, enc, typecode);
+        let core = &*self.core;
+        let mut st = core.lock();
+        let id = match core.route(&st, peer, len) {
+            Route::SelfSend => {
+                buf.drain(..HEADER_LEN);
+                core.deliver_local(&mut st, Msg::new(&h, Body::Eager(buf)));
+                SendId::Done
+            }
+            Route::Rendezvous => core.offer(&mut st, peer, &h, RvBuf::Owned(buf)),
+            Route::Eager => {
+                buf[..HEADER_LEN].copy_from_slice(&h.encode());
+                core.queue_frame(&mut st, peer, buf)
+            }
+        };
+        drop(st);
+        Ok(Request::new(
+            self.clone(),
+            ReqState::Send { id, data: &[] },
+            |_, _, _, _| Ok(()),
+        ))
+    }
+
+    /// Nonblocking send straight from a borrowed buffer: small messages are written (or
+    /// queued) at once; large ones are pulled by the receiver from `payload`, which the
+    /// returned request borrows until it completes.
+    pub(crate) fn isend_borrowed<'a>(
+        &self,
+        ctx: u32,
+        dest: usize,
+        tag: i32,
+        payload: &'a [u8],
+        enc: Encoding,
+        typecode: u32,
+    ) -> Result<Request<'a, ()>> {
+        Self::check_send_tag(tag)?;
+        let peer = self.peer(dest)?;
+        let core = &*self.core;
+        let h = Header::data(
+            ctx,
+            self.rank as u32,
+            tag,
+            payload.len() as u64,
+            enc,
+            typecode,
+        );
+        let mut st = core.lock();
+        let id = match core.route(&st, peer, payload.len()) {
+            Route::SelfSend => {
+                core.deliver_local(&mut st, Msg::new(&h, Body::Eager(payload.to_vec())));
+                SendId::Done
+            }
+            Route::Rendezvous => {
+                let (addr, len) = (payload.as_ptr() as u64, payload.len() as u64);
+                core.offer(&mut st, peer, &h, RvBuf::Borrowed { addr, len })
+            }
+            Route::Eager => core.write_frame(&mut st, peer, &h, payload),
+        };
+        drop(st);
+        Ok(Request::new(
+            self.clone(),
+            ReqState::Send { id, data: payload },
+            |_, _, _, _| Ok(()),
+        ))
+    }
+
+    /// Post a receive: the message at once if one is here with its bytes; `want` says who
+    /// pulls a rendezvous message it matches.
+    pub(crate) fn post(&self, pat: Pattern, want: Want) -> ReqState<'static> {
+        match self.core.lock().proto.post(pat, want) {
+            Ok(msg) => ReqState::Matched(Taken::Msg(msg)),
+            Err(id) => ReqState::Recv { id, pat },
+        }
+    }
+
+    /// Wait until receive `id` has something: its message, or (`direct`) a pull to make.
+    /// A failed wait withdraws the receive.
+    pub(crate) fn wait_taken(&self, id: RecvId, watch: Watch<'_>, direct: bool) -> Result<Taken> {
+        let r = self
+            .core
+            .wait_for(watch, |_, st| Ok(st.proto.take(id, direct)));
+        if r.is_err() {
+            self.core.lock().proto.cancel(id);
+        }
+        r
+    }
+
+    /// Blocking receive of the next message matching `pat` (`direct`: a rendezvous comes
+    /// back as a pull for the caller to make into its own buffer).
+    pub(crate) fn recv_taken(&self, pat: Pattern, direct: bool) -> Result<Taken> {
+        let want = if direct { Want::Now } else { Want::Bytes };
+        match self.post(pat, want) {
+            ReqState::Matched(t) => Ok(t),
+            ReqState::Recv { id, pat } => self.wait_taken(id, self.watch_for(&pat), direct),
+            _ => unreachable!("post yields a receive state"),
+        }
+    }
+
+    /// Receive the next message matching `pat`, with its bytes here, or `None` once
+    /// `deadline` passes (no deadline: wait as long as it takes). `spin_cap`: see
+    /// `Core::wait_until`.
+    pub(crate) fn recv_msg_until(
+        &self,
+        pat: Pattern,
+        deadline: Option<std::time::Instant>,
+        spin_cap: Option<std::time::Duration>,
+        watch: bool,
+    ) -> Result<Option<Msg>> {
+        let id = match self.post(pat, Want::Bytes) {
+            ReqState::Matched(Taken::Msg(m)) => return Ok(Some(m)),
+            ReqState::Recv { id, .. } => id,
+            _ => unreachable!("post yields a receive state"),
+        };
+        let w = if watch {
+            self.watch_for(&pat)
+        } else {
+            Watch::Nobody
+        };
+        let r = self.core.wait_until(w, deadline, spin_cap, |_, st| {
+            Ok(match st.proto.take(id, false) {
+                Some(Taken::Msg(m)) => Some(m),
+                _ => None,
+            })
+        });
+        if !matches!(r, Ok(Some(_))) {
+            self.core.lock().proto.cancel(id);
+        }
+        r
+    }
+
+    pub(crate) fn recv_vec_pat<T: Pod>(&self, pat: Pattern) -> Result<(Vec<T>, Status)> {
+        let t = self.recv_taken(pat, true)?;
+        self.decode_vec(t)
+    }
+
+    pub(crate) fn recv_into_pat<T: Pod>(&self, pat: Pattern, buf: &mut [T]) -> Result<Status> {
+        let from = usize::try_from(pat.src).ok().map(|s| self.members[s]);
+        let t = match from {
+            Some(peer) if peer != self.core.rank && self.core.t.available(peer).is_some() => {
+                match self.recv_fast(peer, pat, typecode::<T>(), bytemuck::cast_slice_mut(buf))? {
+                    Ok(status) => return Ok(status),
+                    Err(t) => t,
+                }
+            }
+            _ => self.recv_taken(pat, true)?,
+        };
+        self.decode_into(t, buf)
+    }
+
+    /// A blocking receive from one peer that takes a small message straight from the
+    /// peer's stream into `dst` when nothing else could claim it first (the common case of
+    /// a ping-pong or a collective step); anything else goes the general way and comes back
+    /// as `Err(taken)` for the caller to finish.
+    pub(crate) fn recv_fast(
+        &self,
+        peer: usize,
+        pat: Pattern,
+        typecode: u32,
+        dst: &mut [u8],
+    ) -> Result<std::result::Result<Status, Taken>> {
+        let core = &*self.core;
+        let mut posted: Option<RecvId> = None;
+        // Whether this thread is counted as waiting on the stream (from the first check on).
+        let mut fast = false;
+        let mut first = true;
+        let stop_fast = |core: &Core, st: &mut crate::progress::State, fast: &mut bool| {
+            if std::mem::replace(fast, false) {
+                core.stream_waiter(st, peer, false);
+            }
+        };
+        let ready = || core.t.available(peer).is_some_and(|n| n >= HEADER_LEN);
+        let r = core.wait_checking_first(Watch::Peer(peer), &ready, |core, st| {
+            if let Some(id) = posted {
+                return Ok(st.proto.take(id, true).map(Err));
+            }
+            if std::mem::take(&mut first) {
+                core.stream_waiter(st, peer, true);
+                fast = true;
+            }
+            if st.proto.may_bypass(pat) {
+                match core.recv_from_stream(st, peer, &pat, typecode, dst) {
+                    FromStream::Got(h) => {
+                        stop_fast(core, st, &mut fast);
+                        return Ok(Some(Ok(Status {
+                            source: h.src as usize,
+                            tag: h.tag,
+                            len: h.len as usize,
+                        })));
+                    }
+                    FromStream::Empty => return Ok(None),
+                    FromStream::No => {}
+                }
+            }
+            stop_fast(core, st, &mut fast);
+            match st.proto.post(pat, Want::Now) {
+                Ok(m) => Ok(Some(Err(Taken::Msg(m)))),
+                Err(id) => {
+                    posted = Some(id);
+                    Ok(None)
+                }
+            }
+        });
+        if fast || (r.is_err() && posted.is_some()) {
+            let mut st = core.lock();
+            stop_fast(core, &mut st, &mut fast);
+            if let (Err(_), Some(id)) = (&r, posted) {
+                st.proto.cancel(id);
+            }
+        }
+        r
+    }
+
+    pub(crate) fn irecv_pattern_into<'a, T: Pod>(
+        &self,
+        pat: Pattern,
+        buf: &'a mut [T],
+    ) -> Result<Request<'a, Status>> {
+        fn finish<T: Pod>(
+            c: &Comm,
+            m: Option<Taken>,
+            buf: Option<&mut [u8]>,
+            _: Option<crate::request::Background>,
+        ) -> Result<Status> {
+            let buf: &mut [T] = bytemuck::cast_slice_mut(buf.expect("irecv_into has a buffer"));
+            c.decode_into(m.expect("receive"), buf)
+        }
+        let st = self.post(pat, Want::Later);
+        Ok(Request::with_buffer(
+            self.clone(),
+            st,
+            finish::<T>,
+            bytemuck::cast_slice_mut(buf),
+        ))
+    }
+
+    pub(crate) fn iprobe_pat(&self, pat: Pattern) -> Result<Option<Status>> {
+        let core = &*self.core;
+        let mut st = core.lock();
+        core.progress(&mut st);
+        Ok(st.proto.peek(pat).map(status_of))
+    }
+
+    /// Pull a rendezvous message into `dst` (its exact length): from the sender's memory, or,
+    /// when that is refused, as a stream the sender is asked for.
+    fn land_pull(&self, job: PullJob, dst: &mut [u8]) -> Result<()> {
+        let core = &*self.core;
+        let pulled = matches!(core.t.pull(job.peer, job.addr, dst), Ok(true));
+        {
+            let mut st = core.lock();
+            st.proto
+                .pull_done(&job, if pulled { Ok(None) } else { Err(()) });
+            // Send the Fin (or Nack) now; no general progress here, which would pull the
+            // receives their owners are about to pull themselves.
+            core.flush_peer(&mut st, job.peer);
+        }
+        if pulled {
+            return Ok(());
+        }
+        match self.wait_taken(job.id, Watch::Peer(job.peer), true)? {
+            Taken::Msg(m) => match m.body {
+                Body::Eager(v) if v.len() == dst.len() => {
+                    dst.copy_from_slice(&v);
+                    Ok(())
+                }
+                Body::Failed(e) => Err(*e),
+                _ => Err(Error::Malformed {
+                    rank: job.peer,
+                    detail: "a streamed message of the wrong length".into(),
+                }),
+            },
+            Taken::Pull(..) => Err(Error::Malformed {
+                rank: job.peer,
+                detail: "a refused pull was offered again".into(),
+            }),
+        }
+    }
+
+    /// The payload bytes of a taken message (pulling them if they are still at the sender).
+    fn payload(&self, t: Taken) -> Result<(Vec<u8>, Status)> {
+        match t {
+            Taken::Msg(msg) => {
+                let status = status_of(&msg);
+                match msg.body {
+                    Body::Eager(v) => Ok((v, status)),
+                    Body::Failed(e) => Err(*e),
+                    Body::Remote { .. } => unreachable!("a taken message has its bytes"),
+                }
+            }
+            Taken::Pull(job, msg) => {
+                let status = status_of(&msg);
+                let mut v = Vec::new();
+                if v.try_reserve_exact(job.len as usize).is_err() {
+                    self.release(Taken::Pull(job, msg));
+                    return Err(Error::FrameTooLarge {
+                        rank: status.source,
+                        tag: status.tag,
+                        len: status.len as u64,
+                        max: self.core.tuning.max_message,
+                    });
+                }
+                v.resize(job.len as usize, 0);
+                self.land_pull(job, &mut v)?;
+                Ok((v, status))
+            }
+        }
+    }
+
+    /// Drop a taken message nobody will receive; a sender waiting for its pull is released.
+    fn release(&self, t: Taken) {
+        let mut st = self.core.lock();
+        match t {
+            Taken::Msg(m) => st.proto.discard(m),
+            Taken::Pull(job, _) => st.proto.pull_done(&job, Ok(None)),
+        }
+    }
+
+    /// Give a taken message back to matching, in its place (nothing is lost).
+    pub(crate) fn put_back(&self, t: Taken) {
+        let mut st = self.core.lock();
+        match t {
+            Taken::Msg(m) => st.proto.put_back(m),
+            Taken::Pull(job, m) => st.proto.unpull(&job, m),
+        }
+    }
+
+    pub(crate) fn decode<T: DeserializeOwned>(&self, t: impl Into<Taken>) -> Result<(T, Status)> {
+        let t = t.into();
+        let msg = t.msg();
+        if msg.enc == Encoding::Raw {
+            let st = status_of(msg);
+            self.release(t);
+            return Err(Error::TypeMismatch {
+                rank: st.source,
+                tag: st.tag,
+                expected: type_name::<T>(),
+                detail: format!(
+                    "it is a raw slice of {} bytes (sent with send_slice); receive it with recv_vec or recv_into",
+                    st.len
+                ),
+            });
+        }
+        let (bytes, status) = self.payload(t)?;
+        let mismatch = |detail: String| Error::TypeMismatch {
+            rank: status.source,
+            tag: status.tag,
+            expected: type_name::<T>(),
+            detail,
+        };
+        match postcard::take_from_bytes::<T>(&bytes) {
+            Ok((v, [])) => Ok((v, status)),
+            Ok((_, rest)) => Err(mismatch(format!(
+                "{} of its {} bytes are left over after decoding",
+                rest.len(),
+                bytes.len()
+            ))),
+            Err(e) => Err(mismatch(format!("{e} ({} bytes)", bytes.len()))),
+        }
+    }
+
+    fn check_raw<T: Pod>(&self, msg: &Msg) -> Result<()> {
+        let st = status_of(msg);
+        let mismatch = |detail: String| Error::TypeMismatch {
+            rank: st.source,
+            tag: st.tag,
+            expected: type_name::<[T]>(),
+            detail,
+        };
+        if let Body::Failed(_) = msg.body {
+            return Ok(());
+        }
+        if msg.enc != Encoding::Raw {
+            return Err(mismatch(
+                "it is a serde value (sent with send); receive it with recv".into(),
+            ));
+        }
+        if msg.typecode != typecode::<T>() {
+            return Err(mismatch("its elements are of another type".into()));
+        }
+        if !msg
+            .len()
+            .is_multiple_of(std::mem::size_of::<T>().max(1) as u64)
+        {
+            return Err(mismatch(format!(
+                "{} bytes is not a whole number of elements",
+                msg.len()
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn decode_vec<T: Pod>(&self, t: impl Into<Taken>) -> Result<(Vec<T>, Status)> {
+        let t = t.into();
+        if let Err(e) = self.check_raw::<T>(t.msg()) {
+            self.release(t);
+            return Err(e);
+        }
+        let n = t.msg().len() as usize / std::mem::size_of::<T>().max(1);
+        let mut v = Vec::new();
+        if v.try_reserve_exact(n).is_err() {
+            let st = status_of(t.msg());
+            self.release(t);
+            return Err(Error::FrameTooLarge {
+                rank: st.source,
+                tag: st.tag,
+                len: st.len as u64,
+                max: self.core.tuning.max_message,
+            });
+        }
+        v.resize(n, T::zeroed());
+        let st = self.decode_into(t, &mut v)?;
+        Ok((v, st))
+    }
+
+    pub(crate) fn decode_into<T: Pod>(&self, t: impl Into<Taken>, buf: &mut [T]) -> Result<Status> {
+        let t = t.into();
+        if let Err(e) = self.check_raw::<T>(t.msg()) {
+            self.release(t);
+            return Err(e);
+        }
+        let status = status_of(t.msg());
+        let dst: &mut [u8] = bytemuck::cast_slice_mut(buf);
+        if status.len > dst.len() {
+            // Leave the message where it was so nothing is lost.
+            let err = Error::InvalidArgument(format!(
+                "message from rank {} with tag {} has {} bytes but the buffer holds {}",
+                status.source,
+                status.tag,
+                status.len,
+                dst.len()
+            ));
+            self.put_back(t);
+            return Err(err);
+        }
+        let dst = &mut dst[..status.len];
+        match t {
+            Taken::Msg(msg) => match msg.body {
+                Body::Eager(v) => dst.copy_from_slice(&v),
+                Body::Failed(e) => return Err(*e),
+                Body::Remote { .. } => unreachable!("a taken message has its bytes"),
+            },
+            Taken::Pull(job, _) => self.land_pull(job, dst)?,
+        }
+        Ok(status)
+    }
+}
+
+/// Advance a send whose payload the caller still holds: stream it if the receiver asked
+/// and no thread could copy it. `Ok(true)` when done.
+pub(crate) fn poll_borrowed_send(
+    core: &Core,
+    st: &mut crate::progress::State,
+    id: SendId,
+    data: &[u8],
+) -> Result<bool> {
+    if let SendId::Rendezvous { peer, token } = id {
+        if st.proto.needs_stream(peer, token) {
+            st.proto.stream_borrowed(peer, token, data);
+            core.flush_peer(st, peer);
+        }
+    }
+    core.send_finished(st, id)
+}
