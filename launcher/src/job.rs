@@ -193,7 +193,7 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
         }
     }
     let program = args
-        .program
+        .program()
         .to_str()
         .ok_or("the program name is not valid UTF-8")?
         .to_string();
@@ -238,7 +238,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     let cwd = std::env::current_dir()
         .map(|d| d.display().to_string())
         .unwrap_or_default();
-    let prog_args = to_strings(&args.args)?;
+    let prog_args = to_strings(args.args())?;
     let spec_for = |i: usize| NodeSpec {
         job: id.clone(),
         host_index: i as u32,

@@ -122,21 +122,80 @@ pub struct RunArgs {
     #[arg(long, value_name = "LOW-HIGH")]
     pub ports: Option<String>,
 
-    /// The program to run (a path, or a name looked up on PATH).
-    #[arg(value_name = "PROGRAM")]
-    pub program: OsString,
-
-    /// Arguments passed to every copy of the program.
+    /// The program to run (a path, or a name looked up on PATH), then its arguments.
+    /// Everything after PROGRAM is the program's, as with mpirun: `ranks run -n 4 ./sim
+    /// --timeout 30` passes `--timeout 30` to `sim`.
     #[arg(
-        value_name = "ARGS",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
+        value_name = "PROGRAM [ARGS]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
     )]
-    pub args: Vec<OsString>,
+    pub command: Vec<OsString>,
+}
+
+impl RunArgs {
+    /// The program to run.
+    pub fn program(&self) -> &OsString {
+        &self.command[0]
+    }
+
+    /// The arguments every copy of the program gets.
+    pub fn args(&self) -> &[OsString] {
+        &self.command[1..]
+    }
+}
+
+/// mpirun spells the rank count `-np`: accept it (as `--np`) among the launcher's own
+/// options, that is, before the program. Clap cannot: its short options are one letter.
+fn mpirun_spellings(argv: Vec<OsString>) -> Vec<OsString> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let Some(run) = cmd.find_subcommand("run") else {
+        return argv;
+    };
+    let takes_value = |tok: &str| {
+        run.get_arguments().any(|a| {
+            a.get_action().takes_values()
+                && (a.get_long().is_some_and(|l| tok == format!("--{l}"))
+                    || a.get_short().is_some_and(|s| tok == format!("-{s}")))
+        })
+    };
+    let mut out = Vec::with_capacity(argv.len());
+    let mut it = argv.into_iter();
+    out.extend(it.next()); // our own name
+    let mut in_run = false;
+    let mut value_next = false;
+    for tok in it.by_ref() {
+        let s = tok.to_str().unwrap_or("");
+        if !in_run {
+            in_run = s == "run";
+            out.push(tok);
+            if in_run {
+                continue;
+            }
+            break;
+        }
+        if value_next {
+            value_next = false;
+        } else if s == "-np" {
+            out.push("--np".into());
+            value_next = true;
+            continue;
+        } else if !s.starts_with('-') || s == "--" {
+            out.push(tok);
+            break; // the program: the rest is its own
+        } else {
+            value_next = !s.contains('=') && takes_value(s);
+        }
+        out.push(tok);
+    }
+    out.extend(it);
+    out
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(mpirun_spellings(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -155,10 +214,10 @@ fn main() -> ExitCode {
                     },
                 );
             }
+            // Clap's whole message: what is wrong, a suggestion for a misspelt option, the
+            // usage line.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("ranks: error: {first} (see `ranks run --help`)");
+            eprint!("ranks: {}", text.trim_start());
             return ExitCode::from(EXIT_USAGE);
         }
     };

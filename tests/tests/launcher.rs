@@ -157,7 +157,7 @@ fn sigint_to_the_launcher_stops_everything() {
 }
 
 #[test]
-fn usage_errors_exit_2_with_one_line() {
+fn usage_errors_exit_2_with_a_clear_message() {
     let cases: &[&[&str]] = &[
         &["run", "-n", "0", "hello"],
         &["run", "-n", "2", "/no/such/program"],
@@ -191,15 +191,56 @@ fn usage_errors_exit_2_with_one_line() {
         ],
         &["run", "-n", "2", "--ports", "9-1", "hello"],
     ];
-    for args in cases {
+    // Errors clap finds (unknown option, bad number) come with the usage line; the
+    // launcher's own checks are one line.
+    let from_clap = [3, 4, 5];
+    for (i, args) in cases.iter().enumerate() {
         let mut cmd = Command::new(bin("ranks"));
         cmd.args(*args);
         let o = run_command(cmd, LIMIT, "none".into());
         assert_eq!(o.code, 2, "{args:?}: {o:?}");
-        assert_eq!(o.stderr.lines().count(), 1, "{args:?}: {o:?}");
         assert!(o.stderr.starts_with("ranks: error: "), "{args:?}: {o:?}");
         assert!(!o.stderr.contains("panicked"), "{o:?}");
+        if from_clap.contains(&i) {
+            assert!(o.stderr.contains("try '--help'"), "{args:?}: {o:?}");
+        } else {
+            assert_eq!(o.stderr.lines().count(), 1, "{args:?}: {o:?}");
+        }
     }
+}
+
+#[test]
+fn everything_after_the_program_is_the_programs_like_mpirun() {
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(bin("ranks"));
+        cmd.arg("run").args(args);
+        run_command(cmd, LIMIT, "none".into())
+    };
+    // Options of the launcher's own names, after the program, go to the program.
+    let o = run(&["-n", "2", "echo", "--timeout", "30", "-n", "100", "-x", "A"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stdout, "--timeout 30 -n 100 -x A\n".repeat(2), "{o:?}");
+    // mpirun's -np, among the launcher's options only.
+    let o = run(&["-np", "3", "--timeout", "20", "echo", "-np", "1"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stdout, "-np 1\n".repeat(3), "{o:?}");
+    // `--` before the program still works.
+    let o = run(&["-n", "1", "--", "echo", "--verbose"]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "--verbose\n"), "{o:?}");
+    // A missing -n names it in full, with the usage line.
+    let o = run(&["echo", "x"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(
+        o.stderr.contains("--np <N>") && o.stderr.contains("Usage:"),
+        "{o:?}"
+    );
+    // A misspelt option gets a suggestion.
+    let o = run(&["-n", "2", "--timeot", "3", "echo"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(
+        o.stderr.contains("similar argument exists: '--timeout'"),
+        "{o:?}"
+    );
 }
 
 #[test]
