@@ -54,9 +54,14 @@ impl Status {
     }
 }
 
-/// A communicator: a group of ranks and a private message space.
+/// A communicator: a group of ranks and a private message space. Cloning one is cheap
+/// (one reference count): clones are the same communicator.
 #[derive(Clone)]
-pub struct Comm {
+pub struct Comm(Arc<CommData>);
+
+/// What a communicator is (behind [`Comm`]'s one `Arc`).
+#[doc(hidden)]
+pub struct CommData {
     pub(crate) core: Arc<Core>,
     /// Context id of point-to-point traffic; collectives use `ctx + 1`.
     pub(crate) ctx: u32,
@@ -71,6 +76,32 @@ pub struct Comm {
     pub(crate) obj_seq: Arc<std::sync::atomic::AtomicU32>,
 }
 
+impl std::ops::Deref for Comm {
+    type Target = CommData;
+    fn deref(&self) -> &CommData {
+        &self.0
+    }
+}
+
+impl Comm {
+    pub(crate) fn new(data: CommData) -> Comm {
+        Comm(Arc::new(data))
+    }
+
+    /// The world's communicator in context `ctx` (for the runtime's own traffic).
+    pub(crate) fn world_in(core: Arc<Core>, ctx: u32) -> Comm {
+        let members: Arc<[usize]> = (0..core.size).collect();
+        Comm::new(CommData {
+            rank: core.rank,
+            core,
+            ctx,
+            members,
+            coll_seq: Default::default(),
+            obj_seq: Default::default(),
+        })
+    }
+}
+
 pub(crate) fn typecode<T>() -> u32 {
     // FNV-1a of the type's name: cheap, stable for the primitive types slices are made of.
     let mut h: u32 = 0x811c_9dc5;
@@ -83,15 +114,7 @@ pub(crate) fn typecode<T>() -> u32 {
 
 impl Comm {
     pub(crate) fn world(core: Arc<Core>) -> Comm {
-        let members: Arc<[usize]> = (0..core.size).collect();
-        Comm {
-            rank: core.rank,
-            core,
-            ctx: 0,
-            members,
-            coll_seq: Default::default(),
-            obj_seq: Default::default(),
-        }
+        Comm::world_in(core, 0)
     }
 
     /// This process's rank in the communicator, `0..size()`.

@@ -67,14 +67,14 @@ impl Comm {
             .iter()
             .position(|&(_, r)| r == self.rank())
             .expect("this rank passed this color");
-        Ok(Some(Comm {
+        Ok(Some(Comm::new(crate::comm::CommData {
             core: self.core.clone(),
             ctx,
             rank,
             members,
             coll_seq: Default::default(),
             obj_seq: Default::default(),
-        }))
+        })))
     }
 
     /// A copy of this communicator with its own message space. Collective.

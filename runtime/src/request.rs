@@ -113,17 +113,24 @@ impl<'a, T> Request<'a, T> {
             }
             | ReqState::Matched(_)
             | ReqState::Done => return Ok(()),
-            ReqState::Recv { id, .. } => self.comm.core.lock().proto.set_direct(id),
             _ => {}
         }
-        let core = self.comm.core.clone();
-        let members = self.comm.members.clone();
+        let comm = self.comm.clone();
         let watch = match self.watch() {
             Watch::Peer(p) => Watch::Peer(p),
-            Watch::All(_) => Watch::All(&members),
+            Watch::All(_) => Watch::All(&comm.members),
             Watch::Nobody => Watch::Nobody,
         };
-        let r = core.wait_for(watch, |core, st| {
+        let recv = match self.state {
+            ReqState::Recv { id, .. } => Some(id),
+            _ => None,
+        };
+        let mut first = true;
+        let r = comm.core.wait_for(watch, |core, st| {
+            if let Some(id) = recv.filter(|_| std::mem::take(&mut first)) {
+                // We wait now: a rendezvous it matches is pulled into our buffer.
+                st.proto.set_direct(id);
+            }
             Ok(self.poll_state(core, st, true)?.then_some(()))
         });
         if r.is_err() {

@@ -143,9 +143,7 @@ struct Service {
 static SERVICE: OnceLock<Arc<Service>> = OnceLock::new();
 
 fn world_ctx(comm: &Comm, ctx: u32) -> Comm {
-    let mut w = Comm::world(comm.core.clone());
-    w.ctx = ctx;
-    w
+    Comm::world_in(comm.core.clone(), ctx)
 }
 
 /// Start (once) the thread that serves this process's objects.

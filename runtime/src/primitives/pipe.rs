@@ -55,8 +55,7 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
         if me != a && me != b {
             return Ok(None);
         }
-        let mut world = Comm::world(comm.core.clone());
-        world.ctx = PIPE_CTX;
+        let world = Comm::world_in(comm.core.clone(), PIPE_CTX);
         let other = if me == a { b } else { a };
         Ok(Some(Pipe {
             world,

@@ -103,7 +103,9 @@ pub(crate) type RecvId = u64;
 #[derive(Default)]
 pub(crate) struct Matcher {
     unexpected: VecDeque<Msg>,
-    posted: Vec<(RecvId, Pattern)>,
+    /// Oldest first; most receives match the oldest (a window of posted receives filled in
+    /// order), which a deque removes without moving the rest.
+    posted: VecDeque<(RecvId, Pattern)>,
     next_id: RecvId,
     next_seq: u64,
 }
@@ -124,7 +126,7 @@ impl Matcher {
 
     fn deliver(&mut self, msg: Msg) -> Option<(RecvId, Msg)> {
         if let Some(i) = self.posted.iter().position(|(_, p)| p.matches(&msg)) {
-            let (id, _) = self.posted.remove(i);
+            let (id, _) = self.posted.remove(i).expect("index from position");
             return Some((id, msg));
         }
         // In arrival order, ahead of everything that arrived after it (a fresh message has
@@ -152,7 +154,7 @@ impl Matcher {
         if let Some(i) = self.unexpected.iter().position(|m| pat.matches(m)) {
             return (id, self.unexpected.remove(i));
         }
-        self.posted.push((id, pat));
+        self.posted.push_back((id, pat));
         (id, None)
     }
 
