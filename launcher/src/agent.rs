@@ -214,7 +214,7 @@ pub fn main() -> u8 {
     }
     if let Some(why) = launcher_lost {
         // Nobody is left to tell: stop our ranks, then leave.
-        eprintln!("ranks agent: {why}; stopping this host's ranks");
+        crate::say!("ranks agent: {why}; stopping this host's ranks");
         node.signal(Signal::TERM);
         let until = Instant::now() + Duration::from_secs(1);
         while left > 0 && Instant::now() < until {

@@ -228,7 +228,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     let multi = plan.hosts.len() > 1;
 
     for p in ranks::transport::shm::reap_stale(Path::new("/dev/shm")) {
-        eprintln!("ranks: removed {} left by a job that died", p.display());
+        crate::say!("ranks: removed {} left by a job that died", p.display());
     }
     let credentials = if plan.transport.uses_quic() {
         ranks::transport::quic::job_credentials().map_err(|e| e.to_string())?
@@ -347,7 +347,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                 .startup_failure(&why),
             Ok(Event::Host(..)) | Ok(Event::Local(_)) => continue,
             Ok(Event::Signal(sig)) => {
-                eprintln!("ranks: got {}; stopping the job", signal_name(sig));
+                crate::say!("ranks: got {}; stopping the job", signal_name(sig));
                 close_all(&hosts);
                 sig_handle.close();
                 return Ok((128 + sig) as u8);
@@ -509,7 +509,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                     FromAgent::Failed(why) => {
                         // The first failure is the news; others are mostly the same one.
                         if stop_code.is_none() {
-                            eprintln!("ranks: error: host {}: {why}", hosts[i].name);
+                            crate::say!("ranks: error: host {}: {why}", hosts[i].name);
                         }
                         hosts[i].done = true;
                         for &r in &hosts[i].ranks {
@@ -539,7 +539,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
             }
             Ok(Event::Signal(sig)) => {
                 if stop_code.is_none() {
-                    eprintln!("ranks: got {}; stopping the job", signal_name(sig));
+                    crate::say!("ranks: got {}; stopping the job", signal_name(sig));
                     stop_code = Some((128 + sig) as u8);
                     stop_all(&hosts, &running, &mut signalled, Signal::TERM);
                     kill_at = Some(Instant::now() + grace());
@@ -564,14 +564,14 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
             if !ok && !ours {
                 let (why, code) = describe(status);
                 let pid = pids[rank].unwrap_or(0);
-                eprintln!(
+                crate::say!(
                     "ranks: rank {rank} (pid {pid}{}) {why}",
                     where_(&hosts, rank)
                 );
                 failures.push((rank, code));
                 if stop_code.is_none() && !args.keep_going {
                     if left > 0 {
-                        eprintln!("ranks: stopping the other {left} rank(s)");
+                        crate::say!("ranks: stopping the other {left} rank(s)");
                     }
                     stop_code = Some(code);
                     stop_all(&hosts, &running, &mut signalled, Signal::TERM);
@@ -593,7 +593,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                     .filter(|&r| running[r])
                     .map(|r| r.to_string())
                     .collect();
-                eprintln!(
+                crate::say!(
                     "ranks: timeout after {:.1} s; rank(s) still running: {}",
                     args.timeout.unwrap_or(0.0),
                     still.join(", ")
@@ -682,7 +682,7 @@ fn lose_host(h: &mut HostRun, why: &str, running: &mut [bool], left: &mut usize)
         return false;
     }
     let list: Vec<String> = lost.iter().map(usize::to_string).collect();
-    eprintln!(
+    crate::say!(
         "ranks: lost host {} ({why}); rank(s) {} there cannot be reached; stopping the job",
         h.name,
         list.join(", ")

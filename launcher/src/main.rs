@@ -1,10 +1,11 @@
 //! `ranks`: the launcher. `ranks run -n 4 prog args` starts 4 ranked copies of `prog`.
 
+#[macro_use]
+mod output;
 mod agent;
 mod hosts;
 mod job;
 mod node;
-mod output;
 mod proto;
 mod remote;
 
@@ -217,7 +218,7 @@ fn main() -> ExitCode {
             // Clap's whole message: what is wrong, a suggestion for a misspelt option, the
             // usage line.
             let text = e.render().to_string();
-            eprint!("ranks: {}", text.trim_start());
+            output::say_line(&format!("ranks: {}", text.trim()));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -225,7 +226,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => match job::run(*args) {
             Ok(code) => ExitCode::from(code),
             Err(msg) => {
-                eprintln!("ranks: error: {msg}");
+                crate::say!("ranks: error: {msg}");
                 ExitCode::from(EXIT_USAGE)
             }
         },

@@ -206,7 +206,7 @@ impl Node {
                     ))
                 }
                 Err(e) => {
-                    eprintln!(
+                    crate::say!(
                         "ranks: could not start rank {rank} ({}): {e}",
                         program.display()
                     );

@@ -31,19 +31,43 @@ pub fn forward(
 }
 
 /// Write one line of `rank` to the launcher's stdout or stderr, `[rank] `-prefixed if `tag`.
-/// One locked write per line: std's stdout/stderr locks keep lines whole. A closed output is
-/// ignored (the ranks' pipes keep being drained, so no rank blocks on a full pipe).
+/// The line is put together first and written with one call under the stream's lock:
+/// stderr is unbuffered, so pieces written separately could land between the pieces of a
+/// line on stdout when both go to one terminal or file. A closed output is ignored (the
+/// ranks' pipes keep being drained, so no rank blocks on a full pipe).
 pub fn print_line(rank: usize, err: bool, tag: bool, line: &[u8]) {
+    let mut whole = Vec::with_capacity(line.len() + 8);
+    if tag {
+        let _ = write!(whole, "[{rank}] ");
+    }
+    whole.extend_from_slice(line);
+    write_whole(err, &whole);
+}
+
+fn write_whole(err: bool, bytes: &[u8]) {
     let write = |w: &mut dyn Write| {
-        if tag {
-            write!(w, "[{rank}] ")?;
-        }
-        w.write_all(line)?;
+        w.write_all(bytes)?;
         w.flush()
     };
     let _ = if err {
         write(&mut std::io::stderr().lock())
     } else {
         write(&mut std::io::stdout().lock())
+    };
+}
+
+/// The launcher's own line on stderr, whole (see [`print_line`]); use through [`say!`].
+pub fn say_line(text: &str) {
+    let mut whole = String::with_capacity(text.len() + 1);
+    whole.push_str(text);
+    whole.push('\n');
+    write_whole(true, whole.as_bytes());
+}
+
+/// `eprintln!` for the launcher's own messages: one write, so a rank's output never cuts it.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::output::say_line(&format!($($t)*))
     };
 }

@@ -82,7 +82,7 @@ impl Remote {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     if live.load(SeqCst) {
-                        eprintln!("ranks: host {host}: {line}");
+                        crate::say!("ranks: host {host}: {line}");
                     }
                     let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
                     t.push(line);

@@ -304,3 +304,32 @@ fn environment_is_passed_with_x() {
     );
     assert_eq!(o.code, 0, "{o:?}");
 }
+
+#[test]
+fn the_launchers_own_lines_stay_whole_while_ranks_flood_the_output() {
+    // stdout and stderr into one pipe, as with `2>&1`: a launcher line written in pieces
+    // could be cut by a rank's line (seen: "ranks: rank 1 (pid 30850chatter from ...").
+    let launcher = bin("ranks");
+    let job = bin("ranks-testjob");
+    for _ in 0..30 {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "{} run -n 3 {} chatter 2>&1",
+            launcher.display(),
+            job.display()
+        ));
+        let o = run_command(cmd, LIMIT, "none".into());
+        assert_eq!(o.code, 3, "{:?}", o.stderr);
+        let ours: Vec<&str> = o.stdout.lines().filter(|l| l.contains("ranks: ")).collect();
+        assert!(!ours.is_empty(), "no launcher line");
+        for l in ours {
+            assert!(l.starts_with("ranks: "), "cut launcher line: {l:?}");
+            if l.starts_with("ranks: rank 1 ") {
+                assert!(
+                    l.ends_with("exited with code 3"),
+                    "cut launcher line: {l:?}"
+                );
+            }
+        }
+    }
+}

@@ -285,6 +285,31 @@ fn fail(w: &Comm) -> R {
     Ok(())
 }
 
+/// Every rank but ARG (default 1) prints lines as fast as it can; that rank exits 3 after
+/// 50 ms, so the launcher reports it while output floods in.
+fn chatter(w: &Comm) -> R {
+    let failer = arg(2, 1) as usize;
+    if w.rank() == failer {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::process::exit(3);
+    }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for i in 0u64.. {
+        if writeln!(
+            out,
+            "chatter from rank {} line {i} {}",
+            w.rank(),
+            "x".repeat(60)
+        )
+        .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Rank 1 leaves early; rank 0's receive from it fails with PeerLost instead of hanging.
 fn peerlost(w: &Comm) -> R {
     if w.rank() == 1 {
@@ -685,6 +710,7 @@ fn main() {
         "badargs" => badargs(&w),
         "toolarge" => toolarge(&w),
         "fail" => fail(&w),
+        "chatter" => chatter(&w),
         "peerlost" => peerlost(&w),
         "sleep" => sleep(&w),
         "ring" => ring(&w),
