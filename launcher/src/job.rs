@@ -15,6 +15,7 @@ use crate::output::print_line;
 use crate::proto::{Bind, FromAgent, NodeSpec, Status, ToAgent};
 use crate::remote::{HostEvent, Remote};
 use crate::{RunArgs, TransportKind, EXIT_HOST_LOST, EXIT_TIMEOUT, EXIT_USAGE};
+use ranks::config::parse_abort_line;
 use ranks::config::TransportKind as Resolved;
 
 /// How long ranks get between SIGTERM and SIGKILL when a job is stopped.
@@ -34,6 +35,8 @@ enum Event {
     /// From the agent on host `.0`.
     Host(usize, HostEvent),
     Signal(i32),
+    /// A rank called `abort(code)`.
+    Aborted(u8),
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -345,7 +348,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                 .as_ref()
                 .expect("remote")
                 .startup_failure(&why),
-            Ok(Event::Host(..)) | Ok(Event::Local(_)) => continue,
+            Ok(Event::Host(..) | Event::Local(_) | Event::Aborted(..)) => continue,
             Ok(Event::Signal(sig)) => {
                 crate::say!("ranks: got {}; stopping the job", signal_name(sig));
                 close_all(&hosts);
@@ -389,6 +392,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         let started = crate::agent::choose_bind(&spec.bind, default_bind).and_then(|bind| {
             let program = resolve_program(&spec.program)?;
             let (ntx, nrx) = mpsc::channel();
+            let aborts = std::sync::Mutex::new(tx.clone());
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for e in nrx {
@@ -399,6 +403,10 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
             });
             let tag = args.tag_output;
             let sink = Arc::new(move |rank: usize, err: bool, line: &[u8]| {
+                if let Some(code) = err.then(|| parse_abort_line(rank, line)).flatten() {
+                    let tx = aborts.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = tx.send(Event::Aborted(code));
+                }
                 print_line(rank, err, tag, line)
             });
             Node::start(&spec, &program, bind, ntx, sink)
@@ -425,6 +433,8 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     let mut running = vec![true; n];
     let mut left = n;
     let mut failures: Vec<(usize, u8)> = Vec::new();
+    // The code of the first `abort(code)`: it ends the job, even with --keep-going.
+    let mut aborted: Option<u8> = None;
     let mut stop_code: Option<u8> = None;
     let mut kill_at: Option<Instant> = None;
     let mut host_lost = false;
@@ -498,6 +508,9 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                 hosts[i].heard = Instant::now();
                 match m {
                     FromAgent::Output { rank, err, line } => {
+                        if let Some(code) = err.then(|| parse_abort_line(rank, &line)).flatten() {
+                            aborted.get_or_insert(code);
+                        }
                         print_line(rank, err, args.tag_output, &line)
                     }
                     FromAgent::Started { rank, pid } => pids[rank] = Some(pid),
@@ -548,10 +561,21 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                     stop_all(&hosts, &running, &mut signalled, Signal::KILL);
                 }
             }
+            Ok(Event::Aborted(code)) => {
+                aborted.get_or_insert(code);
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
 
+        if let (Some(_), None) = (aborted, stop_code) {
+            if left > 0 {
+                crate::say!("ranks: stopping the other {left} rank(s)");
+            }
+            stop_code = aborted;
+            stop_all(&hosts, &running, &mut signalled, Signal::TERM);
+            kill_at = Some(Instant::now() + grace());
+        }
         if let Some((rank, status)) = exited {
             if !running[rank] {
                 continue;
@@ -637,9 +661,19 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     if let Some(nd) = node {
         nd.finish();
     }
+    // Output read after the last exit may still hold an abort line.
+    while let Ok(ev) = rx.try_recv() {
+        if let Event::Aborted(code) = ev {
+            aborted.get_or_insert(code);
+        }
+    }
     close_all(&hosts);
     sig_handle.close();
 
+    // abort(code) decides the exit code, whatever the other ranks did after it.
+    if let Some(code) = aborted {
+        return Ok(code);
+    }
     if host_lost {
         return Ok(EXIT_HOST_LOST);
     }

@@ -132,10 +132,13 @@ impl Comm {
         self.core.t.name()
     }
 
-    /// End the whole job with `code`: the launcher stops every other rank.
+    /// End the whole job with `code` (1 if `code` is 0): the launcher stops every other
+    /// rank, even with `--keep-going`, and exits with this code whatever the others do.
     pub fn abort(&self, code: i32) -> ! {
-        eprintln!("ranks: rank {} called abort({code})", self.core.rank);
-        std::process::exit(if code == 0 { 1 } else { code })
+        let code = if code & 0xff == 0 { 1 } else { code & 0xff };
+        // The launcher recognises this exact line on the rank's stderr.
+        eprintln!("{}", crate::config::abort_line(self.core.rank, code));
+        std::process::exit(code)
     }
 
     pub(crate) fn peer(&self, dest: usize) -> Result<usize> {

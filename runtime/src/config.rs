@@ -333,6 +333,20 @@ impl Config {
     }
 }
 
+/// The line a rank that calls `abort(code)` writes on its stderr, which tells the launcher
+/// the job's exit code.
+pub fn abort_line(rank: usize, code: i32) -> String {
+    format!("ranks: rank {rank} called abort({code})")
+}
+
+/// The code of an abort line written by `rank` (`line` with or without its newline).
+pub fn parse_abort_line(rank: usize, line: &[u8]) -> Option<u8> {
+    let line = std::str::from_utf8(line).ok()?.trim_end();
+    let rest = line.strip_prefix(&format!("ranks: rank {rank} called abort("))?;
+    let code: u8 = rest.strip_suffix(')')?.parse().ok()?;
+    (code != 0).then_some(code)
+}
+
 fn number<T: FromStr>(name: &str, v: &str) -> Result<T> {
     v.trim()
         .parse()
@@ -433,6 +447,28 @@ mod tests {
             let e = cfg(&vars).expect_err("refused");
             assert!(matches!(e, Error::Bootstrap(_)), "{vars:?}: {e}");
         }
+    }
+
+    #[test]
+    fn abort_lines_round_trip_and_name_their_rank() {
+        assert_eq!(parse_abort_line(3, abort_line(3, 7).as_bytes()), Some(7));
+        assert_eq!(
+            parse_abort_line(3, b"ranks: rank 3 called abort(7)\n"),
+            Some(7)
+        );
+        assert_eq!(
+            parse_abort_line(2, abort_line(3, 7).as_bytes()),
+            None,
+            "another rank's"
+        );
+        assert_eq!(
+            parse_abort_line(3, b"ranks: rank 3 called abort(300)"),
+            None
+        );
+        assert_eq!(
+            parse_abort_line(3, b"x ranks: rank 3 called abort(7)"),
+            None
+        );
     }
 
     #[test]

@@ -333,3 +333,21 @@ fn the_launchers_own_lines_stay_whole_while_ranks_flood_the_output() {
         }
     }
 }
+
+#[test]
+fn abort_ends_the_job_with_its_code_whatever_the_others_do() {
+    // The survivors fail on PeerLost right after the abort (rank 0 among them, a lower rank
+    // than the aborting one): the job's code is still the abort's, every time.
+    for keep_going in [false, true] {
+        for _ in 0..8 {
+            let mut launcher = vec!["-n", "4", "--timeout", "60"];
+            if keep_going {
+                launcher.push("--keep-going");
+            }
+            let o = run_job(&launcher, "ranks-testjob", &["abort", "3"], LIMIT);
+            assert_eq!(o.code, 7, "keep-going {keep_going}: {o:?}");
+            assert!(o.stderr.contains("ranks: rank 3 called abort(7)"), "{o:?}");
+            assert_clean(&o);
+        }
+    }
+}

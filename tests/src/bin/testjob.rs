@@ -310,6 +310,23 @@ fn chatter(w: &Comm) -> R {
     Ok(())
 }
 
+/// Rank ARG (default 3) calls abort(7) after a barrier; the others wait on it and exit 1 on
+/// PeerLost (or keep waiting).
+fn abort(w: &Comm) -> R {
+    let who = arg(2, 3) as usize % w.size();
+    w.barrier()?;
+    if w.rank() == who {
+        w.abort(7);
+    }
+    match w.recv::<u8>(who, 0) {
+        Ok(_) => panic!("nothing was sent"),
+        Err(e) => {
+            eprintln!("SURVIVOR {}: {e}", w.rank());
+            std::process::exit(1)
+        }
+    }
+}
+
 /// Rank 1 leaves early; rank 0's receive from it fails with PeerLost instead of hanging.
 fn peerlost(w: &Comm) -> R {
     if w.rank() == 1 {
@@ -710,6 +727,7 @@ fn main() {
         "badargs" => badargs(&w),
         "toolarge" => toolarge(&w),
         "fail" => fail(&w),
+        "abort" => abort(&w),
         "chatter" => chatter(&w),
         "peerlost" => peerlost(&w),
         "sleep" => sleep(&w),
