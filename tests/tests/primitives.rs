@@ -114,3 +114,54 @@ fn pool_map_imap_apply_async_callbacks_failures_and_load_balance() {
     prim(4, &[], &["pool"], "pool ok with 3 workers");
     prim(8, &[], &["pool"], "pool ok with 7 workers");
 }
+
+#[test]
+fn a_lock_whose_holder_exits_frees_every_waiter_even_its_owner() {
+    // The holder (rank 1) exits with code 0 holding the lock; the owner (rank 0) and rank 2
+    // wait to acquire it. Before, the owner's own wait kept its objects from checking on
+    // holders, and both waited forever.
+    let o = run_job(
+        &["-n", "3", "--timeout", "30"],
+        "ranks-testprim",
+        &["lockexits"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    for r in [0, 2] {
+        let line = format!("rank {r}: holder died: rank 1 died while holding the lock");
+        assert!(o.stdout.contains(&line), "{line:?} in {o:?}");
+    }
+    assert_clean(&o);
+}
+
+#[test]
+fn a_barrier_whose_party_leaves_before_arriving_breaks_for_the_others() {
+    for (n, quitter, expect) in [
+        (
+            3,
+            "2",
+            "barrier broken: rank 2 is gone and can never arrive",
+        ),
+        (
+            4,
+            "3",
+            "barrier broken: rank 3 is gone and can never arrive",
+        ),
+        (3, "0", "barrier owner gone"),
+    ] {
+        let np = n.to_string();
+        let o = run_job(
+            &["-n", &np, "--timeout", "30"],
+            "ranks-testprim",
+            &["barrierexits", quitter],
+            LIMIT,
+        );
+        assert_eq!(o.code, 0, "{o:?}");
+        let waiting: Vec<usize> = (0..n).filter(|r| r.to_string() != quitter).collect();
+        for r in waiting {
+            let line = format!("rank {r}: {expect}");
+            assert!(o.stdout.contains(&line), "{line:?} in {o:?}");
+        }
+        assert_clean(&o);
+    }
+}

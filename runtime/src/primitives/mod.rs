@@ -35,6 +35,8 @@ const REPLY_CTX: u32 = u32::MAX - 3;
 pub(crate) const PIPE_CTX: u32 = u32::MAX - 5;
 /// How long service threads and their clients spin before they sleep.
 const SHORT_SPIN: Duration = Duration::from_micros(50);
+/// How often the objects a process hosts check on their holders and waiters.
+const TICK: Duration = Duration::from_millis(100);
 /// Operation code of a cancellation (of a request that timed out on the client).
 const OP_CANCEL: u8 = 255;
 
@@ -226,7 +228,7 @@ fn serve(svc: Arc<Service>, rx: Comm, tx: Comm) {
                 None
             }
         };
-        let tick = last_tick.elapsed() >= Duration::from_millis(100);
+        let tick = last_tick.elapsed() >= TICK;
         if tick {
             last_tick = Instant::now();
         }
@@ -426,9 +428,13 @@ impl Handle {
                 Reply(crate::protocol::matching::Msg),
                 Request(crate::protocol::matching::Msg),
             }
+            // Wake up now and then to let the objects this process hosts check on their
+            // holders: while a thread of ours waits here, the service thread stands aside.
+            let tick_at = Instant::now() + TICK;
+            let step = deadline.map_or(tick_at, |d| d.min(tick_at));
             let got = core.wait_until(
                 crate::progress::Watch::Peer(self.owner),
-                deadline,
+                Some(step),
                 Some(SHORT_SPIN),
                 |_, st| {
                     if let Some(m) = st.take_msg(reply_id) {
@@ -442,6 +448,10 @@ impl Handle {
                 Ok(Some(Got::Reply(m))) => {
                     core.cancel(svc_id);
                     break Ok(Some(m));
+                }
+                Ok(None) if deadline.is_none_or(|d| Instant::now() < d) => {
+                    core.cancel(svc_id);
+                    serve_message(svc, &rx, &self.world, None, true);
                 }
                 Ok(None) => {
                     core.cancel(svc_id);

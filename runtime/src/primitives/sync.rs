@@ -593,9 +593,35 @@ struct BarrierObj {
     parties: usize,
     waiting: Vec<Waiter>,
     broken: Option<String>,
+    /// World ranks of the communicator: who could still arrive.
+    members: Vec<usize>,
 }
 
 impl BarrierObj {
+    /// Break the barrier if ranks that are gone leave too few to ever fill it.
+    fn check_parties(&mut self, ctx: &mut Ctx<'_>) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let gone: Vec<usize> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| ctx.gone(m))
+            .collect();
+        let Some(&first) = gone.first() else {
+            return;
+        };
+        let could_come = self
+            .members
+            .iter()
+            .filter(|&&m| !gone.contains(&m) && !self.waiting.iter().any(|w| w.rank == m))
+            .count();
+        if self.waiting.len() + could_come < self.parties {
+            self.break_all(ctx, &format!("rank {first} is gone and can never arrive"));
+        }
+    }
+
     fn break_all(&mut self, ctx: &mut Ctx<'_>, why: &str) {
         self.broken = Some(why.to_string());
         for w in self.waiting.drain(..) {
@@ -612,6 +638,7 @@ impl Object for BarrierObj {
                     return ctx.reply(from, Reply::Broken(why.clone()));
                 }
                 self.waiting.push(from);
+                self.check_parties(ctx);
                 if self.waiting.len() == self.parties {
                     // Arrival index, as Python's Barrier.wait returns (0 for the last).
                     let n = self.waiting.len();
@@ -660,6 +687,7 @@ impl Object for BarrierObj {
         {
             self.break_all(ctx, &format!("rank {dead} died while waiting"));
         }
+        self.check_parties(ctx);
     }
 }
 
@@ -679,11 +707,13 @@ impl Barrier {
                 "a barrier needs at least one party".into(),
             ));
         }
+        let members = comm.members.to_vec();
         let h = Handle::create(comm, owner, || {
             Box::new(BarrierObj {
                 parties,
                 waiting: Vec::new(),
                 broken: None,
+                members,
             })
         })?;
         Ok(Barrier { h, parties })

@@ -259,6 +259,55 @@ fn lock_holder_dies(w: &Comm) -> R {
     Ok(())
 }
 
+/// The holder of a lock exits normally (code 0) while holding it; the lock's owner (rank 0)
+/// is the one waiting to acquire it, and another rank (2) waits too.
+fn lock_holder_exits(w: &Comm) -> R {
+    let lock = Lock::new(w, 0)?;
+    w.barrier()?;
+    if w.rank() == 1 {
+        let g = lock.acquire()?;
+        w.barrier()?;
+        std::thread::sleep(Duration::from_millis(100));
+        std::mem::forget(g); // exit holding it
+        std::process::exit(0);
+    }
+    w.barrier()?;
+    let t0 = std::time::Instant::now();
+    match lock.acquire() {
+        Err(e @ Error::HolderDied { rank: 1, .. }) => {
+            println!(
+                "rank {}: holder died: {e} after {:?}",
+                w.rank(),
+                t0.elapsed()
+            )
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("got a lock whose holder died"),
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
+/// A barrier for every rank, owned by rank 0; rank ARG (default 2) exits before arriving.
+fn barrier_party_exits(w: &Comm) -> R {
+    let quitter = arg(2, 2) as usize;
+    let b = ranks::Barrier::new(w, 0, w.size())?;
+    w.barrier()?;
+    if w.rank() == quitter {
+        std::process::exit(0);
+    }
+    match b.wait() {
+        Err(Error::BrokenBarrier(why)) => println!("rank {}: barrier broken: {why}", w.rank()),
+        // The owner itself left: its objects are gone with it.
+        Err(e @ Error::PeerLost { .. }) if quitter == 0 => {
+            println!("rank {}: barrier owner gone: {e}", w.rank())
+        }
+        other => panic!("expected a broken barrier, got {other:?}"),
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
 /// Pipes: duplex echo, one-way, end of stream.
 fn pipes(w: &Comm) -> R {
     let (n, me) = (w.size(), w.rank());
@@ -439,6 +488,8 @@ fn main() {
         "counter" => counter(&w),
         "sync" => sync(&w),
         "lockdies" => lock_holder_dies(&w),
+        "lockexits" => lock_holder_exits(&w),
+        "barrierexits" => barrier_party_exits(&w),
         "pipes" => pipes(&w),
         "shared" => shared_state(&w),
         "pool" => pool(&w),
