@@ -13,8 +13,11 @@ use crate::transport::{hybrid, local::Local, shm::Shm, uds::Uds, Transport};
 
 fn init_logging(filter: Option<&str>) {
     if let Some(filter) = filter {
+        use std::io::IsTerminal;
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            // Colour codes only for a terminal, not for the launcher's pipes or a file.
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .try_init();
     }

@@ -67,6 +67,37 @@ pub fn init() -> Result<Comm> {
     Ok(WORLD.get_or_init(|| w).clone())
 }
 
+/// Run a rank's program: join the job, call `body` with the world, and turn an error into
+/// a readable line on stderr (`rank 3: error: ...`, the error's message rather than its
+/// debug form) and a failing exit code. Use it as `main`:
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     ranks::main(|world| {
+///         let (v, _) = world.recv::<u32>(0, 1)?; // an error here is printed, named by rank
+///         println!("{v}");
+///         Ok(())
+///     })
+/// }
+/// ```
+pub fn main(body: impl FnOnce(Comm) -> Result<()>) -> std::process::ExitCode {
+    let world = match init() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("ranks: error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let rank = world.rank();
+    match body(world) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rank {rank}: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The README's examples, compiled and run as doctests (in a world of one).
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]

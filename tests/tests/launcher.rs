@@ -351,3 +351,24 @@ fn abort_ends_the_job_with_its_code_whatever_the_others_do() {
         }
     }
 }
+
+#[test]
+fn ranks_main_prints_a_failing_ranks_error_readably() {
+    let o = run_job(&["-n", "2"], "ranks-mainerr", &[], LIMIT);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr
+            .contains("rank 1: error: message from rank 0 with tag 9 does not decode as"),
+        "{o:?}"
+    );
+    assert!(!o.stderr.contains("TypeMismatch {"), "Debug form: {o:?}");
+    assert_clean(&o);
+}
+
+#[test]
+fn ranks_log_has_no_colour_codes_when_not_on_a_terminal() {
+    let o = run_job(&["-n", "2", "-x", "RANKS_LOG=debug"], "hello", &[], LIMIT);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stderr.contains("DEBUG"), "{o:?}");
+    assert!(!o.stderr.contains('\u{1b}'), "colour codes in {o:?}");
+}
