@@ -9,7 +9,7 @@ use crate::comm::Comm;
 use crate::config::{Config, Placement, TransportKind};
 use crate::error::Result;
 use crate::progress::{Core, Tuning};
-use crate::transport::{hybrid, local::Local, shm::Shm, uds::Uds, Transport};
+use crate::transport::{local::Local, shm::Shm, uds::Uds, Transport};
 
 fn init_logging(filter: Option<&str>) {
     if let Some(filter) = filter {
@@ -49,6 +49,7 @@ pub(crate) fn world_from_env() -> Result<Comm> {
     };
     let (rank, size) = (place.rank, place.size);
     die_with_launcher(place.launcher_pid);
+    #[cfg_attr(not(feature = "quic"), allow(unused_mut))]
     let (mut local_ranks, mut io_threads) = (size, false);
     let t: Box<dyn Transport> = match place.transport {
         TransportKind::Shm => Box::new(Shm::attach(
@@ -62,6 +63,7 @@ pub(crate) fn world_from_env() -> Result<Comm> {
             rank,
             size,
         )?),
+        #[cfg(feature = "quic")]
         TransportKind::Quic => {
             io_threads = true;
             Box::new(crate::transport::quic::Quic::connect(
@@ -71,12 +73,25 @@ pub(crate) fn world_from_env() -> Result<Comm> {
                 None,
             )?)
         }
+        #[cfg(feature = "quic")]
         TransportKind::Hybrid => {
             let hosts = place.hosts.clone().unwrap_or_default();
             let here = hosts.iter().filter(|h| **h == hosts[rank]).count();
             local_ranks = here;
             io_threads = here == 1 && size > 1;
-            Box::new(hybrid::Hybrid::connect(place, &cfg.tuning, &hosts)?)
+            Box::new(crate::transport::hybrid::Hybrid::connect(
+                place,
+                &cfg.tuning,
+                &hosts,
+            )?)
+        }
+        #[cfg(not(feature = "quic"))]
+        TransportKind::Quic | TransportKind::Hybrid => {
+            return Err(crate::error::Error::Bootstrap(format!(
+                "transport {} needs QUIC, and this program was built without the `quic` \
+                 feature of ranks (use --transport shm or uds on one host)",
+                place.transport
+            )))
         }
     };
     tracing::debug!(rank, size, transport = t.name(), "joined the job");

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use crate::error::Result;
 
+#[cfg(feature = "quic")]
 pub(crate) mod hybrid;
 pub(crate) mod local;
+#[cfg(feature = "quic")]
 pub mod quic;
 pub mod shm;
 pub(crate) mod uds;

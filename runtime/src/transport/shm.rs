@@ -538,6 +538,7 @@ impl Shm {
 impl Shm {
     /// Something another part of this process can call to wake this rank's sleepers (the
     /// QUIC side of a job spanning hosts rings the same doorbell).
+    #[cfg(feature = "quic")]
     pub(crate) fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
         let seg = self.seg.clone();
         let me = self.me;
