@@ -185,7 +185,8 @@ impl Comm {
     /// wait until the receiver takes it.
     pub fn send<T: Serialize + ?Sized>(&self, dest: usize, tag: i32, value: &T) -> Result<()> {
         let bytes = encode(value)?;
-        self.send_bytes(self.ctx, dest, tag, &bytes, Encoding::Serde, 0)
+        let fp = crate::fingerprint::of::<T>();
+        self.send_bytes(self.ctx, dest, tag, &bytes, Encoding::Serde, fp)
     }
 
     /// Send a slice of plain numbers (no serde, no copy into an intermediate buffer).
@@ -209,7 +210,14 @@ impl Comm {
     ) -> Result<Request<'static, ()>> {
         let mut buf = vec![0u8; HEADER_LEN];
         buf = postcard::to_extend(value, buf).map_err(|e| Error::Encode(e.to_string()))?;
-        self.isend_owned(self.ctx, dest, tag, buf, Encoding::Serde, 0)
+        self.isend_owned(
+            self.ctx,
+            dest,
+            tag,
+            buf,
+            Encoding::Serde,
+            crate::fingerprint::of::<T>(),
+        )
     }
 
     /// Nonblocking send of a slice of plain numbers, without copying it: the request

@@ -23,6 +23,7 @@ mod comm;
 pub mod config;
 mod context;
 mod error;
+mod fingerprint;
 mod group;
 pub mod op;
 mod p2p;

@@ -83,6 +83,13 @@ fn wrong_type_names_source_tag_and_type() {
         o.stdout
     );
     assert!(o.stdout.contains("alloc::string::String"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains(
+            "with tag 8 does not decode as u32: it was sent as i32; the message stays queued"
+        ),
+        "{}",
+        o.stdout
+    );
 }
 
 #[test]

@@ -82,6 +82,34 @@ fn stream(w: &Comm) -> Result<(), Error> {
     Ok(())
 }
 
+/// One-way time of a serde `u64` ping-pong (`send`/`recv`), microseconds.
+fn serde_latency(w: &Comm) -> Result<(), Error> {
+    let iters = 50_000;
+    let mut t0 = Instant::now();
+    for i in 0..iters + 5000u64 {
+        if i == 5000 {
+            t0 = Instant::now();
+        }
+        match w.rank() {
+            0 => {
+                w.send(1, 1, &i)?;
+                let (v, _) = w.recv::<u64>(1, 1)?;
+                assert_eq!(v, i);
+            }
+            1 => {
+                let (v, _) = w.recv::<u64>(0, 1)?;
+                w.send(0, 1, &v)?;
+            }
+            _ => {}
+        }
+    }
+    if w.rank() == 0 {
+        let us = t0.elapsed().as_secs_f64() * 1e6 / (2.0 * iters as f64);
+        println!("serde latency u64 {us:.3} us");
+    }
+    Ok(())
+}
+
 fn bw(w: &Comm) -> Result<(), Error> {
     const WINDOW: usize = 64;
     let mut bufs: Vec<Vec<u8>> = (0..WINDOW).map(|_| vec![1u8; 1 << 20]).collect();
@@ -314,6 +342,7 @@ fn main() -> Result<(), Error> {
     match std::env::args().nth(1).as_deref().unwrap_or("latency") {
         "latency" => latency(&w),
         "bw" => bw(&w),
+        "serde" => serde_latency(&w),
         "stream" => stream(&w),
         "barrier" => barrier(&w),
         "pairs" => pairs(&w),

@@ -175,6 +175,9 @@ fn mismatch(w: &Comm) -> R {
             w.send(1, 4, &"hello world".to_string())?;
             w.send_slice(1, 6, &[1.5f64, 2.5])?;
             w.send(1, 7, &42u32)?;
+            w.send(1, 8, &-1i32)?;
+            w.send(1, 9, &"a str")?;
+            w.send(1, 10, &[3u16, 4][..])?;
         }
         1 => {
             let e = w.recv::<u64>(0, 4).expect_err("a String is not a u64");
@@ -196,6 +199,14 @@ fn mismatch(w: &Comm) -> R {
             println!("error: {e}");
             let (v, _) = w.recv::<u32>(0, 7)?;
             assert_eq!(v, 42);
+            // A -1i32 is not a u32 (it would decode as 1): refused, and not lost.
+            let e = w.recv::<u32>(0, 8).expect_err("an i32 is not a u32");
+            println!("error: {e}");
+            let (v, _) = w.recv::<i32>(0, 8)?;
+            assert_eq!(v, -1);
+            // Types serde encodes alike match: a &str as a String, a slice as a Vec.
+            assert_eq!(w.recv::<String>(0, 9)?.0, "a str");
+            assert_eq!(w.recv::<Vec<u16>>(0, 10)?.0, vec![3, 4]);
             println!("mismatch ok");
         }
         _ => {}
