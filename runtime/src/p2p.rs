@@ -20,6 +20,11 @@ use crate::request::{ReqState, Request};
 use crate::wire::{Encoding, Header, HEADER_LEN};
 
 impl Comm {
+    /// The header of a message from this rank of this communicator.
+    fn data_header(&self, ctx: u32, tag: i32, len: usize, enc: Encoding, typecode: u32) -> Header {
+        Header::data(ctx, self.rank as u32, tag, len as u64, enc, typecode)
+    }
+
     /// Blocking send of raw payload bytes. Returns when the bytes are in the transport (or,
     /// for a rendezvous, once the receiver has them).
     pub(crate) fn send_bytes(
@@ -33,14 +38,7 @@ impl Comm {
     ) -> Result<()> {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
-        let h = Header::data(
-            ctx,
-            self.rank as u32,
-            tag,
-            payload.len() as u64,
-            enc,
-            typecode,
-        );
+        let h = self.data_header(ctx, tag, payload.len(), enc, typecode);
         let core = &*self.core;
         let id = {
             let mut st = core.lock();
@@ -96,7 +94,7 @@ impl Comm {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
         let len = buf.len() - HEADER_LEN;
-        let h = Header::data(ctx, self.rank as u32, tag, len as u64, enc, typecode);
+        let h = self.data_header(ctx, tag, len, enc, typecode);
         let core = &*self.core;
         let mut st = core.lock();
         let id = match core.route(&st, peer, len) {
@@ -134,14 +132,7 @@ impl Comm {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
         let core = &*self.core;
-        let h = Header::data(
-            ctx,
-            self.rank as u32,
-            tag,
-            payload.len() as u64,
-            enc,
-            typecode,
-        );
+        let h = self.data_header(ctx, tag, payload.len(), enc, typecode);
         let mut st = core.lock();
         let id = match core.route(&st, peer, payload.len()) {
             Route::SelfSend => {

@@ -447,18 +447,22 @@ impl Protocol {
             return;
         }
         match copy {
-            Some(mut data) => {
-                let mut h = Header::control(Kind::RtsData, token);
-                h.len = (data.len() - HEADER_LEN) as u64;
-                data[..HEADER_LEN].copy_from_slice(&h.encode());
-                let SendId::Frame { seq, .. } = self.queue_frame(peer, data) else {
-                    unreachable!("queue_frame queues a frame")
-                };
-                if let Some(s) = self.sends.get_mut(&(peer, token)) {
-                    s.state = RvSendState::Streaming { seq };
-                }
-            }
+            Some(data) => self.stream(peer, token, data),
             None => s.state = RvSendState::Nacked,
+        }
+    }
+
+    /// Queue the bytes of rendezvous `token` (after `HEADER_LEN` free bytes in `data`) as
+    /// one `RtsData` frame; the send completes when it is written.
+    fn stream(&mut self, peer: usize, token: u64, mut data: Vec<u8>) {
+        let mut h = Header::control(Kind::RtsData, token);
+        h.len = (data.len() - HEADER_LEN) as u64;
+        data[..HEADER_LEN].copy_from_slice(&h.encode());
+        let SendId::Frame { seq, .. } = self.queue_frame(peer, data) else {
+            unreachable!("queue_frame queues a frame")
+        };
+        if let Some(s) = self.sends.get_mut(&(peer, token)) {
+            s.state = RvSendState::Streaming { seq };
         }
     }
 
@@ -570,16 +574,8 @@ impl Protocol {
         }
         match &mut s.buf {
             RvBuf::Owned(data) => {
-                let mut data = std::mem::take(data);
-                let mut h = Header::control(Kind::RtsData, token);
-                h.len = (data.len() - HEADER_LEN) as u64;
-                data[..HEADER_LEN].copy_from_slice(&h.encode());
-                let SendId::Frame { seq, .. } = self.queue_frame(peer, data) else {
-                    unreachable!("queue_frame queues a frame")
-                };
-                if let Some(s) = self.sends.get_mut(&(peer, token)) {
-                    s.state = RvSendState::Streaming { seq };
-                }
+                let data = std::mem::take(data);
+                self.stream(peer, token, data);
             }
             RvBuf::Borrowed { .. } => {
                 s.state = RvSendState::Nacked;
