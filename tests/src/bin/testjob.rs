@@ -649,7 +649,14 @@ impl rustls::client::danger::ServerCertVerifier for TrustAnything {
 fn forge(w: &Comm) -> R {
     if w.rank() == 0 {
         let dir = std::env::var("RANKS_DIR").expect("a quic job has a directory");
-        let addr: std::net::SocketAddr = std::fs::read_to_string(format!("{dir}/r1.addr"))
+        // On another host, rank 1's address reaches this host's directory through the
+        // launcher, possibly after rank 1 has already connected to us: wait for it.
+        let file = format!("{dir}/r1.addr");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::path::Path::new(&file).exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let addr: std::net::SocketAddr = std::fs::read_to_string(&file)
             .expect("rank 1 published its address")
             .trim()
             .parse()
