@@ -216,32 +216,27 @@ pub fn wait_for_ranks(mark: &str, n: usize, limit: Duration) -> bool {
 
 /// Assert the job left no process and no shared-memory segment behind.
 pub fn assert_clean(o: &Outcome) {
-    // Killed processes can take a moment to disappear from /proc.
+    // Killed processes can take a moment to disappear from /proc, and an agent on another
+    // host removes its files after its ranks are gone: both get the same few seconds.
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = processes_with_mark(&o.mark);
+    let wait_until_empty = |what: &str, list: &dyn Fn() -> Vec<String>| loop {
+        let left = list();
         if left.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "processes left behind: {left:?}\n{o:?}"
+            "{what} left behind: {left:?}\n{o:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
-    // An agent on another host removes its files after its ranks are gone: give it the
-    // same few seconds.
-    loop {
-        let segs = segments_of(o.launcher_pid);
-        if segs.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "segments left in /dev/shm: {segs:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    wait_until_empty("processes", &|| {
+        processes_with_mark(&o.mark)
+            .iter()
+            .map(u32::to_string)
+            .collect()
+    });
+    wait_until_empty("segments in /dev/shm", &|| segments_of(o.launcher_pid));
 }
 
 /// The usual limit for a job in these tests.

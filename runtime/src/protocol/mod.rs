@@ -412,14 +412,10 @@ impl Protocol {
         if !matches!(s.state, RvSendState::Nacked) {
             return;
         }
-        let mut h = Header::control(Kind::RtsData, token);
-        h.len = data.len() as u64;
-        let SendId::Frame { seq, .. } = self.queue_copy(peer, &h, data) else {
-            unreachable!("queue_copy queues a frame")
-        };
-        if let Some(s) = self.sends.get_mut(&(peer, token)) {
-            s.state = RvSendState::Streaming { seq };
-        }
+        let mut copy = Vec::with_capacity(HEADER_LEN + data.len());
+        copy.resize(HEADER_LEN, 0);
+        copy.extend_from_slice(data);
+        self.stream(peer, token, copy);
     }
 
     /// A nacked borrowed buffer some thread may copy from our own memory (then
