@@ -206,6 +206,14 @@ pub fn main() -> u8 {
                     node.signal(s);
                 }
             }
+            Ok(Ev::Launcher(ToAgent::RankEnded { rank, status })) => {
+                heard = Instant::now();
+                node.rank_ended(rank, status);
+            }
+            Ok(Ev::Launcher(ToAgent::Report)) => {
+                heard = Instant::now();
+                say(FromAgent::Blocked(node.blocked()));
+            }
             Ok(Ev::Launcher(_)) => heard = Instant::now(),
             Ok(Ev::LauncherGone(why)) => launcher_lost = Some(why),
             Err(RecvTimeoutError::Timeout) => {}

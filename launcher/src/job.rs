@@ -537,7 +537,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                             kill_at = Some(Instant::now() + grace());
                         }
                     }
-                    FromAgent::Ready { .. } | FromAgent::Pong => {}
+                    FromAgent::Ready { .. } | FromAgent::Pong | FromAgent::Blocked(_) => {}
                 }
             }
             Ok(Event::Host(i, HostEvent::Gone(why))) => {
@@ -582,6 +582,18 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
             }
             running[rank] = false;
             left -= 1;
+            // Every other host learns of the end at once (the ranks there read it from
+            // their board), so waits on this rank end everywhere, whatever the transport.
+            for (j, h) in hosts.iter().enumerate() {
+                if j == plan.host_of[rank] as usize || h.lost || h.done {
+                    continue;
+                }
+                match (&h.remote, &node) {
+                    (Some(rem), _) => rem.send(ToAgent::RankEnded { rank, status }),
+                    (None, Some(nd)) => nd.rank_ended(rank, status),
+                    (None, None) => {}
+                }
+            }
             let ok = matches!(status, Status::Code(0));
             // A rank that we signalled and that died of a signal did not fail by itself.
             let ours = signalled[rank] && matches!(status, Status::Signal(_));

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ranks::board::{Board, Ending};
 use ranks::config::{Placement, TransportKind};
 use ranks::transport::shm::{RankState, Segment};
 use rustix::process::{kill_process_group, Pid, Signal};
@@ -65,6 +66,14 @@ pub fn resolve_program(prog: &str) -> Result<PathBuf, String> {
     ))
 }
 
+pub fn ending(s: Status) -> Ending {
+    match s {
+        Status::Code(c) => Ending::Code(c),
+        Status::Signal(sig) => Ending::Signal(sig),
+        Status::Unknown => Ending::Unknown,
+    }
+}
+
 pub fn status_of(s: &std::process::ExitStatus) -> Status {
     match (s.code(), s.signal()) {
         (Some(c), _) => Status::Code(c),
@@ -76,6 +85,7 @@ pub fn status_of(s: &std::process::ExitStatus) -> Status {
 /// What the node holds that must go away at the end, whatever happens.
 struct Resources {
     segment: Option<Arc<Segment>>,
+    board: Option<Arc<Board>>,
     dir: Option<PathBuf>,
     /// File-name prefix of everything the ranks may create in /dev/shm.
     shm_prefix: String,
@@ -85,6 +95,7 @@ impl Drop for Resources {
     fn drop(&mut self) {
         // The last reference removes the file (waiters hold clones until they end).
         self.segment.take();
+        self.board.take();
         if let Ok(dir) = std::fs::read_dir("/dev/shm") {
             for e in dir.flatten() {
                 if e.file_name()
@@ -132,6 +143,7 @@ impl Node {
         };
         let mut res = Resources {
             segment: None,
+            board: None,
             dir: None,
             shm_prefix: format!("ranks-{local_id}"),
         };
@@ -142,6 +154,7 @@ impl Node {
             transport: spec.transport,
             shm: None,
             dir: None,
+            board: None,
             launcher_pid: Some(std::process::id()),
             hosts: None,
             hostname: Some(spec.host_name.clone()),
@@ -165,6 +178,11 @@ impl Node {
             place.shm = Some(path);
             res.segment = Some(Arc::new(seg));
         }
+        // Every host has a board with a slot for every rank of the job.
+        let board_path = PathBuf::from(format!("/dev/shm/ranks-{local_id}-board"));
+        let board = Board::create(&board_path, spec.hosts.len()).map_err(|e| e.to_string())?;
+        res.board = Some(Arc::new(board));
+        place.board = Some(board_path);
         if spec.transport != TransportKind::Shm {
             let dir = std::env::temp_dir().join(format!("ranks-{local_id}"));
             std::fs::DirBuilder::new()
@@ -210,6 +228,9 @@ impl Node {
                         "ranks: could not start rank {rank} ({}): {e}",
                         program.display()
                     );
+                    if let Some(b) = &res.board {
+                        b.set_ended(rank, Ending::Code(127));
+                    }
                     let _ = events.send(NodeEvent::Exited(rank, Status::Code(127)));
                     continue;
                 }
@@ -226,6 +247,7 @@ impl Node {
             forwarders.push(forward(err, rank, true, output.clone()));
             let events = events.clone();
             let seg = res.segment.clone();
+            let board = res.board.clone();
             let procs = procs.clone();
             let idx = seg_index[i];
             waiters.push(std::thread::spawn(move || {
@@ -243,6 +265,9 @@ impl Node {
                     if let Some(p) = Pid::from_raw(pid as i32) {
                         let _ = kill_process_group(p, Signal::KILL);
                     }
+                }
+                if let Some(board) = &board {
+                    board.set_ended(rank, ending(status));
                 }
                 if let Some(seg) = &seg {
                     let ok = matches!(status, Status::Code(0));
@@ -290,6 +315,25 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Record that a rank of another host ended, and wake the ranks here so waits on it end.
+    pub fn rank_ended(&self, rank: usize, status: Status) {
+        if let Some(board) = &self.res.board {
+            board.set_ended(rank, ending(status));
+        }
+        if let Some(seg) = &self.res.segment {
+            seg.wake_all();
+        }
+    }
+
+    /// What each rank of this host is blocked in (`None`: not in a wait of ours).
+    pub fn blocked(&self) -> Vec<(usize, Option<ranks::board::Blocked>)> {
+        let p = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        p.iter()
+            .filter(|e| e.2)
+            .map(|&(rank, _, _)| (rank, self.res.board.as_ref().and_then(|b| b.blocked(rank))))
+            .collect()
     }
 
     /// Make other hosts' rank addresses known to the ranks here.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 const MAX_FRAME: usize = 16 << 20;
 /// First bytes an agent writes, so the launcher can tell it from a login banner or a shell
 /// complaining that the program is missing.
-pub const HELLO: &[u8; 8] = b"ranks/a1";
+pub const HELLO: &[u8; 8] = b"ranks/a2";
 
 /// Everything an agent needs to run its share of the job.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -57,6 +57,13 @@ pub enum ToAgent {
     Addresses(Vec<(usize, String)>),
     /// Send this signal to every rank still running (SIGTERM, then SIGKILL).
     Signal(i32),
+    /// A rank of another host ended: record it on this host's board.
+    RankEnded {
+        rank: usize,
+        status: Status,
+    },
+    /// Say what each rank here is blocked in.
+    Report,
     /// The launcher is alive.
     Ping,
 }
@@ -97,6 +104,8 @@ pub enum FromAgent {
         rank: usize,
         status: Status,
     },
+    /// What each rank of this host is blocked in (answer to `Report`).
+    Blocked(Vec<(usize, Option<ranks::board::Blocked>)>),
     /// Every rank has exited and its output was sent.
     Done,
     /// The agent is alive.

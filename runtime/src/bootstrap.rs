@@ -97,7 +97,12 @@ pub(crate) fn world_from_env() -> Result<Comm> {
     tracing::debug!(rank, size, transport = t.name(), "joined the job");
     let tuning = Tuning::resolve(&cfg.tuning, local_ranks, io_threads);
     let host = host_of(place);
-    let core = Core::new(rank, size, t, tuning, host);
+    let mut core = Core::new(rank, size, t, tuning, host);
+    if let Some(path) = &place.board {
+        let board = Arc::new(crate::board::Board::open(path, size)?);
+        crate::board::set_global(board.clone());
+        core = core.with_board(board);
+    }
     Ok(Comm::world(Arc::new(core)))
 }
 

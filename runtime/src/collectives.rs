@@ -93,7 +93,7 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
 }
 
 impl Comm {
-    fn coll_ctx(&self) -> u32 {
+    pub(crate) fn coll_ctx(&self) -> u32 {
         self.ctx + 1
     }
 

@@ -169,11 +169,25 @@ impl Comm {
         Ok(Pattern { ctx, src, tag })
     }
 
+    /// What ends a wait for a message matching `pat` when ranks die.
     pub(crate) fn watch_for(&self, pat: &Pattern) -> Watch<'_> {
         if pat.src == ANY_SOURCE {
             Watch::All(&self.members)
         } else {
-            Watch::Peer(self.members[pat.src as usize])
+            self.watch_peer(pat.ctx, self.members[pat.src as usize])
+        }
+    }
+
+    /// What ends a wait on world rank `peer` for traffic in context `ctx`: its loss, and in
+    /// this communicator's collective context also the failure of any member.
+    pub(crate) fn watch_peer(&self, ctx: u32, peer: usize) -> Watch<'_> {
+        if ctx == self.coll_ctx() {
+            Watch::Step {
+                peer,
+                members: &self.members,
+            }
+        } else {
+            Watch::Peer(peer)
         }
     }
 

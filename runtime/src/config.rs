@@ -23,6 +23,8 @@ pub mod env {
     pub const TRANSPORT: &str = "RANKS_TRANSPORT";
     /// Path of the job's shared-memory segment.
     pub const SHM: &str = "RANKS_SHM";
+    /// Path of the host's job board (how ranks ended, what each is blocked in).
+    pub const BOARD: &str = "RANKS_BOARD";
     /// Directory for the job's Unix sockets.
     pub const DIR: &str = "RANKS_DIR";
     /// Pid of the launcher or agent that started the rank (ranks die with it).
@@ -125,6 +127,7 @@ pub struct Placement {
     pub transport: TransportKind,
     pub shm: Option<PathBuf>,
     pub dir: Option<PathBuf>,
+    pub board: Option<PathBuf>,
     pub launcher_pid: Option<u32>,
     /// Host index of every rank (transport `auto`).
     pub hosts: Option<Vec<u32>>,
@@ -148,6 +151,9 @@ impl Placement {
         }
         if let Some(p) = &self.dir {
             v.push((env::DIR, path(p)));
+        }
+        if let Some(p) = &self.board {
+            v.push((env::BOARD, path(p)));
         }
         if let Some(p) = self.launcher_pid {
             v.push((env::LAUNCHER_PID, p.to_string()));
@@ -208,6 +214,7 @@ impl Placement {
             transport,
             shm: get(env::SHM).map(PathBuf::from),
             dir: get(env::DIR).map(PathBuf::from),
+            board: get(env::BOARD).map(PathBuf::from),
             launcher_pid: get(env::LAUNCHER_PID)
                 .map(|p| number(env::LAUNCHER_PID, &p))
                 .transpose()?,
@@ -416,6 +423,7 @@ mod tests {
             transport: TransportKind::Hybrid,
             shm: Some("/dev/shm/ranks-1".into()),
             dir: Some("/tmp/ranks-1".into()),
+            board: Some("/dev/shm/ranks-1-board".into()),
             launcher_pid: Some(42),
             hosts: Some(vec![0, 0, 1, 1]),
             hostname: Some("node7".into()),

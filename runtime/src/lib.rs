@@ -16,6 +16,8 @@
 //!
 //! A program started without the launcher gets a world of size 1.
 
+#[doc(hidden)]
+pub mod board;
 mod bootstrap;
 mod collectives;
 mod comm;

@@ -70,7 +70,7 @@ impl Comm {
             }
         };
         // `payload` stays borrowed (and so alive) until the receiver is done with it.
-        let r = core.wait_for(Watch::Peer(peer), |core, st| {
+        let r = core.wait_for(self.watch_peer(ctx, peer), |core, st| {
             Ok(poll_borrowed_send(core, st, id, payload)?.then_some(()))
         });
         if r.is_err() {
@@ -112,7 +112,7 @@ impl Comm {
         drop(st);
         Ok(Request::new(
             self.clone(),
-            ReqState::Send { id, data: &[] },
+            ReqState::Send { id, ctx, data: &[] },
             |_, _, _, _| Ok(()),
         ))
     }
@@ -148,7 +148,11 @@ impl Comm {
         drop(st);
         Ok(Request::new(
             self.clone(),
-            ReqState::Send { id, data: payload },
+            ReqState::Send {
+                id,
+                ctx,
+                data: payload,
+            },
             |_, _, _, _| Ok(()),
         ))
     }
@@ -258,7 +262,7 @@ impl Comm {
             }
         };
         let ready = || core.t.available(peer).is_some_and(|n| n >= HEADER_LEN);
-        let r = core.wait_checking_first(Watch::Peer(peer), &ready, |core, st| {
+        let r = core.wait_checking_first(self.watch_peer(pat.ctx, peer), &ready, |core, st| {
             if let Some(id) = posted {
                 return Ok(st.proto.take(id, true).map(Err));
             }
@@ -345,7 +349,7 @@ impl Comm {
         if pulled {
             return Ok(());
         }
-        match self.wait_taken(job.id, Watch::Peer(job.peer), true)? {
+        match self.wait_taken(job.id, self.watch_peer(job.ctx, job.peer), true)? {
             Taken::Msg(m) => match m.body {
                 Body::Eager(v) if v.len() == dst.len() => {
                     dst.copy_from_slice(&v);

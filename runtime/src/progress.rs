@@ -102,9 +102,20 @@ pub(crate) enum Watch<'a> {
     Nobody,
     /// This world rank.
     Peer(usize),
-    /// All of these world ranks (an any-source receive fails only when all are gone).
+    /// An any-source receive among these world ranks: it fails when one of them failed
+    /// (exited non-zero, was killed), or when all of them are gone.
     All(&'a [usize]),
+    /// A step of a collective over `members` that waits on `peer`: it fails when the peer is
+    /// gone or when any member failed (the collective cannot complete anywhere).
+    Step {
+        peer: usize,
+        members: &'a [usize],
+    },
 }
+
+/// How long after a peer's clean exit was recorded on the job board it counts as gone even
+/// when its transport has not said so (what it sent before exiting has arrived by then).
+const EXIT_GRACE: Duration = Duration::from_millis(500);
 
 /// The progress layer of one process: the protocol core, the transport, and waiting.
 pub(crate) struct Core {
@@ -117,6 +128,8 @@ pub(crate) struct Core {
     pub contexts: crate::context::Contexts,
     /// The name of this process's host in the job.
     pub host: String,
+    /// The host's job board (under the launcher): how ranks ended, what we are blocked in.
+    pub board: Option<std::sync::Arc<crate::board::Board>>,
 }
 
 impl Core {
@@ -151,7 +164,15 @@ impl Core {
             st: Mutex::new(st),
             contexts: crate::context::Contexts::new(),
             host,
+            board: None,
         }
+    }
+
+    /// Use the host's job board (attaching this process to its slot).
+    pub(crate) fn with_board(mut self, board: std::sync::Arc<crate::board::Board>) -> Core {
+        board.attach(self.rank);
+        self.board = Some(board);
+        self
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -423,10 +444,61 @@ impl Core {
     }
 
     fn gone(&self, st: &State, peer: usize) -> Option<String> {
+        // The board knows of an end first (a killed process closes no QUIC connection), and
+        // how it ended; a clean exit counts once what it sent has had time to arrive, unless
+        // the transport says so first.
+        let ended = self.board.as_ref().and_then(|b| b.ended(peer));
+        if let Some((how, _)) = ended.filter(|(how, _)| how.failed()) {
+            return Some(how.to_string());
+        }
         st.broken[peer]
             .clone()
             .or_else(|| st.proto.write_error(peer).map(str::to_string))
             .or_else(|| self.t.peer_gone(peer))
+            .or_else(|| {
+                let (how, ago) = ended?;
+                (ago >= EXIT_GRACE).then(|| how.to_string())
+            })
+    }
+
+    /// The first of `members` (world ranks) that failed: exited non-zero or was killed.
+    fn failed_among(&self, members: &[usize]) -> Option<(usize, String)> {
+        let board = self.board.as_ref()?;
+        if board.generation() == 0 {
+            return None; // nobody ended yet: the common case, one load
+        }
+        members.iter().find_map(|&p| {
+            let (how, _) = board.ended(p).filter(|(how, _)| how.failed())?;
+            (p != self.rank).then(|| (p, how.to_string()))
+        })
+    }
+
+    /// The rank to blame when a collective step or any-source wait ends because `rank` left
+    /// cleanly: a member that failed, if the news of it follows within moments (the peer
+    /// most likely left because of it), else `rank` itself.
+    fn root_cause(&self, watch: Watch<'_>, rank: usize, detail: String) -> (usize, String) {
+        let members = match watch {
+            Watch::Step { members, .. } | Watch::All(members) => members,
+            _ => return (rank, detail),
+        };
+        let clean = self
+            .board
+            .as_ref()
+            .and_then(|b| b.ended(rank))
+            .is_none_or(|(how, _)| !how.failed());
+        if !clean {
+            return (rank, detail);
+        }
+        let until = Instant::now() + Duration::from_millis(200);
+        loop {
+            if let Some(failed) = self.failed_among(members) {
+                return failed;
+            }
+            if self.board.is_none() || Instant::now() >= until {
+                return (rank, detail);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// `PeerLost`, or `Truncated` when the peer went away in the middle of a frame.
@@ -445,7 +517,16 @@ impl Core {
             Watch::Nobody => None,
             Watch::Peer(p) if p == self.rank => None,
             Watch::Peer(p) => self.gone(st, p).map(|why| (p, why)),
+            // A failed member is the cause to name, even when the peer left because of it.
+            Watch::Step { peer, members } => self.failed_among(members).or_else(|| {
+                self.gone(st, peer)
+                    .filter(|_| peer != self.rank)
+                    .map(|why| (peer, why))
+            }),
             Watch::All(ps) => {
+                if let Some(failed) = self.failed_among(ps) {
+                    return Some(failed);
+                }
                 let mut first = None;
                 for &p in ps {
                     if p == self.rank {
@@ -545,7 +626,9 @@ impl Core {
                     return Ok(Some(r));
                 }
                 if let Some((rank, detail)) = lost {
-                    return Err(self.lost_error(&st, rank, detail));
+                    drop(st);
+                    let (rank, detail) = self.root_cause(watch, rank, detail);
+                    return Err(self.lost_error(&self.lock(), rank, detail));
                 }
             }
             let now_past = |d: Instant| Instant::now() >= d;

@@ -4,7 +4,7 @@ use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::p2p::poll_borrowed_send;
 use crate::progress::{Core, State, Watch};
-use crate::protocol::matching::{Pattern, RecvId, ANY_SOURCE};
+use crate::protocol::matching::{Pattern, RecvId};
 use crate::protocol::{SendId, Taken};
 
 /// Where a nonblocking operation stands.
@@ -13,6 +13,8 @@ pub(crate) enum ReqState<'a> {
     /// receiver may ask to have streamed), else empty.
     Send {
         id: SendId,
+        /// Context the message goes in.
+        ctx: u32,
         data: &'a [u8],
     },
     Recv {
@@ -72,7 +74,7 @@ impl<'a, T> Request<'a, T> {
     /// `direct`: the caller waits now, so a rendezvous receive is pulled into its buffer.
     fn poll_state(&mut self, core: &Core, st: &mut State, direct: bool) -> Result<bool> {
         match &self.state {
-            ReqState::Send { id, data } => {
+            ReqState::Send { id, data, .. } => {
                 let done = poll_borrowed_send(core, st, *id, data)?;
                 if done {
                     self.state = ReqState::Done;
@@ -91,14 +93,15 @@ impl<'a, T> Request<'a, T> {
         }
     }
 
-    fn watch(&self) -> Watch<'_> {
-        match &self.state {
+    /// What ends a wait on `state` when ranks die.
+    fn watch<'c>(comm: &'c Comm, state: &ReqState<'_>) -> Watch<'c> {
+        match state {
             ReqState::Send {
                 id: SendId::Frame { peer, .. } | SendId::Rendezvous { peer, .. },
+                ctx,
                 ..
-            } => Watch::Peer(*peer),
-            ReqState::Recv { pat, .. } if pat.src == ANY_SOURCE => Watch::All(&self.comm.members),
-            ReqState::Recv { pat, .. } => Watch::Peer(self.comm.members[pat.src as usize]),
+            } => comm.watch_peer(*ctx, *peer),
+            ReqState::Recv { pat, .. } => comm.watch_for(pat),
             _ => Watch::Nobody,
         }
     }
@@ -116,11 +119,7 @@ impl<'a, T> Request<'a, T> {
             _ => {}
         }
         let comm = self.comm.clone();
-        let watch = match self.watch() {
-            Watch::Peer(p) => Watch::Peer(p),
-            Watch::All(_) => Watch::All(&comm.members),
-            Watch::Nobody => Watch::Nobody,
-        };
+        let watch = Self::watch(&comm, &self.state);
         let recv = match self.state {
             ReqState::Recv { id, .. } => Some(id),
             _ => None,
@@ -247,6 +246,7 @@ impl<T> Drop for Request<'_, T> {
             state @ ReqState::Send {
                 id: SendId::Rendezvous { .. },
                 data,
+                ..
             } if !data.is_empty() => {
                 // The receiver may still read the borrowed buffer: wait until it is done
                 // (or gone; errors cannot be reported from here).

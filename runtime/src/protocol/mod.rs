@@ -141,6 +141,8 @@ pub(crate) enum Want {
 #[derive(Debug)]
 pub(crate) struct PullJob {
     pub id: RecvId,
+    /// Context of the message (what ends a wait for its stream depends on it).
+    pub ctx: u32,
     pub peer: usize,
     pub addr: u64,
     pub len: u64,
@@ -899,6 +901,7 @@ fn pull_job(id: RecvId, msg: &Msg) -> PullJob {
             peer, addr, len, ..
         } => PullJob {
             id,
+            ctx: msg.ctx,
             peer,
             addr,
             len,

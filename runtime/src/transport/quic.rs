@@ -156,9 +156,24 @@ struct PeerIo {
     out_ready: tokio::sync::Notify,
     gone: AtomicBool,
     why: Mutex<Option<String>>,
+    /// The peer's world rank.
+    rank: usize,
 }
 
 impl PeerIo {
+    fn new(rank: usize) -> PeerIo {
+        PeerIo {
+            rank,
+            ..PeerIo::default()
+        }
+    }
+
+    /// Whether the peer is known to be gone: its connection says so, or the job board.
+    fn ended(&self) -> bool {
+        self.gone.load(SeqCst)
+            || crate::board::global().is_some_and(|b| b.ended(self.rank).is_some())
+    }
+
     fn lose(&self, why: String) {
         let mut w = self.why.lock().unwrap_or_else(|p| p.into_inner());
         if w.is_none() {
@@ -275,7 +290,7 @@ impl Quic {
             ..Signal::default()
         });
         let peers: Vec<Option<Arc<PeerIo>>> = (0..size)
-            .map(|p| is_peer(p).then(|| Arc::new(PeerIo::default())))
+            .map(|p| is_peer(p).then(|| Arc::new(PeerIo::new(p))))
             .collect();
         let higher = (me + 1..size).filter(|&p| is_peer(p)).count();
         let deadline = Instant::now() + CONNECT_DEADLINE;
@@ -468,8 +483,21 @@ extern "C" fn flush_at_exit() {
 
 /// Finish a stream we send on and wait until the peer has all of it (unless it is gone).
 async fn finish(mut tx: quinn::SendStream, io: &PeerIo, exit: &ExitFlush) {
-    if !io.gone.load(SeqCst) && tx.finish().is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), tx.stopped()).await;
+    if !io.ended() && tx.finish().is_ok() {
+        // Up to 2 s, less when the peer turns out to be gone (a killed peer never answers).
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        let stopped = tx.stopped();
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if io.ended() || tokio::time::Instant::now() >= until {
+                        break;
+                    }
+                }
+            }
+        }
     }
     exit.flushed.fetch_add(1, SeqCst);
 }

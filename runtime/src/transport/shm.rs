@@ -234,6 +234,11 @@ impl Segment {
     /// Record a rank's state and wake everyone, so waiters on it notice.
     pub fn set_state(&self, rank: usize, state: RankState) {
         self.state_word(rank).store(state as u32, SeqCst);
+        self.wake_all();
+    }
+
+    /// Wake every rank's sleepers (something they may wait on changed).
+    pub fn wake_all(&self) {
         for r in 0..self.n {
             self.ring_doorbell(r, true);
         }

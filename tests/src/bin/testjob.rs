@@ -356,6 +356,60 @@ fn peerlost(w: &Comm) -> R {
     Ok(())
 }
 
+/// The last rank ends (`HOW`: exit0, exit3, panic or kill) 300 ms after a barrier while
+/// the others are blocked in `OP` (allreduce, barrier, bcast, anysource, ring); each survivor
+/// prints the error it got, naming the rank, and how long after the end it came.
+/// `ranks-testjob dies OP HOW`
+fn dies(w: &Comm) -> R {
+    let op = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| "allreduce".into());
+    let how = std::env::args().nth(3).unwrap_or_else(|| "kill".into());
+    let (me, n) = (w.rank(), w.size());
+    let victim = n - 1;
+    w.barrier()?;
+    let t0 = std::time::Instant::now();
+    let end = std::time::Duration::from_millis(300);
+    if me == victim {
+        std::thread::sleep(end);
+        match how.as_str() {
+            "exit0" => std::process::exit(0),
+            "exit3" => std::process::exit(3),
+            "panic" => panic!("the victim panics"),
+            _ => {
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                return Ok(());
+            }
+        }
+    }
+    let r: R = match op.as_str() {
+        "allreduce" => w.all_reduce_slice(&[1u64], &mut [0u64], &ranks::op::Sum),
+        "barrier" => w.barrier(),
+        "bcast" => {
+            let mut v = [0u64; 4];
+            w.broadcast_slice(victim, &mut v)
+        }
+        // Everyone waits for a message from anyone (none comes).
+        "anysource" => w.recv::<u64>(ANY_SOURCE, 0).map(drop),
+        // Each waits on its left neighbour: only rank 0 waits on the victim directly.
+        "ring" => w.recv::<u64>((me + n - 1) % n, 0).map(drop),
+        other => panic!("unknown op {other}"),
+    };
+    let ms = t0.elapsed().saturating_sub(end).as_millis();
+    match r {
+        Err(Error::PeerLost { rank, detail }) => {
+            println!("survivor {me} {op}: PeerLost rank {rank} ({detail}) after {ms} ms")
+        }
+        Err(e) => println!("survivor {me} {op}: other error {e} after {ms} ms"),
+        Ok(()) => println!("survivor {me} {op}: completed after {ms} ms"),
+    }
+    Ok(())
+}
+
 fn sleep(w: &Comm) -> R {
     let _ = w.rank();
     std::thread::sleep(std::time::Duration::from_secs(arg(2, 30)));
@@ -749,6 +803,7 @@ fn main() {
         "chatter" => chatter(&w),
         "peerlost" => peerlost(&w),
         "sleep" => sleep(&w),
+        "dies" => dies(&w),
         "ring" => ring(&w),
         "nonblocking" => nonblocking(&w),
         "halo" => halo(&w),

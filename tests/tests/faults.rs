@@ -1,0 +1,112 @@
+//! The fault matrix: a rank ends (exit 0, exit 3, panic, SIGKILL) while the others are blocked
+//! in an operation (all-reduce, barrier, broadcast, any-source receive, a ring of receives),
+//! on every transport, with `--keep-going` (survivors see the failure themselves) and without
+//! (the launcher stops the job).
+//!
+//! Bound: each job runs under the launcher's `--timeout` (4 s: start-up, the victim's 300 ms,
+//! then the propagation, which takes milliseconds to ~200 ms, see RELIABILITY.md); a wait that
+//! does not end makes the job time out (exit 124) and the cell fail. Every cell also leaves no
+//! process and no file behind.
+
+use std::time::Duration;
+
+use ranks_tests::*;
+
+const KINDS: [(&str, i32); 4] = [("exit0", 0), ("exit3", 3), ("panic", 101), ("kill", 137)];
+const OPS: [&str; 5] = ["allreduce", "barrier", "bcast", "anysource", "ring"];
+const N: usize = 4;
+const VICTIM: usize = N - 1;
+
+fn cell(transport: &str, kind: &str, code: i32, op: &str) {
+    let what = format!("{kind} during {op} over {transport} with --keep-going");
+    // A clean exit is no failure: survivors waiting for a message from anyone wait for good
+    // (a deadlock of the program, which the timeout ends).
+    let deadlock = code == 0 && op == "anysource";
+    let timeout = if deadlock { "2" } else { "4" };
+    let np = N.to_string();
+    let o = run_job(
+        &[
+            "-n",
+            &np,
+            "--transport",
+            transport,
+            "--keep-going",
+            "--timeout",
+            timeout,
+        ],
+        "ranks-testjob",
+        &["dies", op, kind],
+        Duration::from_secs(30),
+    );
+    if deadlock {
+        assert_eq!(o.code, 124, "{what}: {o:?}");
+        assert_clean(&o);
+        return;
+    }
+    assert_eq!(o.code, code, "{what}: {o:?}");
+    for r in 0..VICTIM {
+        let line = o
+            .lines_with(&format!("survivor {r} {op}: "))
+            .first()
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| panic!("{what}: no word from survivor {r}: {o:?}"));
+        assert!(line.contains("PeerLost rank"), "{what}: {line}");
+        if code != 0 {
+            // The failed rank is named, except where a survivor waits on another survivor
+            // (in the ring, rank r waits on r - 1, which left when its own wait failed).
+            let blamed = if op == "ring" && r > 0 { r - 1 } else { VICTIM };
+            assert!(
+                line.contains(&format!("PeerLost rank {blamed} ")),
+                "{what}: survivor {r} should name rank {blamed}: {line}"
+            );
+        }
+    }
+    assert_clean(&o);
+}
+
+fn matrix(transport: &str) {
+    for (kind, code) in KINDS {
+        for op in OPS {
+            cell(transport, kind, code, op);
+        }
+    }
+}
+
+#[test]
+fn fault_matrix_shm() {
+    matrix("shm");
+}
+
+#[test]
+fn fault_matrix_uds() {
+    matrix("uds");
+}
+
+#[test]
+fn fault_matrix_quic() {
+    matrix("quic");
+}
+
+/// Without `--keep-going` the launcher stops the job at the failure and exits with the failed
+/// rank's code, naming it.
+#[test]
+fn failures_stop_the_job_without_keep_going() {
+    for transport in ["shm", "uds", "quic"] {
+        for (kind, code) in &KINDS[1..] {
+            let np = N.to_string();
+            let o = run_job(
+                &["-n", &np, "--transport", transport, "--timeout", "4"],
+                "ranks-testjob",
+                &["dies", "allreduce", kind],
+                Duration::from_secs(30),
+            );
+            let what = format!("{kind} over {transport}");
+            assert_eq!(o.code, *code, "{what}: {o:?}");
+            assert!(
+                o.stderr.contains(&format!("ranks: rank {VICTIM} (pid")),
+                "{what}: the launcher should name rank {VICTIM}: {o:?}"
+            );
+            assert_clean(&o);
+        }
+    }
+}
