@@ -112,6 +112,7 @@ pub fn now_ms() -> u64 {
 static GLOBAL: std::sync::OnceLock<std::sync::Arc<Board>> = std::sync::OnceLock::new();
 
 /// This process's board, once `init` mapped it (transports look at it on their way out).
+#[cfg_attr(not(feature = "quic"), allow(dead_code))]
 pub(crate) fn global() -> Option<&'static Board> {
     GLOBAL.get().map(|b| &**b)
 }
