@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
+use crate::diagnose::{explain, View};
 use crate::hosts::{self, Host};
 use crate::node::{resolve_program, Node, NodeEvent};
 use crate::output::print_line;
@@ -76,6 +77,30 @@ fn describe(status: Status) -> (String, u8) {
             (128 + sig) as u8,
         ),
         Status::Unknown => ("ended in an unknown way".into(), 1),
+    }
+}
+
+/// A diagnosis being gathered: what the launcher knows of every rank, and the hosts whose
+/// answer is still to come (until `until`).
+struct Diagnosis {
+    views: Vec<View>,
+    waiting: Vec<usize>,
+    until: Instant,
+}
+
+impl Diagnosis {
+    fn fill(&mut self, list: Vec<(usize, Option<ranks::board::Blocked>)>) {
+        for (r, rec) in list {
+            if let Some(v) = self.views.get_mut(r) {
+                *v = rec.map_or(View::Running, View::Blocked);
+            }
+        }
+    }
+
+    fn print(&self) {
+        for line in explain(&self.views, ranks::board::now_ms()) {
+            crate::say!("ranks: {line}");
+        }
     }
 }
 
@@ -264,6 +289,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR1,
     ])
     .map_err(|e| format!("installing signal handlers: {e}"))?;
     let sig_handle = signals.handle();
@@ -349,6 +375,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                 .expect("remote")
                 .startup_failure(&why),
             Ok(Event::Host(..) | Event::Local(_) | Event::Aborted(..)) => continue,
+            Ok(Event::Signal(sig)) if sig == signal_hook::consts::SIGUSR1 => continue,
             Ok(Event::Signal(sig)) => {
                 crate::say!("ranks: got {}; stopping the job", signal_name(sig));
                 close_all(&hosts);
@@ -441,6 +468,32 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     let mut signalled = vec![false; n];
     let mut next_ping = Instant::now();
     let has_remotes = hosts.iter().any(|h| h.remote.is_some());
+    // How each rank ended (for the diagnosis), and a diagnosis being gathered.
+    let mut ended: Vec<Option<String>> = vec![None; n];
+    let mut diag: Option<Diagnosis> = None;
+    let start_diagnosis = |hosts: &[HostRun], running: &[bool], ended: &[Option<String>]| {
+        let mut d = Diagnosis {
+            views: (0..n)
+                .map(|r| match (&ended[r], running[r]) {
+                    (Some(how), _) => View::Ended(how.clone()),
+                    (None, false) => View::Ended("ended".into()),
+                    (None, true) => View::Unknown,
+                })
+                .collect(),
+            waiting: Vec::new(),
+            until: Instant::now() + Duration::from_secs(1),
+        };
+        if let Some(nd) = &node {
+            d.fill(nd.blocked());
+        }
+        for (i, h) in hosts.iter().enumerate() {
+            if let (Some(r), false) = (&h.remote, h.lost || h.done) {
+                r.send(ToAgent::Report);
+                d.waiting.push(i);
+            }
+        }
+        d
+    };
 
     let stop_all = |hosts: &[HostRun], running: &[bool], signalled: &mut [bool], sig: Signal| {
         for (r, s) in signalled.iter_mut().enumerate() {
@@ -537,7 +590,13 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                             kill_at = Some(Instant::now() + grace());
                         }
                     }
-                    FromAgent::Ready { .. } | FromAgent::Pong | FromAgent::Blocked(_) => {}
+                    FromAgent::Blocked(list) => {
+                        if let Some(d) = &mut diag {
+                            d.fill(list);
+                            d.waiting.retain(|&h| h != i);
+                        }
+                    }
+                    FromAgent::Ready { .. } | FromAgent::Pong => {}
                 }
             }
             Ok(Event::Host(i, HostEvent::Gone(why))) => {
@@ -550,9 +609,17 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                     }
                 }
             }
+            Ok(Event::Signal(sig)) if sig == signal_hook::consts::SIGUSR1 => {
+                if diag.is_none() {
+                    diag = Some(start_diagnosis(&hosts, &running, &ended));
+                }
+            }
             Ok(Event::Signal(sig)) => {
                 if stop_code.is_none() {
                     crate::say!("ranks: got {}; stopping the job", signal_name(sig));
+                    if diag.is_none() {
+                        diag = Some(start_diagnosis(&hosts, &running, &ended));
+                    }
                     stop_code = Some((128 + sig) as u8);
                     stop_all(&hosts, &running, &mut signalled, Signal::TERM);
                     kill_at = Some(Instant::now() + grace());
@@ -582,6 +649,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
             }
             running[rank] = false;
             left -= 1;
+            ended[rank] = Some(describe(status).0);
             // Every other host learns of the end at once (the ranks there read it from
             // their board), so waits on this rank end everywhere, whatever the transport.
             for (j, h) in hosts.iter().enumerate() {
@@ -616,6 +684,14 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
             }
         }
 
+        if diag
+            .as_ref()
+            .is_some_and(|d| d.waiting.is_empty() || Instant::now() >= d.until)
+        {
+            if let Some(d) = diag.take() {
+                d.print();
+            }
+        }
         let now = Instant::now();
         if let Some(k) = kill_at {
             if now >= k {
@@ -634,6 +710,9 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                     args.timeout.unwrap_or(0.0),
                     still.join(", ")
                 );
+                if diag.is_none() {
+                    diag = Some(start_diagnosis(&hosts, &running, &ended));
+                }
                 stop_code = Some(EXIT_TIMEOUT);
                 stop_all(&hosts, &running, &mut signalled, Signal::TERM);
                 kill_at = Some(Instant::now() + grace());
@@ -669,6 +748,9 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                 }
             }
         }
+    }
+    if let Some(d) = diag.take() {
+        d.print();
     }
     if let Some(nd) = node {
         nd.finish();

@@ -3,6 +3,7 @@
 #[macro_use]
 mod output;
 mod agent;
+mod diagnose;
 mod hosts;
 mod job;
 mod node;

@@ -354,14 +354,25 @@ mod tests {
         let writer = std::thread::spawn(move || {
             let mut i = 0u32;
             while !s2.load(Relaxed) {
-                w.publish(0, 1, &rec(if i.is_multiple_of(2) { "recv" } else { "send" }, i));
+                w.publish(
+                    0,
+                    1,
+                    &rec(if i.is_multiple_of(2) { "recv" } else { "send" }, i),
+                );
                 i = i.wrapping_add(1);
             }
         });
         for _ in 0..20_000 {
             if let Some(r) = b.blocked(0) {
                 let peer = r.peer.unwrap();
-                assert_eq!(r.op, if peer.is_multiple_of(2) { "recv" } else { "send" });
+                assert_eq!(
+                    r.op,
+                    if peer.is_multiple_of(2) {
+                        "recv"
+                    } else {
+                        "send"
+                    }
+                );
             }
         }
         stop.store(true, Relaxed);

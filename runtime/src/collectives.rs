@@ -102,6 +102,23 @@ impl Comm {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Start collective `op`: its sequence number, and a note of the call for hang
+    /// diagnosis (kept until the guard drops).
+    fn begin(&self, op: &'static str, root: Option<usize>) -> (u32, crate::diag::CallGuard) {
+        let seq = self.next_seq();
+        (seq, self.noting(op, seq, root))
+    }
+
+    /// The note of collective call `op` number `seq` (for the thread that runs it).
+    fn noting(&self, op: &'static str, seq: u32, root: Option<usize>) -> crate::diag::CallGuard {
+        crate::diag::call(crate::diag::Call {
+            op,
+            comm: self.ctx,
+            seq: u64::from(seq),
+            root,
+        })
+    }
+
     fn check_root(&self, root: usize) -> Result<()> {
         if root >= self.size() {
             return Err(Error::InvalidRank {
@@ -179,7 +196,8 @@ impl Comm {
 
     /// Block until every rank of the communicator has called `barrier`.
     pub fn barrier(&self) -> Result<()> {
-        self.barrier_seq(self.next_seq())
+        let (seq, _call) = self.begin("barrier", None);
+        self.barrier_seq(seq)
     }
 
     fn barrier_seq(&self, seq: u32) -> Result<()> {
@@ -206,7 +224,10 @@ impl Comm {
     pub fn ibarrier(&self) -> Request<'static, ()> {
         let seq = self.next_seq();
         let c = self.clone();
-        Request::spawn(self, move || c.barrier_seq(seq))
+        Request::spawn(self, move || {
+            let _call = c.noting("ibarrier", seq, None);
+            c.barrier_seq(seq)
+        })
     }
 
     // ----- broadcast -----------------------------------------------------------------------
@@ -214,7 +235,8 @@ impl Comm {
     /// Copy `buf` from `root` to every rank (all ranks pass buffers of the same length).
     pub fn broadcast_slice<T: Pod>(&self, root: usize, buf: &mut [T]) -> Result<()> {
         self.check_root(root)?;
-        self.bcast_seq(self.next_seq(), root, buf)
+        let (seq, _call) = self.begin("broadcast_slice", Some(root));
+        self.bcast_seq(seq, root, buf)
     }
 
     fn bcast_seq<T: Pod>(&self, seq: u32, root: usize, buf: &mut [T]) -> Result<()> {
@@ -302,7 +324,7 @@ impl Comm {
         value: &mut T,
     ) -> Result<()> {
         self.check_root(root)?;
-        let seq = self.next_seq();
+        let (seq, _call) = self.begin("broadcast", Some(root));
         let n = self.size();
         let vrank = (self.rank() + n - root) % n;
         let tag = ctag(seq, 0);
@@ -371,6 +393,7 @@ impl Comm {
         let seq = self.next_seq();
         let c = self.clone();
         Ok(Request::spawn(self, move || {
+            let _call = c.noting("ibroadcast_slice", seq, Some(root));
             c.bcast_seq(seq, root, &mut buf)?;
             Ok(buf)
         }))
@@ -391,7 +414,8 @@ impl Comm {
         if self.rank() == root {
             check_len("reduce", recv.len(), send.len())?;
         }
-        self.reduce_seq(self.next_seq(), root, send, recv, op)
+        let (seq, _call) = self.begin("reduce_slice", Some(root));
+        self.reduce_seq(seq, root, send, recv, op)
     }
 
     fn reduce_seq<T: Pod, O: Op<T> + ?Sized>(
@@ -446,7 +470,7 @@ impl Comm {
         f: impl Fn(T, T) -> T,
     ) -> Result<Option<T>> {
         self.check_root(root)?;
-        let seq = self.next_seq();
+        let (seq, _call) = self.begin("reduce", Some(root));
         let (n, me) = (self.size(), self.rank());
         let mut acc = value;
         let tag = ctag(seq, 0);
@@ -500,7 +524,7 @@ impl Comm {
         op: &O,
     ) -> Result<()> {
         check_len("all_reduce", recv.len(), send.len())?;
-        let seq = self.next_seq();
+        let (seq, _call) = self.begin("all_reduce_slice", None);
         let n = self.size();
         let large = self.core.tuning.allreduce_large;
         if n > 1 && op.commutative() && std::mem::size_of_val(send) >= large && send.len() >= n {
@@ -549,7 +573,8 @@ impl Comm {
         buf: &mut [T],
         op: &O,
     ) -> Result<()> {
-        self.allreduce_seq(self.next_seq(), buf, op)
+        let (seq, _call) = self.begin("all_reduce_in_place", None);
+        self.allreduce_seq(seq, buf, op)
     }
 
     /// Nonblocking all-reduce of an owned vector (the op is a built-in or any `'static` op).
@@ -561,6 +586,7 @@ impl Comm {
         let seq = self.next_seq();
         let c = self.clone();
         Request::spawn(self, move || {
+            let _call = c.noting("iall_reduce", seq, None);
             c.allreduce_seq(seq, &mut buf, &op)?;
             Ok(buf)
         })
@@ -697,7 +723,8 @@ impl Comm {
         op: &O,
     ) -> Result<()> {
         check_len("scan", recv.len(), send.len())?;
-        self.scan_seq(self.next_seq(), send, recv, op, false)
+        let (seq, _call) = self.begin("scan_slice", None);
+        self.scan_seq(seq, send, recv, op, false)
     }
 
     /// Exclusive prefix reduction: rank r > 0 gets `x0 ∘ ... ∘ x(r-1)`; rank 0's `recv` is
@@ -709,7 +736,8 @@ impl Comm {
         op: &O,
     ) -> Result<()> {
         check_len("exscan", recv.len(), send.len())?;
-        self.scan_seq(self.next_seq(), send, recv, op, true)
+        let (seq, _call) = self.begin("exscan_slice", None);
+        self.scan_seq(seq, send, recv, op, true)
     }
 
     fn scan_seq<T: Pod, O: Op<T> + ?Sized>(
@@ -780,7 +808,7 @@ impl Comm {
         }
         check_len("reduce_scatter send", send.len(), counts.iter().sum())?;
         check_len("reduce_scatter recv", recv.len(), counts[self.rank()])?;
-        let seq = self.next_seq();
+        let (seq, _call) = self.begin("reduce_scatter_slice", None);
         let start: usize = counts[..self.rank()].iter().sum();
         if op.commutative() {
             let mut work = send.to_vec();
@@ -808,7 +836,7 @@ impl Comm {
     /// `recv` is not touched and may be empty.
     pub fn gather_slice<T: Pod>(&self, root: usize, send: &[T], recv: &mut [T]) -> Result<()> {
         self.check_root(root)?;
-        let seq = self.next_seq();
+        let (seq, _call) = self.begin("gather_slice", Some(root));
         let tag = ctag(seq, 0);
         let (n, me) = (self.size(), self.rank());
         if me != root {
@@ -851,7 +879,7 @@ impl Comm {
         send: &[T],
     ) -> Result<Option<(Vec<T>, Vec<usize>)>> {
         self.check_root(root)?;
-        let seq = self.next_seq();
+        let (seq, _call) = self.begin("gather_varcount", Some(root));
         let tag = ctag(seq, 0);
         let (n, me) = (self.size(), self.rank());
         if me != root {
@@ -894,7 +922,7 @@ impl Comm {
             check_len("scatter", send.len(), recv.len() * n)?;
         }
         let counts = vec![recv.len(); n];
-        let seq = self.next_seq();
+        let (seq, _call) = self.begin("scatter_slice", Some(root));
         self.scatterv_seq(
             seq,
             root,
@@ -941,7 +969,7 @@ impl Comm {
         send: Option<(&[T], &[usize])>,
     ) -> Result<Vec<T>> {
         self.check_root(root)?;
-        let seq = self.next_seq();
+        let (seq, _call) = self.begin("scatter_varcount", Some(root));
         let tag = ctag(seq, 100);
         let (n, me) = (self.size(), self.rank());
         if me != root {
@@ -1011,7 +1039,8 @@ impl Comm {
         let k = send.len();
         recv[me * k..(me + 1) * k].copy_from_slice(send);
         let counts = vec![k; n];
-        self.ring_allgatherv(self.next_seq(), 0, recv, &counts)
+        let (seq, _call) = self.begin("all_gather_slice", None);
+        self.ring_allgatherv(seq, 0, recv, &counts)
     }
 
     /// Ring all-gather of blocks laid end to end (`counts[r]` items from rank r, already in
@@ -1050,7 +1079,8 @@ impl Comm {
         let mut out = vec![T::zeroed(); total];
         let start: usize = counts[..self.rank()].iter().sum();
         out[start..start + send.len()].copy_from_slice(send);
-        self.ring_allgatherv(self.next_seq(), 0, &mut out, &counts)?;
+        let (seq, _call) = self.begin("all_gather_varcount", None);
+        self.ring_allgatherv(seq, 0, &mut out, &counts)?;
         Ok((out, counts))
     }
 
@@ -1065,6 +1095,7 @@ impl Comm {
         let seq = self.next_seq();
         let c = self.clone();
         Request::spawn(self, move || {
+            let _call = c.noting("iall_gather", seq, None);
             let (n, me) = (c.size(), c.rank());
             let k = send.len();
             let mut out = vec![T::zeroed(); k * n];
@@ -1089,7 +1120,8 @@ impl Comm {
         check_len("all_to_all", recv.len(), send.len())?;
         let k = send.len() / n;
         let counts = vec![k; n];
-        self.alltoallv_seq(self.next_seq(), send, &counts, recv, &counts)
+        let (seq, _call) = self.begin("all_to_all_slice", None);
+        self.alltoallv_seq(seq, send, &counts, recv, &counts)
     }
 
     fn alltoallv_seq<T: Pod>(
@@ -1139,7 +1171,8 @@ impl Comm {
         self.all_to_all_slice(&sc, &mut rc)?;
         let rcounts: Vec<usize> = rc.iter().map(|&c| c as usize).collect();
         let mut out = vec![T::zeroed(); rcounts.iter().sum()];
-        self.alltoallv_seq(self.next_seq(), send, send_counts, &mut out, &rcounts)?;
+        let (seq, _call) = self.begin("all_to_all_varcount", None);
+        self.alltoallv_seq(seq, send, send_counts, &mut out, &rcounts)?;
         Ok((out, rcounts))
     }
 

@@ -342,6 +342,7 @@ impl Comm {
     /// Wait for a message matching `source`/`tag` without receiving it.
     pub fn probe(&self, source: impl Into<Source>, tag: i32) -> Result<Status> {
         let pat = self.pattern(self.ctx, source.into(), tag)?;
+        let _doing = self.doing("probe", &pat);
         self.core.wait_for(self.watch_for(&pat), |_, st| {
             Ok(st.proto.peek(pat).map(status_of))
         })

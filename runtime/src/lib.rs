@@ -24,6 +24,7 @@ mod comm;
 #[doc(hidden)]
 pub mod config;
 mod context;
+mod diag;
 mod error;
 mod fingerprint;
 mod group;

@@ -70,6 +70,13 @@ impl Comm {
             }
         };
         // `payload` stays borrowed (and so alive) until the receiver is done with it.
+        let _doing = crate::diag::step(crate::diag::Step {
+            op: "send",
+            comm: ctx,
+            peer: Some(peer),
+            tag: Some(tag),
+            bytes: payload.len(),
+        });
         let r = core.wait_for(self.watch_peer(ctx, peer), |core, st| {
             Ok(poll_borrowed_send(core, st, id, payload)?.then_some(()))
         });
@@ -166,6 +173,17 @@ impl Comm {
         }
     }
 
+    /// Note that this thread is in `op` for messages matching `pat` (see `crate::diag`).
+    pub(crate) fn doing(&self, op: &'static str, pat: &Pattern) -> crate::diag::StepGuard {
+        crate::diag::step(crate::diag::Step {
+            op,
+            comm: pat.ctx,
+            peer: usize::try_from(pat.src).ok().map(|s| self.members[s]),
+            tag: (pat.tag != crate::protocol::matching::ANY_TAG).then_some(pat.tag),
+            bytes: 0,
+        })
+    }
+
     /// Wait until receive `id` has something: its message, or (`direct`) a pull to make.
     /// A failed wait withdraws the receive.
     pub(crate) fn wait_taken(&self, id: RecvId, watch: Watch<'_>, direct: bool) -> Result<Taken> {
@@ -184,7 +202,10 @@ impl Comm {
         let want = if direct { Want::Now } else { Want::Bytes };
         match self.post(pat, want) {
             ReqState::Matched(t) => Ok(t),
-            ReqState::Recv { id, pat } => self.wait_taken(id, self.watch_for(&pat), direct),
+            ReqState::Recv { id, pat } => {
+                let _doing = self.doing("recv", &pat);
+                self.wait_taken(id, self.watch_for(&pat), direct)
+            }
             _ => unreachable!("post yields a receive state"),
         }
     }
@@ -204,6 +225,7 @@ impl Comm {
             ReqState::Recv { id, .. } => id,
             _ => unreachable!("post yields a receive state"),
         };
+        let _doing = self.doing("recv", &pat);
         let w = if watch {
             self.watch_for(&pat)
         } else {
@@ -262,6 +284,7 @@ impl Comm {
             }
         };
         let ready = || core.t.available(peer).is_some_and(|n| n >= HEADER_LEN);
+        let _doing = self.doing("recv", &pat);
         let r = core.wait_checking_first(self.watch_peer(pat.ctx, peer), &ready, |core, st| {
             if let Some(id) = posted {
                 return Ok(st.proto.take(id, true).map(Err));
@@ -349,6 +372,13 @@ impl Comm {
         if pulled {
             return Ok(());
         }
+        let _doing = crate::diag::step(crate::diag::Step {
+            op: "recv",
+            comm: job.ctx,
+            peer: Some(job.peer),
+            tag: None,
+            bytes: dst.len(),
+        });
         match self.wait_taken(job.id, self.watch_peer(job.ctx, job.peer), true)? {
             Taken::Msg(m) => match m.body {
                 Body::Eager(v) if v.len() == dst.len() => {

@@ -117,6 +117,21 @@ pub(crate) enum Watch<'a> {
 /// when its transport has not said so (what it sent before exiting has arrived by then).
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 
+/// A record of this thread on the job board, cleared when the wait that wrote it ends.
+struct Noted<'a> {
+    board: Option<&'a crate::board::Board>,
+    rank: usize,
+    writer: u64,
+}
+
+impl Drop for Noted<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.board {
+            b.clear(self.rank, self.writer);
+        }
+    }
+}
+
 /// The progress layer of one process: the protocol core, the transport, and waiting.
 pub(crate) struct Core {
     pub rank: usize,
@@ -599,6 +614,12 @@ impl Core {
         };
         let mut start: Option<Instant> = None;
         let mut yields = 0;
+        // What this thread is blocked in goes on the board when it first sleeps here.
+        let mut noted = Noted {
+            board: None,
+            rank: self.rank,
+            writer: 0,
+        };
         let mut iter: u32 = 0;
         // Peer loss is looked for now and then while spinning, and after every sleep; not on
         // the first look, which most waits need no more than.
@@ -656,6 +677,13 @@ impl Core {
                 yields += 1;
                 std::thread::yield_now();
                 continue;
+            }
+            if noted.board.is_none() {
+                if let (Some(board), Some(rec)) = (&self.board, crate::diag::current()) {
+                    noted.writer = crate::diag::writer();
+                    board.publish(self.rank, noted.writer, &rec);
+                    noted.board = Some(board);
+                }
             }
             let want_write: Vec<usize> = {
                 let st = self.lock();

@@ -120,6 +120,21 @@ impl<'a, T> Request<'a, T> {
         }
         let comm = self.comm.clone();
         let watch = Self::watch(&comm, &self.state);
+        let _doing = match &self.state {
+            ReqState::Recv { pat, .. } => Some(comm.doing("wait", pat)),
+            ReqState::Send {
+                id: SendId::Frame { peer, .. } | SendId::Rendezvous { peer, .. },
+                ctx,
+                data,
+            } => Some(crate::diag::step(crate::diag::Step {
+                op: "wait",
+                comm: *ctx,
+                peer: Some(*peer),
+                tag: None,
+                bytes: data.len(),
+            })),
+            _ => None,
+        };
         let recv = match self.state {
             ReqState::Recv { id, .. } => Some(id),
             _ => None,

@@ -493,3 +493,68 @@ fn progress_patterns_across_hosts() {
         }
     }
 }
+
+/// A rank killed on one host: survivors on every host, blocked in a collective or an
+/// any-source receive, get `PeerLost` naming it at once (the launcher relays the end to
+/// every host's board; QUIC alone would take seconds to notice).
+#[test]
+fn a_death_reaches_every_host_at_once() {
+    if !hosts_ready() {
+        return;
+    }
+    for op in ["allreduce", "anysource", "barrier"] {
+        let o = run_job(
+            &[
+                "-n",
+                "4",
+                "--host",
+                "ranks-h1:2,ranks-h2:2",
+                "--keep-going",
+                "--timeout",
+                "4",
+            ],
+            "ranks-testjob",
+            &["dies", op, "kill"],
+            LIMIT,
+        );
+        assert_eq!(o.code, 137, "{op}: {o:?}");
+        for r in 0..3 {
+            let want = format!("survivor {r} {op}: PeerLost rank 3 ");
+            assert!(o.stdout.contains(&want), "{op}: no {want:?} in {o:?}");
+        }
+        assert_clean(&o);
+    }
+}
+
+/// The diagnosis gathers every host's records through its agent.
+#[test]
+fn a_deadlock_across_hosts_is_explained() {
+    if !hosts_ready() {
+        return;
+    }
+    let o = run_job(
+        &[
+            "-n",
+            "4",
+            "--host",
+            "ranks-h1:2,ranks-h2:2",
+            "--timeout",
+            "3",
+        ],
+        "ranks-testjob",
+        &["stuck", "recv"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 124, "{o:?}");
+    for r in 0..4 {
+        let want = format!("ranks:   rank {r}: blocked in ");
+        assert!(o.stderr.contains(&want), "no {want:?} in {o:?}");
+    }
+    assert!(
+        o.stderr.contains(
+            "ranks: deadlock: rank 0 recv(from 1, tag 5) -> rank 1 recv(from 0, tag 7) -> rank 0"
+        ),
+        "{o:?}"
+    );
+    assert_clean(&o);
+}

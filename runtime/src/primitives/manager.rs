@@ -211,7 +211,9 @@ impl Manager {
     pub fn dict<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
         &self,
     ) -> Result<Dict<K, V>> {
-        let h = Handle::create(&self.comm, self.owner, || Box::<MapObj>::default())?;
+        let h = Handle::create(&self.comm, self.owner, "Manager.dict", || {
+            Box::<MapObj>::default()
+        })?;
         Ok(Dict { h, _t: PhantomData })
     }
 
@@ -224,7 +226,7 @@ impl Manager {
     /// `manager.list([0, 0, 0])`).
     pub fn list_from<T: Serialize + DeserializeOwned>(&self, items: &[T]) -> Result<List<T>> {
         let init: Vec<Bytes> = items.iter().map(encode).collect::<Result<_>>()?;
-        let h = Handle::create(&self.comm, self.owner, move || {
+        let h = Handle::create(&self.comm, self.owner, "Manager.list", move || {
             let mut l = ListObj::default();
             for v in init {
                 l.next_version += 1;
@@ -237,7 +239,9 @@ impl Manager {
 
     /// A new namespace of named values of any serde type (collective).
     pub fn namespace(&self) -> Result<Namespace> {
-        let h = Handle::create(&self.comm, self.owner, || Box::<MapObj>::default())?;
+        let h = Handle::create(&self.comm, self.owner, "Manager.namespace", || {
+            Box::<MapObj>::default()
+        })?;
         Ok(Namespace { h })
     }
 }

@@ -326,6 +326,23 @@ pub(crate) struct Handle {
     /// World rank of the owner.
     pub owner: usize,
     pub obj: u64,
+    /// What kind of object (`Lock`, `Queue`, ...), for hang diagnosis.
+    kind: &'static str,
+}
+
+/// How a request to an object shows in a hang diagnosis: the calls that block by design by
+/// name, the rest by the object's kind.
+fn call_name(kind: &'static str, op: u8) -> &'static str {
+    match (kind, op) {
+        ("Lock", 1) => "Lock.acquire",
+        ("Lock", 3) => "Condition.wait",
+        ("Semaphore", 1) => "Semaphore.acquire",
+        ("Event", 4) => "Event.wait",
+        ("Barrier", 4) => "Barrier.wait",
+        ("Queue", 1) => "Queue.put",
+        ("Queue", 2) => "Queue.get",
+        _ => kind,
+    }
 }
 
 static NEXT_REQ: AtomicU64 = AtomicU64::new(1);
@@ -336,6 +353,7 @@ impl Handle {
     pub(crate) fn create(
         comm: &Comm,
         owner: usize,
+        kind: &'static str,
         make: impl FnOnce() -> Box<dyn Object>,
     ) -> Result<Handle> {
         let owner_world = *comm.members.get(owner).ok_or(Error::InvalidRank {
@@ -351,12 +369,19 @@ impl Handle {
             world: world_ctx(comm, REPLY_CTX),
             owner: owner_world,
             obj,
+            kind,
         })
     }
 
     /// Send a request and wait for the answer (at most `timeout`, after which the request is
     /// withdrawn: the answer is then `Reply::Timeout` unless it was granted meanwhile).
     pub(crate) fn call(&self, op: u8, data: Vec<u8>, timeout: Option<Duration>) -> Result<Reply> {
+        let _call = crate::diag::call(crate::diag::Call {
+            op: call_name(self.kind, op),
+            comm: (self.obj >> 32) as u32,
+            seq: self.obj & 0xffff_ffff,
+            root: Some(self.owner),
+        });
         let id = NEXT_REQ.fetch_add(1, Ordering::Relaxed);
         self.send(op, id, data)?;
         let pat = self
@@ -381,6 +406,7 @@ impl Handle {
         pat: crate::protocol::matching::Pattern,
         deadline: Option<Instant>,
     ) -> Result<Option<crate::protocol::matching::Msg>> {
+        let _doing = self.world.doing("recv", &pat);
         let Some(svc) = SERVICE.get().cloned() else {
             return self
                 .world

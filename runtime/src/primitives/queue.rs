@@ -116,7 +116,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Create a queue hosted by rank `owner` of `comm`. Collective: every rank of `comm`
     /// calls it (in the same order as its other shared objects).
     pub fn new(comm: &Comm, owner: usize, maxsize: usize) -> Result<Queue<T>> {
-        let h = Handle::create(comm, owner, || {
+        let h = Handle::create(comm, owner, "Queue", || {
             Box::new(QueueObj {
                 items: VecDeque::new(),
                 maxsize,

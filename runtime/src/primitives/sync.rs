@@ -189,7 +189,7 @@ impl Lock {
     }
 
     fn create(comm: &Comm, owner: usize, reentrant: bool) -> Result<Lock> {
-        let h = Handle::create(comm, owner, || {
+        let h = Handle::create(comm, owner, "Lock", || {
             Box::new(LockObj {
                 holder: None,
                 reentrant,
@@ -449,7 +449,7 @@ impl Semaphore {
     }
 
     fn create(comm: &Comm, owner: usize, value: u64, bound: Option<u64>) -> Result<Semaphore> {
-        let h = Handle::create(comm, owner, || {
+        let h = Handle::create(comm, owner, "Semaphore", || {
             Box::new(SemObj {
                 value,
                 bound,
@@ -544,7 +544,7 @@ pub struct Event {
 impl Event {
     /// Create an event (initially clear) hosted by rank `owner` of `comm` (collective).
     pub fn new(comm: &Comm, owner: usize) -> Result<Event> {
-        let h = Handle::create(comm, owner, || {
+        let h = Handle::create(comm, owner, "Event", || {
             Box::new(EventObj {
                 flag: false,
                 waiters: Vec::new(),
@@ -708,7 +708,7 @@ impl Barrier {
             ));
         }
         let members = comm.members.to_vec();
-        let h = Handle::create(comm, owner, || {
+        let h = Handle::create(comm, owner, "Barrier", || {
             Box::new(BarrierObj {
                 parties,
                 waiting: Vec::new(),

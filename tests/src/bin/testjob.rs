@@ -410,6 +410,38 @@ fn dies(w: &Comm) -> R {
     Ok(())
 }
 
+/// A job that gets stuck (`KIND`): `recv` (ranks 0 and 1 each receive from the other; the
+/// rest wait in a barrier), `mismatch` (even ranks call barrier, odd ones all-reduce), `lock`
+/// (rank 0 holds a lock and waits for rank 1, which waits for the lock).
+fn stuck(w: &Comm) -> R {
+    let kind = std::env::args().nth(2).unwrap_or_else(|| "recv".into());
+    let me = w.rank();
+    println!("stuck rank {me} ready");
+    match kind.as_str() {
+        "recv" => match me {
+            0 => drop(w.recv::<u64>(1, 5)?),
+            1 => drop(w.recv::<u64>(0, 7)?),
+            _ => w.barrier()?,
+        },
+        "mismatch" if me.is_multiple_of(2) => w.barrier()?,
+        "mismatch" => w.all_reduce_slice(&[1u64], &mut [0u64], &ranks::op::Sum)?,
+        "lock" => {
+            let lock = ranks::Lock::new(w, 0)?;
+            if me == 0 {
+                let _g = lock.acquire()?;
+                w.barrier()?;
+                w.recv::<u64>(1, 3)?;
+            } else {
+                w.barrier()?;
+                let _g = lock.acquire()?;
+                w.send(0, 3, &1u64)?;
+            }
+        }
+        other => panic!("unknown kind {other}"),
+    }
+    Ok(())
+}
+
 fn sleep(w: &Comm) -> R {
     let _ = w.rank();
     std::thread::sleep(std::time::Duration::from_secs(arg(2, 30)));
@@ -804,6 +836,7 @@ fn main() {
         "peerlost" => peerlost(&w),
         "sleep" => sleep(&w),
         "dies" => dies(&w),
+        "stuck" => stuck(&w),
         "ring" => ring(&w),
         "nonblocking" => nonblocking(&w),
         "halo" => halo(&w),
