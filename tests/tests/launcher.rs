@@ -372,3 +372,100 @@ fn ranks_log_has_no_colour_codes_when_not_on_a_terminal() {
     assert!(o.stderr.contains("DEBUG"), "{o:?}");
     assert!(!o.stderr.contains('\u{1b}'), "colour codes in {o:?}");
 }
+
+/// Another user can open none of a job's files (shared memory, job board, socket directory)
+/// and so cannot reach a rank's socket.
+#[test]
+#[ignore = "needs root, to act as another user; CI runs it with -- --include-ignored"]
+fn another_user_cannot_open_the_jobs_files_or_reach_its_ranks() {
+    for transport in ["shm", "uds"] {
+        another_user_check(transport);
+    }
+}
+
+fn another_user_check(transport: &str) {
+    let mark = format!("uid-test-{}-{transport}", std::process::id());
+    let mut cmd = Command::new(bin("ranks"));
+    cmd.args([
+        "run",
+        "-n",
+        "2",
+        "--transport",
+        transport,
+        "--timeout",
+        "20",
+    ])
+    .args(["-x", &format!("RANKS_TEST_MARK={mark}")])
+    .arg(bin("ranks-testjob"))
+    .args(["sleep", "20"])
+    .env("RANKS_TEST_MARK", &mark);
+    let prober = {
+        let mark = mark.clone();
+        std::thread::spawn(move || {
+            assert!(
+                wait_for_ranks(&mark, 2, Duration::from_secs(20)),
+                "ranks never started"
+            );
+            let launcher = processes_with_mark(&mark)
+                .into_iter()
+                .find(|p| {
+                    std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e.ends_with("ranks"))
+                })
+                .expect("the launcher");
+            let prefix = format!("ranks-{launcher}-");
+            let mut paths: Vec<std::path::PathBuf> = Vec::new();
+            for dir in ["/dev/shm".into(), std::env::temp_dir()] {
+                for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&prefix) {
+                        paths.push(e.path());
+                    }
+                }
+            }
+            let dirs: Vec<_> = paths.iter().filter(|p| p.is_dir()).cloned().collect();
+            for d in &dirs {
+                for e in std::fs::read_dir(d).unwrap().flatten() {
+                    paths.push(e.path());
+                }
+            }
+            assert!(
+                paths
+                    .iter()
+                    .any(|p| p.to_string_lossy().ends_with("-board")),
+                "no job board among {paths:?}"
+            );
+            // shm: the segment and the board; uds: the board and the socket directory.
+            assert!(paths.len() >= 2, "{paths:?}");
+            let as_nobody = |args: &[&str]| {
+                Command::new("setpriv")
+                    .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                    .args(args)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .expect("setpriv")
+                    .success()
+            };
+            // The check itself works: nobody can read a world-readable file.
+            assert!(
+                as_nobody(&["cat", "/etc/hostname"]),
+                "setpriv does not work here"
+            );
+            for p in &paths {
+                let what = if p.is_dir() { "ls" } else { "cat" };
+                let s = p.to_string_lossy();
+                assert!(!as_nobody(&[what, &s]), "another user could {what} {s}");
+                // What is inside the job directory (the ranks' sockets) cannot even be reached.
+                if dirs.iter().any(|d| p.starts_with(d) && p != d) {
+                    assert!(!as_nobody(&["test", "-e", &s]), "another user reaches {s}");
+                }
+            }
+            let _ = Command::new("kill").arg(launcher.to_string()).status();
+            paths.len()
+        })
+    };
+    let o = run_command(cmd, LIMIT, mark);
+    let checked = prober.join().unwrap();
+    assert!(checked >= 2, "{checked} paths checked");
+    assert_eq!(o.code, 143, "{o:?}");
+    assert_clean(&o);
+}

@@ -466,16 +466,18 @@ fn cma_available(allowed: bool) -> bool {
     if !allowed {
         return false;
     }
-    // Yama: scope 1 allows it once we name any process as our tracer (below); 2 and 3 need
-    // privileges we do not assume.
-    if std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+    // Single-copy pulls only where the kernel already lets a process read a sibling of the
+    // same user: no Yama, or Yama's classic mode (scope 0). Under scope 1 and up that would
+    // take declaring "any process may trace me" (PR_SET_PTRACER_ANY), which would open every
+    // rank to every process of the user; we stream through the rings instead.
+    let yama_scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
-        .is_some_and(|scope| scope >= 2)
-    {
+        .unwrap_or(0);
+    if yama_scope >= 1 {
         return false;
     }
-    let _ = rustix::process::set_ptracer(rustix::process::PTracer::Any);
+    // The call itself may be unavailable (seccomp, an old kernel).
     let src = [7u8; 16];
     let mut dst = [0u8; 16];
     process_read(std::process::id(), src.as_ptr() as u64, &mut dst).is_ok() && dst == src
