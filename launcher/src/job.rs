@@ -771,7 +771,9 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     if host_lost {
         return Ok(EXIT_HOST_LOST);
     }
-    let code = match failures.iter().min_by_key(|(r, _)| *r) {
+    // The first failure decides: later ones are mostly its consequences (ranks that failed
+    // on `PeerLost` because of it), whatever their rank.
+    let code = match failures.first() {
         Some((_, c)) => *c,
         None => stop_code.unwrap_or(0),
     };

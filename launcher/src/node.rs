@@ -266,6 +266,10 @@ impl Node {
                         let _ = kill_process_group(p, Signal::KILL);
                     }
                 }
+                // The launcher hears of the end before any other rank can (they learn it from
+                // the board and the segment): a rank failing because of this one is then
+                // always recorded after it, so the first failure the launcher sees is the cause.
+                let _ = events.send(NodeEvent::Exited(rank, status));
                 if let Some(board) = &board {
                     board.set_ended(rank, ending(status));
                 }
@@ -280,7 +284,6 @@ impl Node {
                         },
                     );
                 }
-                let _ = events.send(NodeEvent::Exited(rank, status));
             }));
         }
 

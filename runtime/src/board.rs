@@ -11,7 +11,7 @@
 //! header   0 magic, 1 rank count, 2 generation (bumped whenever a rank's end is recorded)
 //! slot r   0 state, 1 when it was recorded (ms since the epoch), 2 how it ended, 3 pid,
 //!          4 record sequence (odd while written), 5 record length, 6 writer,
-//!          7.. the record (postcard)
+//!          7 the order in which ends were recorded (1 = first), 8.. the record (postcard)
 //! ```
 
 use std::path::Path;
@@ -26,7 +26,8 @@ use crate::transport::shm::{RankState, SharedBlock};
 const MAGIC: u64 = 0x524b_424f_4152_0001; // "RKBOAR" + layout version
 const HEADER_WORDS: usize = 8;
 const SLOT_WORDS: usize = 32;
-const RECORD_WORD: usize = 7;
+const ORDER_WORD: usize = 7;
+const RECORD_WORD: usize = 8;
 const RECORD_BYTES: usize = (SLOT_WORDS - RECORD_WORD) * 8;
 
 /// How a rank ended, as the node saw it.
@@ -200,10 +201,19 @@ impl Board {
         } else {
             RankState::Exited
         };
+        let order = self.block.u64_at(2).fetch_add(1, AcqRel) + 1;
+        self.word(rank, ORDER_WORD).store(order, Relaxed);
         self.word(rank, 2).store(how.encode(), Relaxed);
         self.word(rank, 1).store(now_ms(), Relaxed);
         self.word(rank, 0).store(state as u64, Release);
-        self.block.u64_at(2).fetch_add(1, AcqRel);
+    }
+
+    /// Where `rank`'s end stands among the recorded ends (1 = first), 0 if it has not ended.
+    pub fn end_order(&self, rank: usize) -> u64 {
+        if self.ended(rank).is_none() {
+            return 0;
+        }
+        self.word(rank, ORDER_WORD).load(Relaxed)
     }
 
     /// How `rank` ended and how long ago it was recorded, if it did.
@@ -328,6 +338,10 @@ mod tests {
         assert_eq!(other.generation(), 1);
         b.set_ended(1, Ending::Code(0));
         assert!(!other.ended(1).unwrap().0.failed());
+        assert_eq!(
+            (other.end_order(2), other.end_order(1), other.end_order(0)),
+            (1, 2, 0)
+        );
 
         assert_eq!(other.blocked(0), None);
         b.publish(0, 7, &rec("recv", 1));

@@ -4,6 +4,7 @@
 //! makes progress, checks its condition, spins briefly and then sleeps on the transport's
 //! wakeup (futex doorbell or `poll`), so ranks that outnumber cores do not burn them.
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,9 @@ pub(crate) enum Watch<'a> {
 /// when its transport has not said so (what it sent before exiting has arrived by then).
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 
+/// How long a peer whose connection closed may wait for its end to appear on the board.
+const BOARD_GRACE: Duration = Duration::from_millis(200);
+
 /// A record of this thread on the job board, cleared when the wait that wrote it ends.
 struct Noted<'a> {
     board: Option<&'a crate::board::Board>,
@@ -145,6 +149,10 @@ pub(crate) struct Core {
     pub host: String,
     /// The host's job board (under the launcher): how ranks ended, what we are blocked in.
     pub board: Option<std::sync::Arc<crate::board::Board>>,
+    /// Per peer: when its transport first said it was gone without the board knowing (µs
+    /// since `epoch`, plus 1; 0: not yet).
+    suspected: Vec<std::sync::atomic::AtomicU64>,
+    epoch: Instant,
 }
 
 impl Core {
@@ -180,6 +188,10 @@ impl Core {
             contexts: crate::context::Contexts::new(),
             host,
             board: None,
+            suspected: (0..size)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            epoch: Instant::now(),
         }
     }
 
@@ -466,14 +478,28 @@ impl Core {
         if let Some((how, _)) = ended.filter(|(how, _)| how.failed()) {
             return Some(how.to_string());
         }
-        st.broken[peer]
+        let lost = st.broken[peer]
             .clone()
             .or_else(|| st.proto.write_error(peer).map(str::to_string))
-            .or_else(|| self.t.peer_gone(peer))
-            .or_else(|| {
-                let (how, ago) = ended?;
-                (ago >= EXIT_GRACE).then(|| how.to_string())
-            })
+            .or_else(|| self.t.peer_gone(peer));
+        match (lost, ended) {
+            (Some(_), Some((how, _))) => Some(how.to_string()),
+            // A closed connection can be news before the peer's node recorded the end. Give
+            // the node a moment: the launcher then hears of this end before of any failure
+            // it causes here, and the error can say how the peer ended.
+            (Some(why), None) if self.board.is_some() => {
+                let first = &self.suspected[peer];
+                let now = self.epoch.elapsed().as_micros() as u64 + 1;
+                let since = match first.compare_exchange(0, now, SeqCst, SeqCst) {
+                    Ok(_) => now,
+                    Err(t) => t,
+                };
+                (now - since >= BOARD_GRACE.as_micros() as u64).then_some(why)
+            }
+            (Some(why), None) => Some(why),
+            (None, Some((how, ago))) => (ago >= EXIT_GRACE).then(|| how.to_string()),
+            (None, None) => None,
+        }
     }
 
     /// The first of `members` (world ranks) that failed: exited non-zero or was killed.
@@ -482,10 +508,16 @@ impl Core {
         if board.generation() == 0 {
             return None; // nobody ended yet: the common case, one load
         }
-        members.iter().find_map(|&p| {
-            let (how, _) = board.ended(p).filter(|(how, _)| how.failed())?;
-            (p != self.rank).then(|| (p, how.to_string()))
-        })
+        // The first to fail: the others most likely failed because of it.
+        members
+            .iter()
+            .filter(|&&p| p != self.rank)
+            .filter_map(|&p| {
+                let (how, _) = board.ended(p).filter(|(how, _)| how.failed())?;
+                Some((board.end_order(p), p, how.to_string()))
+            })
+            .min()
+            .map(|(_, p, why)| (p, why))
     }
 
     /// The rank to blame when a collective step or any-source wait ends because `rank` left

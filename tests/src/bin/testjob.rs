@@ -359,12 +359,14 @@ fn peerlost(w: &Comm) -> R {
 /// The last rank ends (`HOW`: exit0, exit3, panic or kill) 300 ms after a barrier while
 /// the others are blocked in `OP` (allreduce, barrier, bcast, anysource, ring); each survivor
 /// prints the error it got, naming the rank, and how long after the end it came.
-/// `ranks-testjob dies OP HOW`
+/// With `propagate`, survivors then fail with that error (exit 1), as most programs would.
+/// `ranks-testjob dies OP HOW [propagate]`
 fn dies(w: &Comm) -> R {
     let op = std::env::args()
         .nth(2)
         .unwrap_or_else(|| "allreduce".into());
     let how = std::env::args().nth(3).unwrap_or_else(|| "kill".into());
+    let propagate = std::env::args().nth(4).is_some_and(|a| a == "propagate");
     let (me, n) = (w.rank(), w.size());
     let victim = n - 1;
     w.barrier()?;
@@ -400,12 +402,15 @@ fn dies(w: &Comm) -> R {
         other => panic!("unknown op {other}"),
     };
     let ms = t0.elapsed().saturating_sub(end).as_millis();
-    match r {
+    match &r {
         Err(Error::PeerLost { rank, detail }) => {
             println!("survivor {me} {op}: PeerLost rank {rank} ({detail}) after {ms} ms")
         }
         Err(e) => println!("survivor {me} {op}: other error {e} after {ms} ms"),
         Ok(()) => println!("survivor {me} {op}: completed after {ms} ms"),
+    }
+    if propagate {
+        return r;
     }
     Ok(())
 }
