@@ -136,6 +136,7 @@ pub fn main() -> u8 {
             Ok(Ev::Node(_)) => unreachable!("no node yet"),
         }
     };
+    crate::node::reap_stale("ranks agent");
     if std::path::Path::new(&spec.cwd).is_dir() {
         let _ = std::env::set_current_dir(&spec.cwd);
     }

@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use ranks::board::Blocked;
 
 /// What the launcher knows of one rank.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum View {
     /// Blocked in a call of ours, as its record says.
     Blocked(Blocked),
     /// Running, not blocked in a call of ours (computing, or blocked elsewhere).
     Running,
+    /// Stopped by a signal (SIGSTOP, Ctrl-Z, a debugger), with its last record if any.
+    Stopped(Option<Blocked>),
     /// It ended; how.
     Ended(String),
     /// Its host did not answer.
@@ -96,6 +98,11 @@ pub fn explain(views: &[View], now_ms: u64) -> Vec<String> {
             View::Running => {
                 "running, not in a ranks call (computing, or blocked elsewhere)".into()
             }
+            View::Stopped(None) => "stopped by a signal (SIGSTOP, a debugger?)".into(),
+            View::Stopped(Some(b)) => format!(
+                "stopped by a signal (SIGSTOP, a debugger?) while in {}",
+                describe(b)
+            ),
             View::Ended(how) => how.clone(),
             View::Unknown => "unknown (its host did not answer)".into(),
         };
@@ -151,6 +158,9 @@ pub fn explain(views: &[View], now_ms: u64) -> Vec<String> {
             Some(View::Ended(how)) => out.push(format!("rank {r} waits on rank {p}, which {how}")),
             Some(View::Running) => out.push(format!(
                 "rank {r} waits on rank {p}, which is not in a ranks call"
+            )),
+            Some(View::Stopped(_)) => out.push(format!(
+                "rank {r} waits on rank {p}, which is stopped by a signal"
             )),
             _ => {}
         }
@@ -267,12 +277,16 @@ mod tests {
             View::Ended("exited with code 0".into()),
             View::Running,
             recv(Some(3), 1),
+            View::Stopped(None),
+            recv(Some(5), 1),
         ];
         let out = explain(&v, 1000);
         assert!(!out.iter().any(|l| l.starts_with("deadlock")), "{out:?}");
         assert!(out.contains(&"  rank 0: blocked in recv(from any, tag 0) for 0.0 s".into()));
         assert!(out.contains(&"rank 1 waits on rank 2, which exited with code 0".into()));
         assert!(out.contains(&"rank 4 waits on rank 3, which is not in a ranks call".into()));
+        assert!(out.contains(&"rank 6 waits on rank 5, which is stopped by a signal".into()));
+        assert!(out.contains(&"  rank 5: stopped by a signal (SIGSTOP, a debugger?)".into()));
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! agent over ssh), forward their output, and apply the exit rules.
 
 use std::ffi::OsString;
-use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,10 +88,10 @@ struct Diagnosis {
 }
 
 impl Diagnosis {
-    fn fill(&mut self, list: Vec<(usize, Option<ranks::board::Blocked>)>) {
-        for (r, rec) in list {
+    fn fill(&mut self, list: Vec<(usize, View)>) {
+        for (r, view) in list {
             if let Some(v) = self.views.get_mut(r) {
-                *v = rec.map_or(View::Running, View::Blocked);
+                *v = view;
             }
         }
     }
@@ -255,9 +254,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     let id = job_id();
     let multi = plan.hosts.len() > 1;
 
-    for p in ranks::transport::shm::reap_stale(Path::new("/dev/shm")) {
-        crate::say!("ranks: removed {} left by a job that died", p.display());
-    }
+    crate::node::reap_stale("ranks");
     let credentials = if plan.transport.uses_quic() {
         ranks::transport::quic::job_credentials().map_err(|e| e.to_string())?
     } else {

@@ -66,6 +66,27 @@ pub fn resolve_program(prog: &str) -> Result<PathBuf, String> {
     ))
 }
 
+/// Remove what jobs whose launcher or agent died left on this host, saying so (`who`
+/// starts the line).
+pub fn reap_stale(who: &str) {
+    for dir in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        for p in ranks::transport::shm::reap_stale(&dir) {
+            crate::say!("{who}: removed {} left by a job that died", p.display());
+        }
+    }
+}
+
+/// Whether process `pid` is stopped by a signal (or a debugger), from /proc.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state == 'T' || state == 't')
+        })
+        .unwrap_or(false)
+}
+
 pub fn ending(s: Status) -> Ending {
     match s {
         Status::Code(c) => Ending::Code(c),
@@ -330,12 +351,22 @@ impl Node {
         }
     }
 
-    /// What each rank of this host is blocked in (`None`: not in a wait of ours).
-    pub fn blocked(&self) -> Vec<(usize, Option<ranks::board::Blocked>)> {
+    /// What each running rank of this host is doing: blocked in a call of ours (its board
+    /// record), stopped by a signal, or running.
+    pub fn blocked(&self) -> Vec<(usize, crate::diagnose::View)> {
+        use crate::diagnose::View;
         let p = self.procs.lock().unwrap_or_else(|p| p.into_inner());
         p.iter()
             .filter(|e| e.2)
-            .map(|&(rank, _, _)| (rank, self.res.board.as_ref().and_then(|b| b.blocked(rank))))
+            .map(|&(rank, pid, _)| {
+                let rec = self.res.board.as_ref().and_then(|b| b.blocked(rank));
+                let view = match (stopped(pid), rec) {
+                    (true, rec) => View::Stopped(rec),
+                    (false, Some(b)) => View::Blocked(b),
+                    (false, None) => View::Running,
+                };
+                (rank, view)
+            })
             .collect()
     }
 

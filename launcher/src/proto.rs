@@ -105,7 +105,7 @@ pub enum FromAgent {
         status: Status,
     },
     /// What each rank of this host is blocked in (answer to `Report`).
-    Blocked(Vec<(usize, Option<ranks::board::Blocked>)>),
+    Blocked(Vec<(usize, crate::diagnose::View)>),
     /// Every rank has exited and its output was sent.
     Done,
     /// The agent is alive.

@@ -483,7 +483,9 @@ fn cma_available(allowed: bool) -> bool {
     process_read(std::process::id(), src.as_ptr() as u64, &mut dst).is_ok() && dst == src
 }
 
-/// Remove segments left in `dir` by launchers that no longer run. Returns the paths removed.
+/// Remove what launchers and agents that no longer run left in `dir` (segments and boards in
+/// /dev/shm, job directories in the temp directory): every name starts `ranks-PID-`, PID
+/// being the process that made it. Returns the paths removed.
 pub fn reap_stale(dir: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -498,11 +500,26 @@ pub fn reap_stale(dir: &Path) -> Vec<PathBuf> {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        let alive = rustix::process::Pid::from_raw(pid)
-            .map(|p| rustix::process::test_kill_process(p).is_ok())
-            .unwrap_or(false);
-        if !alive && std::fs::remove_file(e.path()).is_ok() {
-            removed.push(e.path());
+        // A zombie (dead, not yet reaped by its parent) counts as dead.
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')')?.1.trim_start().chars().next())
+            .is_some_and(|c| c == 'Z' || c == 'X');
+        let alive = !zombie
+            && rustix::process::Pid::from_raw(pid)
+                .map(|p| rustix::process::test_kill_process(p).is_ok())
+                .unwrap_or(false);
+        if alive {
+            continue;
+        }
+        let path = e.path();
+        let gone = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if gone.is_ok() {
+            removed.push(path);
         }
     }
     removed
@@ -772,5 +789,39 @@ impl Drop for SharedBlock {
         if self.owner {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod reap_tests {
+    use super::reap_stale;
+
+    #[test]
+    fn only_what_dead_processes_left_is_removed() {
+        let dir = std::env::temp_dir().join(format!("reap-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let live = std::process::id();
+        for pid in [live, dead] {
+            std::fs::write(dir.join(format!("ranks-{pid}-job-board")), b"x").unwrap();
+            std::fs::create_dir(dir.join(format!("ranks-{pid}-job"))).unwrap();
+            std::fs::write(dir.join(format!("ranks-{pid}-job/ca.der")), b"x").unwrap();
+        }
+        std::fs::write(dir.join("ranks-notapid-x"), b"x").unwrap();
+        let mut removed = reap_stale(&dir);
+        removed.sort();
+        let mut want = vec![
+            dir.join(format!("ranks-{dead}-job")),
+            dir.join(format!("ranks-{dead}-job-board")),
+        ];
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(dir.join(format!("ranks-{live}-job/ca.der")).exists());
+        assert!(dir.join(format!("ranks-{live}-job-board")).exists());
+        assert!(dir.join("ranks-notapid-x").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

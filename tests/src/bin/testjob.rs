@@ -447,6 +447,34 @@ fn stuck(w: &Comm) -> R {
     Ok(())
 }
 
+/// Work for the chaos test: for about MS milliseconds (rank 0 decides when to stop), each
+/// round does an all-reduce, a ring exchange, and now and then takes a lock; then a barrier.
+/// `ranks-testjob chaos MS`
+fn chaos(w: &Comm) -> R {
+    let dur = std::time::Duration::from_millis(arg(2, 1500));
+    let (me, n) = (w.rank(), w.size());
+    let lock = ranks::Lock::new(w, 0)?;
+    let t0 = std::time::Instant::now();
+    let mut rounds = 0u64;
+    loop {
+        let more = u64::from(me == 0 && t0.elapsed() < dur);
+        let mut go = [0u64];
+        w.all_reduce_slice(&[more], &mut go, &ranks::op::Max)?;
+        if go[0] == 0 {
+            break;
+        }
+        let (got, _) = w.sendrecv::<u64, u64>(&rounds, (me + 1) % n, 1, (me + n - 1) % n, 1)?;
+        assert_eq!(got, rounds, "ring out of step");
+        if rounds % 16 == me as u64 {
+            let _g = lock.acquire()?;
+        }
+        rounds += 1;
+    }
+    w.barrier()?;
+    println!("chaos ok rank {me} after {rounds} rounds");
+    Ok(())
+}
+
 fn sleep(w: &Comm) -> R {
     let _ = w.rank();
     std::thread::sleep(std::time::Duration::from_secs(arg(2, 30)));
@@ -842,6 +870,7 @@ fn main() {
         "sleep" => sleep(&w),
         "dies" => dies(&w),
         "stuck" => stuck(&w),
+        "chaos" => chaos(&w),
         "ring" => ring(&w),
         "nonblocking" => nonblocking(&w),
         "halo" => halo(&w),
