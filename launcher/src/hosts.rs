@@ -31,20 +31,25 @@ pub fn parse_host_list(s: &str) -> Result<Vec<Host>, String> {
             slots,
         });
     }
-    Ok(merge(hosts))
+    merge(hosts)
 }
 
 /// Lines `host [slots=N] [max_slots=M]`; `#` starts a comment; blank lines are skipped.
 pub fn parse_hostfile(path: &Path) -> Result<Vec<Host>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("reading the hostfile {}: {e}", path.display()))?;
+    parse_hostfile_text(&text, &path.display().to_string())
+}
+
+/// A hostfile's `text`; `origin` names it in errors.
+pub fn parse_hostfile_text(text: &str, origin: &str) -> Result<Vec<Host>, String> {
     let mut hosts = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
-        let at = || format!("{}:{}", path.display(), i + 1);
+        let at = || format!("{origin}:{}", i + 1);
         let mut words = line.split_whitespace();
         let name = words.next().expect("a non-empty line has a word");
         check_name(name).map_err(|e| format!("{}: {e}", at()))?;
@@ -70,9 +75,9 @@ pub fn parse_hostfile(path: &Path) -> Result<Vec<Host>, String> {
         });
     }
     if hosts.is_empty() {
-        return Err(format!("the hostfile {} names no host", path.display()));
+        return Err(format!("the hostfile {origin} names no host"));
     }
-    Ok(merge(hosts))
+    merge(hosts)
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -89,15 +94,20 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// A host named twice gets the slots of both mentions, at its first place.
-fn merge(hosts: Vec<Host>) -> Vec<Host> {
+fn merge(hosts: Vec<Host>) -> Result<Vec<Host>, String> {
     let mut out: Vec<Host> = Vec::new();
     for h in hosts {
         match out.iter_mut().find(|o| o.name == h.name) {
-            Some(o) => o.slots += h.slots,
+            Some(o) => {
+                o.slots = o
+                    .slots
+                    .checked_add(h.slots)
+                    .ok_or_else(|| format!("host {}: too many slots", h.name))?
+            }
             None => out.push(h),
         }
     }
-    out
+    Ok(out)
 }
 
 /// How ranks are laid out over the hosts.
@@ -111,7 +121,7 @@ pub enum MapBy {
 
 /// The host index of each of `n` ranks.
 pub fn map(hosts: &[Host], n: usize, by: MapBy) -> Result<Vec<u32>, String> {
-    let total: usize = hosts.iter().map(|h| h.slots).sum();
+    let total: usize = hosts.iter().fold(0usize, |t, h| t.saturating_add(h.slots));
     if n > total {
         return Err(format!(
             "-n {n} asks for more ranks than the {total} slot(s) of the hosts given"
@@ -169,6 +179,12 @@ mod tests {
             vec![h("a", 4), h("b", 2), h("c", 1)]
         );
         assert_eq!(parse_host_list("a:1,a:2").unwrap(), vec![h("a", 3)]);
+        // Found by the hostfile fuzz target: slot counts wrapped around to 0.
+        let max = usize::MAX;
+        assert!(parse_host_list(&format!("a:{max},a:1")).is_err());
+        assert!(parse_hostfile_text(&format!("a slots={max}\na slots=1"), "f").is_err());
+        let big = parse_host_list(&format!("a:{max},b:1")).unwrap();
+        assert_eq!(map(&big, 3, MapBy::Node).unwrap(), vec![0, 1, 0]);
         assert!(parse_host_list("a:0").is_err());
         assert!(parse_host_list("a:x").is_err());
         assert!(parse_host_list("a,,b").is_err());

@@ -3,12 +3,11 @@
 #[macro_use]
 mod output;
 mod agent;
-mod diagnose;
-mod hosts;
 mod job;
 mod node;
-mod proto;
 mod remote;
+
+pub(crate) use ranks_launcher::{diagnose, hosts, proto};
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -40,34 +40,43 @@ impl Comm {
         let peer = self.peer(dest)?;
         let h = self.data_header(ctx, tag, payload.len(), enc, typecode);
         let core = &*self.core;
-        let id = {
+        // Errors leave the lock first: `settle` may wait a moment for the job board.
+        let step: Result<Option<SendId>> = {
             let mut st = core.lock();
             match core.route(&st, peer, payload.len()) {
                 Route::SelfSend => {
                     core.deliver_local(&mut st, Msg::new(&h, Body::Eager(payload.to_vec())));
-                    return Ok(());
+                    Ok(None)
                 }
                 Route::Eager => {
                     if let Some(detail) = st.proto.write_error(peer) {
-                        return Err(Error::PeerLost {
+                        Err(Error::PeerLost {
                             rank: peer,
                             detail: detail.to_string(),
-                        });
+                        })
+                    } else if let Some(detail) = core.t.peer_gone(peer) {
+                        Err(Error::PeerLost { rank: peer, detail })
+                    } else {
+                        let id = core.write_frame(&mut st, peer, &h, payload);
+                        core.send_finished(&mut st, id)
+                            .map(|done| (!done).then_some(id))
                     }
-                    if let Some(detail) = core.t.peer_gone(peer) {
-                        return Err(Error::PeerLost { rank: peer, detail });
-                    }
-                    let id = core.write_frame(&mut st, peer, &h, payload);
-                    if core.send_finished(&mut st, id)? {
-                        return Ok(());
-                    }
-                    id
                 }
                 Route::Rendezvous => {
                     let (addr, len) = (payload.as_ptr() as u64, payload.len() as u64);
-                    core.offer(&mut st, peer, &h, RvBuf::Borrowed { addr, len })
+                    Ok(Some(core.offer(
+                        &mut st,
+                        peer,
+                        &h,
+                        RvBuf::Borrowed { addr, len },
+                    )))
                 }
             }
+        };
+        let id = match step {
+            Ok(Some(id)) => id,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(core.settle(e)),
         };
         // `payload` stays borrowed (and so alive) until the receiver is done with it.
         let _doing = crate::diag::step(crate::diag::Step {
@@ -385,7 +394,7 @@ impl Comm {
                     dst.copy_from_slice(&v);
                     Ok(())
                 }
-                Body::Failed(e) => Err(*e),
+                Body::Failed(e) => Err(self.core.settle(*e)),
                 _ => Err(Error::Malformed {
                     rank: job.peer,
                     detail: "a streamed message of the wrong length".into(),
@@ -405,7 +414,7 @@ impl Comm {
                 let status = status_of(&msg);
                 match msg.body {
                     Body::Eager(v) => Ok((v, status)),
-                    Body::Failed(e) => Err(*e),
+                    Body::Failed(e) => Err(self.core.settle(*e)),
                     Body::Remote { .. } => unreachable!("a taken message has its bytes"),
                 }
             }
@@ -576,7 +585,7 @@ impl Comm {
         match t {
             Taken::Msg(msg) => match msg.body {
                 Body::Eager(v) => dst.copy_from_slice(&v),
-                Body::Failed(e) => return Err(*e),
+                Body::Failed(e) => return Err(self.core.settle(*e)),
                 Body::Remote { .. } => unreachable!("a taken message has its bytes"),
             },
             Taken::Pull(job, _) => self.land_pull(job, dst)?,

@@ -635,6 +635,44 @@ impl Core {
         deadline: Option<Instant>,
         spin_cap: Option<Duration>,
         ready: Option<&dyn Fn() -> bool>,
+        check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
+    ) -> Result<Option<R>> {
+        self.wait_loop_inner(watch, deadline, spin_cap, ready, check)
+            .map_err(|e| self.settle(e))
+    }
+
+    /// A lost peer's error once the job board has recorded how the peer ended: a broken
+    /// connection can be news before the peer's node has seen the end, and the launcher
+    /// must hear of that end before of any failure it causes here (the first failure sets
+    /// the job's exit code). Waits up to `BOARD_GRACE`; call without the state lock.
+    pub(crate) fn settle(&self, e: Error) -> Error {
+        let Error::PeerLost { rank, detail } = e else {
+            return e;
+        };
+        let Some(board) = &self.board else {
+            return Error::PeerLost { rank, detail };
+        };
+        let until = Instant::now() + BOARD_GRACE;
+        loop {
+            if let Some((how, _)) = board.ended(rank) {
+                return Error::PeerLost {
+                    rank,
+                    detail: how.to_string(),
+                };
+            }
+            if Instant::now() >= until {
+                return Error::PeerLost { rank, detail };
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn wait_loop_inner<R>(
+        &self,
+        watch: Watch<'_>,
+        deadline: Option<Instant>,
+        spin_cap: Option<Duration>,
+        ready: Option<&dyn Fn() -> bool>,
         mut check: impl FnMut(&Core, &mut State) -> Result<Option<R>>,
     ) -> Result<Option<R>> {
         let check_first = ready.is_some();

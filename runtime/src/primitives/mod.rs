@@ -538,3 +538,56 @@ fn register(comm: &Comm, obj: u64, o: Box<dyn Object>) {
         send_reply(&tx, to, &r);
     }
 }
+
+/// For fuzzing (not an API): serve `bytes` as a request that arrived from this rank, exactly
+/// as the service thread would (decoding the envelope, then the object's own arguments),
+/// and throw the answers away. `obj` and `op` set: build the envelope for object number
+/// `obj` of `comm` with `bytes` as its arguments instead.
+#[doc(hidden)]
+pub fn serve_for_fuzzing(comm: &Comm, target: Option<(u32, u8)>, bytes: &[u8]) {
+    let svc = service(comm);
+    let rx = world_ctx(comm, SVC_CTX);
+    let tx = world_ctx(comm, REPLY_CTX);
+    let payload = match target {
+        Some((seq, op)) => {
+            let req = Request {
+                obj: (u64::from(comm.ctx) << 32) | u64::from(seq),
+                id: 1,
+                op,
+                data: bytes.to_vec(),
+            };
+            match encode(&req) {
+                Ok(p) => p,
+                Err(_) => return,
+            }
+        }
+        None => bytes.to_vec(),
+    };
+    let h = crate::wire::Header::data(
+        SVC_CTX,
+        comm.core.rank as u32,
+        0,
+        payload.len() as u64,
+        Encoding::Serde,
+        crate::fingerprint::of::<Request>(),
+    );
+    let msg =
+        crate::protocol::matching::Msg::new(&h, crate::protocol::matching::Body::Eager(payload));
+    serve_message(&svc, &rx, &tx, Some(msg), true);
+    // Drop the answers (to ourselves) so they do not pile up.
+    if let Ok(pat) = tx.pattern(
+        REPLY_CTX,
+        Source::from(ANY_SOURCE),
+        crate::protocol::matching::ANY_TAG,
+    ) {
+        loop {
+            match comm.core.post_msg(pat) {
+                Ok(_) => continue,
+                Err(id) => {
+                    comm.core.cancel(id);
+                    break;
+                }
+            }
+        }
+    }
+}
