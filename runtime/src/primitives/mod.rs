@@ -131,7 +131,13 @@ struct Registry {
     objects: HashMap<u64, Box<dyn Object>>,
     /// Requests that arrived before their object was registered.
     early: HashMap<u64, Vec<(usize, Request)>>,
+    /// Bytes held in `early` (bounded by `EARLY_LIMIT`: requests for objects that never
+    /// come, from a confused or malicious peer, must not grow without bound).
+    early_bytes: usize,
 }
+
+/// Most bytes of requests kept for objects not registered yet.
+const EARLY_LIMIT: usize = 64 << 20;
 
 struct Service {
     reg: Mutex<Registry>,
@@ -295,6 +301,16 @@ fn reply_tag(req: u64) -> i32 {
 
 fn dispatch(reg: &mut Registry, ctx: &mut Ctx<'_>, from: usize, req: Request) {
     let Some(obj) = reg.objects.get_mut(&req.obj) else {
+        let size = req.data.len() + std::mem::size_of::<Request>();
+        if reg.early_bytes + size > EARLY_LIMIT {
+            tracing::warn!(
+                from,
+                obj = req.obj,
+                "dropping a request for an unknown object: {EARLY_LIMIT} bytes of such requests are held already"
+            );
+            return;
+        }
+        reg.early_bytes += size;
         reg.early.entry(req.obj).or_default().push((from, req));
         return;
     };
@@ -524,6 +540,11 @@ fn register(comm: &Comm, obj: u64, o: Box<dyn Object>) {
     reg.objects.insert(obj, o);
     // Requests that raced ahead of the registration: serve them now, in arrival order.
     let early = reg.early.remove(&obj).unwrap_or_default();
+    let held: usize = early
+        .iter()
+        .map(|(_, r)| r.data.len() + std::mem::size_of::<Request>())
+        .sum();
+    reg.early_bytes = reg.early_bytes.saturating_sub(held);
     let mut ctx = Ctx {
         replies: Vec::new(),
         core: &comm.core,
@@ -589,5 +610,26 @@ pub fn serve_for_fuzzing(comm: &Comm, target: Option<(u32, u8)>, bytes: &[u8]) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer sending requests for objects that never come cannot make the owner hold more
+    /// than `EARLY_LIMIT` bytes of them.
+    #[test]
+    fn requests_for_unknown_objects_are_bounded() {
+        let w = crate::init().unwrap();
+        let big = vec![7u8; 1 << 20];
+        for i in 0..100 {
+            serve_for_fuzzing(&w, Some((1_000_000 + i, 1)), &big);
+        }
+        let svc = service(&w);
+        let reg = svc.reg.lock().unwrap();
+        assert!(reg.early_bytes <= EARLY_LIMIT, "{}", reg.early_bytes);
+        let held: usize = reg.early.values().map(Vec::len).sum();
+        assert!((60..100).contains(&held), "{held} requests held");
     }
 }
