@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
-use crate::diagnose::{explain, View};
 use crate::hosts::{self, Host};
+use crate::jobstate::{signal_name, Action, HostState, Input, Job};
 use crate::node::{resolve_program, Node, NodeEvent};
 use crate::output::print_line;
-use crate::proto::{Bind, FromAgent, NodeSpec, Status, ToAgent};
+use crate::proto::{Bind, FromAgent, NodeSpec, ToAgent};
 use crate::remote::{HostEvent, Remote};
-use crate::{RunArgs, TransportKind, EXIT_HOST_LOST, EXIT_TIMEOUT, EXIT_USAGE};
+use crate::{RunArgs, TransportKind};
 use ranks::config::parse_abort_line;
 use ranks::config::TransportKind as Resolved;
 
@@ -23,9 +23,6 @@ fn grace() -> Duration {
     ranks::config::Config::global().map_or(Duration::from_secs(1), |c| c.kill_grace)
 }
 
-/// Silence from an agent after which its host counts as lost (agents say something every
-/// second; ssh's own keep-alives give up after about 5 s).
-const HOST_SILENCE: Duration = Duration::from_secs(4);
 /// How long agents get to come up (ssh connects in at most 10 s).
 const AGENT_START: Duration = Duration::from_secs(30);
 
@@ -39,24 +36,6 @@ enum Event {
     Aborted(u8),
 }
 
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        _ => "signal",
-    }
-}
-
 fn job_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -65,55 +44,14 @@ fn job_id() -> String {
     format!("{}-{:x}", std::process::id(), (nanos as u64) & 0xffff_ffff)
 }
 
-fn describe(status: Status) -> (String, u8) {
-    match status {
-        Status::Code(code) => {
-            let hint = if code == 101 { " (a Rust panic)" } else { "" };
-            (format!("exited with code {code}{hint}"), code as u8)
-        }
-        Status::Signal(sig) => (
-            format!("was killed by signal {sig} ({})", signal_name(sig)),
-            (128 + sig) as u8,
-        ),
-        Status::Unknown => ("ended in an unknown way".into(), 1),
-    }
-}
-
-/// A diagnosis being gathered: what the launcher knows of every rank, and the hosts whose
-/// answer is still to come (until `until`).
-struct Diagnosis {
-    views: Vec<View>,
-    waiting: Vec<usize>,
-    until: Instant,
-}
-
-impl Diagnosis {
-    fn fill(&mut self, list: Vec<(usize, View)>) {
-        for (r, view) in list {
-            if let Some(v) = self.views.get_mut(r) {
-                *v = view;
-            }
-        }
-    }
-
-    fn print(&self) {
-        for line in explain(&self.views, ranks::board::now_ms()) {
-            crate::say!("ranks: {line}");
-        }
-    }
-}
-
 /// One host of the job and how it runs.
 struct HostRun {
     name: String,
     ranks: Vec<usize>,
     /// `None` for this host (the launcher runs its ranks itself).
     remote: Option<Remote>,
+    /// When the agent last spoke (while it starts).
     heard: Instant,
-    /// The agent finished sending (every rank exited, all output forwarded).
-    done: bool,
-    /// The host's session ended or fell silent.
-    lost: bool,
 }
 
 /// Validate the command line and work out where every rank runs.
@@ -347,8 +285,6 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
             ranks: (0..n).filter(|&r| plan.host_of[r] as usize == i).collect(),
             remote,
             heard: Instant::now(),
-            done: false,
-            lost: false,
         });
     }
     // Wait until every agent is up.
@@ -451,330 +387,125 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     }
     drop(tx);
 
-    let started = Instant::now();
-    let deadline = args.timeout.map(|t| started + Duration::from_secs_f64(t));
-    let mut pids: Vec<Option<u32>> = vec![None; n];
-    let mut running = vec![true; n];
-    let mut left = n;
-    let mut failures: Vec<(usize, u8)> = Vec::new();
-    // The code of the first `abort(code)`: it ends the job, even with --keep-going.
-    let mut aborted: Option<u8> = None;
-    let mut stop_code: Option<u8> = None;
-    let mut kill_at: Option<Instant> = None;
-    let mut host_lost = false;
-    let mut signalled = vec![false; n];
-    let mut next_ping = Instant::now();
-    let has_remotes = hosts.iter().any(|h| h.remote.is_some());
-    // How each rank ended (for the diagnosis), and a diagnosis being gathered.
-    let mut ended: Vec<Option<String>> = vec![None; n];
-    let mut diag: Option<Diagnosis> = None;
-    let start_diagnosis = |hosts: &[HostRun], running: &[bool], ended: &[Option<String>]| {
-        let mut d = Diagnosis {
-            views: (0..n)
-                .map(|r| match (&ended[r], running[r]) {
-                    (Some(how), _) => View::Ended(how.clone()),
-                    (None, false) => View::Ended("ended".into()),
-                    (None, true) => View::Unknown,
-                })
-                .collect(),
-            waiting: Vec::new(),
-            until: Instant::now() + Duration::from_secs(1),
-        };
-        if let Some(nd) = &node {
-            d.fill(nd.blocked());
-        }
-        for (i, h) in hosts.iter().enumerate() {
-            if let (Some(r), false) = (&h.remote, h.lost || h.done) {
-                r.send(ToAgent::Report);
-                d.waiting.push(i);
-            }
-        }
-        d
-    };
-
-    let stop_all = |hosts: &[HostRun], running: &[bool], signalled: &mut [bool], sig: Signal| {
-        for (r, s) in signalled.iter_mut().enumerate() {
-            if running[r] {
-                *s = true;
-            }
-        }
-        for h in hosts {
-            if !h.ranks.iter().any(|&r| running[r]) {
-                continue;
-            }
-            match &h.remote {
-                None => {
-                    if let Some(nd) = &node {
-                        nd.signal(sig)
-                    }
-                }
-                Some(r) => r.send(ToAgent::Signal(sig.as_raw())),
-            }
-        }
-    };
-    let where_ = |hosts: &[HostRun], r: usize| {
-        if multi || hosts[plan.host_of[r] as usize].remote.is_some() {
-            format!(" on {}", hosts[plan.host_of[r] as usize].name)
-        } else {
-            String::new()
-        }
-    };
-
-    // Remote hosts also finish when their output is all in (`done`), so the loop runs until
-    // then (for a short while at most: see `drain_by`).
-    let mut drain_by: Option<Instant> = None;
-    loop {
-        let all_done = hosts.iter().all(|h| h.remote.is_none() || h.done || h.lost);
-        if left == 0 {
-            if all_done {
-                break;
-            }
-            let d = *drain_by.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
-            if Instant::now() >= d {
-                break;
-            }
-        }
-        let now = Instant::now();
-        let mut wake = kill_at.unwrap_or(now + Duration::from_secs(3600));
-        if let (Some(d), None) = (deadline, stop_code) {
-            wake = wake.min(d);
-        }
-        if has_remotes {
-            wake = wake.min(now + Duration::from_millis(250));
-        }
-        if let Some(d) = drain_by {
-            wake = wake.min(d);
-        }
-        let ev = rx.recv_timeout(wake.saturating_duration_since(now));
-        // A rank exited (here or on another host).
-        let mut exited: Option<(usize, Status)> = None;
-        match ev {
-            Ok(Event::Local(NodeEvent::Started(r, pid))) => pids[r] = Some(pid),
-            Ok(Event::Local(NodeEvent::Exited(r, st))) => exited = Some((r, st)),
-            Ok(Event::Local(NodeEvent::Address(r, addr))) => {
-                relay_address(&hosts, node.as_ref(), local_host, r, &addr)
-            }
-            Ok(Event::Host(i, HostEvent::Msg(m))) => {
-                hosts[i].heard = Instant::now();
-                match m {
-                    FromAgent::Output { rank, err, line } => {
-                        if let Some(code) = err.then(|| parse_abort_line(rank, &line)).flatten() {
-                            aborted.get_or_insert(code);
-                        }
-                        print_line(rank, err, args.tag_output, &line)
-                    }
-                    FromAgent::Started { rank, pid } => pids[rank] = Some(pid),
-                    FromAgent::Exited { rank, status } => exited = Some((rank, status)),
-                    FromAgent::Address { rank, addr } => {
-                        relay_address(&hosts, node.as_ref(), Some(i), rank, &addr)
-                    }
-                    FromAgent::Done => hosts[i].done = true,
-                    FromAgent::Failed(why) => {
-                        // The first failure is the news; others are mostly the same one.
-                        if stop_code.is_none() {
-                            crate::say!("ranks: error: host {}: {why}", hosts[i].name);
-                        }
-                        hosts[i].done = true;
-                        for &r in &hosts[i].ranks {
-                            if running[r] {
-                                running[r] = false;
-                                left -= 1;
-                            }
-                        }
-                        if stop_code.is_none() {
-                            stop_code = Some(EXIT_USAGE);
-                            stop_all(&hosts, &running, &mut signalled, Signal::TERM);
-                            kill_at = Some(Instant::now() + grace());
+    let now = Instant::now();
+    let mut job = Job::new(
+        hosts
+            .iter()
+            .map(|h| HostState {
+                name: h.name.clone(),
+                ranks: h.ranks.clone(),
+                remote: h.remote.is_some(),
+                heard: now,
+                done: false,
+                lost: false,
+            })
+            .collect(),
+        plan.host_of.iter().map(|&h| h as usize).collect(),
+        args.keep_going,
+        args.timeout,
+        grace(),
+        now,
+    );
+    // Carry out what the job's rules call for.
+    let act = |actions: Vec<Action>, hosts: &[HostRun], job: &mut Job| {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            match a {
+                Action::Say(line) => crate::say!("{line}"),
+                Action::Signal { host, sig } => match (&hosts[host].remote, &node) {
+                    (Some(r), _) => r.send(ToAgent::Signal(sig)),
+                    (None, Some(nd)) => {
+                        if let Some(s) = Signal::from_named_raw(sig) {
+                            nd.signal(s)
                         }
                     }
-                    FromAgent::Blocked(list) => {
-                        if let Some(d) = &mut diag {
-                            d.fill(list);
-                            d.waiting.retain(|&h| h != i);
-                        }
-                    }
-                    FromAgent::Ready { .. } | FromAgent::Pong => {}
-                }
-            }
-            Ok(Event::Host(i, HostEvent::Gone(why))) => {
-                if !hosts[i].lost && lose_host(&mut hosts[i], &why, &mut running, &mut left) {
-                    host_lost = true;
-                    if stop_code.is_none() {
-                        stop_code = Some(EXIT_HOST_LOST);
-                        stop_all(&hosts, &running, &mut signalled, Signal::TERM);
-                        kill_at = Some(Instant::now() + grace());
-                    }
-                }
-            }
-            Ok(Event::Signal(sig)) if sig == signal_hook::consts::SIGUSR1 => {
-                if diag.is_none() {
-                    diag = Some(start_diagnosis(&hosts, &running, &ended));
-                }
-            }
-            Ok(Event::Signal(sig)) => {
-                if stop_code.is_none() {
-                    crate::say!("ranks: got {}; stopping the job", signal_name(sig));
-                    if diag.is_none() {
-                        diag = Some(start_diagnosis(&hosts, &running, &ended));
-                    }
-                    stop_code = Some((128 + sig) as u8);
-                    stop_all(&hosts, &running, &mut signalled, Signal::TERM);
-                    kill_at = Some(Instant::now() + grace());
-                } else {
-                    // A second Ctrl-C: do not wait for the grace period.
-                    stop_all(&hosts, &running, &mut signalled, Signal::KILL);
-                }
-            }
-            Ok(Event::Aborted(code)) => {
-                aborted.get_or_insert(code);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-
-        if let (Some(_), None) = (aborted, stop_code) {
-            if left > 0 {
-                crate::say!("ranks: stopping the other {left} rank(s)");
-            }
-            stop_code = aborted;
-            stop_all(&hosts, &running, &mut signalled, Signal::TERM);
-            kill_at = Some(Instant::now() + grace());
-        }
-        if let Some((rank, status)) = exited {
-            if !running[rank] {
-                continue;
-            }
-            running[rank] = false;
-            left -= 1;
-            ended[rank] = Some(describe(status).0);
-            // Every other host learns of the end at once (the ranks there read it from
-            // their board), so waits on this rank end everywhere, whatever the transport.
-            for (j, h) in hosts.iter().enumerate() {
-                if j == plan.host_of[rank] as usize || h.lost || h.done {
-                    continue;
-                }
-                match (&h.remote, &node) {
-                    (Some(rem), _) => rem.send(ToAgent::RankEnded { rank, status }),
+                    (None, None) => {}
+                },
+                Action::RelayEnd { host, rank, status } => match (&hosts[host].remote, &node) {
+                    (Some(r), _) => r.send(ToAgent::RankEnded { rank, status }),
                     (None, Some(nd)) => nd.rank_ended(rank, status),
                     (None, None) => {}
-                }
-            }
-            let ok = matches!(status, Status::Code(0));
-            // A rank that we signalled and that died of a signal did not fail by itself.
-            let ours = signalled[rank] && matches!(status, Status::Signal(_));
-            if !ok && !ours {
-                let (why, code) = describe(status);
-                let pid = pids[rank].unwrap_or(0);
-                crate::say!(
-                    "ranks: rank {rank} (pid {pid}{}) {why}",
-                    where_(&hosts, rank)
-                );
-                failures.push((rank, code));
-                if stop_code.is_none() && !args.keep_going {
-                    if left > 0 {
-                        crate::say!("ranks: stopping the other {left} rank(s)");
+                },
+                Action::AskReport { host } => match (&hosts[host].remote, &node) {
+                    (Some(r), _) => r.send(ToAgent::Report),
+                    (None, Some(nd)) => {
+                        let views = nd.blocked();
+                        queue.extend(job.on(Input::Report { host, views }, Instant::now()));
                     }
-                    stop_code = Some(code);
-                    stop_all(&hosts, &running, &mut signalled, Signal::TERM);
-                    kill_at = Some(Instant::now() + grace());
+                    (None, None) => {}
+                },
+                Action::Ping { host } => {
+                    if let Some(r) = &hosts[host].remote {
+                        r.send(ToAgent::Ping);
+                    }
+                }
+                Action::Drop { host } => {
+                    if let Some(r) = &hosts[host].remote {
+                        r.kill();
+                    }
                 }
             }
         }
+    };
 
-        if diag
-            .as_ref()
-            .is_some_and(|d| d.waiting.is_empty() || Instant::now() >= d.until)
-        {
-            if let Some(d) = diag.take() {
-                d.print();
-            }
+    loop {
+        if job.finished(Instant::now()) {
+            break;
         }
         let now = Instant::now();
-        if let Some(k) = kill_at {
-            if now >= k {
-                stop_all(&hosts, &running, &mut signalled, Signal::KILL);
-                kill_at = None;
+        let wake = job.next_wake(now);
+        let input = match rx.recv_timeout(wake.saturating_duration_since(now)) {
+            Ok(Event::Local(NodeEvent::Started(rank, pid))) => Input::Started { rank, pid },
+            Ok(Event::Local(NodeEvent::Exited(rank, status))) => Input::Exited { rank, status },
+            Ok(Event::Local(NodeEvent::Address(r, addr))) => {
+                relay_address(&hosts, node.as_ref(), local_host, r, &addr);
+                Input::Tick
             }
-        }
-        if let (Some(d), None) = (deadline, stop_code) {
-            if now >= d {
-                let still: Vec<String> = (0..n)
-                    .filter(|&r| running[r])
-                    .map(|r| r.to_string())
-                    .collect();
-                crate::say!(
-                    "ranks: timeout after {:.1} s; rank(s) still running: {}",
-                    args.timeout.unwrap_or(0.0),
-                    still.join(", ")
-                );
-                if diag.is_none() {
-                    diag = Some(start_diagnosis(&hosts, &running, &ended));
-                }
-                stop_code = Some(EXIT_TIMEOUT);
-                stop_all(&hosts, &running, &mut signalled, Signal::TERM);
-                kill_at = Some(Instant::now() + grace());
-            }
-        }
-        if has_remotes {
-            if now >= next_ping {
-                next_ping = now + Duration::from_secs(1);
-                for h in &hosts {
-                    if let Some(r) = &h.remote {
-                        if !h.lost && !h.done {
-                            r.send(ToAgent::Ping);
-                        }
+            Ok(Event::Host(i, HostEvent::Msg(m))) => {
+                let heard = job.on(Input::Heard(i), Instant::now());
+                act(heard, &hosts, &mut job);
+                match m {
+                    FromAgent::Output { rank, err, line } => {
+                        let abort = err.then(|| parse_abort_line(rank, &line)).flatten();
+                        print_line(rank, err, args.tag_output, &line);
+                        abort.map_or(Input::Tick, Input::Aborted)
                     }
+                    FromAgent::Started { rank, pid } => Input::Started { rank, pid },
+                    FromAgent::Exited { rank, status } => Input::Exited { rank, status },
+                    FromAgent::Address { rank, addr } => {
+                        relay_address(&hosts, node.as_ref(), Some(i), rank, &addr);
+                        Input::Tick
+                    }
+                    FromAgent::Done => Input::HostDone(i),
+                    FromAgent::Failed(why) => Input::AgentFailed { host: i, why },
+                    FromAgent::Blocked(views) => Input::Report { host: i, views },
+                    FromAgent::Ready { .. } | FromAgent::Pong => Input::Tick,
                 }
             }
-            for i in 0..hosts.len() {
-                let h = &mut hosts[i];
-                if h.remote.is_none() || h.lost || h.done {
-                    continue;
-                }
-                if now.duration_since(h.heard) > HOST_SILENCE {
-                    let why = format!("no keep-alive for {} s", HOST_SILENCE.as_secs());
-                    if !lose_host(h, &why, &mut running, &mut left) {
-                        continue;
-                    }
-                    host_lost = true;
-                    if stop_code.is_none() {
-                        stop_code = Some(EXIT_HOST_LOST);
-                        stop_all(&hosts, &running, &mut signalled, Signal::TERM);
-                        kill_at = Some(Instant::now() + grace());
-                    }
-                }
-            }
-        }
+            Ok(Event::Host(i, HostEvent::Gone(why))) => Input::HostGone { host: i, why },
+            Ok(Event::Signal(sig)) => Input::Signal(sig),
+            Ok(Event::Aborted(code)) => Input::Aborted(code),
+            Err(mpsc::RecvTimeoutError::Timeout) => Input::Tick,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let actions = job.on(input, Instant::now());
+        act(actions, &hosts, &mut job);
     }
-    if let Some(d) = diag.take() {
-        d.print();
-    }
+    let mut last = Vec::new();
+    job.flush(Instant::now(), &mut last);
+    act(last, &hosts, &mut job);
     if let Some(nd) = node {
         nd.finish();
     }
     // Output read after the last exit may still hold an abort line.
     while let Ok(ev) = rx.try_recv() {
         if let Event::Aborted(code) = ev {
-            aborted.get_or_insert(code);
+            job.on(Input::Aborted(code), Instant::now());
         }
     }
     close_all(&hosts);
     sig_handle.close();
-
-    // abort(code) decides the exit code, whatever the other ranks did after it.
-    if let Some(code) = aborted {
-        return Ok(code);
-    }
-    if host_lost {
-        return Ok(EXIT_HOST_LOST);
-    }
-    // The first failure decides: later ones are mostly its consequences (ranks that failed
-    // on `PeerLost` because of it), whatever their rank.
-    let code = match failures.first() {
-        Some((_, c)) => *c,
-        None => stop_code.unwrap_or(0),
-    };
-    Ok(code)
+    Ok(job.exit_code())
 }
 
 /// Pass a rank's QUIC address to every host but its own (`from`; `None` here).
@@ -795,28 +526,4 @@ fn relay_address(
             (None, None) => {}
         }
     }
-}
-
-/// Mark a host as lost (ending its session). If ranks still ran there, report it, count them
-/// as gone and return true.
-fn lose_host(h: &mut HostRun, why: &str, running: &mut [bool], left: &mut usize) -> bool {
-    h.lost = true;
-    if let Some(r) = &h.remote {
-        r.kill();
-    }
-    let lost: Vec<usize> = h.ranks.iter().copied().filter(|&r| running[r]).collect();
-    if lost.is_empty() {
-        return false;
-    }
-    let list: Vec<String> = lost.iter().map(usize::to_string).collect();
-    crate::say!(
-        "ranks: lost host {} ({why}); rank(s) {} there cannot be reached; stopping the job",
-        h.name,
-        list.join(", ")
-    );
-    for &r in &lost {
-        running[r] = false;
-        *left -= 1;
-    }
-    true
 }

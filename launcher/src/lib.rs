@@ -1,7 +1,9 @@
 //! The pure parts of the `ranks` launcher, as a library: host lists and hostfiles, what the
-//! launcher and its agents say to each other, and the diagnosis of a stuck job. The binary
+//! launcher and its agents say to each other, the diagnosis of a stuck job, and the job
+//! loop's rules as a state machine. The binary
 //! (`src/main.rs`) is everything else; the fuzz targets (`fuzz/`) use these.
 
 pub mod diagnose;
 pub mod hosts;
+pub mod jobstate;
 pub mod proto;

@@ -7,19 +7,15 @@ mod job;
 mod node;
 mod remote;
 
-pub(crate) use ranks_launcher::{diagnose, hosts, proto};
+pub(crate) use ranks_launcher::{diagnose, hosts, jobstate, proto};
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Exit code for launcher usage errors (bad option, missing program, ...).
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code when `--timeout` stopped the job.
-pub const EXIT_TIMEOUT: u8 = 124;
-/// Exit code when a host of the job was lost (its agent, its network).
-pub const EXIT_HOST_LOST: u8 = 255;
+/// Exit codes: usage error (2), `--timeout` (124), a host lost (255).
+pub use ranks_launcher::jobstate::{EXIT_HOST_LOST, EXIT_TIMEOUT, EXIT_USAGE};
 
 #[derive(Parser, Debug)]
 #[command(name = "ranks", version, about = "Run ranked message-passing jobs")]

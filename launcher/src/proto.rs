@@ -69,7 +69,7 @@ pub enum ToAgent {
 }
 
 /// How a rank ended.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Code(i32),
     Signal(i32),
