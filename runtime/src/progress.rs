@@ -418,9 +418,17 @@ impl Core {
         self.lock().proto.cancel(id);
     }
 
-    /// Why world rank `peer` can no longer take part, if it can't.
+    /// Why world rank `peer` can no longer take part, if it can't: the job board says it
+    /// failed (or exited a while ago), or its transport says so.
     pub(crate) fn peer_gone(&self, peer: usize) -> Option<String> {
-        self.t.peer_gone(peer)
+        let ended = self.board.as_ref().and_then(|b| b.ended(peer));
+        if let Some((how, ago)) = ended {
+            if how.failed() || ago >= EXIT_GRACE {
+                return Some(how.to_string());
+            }
+        }
+        let why = self.t.peer_gone(peer)?;
+        Some(ended.map_or(why, |(how, _)| how.to_string()))
     }
 
     /// How a payload of `len` bytes to world rank `peer` goes.

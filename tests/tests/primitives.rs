@@ -165,3 +165,40 @@ fn a_barrier_whose_party_leaves_before_arriving_breaks_for_the_others() {
         assert_clean(&o);
     }
 }
+
+/// A Pool worker SIGKILLed mid-task: that item fails naming it and the worker, on every
+/// transport (over QUIC the job board tells the root at once), and the rest completes.
+#[test]
+fn a_pool_whose_worker_dies_fails_that_item_and_finishes_the_rest() {
+    for transport in ["shm", "uds", "quic"] {
+        let o = run_job(
+            &[
+                "-n",
+                "3",
+                "--transport",
+                transport,
+                "--keep-going",
+                "--timeout",
+                "20",
+            ],
+            "ranks-testprim",
+            &["poolworkerdies"],
+            LIMIT,
+        );
+        assert_eq!(o.code, 137, "{transport}: {o:?}");
+        let line = o
+            .lines_with("pool item 5 failed on rank ")
+            .first()
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| panic!("{transport}: no failure line: {o:?}"));
+        assert!(
+            line.contains("the worker is gone (it was killed by signal 9)"),
+            "{line}"
+        );
+        assert!(
+            o.stdout.contains("pool worker death ok"),
+            "{transport}: {o:?}"
+        );
+        assert_clean(&o);
+    }
+}

@@ -414,6 +414,9 @@ where
     let mut idle: VecDeque<usize> = VecDeque::new();
     let mut busy: HashMap<usize, Vec<u64>> = HashMap::new();
     let mut inflight: HashMap<u64, Task<O>> = HashMap::new();
+    // Workers that died: their items failed, nothing more goes to them.
+    let mut dead: std::collections::HashSet<usize> = std::collections::HashSet::new();
+    let mut last_check = Instant::now();
     let workers = comm.size() - 1;
     let deliver = |task: Task<O>, r: Result<O>| {
         match (&r, &task.callback, &task.on_error) {
@@ -430,8 +433,8 @@ where
             if sh.queue.is_empty() {
                 break;
             }
-            if workers == 0 {
-                // Nobody to hand it to: compute here.
+            if workers == dead.len() {
+                // Nobody (left) to hand it to: compute here.
                 let (id, task) = sh.queue.pop_front().expect("not empty");
                 drop(sh);
                 let _ = id;
@@ -457,16 +460,20 @@ where
                 inflight.insert(id, task);
             }
             drop(sh);
-            comm.send(w, TAG_TASK, &Some(msg))?;
             busy.insert(w, ids);
+            if comm.send(w, TAG_TASK, &Some(msg)).is_err() {
+                // It died while idle: the next check fails what it was given.
+                last_check = Instant::now() - Duration::from_secs(1);
+            }
         }
         let (closed, empty) = {
             let sh = shared.lock().unwrap_or_else(|p| p.into_inner());
             (sh.closed, sh.queue.is_empty())
         };
-        if closed && empty && inflight.is_empty() && (workers == 0 || idle.len() == workers) {
-            for w in (0..comm.size()).filter(|&r| r != me) {
-                comm.send(w, TAG_STOP, &None::<TaskMsg>)?;
+        if closed && empty && inflight.is_empty() && idle.len() + dead.len() == workers {
+            for w in (0..comm.size()).filter(|&r| r != me && !dead.contains(&r)) {
+                // A worker that died meanwhile needs no stop.
+                let _ = comm.send(w, TAG_STOP, &None::<TaskMsg>);
             }
             // Drain kicks sent to ourselves.
             while comm.iprobe(me, TAG_KICK)?.is_some() {
@@ -480,31 +487,40 @@ where
             crate::comm::Source::from(ANY_SOURCE),
             crate::protocol::matching::ANY_TAG,
         )?;
-        let Some(msg) = comm.recv_msg_until(
+        let got = comm.recv_msg_until(
             pat,
             Some(Instant::now() + Duration::from_millis(200)),
             Some(Duration::ZERO),
             false,
-        )?
-        else {
-            // Now and then: did a busy worker die?
-            for (w, ids) in busy.iter_mut() {
-                if let Some(why) = comm.core.peer_gone(comm.members[*w]) {
-                    for id in ids.drain(..) {
-                        if let Some(task) = inflight.remove(&id) {
-                            let item = task.index;
-                            deliver(
-                                task,
-                                Err(Error::TaskFailed {
-                                    item,
-                                    rank: *w,
-                                    message: format!("the worker is gone ({why})"),
-                                }),
-                            );
-                        }
+        )?;
+        // Now and then: did a worker die? Its items fail (naming them); it gets no more.
+        if got.is_none() || last_check.elapsed() >= Duration::from_millis(200) {
+            last_check = Instant::now();
+            for w in 0..comm.size() {
+                if w == me || dead.contains(&w) {
+                    continue;
+                }
+                let Some(why) = comm.core.peer_gone(comm.members[w]) else {
+                    continue;
+                };
+                dead.insert(w);
+                idle.retain(|&i| i != w);
+                for id in busy.remove(&w).unwrap_or_default() {
+                    if let Some(task) = inflight.remove(&id) {
+                        let item = task.index;
+                        deliver(
+                            task,
+                            Err(Error::TaskFailed {
+                                item,
+                                rank: w,
+                                message: format!("the worker is gone ({why})"),
+                            }),
+                        );
                     }
                 }
             }
+        }
+        let Some(msg) = got else {
             continue;
         };
         let (from, tag) = (msg.src as usize, msg.tag);
@@ -529,6 +545,8 @@ where
             deliver(task, r);
         }
         busy.remove(&from);
-        idle.push_back(from);
+        if !dead.contains(&from) {
+            idle.push_back(from);
+        }
     }
 }

@@ -403,6 +403,43 @@ fn shared_state(w: &Comm) -> R {
     Ok(())
 }
 
+/// A Pool whose worker is SIGKILLed in the middle of item 5: that item fails with
+/// `TaskFailed` naming it and the worker, every other item completes.
+fn poolworkerdies(w: &Comm) -> R {
+    let work = |x: u64| -> u64 {
+        if x == 5 {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+            std::thread::sleep(Duration::from_secs(10));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        x * 10
+    };
+    let Some(pool) = ranks::Pool::new(w, 0, work)? else {
+        return Ok(());
+    };
+    let mut failed = Vec::new();
+    for (i, r) in pool.imap((0..20).collect(), Some(1))?.enumerate() {
+        match r {
+            Ok(v) => assert_eq!(v, i as u64 * 10),
+            Err(ranks::Error::TaskFailed {
+                item,
+                rank,
+                message,
+            }) => {
+                println!("pool item {item} failed on rank {rank}: {message}");
+                failed.push(item);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    assert_eq!(failed, vec![5], "only the item the worker died on fails");
+    println!("pool worker death ok");
+    Ok(())
+}
+
 /// Pool: map, imap, imap_unordered, apply_async with callbacks, a panicking task, and
 /// items of very unequal cost.
 fn pool(w: &Comm) -> R {
@@ -493,6 +530,7 @@ fn main() {
         "pipes" => pipes(&w),
         "shared" => shared_state(&w),
         "pool" => pool(&w),
+        "poolworkerdies" => poolworkerdies(&w),
         other => {
             eprintln!("unknown scenario {other:?}");
             std::process::exit(64);
