@@ -13,6 +13,8 @@ pub(crate) mod hybrid;
 pub(crate) mod local;
 #[cfg(feature = "quic")]
 pub mod quic;
+#[cfg(all(test, loom))]
+mod ring_model;
 pub mod shm;
 pub(crate) mod uds;
 

@@ -309,14 +309,14 @@ impl Segment {
     }
 
     /// Take up to `buf.len()` bytes from ring (src, dst). Only `dst` may call this.
-    /// `was_half_full` is set when the ring held more than half its capacity: only then can
-    /// the writer be blocked for room (it writes partial frames, so it waits only when full).
+    /// `took` is set when bytes were taken: then `read_done` looks whether the writer sleeps
+    /// waiting for room (it writes partial frames, so it waits only when the ring is full).
     fn ring_read(
         &self,
         src: usize,
         dst: usize,
         buf: &mut [u8],
-        was_half_full: &AtomicBool,
+        took: &AtomicBool,
     ) -> Result<usize> {
         let (head, tail, data) = self.ring(src, dst);
         let t = tail.load(Relaxed);
@@ -335,9 +335,11 @@ impl Segment {
         if n == 0 {
             return Ok(0);
         }
-        if avail > (self.cap / 2) as u64 {
-            was_half_full.store(true, Relaxed);
-        }
+        // Any read may be what a writer waiting for room needs: the writer may have seen the
+        // ring full before our earlier reads freed room (our view of `head` is a snapshot),
+        // so "the ring was more than half full" is no safe test. The loom model
+        // (`ring_model.rs`) found that such a shortcut loses the wakeup.
+        took.store(true, Relaxed);
         let off = (t as usize) & (self.cap - 1);
         let first = n.min(self.cap - off);
         // SAFETY: both source ranges are inside the ring's data area; the writer published
@@ -531,7 +533,7 @@ pub(crate) struct Shm {
     me: usize,
     cma: bool,
     /// Per peer: our last reads found its ring more than half full (it may wait for room).
-    drained_full: Vec<AtomicBool>,
+    took_some: Vec<AtomicBool>,
     /// Per peer: the last reader position we saw in our ring to it.
     tail_seen: Vec<AtomicU64>,
     /// Testing knob (`RANKS_TEST_REFUSE_PULL=1`): refuse every pull, as a kernel that forbids
@@ -552,7 +554,7 @@ impl Shm {
             seg,
             me: rank,
             cma: cma_available(tuning.cma),
-            drained_full: (0..size).map(|_| AtomicBool::new(false)).collect(),
+            took_some: (0..size).map(|_| AtomicBool::new(false)).collect(),
             tail_seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
             refuse_pull: tuning.refuse_pull,
         })
@@ -589,11 +591,11 @@ impl Transport for Shm {
 
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
         self.seg
-            .ring_read(peer, self.me, buf, &self.drained_full[peer])
+            .ring_read(peer, self.me, buf, &self.took_some[peer])
     }
 
     fn read_done(&self, peer: usize) {
-        if self.drained_full[peer].swap(false, Relaxed) {
+        if self.took_some[peer].swap(false, Relaxed) {
             self.seg.ring_doorbell(peer, false);
         }
     }
