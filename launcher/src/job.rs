@@ -492,7 +492,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         act(actions, &hosts, &mut job);
     }
     let mut last = Vec::new();
-    job.flush(Instant::now(), &mut last);
+    job.flush(&mut last);
     act(last, &hosts, &mut job);
     if let Some(nd) = node {
         nd.finish();

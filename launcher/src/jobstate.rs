@@ -250,13 +250,13 @@ impl Job {
     }
 
     /// A diagnosis still waiting for answers: print what there is (the loop is ending).
-    pub fn flush(&mut self, now: Instant, out: &mut Vec<Action>) {
+    pub fn flush(&mut self, out: &mut Vec<Action>) {
         if let Some(d) = self.diag.take() {
-            Self::print(d, now, out);
+            Self::print(d, out);
         }
     }
 
-    fn print(d: Diagnosis, _now: Instant, out: &mut Vec<Action>) {
+    fn print(d: Diagnosis, out: &mut Vec<Action>) {
         for line in explain(&d.views, ranks::board::now_ms()) {
             out.push(Action::Say(format!("ranks: {line}")));
         }
@@ -491,7 +491,7 @@ impl Job {
             .is_some_and(|d| d.waiting.is_empty() || now >= d.until)
         {
             if let Some(d) = self.diag.take() {
-                Self::print(d, now, out);
+                Self::print(d, out);
             }
         }
         if self.hosts.iter().any(|h| h.remote) {

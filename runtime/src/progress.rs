@@ -4,7 +4,6 @@
 //! makes progress, checks its condition, spins briefly and then sleeps on the transport's
 //! wakeup (futex doorbell or `poll`), so ranks that outnumber cores do not burn them.
 
-use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -118,7 +117,7 @@ pub(crate) enum Watch<'a> {
 /// when its transport has not said so (what it sent before exiting has arrived by then).
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 
-/// How long a peer whose connection closed may wait for its end to appear on the board.
+/// How long a lost peer's error waits for the peer's end to appear on the board.
 const BOARD_GRACE: Duration = Duration::from_millis(200);
 
 /// A record of this thread on the job board, cleared when the wait that wrote it ends.
@@ -149,10 +148,6 @@ pub(crate) struct Core {
     pub host: String,
     /// The host's job board (under the launcher): how ranks ended, what we are blocked in.
     pub board: Option<std::sync::Arc<crate::board::Board>>,
-    /// Per peer: when its transport first said it was gone without the board knowing (µs
-    /// since `epoch`, plus 1; 0: not yet).
-    suspected: Vec<std::sync::atomic::AtomicU64>,
-    epoch: Instant,
 }
 
 impl Core {
@@ -188,10 +183,6 @@ impl Core {
             contexts: crate::context::Contexts::new(),
             host,
             board: None,
-            suspected: (0..size)
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
-            epoch: Instant::now(),
         }
     }
 
@@ -421,7 +412,7 @@ impl Core {
     /// Why world rank `peer` can no longer take part, if it can't: the job board says it
     /// failed (or exited a while ago), or its transport says so.
     pub(crate) fn peer_gone(&self, peer: usize) -> Option<String> {
-        let ended = self.board.as_ref().and_then(|b| b.ended(peer));
+        let ended = self.ended(peer);
         if let Some((how, ago)) = ended {
             if how.failed() || ago >= EXIT_GRACE {
                 return Some(how.to_string());
@@ -478,35 +469,37 @@ impl Core {
             .collect()
     }
 
+    /// How `peer` ended and how long ago, if the board knows.
+    fn ended(&self, peer: usize) -> Option<(crate::board::Ending, Duration)> {
+        self.board.as_ref()?.ended(peer)
+    }
+
+    /// `peer_gone`, or its stream to us broke. (A broken connection can be news before the
+    /// board has the end: `settle` then waits for it, so the error says how the peer ended.)
     fn gone(&self, st: &State, peer: usize) -> Option<String> {
-        // The board knows of an end first (a killed process closes no QUIC connection), and
-        // how it ended; a clean exit counts once what it sent has had time to arrive, unless
-        // the transport says so first.
-        let ended = self.board.as_ref().and_then(|b| b.ended(peer));
-        if let Some((how, _)) = ended.filter(|(how, _)| how.failed()) {
-            return Some(how.to_string());
-        }
-        let lost = st.broken[peer]
-            .clone()
-            .or_else(|| st.proto.write_error(peer).map(str::to_string))
-            .or_else(|| self.t.peer_gone(peer));
-        match (lost, ended) {
-            (Some(_), Some((how, _))) => Some(how.to_string()),
-            // A closed connection can be news before the peer's node recorded the end. Give
-            // the node a moment: the launcher then hears of this end before of any failure
-            // it causes here, and the error can say how the peer ended.
-            (Some(why), None) if self.board.is_some() => {
-                let first = &self.suspected[peer];
-                let now = self.epoch.elapsed().as_micros() as u64 + 1;
-                let since = match first.compare_exchange(0, now, SeqCst, SeqCst) {
-                    Ok(_) => now,
-                    Err(t) => t,
-                };
-                (now - since >= BOARD_GRACE.as_micros() as u64).then_some(why)
+        self.peer_gone(peer).or_else(|| {
+            let why = st.broken[peer]
+                .clone()
+                .or_else(|| st.proto.write_error(peer).map(str::to_string))?;
+            Some(self.ended(peer).map_or(why, |(how, _)| how.to_string()))
+        })
+    }
+
+    /// Look at the board until `found` gives something or `BOARD_GRACE` passes.
+    fn await_board<T>(
+        &self,
+        mut found: impl FnMut(&crate::board::Board) -> Option<T>,
+    ) -> Option<T> {
+        let board = self.board.as_ref()?;
+        let until = Instant::now() + BOARD_GRACE;
+        loop {
+            if let Some(t) = found(board) {
+                return Some(t);
             }
-            (Some(why), None) => Some(why),
-            (None, Some((how, ago))) => (ago >= EXIT_GRACE).then(|| how.to_string()),
-            (None, None) => None,
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -536,24 +529,11 @@ impl Core {
             Watch::Step { members, .. } | Watch::All(members) => members,
             _ => return (rank, detail),
         };
-        let clean = self
-            .board
-            .as_ref()
-            .and_then(|b| b.ended(rank))
-            .is_none_or(|(how, _)| !how.failed());
-        if !clean {
+        if self.ended(rank).is_some_and(|(how, _)| how.failed()) {
             return (rank, detail);
         }
-        let until = Instant::now() + Duration::from_millis(200);
-        loop {
-            if let Some(failed) = self.failed_among(members) {
-                return failed;
-            }
-            if self.board.is_none() || Instant::now() >= until {
-                return (rank, detail);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.await_board(|_| self.failed_among(members))
+            .unwrap_or((rank, detail))
     }
 
     /// `PeerLost`, or `Truncated` when the peer went away in the middle of a frame.
@@ -657,22 +637,10 @@ impl Core {
         let Error::PeerLost { rank, detail } = e else {
             return e;
         };
-        let Some(board) = &self.board else {
-            return Error::PeerLost { rank, detail };
-        };
-        let until = Instant::now() + BOARD_GRACE;
-        loop {
-            if let Some((how, _)) = board.ended(rank) {
-                return Error::PeerLost {
-                    rank,
-                    detail: how.to_string(),
-                };
-            }
-            if Instant::now() >= until {
-                return Error::PeerLost { rank, detail };
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let detail = self
+            .await_board(|b| b.ended(rank).map(|(how, _)| how.to_string()))
+            .unwrap_or(detail);
+        Error::PeerLost { rank, detail }
     }
 
     fn wait_loop_inner<R>(

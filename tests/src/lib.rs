@@ -82,6 +82,33 @@ fn unique_mark() -> String {
     )
 }
 
+static JOBS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Run the jobs of the calling test with no other job of this test binary at the same time
+/// (while the guard lives): for what every launcher does at start, such as removing what
+/// dead jobs left, which another test's launcher would otherwise do first.
+pub fn alone() -> Alone {
+    let guard = JOBS.write().unwrap_or_else(|p| p.into_inner());
+    ALONE.with(|a| a.set(true));
+    Alone { _guard: guard }
+}
+
+thread_local! {
+    /// This thread holds `alone()`: its own jobs need no shared lock.
+    static ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While it lives, only the jobs of the thread holding it run (see [`alone`]).
+pub struct Alone {
+    _guard: std::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE.with(|a| a.set(false));
+    }
+}
+
 /// Run `ranks <args>` with `launcher_args` before the program and `prog_args` after it;
 /// kill it if it runs longer than `limit` (a test failure, not a job timeout).
 pub fn run_job(
@@ -102,6 +129,9 @@ pub fn run_job(
 
 /// Run any command like a job (for launcher error cases).
 pub fn run_command(mut cmd: Command, limit: Duration, mark: String) -> Outcome {
+    // Jobs of this test binary run side by side, except with one that must be alone.
+    let _shared =
+        (!ALONE.with(std::cell::Cell::get)).then(|| JOBS.read().unwrap_or_else(|p| p.into_inner()));
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env_remove("RUST_BACKTRACE");
@@ -191,6 +221,13 @@ pub fn segments_of(launcher_pid: u32) -> Vec<String> {
         }
     }
     out
+}
+
+/// Pid of the launcher (the `ranks` process) of the job with this mark.
+pub fn launcher_of(mark: &str) -> Option<u32> {
+    processes_with_mark(mark)
+        .into_iter()
+        .find(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e.ends_with("ranks")))
 }
 
 /// Pid of the live process of `rank` in the job with this mark.

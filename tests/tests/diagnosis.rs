@@ -86,9 +86,7 @@ fn sigusr1_and_ctrl_c_print_the_table() {
                 }
                 // Let the ranks block first.
                 std::thread::sleep(Duration::from_millis(800));
-                let launcher = processes_with_mark(&mark).into_iter().find(|p| {
-                    std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e.ends_with("ranks"))
-                });
+                let launcher = launcher_of(&mark);
                 if let Some(p) = launcher {
                     let _ = Command::new("kill").args([sig, &p.to_string()]).status();
                 }

@@ -140,9 +140,7 @@ fn sigint_to_the_launcher_stops_everything() {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let launcher = processes_with_mark(&mark).into_iter().find(|p| {
-                std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e.ends_with("ranks"))
-            });
+            let launcher = launcher_of(&mark);
             if let Some(p) = launcher {
                 let _ = Command::new("kill").args(["-INT", &p.to_string()]).status();
             }
@@ -250,6 +248,8 @@ fn stale_segments_of_dead_launchers_are_reaped() {
     let dead = c.id();
     c.wait().unwrap();
     let stale = format!("/dev/shm/ranks-{dead}-deadbeef");
+    // No other test's launcher may reap it first (seen once): this job runs alone.
+    let _alone = alone();
     std::fs::write(&stale, b"left by a crashed job").unwrap();
     let o = run_job(&["-n", "2"], "hello", &[], LIMIT);
     assert_eq!(o.code, 0, "{o:?}");
@@ -406,12 +406,7 @@ fn another_user_check(transport: &str) {
                 wait_for_ranks(&mark, 2, Duration::from_secs(20)),
                 "ranks never started"
             );
-            let launcher = processes_with_mark(&mark)
-                .into_iter()
-                .find(|p| {
-                    std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e.ends_with("ranks"))
-                })
-                .expect("the launcher");
+            let launcher = launcher_of(&mark).expect("the launcher");
             let prefix = format!("ranks-{launcher}-");
             let mut paths: Vec<std::path::PathBuf> = Vec::new();
             for dir in ["/dev/shm".into(), std::env::temp_dir()] {
