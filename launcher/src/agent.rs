@@ -237,7 +237,16 @@ pub fn main() -> u8 {
         node.finish();
         return 1;
     }
-    node.finish();
+    for (rank, trace) in node.finish() {
+        let mut pieces = trace.chunks(crate::proto::TRACE_PIECE).peekable();
+        while let Some(p) = pieces.next() {
+            say(FromAgent::Trace {
+                rank,
+                piece: p.to_vec(),
+                last: pieces.peek().is_none(),
+            });
+        }
+    }
     say(FromAgent::Done);
     linger(&ev_rx);
     0

@@ -1,7 +1,9 @@
 //! Running a job: place the ranks on hosts, start them (here directly, elsewhere through an
 //! agent over ssh), forward their output, and apply the exit rules.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -216,6 +218,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         credentials: credentials.clone(),
         bind: plan.bind.clone(),
         ports: args.ports.clone(),
+        trace: args.trace.is_some(),
     };
 
     let (tx, rx) = mpsc::channel::<Event>();
@@ -388,6 +391,8 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     drop(tx);
 
     let now = Instant::now();
+    // Traces sent by the agents (`--trace`): bytes so far, and whether the last piece came.
+    let mut traces: HashMap<usize, (Vec<u8>, bool)> = HashMap::new();
     let mut job = Job::new(
         hosts
             .iter()
@@ -476,6 +481,12 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                         relay_address(&hosts, node.as_ref(), Some(i), rank, &addr);
                         Input::Tick
                     }
+                    FromAgent::Trace { rank, piece, last } => {
+                        let t = traces.entry(rank).or_default();
+                        t.0.extend_from_slice(&piece);
+                        t.1 = last;
+                        Input::Tick
+                    }
                     FromAgent::Done => Input::HostDone(i),
                     FromAgent::Failed(why) => Input::AgentFailed { host: i, why },
                     FromAgent::Blocked(views) => Input::Report { host: i, views },
@@ -495,7 +506,9 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     job.flush(&mut last);
     act(last, &hosts, &mut job);
     if let Some(nd) = node {
-        nd.finish();
+        for (rank, t) in nd.finish() {
+            traces.insert(rank, (t, true));
+        }
     }
     // Output read after the last exit may still hold an abort line.
     while let Ok(ev) = rx.try_recv() {
@@ -505,7 +518,47 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     }
     close_all(&hosts);
     sig_handle.close();
+    if let Some(path) = &args.trace {
+        write_trace(path, n, traces);
+    }
     Ok(job.exit_code())
+}
+
+/// Merge the ranks' traces (`(bytes, complete)` by rank) into one file at `path`, saying
+/// what was written.
+fn write_trace(path: &std::path::Path, size: usize, traces: HashMap<usize, (Vec<u8>, bool)>) {
+    let mut all = Vec::new();
+    for (rank, (bytes, complete)) in traces {
+        match ranks::trace::RankTrace::decode(&bytes) {
+            Ok(t) if complete => all.push(t),
+            Ok(_) => crate::say!("ranks: the trace of rank {rank} arrived incomplete"),
+            Err(e) => crate::say!("ranks: the trace of rank {rank}: {e}"),
+        }
+    }
+    all.sort_by_key(|t| t.rank);
+    let file = crate::trace::merge(&all, size);
+    let calls = file.trace_events.iter().filter(|e| e.ph == "X").count();
+    let written = serde_json::to_vec(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|json| std::fs::write(path, json).map_err(|e| e.to_string()));
+    match written {
+        Ok(()) => {
+            let mut line = format!(
+                "ranks: trace of {} rank(s), {calls} calls, written to {}",
+                all.len(),
+                path.display()
+            );
+            if !file.other_data.missing.is_empty() {
+                let m: Vec<String> = file.other_data.missing.iter().map(u32::to_string).collect();
+                let _ = write!(line, " (no trace from rank(s) {})", m.join(", "));
+            }
+            crate::say!("{line}");
+        }
+        Err(e) => crate::say!(
+            "ranks: could not write the trace to {}: {e}",
+            path.display()
+        ),
+    }
 }
 
 /// Pass a rank's QUIC address to every host but its own (`from`; `None` here).

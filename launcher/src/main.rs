@@ -7,7 +7,7 @@ mod job;
 mod node;
 mod remote;
 
-pub(crate) use ranks_launcher::{diagnose, hosts, jobstate, proto};
+pub(crate) use ranks_launcher::{diagnose, hosts, jobstate, proto, trace};
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -28,6 +28,15 @@ struct Cli {
 enum Cmd {
     /// Start N copies of PROGRAM, each with its own rank, and wait for them.
     Run(Box<RunArgs>),
+    /// Summarise a trace written by `ranks run --trace FILE`: time in communication per
+    /// rank, traffic per pair, the slowest calls; and draw the traffic as a heatmap (SVG).
+    Report {
+        /// The trace (JSON).
+        file: std::path::PathBuf,
+        /// Where to write the heatmap (default: FILE with the extension `.svg`).
+        #[arg(long, value_name = "OUT")]
+        svg: Option<std::path::PathBuf>,
+    },
     /// Run one host's share of a job (started by `ranks run` over ssh; speaks on stdin and
     /// stdout).
     #[command(hide = true)]
@@ -118,6 +127,11 @@ pub struct RunArgs {
     /// Ports QUIC may use, for firewalls: `LOW-HIGH`.
     #[arg(long, value_name = "LOW-HIGH")]
     pub ports: Option<String>,
+
+    /// Record every rank's calls (sends, receives, waits, collectives, primitives) and write
+    /// them to FILE as one Chrome/Perfetto trace; `ranks report FILE` summarises it.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<std::path::PathBuf>,
 
     /// The program to run (a path, or a name looked up on PATH), then its arguments.
     /// Everything after PROGRAM is the program's, as with mpirun: `ranks run -n 4 ./sim
@@ -226,6 +240,25 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Cmd::Report { file, svg } => match report(&file, svg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                crate::say!("ranks report: {msg}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::Agent => ExitCode::from(agent::main()),
     }
+}
+
+/// `ranks report FILE`: print the summary, write the heatmap.
+fn report(file: &std::path::Path, svg: Option<std::path::PathBuf>) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let r = trace::report(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let svg = svg.unwrap_or_else(|| file.with_extension("svg"));
+    std::fs::write(&svg, r.heatmap_svg()).map_err(|e| format!("writing {}: {e}", svg.display()))?;
+    print!("{}", r.text());
+    println!("\nHeatmap of the traffic: {}", svg.display());
+    Ok(())
 }

@@ -108,6 +108,8 @@ struct Resources {
     segment: Option<Arc<Segment>>,
     board: Option<Arc<Board>>,
     dir: Option<PathBuf>,
+    /// Where the ranks write their traces (`--trace`).
+    trace_dir: Option<PathBuf>,
     /// File-name prefix of everything the ranks may create in /dev/shm.
     shm_prefix: String,
 }
@@ -127,13 +129,18 @@ impl Drop for Resources {
                 }
             }
         }
-        if let Some(d) = self.dir.take() {
+        for d in [self.dir.take(), self.trace_dir.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = std::fs::remove_dir_all(d);
         }
     }
 }
 
 pub struct Node {
+    /// The world ranks this host runs.
+    ranks: Vec<usize>,
     /// `(rank, pid, running)` of every rank started here.
     procs: Arc<Mutex<Vec<(usize, u32, bool)>>>,
     waiters: Vec<JoinHandle<()>>,
@@ -166,6 +173,7 @@ impl Node {
             segment: None,
             board: None,
             dir: None,
+            trace_dir: None,
             shm_prefix: format!("ranks-{local_id}"),
         };
         let mut place = Placement {
@@ -220,6 +228,14 @@ impl Node {
         if spec.transport == TransportKind::Hybrid {
             place.hosts = Some(spec.hosts.clone());
         }
+        if spec.trace {
+            let dir = std::env::temp_dir().join(format!("ranks-{local_id}-trace"));
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            res.trace_dir = Some(dir);
+        }
 
         let procs = Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
@@ -235,6 +251,9 @@ impl Node {
                 .process_group(0);
             for (k, v) in &spec.env {
                 cmd.env(k, v);
+            }
+            if let Some(dir) = &res.trace_dir {
+                cmd.env(ranks::config::env::TRACE, trace_file(dir, rank));
             }
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
@@ -320,6 +339,7 @@ impl Node {
             _ => None,
         };
         Ok(Node {
+            ranks: spec.ranks.clone(),
             procs,
             waiters,
             forwarders,
@@ -383,7 +403,8 @@ impl Node {
 
     /// After every rank exited: collect the threads, forward what output is left (a stray
     /// descendant holding a pipe open does not keep us waiting more than 2 s), clean up.
-    pub fn finish(self) {
+    /// Returns the traces the ranks wrote (`--trace`): `(rank, encoded RankTrace)`.
+    pub fn finish(self) -> Vec<(usize, Vec<u8>)> {
         self.stop_watch
             .store(true, std::sync::atomic::Ordering::SeqCst);
         for w in self.waiters {
@@ -401,8 +422,21 @@ impl Node {
                 let _ = f.join();
             }
         }
+        let mut traces = Vec::new();
+        if let Some(dir) = &self.res.trace_dir {
+            for &rank in &self.ranks {
+                if let Ok(bytes) = std::fs::read(trace_file(dir, rank)) {
+                    traces.push((rank, bytes));
+                }
+            }
+        }
         drop(self.res);
+        traces
     }
+}
+
+fn trace_file(dir: &Path, rank: usize) -> PathBuf {
+    dir.join(format!("r{rank}.trace"))
 }
 
 /// Report each local rank's address file once it appears.

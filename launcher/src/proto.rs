@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 
 /// Largest frame either side accepts (a rank's output line is at most 64 KiB).
 const MAX_FRAME: usize = 16 << 20;
+/// Largest piece of a trace in one `FromAgent::Trace` message.
+pub const TRACE_PIECE: usize = 8 << 20;
 /// First bytes an agent writes, so the launcher can tell it from a login banner or a shell
 /// complaining that the program is missing.
-pub const HELLO: &[u8; 8] = b"ranks/a2";
+pub const HELLO: &[u8; 8] = b"ranks/a3";
 
 /// Everything an agent needs to run its share of the job.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct NodeSpec {
     pub bind: Bind,
     /// `LOW-HIGH` ports for QUIC, if restricted.
     pub ports: Option<String>,
+    /// Ranks record a trace (`--trace`), sent back with `FromAgent::Trace` at the end.
+    pub trace: bool,
 }
 
 /// The address QUIC endpoints of a host bind to.
@@ -106,7 +110,14 @@ pub enum FromAgent {
     },
     /// What each rank of this host is blocked in (answer to `Report`).
     Blocked(Vec<(usize, crate::diagnose::View)>),
-    /// Every rank has exited and its output was sent.
+    /// A piece of the trace a rank recorded (`--trace`): pieces of one rank come in order,
+    /// `last` on the final one.
+    Trace {
+        rank: usize,
+        piece: Vec<u8>,
+        last: bool,
+    },
+    /// Every rank has exited and its output (and trace) was sent.
     Done,
     /// The agent is alive.
     Pong,

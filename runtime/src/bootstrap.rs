@@ -42,6 +42,13 @@ fn die_with_launcher(launcher: Option<u32>) {
 pub(crate) fn world_from_env() -> Result<Comm> {
     let cfg = Config::global()?;
     init_logging(cfg.log.as_deref());
+    if let Some(path) = &cfg.trace {
+        let (rank, host) = cfg
+            .placement
+            .as_ref()
+            .map_or_else(|| (0, local_host()), |p| (p.rank, host_of(p)));
+        crate::trace::start(path.clone(), rank, host);
+    }
     let Some(place) = &cfg.placement else {
         let tuning = Tuning::resolve(&cfg.tuning, 1, false);
         let core = Core::new(0, 1, Box::new(Local::default()), tuning, local_host());

@@ -111,12 +111,15 @@ impl Comm {
 
     /// The note of collective call `op` number `seq` (for the thread that runs it).
     fn noting(&self, op: &'static str, seq: u32, root: Option<usize>) -> crate::diag::CallGuard {
-        crate::diag::call(crate::diag::Call {
-            op,
-            comm: self.ctx,
-            seq: u64::from(seq),
-            root,
-        })
+        crate::diag::call(
+            crate::diag::Call {
+                op,
+                comm: self.ctx,
+                seq: u64::from(seq),
+                root,
+            },
+            crate::trace::Cat::Coll,
+        )
     }
 
     fn check_root(&self, root: usize) -> Result<()> {

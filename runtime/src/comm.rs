@@ -343,6 +343,7 @@ impl Comm {
     pub fn probe(&self, source: impl Into<Source>, tag: i32) -> Result<Status> {
         let pat = self.pattern(self.ctx, source.into(), tag)?;
         let _doing = self.doing("probe", &pat);
+        let _trace = self.trace_pat("probe", &pat);
         self.core.wait_for(self.watch_for(&pat), |_, st| {
             Ok(st.proto.peek(pat).map(status_of))
         })

@@ -55,6 +55,8 @@ pub mod env {
     pub const TEST_REFUSE_PULL: &str = "RANKS_TEST_REFUSE_PULL";
     /// A `tracing` filter (`debug`, `ranks=trace`, ...): logging to stderr.
     pub const LOG: &str = "RANKS_LOG";
+    /// File a rank writes its trace to when it exits (`ranks run --trace`).
+    pub const TRACE: &str = "RANKS_TRACE";
     /// Launcher: milliseconds between SIGTERM and SIGKILL when a job is stopped.
     pub const KILL_GRACE_MS: &str = "RANKS_KILL_GRACE_MS";
 }
@@ -286,6 +288,8 @@ pub struct Config {
     pub log: Option<String>,
     /// `RANKS_KILL_GRACE_MS` (the launcher's).
     pub kill_grace: Duration,
+    /// `RANKS_TRACE`: record a trace and write it there at exit.
+    pub trace: Option<PathBuf>,
 }
 
 impl Config {
@@ -336,6 +340,9 @@ impl Config {
             tuning,
             log: get(env::LOG),
             kill_grace: Duration::from_millis(num(env::KILL_GRACE_MS, 1000)?),
+            trace: get(env::TRACE)
+                .filter(|p| !p.trim().is_empty())
+                .map(PathBuf::from),
         })
     }
 }

@@ -51,18 +51,26 @@ pub(crate) fn step(step: Step) -> StepGuard {
     StepGuard(STEP.with(|s| s.replace(Some(step))))
 }
 
-/// Restores the previous call when dropped.
-pub(crate) struct CallGuard(Option<Call>);
+/// Restores the previous call when dropped (and ends its trace event, if tracing).
+pub(crate) struct CallGuard {
+    prev: Option<Call>,
+    /// Ends the call's trace event when the guard drops.
+    _span: Option<crate::trace::Span>,
+}
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        CALL.with(|c| c.set(self.0));
+        CALL.with(|c| c.set(self.prev));
     }
 }
 
-/// Note the collective or primitive call this thread is in until the guard drops.
-pub(crate) fn call(call: Call) -> CallGuard {
-    CallGuard(CALL.with(|c| c.replace(Some(call))))
+/// Note the collective or primitive (`cat`) call this thread is in until the guard drops.
+pub(crate) fn call(call: Call, cat: crate::trace::Cat) -> CallGuard {
+    let span = crate::trace::span(call.op, cat, call.comm, call.root, None, 0);
+    CallGuard {
+        prev: CALL.with(|c| c.replace(Some(call))),
+        _span: span,
+    }
 }
 
 /// What this thread is blocked in, if it noted anything.
@@ -119,12 +127,15 @@ mod tests {
     fn guards_nest_and_restore() {
         assert!(current().is_none());
         {
-            let _c = call(Call {
-                op: "barrier",
-                comm: 2,
-                seq: 7,
-                root: None,
-            });
+            let _c = call(
+                Call {
+                    op: "barrier",
+                    comm: 2,
+                    seq: 7,
+                    root: None,
+                },
+                crate::trace::Cat::Coll,
+            );
             {
                 let _s = step(Step {
                     op: "recv",

@@ -16,6 +16,7 @@
 //!
 //! A program started without the launcher gets a world of size 1.
 
+mod at_exit;
 #[doc(hidden)]
 pub mod board;
 mod bootstrap;
@@ -34,6 +35,8 @@ pub mod primitives;
 mod progress;
 mod protocol;
 mod request;
+#[doc(hidden)]
+pub mod trace;
 pub mod transport;
 pub mod wire;
 

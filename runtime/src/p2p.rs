@@ -17,6 +17,7 @@ use crate::progress::{Core, FromStream, Watch};
 use crate::protocol::matching::{Body, Msg, Pattern, RecvId};
 use crate::protocol::{PullJob, Route, RvBuf, SendId, Taken, Want};
 use crate::request::{ReqState, Request};
+use crate::trace::{self, Cat};
 use crate::wire::{Encoding, Header, HEADER_LEN};
 
 impl Comm {
@@ -38,6 +39,7 @@ impl Comm {
     ) -> Result<()> {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
+        let _trace = trace::span("send", Cat::P2p, ctx, Some(peer), Some(tag), payload.len());
         let h = self.data_header(ctx, tag, payload.len(), enc, typecode);
         let core = &*self.core;
         // Errors leave the lock first: `settle` may wait a moment for the job board.
@@ -110,6 +112,7 @@ impl Comm {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
         let len = buf.len() - HEADER_LEN;
+        let _trace = trace::span("isend", Cat::P2p, ctx, Some(peer), Some(tag), len);
         let h = self.data_header(ctx, tag, len, enc, typecode);
         let core = &*self.core;
         let mut st = core.lock();
@@ -147,6 +150,7 @@ impl Comm {
     ) -> Result<Request<'a, ()>> {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
+        let _trace = trace::span("isend", Cat::P2p, ctx, Some(peer), Some(tag), payload.len());
         let core = &*self.core;
         let h = self.data_header(ctx, tag, payload.len(), enc, typecode);
         let mut st = core.lock();
@@ -193,6 +197,16 @@ impl Comm {
         })
     }
 
+    /// Record a call on messages matching `pat` in the trace (see `crate::trace`).
+    pub(crate) fn trace_pat(&self, op: &'static str, pat: &Pattern) -> Option<trace::Span> {
+        if !trace::on() {
+            return None;
+        }
+        let peer = usize::try_from(pat.src).ok().map(|s| self.members[s]);
+        let tag = (pat.tag != crate::protocol::matching::ANY_TAG).then_some(pat.tag);
+        trace::span(op, Cat::P2p, pat.ctx, peer, tag, 0)
+    }
+
     /// Wait until receive `id` has something: its message, or (`direct`) a pull to make.
     /// A failed wait withdraws the receive.
     pub(crate) fn wait_taken(&self, id: RecvId, watch: Watch<'_>, direct: bool) -> Result<Taken> {
@@ -209,14 +223,23 @@ impl Comm {
     /// back as a pull for the caller to make into its own buffer).
     pub(crate) fn recv_taken(&self, pat: Pattern, direct: bool) -> Result<Taken> {
         let want = if direct { Want::Now } else { Want::Bytes };
-        match self.post(pat, want) {
+        let mut trace = self.trace_pat("recv", &pat);
+        let r = match self.post(pat, want) {
             ReqState::Matched(t) => Ok(t),
             ReqState::Recv { id, pat } => {
                 let _doing = self.doing("recv", &pat);
                 self.wait_taken(id, self.watch_for(&pat), direct)
             }
             _ => unreachable!("post yields a receive state"),
+        };
+        if let (Some(span), Ok(t)) = (&mut trace, &r) {
+            let st = status_of(t.msg());
+            if let Some(&w) = self.members.get(st.source) {
+                span.set_peer(w);
+            }
+            span.set_bytes(st.len);
         }
+        r
     }
 
     /// Receive the next message matching `pat`, with its bytes here, or `None` once
@@ -229,6 +252,7 @@ impl Comm {
         spin_cap: Option<std::time::Duration>,
         watch: bool,
     ) -> Result<Option<Msg>> {
+        let _trace = self.trace_pat("recv", &pat);
         let id = match self.post(pat, Want::Bytes) {
             ReqState::Matched(Taken::Msg(m)) => return Ok(Some(m)),
             ReqState::Recv { id, .. } => id,
@@ -294,6 +318,7 @@ impl Comm {
         };
         let ready = || core.t.available(peer).is_some_and(|n| n >= HEADER_LEN);
         let _doing = self.doing("recv", &pat);
+        let _trace = self.trace_pat("recv", &pat);
         let r = core.wait_checking_first(self.watch_peer(pat.ctx, peer), &ready, |core, st| {
             if let Some(id) = posted {
                 return Ok(st.proto.take(id, true).map(Err));

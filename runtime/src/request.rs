@@ -135,6 +135,22 @@ impl<'a, T> Request<'a, T> {
             })),
             _ => None,
         };
+        let _trace = match &self.state {
+            ReqState::Recv { pat, .. } => comm.trace_pat("wait", pat),
+            ReqState::Send {
+                id: SendId::Frame { peer, .. } | SendId::Rendezvous { peer, .. },
+                ctx,
+                data,
+            } => crate::trace::span(
+                "wait",
+                crate::trace::Cat::P2p,
+                *ctx,
+                Some(*peer),
+                None,
+                data.len(),
+            ),
+            _ => None,
+        };
         let recv = match self.state {
             ReqState::Recv { id, .. } => Some(id),
             _ => None,

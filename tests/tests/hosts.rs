@@ -569,3 +569,47 @@ fn a_deadlock_across_hosts_is_explained() {
     );
     assert_clean(&o);
 }
+
+/// `--trace` across hosts: each agent sends its ranks' records back; every rank is a track
+/// named with its host.
+#[test]
+#[ignore = "needs the test hosts ranks-h1..ranks-h4 (sudo bash .ci/netns-hosts.sh up 4); run with -- --include-ignored"]
+fn a_trace_gathers_every_host() {
+    if !hosts_ready() {
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("hosts-trace-{}.json", std::process::id()));
+    let o = run_job(
+        &[
+            "-n",
+            "4",
+            "--host",
+            "ranks-h1:2,ranks-h2:2",
+            "--trace",
+            path.to_str().unwrap(),
+        ],
+        "ranks-testjob",
+        &["traced"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_clean(&o);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let t: ranks_launcher::trace::TraceFile = serde_json::from_str(&text).unwrap();
+    assert!(t.other_data.missing.is_empty(), "{:?}", t.other_data);
+    for (r, host) in [
+        (0, "ranks-h1"),
+        (1, "ranks-h1"),
+        (2, "ranks-h2"),
+        (3, "ranks-h2"),
+    ] {
+        assert_eq!(t.other_data.hosts.get(&r).map(String::as_str), Some(host));
+        let sends = t
+            .trace_events
+            .iter()
+            .filter(|e| e.pid == r && e.name == "send" && e.args.tag == Some(5))
+            .count();
+        assert_eq!(sends, 1, "rank {r}");
+    }
+}

@@ -392,12 +392,15 @@ impl Handle {
     /// Send a request and wait for the answer (at most `timeout`, after which the request is
     /// withdrawn: the answer is then `Reply::Timeout` unless it was granted meanwhile).
     pub(crate) fn call(&self, op: u8, data: Vec<u8>, timeout: Option<Duration>) -> Result<Reply> {
-        let _call = crate::diag::call(crate::diag::Call {
-            op: call_name(self.kind, op),
-            comm: (self.obj >> 32) as u32,
-            seq: self.obj & 0xffff_ffff,
-            root: Some(self.owner),
-        });
+        let _call = crate::diag::call(
+            crate::diag::Call {
+                op: call_name(self.kind, op),
+                comm: (self.obj >> 32) as u32,
+                seq: self.obj & 0xffff_ffff,
+                root: Some(self.owner),
+            },
+            crate::trace::Cat::Prim,
+        );
         let id = NEXT_REQ.fetch_add(1, Ordering::Relaxed);
         self.send(op, id, data)?;
         let pat = self

@@ -427,11 +427,7 @@ impl Quic {
             drop(conn);
         }
         if EXIT.set(exit).is_ok() {
-            // SAFETY: `flush_at_exit` is a plain `extern "C" fn()` that only touches the
-            // process-wide `EXIT` state; registering it has no other preconditions.
-            unsafe {
-                libc::atexit(flush_at_exit);
-            }
+            crate::at_exit::add(flush_at_exit);
         }
         Ok(Quic {
             peers,
@@ -464,7 +460,7 @@ struct ExitFlush {
 
 static EXIT: std::sync::OnceLock<Arc<ExitFlush>> = std::sync::OnceLock::new();
 
-extern "C" fn flush_at_exit() {
+fn flush_at_exit() {
     let Some(exit) = EXIT.get() else { return };
     let _ = exit.exiting.send(true);
     let deadline = Instant::now() + Duration::from_secs(3);

@@ -846,6 +846,39 @@ fn forge(w: &Comm) -> R {
     w.barrier()
 }
 
+/// Calls with known shapes for `--trace`: each rank sends 1000 x (rank + 1) bytes to the
+/// next (tag 5); the others send rank 0 a value it takes by any-source (tag 9); everyone takes
+/// a `Lock` owned by rank 0; the last rank sleeps 300 ms before a barrier. With `kill`, rank 1
+/// SIGKILLs itself before the barrier.
+fn traced(w: &Comm) -> R {
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    let mine = vec![me as u8; 1000 * (me + 1)];
+    let r = w.irecv_vec::<u8>(prev, 5)?;
+    w.send_slice(next, 5, &mine)?;
+    let (got, _) = r.wait()?;
+    assert_eq!(got.len(), 1000 * (prev + 1));
+    if me == 0 {
+        for _ in 1..n {
+            w.recv::<u64>(ANY_SOURCE, 9)?;
+        }
+    } else {
+        w.send(0, 9, &(me as u64))?;
+    }
+    let lock = ranks::Lock::new(w, 0)?;
+    drop(lock.acquire()?);
+    if std::env::args().nth(2).as_deref() == Some("kill") && me == 1 {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+    if me == n - 1 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    w.barrier()?;
+    println!("traced ok");
+    Ok(())
+}
+
 fn main() {
     let scenario = std::env::args().nth(1).unwrap_or_default();
     let w = match ranks::init() {
@@ -881,6 +914,7 @@ fn main() {
         "singleton" => singleton(&w),
         "forge" => forge(&w),
         "where" => where_(&w),
+        "traced" => traced(&w),
         other => {
             eprintln!("unknown scenario {other:?}");
             std::process::exit(64);
