@@ -204,6 +204,18 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         .map(|d| d.display().to_string())
         .unwrap_or_default();
     let prog_args = to_strings(args.args())?;
+    let bars = Arc::new(crate::output::Bars::new(match args.progress {
+        crate::Progress::Auto => {
+            use std::io::IsTerminal;
+            std::io::stderr().is_terminal().then_some(true)
+        }
+        crate::Progress::Always => Some(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        crate::Progress::Never => None,
+    }));
+    let mut env = plan.extra_env.clone();
+    if bars.on() {
+        env.push((ranks::config::env::PROGRESS.to_string(), "1".to_string()));
+    }
     let spec_for = |i: usize| NodeSpec {
         job: id.clone(),
         host_index: i as u32,
@@ -212,7 +224,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         hosts: plan.host_of.clone(),
         program: plan.program.clone(),
         args: prog_args.clone(),
-        env: plan.extra_env.clone(),
+        env: env.clone(),
         cwd: cwd.clone(),
         transport: plan.transport,
         credentials: credentials.clone(),
@@ -348,6 +360,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
 
     // This host's ranks.
     let mut node: Option<Node> = None;
+    let tails = Arc::new(crate::output::Tails::default());
     let local_host = hosts.iter().position(|h| h.remote.is_none());
     if let Some(i) = local_host {
         let spec = spec_for(i);
@@ -365,10 +378,18 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                 }
             });
             let tag = args.tag_output;
+            let tails = tails.clone();
+            let bars = bars.clone();
             let sink = Arc::new(move |rank: usize, err: bool, line: &[u8]| {
-                if let Some(code) = err.then(|| parse_abort_line(rank, line)).flatten() {
-                    let tx = aborts.lock().unwrap_or_else(|p| p.into_inner());
-                    let _ = tx.send(Event::Aborted(code));
+                if err {
+                    if bars.take(rank, line) {
+                        return;
+                    }
+                    if let Some(code) = parse_abort_line(rank, line) {
+                        let tx = aborts.lock().unwrap_or_else(|p| p.into_inner());
+                        let _ = tx.send(Event::Aborted(code));
+                    }
+                    tails.note(rank, line);
                 }
                 print_line(rank, err, tag, line)
             });
@@ -470,8 +491,14 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                 let heard = job.on(Input::Heard(i), Instant::now());
                 act(heard, &hosts, &mut job);
                 match m {
+                    FromAgent::Output { rank, err, line } if err && bars.take(rank, &line) => {
+                        Input::Tick
+                    }
                     FromAgent::Output { rank, err, line } => {
                         let abort = err.then(|| parse_abort_line(rank, &line)).flatten();
+                        if err {
+                            tails.note(rank, &line);
+                        }
                         print_line(rank, err, args.tag_output, &line);
                         abort.map_or(Input::Tick, Input::Aborted)
                     }
@@ -518,6 +545,10 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     }
     close_all(&hosts);
     sig_handle.close();
+    // The cause of a failed job, again, with its rank: it may be far up in the output.
+    if let Some(rank) = job.cause() {
+        tails.show(rank);
+    }
     if let Some(path) = &args.trace {
         write_trace(path, n, traces);
     }

@@ -249,6 +249,14 @@ impl Job {
         }
     }
 
+    /// The rank whose failure decided the exit code, if one did.
+    pub fn cause(&self) -> Option<usize> {
+        if self.aborted.is_some() || self.host_lost {
+            return None;
+        }
+        self.failures.first().map(|f| f.0)
+    }
+
     /// A diagnosis still waiting for answers: print what there is (the loop is ending).
     pub fn flush(&mut self, out: &mut Vec<Action>) {
         if let Some(d) = self.diag.take() {
@@ -642,6 +650,24 @@ mod tests {
             );
         }
         assert_eq!(j.exit_code(), 3);
+        assert_eq!(j.cause(), Some(1), "rank 1's failure is the cause");
+    }
+
+    #[test]
+    fn a_clean_or_stopped_job_has_no_failing_rank_to_show() {
+        let (mut j, now) = one_host(2, false, None);
+        j.on(Input::Signal(2), now);
+        for r in 0..2 {
+            j.on(
+                Input::Exited {
+                    rank: r,
+                    status: Status::Signal(15),
+                },
+                now,
+            );
+        }
+        assert_eq!(j.exit_code(), 130);
+        assert_eq!(j.cause(), None);
     }
 
     #[test]

@@ -67,6 +67,13 @@ impl TransportKind {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    Auto,
+    Always,
+    Never,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Number of ranks to start.
@@ -127,6 +134,11 @@ pub struct RunArgs {
     /// Ports QUIC may use, for firewalls: `LOW-HIGH`.
     #[arg(long, value_name = "LOW-HIGH")]
     pub ports: Option<String>,
+
+    /// Draw the progress of `Pool::map` and `imap` on this terminal: auto (when stderr is a
+    /// terminal), always (as plain lines when it is not), never.
+    #[arg(long, value_enum, default_value = "auto", value_name = "WHEN")]
+    pub progress: Progress,
 
     /// Record every rank's calls (sends, receives, waits, collectives, primitives) and write
     /// them to FILE as one Chrome/Perfetto trace; `ranks report FILE` summarises it.

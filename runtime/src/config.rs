@@ -55,6 +55,8 @@ pub mod env {
     pub const TEST_REFUSE_PULL: &str = "RANKS_TEST_REFUSE_PULL";
     /// A `tracing` filter (`debug`, `ranks=trace`, ...): logging to stderr.
     pub const LOG: &str = "RANKS_LOG";
+    /// `1`: report the progress of `Pool::map` and `imap` to the launcher (`--progress`).
+    pub const PROGRESS: &str = "RANKS_PROGRESS";
     /// File a rank writes its trace to when it exits (`ranks run --trace`).
     pub const TRACE: &str = "RANKS_TRACE";
     /// Launcher: milliseconds between SIGTERM and SIGKILL when a job is stopped.
@@ -290,6 +292,8 @@ pub struct Config {
     pub kill_grace: Duration,
     /// `RANKS_TRACE`: record a trace and write it there at exit.
     pub trace: Option<PathBuf>,
+    /// `RANKS_PROGRESS=1`: report pools' progress to the launcher.
+    pub progress: bool,
 }
 
 impl Config {
@@ -340,6 +344,7 @@ impl Config {
             tuning,
             log: get(env::LOG),
             kill_grace: Duration::from_millis(num(env::KILL_GRACE_MS, 1000)?),
+            progress: flag(env::PROGRESS, "1"),
             trace: get(env::TRACE)
                 .filter(|p| !p.trim().is_empty())
                 .map(PathBuf::from),
@@ -351,6 +356,24 @@ impl Config {
 /// the job's exit code.
 pub fn abort_line(rank: usize, code: i32) -> String {
     format!("ranks: rank {rank} called abort({code})")
+}
+
+/// The line a rank writes on stderr to report the progress of a pool's batch `id`; the
+/// launcher draws it as a progress bar instead of printing it.
+pub fn progress_line(rank: usize, id: u64, done: usize, total: usize, label: &str) -> String {
+    format!("ranks: rank {rank} progress {id} {done}/{total} {label}")
+}
+
+/// A progress line written by `rank`: `(id, done, total, label)`.
+pub fn parse_progress_line(rank: usize, line: &[u8]) -> Option<(u64, usize, usize, String)> {
+    let line = std::str::from_utf8(line).ok()?.trim_end();
+    let rest = line.strip_prefix(&format!("ranks: rank {rank} progress "))?;
+    let mut it = rest.splitn(3, ' ');
+    let id = it.next()?.parse().ok()?;
+    let (done, total) = it.next()?.split_once('/')?;
+    let (done, total) = (done.parse().ok()?, total.parse().ok()?);
+    let label = it.next().unwrap_or("").to_string();
+    (done <= total).then_some((id, done, total, label))
 }
 
 /// The code of an abort line written by `rank` (`line` with or without its newline).
@@ -404,6 +427,25 @@ pub fn port_range(s: &str) -> Option<(u16, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_lines_read_back_only_from_their_rank() {
+        let l = progress_line(3, 7, 40, 100, "Pool.map");
+        assert_eq!(
+            parse_progress_line(3, l.as_bytes()),
+            Some((7, 40, 100, "Pool.map".to_string()))
+        );
+        assert_eq!(parse_progress_line(2, l.as_bytes()), None);
+        assert_eq!(
+            parse_progress_line(3, b"ranks: rank 3 progress 7 101/100 x"),
+            None
+        );
+        assert_eq!(
+            parse_progress_line(3, b"ranks: rank 3 progress x 1/2 y"),
+            None
+        );
+        assert_eq!(parse_progress_line(3, b"progress 7 1/2"), None);
+    }
     use std::collections::HashMap;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config> {

@@ -97,6 +97,42 @@ fn a_panicking_rank_stops_the_job_with_its_code() {
     check_failure("panic", 101, "exited with code 101 (a Rust panic)");
 }
 
+/// The failing rank's last stderr lines are shown again at the end, with its rank, so the
+/// cause is not lost far up in the output.
+#[test]
+fn the_failing_rank_s_last_stderr_lines_close_the_output() {
+    let o = run_job(
+        &["-n", "3"],
+        "ranks-testjob",
+        &["fail", "panic", "1"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 101, "{o:?}");
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("ranks: the last ") && l.ends_with("rank 1 wrote to stderr:"))
+        .unwrap_or_else(|| panic!("no tail of rank 1: {o:?}"));
+    let tail = &lines[at + 1..];
+    assert!(
+        !tail.is_empty() && tail.iter().all(|l| l.starts_with("[1] ")),
+        "{o:?}"
+    );
+    assert!(
+        tail.iter().any(|l| l.contains("rank 1 panics on purpose")),
+        "{o:?}"
+    );
+    // A rank killed without a word has no tail to show.
+    let o = run_job(
+        &["-n", "3"],
+        "ranks-testjob",
+        &["fail", "sigkill", "1"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 137, "{o:?}");
+    assert!(!o.stderr.contains("wrote to stderr"), "{o:?}");
+}
+
 #[test]
 fn a_rank_exiting_3_makes_the_job_exit_3() {
     check_failure("exit3", 3, "exited with code 3");

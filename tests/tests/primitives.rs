@@ -202,3 +202,46 @@ fn a_pool_whose_worker_dies_fails_that_item_and_finishes_the_rest() {
         assert_clean(&o);
     }
 }
+
+/// `--progress always` with stderr not a terminal: plain lines at every tenth, never the
+/// ranks' own progress lines; `auto` (not a terminal here) and `never`: nothing.
+#[test]
+fn pool_progress_is_shown_on_request() {
+    let o = run_job(
+        &["-n", "3", "--progress", "always"],
+        "ranks-testprim",
+        &["poolprogress"],
+        LIMIT,
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("pool progress ok"), "{o:?}");
+    let map: Vec<&str> = o
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("ranks: rank 0 Pool.map: "))
+        .collect();
+    assert!(map.len() >= 2, "a line at several tenths: {o:?}");
+    assert_eq!(
+        map.last().copied(),
+        Some("ranks: rank 0 Pool.map: 60/60 (100%)")
+    );
+    assert!(
+        o.stderr.contains("ranks: rank 0 Pool.imap: 10/10 (100%)"),
+        "{o:?}"
+    );
+    assert!(
+        !o.stderr.contains(" progress "),
+        "raw progress lines leaked: {o:?}"
+    );
+    assert_clean(&o);
+    for mode in ["auto", "never"] {
+        let o = run_job(
+            &["-n", "3", "--progress", mode],
+            "ranks-testprim",
+            &["poolprogress"],
+            LIMIT,
+        );
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(!o.stderr.contains("Pool.map"), "{mode}: {o:?}");
+    }
+}

@@ -39,6 +39,49 @@ pub type ErrorCallback = Box<dyn FnMut(&Error) + Send>;
 struct Batch<O> {
     state: Mutex<BatchState<O>>,
     done: Condvar,
+    progress: Option<Progress>,
+}
+
+/// Tells the launcher how far a batch got (`ranks run --progress`): a line on stderr that
+/// the launcher draws as a progress bar, at most every 100 ms and once at the end.
+struct Progress {
+    rank: usize,
+    id: u64,
+    label: &'static str,
+    total: usize,
+    last: Mutex<Option<std::time::Instant>>,
+}
+
+impl Progress {
+    /// Progress reports for a batch of `total` items, if the launcher asked for them.
+    fn new(rank: usize, label: &'static str, total: usize) -> Option<Progress> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let on = crate::config::Config::global().is_ok_and(|c| c.progress);
+        (on && total > 0).then(|| Progress {
+            rank,
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            label,
+            total,
+            last: Mutex::new(None),
+        })
+    }
+
+    fn report(&self, done: usize) {
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(100));
+            if !(due || done == self.total) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let mut line =
+            crate::config::progress_line(self.rank, self.id, done, self.total, self.label);
+        line.push('\n');
+        use std::io::Write;
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
 }
 
 struct BatchState<O> {
@@ -49,7 +92,10 @@ struct BatchState<O> {
 }
 
 impl<O> Batch<O> {
-    fn new(n: usize) -> Arc<Batch<O>> {
+    fn new(n: usize, progress: Option<Progress>) -> Arc<Batch<O>> {
+        if let Some(p) = &progress {
+            p.report(0);
+        }
         Arc::new(Batch {
             state: Mutex::new(BatchState {
                 slots: (0..n).map(|_| None).collect(),
@@ -57,6 +103,7 @@ impl<O> Batch<O> {
                 remaining: n,
             }),
             done: Condvar::new(),
+            progress,
         })
     }
 
@@ -78,6 +125,9 @@ impl<O> Batch<O> {
             st.slots[i] = Some(r);
             st.order.push_back(i);
             st.remaining -= 1;
+            if let Some(p) = &self.progress {
+                p.report(st.slots.len() - st.remaining);
+            }
         }
         self.done.notify_all();
     }
@@ -185,9 +235,11 @@ where
         chunksize: Option<usize>,
         callback: Option<Callback<O>>,
         on_error: Option<ErrorCallback>,
+        label: Option<&'static str>,
     ) -> Result<Arc<Batch<O>>> {
         let n = items.len();
-        let batch = Batch::new(n);
+        let progress = label.and_then(|l| Progress::new(self.comm.world_rank(), l, n));
+        let batch = Batch::new(n, progress);
         let chunk = chunksize
             .unwrap_or_else(|| n.div_ceil(4 * self.workers.max(1)))
             .max(1);
@@ -230,7 +282,7 @@ where
 
     /// `map` with an explicit number of items per task message.
     pub fn map_chunked(&self, items: Vec<I>, chunksize: Option<usize>) -> Result<Vec<O>> {
-        let batch = self.submit(items, chunksize, None, None)?;
+        let batch = self.submit(items, chunksize, None, None, Some("Pool.map"))?;
         let mut st = batch.lock();
         while st.remaining > 0 {
             st = batch.wait(st);
@@ -253,7 +305,7 @@ where
         chunksize: Option<usize>,
     ) -> Result<impl Iterator<Item = Result<O>>> {
         let n = items.len();
-        let batch = self.submit(items, chunksize, None, None)?;
+        let batch = self.submit(items, chunksize, None, None, Some("Pool.imap"))?;
         Ok((0..n).map(move |i| {
             let mut st = batch.lock();
             while st.slots[i].is_none() {
@@ -270,7 +322,7 @@ where
         chunksize: Option<usize>,
     ) -> Result<impl Iterator<Item = Result<O>>> {
         let n = items.len();
-        let batch = self.submit(items, chunksize, None, None)?;
+        let batch = self.submit(items, chunksize, None, None, Some("Pool.imap_unordered"))?;
         Ok((0..n).map(move |_| {
             let mut st = batch.lock();
             loop {
@@ -295,7 +347,7 @@ where
         callback: Option<Callback<O>>,
         on_error: Option<ErrorCallback>,
     ) -> Result<AsyncResult<O>> {
-        let batch = self.submit(vec![item], Some(1), callback, on_error)?;
+        let batch = self.submit(vec![item], Some(1), callback, on_error, None)?;
         Ok(AsyncResult { batch })
     }
 

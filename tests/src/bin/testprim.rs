@@ -405,6 +405,26 @@ fn shared_state(w: &Comm) -> R {
 
 /// A Pool whose worker is SIGKILLed in the middle of item 5: that item fails with
 /// `TaskFailed` naming it and the worker, every other item completes.
+/// A `Pool::map` of 60 items of 20 ms each, for `--progress`.
+fn poolprogress(w: &Comm) -> R {
+    let work = |x: u64| -> u64 {
+        std::thread::sleep(Duration::from_millis(20));
+        x + 1
+    };
+    let Some(pool) = ranks::Pool::new(w, 0, work)? else {
+        return Ok(());
+    };
+    let out = pool.map((0..60).collect())?;
+    assert_eq!(out, (1..=60).collect::<Vec<u64>>());
+    let sum: u64 = pool
+        .imap((0..10).collect(), Some(1))?
+        .map(|r| r.unwrap())
+        .sum();
+    assert_eq!(sum, 55);
+    println!("pool progress ok");
+    Ok(())
+}
+
 fn poolworkerdies(w: &Comm) -> R {
     let work = |x: u64| -> u64 {
         if x == 5 {
@@ -531,6 +551,7 @@ fn main() {
         "shared" => shared_state(&w),
         "pool" => pool(&w),
         "poolworkerdies" => poolworkerdies(&w),
+        "poolprogress" => poolprogress(&w),
         other => {
             eprintln!("unknown scenario {other:?}");
             std::process::exit(64);
