@@ -321,6 +321,14 @@ impl Comm {
     }
 
     /// Broadcast any serde value from `root`; other ranks' `value` is replaced.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let mut config = if world.rank() == 0 { vec!["fast".to_string(), "quiet".into()] } else { vec![] };
+    /// world.broadcast(0, &mut config)?;
+    /// assert_eq!(config, ["fast", "quiet"]);
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
     pub fn broadcast<T: Serialize + DeserializeOwned>(
         &self,
         root: usize,
@@ -466,6 +474,17 @@ impl Comm {
 
     /// Reduce any serde value with `f(lower, higher)` (associative; applied in rank order);
     /// `Some(result)` on `root`, `None` elsewhere.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let words = vec![format!("r{}", world.rank())];
+    /// // Concatenation is associative, not commutative: applied in rank order.
+    /// let all = world.reduce(0, words, |mut a, b| { a.extend(b); a })?;
+    /// if world.rank() == 0 {
+    ///     assert_eq!(all.unwrap().len(), world.size());
+    /// }
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
     pub fn reduce<T: Serialize + DeserializeOwned>(
         &self,
         root: usize,
@@ -520,6 +539,19 @@ impl Comm {
     // ----- all_reduce ----------------------------------------------------------------------
 
     /// Combine every rank's `send` with `op` into every rank's `recv`.
+    ///
+    /// ```
+    /// use ranks::op::{Max, Sum};
+    /// let world = ranks::init()?;
+    /// let mine = [world.rank() as f64, 1.0];
+    /// let mut sum = [0.0; 2];
+    /// world.all_reduce_slice(&mine, &mut sum, &Sum)?;
+    /// assert_eq!(sum[1], world.size() as f64);
+    /// let mut top = [0.0; 2];
+    /// world.all_reduce_slice(&mine, &mut top, &Max)?;
+    /// assert_eq!(top[0], (world.size() - 1) as f64);
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
     pub fn all_reduce_slice<T: Pod, O: Op<T> + ?Sized>(
         &self,
         send: &[T],
@@ -905,6 +937,17 @@ impl Comm {
     }
 
     /// Gather any serde value on `root`: `Some(values in rank order)` there.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let name = format!("rank {}", world.rank());
+    /// if let Some(names) = world.gather(0, &name)? {
+    ///     assert_eq!(names.len(), world.size()); // on the root only
+    /// }
+    /// let everyone = world.all_gather(&name)?; // on every rank
+    /// assert_eq!(everyone[world.rank()], name);
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
     pub fn gather<T: Serialize + DeserializeOwned>(
         &self,
         root: usize,
@@ -1007,6 +1050,14 @@ impl Comm {
     }
 
     /// Scatter one serde value to each rank from `root` (`Some(values)` there, one per rank).
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let work = (world.rank() == 0).then(|| (0..world.size()).map(|r| vec![r; 2]).collect());
+    /// let mine: Vec<usize> = world.scatter(0, work)?;
+    /// assert_eq!(mine, [world.rank(); 2]);
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
     pub fn scatter<T: Serialize + DeserializeOwned>(
         &self,
         root: usize,
@@ -1180,6 +1231,16 @@ impl Comm {
     }
 
     /// All-to-all of serde values: `values[j]` goes to rank j; returns one value per rank.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let me = world.rank();
+    /// // values[j] goes to rank j.
+    /// let out: Vec<(usize, usize)> = (0..world.size()).map(|j| (me, j)).collect();
+    /// let got = world.all_to_all(out)?;
+    /// assert!(got.iter().enumerate().all(|(i, &(from, to))| from == i && to == me));
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
     pub fn all_to_all<T: Serialize + DeserializeOwned>(&self, values: Vec<T>) -> Result<Vec<T>> {
         let n = self.size();
         if values.len() != n {

@@ -18,6 +18,16 @@ use crate::wire::{Encoding, HEADER_LEN};
 pub const MAX_TAG: i32 = i32::MAX;
 
 /// Who a receive accepts messages from: a rank, or [`ANY_SOURCE`].
+///
+/// ```
+/// use ranks::ANY_SOURCE;
+/// let world = ranks::init()?;
+/// world.send(world.rank(), 3, &"to myself")?;
+/// // From anyone, with tag 3; the status says who it was.
+/// let (text, status) = world.recv::<String>(ANY_SOURCE, 3)?;
+/// assert_eq!((text.as_str(), status.source), ("to myself", world.rank()));
+/// # Ok::<(), ranks::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Source(i32);
 
@@ -38,10 +48,21 @@ impl From<u32> for Source {
 }
 
 /// What arrived: who sent it, with which tag, and how many payload bytes.
+///
+/// ```
+/// let world = ranks::init()?;
+/// world.send_slice(world.rank(), 1, &[1.5f64, 2.5, 3.5])?;
+/// let status = world.probe(world.rank(), 1)?; // what is there, without taking it
+/// assert_eq!((status.tag, status.len, status.count::<f64>()), (1, 24, 3));
+/// let (values, _) = world.recv_vec::<f64>(status.source, status.tag)?;
+/// assert_eq!(values, [1.5, 2.5, 3.5]);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status {
     /// Rank of the sender in this communicator.
     pub source: usize,
+    /// The message's tag.
     pub tag: i32,
     /// Payload size in bytes (for slices: elements times element size).
     pub len: usize,
@@ -56,6 +77,21 @@ impl Status {
 
 /// A communicator: a group of ranks and a private message space. Cloning one is cheap
 /// (one reference count): clones are the same communicator.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let (me, n) = (world.rank(), world.size());
+/// // A ring: each rank sends its rank to the next and receives from the previous.
+/// let from_prev = world.irecv::<usize>((me + n - 1) % n, 0)?;
+/// world.send((me + 1) % n, 0, &me)?;
+/// let (got, status) = from_prev.wait()?;
+/// assert_eq!((got, status.source), ((me + n - 1) % n, (me + n - 1) % n));
+/// // A collective: every rank of the communicator calls it.
+/// let mut total = [0u64];
+/// world.all_reduce_slice(&[me as u64 + 1], &mut total, &ranks::op::Sum)?;
+/// assert_eq!(total[0], (n * (n + 1) / 2) as u64);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Comm(Arc<CommData>);
 
@@ -197,6 +233,25 @@ impl Comm {
     ///
     /// Returns once the message is on its way; like MPI's standard mode, a large message may
     /// wait until the receiver takes it.
+    ///
+    /// ```
+    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    /// struct Particle { id: u32, pos: [f64; 3] }
+    ///
+    /// let world = ranks::init()?;
+    /// let next = (world.rank() + 1) % world.size();
+    /// let prev = (world.rank() + world.size() - 1) % world.size();
+    /// let p = Particle { id: world.rank() as u32, pos: [0.0, 1.0, 2.0] };
+    /// let incoming = world.irecv::<Particle>(prev, 0)?;
+    /// world.send(next, 0, &p)?;
+    /// let (q, _) = incoming.wait()?;
+    /// assert_eq!(q.id as usize, prev);
+    /// // Received as another type, the message is refused, not misread, and stays queued.
+    /// world.send(world.rank(), 1, &-1i32)?;
+    /// assert!(matches!(world.recv::<u32>(world.rank(), 1), Err(ranks::Error::TypeMismatch { .. })));
+    /// assert_eq!(world.recv::<i32>(world.rank(), 1)?.0, -1);
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
     pub fn send<T: Serialize + ?Sized>(&self, dest: usize, tag: i32, value: &T) -> Result<()> {
         let bytes = encode(value)?;
         let fp = crate::fingerprint::of::<T>();
@@ -204,6 +259,16 @@ impl Comm {
     }
 
     /// Send a slice of plain numbers (no serde, no copy into an intermediate buffer).
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let me = world.rank();
+    /// world.send_slice(me, 0, &[1u32, 2, 3])?;
+    /// let mut buf = [0u32; 3];
+    /// let status = world.recv_into(me, 0, &mut buf)?; // into a buffer of your own
+    /// assert_eq!((buf, status.count::<u32>()), ([1, 2, 3], 3));
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
     pub fn send_slice<T: Pod>(&self, dest: usize, tag: i32, data: &[T]) -> Result<()> {
         self.send_bytes(
             self.ctx,

@@ -3,6 +3,18 @@
 use std::fmt;
 
 /// Everything that can go wrong in a `ranks` call.
+///
+/// ```
+/// let world = ranks::init()?;
+/// match world.recv_vec::<u8>(world.size() + 5, 0) {
+///     Err(ranks::Error::InvalidRank { rank, size }) => assert_eq!(rank as usize, size + 5),
+///     other => panic!("{other:?}"),
+/// }
+/// // Errors display as sentences, for `main` and logs:
+/// let e = ranks::Error::InvalidTag(-7);
+/// assert!(e.to_string().starts_with("invalid tag -7"));
+/// # Ok::<(), ranks::Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The environment the launcher set up is missing or inconsistent.
@@ -11,7 +23,12 @@ pub enum Error {
 
     /// A rank outside `0..size` (and not a wildcard where one is allowed).
     #[error("invalid rank {rank}: the communicator has {size} ranks (valid: 0..{size})")]
-    InvalidRank { rank: i64, size: usize },
+    InvalidRank {
+        /// The rank given.
+        rank: i64,
+        /// Size of the communicator.
+        size: usize,
+    },
 
     /// A negative tag other than `ANY_TAG`, or `ANY_TAG` in a send.
     #[error("invalid tag {0}: tags are 0..=i32::MAX (ANY_TAG only in receives)")]
@@ -20,32 +37,55 @@ pub enum Error {
     /// A message did not decode as the type the receive asked for.
     #[error("message from rank {rank} with tag {tag} does not decode as {expected}: {detail}")]
     TypeMismatch {
+        /// Sender (rank in the communicator).
         rank: usize,
+        /// The message's tag.
         tag: i32,
+        /// The type the receive asked for.
         expected: &'static str,
+        /// What the message was (the type it was sent as, when known) and why it failed.
         detail: String,
     },
 
     /// A frame announced a payload above the size limit (`RANKS_MAX_MESSAGE`).
     #[error("message from rank {rank} with tag {tag} has {len} bytes, above the limit of {max} bytes (set RANKS_MAX_MESSAGE to raise it)")]
     FrameTooLarge {
+        /// Sender.
         rank: usize,
+        /// The message's tag.
         tag: i32,
+        /// Payload bytes announced.
         len: u64,
+        /// The limit.
         max: u64,
     },
 
     /// A peer's stream ended in the middle of a frame.
     #[error("truncated frame from rank {rank}: {detail}")]
-    Truncated { rank: usize, detail: String },
+    Truncated {
+        /// Sender.
+        rank: usize,
+        /// What was cut short.
+        detail: String,
+    },
 
     /// A peer sent bytes that are not a valid frame.
     #[error("malformed frame from rank {rank}: {detail}")]
-    Malformed { rank: usize, detail: String },
+    Malformed {
+        /// Sender.
+        rank: usize,
+        /// What is wrong with the frame.
+        detail: String,
+    },
 
     /// The peer we were sending to or waiting on is gone.
     #[error("rank {rank} is gone ({detail}); the operation waiting on it cannot complete")]
-    PeerLost { rank: usize, detail: String },
+    PeerLost {
+        /// The rank that is gone (world rank).
+        rank: usize,
+        /// How it ended, and on which host, as far as known.
+        detail: String,
+    },
 
     /// A value could not be encoded.
     #[error("cannot encode message: {0}")]
@@ -73,7 +113,12 @@ pub enum Error {
 
     /// The rank holding a lock (or semaphore, or condition) died holding it.
     #[error("rank {rank} died while holding the {what}; it was released without being unlocked")]
-    HolderDied { rank: usize, what: &'static str },
+    HolderDied {
+        /// The rank that held it.
+        rank: usize,
+        /// `lock`, `semaphore`, ...
+        what: &'static str,
+    },
 
     /// A barrier was aborted, or broken by a timeout or a lost party.
     #[error("the barrier is broken ({0})")]
@@ -90,15 +135,20 @@ pub enum Error {
     /// A pool task panicked or failed.
     #[error("pool task for item {item} failed on rank {rank}: {message}")]
     TaskFailed {
+        /// Index of the item in the submission.
         item: usize,
+        /// The worker that ran it (world rank).
         rank: usize,
+        /// The panic message or error.
         message: String,
     },
 
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

@@ -23,6 +23,15 @@ impl Comm {
     /// Split into sub-communicators: ranks passing the same `color` form one, ordered by
     /// `key` (ties by rank in this communicator). `None` as color takes no part and gets
     /// `None` back. Collective: every rank must call it.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// // Even and odd ranks, each in a communicator of their own.
+    /// let half = world.split(Some(world.rank() as u32 % 2), 0)?.expect("every rank took part");
+    /// assert_eq!(half.world_rank(), world.rank());
+    /// half.barrier()?;
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
     pub fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Comm>> {
         let n = self.size();
         let contexts = &self.core.contexts;

@@ -16,6 +16,8 @@
 //!
 //! A program started without the launcher gets a world of size 1.
 
+#![warn(missing_docs)]
+
 mod at_exit;
 #[doc(hidden)]
 pub mod board;
@@ -37,7 +39,9 @@ mod protocol;
 mod request;
 #[doc(hidden)]
 pub mod trace;
+#[doc(hidden)]
 pub mod transport;
+#[doc(hidden)]
 pub mod wire;
 
 use std::sync::OnceLock;

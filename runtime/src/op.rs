@@ -20,16 +20,23 @@ pub trait Op<T>: Sync {
 
 /// Plain numbers the built-in operations work on.
 pub trait Number: Pod + PartialOrd + Send + Sync {
+    /// The neutral element of `add`.
     fn zero() -> Self;
+    /// The neutral element of `mul`.
     fn one() -> Self;
+    /// `self + o` (wrapping for integers).
     fn add(self, o: Self) -> Self;
+    /// `self * o` (wrapping for integers).
     fn mul(self, o: Self) -> Self;
 }
 
 /// Integers, for the bitwise operations.
 pub trait Integer: Number {
+    /// `self & o`.
     fn band(self, o: Self) -> Self;
+    /// `self | o`.
     fn bor(self, o: Self) -> Self;
+    /// `self ^ o`.
     fn bxor(self, o: Self) -> Self;
 }
 
@@ -166,6 +173,14 @@ impl<T: Copy, F: Fn(T, T) -> T + Sync> Op<T> for User<F> {
 
 /// A commutative, associative user operation (`f(a, b) == f(b, a)`): the runtime may
 /// combine contributions in any order.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let mut out = [0u32];
+/// world.all_reduce_slice(&[world.rank() as u32 + 1], &mut out, &ranks::op::user(|a: u32, b: u32| a.max(b)))?;
+/// assert_eq!(out[0], world.size() as u32);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub fn user<T, F: Fn(T, T) -> T + Sync>(f: F) -> User<F> {
     User {
         f,
@@ -175,6 +190,16 @@ pub fn user<T, F: Fn(T, T) -> T + Sync>(f: F) -> User<F> {
 
 /// An associative but not commutative user operation: contributions are combined in rank
 /// order, `x0 ∘ x1 ∘ ... ∘ x(n-1)` (as MPI does for non-commutative operations).
+///
+/// ```
+/// let world = ranks::init()?;
+/// // "The later one wins": associative, not commutative, so rank order matters.
+/// let mut out = [0u64];
+/// let last = ranks::op::user_ordered(|_a: u64, b: u64| b);
+/// world.all_reduce_slice(&[world.rank() as u64], &mut out, &last)?;
+/// assert_eq!(out[0], world.size() as u64 - 1);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub fn user_ordered<T, F: Fn(T, T) -> T + Sync>(f: F) -> User<F> {
     User {
         f,

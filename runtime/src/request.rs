@@ -38,6 +38,23 @@ pub(crate) type Background = Box<dyn std::any::Any + Send>;
 /// A request may borrow the buffer it sends from or receives into (`'a`). Dropping an
 /// unfinished receive withdraws it; dropping an unfinished send waits until the receiver no
 /// longer needs the buffer.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let me = world.rank();
+/// let data = vec![7u64; 1000];
+/// let send = world.isend_slice(me, 0, &data)?; // borrows `data` until it completes
+/// let recv = world.irecv_vec::<u64>(me, 0)?;
+/// let recv = match recv.test()? {
+///     Ok((v, _)) => { assert_eq!(v.len(), 1000); None } // already here
+///     Err(pending) => Some(pending),                      // not yet: wait for it later
+/// };
+/// if let Some(r) = recv {
+///     assert_eq!(r.wait()?.0.len(), 1000);
+/// }
+/// send.wait()?;
+/// # Ok::<(), ranks::Error>(())
+/// ```
 #[must_use = "a request does nothing unless waited on or tested"]
 pub struct Request<'a, T> {
     comm: Comm,
@@ -290,6 +307,17 @@ impl<T> Drop for Request<'_, T> {
 }
 
 /// Wait for every request and collect the results in order.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let me = world.rank();
+/// let sends: Vec<_> = (0..3).map(|t| world.isend(me, t, &t)).collect::<Result<_, _>>()?;
+/// let recvs: Vec<_> = (0..3).map(|t| world.irecv::<i32>(me, t)).collect::<Result<_, _>>()?;
+/// ranks::wait_all(sends)?;
+/// let got: Vec<i32> = ranks::wait_all(recvs)?.into_iter().map(|(v, _)| v).collect();
+/// assert_eq!(got, [0, 1, 2]);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result<Vec<T>> {
     reqs.into_iter().map(Request::wait).collect()
 }

@@ -186,6 +186,22 @@ impl Object for ListObj {
 }
 
 /// Hosts shared containers on one rank (`multiprocessing.Manager`).
+///
+/// ```
+/// let world = ranks::init()?;
+/// let m = ranks::Manager::new(&world, 0)?;
+/// let scores = m.dict::<String, u32>()?;   // every rank creates it, in the same order
+/// let log = m.list::<String>()?;
+/// let ns = m.namespace()?;
+/// scores.update(&"total".to_string(), |v| v.unwrap_or(0) + 10)?;
+/// log.append(&format!("rank {} was here", world.rank()))?;
+/// ns.set("phase", &"done")?;
+/// world.barrier()?;
+/// assert_eq!(scores.get(&"total".to_string())?, Some(10 * world.size() as u32));
+/// assert_eq!(log.len()?, world.size());
+/// assert_eq!(ns.get::<String>("phase")?.as_deref(), Some("done"));
+/// # Ok::<(), ranks::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Manager {
     comm: Comm,
@@ -247,6 +263,16 @@ impl Manager {
 }
 
 /// A dictionary hosted by a [`Manager`]; every operation is atomic on the host.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let d = ranks::Manager::new(&world, 0)?.dict::<u32, String>()?;
+/// d.set(&(world.rank() as u32), &"ready".to_string())?;
+/// world.barrier()?;
+/// assert_eq!(d.len()?, world.size());
+/// assert_eq!(d.remove(&0)?, Some("ready".to_string()));
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct Dict<K, V> {
     h: Handle,
     _t: PhantomData<KeyValue<K, V>>,
@@ -321,6 +347,19 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
 }
 
 /// A list hosted by a [`Manager`]; every operation is atomic on the host.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let l = ranks::Manager::new(&world, 0)?.list_from(&[1, 2, 3])?;
+/// l.update(0, |x| x * 100)?;
+/// assert_eq!(l.get(0)?, 100);
+/// if world.rank() == 0 {
+///     assert_eq!(l.pop(None)?, 3);
+/// }
+/// world.barrier()?;
+/// assert_eq!(l.snapshot()?, [100, 2]);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct List<T> {
     h: Handle,
     _t: PhantomData<fn(T) -> T>,
@@ -401,6 +440,18 @@ impl<T: Serialize + DeserializeOwned> List<T> {
 }
 
 /// Named values of any serde type, hosted by a [`Manager`] (`Manager().Namespace()`).
+///
+/// ```
+/// let world = ranks::init()?;
+/// let ns = ranks::Manager::new(&world, 0)?.namespace()?;
+/// if world.rank() == 0 {
+///     ns.set("threshold", &0.5f64)?;
+/// }
+/// world.barrier()?;
+/// assert_eq!(ns.get::<f64>("threshold")?, Some(0.5));
+/// assert_eq!(ns.get::<f64>("missing")?, None);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Namespace {
     h: Handle,

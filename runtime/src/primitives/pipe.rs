@@ -17,6 +17,24 @@ enum Frame<T> {
 }
 
 /// One end of a pipe. Both ranks call [`Pipe::new`]; each gets its end.
+///
+/// ```
+/// let world = ranks::init()?;
+/// // Between rank 0 and the last rank (a pipe needs two ranks).
+/// let last = world.size() - 1;
+/// if last == 0 {
+///     return Ok(());
+/// }
+/// if let Some(mut end) = ranks::Pipe::<Vec<u8>>::new(&world, 0, last, true)? {
+///     if world.rank() == 0 {
+///         end.send(&vec![1, 2, 3])?;
+///     }
+///     if world.rank() == last {
+///         assert_eq!(end.recv()?, [1, 2, 3]);
+///     }
+/// }
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct Pipe<T> {
     world: Comm,
     /// World rank of the other end.

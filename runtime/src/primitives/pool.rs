@@ -149,6 +149,21 @@ struct Shared<O> {
 }
 
 /// The root's handle on a pool.
+///
+/// ```
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let world = ranks::init()?;
+/// // The workers serve inside `new` until the root closes the pool; the root gets the pool.
+/// if let Some(mut pool) = ranks::Pool::new(&world, 0, square)? {
+///     assert_eq!(pool.map(vec![1, 2, 3])?, [1, 4, 9]);
+///     let later = pool.apply_async(10, Some(Box::new(|r: &u64| println!("got {r}"))))?;
+///     assert_eq!(later.get()?, 100);
+///     pool.close();
+///     pool.join()?;
+/// }
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct Pool<I, O> {
     comm: Comm,
     shared: Arc<Mutex<Shared<O>>>,
@@ -381,6 +396,19 @@ impl<I, O> Drop for Pool<I, O> {
 }
 
 /// The pending result of `apply_async`.
+///
+/// ```
+/// let world = ranks::init()?;
+/// if let Some(mut pool) = ranks::Pool::new(&world, 0, |s: String| s.len())? {
+///     let r = pool.apply_async("four".to_string(), None)?;
+///     r.wait(None);
+///     assert!(r.ready());
+///     assert_eq!(r.get()?, 4);
+///     pool.close();
+///     pool.join()?;
+/// }
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct AsyncResult<O> {
     batch: Arc<Batch<O>>,
 }

@@ -96,6 +96,21 @@ impl Object for QueueObj {
 ///
 /// Every item is delivered exactly once; items from one producer come out in the order it
 /// put them. `maxsize` 0 means unbounded; otherwise `put` blocks while the queue is full.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let q: ranks::Queue<String> = ranks::Queue::new(&world, 0, 0)?; // hosted by rank 0, unbounded
+/// q.put(&format!("job from rank {}", world.rank()))?;
+/// world.barrier()?;
+/// if world.rank() == 0 {
+///     for _ in 0..world.size() {
+///         let job = q.get()?;
+///         assert!(job.starts_with("job from rank"));
+///     }
+///     assert!(matches!(q.try_get(), Err(ranks::Error::Empty)));
+/// }
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct Queue<T> {
     h: Handle,
     maxsize: usize,

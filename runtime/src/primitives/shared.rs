@@ -164,6 +164,17 @@ impl<T: SharedNum> Cells<T> {
 }
 
 /// A shared number (`multiprocessing.Value`), created collectively, hosted by an owner.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let counter = ranks::SharedValue::new(&world, 0, 0u64)?;
+/// for _ in 0..1000 {
+///     counter.fetch_add(1);
+/// }
+/// world.barrier()?;
+/// assert_eq!(counter.get(), 1000 * world.size() as u64);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct SharedValue<T> {
     c: Cells<T>,
 }
@@ -210,6 +221,16 @@ impl<T: SharedInt> SharedValue<T> {
 }
 
 /// A shared array of numbers (`multiprocessing.Array`), created collectively.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let a = ranks::SharedArray::new(&world, 0, &[0i64; 4])?;
+/// a.fetch_add(world.rank() % 4, 1)?;
+/// a.with_lock(|v| v[3] += 10)?; // several elements at once, atomically
+/// world.barrier()?;
+/// assert_eq!(a.to_vec().iter().sum::<i64>(), 11 * world.size() as i64);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct SharedArray<T> {
     c: Cells<T>,
 }
@@ -282,6 +303,16 @@ impl<T: SharedInt> SharedArray<T> {
 /// A named block of raw bytes shared by the ranks of one host
 /// (`multiprocessing.shared_memory.SharedMemory`). One rank creates it; others attach by
 /// name. Reads and writes are done byte by byte with atomic instructions.
+///
+/// ```
+/// let block = ranks::SharedMemory::create("doc-example", 16)?;
+/// block.write(0, b"hello")?;
+/// let mut buf = [0u8; 5];
+/// block.read(0, &mut buf)?;
+/// assert_eq!(&buf, b"hello");
+/// // Another process of the job: ranks::SharedMemory::attach("doc-example", timeout)
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct SharedMemory {
     block: SharedBlock,
     name: String,

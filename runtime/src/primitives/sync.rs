@@ -155,12 +155,37 @@ impl Object for LockObj {
 
 /// A lock shared by the ranks of a communicator (`multiprocessing.Lock`).
 #[derive(Clone)]
+///
+/// ```
+/// let world = ranks::init()?;
+/// let lock = ranks::Lock::new(&world, 0)?;
+/// let total = ranks::Manager::new(&world, 0)?.namespace()?;
+/// {
+///     let _held = lock.acquire()?; // released when dropped
+///     let t: u64 = total.get("t")?.unwrap_or(0);
+///     total.set("t", &(t + 1))?;
+/// }
+/// let doubled = lock.with(|| 2 * 21)?; // or around a closure
+/// assert_eq!(doubled, 42);
+/// world.barrier()?;
+/// assert_eq!(total.get::<u64>("t")?, Some(world.size() as u64));
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct Lock {
     h: Handle,
 }
 
 /// Holding a [`Lock`] (or [`RLock`]); released when dropped.
 #[must_use = "the lock is released when the guard is dropped"]
+///
+/// ```
+/// let world = ranks::init()?;
+/// let lock = ranks::Lock::new(&world, 0)?;
+/// let guard = lock.acquire()?;
+/// assert_eq!(lock.holder()?, Some(world.rank()));
+/// guard.release()?; // or drop it; `release` reports errors
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct LockGuard<'a> {
     lock: &'a Lock,
     held: bool,
@@ -264,6 +289,16 @@ impl Lock {
 
 /// A re-entrant lock: the rank holding it may acquire it again (`multiprocessing.RLock`).
 #[derive(Clone)]
+///
+/// ```
+/// let world = ranks::init()?;
+/// let lock = ranks::RLock::new(&world, 0)?;
+/// let outer = lock.acquire()?;
+/// let inner = lock.acquire()?; // the holder may take it again
+/// drop(inner);
+/// drop(outer);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct RLock(Lock);
 
 impl RLock {
@@ -287,6 +322,22 @@ impl RLock {
 
 /// A condition variable across ranks, with its own lock (`multiprocessing.Condition`).
 #[derive(Clone)]
+///
+/// ```
+/// let world = ranks::init()?;
+/// let cond = ranks::Condition::new(&world, 0)?;
+/// let ns = ranks::Manager::new(&world, 0)?.namespace()?;
+/// if world.rank() == 0 {
+///     let g = cond.acquire()?;
+///     ns.set("ready", &true)?;
+///     cond.notify_all(&g)?;
+/// }
+/// let g = cond.acquire()?;
+/// while ns.get::<bool>("ready")? != Some(true) {
+///     cond.wait(&g)?; // releases the lock while waiting
+/// }
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct Condition {
     lock: Lock,
 }
@@ -433,6 +484,17 @@ impl Object for SemObj {
 /// A counting semaphore across ranks (`multiprocessing.Semaphore`; `bounded` makes it a
 /// `BoundedSemaphore`, whose releases may not raise it above its initial value).
 #[derive(Clone)]
+///
+/// ```
+/// let world = ranks::init()?;
+/// let slots = ranks::Semaphore::new(&world, 0, 2)?; // at most two at a time
+/// slots.acquire()?;
+/// // ... use one of the two slots ...
+/// slots.release()?;
+/// world.barrier()?;
+/// assert_eq!(slots.value()?, 2);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct Semaphore {
     h: Handle,
 }
@@ -537,6 +599,17 @@ impl Object for EventObj {
 
 /// A flag ranks can wait on (`multiprocessing.Event`).
 #[derive(Clone)]
+///
+/// ```
+/// let world = ranks::init()?;
+/// let go = ranks::Event::new(&world, 0)?;
+/// if world.rank() == 0 {
+///     go.set()?;
+/// }
+/// go.wait()?;
+/// assert!(go.is_set()?);
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct Event {
     h: Handle,
 }
@@ -694,6 +767,14 @@ impl Object for BarrierObj {
 /// A reusable barrier for `parties` callers (`multiprocessing.Barrier`), with timeout and
 /// abort. Unlike `Comm::barrier`, any ranks may take part, any number of times.
 #[derive(Clone)]
+///
+/// ```
+/// let world = ranks::init()?;
+/// let b = ranks::Barrier::new(&world, 0, world.size())?;
+/// let i = b.wait()?; // a different number 0..parties on each rank
+/// assert!(i < b.parties());
+/// # Ok::<(), ranks::Error>(())
+/// ```
 pub struct Barrier {
     h: Handle,
     parties: usize,
