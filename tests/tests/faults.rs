@@ -1,6 +1,6 @@
 //! The fault matrix: a rank ends (exit 0, exit 3, panic, SIGKILL) while the others are blocked
-//! in an operation (all-reduce, barrier, broadcast, any-source receive, a ring of receives),
-//! on every transport, with `--keep-going` (survivors see the failure themselves) and without
+//! in an operation (all-reduce, barrier, broadcast, any-source receive, a ring of receives;
+//! and a call on a primitive it owns, holds or is a party of), on every transport, with `--keep-going` (survivors see the failure themselves) and without
 //! (the launcher stops the job).
 //!
 //! Bound: each job runs under the launcher's `--timeout` (4 s: start-up, the victim's 300 ms,
@@ -73,6 +73,73 @@ fn matrix(transport: &str) {
             cell(transport, kind, code, op);
         }
     }
+}
+
+/// Primitives: the victim owns the queue, semaphore, event, condition or manager dict the
+/// others wait on (or keep calling), holds the lock they wait for (owned by rank 0), or is
+/// the party of a barrier (owned by rank 0) that never arrives. Every survivor's call ends
+/// with an error naming the victim.
+const PRIM_OPS: [&str; 7] = [
+    "queue",
+    "semaphore",
+    "event",
+    "condition",
+    "dict",
+    "lock",
+    "pbarrier",
+];
+
+fn prim_cell(transport: &str, kind: &str, code: i32, op: &str) {
+    let what = format!("{kind} during {op} over {transport} with --keep-going");
+    let np = N.to_string();
+    let o = run_job(
+        &[
+            "-n",
+            &np,
+            "--transport",
+            transport,
+            "--keep-going",
+            "--timeout",
+            "4",
+        ],
+        "ranks-testjob",
+        &["dies", op, kind, "propagate"],
+        Duration::from_secs(30),
+    );
+    let want = if code == 0 { 1 } else { code };
+    assert_eq!(o.code, want, "{what}: {o:?}");
+    let expect = match op {
+        "lock" => format!("HolderDied rank {VICTIM} "),
+        "pbarrier" => format!("BrokenBarrier (rank {VICTIM} is gone"),
+        _ => format!("PeerLost rank {VICTIM} "),
+    };
+    for r in 0..VICTIM {
+        let line = o
+            .lines_with(&format!("survivor {r} {op}: "))
+            .first()
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| panic!("{what}: no word from survivor {r}: {o:?}"));
+        assert!(line.contains(&expect), "{what}: want {expect:?}: {line}");
+    }
+    assert_clean(&o);
+}
+
+fn prim_matrix(transport: &str) {
+    for (kind, code) in KINDS {
+        for op in PRIM_OPS {
+            prim_cell(transport, kind, code, op);
+        }
+    }
+}
+
+#[test]
+fn fault_matrix_primitives_shm() {
+    prim_matrix("shm");
+}
+
+#[test]
+fn fault_matrix_primitives_quic() {
+    prim_matrix("quic");
 }
 
 #[test]

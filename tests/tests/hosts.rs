@@ -359,8 +359,12 @@ fn forged_connections_across_hosts_are_refused() {
         &["forge"],
         "job unaffected",
     );
-    for c in ["true", "false"] {
-        let l = format!("forged connection (own certificate: {c}) refused");
+    for c in [
+        "own certificate: true",
+        "own certificate: false",
+        "another job's certificate",
+    ] {
+        let l = format!("forged connection ({c}) refused");
         assert!(o.stdout.contains(&l), "{l}: {o:?}");
     }
 }

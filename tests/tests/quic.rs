@@ -60,6 +60,12 @@ fn connections_without_the_job_credentials_are_refused() {
             .contains("forged connection (own certificate: false) refused"),
         "{o:?}"
     );
+    // A certificate signed by another job's CA, as `ranks run` makes them.
+    assert!(
+        o.stdout
+            .contains("forged connection (another job's certificate) refused"),
+        "{o:?}"
+    );
     assert!(o.stdout.contains("job unaffected"), "{o:?}");
     assert_clean(&o);
 }

@@ -369,6 +369,31 @@ fn dies(w: &Comm) -> R {
     let propagate = std::env::args().nth(4).is_some_and(|a| a == "propagate");
     let (me, n) = (w.rank(), w.size());
     let victim = n - 1;
+    // Primitives (created by every rank): the victim owns the object, holds the lock, or
+    // is the party that never arrives.
+    let queue = (op == "queue")
+        .then(|| ranks::Queue::<u64>::new(w, victim, 0))
+        .transpose()?;
+    let sem = (op == "semaphore")
+        .then(|| ranks::Semaphore::new(w, victim, 0))
+        .transpose()?;
+    let event = (op == "event")
+        .then(|| ranks::Event::new(w, victim))
+        .transpose()?;
+    let cond = (op == "condition")
+        .then(|| ranks::Condition::new(w, victim))
+        .transpose()?;
+    let dict = (op == "dict")
+        .then(|| ranks::Manager::new(w, victim).and_then(|m| m.dict::<u64, u64>()))
+        .transpose()?;
+    let lock = (op == "lock").then(|| ranks::Lock::new(w, 0)).transpose()?;
+    let pbarrier = (op == "pbarrier")
+        .then(|| ranks::Barrier::new(w, 0, n))
+        .transpose()?;
+    if let (Some(l), true) = (&lock, me == victim) {
+        // Held until death, whatever the death (a panic would release it on unwinding).
+        std::mem::forget(l.acquire()?);
+    }
     w.barrier()?;
     let t0 = std::time::Instant::now();
     let end = std::time::Duration::from_millis(300);
@@ -399,12 +424,41 @@ fn dies(w: &Comm) -> R {
         "anysource" => w.recv::<u64>(ANY_SOURCE, 0).map(drop),
         // Each waits on its left neighbour: only rank 0 waits on the victim directly.
         "ring" => w.recv::<u64>((me + n - 1) % n, 0).map(drop),
+        "queue" => queue.as_ref().expect("made").get().map(drop),
+        "semaphore" => sem.as_ref().expect("made").acquire(),
+        "event" => event.as_ref().expect("made").wait(),
+        "condition" => {
+            let c = cond.as_ref().expect("made");
+            c.acquire().and_then(|g| c.wait(&g))
+        }
+        // Calls that do not block: every call from now on fails once the owner is gone.
+        "dict" => loop {
+            if let Err(e) = dict
+                .as_ref()
+                .expect("made")
+                .update(&0, |v| v.unwrap_or(0) + 1)
+            {
+                break Err(e);
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(5) {
+                break Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        },
+        "lock" => lock.as_ref().expect("made").acquire().map(drop),
+        "pbarrier" => pbarrier.as_ref().expect("made").wait().map(drop),
         other => panic!("unknown op {other}"),
     };
     let ms = t0.elapsed().saturating_sub(end).as_millis();
     match &r {
         Err(Error::PeerLost { rank, detail }) => {
             println!("survivor {me} {op}: PeerLost rank {rank} ({detail}) after {ms} ms")
+        }
+        Err(Error::HolderDied { rank, .. }) => {
+            println!("survivor {me} {op}: HolderDied rank {rank} after {ms} ms")
+        }
+        Err(Error::BrokenBarrier(why)) => {
+            println!("survivor {me} {op}: BrokenBarrier ({why}) after {ms} ms")
         }
         Err(e) => println!("survivor {me} {op}: other error {e} after {ms} ms"),
         Ok(()) => println!("survivor {me} {op}: completed after {ms} ms"),
@@ -790,21 +844,31 @@ fn forge(w: &Comm) -> R {
             .enable_all()
             .build()
             .unwrap();
-        for with_cert in [true, false] {
+        // A real job's credentials, of another job: its certificate is signed by its own CA.
+        let other = ranks::transport::quic::job_credentials().expect("credentials");
+        let file = |n: &str| other.iter().find(|(f, _)| f == n).expect("made").1.clone();
+        let (other_cert, other_key) = (file("cert.der"), file("key.der"));
+        for (what, with_cert) in [
+            (
+                "own certificate: true",
+                Some((cert.der().to_vec(), key.serialize_der())),
+            ),
+            ("another job's certificate", Some((other_cert, other_key))),
+            ("own certificate: false", None),
+        ] {
             let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13])
                 .unwrap()
                 .dangerous()
                 .with_custom_certificate_verifier(std::sync::Arc::new(TrustAnything));
-            let mut cfg = if with_cert {
-                builder
+            let mut cfg = match with_cert {
+                Some((c, k)) => builder
                     .with_client_auth_cert(
-                        vec![cert.der().clone()],
-                        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                        vec![c.into()],
+                        rustls::pki_types::PrivateKeyDer::Pkcs8(k.into()),
                     )
-                    .unwrap()
-            } else {
-                builder.with_no_client_auth()
+                    .unwrap(),
+                None => builder.with_no_client_auth(),
             };
             cfg.alpn_protocols = vec![b"ranks/1".to_vec()];
             let qc = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
@@ -834,7 +898,7 @@ fn forge(w: &Comm) -> R {
             });
             match outcome {
                 Ok(()) => panic!("a connection without the job's credentials got an answer"),
-                Err(e) => println!("forged connection (own certificate: {with_cert}) refused: {e}"),
+                Err(e) => println!("forged connection ({what}) refused: {e}"),
             }
         }
         w.send(1, 0, &"still here".to_string())?;
