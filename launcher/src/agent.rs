@@ -106,6 +106,22 @@ pub fn main() -> u8 {
     });
 
     let (ev_tx, ev_rx) = mpsc::channel::<Ev>();
+    // Stopped from outside (`scancel` through srun, a hung-up ssh session, kill): stop this
+    // host's ranks and clean up, as when the launcher is gone.
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ]) {
+        let ev_tx = ev_tx.clone();
+        std::thread::spawn(move || {
+            // Keep the handlers (a second signal must not kill us mid-cleanup).
+            for sig in signals.forever() {
+                let name = crate::jobstate::signal_name(sig);
+                let _ = ev_tx.send(Ev::LauncherGone(format!("got {name}")));
+            }
+        });
+    }
     {
         let ev_tx = ev_tx.clone();
         std::thread::spawn(move || {
@@ -141,7 +157,10 @@ pub fn main() -> u8 {
         let _ = std::env::set_current_dir(&spec.cwd);
     }
     let started = resolve_program(&spec.program).and_then(|program| {
-        let bind = choose_bind(&spec.bind, ssh_connection(2))?;
+        let default = ssh_connection(2).or_else(|| {
+            std::env::var_os("SLURM_JOB_ID").and_then(|_| crate::slurm::node_address())
+        });
+        let bind = choose_bind(&spec.bind, default)?;
         let (node_tx, node_rx) = mpsc::channel();
         let ev_tx = ev_tx.clone();
         std::thread::spawn(move || {

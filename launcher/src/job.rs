@@ -15,7 +15,7 @@ use crate::jobstate::{signal_name, Action, HostState, Input, Job};
 use crate::node::{resolve_program, Node, NodeEvent};
 use crate::output::print_line;
 use crate::proto::{Bind, FromAgent, NodeSpec, ToAgent};
-use crate::remote::{HostEvent, Remote};
+use crate::remote::{HostEvent, Remote, Via};
 use crate::{RunArgs, TransportKind};
 use ranks::config::parse_abort_line;
 use ranks::config::TransportKind as Resolved;
@@ -58,6 +58,10 @@ struct HostRun {
 
 /// Validate the command line and work out where every rank runs.
 struct Plan {
+    /// Number of ranks.
+    n: usize,
+    /// How agents start on other hosts.
+    via: Via,
     program: String,
     extra_env: Vec<(String, String)>,
     hosts: Vec<Host>,
@@ -68,7 +72,34 @@ struct Plan {
 }
 
 fn plan(args: &RunArgs) -> Result<Plan, String> {
-    let n = args.np;
+    // Inside a Slurm allocation, without hosts of its own, the job runs on the allocation.
+    let allocation = match (&args.host, &args.hostfile) {
+        (None, None) => crate::slurm::Allocation::from_env(&|k| std::env::var(k).ok())?,
+        _ => None,
+    };
+    let n = match (args.np, &allocation) {
+        (Some(n), Some(a)) if n > a.slots() => {
+            return Err(format!(
+                "-n {n} is more than the {} slot(s) of Slurm job {} ({}); ask Slurm for more \
+                 (salloc -n {n}) or give a smaller -n",
+                a.slots(),
+                a.job,
+                a.hosts
+                    .iter()
+                    .map(|h| format!("{}:{}", h.name, h.slots))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ))
+        }
+        (Some(n), _) => n,
+        (None, Some(a)) => a.slots(),
+        (None, None) => {
+            return Err(
+                "-n N is needed (inside a Slurm allocation it defaults to one rank per slot)"
+                    .into(),
+            )
+        }
+    };
     if n == 0 {
         return Err("-n must be at least 1".into());
     }
@@ -90,14 +121,26 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
             _ => return Err(format!("-x {x:?}: expected NAME or NAME=VALUE")),
         }
     }
-    let all = match (&args.host, &args.hostfile) {
-        (Some(_), Some(_)) => return Err("give --host or --hostfile, not both".into()),
-        (Some(h), None) => hosts::parse_host_list(h)?,
-        (None, Some(f)) => hosts::parse_hostfile(f)?,
-        (None, None) => vec![Host {
+    let all = match (&args.host, &args.hostfile, &allocation) {
+        (Some(_), Some(_), _) => return Err("give --host or --hostfile, not both".into()),
+        (Some(h), None, _) => hosts::parse_host_list(h)?,
+        (None, Some(f), _) => hosts::parse_hostfile(f)?,
+        (None, None, Some(a)) => a.hosts.clone(),
+        (None, None, None) => vec![Host {
             name: "localhost".into(),
             slots: n,
         }],
+    };
+    let via = match (&allocation, &args.ssh) {
+        (Some(_), None) => Via::Srun,
+        _ => Via::Ssh(
+            args.ssh
+                .as_deref()
+                .unwrap_or("ssh")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+        ),
     };
     let placement = hosts::map(&all, n, args.map_by)?;
     // Keep the hosts that got ranks, in order.
@@ -168,6 +211,8 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
         resolve_program(&program)?;
     }
     Ok(Plan {
+        n,
+        via,
         program,
         extra_env,
         hosts,
@@ -190,7 +235,7 @@ fn to_strings(v: &[OsString]) -> Result<Vec<String>, String> {
 /// Run the job; `Ok(exit code)`, or `Err(message)` for a usage error before anything ran.
 pub fn run(args: RunArgs) -> Result<u8, String> {
     let plan = plan(&args)?;
-    let n = args.np;
+    let n = plan.n;
     let id = job_id();
     let multi = plan.hosts.len() > 1;
 
@@ -255,13 +300,6 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     }
 
     // Agents on the other hosts, all started at once.
-    let ssh: Vec<String> = args
-        .ssh
-        .as_deref()
-        .unwrap_or("ssh")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
     let agent = match &args.agent {
         Some(a) => a.clone(),
         None => std::env::current_exe()
@@ -285,7 +323,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         let remote = if hosts::is_local(&h.name) {
             None
         } else {
-            match Remote::start(&h.name, &ssh, &agent, tx.clone(), move |e| {
+            match Remote::start(&h.name, &plan.via, &agent, tx.clone(), move |e| {
                 Event::Host(i, e)
             }) {
                 Ok(r) => Some(r),
@@ -364,7 +402,11 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     let local_host = hosts.iter().position(|h| h.remote.is_none());
     if let Some(i) = local_host {
         let spec = spec_for(i);
-        let default_bind = if multi { launcher_ip.clone() } else { None };
+        let default_bind = match (multi, &plan.via) {
+            (false, _) => None,
+            (true, Via::Srun) => launcher_ip.clone().or_else(crate::slurm::node_address),
+            (true, Via::Ssh(_)) => launcher_ip.clone(),
+        };
         let started = crate::agent::choose_bind(&spec.bind, default_bind).and_then(|bind| {
             let program = resolve_program(&spec.program)?;
             let (ntx, nrx) = mpsc::channel();

@@ -7,4 +7,5 @@ pub mod diagnose;
 pub mod hosts;
 pub mod jobstate;
 pub mod proto;
+pub mod slurm;
 pub mod trace;

@@ -7,7 +7,7 @@ mod job;
 mod node;
 mod remote;
 
-pub(crate) use ranks_launcher::{diagnose, hosts, jobstate, proto, trace};
+pub(crate) use ranks_launcher::{diagnose, hosts, jobstate, proto, slurm, trace};
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -76,9 +76,9 @@ pub enum Progress {
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Number of ranks to start.
+    /// Number of ranks to start (inside a Slurm allocation, default: one per slot).
     #[arg(short = 'n', long = "np", value_name = "N")]
-    pub np: usize,
+    pub np: Option<usize>,
 
     /// Prefix every output line with the rank that printed it: `[3] ...`.
     #[arg(long)]

@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 
 use crate::proto::{read_msg, write_msg, FromAgent, ToAgent, HELLO};
 
+/// How agents on other hosts are started.
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// `ssh` (the command and its own options).
+    Ssh(Vec<String>),
+    /// `srun`, one task on the node, inside the Slurm allocation the launcher runs in.
+    Srun,
+}
+
 /// What a remote host's session reports.
 pub enum HostEvent {
     Msg(FromAgent),
@@ -37,31 +46,43 @@ impl Remote {
     /// everything the session says arrives as `wrap(event)` on `events`.
     pub fn start<E: Send + 'static>(
         host: &str,
-        ssh: &[String],
+        via: &Via,
         agent: &str,
         events: Sender<E>,
         wrap: impl Fn(HostEvent) -> E + Send + 'static,
     ) -> Result<Remote, String> {
-        let (prog, opts) = ssh
+        let words = match via {
+            Via::Ssh(ssh) => ssh.clone(),
+            Via::Srun => crate::slurm::srun_agent(host),
+        };
+        let (prog, opts) = words
             .split_first()
             .ok_or_else(|| "--ssh is empty".to_string())?;
         let mut cmd = Command::new(prog);
-        cmd.args(opts)
-            .args([
-                "-T",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "ServerAliveInterval=1",
-                "-o",
-                "ServerAliveCountMax=5",
-                "--",
-                host,
-            ])
-            .arg(format!("exec {} agent", shell_quote(agent)))
-            .stdin(Stdio::piped())
+        cmd.args(opts);
+        match via {
+            Via::Ssh(_) => {
+                cmd.args([
+                    "-T",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "ConnectTimeout=10",
+                    "-o",
+                    "ServerAliveInterval=1",
+                    "-o",
+                    "ServerAliveCountMax=5",
+                    "--",
+                    host,
+                ])
+                .arg(format!("exec {} agent", shell_quote(agent)));
+            }
+            // srun runs the program itself, no shell in between.
+            Via::Srun => {
+                cmd.args([agent, "agent"]);
+            }
+        }
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // Its own process group: Ctrl-C on the terminal reaches the launcher, which stops the
