@@ -50,6 +50,9 @@ pub(crate) fn world_from_env() -> Result<Comm> {
         crate::trace::start(path.clone(), rank, host);
     }
     let Some(place) = &cfg.placement else {
+        if let Some(pmi) = crate::pmi::Pmi::from_env()? {
+            return pmi_world(pmi, cfg);
+        }
         let tuning = Tuning::resolve(&cfg.tuning, 1, false);
         let core = Core::new(0, 1, Box::new(Local::default()), tuning, local_host());
         return Ok(Comm::world(Arc::new(core)));
@@ -110,6 +113,69 @@ pub(crate) fn world_from_env() -> Result<Comm> {
         crate::board::set_global(board.clone());
         core = core.with_board(board);
     }
+    Ok(Comm::world(Arc::new(core)))
+}
+
+/// A job started by `srun --mpi=pmi2 ./prog` (no `ranks run`): rank and size from Slurm's
+/// PMI-2 server, and the processes meet through its key-value store. Within one node they
+/// talk through a segment that rank 0 creates and removes again once everyone has mapped
+/// it, so nothing is left behind whatever happens later.
+fn pmi_world(mut pmi: crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
+    use crate::error::Error;
+    let (rank, size) = (pmi.rank, pmi.size);
+    let host = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| local_host());
+    pmi.put(&format!("ranks-host-{rank}"), &host)?;
+    // Rank 0 always publishes something, so nobody waits for a segment that will not come.
+    let mut created = None;
+    if rank == 0 {
+        let job: String = pmi
+            .jobid
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path =
+            std::path::PathBuf::from(format!("/dev/shm/ranks-{}-srun-{job}", std::process::id()));
+        let word = match crate::transport::shm::Segment::create(&path, size) {
+            Ok(seg) => {
+                created = Some(seg);
+                path.display().to_string()
+            }
+            Err(e) => format!("error:{e}").replace(';', ","),
+        };
+        pmi.put("ranks-shm", &word)?;
+    }
+    pmi.fence()?;
+    let mut hosts = Vec::with_capacity(size);
+    for r in 0..size {
+        hosts.push(
+            pmi.get(&format!("ranks-host-{r}"))?
+                .ok_or_else(|| Error::Bootstrap(format!("PMI-2: rank {r} published no host")))?,
+        );
+    }
+    if let Some((r, other)) = hosts.iter().enumerate().find(|(_, h)| **h != hosts[0]) {
+        return Err(Error::Bootstrap(format!(
+            "started by srun on several nodes (rank 0 on {}, rank {r} on {other}): starting \
+             ranks directly with srun works within one node so far; across nodes, run `ranks \
+             run` inside the allocation (it starts its agents with srun)",
+            hosts[0]
+        )));
+    }
+    let word = pmi.get("ranks-shm")?.unwrap_or_default();
+    if let Some(why) = word.strip_prefix("error:") {
+        return Err(Error::Bootstrap(format!(
+            "rank 0 could not make the job's segment: {why}"
+        )));
+    }
+    let shm = Shm::attach(std::path::Path::new(&word), rank, size, &cfg.tuning)?;
+    // Once everyone has it mapped, the file can go.
+    pmi.fence()?;
+    drop(created);
+    tracing::debug!(rank, size, "joined a job started by srun");
+    let tuning = Tuning::resolve(&cfg.tuning, size, false);
+    let core = Core::new(rank, size, Box::new(shm.without_launcher()), tuning, host);
+    // The connection to srun stays open while the process lives.
+    static PMI: std::sync::Mutex<Option<crate::pmi::Pmi>> = std::sync::Mutex::new(None);
+    *PMI.lock().unwrap_or_else(|p| p.into_inner()) = Some(pmi);
     Ok(Comm::world(Arc::new(core)))
 }
 

@@ -33,6 +33,7 @@ mod fingerprint;
 mod group;
 pub mod op;
 mod p2p;
+mod pmi;
 pub mod primitives;
 mod progress;
 mod protocol;

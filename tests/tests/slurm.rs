@@ -246,3 +246,77 @@ fn scancel_stops_every_rank() {
     assert!(o.elapsed < Duration::from_secs(50), "{o:?}");
     assert_nothing_left(&o);
 }
+
+/// `srun --mpi=pmi2 PROGRAM ARGS...` with `SRUN` options, marked for the leftover check.
+fn direct(srun: &[&str], program: &str, args: &[&str]) -> Outcome {
+    let mark = format!("slurm-{}-{}", std::process::id(), rand_suffix());
+    let mut cmd = Command::new("srun");
+    cmd.arg("--mpi=pmi2")
+        .args(srun)
+        .env("RANKS_TEST_MARK", &mark)
+        .arg(bin(program))
+        .args(args);
+    run_command(cmd, LIMIT, mark)
+}
+
+/// Direct launch: no `ranks run`; rank and size come from Slurm's PMI-2, the ranks of the node
+/// meet in a segment that is gone once they all mapped it.
+#[test]
+#[ignore = "needs Slurm (sudo bash .ci/netns-hosts.sh up 4 && sudo bash .ci/slurm.sh up); run with -- --include-ignored"]
+fn srun_starts_ranks_directly_within_a_node() {
+    slurm_ready();
+    let _alone = alone();
+    let o = direct(&["-p", "main", "-n", "4"], "primes", &[]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("total: 283146 primes"), "{o:?}");
+    assert_nothing_left(&o);
+    let o = direct(
+        &["-p", "main", "-n", "3"],
+        "ranks-testjob",
+        &["ring", "500"],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("ring ok 1500"), "{o:?}");
+    assert_nothing_left(&o);
+}
+
+/// With no launcher to tell them, survivors notice a dead rank's process is gone: their
+/// all-reduce fails naming a dead rank, and srun reports the victim's end.
+#[test]
+#[ignore = "needs Slurm (sudo bash .ci/netns-hosts.sh up 4 && sudo bash .ci/slurm.sh up); run with -- --include-ignored"]
+fn a_rank_killed_under_srun_ends_the_others_waits() {
+    slurm_ready();
+    let _alone = alone();
+    for (how, code) in [("kill", 137), ("exit3", 3)] {
+        let o = direct(
+            &["-p", "main", "-n", "4"],
+            "ranks-testjob",
+            &["dies", "allreduce", how],
+        );
+        assert_eq!(o.code, code, "{how}: {o:?}");
+        for r in 1..3 {
+            let l = format!("survivor {r} allreduce: PeerLost rank 3 ");
+            assert!(o.stdout.contains(&l), "{how}: {l}: {o:?}");
+        }
+        assert!(o.stdout.contains("survivor 0 allreduce: PeerLost"), "{o:?}");
+        assert_nothing_left(&o);
+    }
+}
+
+#[test]
+#[ignore = "needs Slurm (sudo bash .ci/netns-hosts.sh up 4 && sudo bash .ci/slurm.sh up); run with -- --include-ignored"]
+fn srun_across_nodes_is_a_clear_error() {
+    slurm_ready();
+    let _alone = alone();
+    let o = direct(
+        &["-p", "hosts", "-w", "ranks-h[1-2]", "-N", "2", "-n", "2"],
+        "ranks-testjob",
+        &["ring", "10"],
+    );
+    assert_ne!(o.code, 0, "{o:?}");
+    assert!(
+        o.stderr.contains("run `ranks run` inside the allocation"),
+        "{o:?}"
+    );
+    assert_nothing_left(&o);
+}

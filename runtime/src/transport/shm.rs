@@ -539,9 +539,18 @@ pub(crate) struct Shm {
     /// Testing knob (`RANKS_TEST_REFUSE_PULL=1`): refuse every pull, as a kernel that forbids
     /// cross-memory attach between ranks would, so the streaming fallback runs.
     refuse_pull: bool,
+    /// No launcher records how ranks end (a job started by `srun --mpi=pmi2`): a peer whose
+    /// process is gone counts as ended.
+    unwatched: bool,
 }
 
 impl Shm {
+    /// Watch peers' processes ourselves (see `unwatched`).
+    pub(crate) fn without_launcher(mut self) -> Shm {
+        self.unwatched = true;
+        self
+    }
+
     pub(crate) fn attach(
         path: &Path,
         rank: usize,
@@ -557,6 +566,7 @@ impl Shm {
             took_some: (0..size).map(|_| AtomicBool::new(false)).collect(),
             tail_seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
             refuse_pull: tuning.refuse_pull,
+            unwatched: false,
         })
     }
 }
@@ -630,6 +640,12 @@ impl Transport for Shm {
 
     fn peer_gone(&self, peer: usize) -> Option<String> {
         match self.seg.state(peer) {
+            RankState::Running if self.unwatched => {
+                let pid = self.seg.pid(peer);
+                let alive = rustix::process::Pid::from_raw(pid as i32)
+                    .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+                (!alive).then(|| format!("its process {pid} ended"))
+            }
             RankState::Starting | RankState::Running => None,
             RankState::Exited => Some("it exited".into()),
             RankState::Failed => Some("it failed or was killed".into()),
