@@ -15,6 +15,8 @@ up)
     apt-get update -qq || true
     apt-get install -y -qq slurm-wlm munge >/dev/null
   fi
+  # Slurm's daemons and srun look this machine's name up.
+  getent hosts "$host" >/dev/null || echo "127.0.0.1 $host" >> /etc/hosts
   mkdir -p /etc/munge /var/lib/munge /var/log/munge /run/munge /etc/slurm \
     /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
   if [ ! -s /etc/munge/munge.key ]; then
@@ -25,7 +27,7 @@ up)
   pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged 2>/dev/null || /usr/sbin/munged --force
   # The netns test hosts (.ci/netns-hosts.sh), if they are up, become nodes of their own,
   # each with a slurmd inside its namespace, in the partition "hosts".
-  ctl_addr=""
+  ctl_addr="(127.0.0.1)"
   netns_nodes=""
   hosts=$(ip netns list 2>/dev/null | awk '/^ranks-h/ {print $1}' | sort)
   if [ -n "$hosts" ] && ip addr show rkbr0 >/dev/null 2>&1; then
@@ -61,7 +63,7 @@ JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 KillWait=5
 InactiveLimit=0
-NodeName=$host CPUs=8 State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN
 PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP
 $netns_nodes
 CONF
