@@ -245,6 +245,26 @@ fn main() -> ExitCode {
         }
     };
     match cli.cmd {
+        Cmd::Run(args) if args.np.is_none() && !in_slurm_allocation(&args) => {
+            // Required unless Slurm says how many: clap's own error, with the usage line.
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            cmd.build(); // names the subcommand `ranks run` in the usage line
+            let text = cmd
+                .find_subcommand_mut("run")
+                .map(|run| {
+                    run.error(
+                        clap::error::ErrorKind::MissingRequiredArgument,
+                        "the following required argument was not provided: --np <N> (-n N; \
+                         inside a Slurm allocation it defaults to one rank per slot)",
+                    )
+                    .render()
+                    .to_string()
+                })
+                .unwrap_or_default();
+            output::say_line(&format!("ranks: {}", text.trim()));
+            ExitCode::from(EXIT_USAGE)
+        }
         Cmd::Run(args) => match job::run(*args) {
             Ok(code) => ExitCode::from(code),
             Err(msg) => {
@@ -261,6 +281,15 @@ fn main() -> ExitCode {
         },
         Cmd::Agent => ExitCode::from(agent::main()),
     }
+}
+
+/// Whether `ranks run` with these arguments runs on a Slurm allocation (no hosts given, and
+/// Slurm's job variables set).
+fn in_slurm_allocation(args: &RunArgs) -> bool {
+    args.host.is_none()
+        && args.hostfile.is_none()
+        && std::env::var_os("SLURM_JOB_ID").is_some()
+        && std::env::var_os("SLURM_JOB_NODELIST").is_some()
 }
 
 /// `ranks report FILE`: print the summary, write the heatmap.

@@ -76,10 +76,11 @@ fn matrix(transport: &str) {
 }
 
 /// Primitives: the victim owns the queue, semaphore, event, condition or manager dict the
-/// others wait on (or keep calling), holds the lock they wait for (owned by rank 0), or is
-/// the party of a barrier (owned by rank 0) that never arrives. Every survivor's call ends
-/// with an error naming the victim.
-const PRIM_OPS: [&str; 7] = [
+/// others wait on (or keep calling), holds the lock they wait for (owned by rank 0), is
+/// the party of a barrier (owned by rank 0) that never arrives, or is the other end of the
+/// pipe each of them reads. Every survivor's call ends with an error naming the victim (a
+/// pipe's reader gets its end of stream).
+const PRIM_OPS: [&str; 8] = [
     "queue",
     "semaphore",
     "event",
@@ -87,6 +88,7 @@ const PRIM_OPS: [&str; 7] = [
     "dict",
     "lock",
     "pbarrier",
+    "pipe",
 ];
 
 fn prim_cell(transport: &str, kind: &str, code: i32, op: &str) {
@@ -111,6 +113,8 @@ fn prim_cell(transport: &str, kind: &str, code: i32, op: &str) {
     let expect = match op {
         "lock" => format!("HolderDied rank {VICTIM} "),
         "pbarrier" => format!("BrokenBarrier (rank {VICTIM} is gone"),
+        // A pipe whose other end is gone reads as its end (Python's EOFError).
+        "pipe" => "EndOfStream after".to_string(),
         _ => format!("PeerLost rank {VICTIM} "),
     };
     for r in 0..VICTIM {

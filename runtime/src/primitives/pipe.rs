@@ -44,7 +44,14 @@ pub struct Pipe<T> {
     can_recv: bool,
     closed_by_peer: bool,
     closed: bool,
+    /// Sends the close frame as a `Frame<T>` (its type checked on arrival like any
+    /// message), for `Drop`, which cannot name `T`'s serde bounds.
+    send_close: fn(&Comm, usize, i32) -> Result<()>,
     _t: PhantomData<fn(T) -> T>,
+}
+
+fn send_close<T: Serialize>(world: &Comm, peer: usize, tag: i32) -> Result<()> {
+    world.send(peer, tag, &Frame::<T>::Close)
 }
 
 impl<T: Serialize + DeserializeOwned> Pipe<T> {
@@ -83,6 +90,7 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
             can_recv: duplex || me == b,
             closed_by_peer: false,
             closed: false,
+            send_close: send_close::<T>,
             _t: PhantomData,
         }))
     }
@@ -172,7 +180,7 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
         }
         self.closed = true;
         if self.can_send {
-            self.world.send(self.peer, self.tag, &Frame::<T>::Close)?;
+            (self.send_close)(&self.world, self.peer, self.tag)?;
         }
         Ok(())
     }
@@ -182,7 +190,9 @@ impl<T> Drop for Pipe<T> {
     fn drop(&mut self) {
         if !self.closed && self.can_send {
             self.closed = true;
-            let _ = self.world.send(self.peer, self.tag, &Frame::<()>::Close);
+            // Not `Frame::<()>`: the reader checks the frame's type, and `Frame<()>` is not
+            // its `Frame<T>` (a dropped pipe read as a type mismatch instead of its end).
+            let _ = (self.send_close)(&self.world, self.peer, self.tag);
         }
     }
 }

@@ -390,6 +390,15 @@ fn dies(w: &Comm) -> R {
     let pbarrier = (op == "pbarrier")
         .then(|| ranks::Barrier::new(w, 0, n))
         .transpose()?;
+    // A pipe between every survivor and the victim (every rank takes part in making each).
+    let mut pipes = Vec::new();
+    if op == "pipe" {
+        for r in 0..victim {
+            if let Some(p) = ranks::Pipe::<u64>::new(w, r, victim, true)? {
+                pipes.push(p);
+            }
+        }
+    }
     if let (Some(l), true) = (&lock, me == victim) {
         // Held until death, whatever the death (a panic would release it on unwinding).
         std::mem::forget(l.acquire()?);
@@ -447,6 +456,7 @@ fn dies(w: &Comm) -> R {
         },
         "lock" => lock.as_ref().expect("made").acquire().map(drop),
         "pbarrier" => pbarrier.as_ref().expect("made").wait().map(drop),
+        "pipe" => pipes[0].recv().map(drop),
         other => panic!("unknown op {other}"),
     };
     let ms = t0.elapsed().saturating_sub(end).as_millis();
@@ -460,6 +470,7 @@ fn dies(w: &Comm) -> R {
         Err(Error::BrokenBarrier(why)) => {
             println!("survivor {me} {op}: BrokenBarrier ({why}) after {ms} ms")
         }
+        Err(Error::EndOfStream) => println!("survivor {me} {op}: EndOfStream after {ms} ms"),
         Err(e) => println!("survivor {me} {op}: other error {e} after {ms} ms"),
         Ok(()) => println!("survivor {me} {op}: completed after {ms} ms"),
     }
