@@ -345,7 +345,7 @@ fn pipes(w: &Comm) -> R {
                 Err(e) => return Err(e),
             }
         }
-        let mut one = one.unwrap();
+        let one = one.unwrap();
         for i in 0..100 {
             one.send(&i)?;
         }
