@@ -486,12 +486,18 @@ impl Core {
     }
 
     /// Look at the board until `found` gives something or `BOARD_GRACE` passes.
-    fn await_board<T>(
+    fn await_board<T>(&self, found: impl FnMut(&crate::board::Board) -> Option<T>) -> Option<T> {
+        self.await_board_for(BOARD_GRACE, found)
+    }
+
+    /// Look at the board until `found` gives something or `within` passes.
+    fn await_board_for<T>(
         &self,
+        within: Duration,
         mut found: impl FnMut(&crate::board::Board) -> Option<T>,
     ) -> Option<T> {
         let board = self.board.as_ref()?;
-        let until = Instant::now() + BOARD_GRACE;
+        let until = Instant::now() + within;
         loop {
             if let Some(t) = found(board) {
                 return Some(t);
@@ -641,6 +647,15 @@ impl Core {
             .await_board(|b| b.ended(rank).map(|(how, _)| how.to_string()))
             .unwrap_or(detail);
         Error::PeerLost { rank, detail }
+    }
+
+    /// Wait up to `within` for the board to record that world rank `rank` ended (whether
+    /// it does). For news a peer sends as it fails (a pipe end dropped while its thread
+    /// panics): the launcher must hear of the peer's failure before of any failure the
+    /// news causes here. Call without the state lock.
+    pub(crate) fn await_end(&self, rank: usize, within: Duration) -> bool {
+        self.await_board_for(within, |b| b.ended(rank).map(drop))
+            .is_some()
     }
 
     fn wait_loop_inner<R>(

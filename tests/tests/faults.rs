@@ -136,6 +136,17 @@ fn prim_matrix(transport: &str) {
     }
 }
 
+/// A pipe end dropped while its thread panics sends its news before the process exits with
+/// 101; the reader's failure (exit 1) must not reach the launcher first and set the job's
+/// code. Here the unwinding goes on 400 ms after the drop (it was a race before: CI saw
+/// code 1 once).
+#[test]
+fn a_panicking_pipe_end_does_not_hide_the_panic() {
+    for transport in ["shm", "quic"] {
+        prim_cell(transport, "slowpanic", 101, "pipe");
+    }
+}
+
 #[test]
 fn fault_matrix_primitives_shm() {
     prim_matrix("shm");

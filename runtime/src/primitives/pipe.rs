@@ -14,7 +14,15 @@ use crate::error::{Error, Result};
 enum Frame<T> {
     Item(T),
     Close,
+    /// The end was dropped while its thread panicked: most likely its process is about to
+    /// exit with a failure, which must reach the launcher before the reader's reaction.
+    Broken,
 }
+
+/// How long a reader that got `Frame::Broken` waits for the writer's process to end (a
+/// thread that panicked may also be caught and the process go on: then the reader gets its
+/// end of stream after this).
+const BROKEN_GRACE: Duration = Duration::from_secs(1);
 
 /// One end of a pipe. Both ranks call [`Pipe::new`]; each gets its end.
 ///
@@ -46,12 +54,17 @@ pub struct Pipe<T> {
     closed: bool,
     /// Sends the close frame as a `Frame<T>` (its type checked on arrival like any
     /// message), for `Drop`, which cannot name `T`'s serde bounds.
-    send_close: fn(&Comm, usize, i32) -> Result<()>,
+    send_close: fn(&Comm, usize, i32, bool) -> Result<()>,
     _t: PhantomData<fn(T) -> T>,
 }
 
-fn send_close<T: Serialize>(world: &Comm, peer: usize, tag: i32) -> Result<()> {
-    world.send(peer, tag, &Frame::<T>::Close)
+fn send_close<T: Serialize>(world: &Comm, peer: usize, tag: i32, broken: bool) -> Result<()> {
+    let frame = if broken {
+        Frame::<T>::Broken
+    } else {
+        Frame::<T>::Close
+    };
+    world.send(peer, tag, &frame)
 }
 
 impl<T: Serialize + DeserializeOwned> Pipe<T> {
@@ -139,6 +152,11 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
                 self.closed_by_peer = true;
                 Err(Error::EndOfStream)
             }
+            Frame::Broken => {
+                self.closed_by_peer = true;
+                self.world.core.await_end(self.peer, BROKEN_GRACE);
+                Err(Error::EndOfStream)
+            }
         }
     }
 
@@ -180,7 +198,7 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
         }
         self.closed = true;
         if self.can_send {
-            (self.send_close)(&self.world, self.peer, self.tag)?;
+            (self.send_close)(&self.world, self.peer, self.tag, false)?;
         }
         Ok(())
     }
@@ -192,7 +210,11 @@ impl<T> Drop for Pipe<T> {
             self.closed = true;
             // Not `Frame::<()>`: the reader checks the frame's type, and `Frame<()>` is not
             // its `Frame<T>` (a dropped pipe read as a type mismatch instead of its end).
-            let _ = (self.send_close)(&self.world, self.peer, self.tag);
+            // A panicking thread's end says so: the reader then lets the launcher hear of
+            // this process's failure before it fails itself (the first failure sets the
+            // job's exit code; a plain close raced the panic's exit code).
+            let broken = std::thread::panicking();
+            let _ = (self.send_close)(&self.world, self.peer, self.tag, broken);
         }
     }
 }

@@ -361,6 +361,17 @@ fn peerlost(w: &Comm) -> R {
 /// prints the error it got, naming the rank, and how long after the end it came.
 /// With `propagate`, survivors then fail with that error (exit 1), as most programs would.
 /// `ranks-testjob dies OP HOW [propagate]`
+/// Sleeps 400 ms when dropped during a panic (if armed).
+struct SlowUnwind(bool);
+
+impl Drop for SlowUnwind {
+    fn drop(&mut self) {
+        if self.0 && std::thread::panicking() {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
+    }
+}
+
 fn dies(w: &Comm) -> R {
     let op = std::env::args()
         .nth(2)
@@ -369,6 +380,10 @@ fn dies(w: &Comm) -> R {
     let propagate = std::env::args().nth(4).is_some_and(|a| a == "propagate");
     let (me, n) = (w.rank(), w.size());
     let victim = n - 1;
+    // `slowpanic`: a panic whose unwinding takes 400 ms more after the pipes are dropped
+    // (this guard is dropped after them), so the news a dropped end sends comes well before
+    // the process's exit.
+    let _slow = SlowUnwind(how == "slowpanic");
     // Primitives (created by every rank): the victim owns the object, holds the lock, or
     // is the party that never arrives.
     let queue = (op == "queue")
@@ -411,7 +426,7 @@ fn dies(w: &Comm) -> R {
         match how.as_str() {
             "exit0" => std::process::exit(0),
             "exit3" => std::process::exit(3),
-            "panic" => panic!("the victim panics"),
+            "panic" | "slowpanic" => panic!("the victim panics"),
             _ => {
                 let _ = rustix::process::kill_process(
                     rustix::process::getpid(),
