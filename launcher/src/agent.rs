@@ -158,7 +158,8 @@ pub fn main() -> u8 {
     }
     let started = resolve_program(&spec.program).and_then(|program| {
         let default = ssh_connection(2).or_else(|| {
-            std::env::var_os("SLURM_JOB_ID").and_then(|_| crate::slurm::node_address())
+            std::env::var_os("SLURM_JOB_ID")
+                .and_then(|_| ranks::transport::quic::slurm_node_address())
         });
         let bind = choose_bind(&spec.bind, default)?;
         let (node_tx, node_rx) = mpsc::channel();

@@ -404,7 +404,9 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
         let spec = spec_for(i);
         let default_bind = match (multi, &plan.via) {
             (false, _) => None,
-            (true, Via::Srun) => launcher_ip.clone().or_else(crate::slurm::node_address),
+            (true, Via::Srun) => launcher_ip
+                .clone()
+                .or_else(ranks::transport::quic::slurm_node_address),
             (true, Via::Ssh(_)) => launcher_ip.clone(),
         };
         let started = crate::agent::choose_bind(&spec.bind, default_bind).and_then(|bind| {

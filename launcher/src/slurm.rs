@@ -196,23 +196,6 @@ pub fn srun_agent(host: &str) -> Vec<String> {
     .collect()
 }
 
-/// The address QUIC binds to on a node reached through srun (no ssh connection to take it
-/// from): the first IPv4 address, other than loopback, that the node's name resolves to.
-pub fn node_address() -> Option<String> {
-    use std::net::ToSocketAddrs;
-    let name = std::env::var("SLURMD_NODENAME").ok().or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|s| s.trim().to_string())
-    })?;
-    (name.as_str(), 0)
-        .to_socket_addrs()
-        .ok()?
-        .map(|a| a.ip())
-        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
-        .map(|ip| ip.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

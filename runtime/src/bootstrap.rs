@@ -117,33 +117,22 @@ pub(crate) fn world_from_env() -> Result<Comm> {
 }
 
 /// A job started by `srun --mpi=pmi2 ./prog` (no `ranks run`): rank and size from Slurm's
-/// PMI-2 server, and the processes meet through its key-value store. Within one node they
-/// talk through a segment that rank 0 creates and removes again once everyone has mapped
-/// it, so nothing is left behind whatever happens later.
+/// PMI-2 server, and the processes meet through its key-value store.
+///
+/// - Within a node, the node's first rank makes a segment and publishes its path; the file
+///   is removed once everyone has mapped it, so nothing can be left behind.
+/// - Across nodes, QUIC. There is no launcher to make job credentials, so each process makes
+///   its own key and self-signed certificate and publishes its address and the certificate's
+///   SHA-256 fingerprint; peers accept exactly the published certificates (no key crosses
+///   the network, and nobody outside the step is in the key-value store).
+///
+/// Three fences: hosts; segments, addresses and fingerprints; everyone mapped and pinned
+/// (after which the segment files go and connections start).
 fn pmi_world(mut pmi: crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
     use crate::error::Error;
     let (rank, size) = (pmi.rank, pmi.size);
     let host = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| local_host());
     pmi.put(&format!("ranks-host-{rank}"), &host)?;
-    // Rank 0 always publishes something, so nobody waits for a segment that will not come.
-    let mut created = None;
-    if rank == 0 {
-        let job: String = pmi
-            .jobid
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let path =
-            std::path::PathBuf::from(format!("/dev/shm/ranks-{}-srun-{job}", std::process::id()));
-        let word = match crate::transport::shm::Segment::create(&path, size) {
-            Ok(seg) => {
-                created = Some(seg);
-                path.display().to_string()
-            }
-            Err(e) => format!("error:{e}").replace(';', ","),
-        };
-        pmi.put("ranks-shm", &word)?;
-    }
     pmi.fence()?;
     let mut hosts = Vec::with_capacity(size);
     for r in 0..size {
@@ -152,31 +141,177 @@ fn pmi_world(mut pmi: crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
                 .ok_or_else(|| Error::Bootstrap(format!("PMI-2: rank {r} published no host")))?,
         );
     }
-    if let Some((r, other)) = hosts.iter().enumerate().find(|(_, h)| **h != hosts[0]) {
-        return Err(Error::Bootstrap(format!(
-            "started by srun on several nodes (rank 0 on {}, rank {r} on {other}): starting \
-             ranks directly with srun works within one node so far; across nodes, run `ranks \
-             run` inside the allocation (it starts its agents with srun)",
-            hosts[0]
-        )));
+    let local = crate::transport::local_indices(&hosts, rank);
+    let n_local = local.iter().flatten().count();
+    let leader = hosts
+        .iter()
+        .position(|h| *h == host)
+        .expect("our own host is among the hosts");
+    // The node's first rank always publishes something, so nobody waits for a segment that
+    // will not come.
+    let mut created = None;
+    if rank == leader && n_local > 1 {
+        let job: String = pmi
+            .jobid
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path =
+            std::path::PathBuf::from(format!("/dev/shm/ranks-{}-srun-{job}", std::process::id()));
+        let word = match crate::transport::shm::Segment::create(&path, n_local) {
+            Ok(seg) => {
+                created = Some(seg);
+                path.display().to_string()
+            }
+            Err(e) => format!("error:{e}").replace(';', ","),
+        };
+        pmi.put(&format!("ranks-shm-{leader}"), &word)?;
     }
-    let word = pmi.get("ranks-shm")?.unwrap_or_default();
-    if let Some(why) = word.strip_prefix("error:") {
-        return Err(Error::Bootstrap(format!(
-            "rank 0 could not make the job's segment: {why}"
-        )));
+    #[cfg(feature = "quic")]
+    let quic = if n_local < size {
+        Some(pmi_quic_publish(&mut pmi, cfg)?)
+    } else {
+        None
+    };
+    #[cfg(not(feature = "quic"))]
+    if n_local < size {
+        return Err(Error::Bootstrap(
+            "started by srun on several nodes: QUIC between nodes needs the `quic` feature of \
+             ranks, and this program was built without it"
+                .into(),
+        ));
     }
-    let shm = Shm::attach(std::path::Path::new(&word), rank, size, &cfg.tuning)?;
-    // Once everyone has it mapped, the file can go.
+    pmi.fence()?;
+    let shm = if n_local > 1 {
+        let word = pmi.get(&format!("ranks-shm-{leader}"))?.unwrap_or_default();
+        if let Some(why) = word.strip_prefix("error:") {
+            return Err(Error::Bootstrap(format!(
+                "rank {leader} could not make the segment of node {host}: {why}"
+            )));
+        }
+        let me = local[rank].expect("we are local");
+        Some(Shm::attach(std::path::Path::new(&word), me, n_local, &cfg.tuning)?.without_launcher())
+    } else {
+        None
+    };
+    #[cfg(feature = "quic")]
+    let quic = match quic {
+        Some(bound) => Some(pmi_quic_pins(&mut pmi, bound, &local)?),
+        None => None,
+    };
+    // Once everyone has its segment mapped and its pins set, the files can go and the
+    // connections start.
     pmi.fence()?;
     drop(created);
-    tracing::debug!(rank, size, "joined a job started by srun");
-    let tuning = Tuning::resolve(&cfg.tuning, size, false);
-    let core = Core::new(rank, size, Box::new(shm.without_launcher()), tuning, host);
+    let t: Box<dyn Transport> = match shm {
+        #[cfg(feature = "quic")]
+        shm if n_local < size => {
+            let (bound, addrs) = quic.expect("published");
+            let remote: Vec<bool> = local.iter().map(Option::is_none).collect();
+            let q = crate::transport::quic::Quic::wire(
+                bound,
+                &remote,
+                shm.as_ref().map(Shm::waker),
+                &|p| addrs[p],
+            )?;
+            Box::new(crate::transport::hybrid::Hybrid::from_parts(
+                local,
+                shm,
+                Some(q),
+            ))
+        }
+        Some(shm) => Box::new(shm),
+        None => Box::new(Local::default()),
+    };
+    tracing::debug!(
+        rank,
+        size,
+        transport = t.name(),
+        "joined a job started by srun"
+    );
+    let io_threads = n_local < size && n_local == 1;
+    let tuning = Tuning::resolve(&cfg.tuning, n_local, io_threads);
+    let core = Core::new(rank, size, t, tuning, host);
     // The connection to srun stays open while the process lives.
-    static PMI: std::sync::Mutex<Option<crate::pmi::Pmi>> = std::sync::Mutex::new(None);
     *PMI.lock().unwrap_or_else(|p| p.into_inner()) = Some(pmi);
     Ok(Comm::world(Arc::new(core)))
+}
+
+/// The connection to srun's PMI-2 server of a rank it started directly.
+static PMI: std::sync::Mutex<Option<crate::pmi::Pmi>> = std::sync::Mutex::new(None);
+
+/// Under srun (no launcher): ask Slurm to end the whole step, because this rank aborts.
+pub(crate) fn abort_step(msg: &str) {
+    if let Some(pmi) = PMI.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        pmi.abort(msg);
+    }
+}
+
+/// Bind this rank's QUIC endpoint (on `RANKS_BIND`, or the node name's address) with a
+/// certificate of its own, and publish `ADDRESS FINGERPRINT` as `ranks-quic-R`.
+#[cfg(feature = "quic")]
+fn pmi_quic_publish(
+    pmi: &mut crate::pmi::Pmi,
+    cfg: &Config,
+) -> Result<crate::transport::quic::Bound> {
+    use crate::transport::quic::{slurm_node_address, Bound, Identity, Trust};
+    let id = Identity::generate()?;
+    let fp: String = id
+        .fingerprint()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let bind = cfg.bind.clone().or_else(slurm_node_address);
+    let bound = Bound::new(
+        pmi.rank,
+        pmi.size,
+        Trust::Pinned(id, Default::default()),
+        bind.as_deref(),
+        cfg.ports,
+    )?;
+    pmi.put(
+        &format!("ranks-quic-{}", pmi.rank),
+        &format!("{} {fp}", bound.local_addr()?),
+    )?;
+    Ok(bound)
+}
+
+/// Every other node's ranks' addresses and fingerprints (after the fence): pin the
+/// fingerprints in `bound`'s verifier and return the addresses.
+#[cfg(feature = "quic")]
+fn pmi_quic_pins(
+    pmi: &mut crate::pmi::Pmi,
+    bound: crate::transport::quic::Bound,
+    local: &[Option<usize>],
+) -> Result<(
+    crate::transport::quic::Bound,
+    Vec<Option<std::net::SocketAddr>>,
+)> {
+    use crate::error::Error;
+    let mut addrs = vec![None; local.len()];
+    // Ranks on this node publish nothing: their pin stays all zeros, which no
+    // certificate's hash is.
+    let mut pins = vec![[0u8; 32]; local.len()];
+    for (r, l) in local.iter().enumerate() {
+        if l.is_some() {
+            continue;
+        }
+        let bad = |why: &str| Error::Bootstrap(format!("PMI-2: rank {r}'s QUIC entry {why}"));
+        let word = pmi
+            .get(&format!("ranks-quic-{r}"))?
+            .ok_or_else(|| bad("is missing"))?;
+        let (addr, fp) = word.split_once(' ').ok_or_else(|| bad("is malformed"))?;
+        addrs[r] = Some(addr.parse().map_err(|_| bad("has a bad address"))?);
+        if fp.len() != 64 {
+            return Err(bad("has a bad fingerprint"));
+        }
+        for (i, b) in pins[r].iter_mut().enumerate() {
+            *b = u8::from_str_radix(&fp[2 * i..2 * i + 2], 16)
+                .map_err(|_| bad("has a bad fingerprint"))?;
+        }
+    }
+    bound.pin(pins)?;
+    Ok((bound, addrs))
 }
 
 /// What this rank's host is called in the job (what `split_by_host` groups by).

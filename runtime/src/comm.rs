@@ -170,10 +170,14 @@ impl Comm {
 
     /// End the whole job with `code` (1 if `code` is 0): the launcher stops every other
     /// rank, even with `--keep-going`, and exits with this code whatever the others do.
+    /// Under `srun` without the launcher, Slurm ends the whole step (PMI-2 abort).
     pub fn abort(&self, code: i32) -> ! {
         let code = if code & 0xff == 0 { 1 } else { code & 0xff };
         // The launcher recognises this exact line on the rank's stderr.
-        eprintln!("{}", crate::config::abort_line(self.core.rank, code));
+        let line = crate::config::abort_line(self.core.rank, code);
+        eprintln!("{line}");
+        // Started by srun, no launcher reads that line: Slurm ends the step.
+        crate::bootstrap::abort_step(&line);
         std::process::exit(code)
     }
 

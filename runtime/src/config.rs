@@ -294,6 +294,10 @@ pub struct Config {
     pub trace: Option<PathBuf>,
     /// `RANKS_PROGRESS=1`: report pools' progress to the launcher.
     pub progress: bool,
+    /// `RANKS_BIND` and `RANKS_PORTS` for a rank started without the launcher (srun): where
+    /// its QUIC endpoint binds.
+    pub bind: Option<String>,
+    pub ports: Option<(u16, u16)>,
 }
 
 impl Config {
@@ -348,6 +352,11 @@ impl Config {
             trace: get(env::TRACE)
                 .filter(|p| !p.trim().is_empty())
                 .map(PathBuf::from),
+            bind: get(env::BIND).filter(|b| !b.is_empty()),
+            ports: get(env::PORTS)
+                .filter(|p| !p.is_empty())
+                .map(|p| parse_ports(&p))
+                .transpose()?,
         })
     }
 }

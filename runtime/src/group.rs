@@ -106,6 +106,18 @@ impl Comm {
         self.split(pos.map(|_| 0), pos.unwrap_or(0) as i32)
     }
 
+    /// The name of this rank's host in the job (MPI's processor name): the name the
+    /// launcher knows it by, Slurm's node name under srun, the machine's name otherwise.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// assert!(!world.host().is_empty());
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn host(&self) -> &str {
+        &self.core.host
+    }
+
     /// The ranks that share this host, as a communicator (ordered by rank). Collective.
     pub fn split_by_host(&self) -> Result<Comm> {
         let host = self.core.host.clone();

@@ -153,6 +153,15 @@ impl Pmi {
         self.request("cmd=kvs-fence;").map(drop)
     }
 
+    /// Ask srun to end the whole step (every task, on every node) with `msg` in its log. No
+    /// answer comes: the caller exits next.
+    pub(crate) fn abort(&mut self, msg: &str) {
+        let msg = msg.replace([';', '='], ",");
+        let _ = self
+            .stream
+            .write_all(&frame(&format!("cmd=abort;isworld=TRUE;msg={msg};")));
+    }
+
     /// A key another task put before the last fence.
     pub(crate) fn get(&mut self, key: &str) -> Result<Option<String>> {
         let r = self.request(&format!(

@@ -303,20 +303,91 @@ fn a_rank_killed_under_srun_ends_the_others_waits() {
     }
 }
 
+/// Direct launch across nodes: shared memory within each node, QUIC between them, each rank
+/// with a certificate of its own whose fingerprint the others take from PMI.
 #[test]
 #[ignore = "needs Slurm (sudo bash .ci/netns-hosts.sh up 4 && sudo bash .ci/slurm.sh up); run with -- --include-ignored"]
-fn srun_across_nodes_is_a_clear_error() {
+fn srun_starts_ranks_directly_across_nodes() {
     slurm_ready();
     let _alone = alone();
     let o = direct(
-        &["-p", "hosts", "-w", "ranks-h[1-2]", "-N", "2", "-n", "2"],
+        &["-p", "hosts", "-w", "ranks-h[1-2]", "--ntasks-per-node=2"],
         "ranks-testjob",
-        &["ring", "10"],
+        &["where"],
     );
-    assert_ne!(o.code, 0, "{o:?}");
-    assert!(
-        o.stderr.contains("run `ranks run` inside the allocation"),
+    assert_eq!(o.code, 0, "{o:?}");
+    for (r, h) in [
+        (0, "ranks-h1"),
+        (1, "ranks-h1"),
+        (2, "ranks-h2"),
+        (3, "ranks-h2"),
+    ] {
+        let l = format!("where rank {r} on {h}");
+        assert!(o.stdout.contains(&l), "{l}: {o:?}");
+    }
+    assert_eq!(
+        o.lines_with("shares its host with 2 rank(s)").len(),
+        4,
         "{o:?}"
     );
+    assert_nothing_left(&o);
+    // One rank on one node, two on another, three on a third.
+    let o = direct(
+        &[
+            "-p",
+            "hosts",
+            "-w",
+            "ranks-h[1-3]",
+            "-n",
+            "6",
+            "-m",
+            "block",
+        ],
+        "ranks-testjob",
+        &["ring", "300"],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("ring ok 1800"), "{o:?}");
+    assert_nothing_left(&o);
+    let o = direct(
+        &["-p", "hosts", "-w", "ranks-h[1-3]", "-n", "6"],
+        "primes",
+        &[],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("total: 283146 primes"), "{o:?}");
+    assert_nothing_left(&o);
+}
+
+/// Across nodes under srun: a SIGKILLed rank ends the waits of the ranks on the other node
+/// (QUIC) and on its own (shared memory); `abort` ends the step through PMI at once, even
+/// for ranks blocked forever.
+#[test]
+#[ignore = "needs Slurm (sudo bash .ci/netns-hosts.sh up 4 && sudo bash .ci/slurm.sh up); run with -- --include-ignored"]
+fn failures_under_srun_across_nodes_end_every_wait() {
+    slurm_ready();
+    let _alone = alone();
+    let two_nodes = ["-p", "hosts", "-w", "ranks-h[1-2]", "--ntasks-per-node=2"];
+    let o = direct(&two_nodes, "ranks-testjob", &["dies", "allreduce", "kill"]);
+    assert_eq!(o.code, 137, "{o:?}");
+    for r in 0..3 {
+        let l = format!("survivor {r} allreduce: PeerLost rank ");
+        assert!(o.stdout.contains(&l), "{l}: {o:?}");
+    }
+    assert!(o.elapsed < Duration::from_secs(20), "{o:?}");
+    assert_nothing_left(&o);
+    // With --kill-on-bad-exit=1, Slurm ends the step at the death.
+    let mut kill_bad = two_nodes.to_vec();
+    kill_bad.push("--kill-on-bad-exit=1");
+    let o = direct(&kill_bad, "ranks-testjob", &["dies", "allreduce", "kill"]);
+    assert_ne!(o.code, 0, "{o:?}");
+    assert!(o.stderr.contains("task 3: Killed"), "{o:?}");
+    assert_nothing_left(&o);
+
+    // Rank 1 aborts while the others are busy for a minute, calling nothing of ranks.
+    let o = direct(&two_nodes, "ranks-testjob", &["abort", "1", "idle"]);
+    assert_ne!(o.code, 0, "{o:?}");
+    assert!(o.stderr.contains("ranks: rank 1 called abort(7)"), "{o:?}");
+    assert!(o.elapsed < Duration::from_secs(20), "{o:?}");
     assert_nothing_left(&o);
 }

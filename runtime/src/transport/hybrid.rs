@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::quic::Quic;
 use super::shm::Shm;
-use super::Transport;
+use super::{local_indices, Transport};
 use crate::error::{Error, Result};
 
 pub(crate) struct Hybrid {
@@ -28,14 +28,8 @@ impl Hybrid {
     ) -> Result<Hybrid> {
         let (me, size) = (place.rank, place.size);
         let dir = place.need_path(&place.dir, crate::config::env::DIR)?;
-        let mut local = vec![None; size];
-        let mut n_local = 0;
-        for (r, h) in hosts.iter().enumerate() {
-            if *h == hosts[me] {
-                local[r] = Some(n_local);
-                n_local += 1;
-            }
-        }
+        let local = local_indices(hosts, me);
+        let n_local = local.iter().flatten().count();
         let shm = if n_local > 1 {
             let path = place.shm.as_ref().ok_or_else(|| {
                 Error::Bootstrap("this host runs several ranks but RANKS_SHM is not set".into())
@@ -60,7 +54,17 @@ impl Hybrid {
         } else {
             None
         };
-        Ok(Hybrid { local, shm, quic })
+        Ok(Hybrid::from_parts(local, shm, quic))
+    }
+
+    /// `local[r]`: rank `r`'s index in this host's segment `shm`, or `None` for a rank on
+    /// another host, reached through `quic`.
+    pub(crate) fn from_parts(
+        local: Vec<Option<usize>>,
+        shm: Option<Shm>,
+        quic: Option<Quic>,
+    ) -> Hybrid {
+        Hybrid { local, shm, quic }
     }
 
     fn route(&self, peer: usize) -> Result<(&dyn Transport, usize)> {

@@ -90,3 +90,34 @@ pub(crate) trait Transport: Send + Sync {
         Ok(false)
     }
 }
+
+/// Per world rank, its index among the ranks of rank `me`'s host (`hosts[r]` names rank
+/// `r`'s host), or `None` when it is on another host.
+pub(crate) fn local_indices<H: PartialEq>(hosts: &[H], me: usize) -> Vec<Option<usize>> {
+    let mut n = 0;
+    hosts
+        .iter()
+        .map(|h| {
+            (*h == hosts[me]).then(|| {
+                n += 1;
+                n - 1
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn local_indices_number_a_hosts_ranks_in_rank_order() {
+        let hosts = ["a", "b", "a", "c", "a", "b"];
+        assert_eq!(
+            super::local_indices(&hosts, 2),
+            [Some(0), None, Some(1), None, Some(2), None]
+        );
+        assert_eq!(
+            super::local_indices(&hosts, 5),
+            [None, Some(0), None, None, None, Some(1)]
+        );
+    }
+}

@@ -329,6 +329,12 @@ fn abort(w: &Comm) -> R {
     if w.rank() == who {
         w.abort(7);
     }
+    // `abort WHO idle`: the others are busy elsewhere (not waiting on anyone) for a minute;
+    // only the launcher (or Slurm) ending the job stops them.
+    if std::env::args().nth(3).is_some_and(|a| a == "idle") {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        return Ok(());
+    }
     match w.recv::<u8>(who, 0) {
         Ok(_) => panic!("nothing was sent"),
         Err(e) => {
@@ -563,7 +569,7 @@ fn sleep(w: &Comm) -> R {
 
 /// Where each rank runs: its host name in the job and how many ranks share that host.
 fn where_(w: &Comm) -> R {
-    let host = std::env::var("RANKS_HOSTNAME").unwrap_or_default();
+    let host = w.host().to_string();
     let local = w.split_by_host()?;
     let names = w.gather(0, &host)?;
     if let Some(names) = names {
