@@ -319,6 +319,16 @@ fn host_of(place: &Placement) -> String {
     place.hostname.clone().unwrap_or_else(local_host)
 }
 
+/// This process's host as the job names it (the launcher's name for it, Slurm's node name,
+/// or the machine's name).
+pub(crate) fn this_host() -> String {
+    let cfg = Config::global().ok();
+    match cfg.and_then(|c| c.placement.as_ref()) {
+        Some(p) => host_of(p),
+        None => std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| local_host()),
+    }
+}
+
 fn local_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())

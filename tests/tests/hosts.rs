@@ -125,6 +125,48 @@ fn collectives_and_primitives_across_hosts() {
     );
 }
 
+/// Shared numbers across hosts: ranks on the owner's host map them, the others go through
+/// the owner; the lessons' counters come out exact (8 ranks x 10,000 atomic increments =
+/// 80,000, and the locked counter), every operation mixes, and `SharedMemory` on another
+/// host is a clear error.
+#[test]
+#[ignore = "needs the test hosts ranks-h1..ranks-h4 (sudo bash .ci/netns-hosts.sh up 4); run with -- --include-ignored"]
+fn shared_numbers_across_hosts() {
+    if !hosts_ready() {
+        return;
+    }
+    let four = [
+        "-n",
+        "8",
+        "--host",
+        "ranks-h1:2,ranks-h2:2,ranks-h3:2,ranks-h4:2",
+    ];
+    ok_job(
+        &four,
+        "ranks-testprim",
+        &["counter", "10000", "500"],
+        "counter ok 80000 4000",
+    );
+    ok_job(
+        &four,
+        "ranks-testprim",
+        &["shared_across"],
+        "shared across ok on 8 ranks",
+    );
+    ok_job(
+        &four,
+        "lesson18_counter",
+        &[],
+        "result: 100 with the lock, 100 with atomic add",
+    );
+    ok_job(
+        &["-n", "2", "--host", "ranks-h1:1,ranks-h2:1"],
+        "lesson13_value_array_child",
+        &[],
+        "3.1415927\n[0, -1, -2, -3, -4, -5, -6, -7, -8, -9]",
+    );
+}
+
 #[test]
 #[ignore = "needs the test hosts ranks-h1..ranks-h4 (sudo bash .ci/netns-hosts.sh up 4); run with -- --include-ignored"]
 fn hostfile_and_map_by_place_ranks() {

@@ -35,15 +35,15 @@ fn main() -> Result<(), ranks::Error> {
     let shared_int = SharedValue::<i64>::new(&world, 0, 0)?;
     let shared_array = SharedArray::<f64>::new(&world, 0, &[1.0, 2.5, 3.0])?;
     if me == 0 {
-        println!("Initial shared_int: {}", shared_int.get());
-        println!("Initial shared_float_array: {:?}", shared_array.to_vec());
+        println!("Initial shared_int: {}", shared_int.get()?);
+        println!("Initial shared_float_array: {:?}", shared_array.to_vec()?);
     }
     world.barrier()?;
     for id in (0..VALUE_WORKERS).filter(|&k| worker_rank(k, n) == me) {
         for _ in 0..5 {
             let now = if unlocked {
-                let v = shared_int.get() + 1;
-                shared_int.set(v);
+                let v = shared_int.get()? + 1;
+                shared_int.set(v)?;
                 v
             } else {
                 shared_int.with_lock(|v| {
@@ -72,8 +72,8 @@ fn main() -> Result<(), ranks::Error> {
     }
     world.barrier()?;
     if me == 0 {
-        let total = shared_int.get();
-        let arr = shared_array.to_vec();
+        let total = shared_int.get()?;
+        let arr = shared_array.to_vec()?;
         println!("Final shared_int: {total}");
         println!("Final shared_float_array: {arr:?}");
         if unlocked {

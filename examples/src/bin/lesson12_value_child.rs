@@ -28,8 +28,8 @@ fn main() -> Result<(), ranks::Error> {
     // The parent's join().
     world.barrier()?;
     if me == 0 {
-        println!("Shared integer: {}", shared_int.get());
-        println!("Shared float: {}", shared_float.get());
+        println!("Shared integer: {}", shared_int.get()?);
+        println!("Shared float: {}", shared_float.get()?);
     }
     world.barrier()
 }

@@ -23,15 +23,15 @@ fn main() -> Result<(), ranks::Error> {
     let arr = SharedArray::<i32>::new(&world, 0, &init)?;
     let child = if n > 1 { 1 } else { 0 };
     if me == child {
-        num.set(VALUE);
+        num.set(VALUE)?;
         for i in 0..arr.len() {
             arr.set(i, -arr.get(i)?)?;
         }
     }
     world.barrier()?;
     if me == 0 {
-        println!("{}", num.get());
-        println!("{:?}", arr.to_vec());
+        println!("{}", num.get()?);
+        println!("{:?}", arr.to_vec()?);
     }
     world.barrier()
 }

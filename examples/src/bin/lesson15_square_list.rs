@@ -30,15 +30,15 @@ fn main() -> Result<(), ranks::Error> {
         for (idx, num) in mylist.iter().enumerate() {
             result.set(idx, num * num)?;
         }
-        square_sum.set(result.to_vec().iter().sum());
-        println!("Result(in process p1): {:?}", result.to_vec());
-        println!("Sum of squares(in process p1): {}", square_sum.get());
+        square_sum.set(result.to_vec()?.iter().sum())?;
+        println!("Result(in process p1): {:?}", result.to_vec()?);
+        println!("Sum of squares(in process p1): {}", square_sum.get()?);
     }
     world.barrier()?;
     if me == 0 {
         println!("Result(in main program, plain list): {plain:?}");
-        println!("Result(in main program): {:?}", result.to_vec());
-        println!("Sum of squares(in main program): {}", square_sum.get());
+        println!("Result(in main program): {:?}", result.to_vec()?);
+        println!("Sum of squares(in main program): {}", square_sum.get()?);
     }
     world.barrier()
 }

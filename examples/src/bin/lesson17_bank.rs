@@ -39,10 +39,10 @@ fn transact(
         match lock {
             Some(lock) => {
                 let guard = lock.acquire()?;
-                balance.set(balance.get() + delta);
+                balance.set(balance.get()? + delta)?;
                 guard.release()?;
             }
-            None => balance.set(balance.get() + delta),
+            None => balance.set(balance.get()? + delta)?,
         }
     }
     Ok(())
@@ -68,7 +68,7 @@ fn main() -> Result<(), ranks::Error> {
         }
         world.barrier()?;
         if me == 0 {
-            let b = balance.get();
+            let b = balance.get()?;
             println!("Final balance = {b}");
             finals.push(b);
         }

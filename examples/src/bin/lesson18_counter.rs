@@ -52,12 +52,12 @@ fn main() -> Result<(), ranks::Error> {
     if unlocked {
         let counter = SharedValue::<i32>::new(&world, 0, 0)?;
         run_workers(&world, || {
-            counter.set(counter.get() + 1);
+            counter.set(counter.get()? + 1)?;
             Ok(())
         })?;
         if me == 0 {
-            println!("Final value (unlocked): {}", counter.get());
-            println!("result (unlocked): {}", counter.get());
+            println!("Final value (unlocked): {}", counter.get()?);
+            println!("result (unlocked): {}", counter.get()?);
         }
         return world.barrier();
     }
@@ -65,21 +65,21 @@ fn main() -> Result<(), ranks::Error> {
     let locked = SharedValue::<i32>::new(&world, 0, 0)?;
     run_workers(&world, || {
         let guard = val_lock.acquire()?;
-        locked.set(locked.get() + 1);
+        locked.set(locked.get()? + 1)?;
         guard.release()
     })?;
     let atomic = SharedValue::<i32>::new(&world, 0, 0)?;
     run_workers(&world, || {
-        atomic.fetch_add(1);
+        atomic.fetch_add(1)?;
         Ok(())
     })?;
     if me == 0 {
-        println!("Final value (lock): {}", locked.get());
-        println!("Final value (atomic): {}", atomic.get());
+        println!("Final value (lock): {}", locked.get()?);
+        println!("Final value (atomic): {}", atomic.get()?);
         println!(
             "result: {} with the lock, {} with atomic add",
-            locked.get(),
-            atomic.get()
+            locked.get()?,
+            atomic.get()?
         );
     }
     world.barrier()

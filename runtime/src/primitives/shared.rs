@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytemuck::Pod;
 
 use super::sync::Lock;
+use super::{Ctx, Handle, Object, Reply, Waiter};
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::transport::shm::SharedBlock;
@@ -65,9 +66,126 @@ fn to_bits<T: SharedNum>(v: T) -> u64 {
     }
 }
 
+/// The cells of a mapped block as bit patterns (4 or 8 bytes each), read and updated with
+/// atomic instructions: what ranks on the owner's host do directly, and what the owner's
+/// service does for ranks on other hosts.
+struct Bits {
+    block: Arc<SharedBlock>,
+    wide: bool,
+    len: usize,
+}
+
+impl Bits {
+    fn load(&self, i: usize) -> u64 {
+        if self.wide {
+            self.block.u64_at(i).load(SeqCst)
+        } else {
+            u64::from(self.block.u32_at(i).load(SeqCst))
+        }
+    }
+
+    fn store(&self, i: usize, b: u64) {
+        if self.wide {
+            self.block.u64_at(i).store(b, SeqCst)
+        } else {
+            self.block.u32_at(i).store(b as u32, SeqCst)
+        }
+    }
+
+    fn cas(&self, i: usize, c: u64, n: u64) -> std::result::Result<u64, u64> {
+        if self.wide {
+            self.block.u64_at(i).compare_exchange(c, n, SeqCst, SeqCst)
+        } else {
+            self.block
+                .u32_at(i)
+                .compare_exchange(c as u32, n as u32, SeqCst, SeqCst)
+                .map(u64::from)
+                .map_err(u64::from)
+        }
+    }
+
+    /// Wrapping add (two's complement: the same for signed integers).
+    fn add(&self, i: usize, v: u64) -> u64 {
+        if self.wide {
+            self.block.u64_at(i).fetch_add(v, SeqCst)
+        } else {
+            u64::from(self.block.u32_at(i).fetch_add(v as u32, SeqCst))
+        }
+    }
+}
+
+// Operations of the owner's service for ranks on other hosts.
+const LOAD: u8 = 1;
+const STORE: u8 = 2;
+const CAS: u8 = 3;
+const ADD: u8 = 4;
+const LOAD_ALL: u8 = 5;
+const STORE_ALL: u8 = 6;
+
+/// The owner's side: serves the cells to ranks on other hosts, with the same atomic
+/// instructions the owner's host uses, so both kinds of access mix.
+struct CellsObj(Bits);
+
+impl CellsObj {
+    fn serve(&self, op: u8, data: &[u8]) -> std::result::Result<Reply, String> {
+        let bad = |e: postcard::Error| format!("malformed shared-number request: {e}");
+        let at = |i: u64| -> std::result::Result<usize, String> {
+            usize::try_from(i)
+                .ok()
+                .filter(|&i| i < self.0.len)
+                .ok_or_else(|| format!("index {i} out of range for {} cells", self.0.len))
+        };
+        Ok(match op {
+            LOAD => Reply::ok(&self.0.load(at(postcard::from_bytes(data).map_err(bad)?)?)),
+            STORE => {
+                let (i, b): (u64, u64) = postcard::from_bytes(data).map_err(bad)?;
+                self.0.store(at(i)?, b);
+                Reply::ok(&())
+            }
+            CAS => {
+                let (i, c, n): (u64, u64, u64) = postcard::from_bytes(data).map_err(bad)?;
+                Reply::ok(&self.0.cas(at(i)?, c, n))
+            }
+            ADD => {
+                let (i, v): (u64, u64) = postcard::from_bytes(data).map_err(bad)?;
+                Reply::ok(&self.0.add(at(i)?, v))
+            }
+            LOAD_ALL => Reply::ok(&(0..self.0.len).map(|i| self.0.load(i)).collect::<Vec<_>>()),
+            STORE_ALL => {
+                let v: Vec<u64> = postcard::from_bytes(data).map_err(bad)?;
+                if v.len() != self.0.len {
+                    return Err(format!("{} values for {} cells", v.len(), self.0.len));
+                }
+                for (i, b) in v.into_iter().enumerate() {
+                    self.0.store(i, b);
+                }
+                Reply::ok(&())
+            }
+            _ => return Err(format!("unknown shared-number operation {op}")),
+        })
+    }
+}
+
+impl Object for CellsObj {
+    fn handle(&mut self, ctx: &mut Ctx<'_>, from: Waiter, op: u8, data: &[u8]) {
+        let r = self.serve(op, data).unwrap_or_else(Reply::Usage);
+        ctx.reply(from, r);
+    }
+
+    fn cancel(&mut self, _from: Waiter) -> bool {
+        false // every request is answered at once
+    }
+}
+
+/// Where a rank finds the numbers: mapped (on the owner's host), or through the owner.
+enum Store {
+    Mapped(Bits),
+    Remote(Handle),
+}
+
 /// Numbers in shared memory with their lock: the common part of values and arrays.
 struct Cells<T> {
-    block: Arc<SharedBlock>,
+    store: Store,
     lock: Lock,
     len: usize,
     _t: PhantomData<T>,
@@ -81,26 +199,41 @@ impl<T: SharedNum> Cells<T> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = PathBuf::from(format!("{}-shared-{}-{}", job_prefix(), comm.ctx, seq));
         let width = if T::WIDE { 8 } else { 4 };
-        let block = if comm.rank() == owner {
-            let b = SharedBlock::create(&path, init.len() * width)?;
-            let cells = Cells {
-                block: Arc::new(b),
-                lock: lock.clone(),
+        let mut made = None;
+        if comm.rank() == owner {
+            let bits = Bits {
+                block: Arc::new(SharedBlock::create(&path, init.len() * width)?),
+                wide: T::WIDE,
                 len: init.len(),
-                _t: PhantomData,
             };
             for (i, v) in init.iter().enumerate() {
-                cells.store(i, *v);
+                bits.store(i, to_bits(*v));
             }
-            // Others may map it only once it holds the initial values.
-            comm.barrier()?;
-            return Ok(cells);
-        } else {
-            comm.barrier()?;
-            SharedBlock::open(&path, Duration::from_secs(30))?
+            made = Some(bits);
+        }
+        let served = made.as_ref().map(|b| Bits {
+            block: b.block.clone(),
+            wide: b.wide,
+            len: b.len,
+        });
+        let handle = Handle::create(comm, owner, "SharedValue", move || {
+            Box::new(CellsObj(served.expect("made on the owner")))
+        })?;
+        // Others look only once the block holds the initial values; the owner's host name
+        // says who maps it and who goes through the owner.
+        let mut owner_host = comm.core.host.clone();
+        comm.broadcast(owner, &mut owner_host)?;
+        let store = match made {
+            Some(bits) => Store::Mapped(bits),
+            None if owner_host == comm.core.host => Store::Mapped(Bits {
+                block: Arc::new(SharedBlock::open(&path, Duration::from_secs(30))?),
+                wide: T::WIDE,
+                len: init.len(),
+            }),
+            None => Store::Remote(handle),
         };
         Ok(Cells {
-            block: Arc::new(block),
+            store,
             lock,
             len: init.len(),
             _t: PhantomData,
@@ -117,49 +250,82 @@ impl<T: SharedNum> Cells<T> {
         Ok(())
     }
 
-    fn load(&self, i: usize) -> T {
-        if T::WIDE {
-            bits_to(self.block.u64_at(i).load(SeqCst))
-        } else {
-            bits_to(u64::from(self.block.u32_at(i).load(SeqCst)))
+    fn ask<A: serde::Serialize, R: serde::de::DeserializeOwned>(
+        h: &Handle,
+        op: u8,
+        arg: &A,
+    ) -> Result<R> {
+        h.call_typed(op, arg, None, "shared number")
+    }
+
+    fn load(&self, i: usize) -> Result<T> {
+        match &self.store {
+            Store::Mapped(b) => Ok(bits_to(b.load(i))),
+            Store::Remote(h) => Self::ask(h, LOAD, &(i as u64)).map(bits_to),
         }
     }
 
-    fn store(&self, i: usize, v: T) {
-        let b = to_bits(v);
-        if T::WIDE {
-            self.block.u64_at(i).store(b, SeqCst)
-        } else {
-            self.block.u32_at(i).store(b as u32, SeqCst)
+    fn store(&self, i: usize, v: T) -> Result<()> {
+        match &self.store {
+            Store::Mapped(b) => {
+                b.store(i, to_bits(v));
+                Ok(())
+            }
+            Store::Remote(h) => Self::ask(h, STORE, &(i as u64, to_bits(v))),
         }
     }
 
     /// Atomic compare-and-swap of the bit patterns.
-    fn cas(&self, i: usize, current: T, new: T) -> std::result::Result<T, T> {
+    fn cas(&self, i: usize, current: T, new: T) -> Result<std::result::Result<T, T>> {
         let (c, n) = (to_bits(current), to_bits(new));
-        if T::WIDE {
-            self.block
-                .u64_at(i)
-                .compare_exchange(c, n, SeqCst, SeqCst)
-                .map(bits_to)
-                .map_err(bits_to)
-        } else {
-            self.block
-                .u32_at(i)
-                .compare_exchange(c as u32, n as u32, SeqCst, SeqCst)
-                .map(|b| bits_to(u64::from(b)))
-                .map_err(|b| bits_to(u64::from(b)))
+        let r = match &self.store {
+            Store::Mapped(b) => b.cas(i, c, n),
+            Store::Remote(h) => Self::ask(h, CAS, &(i as u64, c, n))?,
+        };
+        Ok(r.map(bits_to).map_err(bits_to))
+    }
+
+    /// Atomic wrapping add of integers.
+    fn fetch_add(&self, i: usize, v: T) -> Result<T> {
+        match &self.store {
+            Store::Mapped(b) => Ok(bits_to(b.add(i, to_bits(v)))),
+            Store::Remote(h) => Self::ask(h, ADD, &(i as u64, to_bits(v))).map(bits_to),
         }
     }
 
-    /// Atomic wrapping add of integers (two's complement: the same for signed ones).
-    fn fetch_add(&self, i: usize, v: T) -> T {
-        let b = to_bits(v);
-        if T::WIDE {
-            bits_to(self.block.u64_at(i).fetch_add(b, SeqCst))
-        } else {
-            bits_to(u64::from(self.block.u32_at(i).fetch_add(b as u32, SeqCst)))
+    fn load_all(&self) -> Result<Vec<T>> {
+        match &self.store {
+            Store::Mapped(b) => Ok((0..self.len).map(|i| bits_to(b.load(i))).collect()),
+            Store::Remote(h) => {
+                let v: Vec<u64> = Self::ask(h, LOAD_ALL, &())?;
+                Ok(v.into_iter().map(bits_to).collect())
+            }
         }
+    }
+
+    fn store_all(&self, v: Vec<T>) -> Result<()> {
+        match &self.store {
+            Store::Mapped(b) => {
+                for (i, x) in v.into_iter().enumerate() {
+                    b.store(i, to_bits(x));
+                }
+                Ok(())
+            }
+            Store::Remote(h) => {
+                let bits: Vec<u64> = v.into_iter().map(to_bits).collect();
+                Self::ask(h, STORE_ALL, &bits)
+            }
+        }
+    }
+
+    /// Run `f` on all the numbers holding the lock.
+    fn with_lock<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R> {
+        let g = self.lock.acquire()?;
+        let mut v = self.load_all()?;
+        let r = f(&mut v);
+        self.store_all(v)?;
+        g.release()?;
+        Ok(r)
     }
 }
 
@@ -169,10 +335,10 @@ impl<T: SharedNum> Cells<T> {
 /// let world = ranks::init()?;
 /// let counter = ranks::SharedValue::new(&world, 0, 0u64)?;
 /// for _ in 0..1000 {
-///     counter.fetch_add(1);
+///     counter.fetch_add(1)?;
 /// }
 /// world.barrier()?;
-/// assert_eq!(counter.get(), 1000 * world.size() as u64);
+/// assert_eq!(counter.get()?, 1000 * world.size() as u64);
 /// # Ok::<(), ranks::Error>(())
 /// ```
 pub struct SharedValue<T> {
@@ -181,31 +347,29 @@ pub struct SharedValue<T> {
 
 impl<T: SharedNum> SharedValue<T> {
     /// Create a shared value with `init`, hosted by rank `owner` of `comm` (collective).
+    /// Ranks on the owner's host map it; ranks on other hosts reach it through the owner.
     pub fn new(comm: &Comm, owner: usize, init: T) -> Result<SharedValue<T>> {
         Ok(SharedValue {
             c: Cells::new(comm, owner, &[init])?,
         })
     }
-    /// Read the value (atomically).
-    pub fn get(&self) -> T {
+    /// Read the value (atomically). Fails only on another host than the owner's, when the
+    /// owner is gone.
+    pub fn get(&self) -> Result<T> {
         self.c.load(0)
     }
     /// Write the value (atomically).
-    pub fn set(&self, v: T) {
+    pub fn set(&self, v: T) -> Result<()> {
         self.c.store(0, v)
     }
-    /// Replace the value with `new` if it is `current`; `Err(actual)` otherwise.
-    pub fn compare_exchange(&self, current: T, new: T) -> std::result::Result<T, T> {
+    /// Replace the value with `new` if it is `current`: `Ok(Ok(previous))`, or
+    /// `Ok(Err(actual))` when it was not `current`.
+    pub fn compare_exchange(&self, current: T, new: T) -> Result<std::result::Result<T, T>> {
         self.c.cas(0, current, new)
     }
     /// Run `f` on the value holding the value's lock, so the whole update is atomic.
     pub fn with_lock<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R> {
-        let g = self.c.lock.acquire()?;
-        let mut v = self.c.load(0);
-        let r = f(&mut v);
-        self.c.store(0, v);
-        g.release()?;
-        Ok(r)
+        self.c.with_lock(|v| f(&mut v[0]))
     }
     /// The lock that `with_lock` uses (`Value.get_lock()`).
     pub fn lock(&self) -> &Lock {
@@ -215,7 +379,7 @@ impl<T: SharedNum> SharedValue<T> {
 
 impl<T: SharedInt> SharedValue<T> {
     /// Add `v` atomically (wrapping); returns the previous value.
-    pub fn fetch_add(&self, v: T) -> T {
+    pub fn fetch_add(&self, v: T) -> Result<T> {
         self.c.fetch_add(0, v)
     }
 }
@@ -228,7 +392,7 @@ impl<T: SharedInt> SharedValue<T> {
 /// a.fetch_add(world.rank() % 4, 1)?;
 /// a.with_lock(|v| v[3] += 10)?; // several elements at once, atomically
 /// world.barrier()?;
-/// assert_eq!(a.to_vec().iter().sum::<i64>(), 11 * world.size() as i64);
+/// assert_eq!(a.to_vec()?.iter().sum::<i64>(), 11 * world.size() as i64);
 /// # Ok::<(), ranks::Error>(())
 /// ```
 pub struct SharedArray<T> {
@@ -237,6 +401,7 @@ pub struct SharedArray<T> {
 
 impl<T: SharedNum> SharedArray<T> {
     /// Create a shared array holding `init`, hosted by rank `owner` of `comm` (collective).
+    /// Ranks on the owner's host map it; ranks on other hosts reach it through the owner.
     pub fn new(comm: &Comm, owner: usize, init: &[T]) -> Result<SharedArray<T>> {
         Ok(SharedArray {
             c: Cells::new(comm, owner, init)?,
@@ -253,19 +418,19 @@ impl<T: SharedNum> SharedArray<T> {
     /// Element `i` (atomically).
     pub fn get(&self, i: usize) -> Result<T> {
         self.c.check(i)?;
-        Ok(self.c.load(i))
+        self.c.load(i)
     }
     /// Set element `i` (atomically).
     pub fn set(&self, i: usize, v: T) -> Result<()> {
         self.c.check(i)?;
-        self.c.store(i, v);
-        Ok(())
+        self.c.store(i, v)
     }
     /// All elements (each read atomically; use `with_lock` for a consistent snapshot).
-    pub fn to_vec(&self) -> Vec<T> {
-        (0..self.c.len).map(|i| self.c.load(i)).collect()
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        self.c.load_all()
     }
-    /// Replace element `i` with `new` if it is `current`; `Err(actual)` otherwise.
+    /// Replace element `i` with `new` if it is `current`: `Ok(Ok(previous))`, or
+    /// `Ok(Err(actual))` when it was not `current`.
     pub fn compare_exchange(
         &self,
         i: usize,
@@ -273,18 +438,11 @@ impl<T: SharedNum> SharedArray<T> {
         new: T,
     ) -> Result<std::result::Result<T, T>> {
         self.c.check(i)?;
-        Ok(self.c.cas(i, current, new))
+        self.c.cas(i, current, new)
     }
     /// Run `f` on the whole array holding the array's lock.
     pub fn with_lock<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R> {
-        let g = self.c.lock.acquire()?;
-        let mut v = self.to_vec();
-        let r = f(&mut v);
-        for (i, x) in v.into_iter().enumerate() {
-            self.c.store(i, x);
-        }
-        g.release()?;
-        Ok(r)
+        self.c.with_lock(f)
     }
     /// The array's lock.
     pub fn lock(&self) -> &Lock {
@@ -296,7 +454,7 @@ impl<T: SharedInt> SharedArray<T> {
     /// Add `v` to element `i` atomically (wrapping); returns the previous value.
     pub fn fetch_add(&self, i: usize, v: T) -> Result<T> {
         self.c.check(i)?;
-        Ok(self.c.fetch_add(i, v))
+        self.c.fetch_add(i, v)
     }
 }
 
@@ -340,10 +498,25 @@ impl SharedMemory {
         })
     }
 
-    /// Attach to the block named `name`, waiting up to `wait` for its creator.
+    /// Attach to the block named `name`, waiting up to `wait` for its creator. Blocks are
+    /// shared by the ranks of one host: a block created on another host is not found (use a
+    /// [`SharedArray`], which ranks on other hosts reach through its owner).
     pub fn attach(name: &str, wait: Duration) -> Result<SharedMemory> {
+        let block = SharedBlock::open(&Self::path(name)?, wait).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Error::io(
+                format!(
+                    "no shared memory block named {name:?} on this host ({}) after {wait:?}: \
+                     a SharedMemory block is shared by the ranks of one host (is its \
+                     creator on another host? across hosts, use a SharedArray, which is \
+                     served by its owner)",
+                    crate::bootstrap::this_host()
+                ),
+                source,
+            ),
+            e => e,
+        })?;
         Ok(SharedMemory {
-            block: SharedBlock::open(&Self::path(name)?, wait)?,
+            block,
             name: name.to_string(),
         })
     }
@@ -397,5 +570,71 @@ impl SharedMemory {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cells(len: usize, wide: bool) -> CellsObj {
+        let path = PathBuf::from(format!(
+            "/dev/shm/ranks-unit-{}-cells-{len}-{wide}",
+            std::process::id()
+        ));
+        let width = if wide { 8 } else { 4 };
+        CellsObj(Bits {
+            block: Arc::new(SharedBlock::create(&path, len * width).unwrap()),
+            wide,
+            len,
+        })
+    }
+
+    fn ok<R: serde::de::DeserializeOwned>(r: std::result::Result<Reply, String>) -> R {
+        match r.unwrap() {
+            Reply::Ok(b) => postcard::from_bytes(&b).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn enc<A: serde::Serialize>(a: &A) -> Vec<u8> {
+        postcard::to_allocvec(a).unwrap()
+    }
+
+    /// What the owner does for ranks on other hosts: every operation on the cells, with
+    /// 4-byte cells wrapping like the local atomics; bad requests are refused, not obeyed.
+    #[test]
+    fn the_owner_serves_every_operation_and_refuses_bad_requests() {
+        let c = cells(3, false);
+        let () = ok(c.serve(STORE, &enc(&(1u64, 7u64))));
+        assert_eq!(ok::<u64>(c.serve(LOAD, &enc(&1u64))), 7);
+        assert_eq!(
+            ok::<u64>(c.serve(ADD, &enc(&(1u64, u64::from(u32::MAX))))),
+            7
+        );
+        assert_eq!(ok::<u64>(c.serve(LOAD, &enc(&1u64))), 6); // 7 - 1, wrapped in 32 bits
+        let r: std::result::Result<u64, u64> = ok(c.serve(CAS, &enc(&(1u64, 5u64, 9u64))));
+        assert_eq!(r, Err(6));
+        let r: std::result::Result<u64, u64> = ok(c.serve(CAS, &enc(&(1u64, 6u64, 9u64))));
+        assert_eq!(r, Ok(6));
+        let () = ok(c.serve(STORE_ALL, &enc(&vec![1u64, 2, 3])));
+        assert_eq!(ok::<Vec<u64>>(c.serve(LOAD_ALL, &[])), [1, 2, 3]);
+        // Out of range, wrong length, malformed, unknown: refused with a reason.
+        assert!(c
+            .serve(LOAD, &enc(&3u64))
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(c
+            .serve(STORE_ALL, &enc(&vec![1u64]))
+            .unwrap_err()
+            .contains("1 values"));
+        assert!(c.serve(ADD, &[0xff]).unwrap_err().contains("malformed"));
+        assert!(c.serve(99, &[]).unwrap_err().contains("unknown"));
+        assert_eq!(ok::<Vec<u64>>(c.serve(LOAD_ALL, &[])), [1, 2, 3]);
+
+        let w = cells(1, true);
+        let v = to_bits(-2.5f64);
+        let () = ok(w.serve(STORE, &enc(&(0u64, v))));
+        assert_eq!(bits_to::<f64>(ok(w.serve(LOAD, &enc(&0u64)))), -2.5);
     }
 }

@@ -107,16 +107,18 @@ fn queue_semantics(w: &Comm) -> R {
     w.barrier()
 }
 
-/// Every rank adds 1 ITER times with fetch_add and with with_lock.
+/// Every rank adds 1 ITER times with fetch_add and LOCKED times (default ITER) with
+/// with_lock.
 fn counter(w: &Comm) -> R {
     let iters = arg(2, 10_000);
+    let locked_iters = arg(3, iters);
     let atomic = SharedValue::<u64>::new(w, 0, 0)?;
     let locked = SharedValue::<i64>::new(w, 0, 0)?;
     let managed = Manager::new(w, 0)?.namespace()?;
     for _ in 0..iters {
-        atomic.fetch_add(1);
+        atomic.fetch_add(1)?;
     }
-    for _ in 0..iters {
+    for _ in 0..locked_iters {
         locked.with_lock(|v| *v += 1)?;
     }
     for _ in 0..10 {
@@ -124,11 +126,11 @@ fn counter(w: &Comm) -> R {
     }
     w.barrier()?;
     let n = w.size() as u64;
-    assert_eq!(atomic.get(), iters * n);
-    assert_eq!(locked.get() as u64, iters * n);
+    assert_eq!(atomic.get()?, iters * n);
+    assert_eq!(locked.get()? as u64, locked_iters * n);
     assert_eq!(managed.get::<u64>("count")?, Some(10 * n));
     if w.rank() == 0 {
-        println!("counter ok {} {}", atomic.get(), locked.get());
+        println!("counter ok {} {}", atomic.get()?, locked.get()?);
     }
     w.barrier()
 }
@@ -140,9 +142,9 @@ fn sync(w: &Comm) -> R {
     let inside = SharedValue::<u32>::new(w, 0, 0)?;
     for _ in 0..20 {
         let g = lock.acquire()?;
-        assert_eq!(inside.fetch_add(1), 0, "two ranks inside the lock");
+        assert_eq!(inside.fetch_add(1)?, 0, "two ranks inside the lock");
         std::thread::sleep(Duration::from_micros(50));
-        inside.fetch_add(u32::MAX); // -1
+        inside.fetch_add(u32::MAX)?; // -1
         drop(g);
     }
     w.barrier()?;
@@ -163,9 +165,9 @@ fn sync(w: &Comm) -> R {
     let count = SharedValue::<u32>::new(w, 0, 0)?;
     for _ in 0..10 {
         sem.acquire()?;
-        assert!(count.fetch_add(1) < 2);
+        assert!(count.fetch_add(1)? < 2);
         std::thread::sleep(Duration::from_micros(100));
-        count.fetch_add(u32::MAX);
+        count.fetch_add(u32::MAX)?;
         sem.release()?;
     }
     w.barrier()?;
@@ -189,12 +191,16 @@ fn sync(w: &Comm) -> R {
     if me == 0 {
         std::thread::sleep(Duration::from_millis(50));
         let g = cond.acquire()?;
-        value.set(42);
+        value.set(42)?;
         cond.notify_all(&g)?;
         drop(g);
     } else {
         let g = cond.acquire()?;
-        assert!(cond.wait_for(&g, || value.get() == 42, Some(Duration::from_secs(30)))?);
+        assert!(cond.wait_for(
+            &g,
+            || value.get().is_ok_and(|v| v == 42),
+            Some(Duration::from_secs(30))
+        )?);
         drop(g);
     }
     // A timed wait that nobody notifies.
@@ -356,6 +362,72 @@ fn pipes(w: &Comm) -> R {
     w.barrier()
 }
 
+/// Shared numbers owned by the last rank, so that across hosts some ranks map them and the
+/// others go through the owner: every operation, mixed; then `SharedMemory`, which stays on
+/// its host (attaching elsewhere is a clear error).
+fn shared_across(w: &Comm) -> R {
+    let (n, me) = (w.size(), w.rank());
+    let owner = n - 1;
+    let v = SharedValue::<i64>::new(w, owner, -5)?;
+    let slots = SharedArray::<u32>::new(w, owner, &vec![0; n])?;
+    let hits = SharedArray::<u64>::new(w, owner, &[0, 0])?;
+    let claim = SharedValue::<u64>::new(w, owner, u64::MAX)?;
+    let f = SharedArray::<f64>::new(w, owner, &[0.5; 3])?;
+    assert_eq!(v.get()?, -5);
+    w.barrier()?;
+    assert_eq!(slots.len(), n);
+    slots.set(me, me as u32 + 1)?;
+    assert_eq!(slots.get(me)?, me as u32 + 1);
+    assert!(matches!(slots.get(n), Err(Error::InvalidArgument(_))));
+    hits.fetch_add(0, 1)?;
+    hits.fetch_add(1, me as u64)?;
+    v.fetch_add(1)?;
+    let won = claim.compare_exchange(u64::MAX, me as u64)?.is_ok();
+    let mut winners = [0u64];
+    w.all_reduce_slice(&[u64::from(won)], &mut winners, &ranks::op::Sum)?;
+    let winners = winners[0];
+    f.with_lock(|a| a.iter_mut().for_each(|x| *x += 1.0))?;
+    w.barrier()?;
+    let want: Vec<u32> = (1..=n as u32).collect();
+    assert_eq!(slots.to_vec()?, want);
+    assert_eq!(hits.to_vec()?, [n as u64, (n * (n - 1) / 2) as u64]);
+    assert_eq!(v.get()?, n as i64 - 5);
+    assert_eq!(winners, 1);
+    let winner = claim.get()?;
+    assert!(winner < n as u64);
+    assert_eq!(claim.compare_exchange(u64::MAX, 0)?, Err(winner));
+    assert_eq!(f.to_vec()?, vec![0.5 + n as f64; 3]);
+    w.barrier()?;
+
+    // Raw blocks are per host.
+    let mut owner_host = w.host().to_string();
+    w.broadcast(owner, &mut owner_host)?;
+    let block = if me == owner {
+        Some(SharedMemory::create("across", 8)?)
+    } else {
+        None
+    };
+    w.barrier()?;
+    if me != owner {
+        match SharedMemory::attach("across", Duration::from_millis(300)) {
+            Ok(_) => assert_eq!(owner_host, w.host(), "attached on another host"),
+            Err(e) => {
+                assert_ne!(owner_host, w.host(), "{e}");
+                assert!(
+                    e.to_string().contains("shared by the ranks of one host"),
+                    "{e}"
+                );
+            }
+        }
+    }
+    w.barrier()?;
+    drop(block);
+    if me == 0 {
+        println!("shared across ok on {n} ranks");
+    }
+    Ok(())
+}
+
 /// Manager dict and list, shared arrays and raw shared memory.
 fn shared_state(w: &Comm) -> R {
     let (n, me) = (w.size(), w.rank());
@@ -391,10 +463,10 @@ fn shared_state(w: &Comm) -> R {
     assert_eq!(d.len()?, n + 1);
     assert_eq!(d.get(&"total".to_string())?, Some(n));
     assert_eq!(
-        arr.to_vec(),
+        arr.to_vec()?,
         vec![1.0 + n as f64, 2.5 + n as f64, 3.0 + n as f64]
     );
-    assert_eq!(ints.to_vec().iter().sum::<i32>(), n as i32);
+    assert_eq!(ints.to_vec()?.iter().sum::<i32>(), n as i32);
     let bytes = block.to_vec();
     assert!(bytes.iter().take(n.min(16)).all(|&b| b != 0));
     w.barrier()?;
@@ -551,6 +623,7 @@ fn main() {
         "barrierexits" => barrier_party_exits(&w),
         "pipes" => pipes(&w),
         "shared" => shared_state(&w),
+        "shared_across" => shared_across(&w),
         "pool" => pool(&w),
         "poolworkerdies" => poolworkerdies(&w),
         "poolprogress" => poolprogress(&w),
