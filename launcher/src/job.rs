@@ -13,11 +13,9 @@ use rustix::process::Signal;
 use crate::hosts::{self, Host};
 use crate::jobstate::{signal_name, Action, HostState, Input, Job};
 use crate::node::{resolve_program, Node, NodeEvent};
-use crate::output::print_line;
 use crate::proto::{Bind, FromAgent, NodeSpec, ToAgent};
 use crate::remote::{HostEvent, Remote, Via};
 use crate::{RunArgs, TransportKind};
-use ranks::config::parse_abort_line;
 use ranks::config::TransportKind as Resolved;
 
 /// How long ranks get between SIGTERM and SIGKILL when a job is stopped.
@@ -71,12 +69,17 @@ struct Plan {
     bind: Bind,
 }
 
+/// The Slurm allocation the job runs on: inside one, a job without hosts of its own runs on
+/// it.
+pub fn allocation(args: &RunArgs) -> Result<Option<crate::slurm::Allocation>, String> {
+    match (&args.host, &args.hostfile) {
+        (None, None) => crate::slurm::Allocation::from_env(&|k| std::env::var(k).ok()),
+        _ => Ok(None),
+    }
+}
+
 fn plan(args: &RunArgs) -> Result<Plan, String> {
-    // Inside a Slurm allocation, without hosts of its own, the job runs on the allocation.
-    let allocation = match (&args.host, &args.hostfile) {
-        (None, None) => crate::slurm::Allocation::from_env(&|k| std::env::var(k).ok())?,
-        _ => None,
-    };
+    let allocation = allocation(args)?;
     let n = match (args.np, &allocation) {
         (Some(n), Some(a)) if n > a.slots() => {
             return Err(format!(
@@ -398,7 +401,11 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
 
     // This host's ranks.
     let mut node: Option<Node> = None;
-    let tails = Arc::new(crate::output::Tails::default());
+    let lines = crate::output::Lines {
+        bars: bars.clone(),
+        tails: Arc::new(crate::output::Tails::default()),
+        tag: args.tag_output,
+    };
     let local_host = hosts.iter().position(|h| h.remote.is_none());
     if let Some(i) = local_host {
         let spec = spec_for(i);
@@ -421,21 +428,12 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                     }
                 }
             });
-            let tag = args.tag_output;
-            let tails = tails.clone();
-            let bars = bars.clone();
+            let lines = lines.clone();
             let sink = Arc::new(move |rank: usize, err: bool, line: &[u8]| {
-                if err {
-                    if bars.take(rank, line) {
-                        return;
-                    }
-                    if let Some(code) = parse_abort_line(rank, line) {
-                        let tx = aborts.lock().unwrap_or_else(|p| p.into_inner());
-                        let _ = tx.send(Event::Aborted(code));
-                    }
-                    tails.note(rank, line);
+                if let Some(code) = lines.handle(rank, err, line) {
+                    let tx = aborts.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = tx.send(Event::Aborted(code));
                 }
-                print_line(rank, err, tag, line)
             });
             Node::start(&spec, &program, bind, ntx, sink)
         });
@@ -535,17 +533,9 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
                 let heard = job.on(Input::Heard(i), Instant::now());
                 act(heard, &hosts, &mut job);
                 match m {
-                    FromAgent::Output { rank, err, line } if err && bars.take(rank, &line) => {
-                        Input::Tick
-                    }
-                    FromAgent::Output { rank, err, line } => {
-                        let abort = err.then(|| parse_abort_line(rank, &line)).flatten();
-                        if err {
-                            tails.note(rank, &line);
-                        }
-                        print_line(rank, err, args.tag_output, &line);
-                        abort.map_or(Input::Tick, Input::Aborted)
-                    }
+                    FromAgent::Output { rank, err, line } => lines
+                        .handle(rank, err, &line)
+                        .map_or(Input::Tick, Input::Aborted),
                     FromAgent::Started { rank, pid } => Input::Started { rank, pid },
                     FromAgent::Exited { rank, status } => Input::Exited { rank, status },
                     FromAgent::Address { rank, addr } => {
@@ -591,7 +581,7 @@ pub fn run(args: RunArgs) -> Result<u8, String> {
     sig_handle.close();
     // The cause of a failed job, again, with its rank: it may be far up in the output.
     if let Some(rank) = job.cause() {
-        tails.show(rank);
+        lines.tails.show(rank);
     }
     if let Some(path) = &args.trace {
         write_trace(path, n, traces);

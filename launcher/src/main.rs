@@ -286,10 +286,8 @@ fn main() -> ExitCode {
 /// Whether `ranks run` with these arguments runs on a Slurm allocation (no hosts given, and
 /// Slurm's job variables set).
 fn in_slurm_allocation(args: &RunArgs) -> bool {
-    args.host.is_none()
-        && args.hostfile.is_none()
-        && std::env::var_os("SLURM_JOB_ID").is_some()
-        && std::env::var_os("SLURM_JOB_NODELIST").is_some()
+    // A malformed allocation counts too: running the job then says what is wrong with it.
+    !matches!(job::allocation(args), Ok(None))
 }
 
 /// `ranks report FILE`: print the summary, write the heatmap.

@@ -30,6 +30,33 @@ pub fn forward(
     })
 }
 
+/// What the launcher does with every line a rank writes, wherever the rank runs (this host
+/// or an agent's): a progress line becomes a bar; any other line of stderr is kept for the
+/// failure tail, and the line is printed. The abort code of an abort line is returned.
+#[derive(Clone)]
+pub struct Lines {
+    pub bars: std::sync::Arc<Bars>,
+    pub tails: std::sync::Arc<Tails>,
+    /// `--tag-output`: prefix every line with `[rank] `.
+    pub tag: bool,
+}
+
+impl Lines {
+    pub fn handle(&self, rank: usize, err: bool, line: &[u8]) -> Option<u8> {
+        if err && self.bars.take(rank, line) {
+            return None;
+        }
+        let abort = err
+            .then(|| ranks::config::parse_abort_line(rank, line))
+            .flatten();
+        if err {
+            self.tails.note(rank, line);
+        }
+        print_line(rank, err, self.tag, line);
+        abort
+    }
+}
+
 /// Write one line of `rank` to the launcher's stdout or stderr, `[rank] `-prefixed if `tag`.
 /// The line is put together first and written with one call under the stream's lock:
 /// stderr is unbuffered, so pieces written separately could land between the pieces of a
