@@ -107,7 +107,8 @@ pub(crate) fn world_from_env() -> Result<Comm> {
     tracing::debug!(rank, size, transport = t.name(), "joined the job");
     let tuning = Tuning::resolve(&cfg.tuning, local_ranks, io_threads);
     let host = host_of(place);
-    let mut core = Core::new(rank, size, t, tuning, host);
+    let mut core = Core::new(rank, size, t, tuning, host)
+        .with_hosts(place.hosts.clone().unwrap_or_else(|| vec![0; size]));
     if let Some(path) = &place.board {
         let board = Arc::new(crate::board::Board::open(path, size)?);
         crate::board::set_global(board.clone());
@@ -231,7 +232,11 @@ fn pmi_world(mut pmi: crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
     );
     let io_threads = n_local < size && n_local == 1;
     let tuning = Tuning::resolve(&cfg.tuning, n_local, io_threads);
-    let core = Core::new(rank, size, t, tuning, host);
+    let host_ids = hosts
+        .iter()
+        .map(|h| hosts.iter().position(|x| x == h).unwrap_or(0) as u32)
+        .collect();
+    let core = Core::new(rank, size, t, tuning, host).with_hosts(host_ids);
     // The connection to srun stays open while the process lives.
     *PMI.lock().unwrap_or_else(|p| p.into_inner()) = Some(pmi);
     Ok(Comm::world(Arc::new(core)))

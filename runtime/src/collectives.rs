@@ -25,7 +25,7 @@ use crate::op::{Number, Op};
 use crate::wire::Encoding;
 
 /// Tag for `round` of collective number `seq`.
-fn ctag(seq: u32, round: u32) -> i32 {
+pub(crate) fn ctag(seq: u32, round: u32) -> i32 {
     (((seq & 0x1f_ffff) << 10) | (round & 0x3ff)) as i32
 }
 
@@ -134,7 +134,7 @@ impl Comm {
 
     // ----- point-to-point in the collective context -----------------------------------------
 
-    fn c_send<T: Pod>(&self, dest: usize, tag: i32, data: &[T]) -> Result<()> {
+    pub(crate) fn c_send<T: Pod>(&self, dest: usize, tag: i32, data: &[T]) -> Result<()> {
         self.send_bytes(
             self.coll_ctx(),
             dest,
@@ -145,7 +145,12 @@ impl Comm {
         )
     }
 
-    fn c_isend<'a, T: Pod>(&self, dest: usize, tag: i32, data: &'a [T]) -> Result<Request<'a, ()>> {
+    pub(crate) fn c_isend<'a, T: Pod>(
+        &self,
+        dest: usize,
+        tag: i32,
+        data: &'a [T],
+    ) -> Result<Request<'a, ()>> {
         self.isend_borrowed(
             self.coll_ctx(),
             dest,
@@ -156,7 +161,12 @@ impl Comm {
         )
     }
 
-    fn c_recv_into<T: Pod>(&self, src: usize, tag: i32, buf: &mut [T]) -> Result<Status> {
+    pub(crate) fn c_recv_into<T: Pod>(
+        &self,
+        src: usize,
+        tag: i32,
+        buf: &mut [T],
+    ) -> Result<Status> {
         let st = self.recv_into_pat(self.pattern(self.coll_ctx(), Source::from(src), tag)?, buf)?;
         if st.len != std::mem::size_of_val(buf) {
             return Err(Error::InvalidArgument(format!(
@@ -175,7 +185,7 @@ impl Comm {
     }
 
     /// Send `data` to `dest` and receive exactly `buf.len()` items from `src` at once.
-    fn c_exchange<T: Pod>(
+    pub(crate) fn c_exchange<T: Pod>(
         &self,
         dest: usize,
         data: &[T],
@@ -204,6 +214,9 @@ impl Comm {
     }
 
     fn barrier_seq(&self, seq: u32) -> Result<()> {
+        if let Some(l) = self.two_level() {
+            return self.barrier_two_level(seq, l);
+        }
         let (n, me) = (self.size(), self.rank());
         let mut dist = 1;
         let mut round = 0;
@@ -243,6 +256,9 @@ impl Comm {
     }
 
     fn bcast_seq<T: Pod>(&self, seq: u32, root: usize, buf: &mut [T]) -> Result<()> {
+        if let Some(l) = self.two_level() {
+            return self.bcast_two_level(seq, l, root, buf);
+        }
         let n = self.size();
         let large = self.core.tuning.bcast_large;
         if n > 2 && std::mem::size_of_val(buf) >= large && buf.len() >= n {
@@ -437,6 +453,14 @@ impl Comm {
         recv: &mut [T],
         op: &O,
     ) -> Result<()> {
+        if let (Some(l), true) = (self.two_level(), op.commutative()) {
+            let mut acc = send.to_vec();
+            self.reduce_two_level(seq, l, root, &mut acc, op)?;
+            if self.rank() == root {
+                recv.copy_from_slice(&acc);
+            }
+            return Ok(());
+        }
         let n = self.size();
         let me = self.rank();
         // Non-commutative: reduce in rank order towards rank 0, then hand over to the root.
@@ -562,6 +586,10 @@ impl Comm {
         let (seq, _call) = self.begin("all_reduce_slice", None);
         let n = self.size();
         let large = self.core.tuning.allreduce_large;
+        if let (Some(l), true) = (self.two_level(), op.commutative()) {
+            recv.copy_from_slice(send);
+            return self.allreduce_two_level(seq, l, recv, op);
+        }
         if n > 1 && op.commutative() && std::mem::size_of_val(send) >= large && send.len() >= n {
             // Ring reduce-scatter straight into `recv` (no staging copy), then all-gather.
             self.ring_reduce_scatter_from(seq, send, recv, op)?;
@@ -636,6 +664,9 @@ impl Comm {
         let n = self.size();
         if n == 1 {
             return Ok(());
+        }
+        if let (Some(l), true) = (self.two_level(), op.commutative()) {
+            return self.allreduce_two_level(seq, l, buf, op);
         }
         let large = self.core.tuning.allreduce_large;
         if op.commutative() && std::mem::size_of_val(buf) >= large && buf.len() >= n {
@@ -874,6 +905,12 @@ impl Comm {
         let (seq, _call) = self.begin("gather_slice", Some(root));
         let tag = ctag(seq, 0);
         let (n, me) = (self.size(), self.rank());
+        if me == root {
+            check_len("gather", recv.len(), send.len() * n)?;
+        }
+        if let Some(l) = self.two_level() {
+            return self.gather_two_level(seq, l, root, send, recv);
+        }
         if me != root {
             return self.c_send(root, tag, send);
         }
@@ -897,7 +934,7 @@ impl Comm {
         Ok(())
     }
 
-    fn c_irecv_exact<'a, T: Pod>(
+    pub(crate) fn c_irecv_exact<'a, T: Pod>(
         &self,
         src: usize,
         tag: i32,
@@ -1094,6 +1131,9 @@ impl Comm {
         recv[me * k..(me + 1) * k].copy_from_slice(send);
         let counts = vec![k; n];
         let (seq, _call) = self.begin("all_gather_slice", None);
+        if let Some(l) = self.two_level() {
+            return self.allgather_two_level(seq, l, send, recv);
+        }
         self.ring_allgatherv(seq, 0, recv, &counts)
     }
 

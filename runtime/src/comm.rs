@@ -110,6 +110,8 @@ pub struct CommData {
     /// Number of shared objects (queues, locks, ...) created on this communicator so far;
     /// like `coll_seq` it advances identically on every member.
     pub(crate) obj_seq: Arc<std::sync::atomic::AtomicU32>,
+    /// How the members sit on hosts, for two-level collectives (decided on first use).
+    pub(crate) layout: std::sync::OnceLock<Option<crate::hier::Layout>>,
 }
 
 impl std::ops::Deref for Comm {
@@ -134,6 +136,7 @@ impl Comm {
             members,
             coll_seq: Default::default(),
             obj_seq: Default::default(),
+            layout: Default::default(),
         })
     }
 }

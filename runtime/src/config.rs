@@ -53,6 +53,8 @@ pub mod env {
     pub const CMA: &str = "RANKS_CMA";
     /// Testing knob: `1` refuses every pull, as a kernel forbidding cross-memory attach would.
     pub const TEST_REFUSE_PULL: &str = "RANKS_TEST_REFUSE_PULL";
+    pub const COLL_HIER: &str = "RANKS_COLL_HIER";
+    pub const TEST_HOSTS: &str = "RANKS_TEST_HOSTS";
     /// A `tracing` filter (`debug`, `ranks=trace`, ...): logging to stderr.
     pub const LOG: &str = "RANKS_LOG";
     /// `1`: report the progress of `Pool::map` and `imap` to the launcher (`--progress`).
@@ -263,6 +265,11 @@ pub struct Tuning {
     pub cma: bool,
     /// Testing: refuse every pull.
     pub refuse_pull: bool,
+    /// Two-level collectives when a communicator spans hosts (`RANKS_COLL_HIER=0`: flat).
+    pub two_level: bool,
+    /// Testing: the host of every rank, as numbers (`RANKS_TEST_HOSTS=0,0,1,1`), to run
+    /// two-level collectives on one machine.
+    pub test_hosts: Option<Vec<u32>>,
 }
 
 impl Default for Tuning {
@@ -276,6 +283,8 @@ impl Default for Tuning {
             allreduce_large: 64 << 10,
             cma: true,
             refuse_pull: false,
+            two_level: true,
+            test_hosts: None,
         }
     }
 }
@@ -342,6 +351,15 @@ impl Config {
             allreduce_large: num(env::ALLREDUCE_LARGE, d.allreduce_large as u64)? as usize,
             cma: !flag(env::CMA, "0"),
             refuse_pull: flag(env::TEST_REFUSE_PULL, "1"),
+            two_level: !flag(env::COLL_HIER, "0"),
+            test_hosts: match get(env::TEST_HOSTS) {
+                Some(h) if !h.trim().is_empty() => Some(
+                    h.split(',')
+                        .map(|x| number::<u32>(env::TEST_HOSTS, x))
+                        .collect::<Result<Vec<u32>>>()?,
+                ),
+                _ => None,
+            },
         };
         Ok(Config {
             placement: Placement::from_vars(get)?,

@@ -83,6 +83,7 @@ impl Comm {
             members,
             coll_seq: Default::default(),
             obj_seq: Default::default(),
+            layout: Default::default(),
         })))
     }
 

@@ -31,6 +31,7 @@ mod diag;
 mod error;
 mod fingerprint;
 mod group;
+mod hier;
 pub mod op;
 mod p2p;
 mod pmi;

@@ -30,6 +30,10 @@ pub(crate) struct Tuning {
     /// Collective decision thresholds (bytes).
     pub bcast_large: usize,
     pub allreduce_large: usize,
+    /// Two-level collectives across hosts.
+    pub two_level: bool,
+    /// Testing: every rank's host, as numbers.
+    pub test_hosts: Option<Vec<u32>>,
 }
 
 impl Tuning {
@@ -53,6 +57,8 @@ impl Tuning {
             yields: cfg.yields,
             bcast_large: cfg.bcast_large,
             allreduce_large: cfg.allreduce_large,
+            two_level: cfg.two_level,
+            test_hosts: cfg.test_hosts.clone(),
         }
     }
 }
@@ -146,6 +152,9 @@ pub(crate) struct Core {
     pub contexts: crate::context::Contexts,
     /// The name of this process's host in the job.
     pub host: String,
+    /// The host of every world rank, as a number (equal numbers: the same host); two-level
+    /// collectives group ranks by it.
+    pub host_ids: Vec<u32>,
     /// The host's job board (under the launcher): how ranks ended, what we are blocked in.
     pub board: Option<std::sync::Arc<crate::board::Board>>,
 }
@@ -182,8 +191,19 @@ impl Core {
             st: Mutex::new(st),
             contexts: crate::context::Contexts::new(),
             host,
+            host_ids: vec![0; size],
             board: None,
         }
+    }
+
+    /// The host of every world rank (`RANKS_TEST_HOSTS` replaces it, to try two-level
+    /// collectives on one machine).
+    pub(crate) fn with_hosts(mut self, hosts: Vec<u32>) -> Core {
+        let hosts = self.tuning.test_hosts.clone().unwrap_or(hosts);
+        if hosts.len() == self.size {
+            self.host_ids = hosts;
+        }
+        self
     }
 
     /// Use the host's job board (attaching this process to its slot).

@@ -57,3 +57,74 @@ fn collectives_over_unix_sockets() {
 fn collectives_when_the_kernel_refuses_to_pull() {
     coll(4, &["-x", "RANKS_TEST_REFUSE_PULL=1"], &[]);
 }
+
+/// Two-level collectives (each host's ranks meet at their leader, leaders talk across):
+/// hosts simulated on one machine with `RANKS_TEST_HOSTS`, every collective against its
+/// reference, for uneven hosts, interleaved ranks, a lone rank, and roots that are not
+/// leaders (testcoll uses every root).
+#[test]
+fn two_level_collectives_on_simulated_hosts() {
+    for hosts in [
+        "0,0,1,1",
+        "0,1,0,1,1",
+        "2,2,2,0,1,1",
+        "0,0,1,1,1,2,2,3",
+        "1,0,0",
+    ] {
+        let n = hosts.split(',').count();
+        let var = format!("RANKS_TEST_HOSTS={hosts}");
+        coll(n, &["-x", &var], &[]);
+        coll(
+            n,
+            &["-x", &var, "-x", "RANKS_ALLREDUCE_LARGE=1"],
+            &["large"],
+        );
+    }
+}
+
+/// Who talked to whom in a job of barriers and all-reduces on 4 ranks, from its trace.
+fn pairs(extra: &[&str]) -> Vec<(usize, usize)> {
+    let trace = std::env::temp_dir().join(format!(
+        "ranks-test-pairs-{}-{}.json",
+        std::process::id(),
+        extra.len()
+    ));
+    let t = trace.display().to_string();
+    let mut launcher = vec!["--trace", t.as_str(), "-n", "4"];
+    launcher.extend_from_slice(extra);
+    let o = run_job(&launcher, "bench", &["allreduce", "8"], LIMIT);
+    assert_eq!(o.code, 0, "{o:?}");
+    let report = std::process::Command::new(bin("ranks"))
+        .args(["report", &t, "--svg", "/dev/null"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&trace);
+    let text = String::from_utf8_lossy(&report.stdout).to_string();
+    let mut out: Vec<(usize, usize)> = text
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if w.len() > 3 && w[1] == "->" {
+                Some((w[0].parse().ok()?, w[2].parse().ok()?))
+            } else {
+                None
+            }
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// With ranks 0,1 on one host and 2,3 on another, only the leaders (0 and 2) talk across
+/// hosts; `RANKS_COLL_HIER=0` gives the flat algorithms, whose pairs cross freely.
+#[test]
+fn only_leaders_talk_across_hosts() {
+    let two = pairs(&["-x", "RANKS_TEST_HOSTS=0,0,1,1"]);
+    let across: Vec<_> = two.iter().filter(|(a, b)| (a / 2) != (b / 2)).collect();
+    assert_eq!(across, [&(0, 2), &(2, 0)], "{two:?}");
+    let flat = pairs(&["-x", "RANKS_TEST_HOSTS=0,0,1,1", "-x", "RANKS_COLL_HIER=0"]);
+    assert!(
+        flat.iter().any(|&(a, b)| (a / 2) != (b / 2) && a % 2 == 1),
+        "{flat:?}"
+    );
+}
