@@ -88,7 +88,8 @@ pub(crate) fn world_from_env() -> Result<Comm> {
             let hosts = place.hosts.clone().unwrap_or_default();
             let here = hosts.iter().filter(|h| **h == hosts[rank]).count();
             local_ranks = here;
-            io_threads = here == 1 && size > 1;
+            // Any peer over QUIC: its I/O thread must not be starved by spinning waiters.
+            io_threads = here < size;
             Box::new(crate::transport::hybrid::Hybrid::connect(
                 place,
                 &cfg.tuning,
@@ -230,7 +231,7 @@ fn pmi_world(mut pmi: crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
         transport = t.name(),
         "joined a job started by srun"
     );
-    let io_threads = n_local < size && n_local == 1;
+    let io_threads = n_local < size;
     let tuning = Tuning::resolve(&cfg.tuning, n_local, io_threads);
     let host_ids = hosts
         .iter()

@@ -256,11 +256,13 @@ impl Comm {
     }
 
     fn bcast_seq<T: Pod>(&self, seq: u32, root: usize, buf: &mut [T]) -> Result<()> {
-        if let Some(l) = self.two_level() {
-            return self.bcast_two_level(seq, l, root, buf);
-        }
         let n = self.size();
         let large = self.core.tuning.bcast_large;
+        // Large broadcasts keep the flat scatter + ring all-gather (bandwidth-optimal; the
+        // two levels measured slower for them).
+        if let (Some(l), true) = (self.two_level(), std::mem::size_of_val(buf) < large) {
+            return self.bcast_two_level(seq, l, root, buf);
+        }
         if n > 2 && std::mem::size_of_val(buf) >= large && buf.len() >= n {
             return self.bcast_scatter_allgather(seq, root, buf);
         }
@@ -586,7 +588,10 @@ impl Comm {
         let (seq, _call) = self.begin("all_reduce_slice", None);
         let n = self.size();
         let large = self.core.tuning.allreduce_large;
-        if let (Some(l), true) = (self.two_level(), op.commutative()) {
+        if let (Some(l), true) = (
+            self.two_level(),
+            op.commutative() && std::mem::size_of_val(send) < large,
+        ) {
             recv.copy_from_slice(send);
             return self.allreduce_two_level(seq, l, recv, op);
         }
@@ -665,10 +670,14 @@ impl Comm {
         if n == 1 {
             return Ok(());
         }
-        if let (Some(l), true) = (self.two_level(), op.commutative()) {
+        let large = self.core.tuning.allreduce_large;
+        // Large all-reductions keep the flat ring (bandwidth-optimal).
+        if let (Some(l), true) = (
+            self.two_level(),
+            op.commutative() && std::mem::size_of_val(buf) < large,
+        ) {
             return self.allreduce_two_level(seq, l, buf, op);
         }
-        let large = self.core.tuning.allreduce_large;
         if op.commutative() && std::mem::size_of_val(buf) >= large && buf.len() >= n {
             self.ring_reduce_scatter(seq, buf, op)?;
             return self.ring_allgather_blocks(seq, 512, buf);

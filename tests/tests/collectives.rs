@@ -74,15 +74,11 @@ fn two_level_collectives_on_simulated_hosts() {
         let n = hosts.split(',').count();
         let var = format!("RANKS_TEST_HOSTS={hosts}");
         coll(n, &["-x", &var], &[]);
-        coll(
-            n,
-            &["-x", &var, "-x", "RANKS_ALLREDUCE_LARGE=1"],
-            &["large"],
-        );
+        coll(n, &["-x", &var], &["large"]);
     }
 }
 
-/// Who talked to whom in a job of barriers and all-reduces on 4 ranks, from its trace.
+/// Who talked to whom in a job of barriers on 4 ranks, from its trace.
 fn pairs(extra: &[&str]) -> Vec<(usize, usize)> {
     let trace = std::env::temp_dir().join(format!(
         "ranks-test-pairs-{}-{}.json",
@@ -92,7 +88,7 @@ fn pairs(extra: &[&str]) -> Vec<(usize, usize)> {
     let t = trace.display().to_string();
     let mut launcher = vec!["--trace", t.as_str(), "-n", "4"];
     launcher.extend_from_slice(extra);
-    let o = run_job(&launcher, "bench", &["allreduce", "8"], LIMIT);
+    let o = run_job(&launcher, "bench", &["barrier", "100"], LIMIT);
     assert_eq!(o.code, 0, "{o:?}");
     let report = std::process::Command::new(bin("ranks"))
         .args(["report", &t, "--svg", "/dev/null"])

@@ -161,9 +161,13 @@ fn bw(w: &Comm) -> Result<(), Error> {
     Ok(())
 }
 
+/// `barrier [ITERS]` (20,000 by default; fewer across hosts).
 fn barrier(w: &Comm) -> Result<(), Error> {
-    let iters = 20000;
-    for _ in 0..1000 {
+    let iters: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20000);
+    for _ in 0..iters / 20 {
         w.barrier()?;
     }
     let t0 = Instant::now();
@@ -179,12 +183,21 @@ fn barrier(w: &Comm) -> Result<(), Error> {
     Ok(())
 }
 
+/// `allreduce [ITERS]`: ITERS (10,000 by default) for up to 32 KiB, ITERS / 200 above.
 fn allreduce(w: &Comm) -> Result<(), Error> {
+    let small: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10000);
     let input = vec![1.0f64; 1 << 20];
     let mut out = vec![0.0f64; 1 << 20];
     let mut n = 1;
     while n <= 1 << 20 {
-        let iters = if n <= 4096 { 10000 } else { 50 };
+        let iters = if n <= 4096 {
+            small
+        } else {
+            (small / 200).max(1)
+        };
         for _ in 0..iters / 10 {
             w.all_reduce_slice(&input[..n], &mut out[..n], &ranks::op::Sum)?;
         }
