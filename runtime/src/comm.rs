@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::progress::{Core, Watch};
 use crate::protocol::matching::{Msg, Pattern, ANY_SOURCE, ANY_TAG};
 use crate::protocol::Want;
-pub use crate::request::{wait_all, Request};
+pub use crate::request::{test_all, test_any, test_some, wait_all, wait_any, wait_some, Request};
 use crate::wire::{Encoding, HEADER_LEN};
 
 /// Largest user tag (tags are `0..=MAX_TAG`).

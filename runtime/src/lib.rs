@@ -48,7 +48,10 @@ pub mod wire;
 
 use std::sync::OnceLock;
 
-pub use comm::{wait_all, Comm, Request, Source, Status, MAX_TAG};
+pub use comm::{
+    test_all, test_any, test_some, wait_all, wait_any, wait_some, Comm, Request, Source, Status,
+    MAX_TAG,
+};
 pub use config::env;
 pub use error::{Error, Result};
 pub use primitives::manager::{Dict, List, Manager, Namespace};

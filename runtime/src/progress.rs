@@ -119,6 +119,15 @@ pub(crate) enum Watch<'a> {
     },
 }
 
+/// What a transport error says about a lost peer, for a later `PeerLost`'s detail (not the
+/// whole `PeerLost` message again, which would read "rank 3 is gone (rank 3 is gone (...)").
+fn loss_detail(e: &Error) -> String {
+    match e {
+        Error::PeerLost { detail, .. } => detail.clone(),
+        e => e.to_string(),
+    }
+}
+
 /// How long after a peer's clean exit was recorded on the job board it counts as gone even
 /// when its transport has not said so (what it sent before exiting has arrived by then).
 const EXIT_GRACE: Duration = Duration::from_millis(500);
@@ -250,7 +259,7 @@ impl Core {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(peer, error = %e, "dropping peer stream");
-                        st.broken[peer] = Some(e.to_string());
+                        st.broken[peer] = Some(loss_detail(&e));
                         break;
                     }
                 }
@@ -366,7 +375,7 @@ impl Core {
                     st.proto.out_advance(peer, n);
                 }
                 Err(e) => {
-                    st.proto.write_failed(peer, e.to_string());
+                    st.proto.write_failed(peer, loss_detail(&e));
                     break;
                 }
             }
@@ -398,7 +407,7 @@ impl Core {
                 st.proto.wrote_direct(peer, &hb, payload, n)
             }
             Err(e) => {
-                st.proto.write_failed(peer, e.to_string());
+                st.proto.write_failed(peer, loss_detail(&e));
                 st.proto.queue_copy(peer, h, payload)
             }
         }
@@ -573,7 +582,7 @@ impl Core {
         Error::PeerLost { rank, detail }
     }
 
-    fn check_watch(&self, st: &State, watch: Watch<'_>) -> Option<(usize, String)> {
+    pub(crate) fn check_watch(&self, st: &State, watch: Watch<'_>) -> Option<(usize, String)> {
         match watch {
             Watch::Nobody => None,
             Watch::Peer(p) if p == self.rank => None,

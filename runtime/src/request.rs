@@ -321,3 +321,200 @@ impl<T> Drop for Request<'_, T> {
 pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result<Vec<T>> {
     reqs.into_iter().map(Request::wait).collect()
 }
+
+/// What a request set's sweep found for one request: complete, or ended by a lost peer.
+enum Found {
+    Done,
+    Lost(Error),
+}
+
+impl<T> Request<'_, T> {
+    /// Look at the request without waiting (state lock held): `Some` once it completed or
+    /// its peer is gone (checked only when `look_for_loss`).
+    fn sweep(&mut self, core: &Core, st: &mut State, look_for_loss: bool) -> Option<Found> {
+        match self.poll_state(core, st, false) {
+            Ok(true) => Some(Found::Done),
+            Ok(false) if look_for_loss => {
+                let watch = Self::watch(&self.comm, &self.state);
+                core.check_watch(st, watch)
+                    .map(|(rank, detail)| Found::Lost(Error::PeerLost { rank, detail }))
+            }
+            Ok(false) => None,
+            Err(e) => Some(Found::Lost(e)),
+        }
+    }
+
+    /// The result of a request the sweep found.
+    fn finish_found(mut self, found: Found) -> Result<T> {
+        match found {
+            Found::Done => self.complete(),
+            Found::Lost(e) => {
+                self.abandon();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Every request of `reqs` the sweep finds complete (or failed), as `(index, found)`.
+fn sweep_all<T>(
+    reqs: &mut [Request<'_, T>],
+    core: &Core,
+    st: &mut State,
+    look_for_loss: bool,
+) -> Vec<(usize, Found)> {
+    reqs.iter_mut()
+        .enumerate()
+        .filter_map(|(i, r)| r.sweep(core, st, look_for_loss).map(|f| (i, f)))
+        .collect()
+}
+
+/// Take the found requests out of `reqs` (the rest keep their order) and finish them:
+/// `(index in reqs before, result)`, by index.
+fn take_found<T>(
+    reqs: &mut Vec<Request<'_, T>>,
+    found: Vec<(usize, Found)>,
+) -> Vec<(usize, Result<T>)> {
+    let mut out = Vec::with_capacity(found.len());
+    for (i, f) in found.into_iter().rev() {
+        out.push((i, reqs.remove(i).finish_found(f)));
+    }
+    out.reverse();
+    out
+}
+
+/// Block until at least one of `reqs` completes; take out and finish every request that
+/// has (MPI's `Waitsome`). Each comes with its index in `reqs` as it was, and its own result
+/// (a request whose peer is gone fails alone with `PeerLost`; the others go on). Empty `reqs`:
+/// nothing to wait for, an empty answer.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let me = world.rank();
+/// let mut reqs = vec![world.irecv::<u32>(me, 1)?, world.irecv::<u32>(me, 2)?];
+/// world.send(me, 2, &20u32)?;
+/// let done = ranks::wait_some(&mut reqs);
+/// assert_eq!(done.len(), 1);
+/// assert_eq!(done[0].0, 1); // the receive with tag 2
+/// assert_eq!(done[0].1.as_ref().unwrap().0, 20);
+/// assert_eq!(reqs.len(), 1); // the other one is still pending
+/// # Ok::<(), ranks::Error>(())
+/// ```
+pub fn wait_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
+    let Some(core) = reqs.first().map(|r| r.comm.core.clone()) else {
+        return Vec::new();
+    };
+    let mut looks: u32 = 0;
+    let found = core.wait_for(Watch::Nobody, |core, st| {
+        // Lost peers are looked for now and then (the first look is for what is here).
+        looks = looks.wrapping_add(1);
+        let found = sweep_all(reqs, core, st, looks.is_multiple_of(16));
+        Ok((!found.is_empty()).then_some(found))
+    });
+    match found {
+        Ok(found) => take_found(reqs, found),
+        // The wait itself cannot fail without a watch; be safe anyway.
+        Err(e) => vec![(0, Err(e))],
+    }
+}
+
+/// Block until one of `reqs` completes, take it out and finish it (MPI's `Waitany`):
+/// `(its index, its result)`, or `None` for an empty set. When several are complete, the
+/// lowest index goes first.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let me = world.rank();
+/// let mut reqs = vec![world.irecv::<u8>(me, 1)?, world.irecv::<u8>(me, 2)?];
+/// world.send(me, 1, &1u8)?;
+/// world.send(me, 2, &2u8)?;
+/// let mut tags = Vec::new();
+/// while let Some((_, r)) = ranks::wait_any(&mut reqs) {
+///     tags.push(r?.1.tag);
+/// }
+/// assert_eq!(tags, [1, 2]);
+/// # Ok::<(), ranks::Error>(())
+/// ```
+pub fn wait_any<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<(usize, Result<T>)> {
+    let core = reqs.first().map(|r| r.comm.core.clone())?;
+    let mut looks: u32 = 0;
+    let found = core.wait_for(Watch::Nobody, |core, st| {
+        looks = looks.wrapping_add(1);
+        let look = looks.is_multiple_of(16);
+        Ok(reqs
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, r)| r.sweep(core, st, look).map(|f| (i, f))))
+    });
+    match found {
+        Ok((i, f)) => Some((i, reqs.remove(i).finish_found(f))),
+        Err(e) => Some((0, Err(e))),
+    }
+}
+
+/// Take out and finish every request of `reqs` complete now, without waiting (MPI's
+/// `Testsome`); an empty answer when none is.
+pub fn test_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
+    let Some(core) = reqs.first().map(|r| r.comm.core.clone()) else {
+        return Vec::new();
+    };
+    let found = {
+        let mut st = core.lock();
+        core.progress(&mut st);
+        sweep_all(reqs, &core, &mut st, true)
+    };
+    take_found(reqs, found)
+}
+
+/// Take out and finish the first request of `reqs` complete now, if any (MPI's
+/// `Testany`).
+pub fn test_any<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<(usize, Result<T>)> {
+    let core = reqs.first().map(|r| r.comm.core.clone())?;
+    let found = {
+        let mut st = core.lock();
+        core.progress(&mut st);
+        reqs.iter_mut()
+            .enumerate()
+            .find_map(|(i, r)| r.sweep(&core, &mut st, true).map(|f| (i, f)))
+    };
+    found.map(|(i, f)| (i, reqs.remove(i).finish_found(f)))
+}
+
+/// If every request of `reqs` is complete now, take them all out and finish them, in order
+/// (MPI's `Testall`); otherwise `None`, and `reqs` stays as it was.
+///
+/// ```
+/// let world = ranks::init()?;
+/// let me = world.rank();
+/// let mut reqs = vec![world.irecv::<u8>(me, 5)?];
+/// assert!(ranks::test_all(&mut reqs).is_none()); // nothing sent yet
+/// world.send(me, 5, &9u8)?;
+/// let all = loop {
+///     if let Some(all) = ranks::test_all(&mut reqs) {
+///         break all;
+///     }
+/// };
+/// assert_eq!(all[0].as_ref().unwrap().0, 9);
+/// # Ok::<(), ranks::Error>(())
+/// ```
+pub fn test_all<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<Vec<Result<T>>> {
+    let Some(core) = reqs.first().map(|r| r.comm.core.clone()) else {
+        return Some(Vec::new());
+    };
+    let found = {
+        let mut st = core.lock();
+        core.progress(&mut st);
+        sweep_all(reqs, &core, &mut st, true)
+    };
+    if found.len() < reqs.len() {
+        // Completed ones stay in their requests (a receive keeps the message it matched)
+        // until a later test or wait finishes them.
+        return None;
+    }
+    Some(
+        take_found(reqs, found)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect(),
+    )
+}

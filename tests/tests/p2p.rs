@@ -175,3 +175,19 @@ fn a_program_without_the_launcher_is_a_world_of_one() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("singleton ok size 1 transport local"));
 }
+
+/// Request sets (`wait_any`, `wait_some`, `test_some`, `test_all`): receives from every other
+/// rank arriving at staggered times, each returned once with its own result, on 1, 2, 3 and
+/// 5 ranks over every transport; with a rank that leaves without sending, its receive alone
+/// fails with `PeerLost` naming it and the rest complete.
+#[test]
+fn request_sets_complete_each_request_once() {
+    for transport in ["shm", "uds", "quic"] {
+        for n in [1, 2, 3, 5] {
+            let o = job_ok(n, transport, &["requestsets"], "request sets ok");
+            assert_eq!(o.lines_with("request sets ok").len(), n, "{o:?}");
+        }
+        let o = job_ok(4, transport, &["requestsets", "dead"], "lost [3]");
+        assert_eq!(o.lines_with("received, lost [3]").len(), 3, "{o:?}");
+    }
+}

@@ -367,6 +367,89 @@ fn peerlost(w: &Comm) -> R {
 /// prints the error it got, naming the rank, and how long after the end it came.
 /// With `propagate`, survivors then fail with that error (exit 1), as most programs would.
 /// `ranks-testjob dies OP HOW [propagate]`
+/// Request sets: every rank posts a receive from each other rank (tag 100 + sender) and the
+/// others send at staggered times (rank r after r x 30 ms). `test_all` finds nothing before
+/// anyone sends; `wait_any` then returns each receive once, with its own result; sends to
+/// everyone are collected with `wait_some`/`test_some`. With `dead`, the last rank exits
+/// (cleanly) without sending: its receive alone fails, naming it.
+fn request_sets(w: &Comm) -> R {
+    let (me, n) = (w.rank(), w.size());
+    let dead = std::env::args().nth(2).is_some_and(|a| a == "dead");
+    let victim = n - 1;
+    let others: Vec<usize> = (0..n).filter(|&r| r != me).collect();
+    let mut recvs = others
+        .iter()
+        .map(|&r| w.irecv::<u64>(r, 100 + r as i32))
+        .collect::<Result<Vec<_>, _>>()?;
+    assert!(n == 1 || ranks::test_all(&mut recvs).is_none());
+    assert_eq!(recvs.len(), others.len());
+    w.barrier()?;
+    if dead && me == victim {
+        std::process::exit(0);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(30 * me as u64));
+    let payload: Vec<u64> = vec![me as u64 * 1000; 1];
+    // Not to the rank that left (a send to it fails at once over sockets).
+    let live: Vec<usize> = others
+        .iter()
+        .copied()
+        .filter(|&r| !(dead && r == victim))
+        .collect();
+    let mut sends = live
+        .iter()
+        .map(|&r| w.isend(r, 100 + me as i32, &payload[0]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = Vec::new();
+    let mut lost = Vec::new();
+    while let Some((i, r)) = ranks::wait_any(&mut recvs) {
+        assert!(i < recvs.len() + 1);
+        match r {
+            Ok((v, st)) => {
+                assert_eq!(v, st.source as u64 * 1000);
+                assert_eq!(st.tag, 100 + st.source as i32);
+                seen.push(st.source);
+            }
+            Err(ranks::Error::PeerLost { rank, .. }) => lost.push(rank),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut sends_done = 0;
+    while !sends.is_empty() {
+        let got = ranks::test_some(&mut sends);
+        let got = if got.is_empty() {
+            ranks::wait_some(&mut sends)
+        } else {
+            got
+        };
+        for (_, r) in got {
+            r?;
+            sends_done += 1;
+        }
+    }
+    assert_eq!(sends_done, live.len());
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        seen.len(),
+        "a receive completed twice: {seen:?}"
+    );
+    let want: Vec<usize> = if dead && me != victim {
+        assert_eq!(lost, [victim]);
+        others.iter().copied().filter(|&r| r != victim).collect()
+    } else {
+        assert!(lost.is_empty(), "{lost:?}");
+        others.clone()
+    };
+    assert_eq!(sorted, want);
+    println!(
+        "request sets ok on rank {me}: {} received, lost {lost:?}",
+        seen.len()
+    );
+    Ok(())
+}
+
 /// Sleeps 400 ms when dropped during a panic (if armed).
 struct SlowUnwind(bool);
 
@@ -998,6 +1081,7 @@ fn main() {
         "peerlost" => peerlost(&w),
         "sleep" => sleep(&w),
         "dies" => dies(&w),
+        "requestsets" => request_sets(&w),
         "stuck" => stuck(&w),
         "chaos" => chaos(&w),
         "ring" => ring(&w),
