@@ -411,6 +411,38 @@ impl Comm {
         Ok(got)
     }
 
+    /// Send `buf` to `dest` and replace it with what comes from `source` (MPI's
+    /// `Sendrecv_replace`). A longer message than `buf` is `Error::Truncated` (it stays
+    /// queued, `buf` keeps what it held); a shorter one fills the front of `buf` (the
+    /// status gives its length).
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let (me, n) = (world.rank(), world.size());
+    /// // Shift a block around the ring.
+    /// let mut block = [me as u32; 4];
+    /// world.sendrecv_replace(&mut block, (me + 1) % n, 0, (me + n - 1) % n, 0)?;
+    /// assert_eq!(block, [((me + n - 1) % n) as u32; 4]);
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn sendrecv_replace<T: Pod>(
+        &self,
+        buf: &mut [T],
+        dest: usize,
+        send_tag: i32,
+        source: impl Into<Source>,
+        recv_tag: i32,
+    ) -> Result<Status> {
+        let out = buf.to_vec();
+        let mut got = vec![T::zeroed(); buf.len()];
+        let sreq = self.isend_slice(dest, send_tag, &out)?;
+        let st = self.recv_into(source, recv_tag, &mut got)?;
+        sreq.wait()?;
+        let n = (st.len / std::mem::size_of::<T>().max(1)).min(buf.len());
+        buf[..n].copy_from_slice(&got[..n]);
+        Ok(st)
+    }
+
     /// Wait for a message matching `source`/`tag` without receiving it.
     pub fn probe(&self, source: impl Into<Source>, tag: i32) -> Result<Status> {
         let pat = self.pattern(self.ctx, source.into(), tag)?;

@@ -60,9 +60,25 @@ pub enum Error {
         max: u64,
     },
 
+    /// A receive's buffer is too small for the message that matched it (MPI's
+    /// `MPI_ERR_TRUNCATE`). Unlike MPI, nothing is consumed or lost: the message stays
+    /// queued in its place, and a receive (or `probe` first, for its size) with a buffer of
+    /// at least `len` bytes gets it.
+    #[error("message from rank {rank} with tag {tag} has {len} bytes but the buffer holds {capacity}; it stays queued")]
+    Truncated {
+        /// Sender (rank in the communicator of the receive).
+        rank: usize,
+        /// The message's tag.
+        tag: i32,
+        /// The message's length in bytes.
+        len: usize,
+        /// The buffer's length in bytes.
+        capacity: usize,
+    },
+
     /// A peer's stream ended in the middle of a frame.
     #[error("truncated frame from rank {rank}: {detail}")]
-    Truncated {
+    TruncatedFrame {
         /// Sender.
         rank: usize,
         /// What was cut short.

@@ -596,13 +596,12 @@ impl Comm {
         let dst: &mut [u8] = bytemuck::cast_slice_mut(buf);
         if status.len > dst.len() {
             // Leave the message where it was so nothing is lost.
-            let err = Error::InvalidArgument(format!(
-                "message from rank {} with tag {} has {} bytes but the buffer holds {}",
-                status.source,
-                status.tag,
-                status.len,
-                dst.len()
-            ));
+            let err = Error::Truncated {
+                rank: status.source,
+                tag: status.tag,
+                len: status.len,
+                capacity: dst.len(),
+            };
             self.put_back(t);
             return Err(err);
         }

@@ -571,10 +571,10 @@ impl Core {
             .unwrap_or((rank, detail))
     }
 
-    /// `PeerLost`, or `Truncated` when the peer went away in the middle of a frame.
+    /// `PeerLost`, or `TruncatedFrame` when the peer went away in the middle of a frame.
     fn lost_error(&self, st: &State, rank: usize, detail: String) -> Error {
         if st.dec[rank].mid_frame() {
-            return Error::Truncated {
+            return Error::TruncatedFrame {
                 rank,
                 detail: format!("its stream ended inside a frame ({detail})"),
             };

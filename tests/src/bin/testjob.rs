@@ -231,11 +231,55 @@ fn badargs(w: &Comm) -> R {
     if w.rank() == 1 {
         let mut small = [0u32; 2];
         let e = w.recv_into(0, 0, &mut small).expect_err("buffer too small");
+        assert!(
+            matches!(
+                e,
+                Error::Truncated {
+                    rank: 0,
+                    tag: 0,
+                    len: 16,
+                    capacity: 8
+                }
+            ),
+            "{e:?}"
+        );
         println!("error: {e}");
         // The message is still there for a big enough buffer.
         let mut big = [0u32; 4];
         w.recv_into(0, 0, &mut big)?;
         assert_eq!(big, [1, 2, 3, 4]);
+    }
+    // sendrecv_replace around the ring; then a message too long for the buffer stays queued.
+    let (me, n) = (w.rank(), w.size());
+    let mut block = [me as u64, 7, 7];
+    let st = w.sendrecv_replace(&mut block, (me + 1) % n, 9, (me + n - 1) % n, 9)?;
+    assert_eq!(block, [((me + n - 1) % n) as u64, 7, 7]);
+    assert_eq!(st.len, 24);
+    if n > 1 {
+        let mut short = [0u8; 2];
+        if me == 0 {
+            w.send_slice(1, 10, &[1u8, 2, 3])?;
+        }
+        if me == 1 {
+            let e = w
+                .sendrecv_replace(&mut short, 1, 11, 0, 10)
+                .expect_err("too long");
+            assert!(
+                matches!(
+                    e,
+                    Error::Truncated {
+                        len: 3,
+                        capacity: 2,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            let mut whole = [0u8; 3];
+            w.recv_into(0, 10, &mut whole)?;
+            assert_eq!(whole, [1, 2, 3]);
+            w.recv_into(1, 11, &mut short)?; // what it sent itself
+        }
     }
     println!("badargs ok");
     Ok(())
