@@ -453,6 +453,84 @@ impl Comm {
         })
     }
 
+    /// A persistent send (MPI's `Send_init`): the destination, tag and buffer fixed once,
+    /// then [`PersistentSend::start`] as often as wanted, each start a nonblocking send of
+    /// the buffer (borrowed for as long as the persistent send lives).
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let me = world.rank();
+    /// let data = [1u32, 2, 3];
+    /// let send = world.send_init(me, 8, &data)?;
+    /// let recv = world.recv_init::<u32>(me, 8)?;
+    /// for _ in 0..3 {
+    ///     let r = recv.start()?;
+    ///     send.start()?.wait()?;
+    ///     assert_eq!(r.wait()?.0, data);
+    /// }
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn send_init<'a, T: Pod>(
+        &self,
+        dest: usize,
+        tag: i32,
+        data: &'a [T],
+    ) -> Result<PersistentSend<'a, T>> {
+        self.peer(dest)?;
+        Self::check_send_tag(tag)?;
+        Ok(PersistentSend {
+            comm: self.clone(),
+            dest,
+            tag,
+            data,
+        })
+    }
+
+    /// A persistent receive of plain numbers (MPI's `Recv_init`): each
+    /// [`PersistentRecv::start`] posts a nonblocking receive from `source` with `tag`.
+    pub fn recv_init<T: Pod>(
+        &self,
+        source: impl Into<Source>,
+        tag: i32,
+    ) -> Result<PersistentRecv<T>> {
+        let source = source.into();
+        self.pattern(self.ctx, source, tag)?; // checks the rank and tag now
+        Ok(PersistentRecv {
+            comm: self.clone(),
+            source,
+            tag,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    /// Matched probe (MPI's `Mprobe`): wait for a message matching `source`/`tag` and take
+    /// it out of matching, so no other receive (another thread's, say) can get it; then
+    /// receive it with [`Message::recv`], [`Message::recv_vec`] or [`Message::recv_into`].
+    /// Probing and then receiving in two steps, by contrast, races with other threads.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let me = world.rank();
+    /// world.send_slice(me, 4, &[1.5f64, 2.5])?;
+    /// let m = world.mprobe(me, 4)?;
+    /// let n = m.status().count::<f64>();
+    /// let mut buf = vec![0.0; n]; // sized from the probe, and nobody else can take it
+    /// m.recv_into(&mut buf)?;
+    /// assert_eq!(buf, [1.5, 2.5]);
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn mprobe(&self, source: impl Into<Source>, tag: i32) -> Result<Message> {
+        let pat = self.pattern(self.ctx, source.into(), tag)?;
+        let t = self.recv_taken(pat, true)?;
+        Ok(Message::new(self, t))
+    }
+
+    /// Matched probe without waiting (MPI's `Improbe`): `None` when nothing matching is here.
+    pub fn improbe(&self, source: impl Into<Source>, tag: i32) -> Result<Option<Message>> {
+        let pat = self.pattern(self.ctx, source.into(), tag)?;
+        Ok(self.try_take(pat).map(|t| Message::new(self, t)))
+    }
+
     /// Like `probe`, but returns `None` at once when nothing matching has arrived.
     pub fn iprobe(&self, source: impl Into<Source>, tag: i32) -> Result<Option<Status>> {
         let pat = self.pattern(self.ctx, source.into(), tag)?;
@@ -499,5 +577,91 @@ pub(crate) fn status_of(m: &Msg) -> Status {
         source: m.src as usize,
         tag: m.tag,
         len: m.len() as usize,
+    }
+}
+
+/// A message taken out of matching by [`Comm::mprobe`] or [`Comm::improbe`]: only this
+/// handle can receive it. Dropping it unreceived puts the message back in its place; a
+/// receive that fails on the message (a type mismatch, a buffer too small) puts it back too,
+/// so nothing is lost.
+#[must_use = "a matched message is received through this handle (dropping it puts it back)"]
+pub struct Message {
+    comm: Comm,
+    taken: Option<crate::protocol::Taken>,
+    status: Status,
+}
+
+impl Message {
+    fn new(comm: &Comm, t: crate::protocol::Taken) -> Message {
+        Message {
+            comm: comm.clone(),
+            status: status_of(t.msg()),
+            taken: Some(t),
+        }
+    }
+
+    /// Source, tag and length of the message.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    fn take(&mut self) -> crate::protocol::Taken {
+        self.taken.take().expect("a message is received once")
+    }
+
+    /// Receive it as a serde value (MPI's `Mrecv`).
+    pub fn recv<T: DeserializeOwned>(mut self) -> Result<(T, Status)> {
+        let t = self.take();
+        self.comm.decode(t)
+    }
+
+    /// Receive it as a slice of plain numbers, into a new vector.
+    pub fn recv_vec<T: Pod>(mut self) -> Result<(Vec<T>, Status)> {
+        let t = self.take();
+        self.comm.decode_vec(t)
+    }
+
+    /// Receive it as plain numbers into `buf` (which may be longer, not shorter).
+    pub fn recv_into<T: Pod>(mut self, buf: &mut [T]) -> Result<Status> {
+        let t = self.take();
+        self.comm.decode_into(t, buf)
+    }
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        if let Some(t) = self.taken.take() {
+            self.comm.put_back(t);
+        }
+    }
+}
+
+/// A send set up once and started many times ([`Comm::send_init`]).
+pub struct PersistentSend<'a, T> {
+    comm: Comm,
+    dest: usize,
+    tag: i32,
+    data: &'a [T],
+}
+
+impl<'a, T: Pod> PersistentSend<'a, T> {
+    /// Start one send of the buffer; wait on (or test) the request it gives.
+    pub fn start(&self) -> Result<Request<'a, ()>> {
+        self.comm.isend_slice(self.dest, self.tag, self.data)
+    }
+}
+
+/// A receive set up once and started many times ([`Comm::recv_init`]).
+pub struct PersistentRecv<T> {
+    comm: Comm,
+    source: Source,
+    tag: i32,
+    _t: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Pod> PersistentRecv<T> {
+    /// Post one receive; its request gives the numbers and their status.
+    pub fn start(&self) -> Result<Request<'static, (Vec<T>, Status)>> {
+        self.comm.irecv_vec(self.source, self.tag)
     }
 }

@@ -49,8 +49,8 @@ pub mod wire;
 use std::sync::OnceLock;
 
 pub use comm::{
-    test_all, test_any, test_some, wait_all, wait_any, wait_some, Comm, Request, Source, Status,
-    MAX_TAG,
+    test_all, test_any, test_some, wait_all, wait_any, wait_some, Comm, Message, PersistentRecv,
+    PersistentSend, Request, Source, Status, MAX_TAG,
 };
 pub use config::env;
 pub use error::{Error, Result};

@@ -186,6 +186,23 @@ impl Comm {
         }
     }
 
+    /// Take the first message matching `pat` if one is here, without waiting (a rendezvous
+    /// comes back as a pull for the caller to make).
+    pub(crate) fn try_take(&self, pat: Pattern) -> Option<Taken> {
+        let mut st = self.core.lock();
+        self.core.progress(&mut st);
+        match st.proto.post(pat, Want::Now) {
+            Ok(msg) => Some(Taken::Msg(msg)),
+            Err(id) => {
+                let t = st.proto.take(id, true);
+                if t.is_none() {
+                    st.proto.cancel(id);
+                }
+                t
+            }
+        }
+    }
+
     /// Note that this thread is in `op` for messages matching `pat` (see `crate::diag`).
     pub(crate) fn doing(&self, op: &'static str, pat: &Pattern) -> crate::diag::StepGuard {
         crate::diag::step(crate::diag::Step {

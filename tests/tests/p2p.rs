@@ -191,3 +191,39 @@ fn request_sets_complete_each_request_once() {
         assert_eq!(o.lines_with("received, lost [3]").len(), 3, "{o:?}");
     }
 }
+
+/// Matched probe: two threads of rank 0 `mprobe` and receive messages of many sizes (large
+/// ones by rendezvous; with threshold 1 every one) from every other rank, each receiving
+/// exactly what its probe described; `improbe`, put-back on drop and on a type mismatch.
+/// Persistent requests: a ring set up once and started 20 times.
+#[test]
+fn matched_probe_and_persistent_requests() {
+    for transport in ["shm", "uds", "quic"] {
+        for n in [1, 3, 5] {
+            job_ok(
+                n,
+                transport,
+                &["mprobe"],
+                &format!("mprobe ok on {n} ranks"),
+            );
+            let o = job_ok(n, transport, &["persistent"], "persistent ok");
+            assert_eq!(o.lines_with("persistent ok").len(), n, "{o:?}");
+        }
+        let o = run_job(
+            &[
+                "-n",
+                "3",
+                "--transport",
+                transport,
+                "-x",
+                "RANKS_RENDEZVOUS_THRESHOLD=1",
+            ],
+            "ranks-testjob",
+            &["mprobe"],
+            LIMIT,
+        );
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(o.stdout.contains("mprobe ok on 3 ranks"), "{o:?}");
+        assert_clean(&o);
+    }
+}

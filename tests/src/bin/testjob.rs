@@ -494,6 +494,96 @@ fn request_sets(w: &Comm) -> R {
     Ok(())
 }
 
+/// Matched probe: rank 0's two threads each `mprobe` any message with tag 5 and receive it
+/// into a buffer sized from their probe, while the other ranks send 40 messages each of
+/// sizes from 8 B to 2 MiB (the large ones by rendezvous). Every receive gets exactly the
+/// message its probe described (a probe and a receive in two steps would race here). Then:
+/// `improbe` finds nothing before anything is sent; a dropped `Message` goes back in its
+/// place; a wrong-type receive through a `Message` puts it back too.
+fn mprobe(w: &Comm) -> R {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    const PER: usize = 40;
+    let (me, n) = (w.rank(), w.size());
+    if me == 0 {
+        assert!(w.improbe(ANY_SOURCE, 6)?.is_none());
+    }
+    w.barrier()?;
+    if me == 0 {
+        let left = AtomicUsize::new((n - 1) * PER);
+        let got = AtomicUsize::new(0);
+        std::thread::scope(|s| -> R {
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| -> R {
+                        while left
+                            .fetch_update(SeqCst, SeqCst, |x| x.checked_sub(1))
+                            .is_ok()
+                        {
+                            let m = w.mprobe(ANY_SOURCE, 5)?;
+                            let k = m.status().count::<u64>();
+                            let src = m.status().source;
+                            let mut buf = vec![0u64; k];
+                            let st = m.recv_into(&mut buf)?;
+                            assert_eq!((st.source, st.len), (src, k * 8));
+                            assert!(buf.iter().all(|&x| x == src as u64));
+                            got.fetch_add(1, SeqCst);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in workers {
+                h.join().expect("a receiving thread panicked")?;
+            }
+            Ok(())
+        })?;
+        assert_eq!(got.load(SeqCst), (n - 1) * PER);
+    } else {
+        for i in 0..PER {
+            let len = [1usize, 100, 5000, 1 << 18][i % 4] * (me % 3 + 1) / 3 + 1;
+            w.send_slice(0, 5, &vec![me as u64; len])?;
+        }
+    }
+    w.barrier()?;
+    if me == 0 {
+        w.send(0, 7, &42u32)?;
+        drop(w.mprobe(0, 7)?);
+        let e = w
+            .mprobe(0, 7)?
+            .recv::<String>()
+            .expect_err("a u32 is not a String");
+        assert!(matches!(e, Error::TypeMismatch { .. }), "{e:?}");
+        let m = w.improbe(0, 7)?.expect("still there");
+        assert_eq!(m.recv::<u32>()?.0, 42);
+        println!("mprobe ok on {n} ranks");
+    }
+    w.barrier()
+}
+
+/// Persistent requests: a ring exchange set up once with `send_init`/`recv_init` and
+/// started 20 times, the buffer changed between starts (each start sends it as it is then).
+fn persistent(w: &Comm) -> R {
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    let recv = w.recv_init::<u64>(prev, 3)?;
+    for round in 0..20u64 {
+        // A new buffer each round: a persistent send borrows its buffer.
+        let data = vec![me as u64 * 100 + round; 1 + (round as usize % 3) * 20_000];
+        let send = w.send_init(next, 3, &data)?;
+        let r = recv.start()?;
+        let s = send.start()?;
+        let (got, st) = r.wait()?;
+        s.wait()?;
+        assert_eq!(st.source, prev);
+        assert_eq!(got.len(), data.len());
+        assert!(got.iter().all(|&x| x == prev as u64 * 100 + round));
+    }
+    let bad = w.send_init(n, 0, &[0u8]);
+    assert!(matches!(bad, Err(Error::InvalidRank { .. })));
+    println!("persistent ok on rank {me}");
+    Ok(())
+}
+
 /// Sleeps 400 ms when dropped during a panic (if armed).
 struct SlowUnwind(bool);
 
@@ -1126,6 +1216,8 @@ fn main() {
         "sleep" => sleep(&w),
         "dies" => dies(&w),
         "requestsets" => request_sets(&w),
+        "mprobe" => mprobe(&w),
+        "persistent" => persistent(&w),
         "stuck" => stuck(&w),
         "chaos" => chaos(&w),
         "ring" => ring(&w),
