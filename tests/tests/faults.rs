@@ -17,14 +17,12 @@ const OPS: [&str; 5] = ["allreduce", "barrier", "bcast", "anysource", "ring"];
 const N: usize = 4;
 const VICTIM: usize = N - 1;
 
-fn cell(transport: &str, kind: &str, code: i32, op: &str) {
-    let what = format!("{kind} during {op} over {transport} with --keep-going");
-    // A clean exit is no failure: survivors waiting for a message from anyone wait for good
-    // (a deadlock of the program, which the timeout ends).
-    let deadlock = code == 0 && op == "anysource";
-    let timeout = if deadlock { "2" } else { "4" };
+/// `ranks-testjob dies OP KIND propagate` on `N` ranks with `--keep-going`: the victim ends
+/// as `KIND` while the others are in `OP`. Survivors fail with the error they got (exit 1),
+/// so the job's code stays the victim's.
+fn dies_job(transport: &str, kind: &str, op: &str, timeout: &str) -> Outcome {
     let np = N.to_string();
-    let o = run_job(
+    run_job(
         &[
             "-n",
             &np,
@@ -35,10 +33,30 @@ fn cell(transport: &str, kind: &str, code: i32, op: &str) {
             timeout,
         ],
         "ranks-testjob",
-        // Survivors fail with the error they got (exit 1): the job's code stays the victim's.
         &["dies", op, kind, "propagate"],
         Duration::from_secs(30),
-    );
+    )
+}
+
+/// What each survivor (ranks `0..VICTIM`, in order) said its call ended with.
+fn survivor_lines(o: &Outcome, op: &str, what: &str) -> Vec<String> {
+    (0..VICTIM)
+        .map(|r| {
+            o.lines_with(&format!("survivor {r} {op}: "))
+                .first()
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| panic!("{what}: no word from survivor {r}: {o:?}"))
+        })
+        .collect()
+}
+
+fn cell(transport: &str, kind: &str, code: i32, op: &str) {
+    let what = format!("{kind} during {op} over {transport} with --keep-going");
+    // A clean exit is no failure: survivors waiting for a message from anyone wait for good
+    // (a deadlock of the program, which the timeout ends).
+    let deadlock = code == 0 && op == "anysource";
+    let timeout = if deadlock { "2" } else { "4" };
+    let o = dies_job(transport, kind, op, timeout);
     if deadlock {
         assert_eq!(o.code, 124, "{what}: {o:?}");
         assert_clean(&o);
@@ -47,12 +65,7 @@ fn cell(transport: &str, kind: &str, code: i32, op: &str) {
     // A clean exit is no failure: the first failure is then a survivor's (exit 1).
     let want = if code == 0 { 1 } else { code };
     assert_eq!(o.code, want, "{what}: {o:?}");
-    for r in 0..VICTIM {
-        let line = o
-            .lines_with(&format!("survivor {r} {op}: "))
-            .first()
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| panic!("{what}: no word from survivor {r}: {o:?}"));
+    for (r, line) in survivor_lines(&o, op, &what).into_iter().enumerate() {
         assert!(line.contains("PeerLost rank"), "{what}: {line}");
         if code != 0 {
             // The failed rank is named, except where a survivor waits on another survivor
@@ -93,21 +106,7 @@ const PRIM_OPS: [&str; 8] = [
 
 fn prim_cell(transport: &str, kind: &str, code: i32, op: &str) {
     let what = format!("{kind} during {op} over {transport} with --keep-going");
-    let np = N.to_string();
-    let o = run_job(
-        &[
-            "-n",
-            &np,
-            "--transport",
-            transport,
-            "--keep-going",
-            "--timeout",
-            "4",
-        ],
-        "ranks-testjob",
-        &["dies", op, kind, "propagate"],
-        Duration::from_secs(30),
-    );
+    let o = dies_job(transport, kind, op, "4");
     let want = if code == 0 { 1 } else { code };
     assert_eq!(o.code, want, "{what}: {o:?}");
     let expect = match op {
@@ -117,12 +116,7 @@ fn prim_cell(transport: &str, kind: &str, code: i32, op: &str) {
         "pipe" => "EndOfStream after".to_string(),
         _ => format!("PeerLost rank {VICTIM} "),
     };
-    for r in 0..VICTIM {
-        let line = o
-            .lines_with(&format!("survivor {r} {op}: "))
-            .first()
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| panic!("{what}: no word from survivor {r}: {o:?}"));
+    for line in survivor_lines(&o, op, &what) {
         assert!(line.contains(&expect), "{what}: want {expect:?}: {line}");
     }
     assert_clean(&o);
