@@ -645,6 +645,74 @@ impl Comm {
         self.allreduce_seq(seq, buf, op)
     }
 
+    /// `reduce_slice` with the buffer as both input and output: every rank's `buf` is its
+    /// contribution, and on `root` it becomes the result (other ranks' `buf` is left as it
+    /// was). MPI's `MPI_IN_PLACE` at the root.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let mut v = [world.rank() as u64 + 1, 10];
+    /// world.reduce_in_place(0, &mut v, &ranks::op::Sum)?;
+    /// if world.rank() == 0 {
+    ///     let n = world.size() as u64;
+    ///     assert_eq!(v, [n * (n + 1) / 2, 10 * n]);
+    /// }
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn reduce_in_place<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        root: usize,
+        buf: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        let mine = buf.to_vec();
+        let mut out = vec![T::zeroed(); if self.rank() == root { buf.len() } else { 0 }];
+        self.reduce_slice(root, &mine, &mut out, op)?;
+        if self.rank() == root {
+            buf.copy_from_slice(&out);
+        }
+        Ok(())
+    }
+
+    /// `scan_slice` in place: `buf` holds this rank's contribution and becomes the
+    /// reduction of ranks `0..=me`.
+    pub fn scan_in_place<T: Pod, O: Op<T> + ?Sized>(&self, buf: &mut [T], op: &O) -> Result<()> {
+        let mine = buf.to_vec();
+        self.scan_slice(&mine, buf, op)
+    }
+
+    /// `exscan_slice` in place: `buf` becomes the reduction of ranks `0..me` (left as it was
+    /// on rank 0, where there is nothing before it).
+    pub fn exscan_in_place<T: Pod, O: Op<T> + ?Sized>(&self, buf: &mut [T], op: &O) -> Result<()> {
+        let mine = buf.to_vec();
+        self.exscan_slice(&mine, buf, op)
+    }
+
+    /// `reduce_scatter_slice` in place: `buf` holds the concatenation of one block per rank
+    /// (`counts[i]` items for rank i); afterwards this rank's block (at its offset) holds
+    /// the reduced block. The rest of `buf` is left as it was.
+    pub fn reduce_scatter_in_place<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        buf: &mut [T],
+        counts: &[usize],
+        op: &O,
+    ) -> Result<()> {
+        let me = self.rank();
+        let at: usize = counts.iter().take(me).sum();
+        let mine = buf.to_vec();
+        let mut out = vec![T::zeroed(); counts.get(me).copied().unwrap_or(0)];
+        self.reduce_scatter_slice(&mine, &mut out, counts, op)?;
+        let len = buf.len();
+        buf.get_mut(at..at + out.len())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "reduce_scatter_in_place: a buffer of {len} items for counts {counts:?}"
+                ))
+            })?
+            .copy_from_slice(&out);
+        Ok(())
+    }
+
     /// Nonblocking all-reduce of an owned vector (the op is a built-in or any `'static` op).
     pub fn iall_reduce<T: Pod + Send, O: Op<T> + Send + 'static>(
         &self,
@@ -1006,6 +1074,57 @@ impl Comm {
         Ok(Some(self.decode_blocks(&all, &counts)?))
     }
 
+    /// `gather_slice` in place at the root: on `root`, `buf` is the whole result (`size`
+    /// blocks) with the root's own block already at its place; elsewhere `buf` is the
+    /// rank's block.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let (me, n) = (world.rank(), world.size());
+    /// let mut buf = if me == 0 { vec![0u32; 2 * n] } else { vec![me as u32; 2] };
+    /// world.gather_in_place(0, &mut buf)?;
+    /// if me == 0 {
+    ///     assert_eq!(buf, (0..n).flat_map(|r| [r as u32; 2]).collect::<Vec<_>>());
+    /// }
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn gather_in_place<T: Pod>(&self, root: usize, buf: &mut [T]) -> Result<()> {
+        self.check_root(root)?;
+        let (n, me) = (self.size(), self.rank());
+        if me != root {
+            return self.gather_slice(root, buf, &mut []);
+        }
+        if !buf.len().is_multiple_of(n) {
+            return Err(Error::InvalidArgument(format!(
+                "gather_in_place: the root's buffer of {} items is not {n} equal blocks",
+                buf.len()
+            )));
+        }
+        let k = buf.len() / n;
+        let mine = buf[me * k..(me + 1) * k].to_vec();
+        self.gather_slice(root, &mine, buf)
+    }
+
+    /// `scatter_slice` in place at the root: on `root`, `buf` holds all `size` blocks and
+    /// keeps them (its own block is already where it belongs); elsewhere `buf` receives the
+    /// rank's block.
+    pub fn scatter_in_place<T: Pod>(&self, root: usize, buf: &mut [T]) -> Result<()> {
+        self.check_root(root)?;
+        let (n, me) = (self.size(), self.rank());
+        if me != root {
+            return self.scatter_slice(root, &[], buf);
+        }
+        if !buf.len().is_multiple_of(n) {
+            return Err(Error::InvalidArgument(format!(
+                "scatter_in_place: the root's buffer of {} items is not {n} equal blocks",
+                buf.len()
+            )));
+        }
+        let k = buf.len() / n;
+        let mut own = vec![T::zeroed(); k];
+        self.scatter_slice(root, buf, &mut own)
+    }
+
     /// Scatter equal blocks of `send` (significant on `root` only) into every rank's `recv`.
     pub fn scatter_slice<T: Pod>(&self, root: usize, send: &[T], recv: &mut [T]) -> Result<()> {
         self.check_root(root)?;
@@ -1146,6 +1265,31 @@ impl Comm {
         self.ring_allgatherv(seq, 0, recv, &counts)
     }
 
+    /// `all_gather_slice` in place: `buf` holds `size` equal blocks with this rank's own
+    /// block at its place; afterwards every block is filled.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let (me, n) = (world.rank(), world.size());
+    /// let mut buf = vec![0u64; n];
+    /// buf[me] = me as u64 * 10;
+    /// world.all_gather_in_place(&mut buf)?;
+    /// assert_eq!(buf, (0..n as u64).map(|r| r * 10).collect::<Vec<_>>());
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn all_gather_in_place<T: Pod>(&self, buf: &mut [T]) -> Result<()> {
+        let (n, me) = (self.size(), self.rank());
+        if !buf.len().is_multiple_of(n) {
+            return Err(Error::InvalidArgument(format!(
+                "all_gather_in_place: a buffer of {} items is not {n} equal blocks",
+                buf.len()
+            )));
+        }
+        let k = buf.len() / n;
+        let mine = buf[me * k..(me + 1) * k].to_vec();
+        self.all_gather_slice(&mine, buf)
+    }
+
     /// Ring all-gather of blocks laid end to end (`counts[r]` items from rank r, already in
     /// place on r); tags start at round `round0` of collective `seq`.
     fn ring_allgatherv<T: Pod>(
@@ -1209,6 +1353,13 @@ impl Comm {
     }
 
     // ----- all_to_all ----------------------------------------------------------------------
+
+    /// `all_to_all_slice` in place: block j of `buf` goes to rank j, and is replaced by
+    /// rank j's block for this rank.
+    pub fn all_to_all_in_place<T: Pod>(&self, buf: &mut [T]) -> Result<()> {
+        let send = buf.to_vec();
+        self.all_to_all_slice(&send, buf)
+    }
 
     /// Rank r sends block j of `send` to rank j and receives rank j's block r into block j
     /// of `recv` (equal block sizes).

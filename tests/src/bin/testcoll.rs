@@ -123,6 +123,78 @@ fn check_noncommutative(w: &Comm, len: usize) -> R {
         got,
         fold(n - 1, total, affine_x, &o)[start..start + counts[me]]
     );
+    // The in-place forms give what the plain ones give, here with an operation whose order
+    // matters (so the buffers really are each rank's own contribution).
+    let mine: Vec<u64> = (0..len).map(|i| affine_x(me, i)).collect();
+    let mut buf = mine.clone();
+    w.reduce_in_place(root, &mut buf, &o)?;
+    assert_eq!(
+        buf,
+        if me == root {
+            want.clone()
+        } else {
+            mine.clone()
+        },
+        "reduce_in_place"
+    );
+    let mut buf = mine.clone();
+    w.scan_in_place(&mut buf, &o)?;
+    assert_eq!(buf, fold(me, len, affine_x, &o), "scan_in_place");
+    let mut buf = mine.clone();
+    w.exscan_in_place(&mut buf, &o)?;
+    if me > 0 {
+        assert_eq!(buf, fold(me - 1, len, affine_x, &o), "exscan_in_place");
+    }
+    let mine_all: Vec<u64> = (0..total).map(|i| affine_x(me, i)).collect();
+    let mut buf = mine_all.clone();
+    w.reduce_scatter_in_place(&mut buf, &counts, &o)?;
+    assert_eq!(
+        buf[start..start + counts[me]],
+        fold(n - 1, total, affine_x, &o)[start..start + counts[me]],
+        "reduce_scatter_in_place"
+    );
+    assert_eq!(buf[..start], mine_all[..start], "the rest stays");
+    // Data movement in place: gather, scatter, all-gather, all-to-all against the plain ones.
+    let k = len % 5 + 1;
+    let block = |r: usize| -> Vec<u64> { (0..k).map(|i| affine_x(r, i)).collect() };
+    let everyone: Vec<u64> = (0..n).flat_map(block).collect();
+    for root in [0, n - 1] {
+        let mut buf = if me == root {
+            let mut b = vec![0u64; n * k];
+            b[me * k..(me + 1) * k].copy_from_slice(&block(me));
+            b
+        } else {
+            block(me)
+        };
+        w.gather_in_place(root, &mut buf)?;
+        if me == root {
+            assert_eq!(buf, everyone, "gather_in_place root {root}");
+        }
+        let mut buf = if me == root {
+            everyone.clone()
+        } else {
+            vec![0u64; k]
+        };
+        w.scatter_in_place(root, &mut buf)?;
+        if me == root {
+            assert_eq!(buf, everyone, "scatter_in_place keeps the root's buffer");
+        } else {
+            assert_eq!(buf, block(me), "scatter_in_place root {root}");
+        }
+    }
+    let mut buf = vec![0u64; n * k];
+    buf[me * k..(me + 1) * k].copy_from_slice(&block(me));
+    w.all_gather_in_place(&mut buf)?;
+    assert_eq!(buf, everyone, "all_gather_in_place");
+    // Block j of rank r: r * 1000 + j.
+    let mut buf: Vec<u64> = (0..n)
+        .flat_map(|j| vec![(me * 1000 + j) as u64; k])
+        .collect();
+    w.all_to_all_in_place(&mut buf)?;
+    let want_a2a: Vec<u64> = (0..n)
+        .flat_map(|j| vec![(j * 1000 + me) as u64; k])
+        .collect();
+    assert_eq!(buf, want_a2a, "all_to_all_in_place");
     // A commutative user closure.
     let add = op::user(|a: i64, b: i64| a + b);
     let mine = contrib(me, len);
