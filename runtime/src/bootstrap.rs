@@ -128,9 +128,41 @@ pub(crate) fn world_from_env() -> Result<Comm> {
 ///   SHA-256 fingerprint; peers accept exactly the published certificates (no key crosses
 ///   the network, and nobody outside the step is in the key-value store).
 ///
-/// Three fences: hosts; segments, addresses and fingerprints; everyone mapped and pinned
-/// (after which the segment files go and connections start).
+/// Four fences: hosts; addresses and fingerprints (bound, before any file exists);
+/// segments; everyone mapped and pinned (after which the segment files go and connections
+/// start).
+///
+/// A rank that fails on the way asks srun to end the step: the others would otherwise wait
+/// in a fence for it forever.
 fn pmi_world(mut pmi: crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
+    let job: String = pmi
+        .jobid
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let _ = DIRECT_JOB.set(format!("srun-{job}"));
+    match pmi_wire(&mut pmi, cfg) {
+        Ok(world) => {
+            // The connection to srun stays open while the process lives.
+            *PMI.lock().unwrap_or_else(|p| p.into_inner()) = Some(pmi);
+            Ok(world)
+        }
+        Err(e) => {
+            pmi.abort(&format!("rank {} could not join: {e}", pmi.rank));
+            Err(e)
+        }
+    }
+}
+
+/// The job's name for a process started without the launcher (srun), the same in every
+/// process of the step: what names its shared-memory files.
+static DIRECT_JOB: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub(crate) fn direct_job() -> Option<String> {
+    DIRECT_JOB.get().cloned()
+}
+
+fn pmi_wire(pmi: &mut crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
     use crate::error::Error;
     let (rank, size) = (pmi.rank, pmi.size);
     let host = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| local_host());
@@ -149,6 +181,28 @@ fn pmi_world(mut pmi: crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
         .iter()
         .position(|h| *h == host)
         .expect("our own host is among the hosts");
+    #[cfg(feature = "quic")]
+    let quic = if n_local < size {
+        Some(pmi_quic_publish(pmi, cfg)?)
+    } else {
+        None
+    };
+    #[cfg(not(feature = "quic"))]
+    if n_local < size {
+        return Err(Error::Bootstrap(
+            "started by srun on several nodes: QUIC between nodes needs the `quic` feature of \
+             ranks, and this program was built without it"
+                .into(),
+        ));
+    }
+    // Everyone bound and published before any file exists: a rank that fails up to here
+    // (ending the step) leaves nothing behind anywhere.
+    pmi.fence()?;
+    #[cfg(feature = "quic")]
+    let quic = match quic {
+        Some(bound) => Some(pmi_quic_pins(pmi, bound, &local)?),
+        None => None,
+    };
     // The node's first rank always publishes something, so nobody waits for a segment that
     // will not come.
     let mut created = None;
@@ -169,20 +223,6 @@ fn pmi_world(mut pmi: crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
         };
         pmi.put(&format!("ranks-shm-{leader}"), &word)?;
     }
-    #[cfg(feature = "quic")]
-    let quic = if n_local < size {
-        Some(pmi_quic_publish(&mut pmi, cfg)?)
-    } else {
-        None
-    };
-    #[cfg(not(feature = "quic"))]
-    if n_local < size {
-        return Err(Error::Bootstrap(
-            "started by srun on several nodes: QUIC between nodes needs the `quic` feature of \
-             ranks, and this program was built without it"
-                .into(),
-        ));
-    }
     pmi.fence()?;
     let shm = if n_local > 1 {
         let word = pmi.get(&format!("ranks-shm-{leader}"))?.unwrap_or_default();
@@ -195,11 +235,6 @@ fn pmi_world(mut pmi: crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
         Some(Shm::attach(std::path::Path::new(&word), me, n_local, &cfg.tuning)?.without_launcher())
     } else {
         None
-    };
-    #[cfg(feature = "quic")]
-    let quic = match quic {
-        Some(bound) => Some(pmi_quic_pins(&mut pmi, bound, &local)?),
-        None => None,
     };
     // Once everyone has its segment mapped and its pins set, the files can go and the
     // connections start.
@@ -238,8 +273,6 @@ fn pmi_world(mut pmi: crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
         .map(|h| hosts.iter().position(|x| x == h).unwrap_or(0) as u32)
         .collect();
     let core = Core::new(rank, size, t, tuning, host).with_hosts(host_ids);
-    // The connection to srun stays open while the process lives.
-    *PMI.lock().unwrap_or_else(|p| p.into_inner()) = Some(pmi);
     Ok(Comm::world(Arc::new(core)))
 }
 
@@ -267,12 +300,23 @@ fn pmi_quic_publish(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let bind = cfg.bind.clone().or_else(slurm_node_address);
+    let bind = cfg
+        .bind
+        .clone()
+        .or_else(slurm_node_address)
+        .ok_or_else(|| {
+            crate::error::Error::Bootstrap(format!(
+                "rank {}: the step spans nodes, and this node's name resolves to no address other \
+             peers can reach (only loopback, or nothing): set RANKS_BIND to this node's \
+             address on the network between the nodes",
+                pmi.rank
+            ))
+        })?;
     let bound = Bound::new(
         pmi.rank,
         pmi.size,
         Trust::Pinned(id, Default::default()),
-        bind.as_deref(),
+        Some(&bind),
         cfg.ports,
     )?;
     pmi.put(

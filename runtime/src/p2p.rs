@@ -502,7 +502,8 @@ impl Comm {
         let msg = t.msg();
         if msg.enc == Encoding::Raw {
             let st = status_of(msg);
-            self.release(t);
+            // Not lost: it stays queued for a receive of the right kind.
+            self.put_back(t);
             return Err(Error::TypeMismatch {
                 rank: st.source,
                 tag: st.tag,
@@ -583,7 +584,8 @@ impl Comm {
     pub(crate) fn decode_vec<T: Pod>(&self, t: impl Into<Taken>) -> Result<(Vec<T>, Status)> {
         let t = t.into();
         if let Err(e) = self.check_raw::<T>(t.msg()) {
-            self.release(t);
+            // Not lost: it stays queued for a receive of the right type.
+            self.put_back(t);
             return Err(e);
         }
         let n = t.msg().len() as usize / std::mem::size_of::<T>().max(1);
@@ -606,7 +608,8 @@ impl Comm {
     pub(crate) fn decode_into<T: Pod>(&self, t: impl Into<Taken>, buf: &mut [T]) -> Result<Status> {
         let t = t.into();
         if let Err(e) = self.check_raw::<T>(t.msg()) {
-            self.release(t);
+            // Not lost: it stays queued for a receive of the right type.
+            self.put_back(t);
             return Err(e);
         }
         let status = status_of(t.msg());

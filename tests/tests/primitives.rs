@@ -245,3 +245,21 @@ fn pool_progress_is_shown_on_request() {
         assert!(!o.stderr.contains("Pool.map"), "{mode}: {o:?}");
     }
 }
+
+/// A program that makes shared numbers without the launcher (a world of one) leaves no file
+/// in /dev/shm: the block's file goes once it is mapped (the owner's service kept it alive,
+/// and so the file, until the process ended).
+#[test]
+fn shared_numbers_leave_no_file_behind() {
+    let out = std::process::Command::new(bin("lesson18_counter"))
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    let left: Vec<String> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("-single-shared-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

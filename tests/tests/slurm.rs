@@ -349,6 +349,16 @@ fn srun_starts_ranks_directly_across_nodes() {
     assert_eq!(o.code, 0, "{o:?}");
     assert!(o.stdout.contains("ring ok 1800"), "{o:?}");
     assert_nothing_left(&o);
+    // Shared numbers under srun: ranks on the owner's node map them (they agree on the
+    // file's name without a launcher), the others go through the owner.
+    let o = direct(
+        &["-p", "hosts", "-w", "ranks-h[1-2]", "--ntasks-per-node=2"],
+        "ranks-testprim",
+        &["counter", "2000", "100"],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("counter ok 8000 400"), "{o:?}");
+    assert_nothing_left(&o);
     let o = direct(
         &["-p", "hosts", "-w", "ranks-h[1-3]", "-n", "6"],
         "primes",
@@ -382,6 +392,16 @@ fn failures_under_srun_across_nodes_end_every_wait() {
     let o = direct(&kill_bad, "ranks-testjob", &["dies", "allreduce", "kill"]);
     assert_ne!(o.code, 0, "{o:?}");
     assert!(o.stderr.contains("task 3: Killed"), "{o:?}");
+    assert_nothing_left(&o);
+
+    // A rank that cannot join (here: told to bind another node's address) ends the step
+    // through PMI instead of leaving the others in a fence forever.
+    let mut bad_bind = two_nodes.to_vec();
+    bad_bind.push("--export=ALL,RANKS_BIND=10.77.0.11");
+    let o = direct(&bad_bind, "ranks-testjob", &["ring", "10"]);
+    assert_ne!(o.code, 0, "{o:?}");
+    assert!(o.stderr.contains("binding a QUIC endpoint"), "{o:?}");
+    assert!(o.elapsed < Duration::from_secs(20), "{o:?}");
     assert_nothing_left(&o);
 
     // Rank 1 aborts while the others are busy for a minute, calling nothing of ranks.

@@ -43,7 +43,8 @@ fn job_prefix() -> String {
     let job = crate::config::Config::global()
         .ok()
         .and_then(|c| c.placement.as_ref())
-        .map(|p| p.job.clone());
+        .map(|p| p.job.clone())
+        .or_else(crate::bootstrap::direct_job);
     match job {
         Some(j) => format!("/dev/shm/ranks-{j}"),
         None => format!("/dev/shm/ranks-{}-single", std::process::id()),
@@ -220,18 +221,31 @@ impl<T: SharedNum> Cells<T> {
             Box::new(CellsObj(served.expect("made on the owner")))
         })?;
         // Others look only once the block holds the initial values; the owner's host name
-        // says who maps it and who goes through the owner.
-        let mut owner_host = comm.core.host.clone();
-        comm.broadcast(owner, &mut owner_host)?;
+        // says who maps it and who goes through the owner, and its path where it is (each
+        // process may name the job differently, as under srun).
+        let mut owner_at = (comm.core.host.clone(), path.display().to_string());
+        comm.broadcast(owner, &mut owner_at)?;
+        let (owner_host, owner_path) = owner_at;
         let store = match made {
             Some(bits) => Store::Mapped(bits),
             None if owner_host == comm.core.host => Store::Mapped(Bits {
-                block: Arc::new(SharedBlock::open(&path, Duration::from_secs(30))?),
+                block: Arc::new(SharedBlock::open(
+                    std::path::Path::new(&owner_path),
+                    Duration::from_secs(30),
+                )?),
                 wide: T::WIDE,
                 len: init.len(),
             }),
             None => Store::Remote(handle),
         };
+        // Once everyone on the owner's host has it mapped, the file goes: the memory lives
+        // as long as a mapping does, and nothing is left behind, whoever ends how.
+        comm.barrier()?;
+        if let Store::Mapped(b) = &store {
+            if comm.rank() == owner {
+                b.block.unlink();
+            }
+        }
         Ok(Cells {
             store,
             lock,

@@ -802,6 +802,14 @@ impl SharedBlock {
     }
 }
 
+impl SharedBlock {
+    /// Remove the block's file now (the mappings stay valid); for blocks every user has
+    /// mapped already.
+    pub fn unlink(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl Drop for SharedBlock {
     fn drop(&mut self) {
         if self.owner {

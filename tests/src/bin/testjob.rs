@@ -555,6 +555,17 @@ fn mprobe(w: &Comm) -> R {
         assert!(matches!(e, Error::TypeMismatch { .. }), "{e:?}");
         let m = w.improbe(0, 7)?.expect("still there");
         assert_eq!(m.recv::<u32>()?.0, 42);
+        // A raw slice received as a serde value, and as the wrong element type: refused,
+        // and still there for the right receive.
+        w.send_slice(0, 8, &[1.5f64, 2.5])?;
+        let e = w
+            .mprobe(0, 8)?
+            .recv::<Vec<f64>>()
+            .expect_err("raw, not serde");
+        assert!(matches!(e, Error::TypeMismatch { .. }), "{e:?}");
+        let e = w.mprobe(0, 8)?.recv_vec::<u32>().expect_err("f64, not u32");
+        assert!(matches!(e, Error::TypeMismatch { .. }), "{e:?}");
+        assert_eq!(w.recv_vec::<f64>(0, 8)?.0, [1.5, 2.5]);
         println!("mprobe ok on {n} ranks");
     }
     w.barrier()
