@@ -217,16 +217,27 @@ impl Comm {
         if let Some(l) = self.two_level() {
             return self.barrier_two_level(seq, l);
         }
-        let (n, me) = (self.size(), self.rank());
-        let mut dist = 1;
-        let mut round = 0;
+        self.dissemination(seq, 0, self.size(), self.rank(), |p| p)
+    }
+
+    /// Dissemination barrier among `n` ranks, this one at position `i`, position `p` being
+    /// rank `at(p)`; tags from round `round0` of collective `seq`.
+    pub(crate) fn dissemination(
+        &self,
+        seq: u32,
+        round0: u32,
+        n: usize,
+        i: usize,
+        at: impl Fn(usize) -> usize,
+    ) -> Result<()> {
+        let (mut dist, mut round) = (1, round0);
         let mut token = [0u8; 0];
         while dist < n {
             let tag = ctag(seq, round);
             self.c_exchange(
-                (me + dist) % n,
+                at((i + dist) % n),
                 &[0u8; 0],
-                (me + n - dist) % n,
+                at((i + n - dist) % n),
                 &mut token,
                 tag,
             )?;
@@ -234,6 +245,18 @@ impl Comm {
             round += 1;
         }
         Ok(())
+    }
+
+    /// How many items each of `size` equal blocks of a `len`-item buffer holds (an error
+    /// naming `what` when `len` does not split evenly).
+    fn equal_blocks(&self, what: &str, len: usize) -> Result<usize> {
+        let n = self.size();
+        if !len.is_multiple_of(n) {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: a buffer of {len} items is not {n} equal blocks"
+            )));
+        }
+        Ok(len / n)
     }
 
     /// Nonblocking barrier.
@@ -1090,17 +1113,11 @@ impl Comm {
     /// ```
     pub fn gather_in_place<T: Pod>(&self, root: usize, buf: &mut [T]) -> Result<()> {
         self.check_root(root)?;
-        let (n, me) = (self.size(), self.rank());
+        let me = self.rank();
         if me != root {
             return self.gather_slice(root, buf, &mut []);
         }
-        if !buf.len().is_multiple_of(n) {
-            return Err(Error::InvalidArgument(format!(
-                "gather_in_place: the root's buffer of {} items is not {n} equal blocks",
-                buf.len()
-            )));
-        }
-        let k = buf.len() / n;
+        let k = self.equal_blocks("gather_in_place", buf.len())?;
         let mine = buf[me * k..(me + 1) * k].to_vec();
         self.gather_slice(root, &mine, buf)
     }
@@ -1110,17 +1127,11 @@ impl Comm {
     /// rank's block.
     pub fn scatter_in_place<T: Pod>(&self, root: usize, buf: &mut [T]) -> Result<()> {
         self.check_root(root)?;
-        let (n, me) = (self.size(), self.rank());
+        let me = self.rank();
         if me != root {
             return self.scatter_slice(root, &[], buf);
         }
-        if !buf.len().is_multiple_of(n) {
-            return Err(Error::InvalidArgument(format!(
-                "scatter_in_place: the root's buffer of {} items is not {n} equal blocks",
-                buf.len()
-            )));
-        }
-        let k = buf.len() / n;
+        let k = self.equal_blocks("scatter_in_place", buf.len())?;
         let mut own = vec![T::zeroed(); k];
         self.scatter_slice(root, buf, &mut own)
     }
@@ -1278,14 +1289,8 @@ impl Comm {
     /// # Ok::<(), ranks::Error>(())
     /// ```
     pub fn all_gather_in_place<T: Pod>(&self, buf: &mut [T]) -> Result<()> {
-        let (n, me) = (self.size(), self.rank());
-        if !buf.len().is_multiple_of(n) {
-            return Err(Error::InvalidArgument(format!(
-                "all_gather_in_place: a buffer of {} items is not {n} equal blocks",
-                buf.len()
-            )));
-        }
-        let k = buf.len() / n;
+        let me = self.rank();
+        let k = self.equal_blocks("all_gather_in_place", buf.len())?;
         let mine = buf[me * k..(me + 1) * k].to_vec();
         self.all_gather_slice(&mine, buf)
     }

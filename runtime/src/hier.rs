@@ -170,25 +170,10 @@ impl Comm {
 
     /// Dissemination barrier over the ranks `list`.
     fn list_barrier(&self, seq: u32, list: &[usize]) -> Result<()> {
-        let Some(i) = list.iter().position(|&r| r == self.rank()) else {
-            return Ok(());
-        };
-        let n = list.len();
-        let (mut dist, mut round) = (1, 0);
-        let mut token = [0u8; 0];
-        while dist < n {
-            let tag = crate::collectives::ctag(seq, R_ACROSS + round);
-            self.c_exchange(
-                list[(i + dist) % n],
-                &[0u8; 0],
-                list[(i + n - dist) % n],
-                &mut token,
-                tag,
-            )?;
-            dist *= 2;
-            round += 1;
+        match list.iter().position(|&r| r == self.rank()) {
+            Some(i) => self.dissemination(seq, R_ACROSS, list.len(), i, |p| list[p]),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     // ----- the two-level collectives -------------------------------------------------------

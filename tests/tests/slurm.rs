@@ -82,6 +82,25 @@ fn in_allocation(salloc: &[&str], launcher: &[&str], program: &str, args: &[&str
     run_command(cmd, LIMIT, mark)
 }
 
+/// A `where` job placed ranks 0 and 1 on ranks-h1, 2 and 3 on ranks-h2, and each sees the
+/// other rank of its node.
+fn assert_two_per_node(o: &Outcome) {
+    for (r, h) in [
+        (0, "ranks-h1"),
+        (1, "ranks-h1"),
+        (2, "ranks-h2"),
+        (3, "ranks-h2"),
+    ] {
+        let l = format!("where rank {r} on {h}");
+        assert!(o.stdout.contains(&l), "{l}: {o:?}");
+    }
+    assert_eq!(
+        o.lines_with("shares its host with 2 rank(s)").len(),
+        4,
+        "{o:?}"
+    );
+}
+
 fn rand_suffix() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -131,20 +150,7 @@ fn a_job_spans_the_nodes_of_the_allocation() {
         &["where"],
     );
     assert_eq!(o.code, 0, "{o:?}");
-    for (r, h) in [
-        (0, "ranks-h1"),
-        (1, "ranks-h1"),
-        (2, "ranks-h2"),
-        (3, "ranks-h2"),
-    ] {
-        let l = format!("where rank {r} on {h}");
-        assert!(o.stdout.contains(&l), "{l}: {o:?}");
-    }
-    assert_eq!(
-        o.lines_with("shares its host with 2 rank(s)").len(),
-        4,
-        "{o:?}"
-    );
+    assert_two_per_node(&o);
     assert_nothing_left(&o);
 
     let o = in_allocation(
@@ -316,20 +322,7 @@ fn srun_starts_ranks_directly_across_nodes() {
         &["where"],
     );
     assert_eq!(o.code, 0, "{o:?}");
-    for (r, h) in [
-        (0, "ranks-h1"),
-        (1, "ranks-h1"),
-        (2, "ranks-h2"),
-        (3, "ranks-h2"),
-    ] {
-        let l = format!("where rank {r} on {h}");
-        assert!(o.stdout.contains(&l), "{l}: {o:?}");
-    }
-    assert_eq!(
-        o.lines_with("shares its host with 2 rank(s)").len(),
-        4,
-        "{o:?}"
-    );
+    assert_two_per_node(&o);
     assert_nothing_left(&o);
     // One rank on one node, two on another, three on a third.
     let o = direct(
