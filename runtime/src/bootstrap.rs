@@ -75,7 +75,7 @@ pub(crate) fn world_from_env() -> Result<Comm> {
         )?),
         #[cfg(feature = "quic")]
         TransportKind::Quic => {
-            io_threads = true;
+            // Its waiting threads drive QUIC themselves (no I/O thread to leave room for).
             Box::new(crate::transport::quic::Quic::connect(
                 place.need_path(&place.dir, crate::config::env::DIR)?,
                 place,
@@ -88,8 +88,10 @@ pub(crate) fn world_from_env() -> Result<Comm> {
             let hosts = place.hosts.clone().unwrap_or_default();
             let here = hosts.iter().filter(|h| **h == hosts[rank]).count();
             local_ranks = here;
-            // Any peer over QUIC: its I/O thread must not be starved by spinning waiters.
-            io_threads = here < size;
+            // Shared-memory peers and QUIC ones: a thread of its own drives QUIC, which
+            // spinning waiters must not starve. (Alone on its host, a rank's waiting threads
+            // drive QUIC themselves.)
+            io_threads = here > 1 && here < size;
             Box::new(crate::transport::hybrid::Hybrid::connect(
                 place,
                 &cfg.tuning,
@@ -266,7 +268,7 @@ fn pmi_wire(pmi: &mut crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
         transport = t.name(),
         "joined a job started by srun"
     );
-    let io_threads = n_local < size;
+    let io_threads = n_local > 1 && n_local < size;
     let tuning = Tuning::resolve(&cfg.tuning, n_local, io_threads);
     let host_ids = hosts
         .iter()

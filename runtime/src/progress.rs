@@ -237,6 +237,7 @@ impl Core {
     /// `progress`; `urgent` false (a wait that has only just begun) leaves receives whose
     /// owners will pull them into their own buffers to those owners.
     fn progress_with(&self, st: &mut State, urgent: bool) -> bool {
+        self.t.drive();
         let mut any = false;
         for peer in 0..self.size {
             if peer == self.rank || st.broken[peer].is_some() {

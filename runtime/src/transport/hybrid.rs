@@ -127,6 +127,12 @@ impl Transport for Hybrid {
         }
     }
 
+    fn drive(&self) {
+        if let Some(q) = &self.quic {
+            q.drive();
+        }
+    }
+
     fn wake_self(&self) {
         match (&self.shm, &self.quic) {
             (Some(s), _) => s.wake_self(),

@@ -9,6 +9,8 @@ use std::time::Duration;
 use crate::error::Result;
 
 #[cfg(feature = "quic")]
+pub(crate) mod driver;
+#[cfg(feature = "quic")]
 pub(crate) mod hybrid;
 pub(crate) mod local;
 #[cfg(feature = "quic")]
@@ -67,6 +69,10 @@ pub(crate) trait Transport: Send + Sync {
     fn read_done(&self, peer: usize) {
         self.notify(peer);
     }
+
+    /// Give the transport's own I/O a turn on this thread, without blocking (QUIC run by
+    /// the rank's waiting threads). Called as progress starts.
+    fn drive(&self) {}
 
     /// Wake this process's own threads sleeping in `wait` (after a message to ourselves).
     fn wake_self(&self);

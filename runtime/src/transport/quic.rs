@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use super::driver::{Driver, Mode};
 use super::Transport;
 use crate::error::{Error, Result};
 
@@ -342,6 +343,9 @@ struct Signal {
     seq: Mutex<u64>,
     cv: Condvar,
     waiting: AtomicUsize,
+    /// Threads parked in the runtime (driving it) until this is notified.
+    notify: tokio::sync::Notify,
+    parked: AtomicUsize,
     external: Option<Waker>,
 }
 
@@ -350,6 +354,9 @@ impl Signal {
         if let Some(w) = &self.external {
             w();
             return;
+        }
+        if self.parked.load(SeqCst) > 0 {
+            self.notify.notify_waiters();
         }
         if self.waiting.load(SeqCst) > 0 {
             *self.seq.lock().unwrap_or_else(|p| p.into_inner()) += 1;
@@ -396,7 +403,7 @@ impl PeerIo {
 pub(crate) struct Quic {
     peers: Vec<Option<Arc<PeerIo>>>,
     signal: Arc<Signal>,
-    _rt: tokio::runtime::Runtime,
+    driver: Arc<Driver>,
     _endpoint: quinn::Endpoint,
 }
 
@@ -424,7 +431,7 @@ fn addr_file(dir: &Path, rank: usize) -> std::path::PathBuf {
 /// The address to bind: `bind` (an IP address of this host; 127.0.0.1 when unset) and a
 /// port, the first free one of `ports` or any.
 fn bind_endpoint(
-    rt: &tokio::runtime::Runtime,
+    rt: &Driver,
     server: quinn::ServerConfig,
     bind: Option<&str>,
     ports: Option<(u16, u16)>,
@@ -476,7 +483,7 @@ pub fn slurm_node_address() -> Option<String> {
 /// A bound endpoint whose address the ranks have yet to exchange: the first half of
 /// [`Quic::connect`], for bootstraps that publish addresses their own way.
 pub(crate) struct Bound {
-    rt: tokio::runtime::Runtime,
+    rt: Arc<Driver>,
     endpoint: quinn::Endpoint,
     trust: Trust,
     me: usize,
@@ -503,12 +510,7 @@ impl Bound {
         let tc = Arc::new(tc);
         server.transport_config(tc.clone());
         client.transport_config(tc);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("ranks-quic")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("starting the QUIC runtime", e))?;
+        let rt = Driver::new().map_err(|e| Error::io("starting the QUIC runtime", e))?;
         let mut endpoint = bind_endpoint(&rt, server, bind, ports)?;
         endpoint.set_default_client_config(client);
         Ok(Bound {
@@ -716,6 +718,7 @@ impl Quic {
         });
         let (exit_tx, exit_rx) = tokio::sync::watch::channel(false);
         let exit = Arc::new(ExitFlush {
+            driver: rt.clone(),
             exiting: exit_tx,
             flushed: AtomicUsize::new(0),
             streams: 2 * conns.len(),
@@ -744,12 +747,34 @@ impl Quic {
         if EXIT.set(exit).is_ok() {
             crate::at_exit::add(flush_at_exit);
         }
+        // A rank with shared-memory peers sleeps on its doorbell: a thread drives QUIC and
+        // rings it. A rank whose peers are all remote drives QUIC while it waits.
+        let mode = if signal.external.is_some() {
+            Mode::Thread
+        } else {
+            Mode::Waiters
+        };
+        rt.start(mode)
+            .map_err(|e| Error::io("starting the QUIC thread", e))?;
         Ok(Quic {
             peers,
             signal,
-            _rt: rt,
+            driver: rt,
             _endpoint: endpoint,
         })
+    }
+
+    /// Sleep on the condition variable the I/O tasks signal (another thread drives).
+    fn wait_signalled(&self, timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
+        self.signal.waiting.fetch_add(1, SeqCst);
+        let before = *self.signal.seq.lock().unwrap_or_else(|p| p.into_inner());
+        if !prepare() {
+            let g = self.signal.seq.lock().unwrap_or_else(|p| p.into_inner());
+            if *g == before {
+                let _ = self.signal.cv.wait_timeout(g, timeout);
+            }
+        }
+        self.signal.waiting.fetch_sub(1, SeqCst);
     }
 
     fn io(&self, peer: usize) -> Result<&Arc<PeerIo>> {
@@ -767,6 +792,7 @@ impl Quic {
 /// until the peers have everything, so its last messages and acknowledgements are not lost
 /// and the peers see a clean end of stream at once.
 struct ExitFlush {
+    driver: Arc<Driver>,
     exiting: tokio::sync::watch::Sender<bool>,
     flushed: AtomicUsize,
     streams: usize,
@@ -779,16 +805,16 @@ fn flush_at_exit() {
     let Some(exit) = EXIT.get() else { return };
     let _ = exit.exiting.send(true);
     let deadline = Instant::now() + Duration::from_secs(3);
-    while exit.flushed.load(SeqCst) < exit.streams && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    exit.driver
+        .wait_until(|| exit.flushed.load(SeqCst) >= exit.streams, deadline);
     // Say goodbye on every connection: a peer that outlives us learns at once that we are
-    // gone, instead of waiting for the idle timeout. Give the I/O thread a moment to send it.
+    // gone, instead of waiting for the idle timeout. Give the runtime a moment to send it.
     for c in exit.conns.iter() {
         c.close(0u32.into(), b"rank exited");
     }
     if !exit.conns.is_empty() {
-        std::thread::sleep(Duration::from_millis(5));
+        exit.driver
+            .wait_until(|| false, Instant::now() + Duration::from_millis(5));
     }
 }
 
@@ -937,6 +963,7 @@ impl Transport for Quic {
         };
         if n > 0 {
             io.out_ready.notify_one();
+            self.driver.push();
         }
         Ok(n)
     }
@@ -963,20 +990,37 @@ impl Transport for Quic {
 
     fn notify(&self, _peer: usize) {}
 
+    fn drive(&self) {
+        self.driver.tick();
+    }
+
     fn wake_self(&self) {
         self.signal.bump();
     }
 
     fn wait(&self, _want_write: &[usize], timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
-        self.signal.waiting.fetch_add(1, SeqCst);
-        let before = *self.signal.seq.lock().unwrap_or_else(|p| p.into_inner());
-        if !prepare() {
-            let g = self.signal.seq.lock().unwrap_or_else(|p| p.into_inner());
-            if *g == before {
-                let _ = self.signal.cv.wait_timeout(g, timeout);
+        if self.driver.can_drive() {
+            // Park in the runtime, driving it, until its tasks signal. Registered before
+            // `prepare` looks, so a signal after that look is not lost.
+            let notified = self.signal.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.signal.parked.fetch_add(1, SeqCst);
+            if !prepare() {
+                self.driver.park(notified, timeout);
             }
+            self.signal.parked.fetch_sub(1, SeqCst);
+            return;
         }
-        self.signal.waiting.fetch_sub(1, SeqCst);
+        // Someone else drives: the helper, for this thread, when waiters drive.
+        let stand_in = self.driver.by_waiters();
+        if stand_in {
+            self.driver.stand_in(true);
+        }
+        self.wait_signalled(timeout, prepare);
+        if stand_in {
+            self.driver.stand_in(false);
+        }
     }
 
     fn peer_gone(&self, peer: usize) -> Option<String> {

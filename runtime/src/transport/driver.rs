@@ -1,0 +1,285 @@
+//! Who runs the QUIC transport's tasks (quinn's endpoint and connections, our stream readers
+//! and writers), which live on one current-thread tokio runtime.
+//!
+//! - [`Mode::Thread`]: a thread of its own drives the runtime all the time. For a rank that
+//!   also has shared-memory peers: it sleeps on its shared-memory doorbell, which the I/O
+//!   tasks ring, so one sleep covers both transports.
+//! - [`Mode::Waiters`]: the rank's own threads drive the runtime while they wait: spinning,
+//!   one [`Driver::tick`] at a time (tasks run, the UDP socket is polled without sleeping);
+//!   sleeping, parked in the runtime until the I/O tasks signal or a timer fires. A write
+//!   ticks too, so its bytes leave at once. No thread hand-off per message. A helper thread
+//!   ticks now and then while nobody drives (keep-alives, acknowledgements, the writes of a
+//!   rank that computes), and drives continuously for threads that cannot drive themselves:
+//!   a thread inside a tokio runtime of the program's own (the async API's blocking waits)
+//!   must not start another runtime.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the helper gives the runtime a turn while no thread of the rank drives it.
+const TICK: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Thread,
+    Waiters,
+}
+
+pub(crate) struct Driver {
+    rt: tokio::runtime::Runtime,
+    /// 0 before [`Driver::start`], then 1 + the [`Mode`]'s index.
+    mode: AtomicU8,
+    /// Threads inside the runtime's `block_on` now.
+    driving: AtomicUsize,
+    /// Waiting threads that cannot drive: the helper drives for them while there are any.
+    stand_ins: AtomicUsize,
+    /// Set when a write could not tick: the helper ticks at once.
+    kicked: AtomicBool,
+    helper: Mutex<()>,
+    helper_cv: Condvar,
+    /// Ends the helper's continuous drive early.
+    released: tokio::sync::Notify,
+}
+
+impl Driver {
+    pub(crate) fn new() -> std::io::Result<Arc<Driver>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Arc::new(Driver {
+            rt,
+            mode: AtomicU8::new(0),
+            driving: AtomicUsize::new(0),
+            stand_ins: AtomicUsize::new(0),
+            kicked: AtomicBool::new(false),
+            helper: Mutex::new(()),
+            helper_cv: Condvar::new(),
+            released: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// Run `f` to completion, driving the runtime meanwhile (start-up, before [`start`]).
+    ///
+    /// [`start`]: Driver::start
+    pub(crate) fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.driving.fetch_add(1, SeqCst);
+        let out = self.rt.block_on(f);
+        self.driving.fetch_sub(1, SeqCst);
+        out
+    }
+
+    /// Spawn a task on the runtime (it runs when someone drives).
+    pub(crate) fn spawn<F>(&self, f: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f);
+    }
+
+    /// Decide who drives from now on, and start the thread that mode needs.
+    pub(crate) fn start(self: &Arc<Self>, mode: Mode) -> std::io::Result<()> {
+        self.mode.store(
+            match mode {
+                Mode::Thread => 1,
+                Mode::Waiters => 2,
+            },
+            SeqCst,
+        );
+        let d = self.clone();
+        let body: Box<dyn FnOnce() + Send> = match mode {
+            // Drives until the process exits (the exit flush needs it too).
+            Mode::Thread => Box::new(move || d.block_on(std::future::pending::<()>())),
+            Mode::Waiters => Box::new(move || d.help()),
+        };
+        std::thread::Builder::new()
+            .name("ranks-quic".into())
+            .spawn(body)
+            .map(drop)
+    }
+
+    fn mode(&self) -> Option<Mode> {
+        match self.mode.load(SeqCst) {
+            1 => Some(Mode::Thread),
+            2 => Some(Mode::Waiters),
+            _ => None,
+        }
+    }
+
+    /// Whether waiting threads drive the runtime themselves.
+    pub(crate) fn by_waiters(&self) -> bool {
+        self.mode() == Some(Mode::Waiters)
+    }
+
+    /// Whether this thread may drive: in [`Mode::Waiters`], and neither inside a tokio
+    /// runtime (where starting ours would panic) nor past the end of its thread-locals (the
+    /// main thread in `atexit` handlers).
+    pub(crate) fn can_drive(&self) -> bool {
+        self.by_waiters()
+            && tokio::runtime::Handle::try_current().is_err_and(|e| e.is_missing_context())
+    }
+
+    /// One turn: run the tasks that are ready, poll the sockets without sleeping, and run
+    /// the tasks that woke. Cheap (two `epoll_wait`s with a zero timeout when idle).
+    pub(crate) fn tick(&self) {
+        if self.can_drive() {
+            self.block_on(async {
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+            });
+        }
+    }
+
+    /// After a write: its bytes should leave now. Tick, or have the helper tick.
+    pub(crate) fn push(&self) {
+        match self.mode() {
+            Some(Mode::Waiters) if self.can_drive() => self.tick(),
+            Some(Mode::Waiters) => {
+                self.kicked.store(true, SeqCst);
+                self.wake_helper();
+            }
+            // The driving thread runs the woken writer; before `start`, nothing is written.
+            _ => {}
+        }
+    }
+
+    /// Park this thread in the runtime, driving it, until `done` completes or `timeout`.
+    pub(crate) fn park<F: Future<Output = ()>>(&self, done: F, timeout: Duration) {
+        self.block_on(async {
+            tokio::select! {
+                _ = done => {}
+                _ = tokio::time::sleep(timeout) => {}
+            }
+        });
+    }
+
+    /// A thread that cannot drive is about to wait (or has finished waiting): the helper
+    /// drives continuously while any such thread waits.
+    pub(crate) fn stand_in(&self, waiting: bool) {
+        if waiting {
+            self.stand_ins.fetch_add(1, SeqCst);
+            self.wake_helper();
+        } else if self.stand_ins.fetch_sub(1, SeqCst) == 1 {
+            self.released.notify_waiters();
+        }
+    }
+
+    fn wake_helper(&self) {
+        let _g = self.helper.lock().unwrap_or_else(|p| p.into_inner());
+        self.helper_cv.notify_one();
+    }
+
+    /// Wait until `cond` holds or `deadline` passes, making sure the runtime is driven
+    /// meanwhile (by this thread when it can).
+    pub(crate) fn wait_until(&self, cond: impl Fn() -> bool, deadline: Instant) {
+        let driven_here = self.can_drive();
+        if !driven_here && self.by_waiters() {
+            self.stand_in(true);
+        }
+        while !cond() && Instant::now() < deadline {
+            if driven_here {
+                self.park(std::future::pending::<()>(), Duration::from_millis(1));
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if !driven_here && self.by_waiters() {
+            self.stand_in(false);
+        }
+    }
+
+    /// The helper of [`Mode::Waiters`].
+    fn help(&self) {
+        loop {
+            {
+                let g = self.helper.lock().unwrap_or_else(|p| p.into_inner());
+                if self.stand_ins.load(SeqCst) == 0 && !self.kicked.load(SeqCst) {
+                    let _ = self.helper_cv.wait_timeout(g, TICK);
+                }
+            }
+            if self.stand_ins.load(SeqCst) > 0 {
+                self.block_on(async {
+                    while self.stand_ins.load(SeqCst) > 0 {
+                        let released = self.released.notified();
+                        tokio::select! {
+                            _ = released => {}
+                            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                        }
+                    }
+                });
+            } else if self.kicked.swap(false, SeqCst) || self.driving.load(SeqCst) == 0 {
+                self.block_on(async {
+                    tokio::task::yield_now().await;
+                    tokio::task::yield_now().await;
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task spawned while nobody drives runs when a waiter ticks, and the helper runs it
+    /// within a few ticks when nobody does; a thread inside another runtime does not drive
+    /// (that would panic) but still gets its task run, by the helper.
+    #[test]
+    fn tasks_run_by_ticks_by_the_helper_and_for_threads_that_cannot_drive() {
+        let d = Driver::new().unwrap();
+        d.start(Mode::Waiters).unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+
+        // A tick runs a ready task at once.
+        let h = hits.clone();
+        d.spawn(async move {
+            h.fetch_add(1, SeqCst);
+        });
+        d.tick();
+        assert_eq!(hits.load(SeqCst), 1);
+
+        // The helper runs one spawned while nobody drives (within a few of its ticks).
+        let h = hits.clone();
+        d.spawn(async move {
+            h.fetch_add(1, SeqCst);
+        });
+        d.wait_until(|| hits.load(SeqCst) == 2, Instant::now() + Duration::from_secs(5));
+        assert_eq!(hits.load(SeqCst), 2);
+
+        // From inside another runtime: no driving here, the helper stands in.
+        let other = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let h = hits.clone();
+        let d2 = d.clone();
+        other.block_on(async move {
+            assert!(!d2.can_drive());
+            let h2 = h.clone();
+            d2.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                h2.fetch_add(1, SeqCst);
+            });
+            d2.wait_until(|| h.load(SeqCst) == 3, Instant::now() + Duration::from_secs(5));
+        });
+        assert_eq!(hits.load(SeqCst), 3);
+    }
+
+    /// A parked waiter wakes when a task of the runtime notifies it, not at its timeout.
+    #[test]
+    fn a_parked_waiter_wakes_on_its_signal() {
+        let d = Driver::new().unwrap();
+        d.start(Mode::Waiters).unwrap();
+        let n = Arc::new(tokio::sync::Notify::new());
+        let n2 = n.clone();
+        d.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            n2.notify_waiters();
+        });
+        let t = Instant::now();
+        let notified = n.notified();
+        d.park(notified, Duration::from_secs(10));
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+}
