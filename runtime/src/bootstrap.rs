@@ -53,14 +53,14 @@ pub(crate) fn world_from_env() -> Result<Comm> {
         if let Some(pmi) = crate::pmi::Pmi::from_env()? {
             return pmi_world(pmi, cfg);
         }
-        let tuning = Tuning::resolve(&cfg.tuning, 1, false);
+        let tuning = Tuning::resolve(&cfg.tuning, 1);
         let core = Core::new(0, 1, Box::new(Local::default()), tuning, local_host());
         return Ok(Comm::world(Arc::new(core)));
     };
     let (rank, size) = (place.rank, place.size);
     die_with_launcher(place.launcher_pid);
     #[cfg_attr(not(feature = "quic"), allow(unused_mut))]
-    let (mut local_ranks, mut io_threads) = (size, false);
+    let mut local_ranks = size;
     let t: Box<dyn Transport> = match place.transport {
         TransportKind::Shm => Box::new(Shm::attach(
             place.need_path(&place.shm, crate::config::env::SHM)?,
@@ -88,10 +88,6 @@ pub(crate) fn world_from_env() -> Result<Comm> {
             let hosts = place.hosts.clone().unwrap_or_default();
             let here = hosts.iter().filter(|h| **h == hosts[rank]).count();
             local_ranks = here;
-            // Shared-memory peers and QUIC ones: a thread of its own drives QUIC, which
-            // spinning waiters must not starve. (Alone on its host, a rank's waiting threads
-            // drive QUIC themselves.)
-            io_threads = here > 1 && here < size;
             Box::new(crate::transport::hybrid::Hybrid::connect(
                 place,
                 &cfg.tuning,
@@ -108,7 +104,7 @@ pub(crate) fn world_from_env() -> Result<Comm> {
         }
     };
     tracing::debug!(rank, size, transport = t.name(), "joined the job");
-    let tuning = Tuning::resolve(&cfg.tuning, local_ranks, io_threads);
+    let tuning = Tuning::resolve(&cfg.tuning, local_ranks);
     let host = host_of(place);
     let mut core = Core::new(rank, size, t, tuning, host)
         .with_hosts(place.hosts.clone().unwrap_or_else(|| vec![0; size]));
@@ -268,8 +264,7 @@ fn pmi_wire(pmi: &mut crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
         transport = t.name(),
         "joined a job started by srun"
     );
-    let io_threads = n_local > 1 && n_local < size;
-    let tuning = Tuning::resolve(&cfg.tuning, n_local, io_threads);
+    let tuning = Tuning::resolve(&cfg.tuning, n_local);
     let host_ids = hosts
         .iter()
         .map(|h| hosts.iter().position(|x| x == h).unwrap_or(0) as u32)

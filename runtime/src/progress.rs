@@ -37,15 +37,11 @@ pub(crate) struct Tuning {
 }
 
 impl Tuning {
-    /// `io_threads`: the transport moves bytes on threads of its own (QUIC), which waiting
-    /// ranks must not starve by spinning.
-    pub(crate) fn resolve(
-        cfg: &crate::config::Tuning,
-        local_ranks: usize,
-        io_threads: bool,
-    ) -> Tuning {
+    /// Waiters spin unless this host runs more ranks than it has cores. (QUIC's waiting
+    /// threads drive it themselves, so spinning starves no I/O thread.)
+    pub(crate) fn resolve(cfg: &crate::config::Tuning, local_ranks: usize) -> Tuning {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let oversubscribed = local_ranks > cores || io_threads;
+        let oversubscribed = local_ranks > cores;
         Tuning {
             max_message: cfg.max_message,
             rendezvous_threshold: cfg.rendezvous_threshold,

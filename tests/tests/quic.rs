@@ -41,6 +41,21 @@ fn collectives_and_primitives_over_quic() {
     quic_job(3, "primes", &[], "total: 283146 primes");
 }
 
+/// A rank's own threads drive QUIC while they wait; while it computes, its helper answers
+/// the peer (keep-alives, acknowledgements): a rank away for longer than the idle timeout
+/// keeps its connections, and what was sent to it meanwhile arrives.
+#[test]
+fn a_rank_away_longer_than_the_idle_timeout_keeps_its_connections() {
+    quic_job(2, "ranks-testjob", &["compute"], "compute ok rank 1");
+}
+
+/// The async forms from a tokio program: those threads cannot drive QUIC themselves (a
+/// runtime inside a runtime), so the helper drives for them.
+#[test]
+fn async_forms_over_quic() {
+    quic_job(3, "ranks-testjob", &["async"], "async ok rank 2");
+}
+
 #[test]
 fn connections_without_the_job_credentials_are_refused() {
     let o = run_job(

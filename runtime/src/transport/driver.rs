@@ -1,36 +1,30 @@
 //! Who runs the QUIC transport's tasks (quinn's endpoint and connections, our stream readers
-//! and writers), which live on one current-thread tokio runtime.
+//! and writers), which live on one current-thread tokio runtime per rank.
 //!
-//! - [`Mode::Thread`]: a thread of its own drives the runtime all the time. For a rank that
-//!   also has shared-memory peers: it sleeps on its shared-memory doorbell, which the I/O
-//!   tasks ring, so one sleep covers both transports.
-//! - [`Mode::Waiters`]: the rank's own threads drive the runtime while they wait: spinning,
-//!   one [`Driver::tick`] at a time (tasks run, the UDP socket is polled without sleeping);
-//!   sleeping, parked in the runtime until the I/O tasks signal or a timer fires. A write
-//!   ticks too, so its bytes leave at once. No thread hand-off per message. A helper thread
-//!   ticks now and then while nobody drives (keep-alives, acknowledgements, the writes of a
-//!   rank that computes), and drives continuously for threads that cannot drive themselves:
-//!   a thread inside a tokio runtime of the program's own (the async API's blocking waits)
-//!   must not start another runtime.
+//! The rank's own threads drive the runtime while they wait: spinning, one [`Driver::tick`]
+//! at a time (the ready tasks run, the UDP socket is polled without sleeping); sleeping,
+//! parked in the runtime until the I/O tasks signal or a timer fires. A write ticks too, so
+//! its bytes leave at once. There is no thread hand-off per message.
+//!
+//! A helper thread covers the rest: it ticks now and then while nobody drives (keep-alives,
+//! acknowledgements, the writes of a rank that computes), and it drives continuously for
+//! threads that wait without driving: a thread asleep on its shared-memory doorbell (a rank
+//! with peers on its own host and on others; the I/O tasks ring the doorbell), and a thread
+//! inside a tokio runtime of the program's own (the async API's blocking waits), which must
+//! not start another runtime.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often the helper gives the runtime a turn while no thread of the rank drives it.
 const TICK: Duration = Duration::from_millis(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    Thread,
-    Waiters,
-}
-
 pub(crate) struct Driver {
     rt: tokio::runtime::Runtime,
-    /// 0 before [`Driver::start`], then 1 + the [`Mode`]'s index.
-    mode: AtomicU8,
+    /// Set by [`Driver::start`]: from then on waiters drive, and the helper runs.
+    started: AtomicBool,
     /// Threads inside the runtime's `block_on` now.
     driving: AtomicUsize,
     /// Waiting threads that cannot drive: the helper drives for them while there are any.
@@ -50,7 +44,7 @@ impl Driver {
             .build()?;
         Ok(Arc::new(Driver {
             rt,
-            mode: AtomicU8::new(0),
+            started: AtomicBool::new(false),
             driving: AtomicUsize::new(0),
             stand_ins: AtomicUsize::new(0),
             kicked: AtomicBool::new(false),
@@ -78,45 +72,26 @@ impl Driver {
         self.rt.spawn(f);
     }
 
-    /// Decide who drives from now on, and start the thread that mode needs.
-    pub(crate) fn start(self: &Arc<Self>, mode: Mode) -> std::io::Result<()> {
-        self.mode.store(
-            match mode {
-                Mode::Thread => 1,
-                Mode::Waiters => 2,
-            },
-            SeqCst,
-        );
+    /// Hand the runtime to the rank's waiting threads (wiring is over) and start the helper.
+    pub(crate) fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        self.started.store(true, SeqCst);
         let d = self.clone();
-        let body: Box<dyn FnOnce() + Send> = match mode {
-            // Drives until the process exits (the exit flush needs it too).
-            Mode::Thread => Box::new(move || d.block_on(std::future::pending::<()>())),
-            Mode::Waiters => Box::new(move || d.help()),
-        };
         std::thread::Builder::new()
             .name("ranks-quic".into())
-            .spawn(body)
+            .spawn(move || d.help())
             .map(drop)
     }
 
-    fn mode(&self) -> Option<Mode> {
-        match self.mode.load(SeqCst) {
-            1 => Some(Mode::Thread),
-            2 => Some(Mode::Waiters),
-            _ => None,
-        }
+    /// Whether the runtime is in its waiters' hands (after [`Driver::start`]).
+    pub(crate) fn started(&self) -> bool {
+        self.started.load(SeqCst)
     }
 
-    /// Whether waiting threads drive the runtime themselves.
-    pub(crate) fn by_waiters(&self) -> bool {
-        self.mode() == Some(Mode::Waiters)
-    }
-
-    /// Whether this thread may drive: in [`Mode::Waiters`], and neither inside a tokio
+    /// Whether this thread may drive: after [`Driver::start`], and neither inside a tokio
     /// runtime (where starting ours would panic) nor past the end of its thread-locals (the
     /// main thread in `atexit` handlers).
     pub(crate) fn can_drive(&self) -> bool {
-        self.by_waiters()
+        self.started()
             && tokio::runtime::Handle::try_current().is_err_and(|e| e.is_missing_context())
     }
 
@@ -133,14 +108,11 @@ impl Driver {
 
     /// After a write: its bytes should leave now. Tick, or have the helper tick.
     pub(crate) fn push(&self) {
-        match self.mode() {
-            Some(Mode::Waiters) if self.can_drive() => self.tick(),
-            Some(Mode::Waiters) => {
-                self.kicked.store(true, SeqCst);
-                self.wake_helper();
-            }
-            // The driving thread runs the woken writer; before `start`, nothing is written.
-            _ => {}
+        if self.can_drive() {
+            self.tick();
+        } else if self.started() {
+            self.kicked.store(true, SeqCst);
+            self.wake_helper();
         }
     }
 
@@ -174,7 +146,7 @@ impl Driver {
     /// meanwhile (by this thread when it can).
     pub(crate) fn wait_until(&self, cond: impl Fn() -> bool, deadline: Instant) {
         let driven_here = self.can_drive();
-        if !driven_here && self.by_waiters() {
+        if !driven_here {
             self.stand_in(true);
         }
         while !cond() && Instant::now() < deadline {
@@ -184,12 +156,12 @@ impl Driver {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        if !driven_here && self.by_waiters() {
+        if !driven_here {
             self.stand_in(false);
         }
     }
 
-    /// The helper of [`Mode::Waiters`].
+    /// The helper thread.
     fn help(&self) {
         loop {
             {
@@ -228,7 +200,7 @@ mod tests {
     #[test]
     fn tasks_run_by_ticks_by_the_helper_and_for_threads_that_cannot_drive() {
         let d = Driver::new().unwrap();
-        d.start(Mode::Waiters).unwrap();
+        d.start().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
 
         // A tick runs a ready task at once.
@@ -244,7 +216,10 @@ mod tests {
         d.spawn(async move {
             h.fetch_add(1, SeqCst);
         });
-        d.wait_until(|| hits.load(SeqCst) == 2, Instant::now() + Duration::from_secs(5));
+        d.wait_until(
+            || hits.load(SeqCst) == 2,
+            Instant::now() + Duration::from_secs(5),
+        );
         assert_eq!(hits.load(SeqCst), 2);
 
         // From inside another runtime: no driving here, the helper stands in.
@@ -261,7 +236,10 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 h2.fetch_add(1, SeqCst);
             });
-            d2.wait_until(|| h.load(SeqCst) == 3, Instant::now() + Duration::from_secs(5));
+            d2.wait_until(
+                || h.load(SeqCst) == 3,
+                Instant::now() + Duration::from_secs(5),
+            );
         });
         assert_eq!(hits.load(SeqCst), 3);
     }
@@ -270,7 +248,7 @@ mod tests {
     #[test]
     fn a_parked_waiter_wakes_on_its_signal() {
         let d = Driver::new().unwrap();
-        d.start(Mode::Waiters).unwrap();
+        d.start().unwrap();
         let n = Arc::new(tokio::sync::Notify::new());
         let n2 = n.clone();
         d.spawn(async move {

@@ -2,7 +2,9 @@
 //!
 //! Each host has its own segment holding only its ranks, indexed by their position among the
 //! host's ranks; this transport maps world ranks to that index. The QUIC side rings the rank's
-//! shared-memory doorbell when bytes arrive, so a rank sleeps in one place for both.
+//! shared-memory doorbell when bytes arrive, so a rank sleeps in one place for both; while it
+//! sleeps there, QUIC's helper thread drives QUIC for it, and while it spins, it drives QUIC
+//! itself.
 
 use std::time::Duration;
 
@@ -143,7 +145,8 @@ impl Transport for Hybrid {
 
     fn wait(&self, want_write: &[usize], timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
         match (&self.shm, &self.quic) {
-            (Some(s), _) => s.wait(want_write, timeout, prepare),
+            (Some(s), Some(q)) => q.asleep_elsewhere(|| s.wait(want_write, timeout, prepare)),
+            (Some(s), None) => s.wait(want_write, timeout, prepare),
             (None, Some(q)) => q.wait(want_write, timeout, prepare),
             (None, None) => {
                 if !prepare() {

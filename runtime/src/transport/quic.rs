@@ -2,12 +2,12 @@
 //! with the job's credentials, which the launcher makes fresh for every job.
 //!
 //! Each connection carries two bidirectional streams, opened by the higher rank: one for
-//! frames, one for acknowledgements. A background tokio runtime moves bytes between the
-//! streams and per-peer buffers; the engine reads and writes those buffers without blocking,
-//! and sleeps on a condition variable the I/O tasks signal. A receiver acknowledges the bytes
-//! it has taken in. At exit (an `atexit` handler) every stream is finished and the process
-//! waits, briefly, until its peers have all of it: what a rank sent last is not lost, and the
-//! peers see it leave at once.
+//! frames, one for the start-up acknowledgement. Tasks on a tokio runtime of the rank's own
+//! move bytes between the streams and per-peer buffers; the engine reads and writes those
+//! buffers without blocking. The rank's waiting threads drive that runtime themselves
+//! ([`super::driver`]): no thread hand-off per message. At exit (an `atexit` handler) every
+//! stream is finished and the process waits, briefly, until its peers have all of it: what a
+//! rank sent last is not lost, and the peers see it leave at once.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::driver::{Driver, Mode};
+use super::driver::Driver;
 use super::Transport;
 use crate::error::{Error, Result};
 
@@ -741,20 +741,13 @@ impl Quic {
                 exit_rx.clone(),
                 exit.clone(),
             ));
-            rt.spawn(acks(signal.clone(), a_rx));
+            rt.spawn(acks(a_rx));
             drop(conn);
         }
         if EXIT.set(exit).is_ok() {
             crate::at_exit::add(flush_at_exit);
         }
-        // A rank with shared-memory peers sleeps on its doorbell: a thread drives QUIC and
-        // rings it. A rank whose peers are all remote drives QUIC while it waits.
-        let mode = if signal.external.is_some() {
-            Mode::Thread
-        } else {
-            Mode::Waiters
-        };
-        rt.start(mode)
+        rt.start()
             .map_err(|e| Error::io("starting the QUIC thread", e))?;
         Ok(Quic {
             peers,
@@ -762,6 +755,14 @@ impl Quic {
             driver: rt,
             _endpoint: endpoint,
         })
+    }
+
+    /// Run `sleep`, a wait on something else than this transport (a shared-memory doorbell,
+    /// which the I/O tasks ring), with the helper thread driving QUIC meanwhile.
+    pub(crate) fn asleep_elsewhere(&self, sleep: impl FnOnce()) {
+        self.driver.stand_in(true);
+        sleep();
+        self.driver.stand_in(false);
     }
 
     /// Sleep on the condition variable the I/O tasks signal (another thread drives).
@@ -839,17 +840,16 @@ async fn finish(mut tx: quinn::SendStream, io: &PeerIo, exit: &ExitFlush) {
     exit.flushed.fetch_add(1, SeqCst);
 }
 
-/// Frames in: append to the inbox, acknowledge what was taken in.
+/// Frames in: append to the inbox, signal the rank.
 async fn reader(
     io: Arc<PeerIo>,
     signal: Arc<Signal>,
     mut rx: quinn::RecvStream,
-    mut ack: quinn::SendStream,
+    ack: quinn::SendStream,
     mut exiting: tokio::sync::watch::Receiver<bool>,
     exit: Arc<ExitFlush>,
 ) {
     let mut buf = vec![0u8; 256 << 10];
-    let mut total: u64 = 0;
     loop {
         while io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len() > IN_LIMIT {
             io.inbox_space.notified().await;
@@ -869,11 +869,7 @@ async fn reader(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .extend(&buf[..n]);
-                total += n as u64;
                 signal.bump();
-                if ack.write_all(&total.to_le_bytes()).await.is_err() {
-                    // The peer no longer listens for acknowledgements; keep reading.
-                }
             }
             Ok(None) => {
                 io.lose("it exited".into());
@@ -931,14 +927,13 @@ async fn writer(
     finish(tx, &io, &exit).await;
 }
 
-/// Acknowledgements in: the counts themselves are not needed, but each one wakes the rank
-/// (measured: without this stream, small-message latency rises by about 40 %). The end of this
-/// stream says nothing about the data stream (the reader notices when that one ends or fails).
-async fn acks(signal: Arc<Signal>, mut rx: quinn::RecvStream) {
+/// The acknowledgement stream, read to its end (which the peer's exit flush waits for). Only
+/// the first acknowledgement, at start-up, says anything: that both directions work. (Later
+/// ones used to wake a rank asleep on a condition variable; waiting threads now drive the
+/// runtime themselves.)
+async fn acks(mut rx: quinn::RecvStream) {
     let mut b = [0u8; 8];
-    while rx.read_exact(&mut b).await.is_ok() {
-        signal.bump();
-    }
+    while rx.read_exact(&mut b).await.is_ok() {}
 }
 
 impl Transport for Quic {
@@ -1012,15 +1007,10 @@ impl Transport for Quic {
             self.signal.parked.fetch_sub(1, SeqCst);
             return;
         }
-        // Someone else drives: the helper, for this thread, when waiters drive.
-        let stand_in = self.driver.by_waiters();
-        if stand_in {
-            self.driver.stand_in(true);
-        }
+        // The helper drives while this thread sleeps.
+        self.driver.stand_in(true);
         self.wait_signalled(timeout, prepare);
-        if stand_in {
-            self.driver.stand_in(false);
-        }
+        self.driver.stand_in(false);
     }
 
     fn peer_gone(&self, peer: usize) -> Option<String> {

@@ -789,6 +789,32 @@ fn chaos(w: &Comm) -> R {
     Ok(())
 }
 
+/// Rank 0 stays out of `ranks` longer than QUIC's idle timeout (5 s) while rank 1 sends to it
+/// and waits for the answer: the connection must live through it (something has to answer
+/// the peer's keep-alives), and nothing sent meanwhile may be lost.
+fn compute(w: &Comm) -> R {
+    let me = w.rank();
+    let away = std::time::Duration::from_millis(arg(2, 6500));
+    if me == 0 {
+        std::thread::sleep(away);
+        let (v, _) = w.recv::<u64>(1, 9)?;
+        w.send(1, 9, &(v + 1))?;
+        // Now the other way round: rank 1 is away while rank 0 sends and waits.
+        w.send_slice(1, 10, &vec![7u64; 1 << 16])?;
+        let (v, _) = w.recv::<u64>(1, 11)?;
+        assert_eq!(v, 7 << 16);
+    } else if me == 1 {
+        w.send(0, 9, &41u64)?;
+        let (v, _) = w.recv::<u64>(0, 9)?;
+        assert_eq!(v, 42);
+        std::thread::sleep(away);
+        let (v, _) = w.recv_vec::<u64>(0, 10)?;
+        w.send(0, 11, &v.iter().sum::<u64>())?;
+    }
+    println!("compute ok rank {me}");
+    Ok(())
+}
+
 fn sleep(w: &Comm) -> R {
     let _ = w.rank();
     std::thread::sleep(std::time::Duration::from_secs(arg(2, 30)));
@@ -1225,6 +1251,7 @@ fn main() {
         "chatter" => chatter(&w),
         "peerlost" => peerlost(&w),
         "sleep" => sleep(&w),
+        "compute" => compute(&w),
         "dies" => dies(&w),
         "requestsets" => request_sets(&w),
         "mprobe" => mprobe(&w),
