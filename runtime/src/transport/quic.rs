@@ -367,9 +367,9 @@ impl Signal {
 
 #[derive(Default)]
 struct PeerIo {
-    inbox: Mutex<VecDeque<u8>>,
+    inbox: Mutex<Inbox>,
     inbox_space: tokio::sync::Notify,
-    outbox: Mutex<VecDeque<u8>>,
+    outbox: Mutex<bytes::BytesMut>,
     out_ready: tokio::sync::Notify,
     gone: AtomicBool,
     why: Mutex<Option<String>>,
@@ -407,14 +407,39 @@ pub(crate) struct Quic {
     _endpoint: quinn::Endpoint,
 }
 
-/// Move the first `dst.len()` bytes of `q` into `dst` (with block copies, not byte by byte).
-fn take_front(q: &mut VecDeque<u8>, dst: &mut [u8]) {
-    let n = dst.len();
-    let (a, b) = q.as_slices();
-    let k = a.len().min(n);
-    dst[..k].copy_from_slice(&a[..k]);
-    dst[k..].copy_from_slice(&b[..n - k]);
-    q.drain(..n);
+/// A peer's bytes read from its stream and not yet taken by the engine: the chunks quinn
+/// handed over, kept as they are (no copy until the engine takes them).
+#[derive(Default)]
+struct Inbox {
+    chunks: VecDeque<bytes::Bytes>,
+    len: usize,
+}
+
+impl Inbox {
+    fn push(&mut self, chunk: bytes::Bytes) {
+        self.len += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    /// Move the first bytes into `dst`, as many as there are and fit; how many.
+    fn take(&mut self, dst: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < dst.len() {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let k = front.len().min(dst.len() - n);
+            dst[n..n + k].copy_from_slice(&front[..k]);
+            n += k;
+            if k == front.len() {
+                self.chunks.pop_front();
+            } else {
+                bytes::Buf::advance(front, k);
+            }
+        }
+        self.len -= n;
+        n
+    }
 }
 
 /// A peer's connection and its two streams (frames, acknowledgements), each both ways.
@@ -849,13 +874,12 @@ async fn reader(
     mut exiting: tokio::sync::watch::Receiver<bool>,
     exit: Arc<ExitFlush>,
 ) {
-    let mut buf = vec![0u8; 256 << 10];
     loop {
-        while io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len() > IN_LIMIT {
+        while io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len > IN_LIMIT {
             io.inbox_space.notified().await;
         }
         let got = tokio::select! {
-            r = rx.read(&mut buf) => r,
+            r = rx.read_chunk(usize::MAX, true) => r.map(|c| c.map(|c| c.bytes)),
             _ = exiting.changed() => {
                 // We read no more: tell the peer at once, so it does not wait for us.
                 let _ = rx.stop(0u32.into());
@@ -864,11 +888,11 @@ async fn reader(
             }
         };
         match got {
-            Ok(Some(n)) => {
+            Ok(Some(chunk)) => {
                 io.inbox
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .extend(&buf[..n]);
+                    .push(chunk);
                 signal.bump();
             }
             Ok(None) => {
@@ -899,13 +923,13 @@ async fn writer(
     exit: Arc<ExitFlush>,
 ) {
     loop {
-        let chunk: Vec<u8> = {
-            let mut ob = io.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            let n = ob.len().min(1 << 20);
-            let mut c = vec![0u8; n];
-            take_front(&mut ob, &mut c);
-            c
-        };
+        // Everything written so far, handed to quinn as it is (no copy).
+        let chunk = io
+            .outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .split()
+            .freeze();
         if chunk.is_empty() {
             if *exiting.borrow() {
                 break;
@@ -916,7 +940,7 @@ async fn writer(
             }
             continue;
         }
-        if let Err(e) = tx.write_all(&chunk).await {
+        if let Err(e) = tx.write_chunk(chunk).await {
             io.lose(format!("writing to it failed: {e}"));
             signal.bump();
             let _ = exiting.changed().await;
@@ -953,7 +977,7 @@ impl Transport for Quic {
         let n = {
             let mut ob = io.outbox.lock().unwrap_or_else(|p| p.into_inner());
             let n = buf.len().min(OUT_LIMIT.saturating_sub(ob.len()));
-            ob.extend(&buf[..n]);
+            ob.extend_from_slice(&buf[..n]);
             n
         };
         if n > 0 {
@@ -966,21 +990,17 @@ impl Transport for Quic {
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
         let io = self.io(peer)?;
         let mut ib = io.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        let n = buf.len().min(ib.len());
-        take_front(&mut ib, &mut buf[..n]);
-        if ib.len() <= IN_LIMIT {
+        let n = ib.take(buf);
+        if ib.len <= IN_LIMIT {
             io.inbox_space.notify_one();
         }
         Ok(n)
     }
 
     fn readable(&self, peer: usize) -> bool {
-        self.peers[peer].as_ref().is_some_and(|io| {
-            !io.inbox
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty()
-        })
+        self.peers[peer]
+            .as_ref()
+            .is_some_and(|io| io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len > 0)
     }
 
     fn notify(&self, _peer: usize) {}
@@ -1016,13 +1036,7 @@ impl Transport for Quic {
     fn peer_gone(&self, peer: usize) -> Option<String> {
         let io = self.peers.get(peer)?.as_ref()?;
         // Gone only once everything it sent has been read.
-        if io.gone.load(SeqCst)
-            && io
-                .inbox
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty()
-        {
+        if io.gone.load(SeqCst) && io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len == 0 {
             return Some(
                 io.why
                     .lock()
@@ -1039,6 +1053,27 @@ impl Transport for Quic {
 mod tests {
     use super::*;
     use crate::transport::Transport;
+
+    /// The inbox hands out its chunks' bytes in order, across chunk boundaries and in
+    /// pieces of any size, and keeps its count.
+    #[test]
+    fn the_inbox_takes_bytes_in_order_across_chunks() {
+        let mut ib = Inbox::default();
+        ib.push(bytes::Bytes::from_static(b"abc"));
+        ib.push(bytes::Bytes::from_static(b""));
+        ib.push(bytes::Bytes::from_static(b"defgh"));
+        assert_eq!(ib.len, 8);
+        let mut two = [0u8; 2];
+        assert_eq!(ib.take(&mut two), 2);
+        assert_eq!(&two, b"ab");
+        let mut five = [0u8; 5];
+        assert_eq!(ib.take(&mut five), 5);
+        assert_eq!(&five, b"cdefg");
+        let mut more = [0u8; 4];
+        assert_eq!(ib.take(&mut more), 1);
+        assert_eq!(&more[..1], b"h");
+        assert_eq!((ib.len, ib.take(&mut more)), (0, 0));
+    }
 
     fn bound(me: usize, id: Identity) -> Bound {
         Bound::new(me, 2, Trust::Pinned(id, Pins::default()), None, None).expect("bind")
