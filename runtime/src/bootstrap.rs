@@ -59,8 +59,6 @@ pub(crate) fn world_from_env() -> Result<Comm> {
     };
     let (rank, size) = (place.rank, place.size);
     die_with_launcher(place.launcher_pid);
-    #[cfg_attr(not(feature = "quic"), allow(unused_mut))]
-    let mut local_ranks = size;
     let t: Box<dyn Transport> = match place.transport {
         TransportKind::Shm => Box::new(Shm::attach(
             place.need_path(&place.shm, crate::config::env::SHM)?,
@@ -86,8 +84,6 @@ pub(crate) fn world_from_env() -> Result<Comm> {
         #[cfg(feature = "quic")]
         TransportKind::Hybrid => {
             let hosts = place.hosts.clone().unwrap_or_default();
-            let here = hosts.iter().filter(|h| **h == hosts[rank]).count();
-            local_ranks = here;
             Box::new(crate::transport::hybrid::Hybrid::connect(
                 place,
                 &cfg.tuning,
@@ -104,7 +100,9 @@ pub(crate) fn world_from_env() -> Result<Comm> {
         }
     };
     tracing::debug!(rank, size, transport = t.name(), "joined the job");
-    let tuning = Tuning::resolve(&cfg.tuning, local_ranks);
+    // Every rank of the job counts: hosts reached over the network may share this one's
+    // cores (virtual machines, containers, the netns test hosts).
+    let tuning = Tuning::resolve(&cfg.tuning, size);
     let host = host_of(place);
     let mut core = Core::new(rank, size, t, tuning, host)
         .with_hosts(place.hosts.clone().unwrap_or_else(|| vec![0; size]));
@@ -264,7 +262,7 @@ fn pmi_wire(pmi: &mut crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
         transport = t.name(),
         "joined a job started by srun"
     );
-    let tuning = Tuning::resolve(&cfg.tuning, n_local);
+    let tuning = Tuning::resolve(&cfg.tuning, size);
     let host_ids = hosts
         .iter()
         .map(|h| hosts.iter().position(|x| x == h).unwrap_or(0) as u32)

@@ -37,11 +37,12 @@ pub(crate) struct Tuning {
 }
 
 impl Tuning {
-    /// Waiters spin unless this host runs more ranks than it has cores. (QUIC's waiting
-    /// threads drive it themselves, so spinning starves no I/O thread.)
-    pub(crate) fn resolve(cfg: &crate::config::Tuning, local_ranks: usize) -> Tuning {
+    /// Waiters spin unless the job has more ranks than this host has cores (`ranks`: the
+    /// job's size; across hosts too, since other hosts may share these cores: spinning
+    /// ranks there would starve the ones here). `RANKS_SPIN_US` overrides it.
+    pub(crate) fn resolve(cfg: &crate::config::Tuning, ranks: usize) -> Tuning {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let oversubscribed = local_ranks > cores;
+        let oversubscribed = ranks > cores;
         Tuning {
             max_message: cfg.max_message,
             rendezvous_threshold: cfg.rendezvous_threshold,
