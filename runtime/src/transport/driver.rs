@@ -58,10 +58,8 @@ impl Driver {
     ///
     /// [`start`]: Driver::start
     pub(crate) fn block_on<F: Future>(&self, f: F) -> F::Output {
-        self.driving.fetch_add(1, SeqCst);
-        let out = self.rt.block_on(f);
-        self.driving.fetch_sub(1, SeqCst);
-        out
+        let _driving = Count::up(&self.driving);
+        self.rt.block_on(f)
     }
 
     /// Spawn a task on the runtime (it runs when someone drives).
@@ -74,12 +72,13 @@ impl Driver {
 
     /// Hand the runtime to the rank's waiting threads (wiring is over) and start the helper.
     pub(crate) fn start(self: &Arc<Self>) -> std::io::Result<()> {
-        self.started.store(true, SeqCst);
-        let d = self.clone();
+        // The helper holds the driver weakly: it ends once the transport is dropped.
+        let d = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("ranks-quic".into())
-            .spawn(move || d.help())
-            .map(drop)
+            .spawn(move || help(d))?;
+        self.started.store(true, SeqCst);
+        Ok(())
     }
 
     /// Whether the runtime is in its waiters' hands (after [`Driver::start`]).
@@ -108,9 +107,11 @@ impl Driver {
 
     /// After a write: its bytes should leave now. Tick, or have the helper tick.
     pub(crate) fn push(&self) {
-        if self.can_drive() {
+        if self.can_drive() && self.driving.load(SeqCst) == 0 {
             self.tick();
         } else if self.started() {
+            // Another thread drives (its tick may end before our writer runs), or this one
+            // cannot: the helper makes sure of it.
             self.kicked.store(true, SeqCst);
             self.wake_helper();
         }
@@ -126,15 +127,12 @@ impl Driver {
         });
     }
 
-    /// A thread that cannot drive is about to wait (or has finished waiting): the helper
-    /// drives continuously while any such thread waits.
-    pub(crate) fn stand_in(&self, waiting: bool) {
-        if waiting {
-            self.stand_ins.fetch_add(1, SeqCst);
-            self.wake_helper();
-        } else if self.stand_ins.fetch_sub(1, SeqCst) == 1 {
-            self.released.notify_waiters();
-        }
+    /// This thread waits without driving until the guard is dropped: the helper drives
+    /// continuously while any such thread waits.
+    pub(crate) fn stand_in(&self) -> StandIn<'_> {
+        self.stand_ins.fetch_add(1, SeqCst);
+        self.wake_helper();
+        StandIn(self)
     }
 
     fn wake_helper(&self) {
@@ -146,9 +144,7 @@ impl Driver {
     /// meanwhile (by this thread when it can).
     pub(crate) fn wait_until(&self, cond: impl Fn() -> bool, deadline: Instant) {
         let driven_here = self.can_drive();
-        if !driven_here {
-            self.stand_in(true);
-        }
+        let _stand_in = (!driven_here).then(|| self.stand_in());
         while !cond() && Instant::now() < deadline {
             if driven_here {
                 self.park(std::future::pending::<()>(), Duration::from_millis(1));
@@ -156,36 +152,68 @@ impl Driver {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        if !driven_here {
-            self.stand_in(false);
+    }
+}
+
+/// A count of threads doing something, undone when dropped (also when a panic unwinds).
+pub(crate) struct Count<'a>(&'a AtomicUsize);
+
+impl<'a> Count<'a> {
+    pub(crate) fn up(c: &'a AtomicUsize) -> Count<'a> {
+        c.fetch_add(1, SeqCst);
+        Count(c)
+    }
+}
+
+impl Drop for Count<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+/// See [`Driver::stand_in`].
+pub(crate) struct StandIn<'a>(&'a Driver);
+
+impl Drop for StandIn<'_> {
+    fn drop(&mut self) {
+        if self.0.stand_ins.fetch_sub(1, SeqCst) == 1 {
+            self.0.released.notify_waiters();
         }
     }
+}
 
-    /// The helper thread.
-    fn help(&self) {
-        loop {
-            {
-                let g = self.helper.lock().unwrap_or_else(|p| p.into_inner());
-                if self.stand_ins.load(SeqCst) == 0 && !self.kicked.load(SeqCst) {
-                    let _ = self.helper_cv.wait_timeout(g, TICK);
-                }
+/// The helper thread: ticks every [`TICK`] while nobody drives, at once when kicked, and
+/// drives continuously while a stand-in waits. Ends when the driver is gone.
+fn help(d: std::sync::Weak<Driver>) {
+    loop {
+        let Some(d) = d.upgrade() else { return };
+        {
+            let g = d.helper.lock().unwrap_or_else(|p| p.into_inner());
+            if d.stand_ins.load(SeqCst) == 0 && !d.kicked.load(SeqCst) {
+                let _ = d.helper_cv.wait_timeout(g, TICK);
             }
-            if self.stand_ins.load(SeqCst) > 0 {
-                self.block_on(async {
-                    while self.stand_ins.load(SeqCst) > 0 {
-                        let released = self.released.notified();
-                        tokio::select! {
-                            _ = released => {}
-                            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                        }
+        }
+        if d.stand_ins.load(SeqCst) > 0 {
+            d.block_on(async {
+                loop {
+                    // Registered before the count is read: a release just after is seen.
+                    let released = d.released.notified();
+                    tokio::pin!(released);
+                    released.as_mut().enable();
+                    if d.stand_ins.load(SeqCst) == 0 {
+                        break;
                     }
-                });
-            } else if self.kicked.swap(false, SeqCst) || self.driving.load(SeqCst) == 0 {
-                self.block_on(async {
-                    tokio::task::yield_now().await;
-                    tokio::task::yield_now().await;
-                });
-            }
+                    tokio::select! {
+                        _ = released => {}
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
+                }
+            });
+        } else if d.kicked.swap(false, SeqCst) || d.driving.load(SeqCst) == 0 {
+            d.block_on(async {
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+            });
         }
     }
 }

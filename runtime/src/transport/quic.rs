@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::driver::Driver;
+use super::driver::{Count, Driver};
 use super::Transport;
 use crate::error::{Error, Result};
 
@@ -769,11 +769,12 @@ impl Quic {
             rt.spawn(acks(a_rx));
             drop(conn);
         }
+        // The helper first: the exit flush relies on it.
+        rt.start()
+            .map_err(|e| Error::io("starting the QUIC thread", e))?;
         if EXIT.set(exit).is_ok() {
             crate::at_exit::add(flush_at_exit);
         }
-        rt.start()
-            .map_err(|e| Error::io("starting the QUIC thread", e))?;
         Ok(Quic {
             peers,
             signal,
@@ -785,14 +786,13 @@ impl Quic {
     /// Run `sleep`, a wait on something else than this transport (a shared-memory doorbell,
     /// which the I/O tasks ring), with the helper thread driving QUIC meanwhile.
     pub(crate) fn asleep_elsewhere(&self, sleep: impl FnOnce()) {
-        self.driver.stand_in(true);
+        let _stand_in = self.driver.stand_in();
         sleep();
-        self.driver.stand_in(false);
     }
 
     /// Sleep on the condition variable the I/O tasks signal (another thread drives).
     fn wait_signalled(&self, timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
-        self.signal.waiting.fetch_add(1, SeqCst);
+        let _waiting = Count::up(&self.signal.waiting);
         let before = *self.signal.seq.lock().unwrap_or_else(|p| p.into_inner());
         if !prepare() {
             let g = self.signal.seq.lock().unwrap_or_else(|p| p.into_inner());
@@ -800,7 +800,6 @@ impl Quic {
                 let _ = self.signal.cv.wait_timeout(g, timeout);
             }
         }
-        self.signal.waiting.fetch_sub(1, SeqCst);
     }
 
     fn io(&self, peer: usize) -> Result<&Arc<PeerIo>> {
@@ -876,7 +875,11 @@ async fn reader(
 ) {
     loop {
         while io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len > IN_LIMIT {
-            io.inbox_space.notified().await;
+            tokio::select! {
+                _ = io.inbox_space.notified() => {}
+                // Exiting with a full inbox: stop reading (below) rather than wait for room.
+                _ = exiting.changed() => break,
+            }
         }
         let got = tokio::select! {
             r = rx.read_chunk(usize::MAX, true) => r.map(|c| c.map(|c| c.bytes)),
@@ -980,10 +983,7 @@ impl Transport for Quic {
             ob.extend_from_slice(&buf[..n]);
             n
         };
-        if n > 0 {
-            io.out_ready.notify_one();
-            self.driver.push();
-        }
+        // The engine calls `notify` once after its writes: the bytes leave then.
         Ok(n)
     }
 
@@ -1003,7 +1003,13 @@ impl Transport for Quic {
             .is_some_and(|io| io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len > 0)
     }
 
-    fn notify(&self, _peer: usize) {}
+    /// After writes to `peer`: its writer task takes them, and this thread runs it now.
+    fn notify(&self, peer: usize) {
+        if let Ok(io) = self.io(peer) {
+            io.out_ready.notify_one();
+            self.driver.push();
+        }
+    }
 
     fn drive(&self) {
         self.driver.tick();
@@ -1020,17 +1026,15 @@ impl Transport for Quic {
             let notified = self.signal.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            self.signal.parked.fetch_add(1, SeqCst);
+            let _parked = Count::up(&self.signal.parked);
             if !prepare() {
                 self.driver.park(notified, timeout);
             }
-            self.signal.parked.fetch_sub(1, SeqCst);
             return;
         }
         // The helper drives while this thread sleeps.
-        self.driver.stand_in(true);
+        let _stand_in = self.driver.stand_in();
         self.wait_signalled(timeout, prepare);
-        self.driver.stand_in(false);
     }
 
     fn peer_gone(&self, peer: usize) -> Option<String> {
@@ -1120,9 +1124,12 @@ mod tests {
         posed.join().unwrap().expect_err("the stranger got in");
         let q1 = Quic::wire(b1, &[], None, &|p| Some(addrs[p])).expect("rank 1 wires");
         let q0 = r0.join().unwrap().expect("rank 0 wires");
+        // As the engine does: write, then notify (which sends).
         q1.write(0, b"hello, pinned").unwrap();
+        q1.notify(0);
         assert_eq!(read_all(&q0, 1, 13), b"hello, pinned");
         q0.write(1, b"hi").unwrap();
+        q0.notify(1);
         assert_eq!(read_all(&q1, 0, 2), b"hi");
 
         // A stranger serving at an address rank 1 takes for rank 0's.
