@@ -72,15 +72,12 @@ pub(crate) fn world_from_env() -> Result<Comm> {
             size,
         )?),
         #[cfg(feature = "quic")]
-        TransportKind::Quic => {
-            // Its waiting threads drive QUIC themselves (no I/O thread to leave room for).
-            Box::new(crate::transport::quic::Quic::connect(
-                place.need_path(&place.dir, crate::config::env::DIR)?,
-                place,
-                &[],
-                None,
-            )?)
-        }
+        TransportKind::Quic => Box::new(crate::transport::quic::Quic::connect(
+            place.need_path(&place.dir, crate::config::env::DIR)?,
+            place,
+            &[],
+            None,
+        )?),
         #[cfg(feature = "quic")]
         TransportKind::Hybrid => {
             let hosts = place.hosts.clone().unwrap_or_default();

@@ -336,8 +336,9 @@ fn configs(trust: &Trust) -> Result<(quinn::ServerConfig, quinn::ClientConfig)> 
 /// Something that wakes a rank's sleeping threads from another thread.
 pub(crate) type Waker = Arc<dyn Fn() + Send + Sync>;
 
-/// Wakes the engine's sleeping threads: our own condition variable, or, in a job that also
-/// uses shared memory, the rank's doorbell (so one wait covers both transports).
+/// Wakes the engine's sleeping threads: those parked in the runtime (a tokio `Notify`) and
+/// those on our condition variable (threads that cannot drive), or, in a job that also uses
+/// shared memory, the rank's doorbell (so one wait covers both transports).
 #[derive(Default)]
 struct Signal {
     seq: Mutex<u64>,
@@ -569,8 +570,8 @@ impl Bound {
 
 impl Quic {
     /// Connect to every peer `p` with `remote[p]` (all peers when `remote` is empty), with
-    /// the job's credentials and addresses in the job directory `dir`. `wake` replaces our
-    /// own condition variable as the way to wake the rank's sleepers.
+    /// the job's credentials and addresses in the job directory `dir`. `wake` (the
+    /// shared-memory doorbell) replaces our own ways to wake the rank's sleepers.
     pub(crate) fn connect(
         dir: &Path,
         place: &crate::config::Placement,
