@@ -156,8 +156,8 @@ impl Comm {
             dest,
             tag,
             bytemuck::cast_slice(data),
-            Encoding::Raw,
-            typecode::<T>(),
+            (Encoding::Raw, typecode::<T>()),
+            false,
         )
     }
 

@@ -265,6 +265,67 @@ impl Comm {
         self.send_bytes(self.ctx, dest, tag, &bytes, Encoding::Serde, fp)
     }
 
+    /// Synchronous send (MPI's `ssend`): like [`Comm::send`], but it returns only once the
+    /// receiver has matched the message with a receive, whatever its size (a plain send of
+    /// a small message returns as soon as the bytes are on their way). A send to this rank
+    /// itself returns at once, as a plain send does.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let me = world.rank();
+    /// let r = world.irecv::<String>(me, 4)?;
+    /// world.ssend(me, 4, "matched")?;
+    /// assert_eq!(r.wait()?.0, "matched");
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn ssend<T: Serialize + ?Sized>(&self, dest: usize, tag: i32, value: &T) -> Result<()> {
+        let bytes = encode(value)?;
+        let fp = crate::fingerprint::of::<T>();
+        self.send_bytes_as(self.ctx, dest, tag, &bytes, (Encoding::Serde, fp), true)
+    }
+
+    /// Synchronous send of a slice of plain numbers: [`Comm::send_slice`] that returns only
+    /// once the receiver has matched it (see [`Comm::ssend`]).
+    pub fn ssend_slice<T: Pod>(&self, dest: usize, tag: i32, data: &[T]) -> Result<()> {
+        let enc = (Encoding::Raw, typecode::<T>());
+        self.send_bytes_as(self.ctx, dest, tag, bytemuck::cast_slice(data), enc, true)
+    }
+
+    /// Nonblocking synchronous send (MPI's `issend`): the request completes only once the
+    /// receiver has matched the message. It borrows `data` until then.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let me = world.rank();
+    /// let data = [7u64; 4];
+    /// let s = world.issend_slice(me, 5, &data)?;
+    /// assert_eq!(world.recv_vec::<u64>(me, 5)?.0, data);
+    /// s.wait()?;
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn issend_slice<'a, T: Pod>(
+        &self,
+        dest: usize,
+        tag: i32,
+        data: &'a [T],
+    ) -> Result<Request<'a, ()>> {
+        let enc = (Encoding::Raw, typecode::<T>());
+        self.isend_borrowed(self.ctx, dest, tag, bytemuck::cast_slice(data), enc, true)
+    }
+
+    /// Nonblocking synchronous send of a serde value (see [`Comm::issend_slice`]).
+    pub fn issend<T: Serialize + ?Sized>(
+        &self,
+        dest: usize,
+        tag: i32,
+        value: &T,
+    ) -> Result<Request<'static, ()>> {
+        let mut buf = vec![0u8; HEADER_LEN];
+        buf = postcard::to_extend(value, buf).map_err(|e| Error::Encode(e.to_string()))?;
+        let enc = (Encoding::Serde, crate::fingerprint::of::<T>());
+        self.isend_owned(self.ctx, dest, tag, buf, enc, true)
+    }
+
     /// Send a slice of plain numbers (no serde, no copy into an intermediate buffer).
     ///
     /// ```
@@ -301,8 +362,8 @@ impl Comm {
             dest,
             tag,
             buf,
-            Encoding::Serde,
-            crate::fingerprint::of::<T>(),
+            (Encoding::Serde, crate::fingerprint::of::<T>()),
+            false,
         )
     }
 
@@ -322,8 +383,8 @@ impl Comm {
             dest,
             tag,
             bytemuck::cast_slice(data),
-            Encoding::Raw,
-            typecode::<T>(),
+            (Encoding::Raw, typecode::<T>()),
+            false,
         )
     }
 

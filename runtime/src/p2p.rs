@@ -37,6 +37,20 @@ impl Comm {
         enc: Encoding,
         typecode: u32,
     ) -> Result<()> {
+        self.send_bytes_as(ctx, dest, tag, payload, (enc, typecode), false)
+    }
+
+    /// [`Self::send_bytes`]; `sync`: a synchronous send, which returns only once the
+    /// receiver has matched it.
+    pub(crate) fn send_bytes_as(
+        &self,
+        ctx: u32,
+        dest: usize,
+        tag: i32,
+        payload: &[u8],
+        (enc, typecode): (Encoding, u32),
+        sync: bool,
+    ) -> Result<()> {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
         let _trace = trace::span("send", Cat::P2p, ctx, Some(peer), Some(tag), payload.len());
@@ -45,7 +59,7 @@ impl Comm {
         // Errors leave the lock first: `settle` may wait a moment for the job board.
         let step: Result<Option<SendId>> = {
             let mut st = core.lock();
-            match core.route(&st, peer, payload.len()) {
+            match core.route(&st, peer, payload.len(), sync) {
                 Route::SelfSend => {
                     core.deliver_local(&mut st, Msg::new(&h, Body::Eager(payload.to_vec())));
                     Ok(None)
@@ -99,15 +113,16 @@ impl Comm {
         r
     }
 
-    /// Nonblocking send of an owned frame buffer whose first `HEADER_LEN` bytes are free.
+    /// Nonblocking send of an owned frame buffer whose first `HEADER_LEN` bytes are free;
+    /// `sync`: complete only once the receiver has matched it.
     pub(crate) fn isend_owned(
         &self,
         ctx: u32,
         dest: usize,
         tag: i32,
         mut buf: Vec<u8>,
-        enc: Encoding,
-        typecode: u32,
+        (enc, typecode): (Encoding, u32),
+        sync: bool,
     ) -> Result<Request<'static, ()>> {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
@@ -116,7 +131,7 @@ impl Comm {
         let h = self.data_header(ctx, tag, len, enc, typecode);
         let core = &*self.core;
         let mut st = core.lock();
-        let id = match core.route(&st, peer, len) {
+        let id = match core.route(&st, peer, len, sync) {
             Route::SelfSend => {
                 buf.drain(..HEADER_LEN);
                 core.deliver_local(&mut st, Msg::new(&h, Body::Eager(buf)));
@@ -138,15 +153,16 @@ impl Comm {
 
     /// Nonblocking send straight from a borrowed buffer: small messages are written (or
     /// queued) at once; large ones are pulled by the receiver from `payload`, which the
-    /// returned request borrows until it completes.
+    /// returned request borrows until it completes. `sync`: complete only once the
+    /// receiver has matched it.
     pub(crate) fn isend_borrowed<'a>(
         &self,
         ctx: u32,
         dest: usize,
         tag: i32,
         payload: &'a [u8],
-        enc: Encoding,
-        typecode: u32,
+        (enc, typecode): (Encoding, u32),
+        sync: bool,
     ) -> Result<Request<'a, ()>> {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
@@ -154,7 +170,7 @@ impl Comm {
         let core = &*self.core;
         let h = self.data_header(ctx, tag, payload.len(), enc, typecode);
         let mut st = core.lock();
-        let id = match core.route(&st, peer, payload.len()) {
+        let id = match core.route(&st, peer, payload.len(), sync) {
             Route::SelfSend => {
                 core.deliver_local(&mut st, Msg::new(&h, Body::Eager(payload.to_vec())));
                 SendId::Done

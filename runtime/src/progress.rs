@@ -450,8 +450,8 @@ impl Core {
     }
 
     /// How a payload of `len` bytes to world rank `peer` goes.
-    pub(crate) fn route(&self, st: &State, peer: usize, len: usize) -> Route {
-        st.proto.route(peer, len)
+    pub(crate) fn route(&self, st: &State, peer: usize, len: usize, sync: bool) -> Route {
+        st.proto.route(peer, len, sync)
     }
 
     /// A message to ourselves: straight to matching, and wake our other threads.

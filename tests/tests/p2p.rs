@@ -136,6 +136,16 @@ fn waiting_on_a_departed_peer_is_peer_lost_not_a_hang() {
     }
 }
 
+/// `ssend`/`issend` complete only once the receiver matched (checked against a receiver
+/// that holds back), at sizes from 0 to 1 MiB, over every transport: over uds and QUIC,
+/// where nobody pulls, the receiver's refusal of the pull is what lets the sender go on.
+#[test]
+fn synchronous_sends_wait_for_their_receive() {
+    for (n, t) in [(2, "shm"), (5, "shm"), (3, "uds"), (3, "quic"), (1, "shm")] {
+        job_ok(n, t, &["ssend"], &format!("ssend ok rank {}", n - 1));
+    }
+}
+
 #[test]
 fn nonblocking_requests_and_sendrecv() {
     job_ok(3, "shm", &["nonblocking"], "nonblocking ok rank 2");

@@ -261,11 +261,14 @@ impl Protocol {
 
     // ----- sending ---------------------------------------------------------------------------
 
-    /// How a payload of `len` bytes to world rank `peer` goes.
-    pub(crate) fn route(&self, peer: usize, len: usize) -> Route {
+    /// How a payload of `len` bytes to world rank `peer` goes. A synchronous send (`sync`,
+    /// MPI's `ssend`) always takes the rendezvous, whose sender completes only once the
+    /// receiver has matched (a receiver that cannot pull answers `Nack`, and the bytes are
+    /// streamed after that).
+    pub(crate) fn route(&self, peer: usize, len: usize, sync: bool) -> Route {
         if peer == self.cfg.rank {
             Route::SelfSend
-        } else if len >= self.cfg.rendezvous_threshold && self.cfg.can_pull[peer] {
+        } else if sync || (len >= self.cfg.rendezvous_threshold && self.cfg.can_pull[peer]) {
             Route::Rendezvous
         } else {
             Route::Eager

@@ -56,7 +56,7 @@ impl Net {
     fn send(&mut self, from: usize, to: usize, tag: i32, data: Vec<u8>) -> SendId {
         let h = Header::data(0, from as u32, tag, data.len() as u64, Encoding::Raw, 1);
         let core = &mut self.cores[from];
-        match core.route(to, data.len()) {
+        match core.route(to, data.len(), false) {
             Route::SelfSend => {
                 core.send_self(Msg::new(&h, Body::Eager(data)));
                 SendId::Done
@@ -453,10 +453,18 @@ fn the_route_decides_self_eager_and_rendezvous_in_one_place() {
     let mut net = Net::new(3, 100);
     net.cores[0].cfg.can_pull[2] = false;
     let p = &net.cores[0];
-    assert_eq!(p.route(0, 1 << 20), Route::SelfSend);
-    assert_eq!(p.route(1, 99), Route::Eager);
-    assert_eq!(p.route(1, 100), Route::Rendezvous);
-    assert_eq!(p.route(2, 1 << 20), Route::Eager, "a peer that cannot pull");
+    assert_eq!(p.route(0, 1 << 20, false), Route::SelfSend);
+    assert_eq!(p.route(1, 99, false), Route::Eager);
+    assert_eq!(p.route(1, 100, false), Route::Rendezvous);
+    assert_eq!(
+        p.route(2, 1 << 20, false),
+        Route::Eager,
+        "a peer that cannot pull"
+    );
+    // Synchronous sends take the rendezvous at any size, to any other peer.
+    assert_eq!(p.route(1, 0, true), Route::Rendezvous);
+    assert_eq!(p.route(2, 8, true), Route::Rendezvous);
+    assert_eq!(p.route(0, 8, true), Route::SelfSend);
     let s = net.send(0, 0, 4, vec![1, 2, 3]);
     assert_eq!(s, SendId::Done);
     assert_eq!(bytes(&net.post(0, 0, 4).unwrap()), [1, 2, 3]);

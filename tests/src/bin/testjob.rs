@@ -789,6 +789,61 @@ fn chaos(w: &Comm) -> R {
     Ok(())
 }
 
+/// Synchronous sends complete only once matched. Every other rank receives rank 0's
+/// `issend`s only after rank 0's "go": until then each request stays incomplete, whatever
+/// its size (a plain send of the small ones would be done at once). Then blocking `ssend`s
+/// the other way, and serde ones.
+fn ssend(w: &Comm) -> R {
+    let (me, n) = (w.rank(), w.size());
+    for len in [0usize, 1, 100, 5000, 1 << 17] {
+        let data: Vec<u64> = (0..len as u64).collect();
+        if me == 0 {
+            let mut pending = Vec::new();
+            for peer in 1..n {
+                pending.push(w.issend_slice(peer, 1, &data)?);
+            }
+            for _ in 0..10 {
+                let mut still = Vec::new();
+                for r in pending {
+                    match r.test()? {
+                        Ok(()) => panic!("an issend of {len} values completed before its receive"),
+                        Err(r) => still.push(r),
+                    }
+                }
+                pending = still;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            for peer in 1..n {
+                w.send(peer, 2, &"go")?;
+            }
+            for r in pending {
+                r.wait()?;
+            }
+            for peer in 1..n {
+                let (back, _) = w.recv_vec::<u64>(peer, 3)?;
+                assert_eq!(back, data);
+            }
+        } else {
+            let _: (String, _) = w.recv(0, 2)?;
+            let (got, _) = w.recv_vec::<u64>(0, 1)?;
+            assert_eq!(got, data);
+            w.ssend_slice(0, 3, &got)?;
+        }
+    }
+    // Serde: a blocking ssend and an issend, received in the opposite order.
+    if me == 0 {
+        let early = w.issend(1 % n, 5, &format!("second from {me}"))?;
+        w.ssend(1 % n, 4, &"first".to_string())?;
+        early.wait()?;
+    } else if me == 1 {
+        assert_eq!(w.recv::<String>(0, 4)?.0, "first");
+        assert_eq!(w.recv::<String>(0, 5)?.0, "second from 0");
+    }
+    w.barrier()?;
+    println!("ssend ok rank {me}");
+    Ok(())
+}
+
 /// Rank 0 stays out of `ranks` longer than QUIC's idle timeout (5 s) while rank 1 sends to it
 /// and waits for the answer: the connection must live through it (something has to answer
 /// the peer's keep-alives), and nothing sent meanwhile may be lost.
@@ -1252,6 +1307,7 @@ fn main() {
         "peerlost" => peerlost(&w),
         "sleep" => sleep(&w),
         "compute" => compute(&w),
+        "ssend" => ssend(&w),
         "dies" => dies(&w),
         "requestsets" => request_sets(&w),
         "mprobe" => mprobe(&w),
