@@ -260,9 +260,51 @@ impl Comm {
     /// # Ok::<(), ranks::Error>(())
     /// ```
     pub fn send<T: Serialize + ?Sized>(&self, dest: usize, tag: i32, value: &T) -> Result<()> {
-        let bytes = encode(value)?;
-        let fp = crate::fingerprint::of::<T>();
-        self.send_bytes(self.ctx, dest, tag, &bytes, Encoding::Serde, fp)
+        self.send_value(dest, tag, value, false)
+    }
+
+    /// `send` or `ssend` (`sync`) of a serde value.
+    fn send_value<T: Serialize + ?Sized>(
+        &self,
+        dest: usize,
+        tag: i32,
+        value: &T,
+        sync: bool,
+    ) -> Result<()> {
+        let enc = (Encoding::Serde, crate::fingerprint::of::<T>());
+        self.send_bytes_as(self.ctx, dest, tag, &encode(value)?, enc, sync)
+    }
+
+    /// `send_slice` or `ssend_slice` (`sync`).
+    fn send_pod<T: Pod>(&self, dest: usize, tag: i32, data: &[T], sync: bool) -> Result<()> {
+        let enc = (Encoding::Raw, typecode::<T>());
+        self.send_bytes_as(self.ctx, dest, tag, bytemuck::cast_slice(data), enc, sync)
+    }
+
+    /// `isend` or `issend` (`sync`): the value is encoded before this returns.
+    fn isend_value<T: Serialize + ?Sized>(
+        &self,
+        dest: usize,
+        tag: i32,
+        value: &T,
+        sync: bool,
+    ) -> Result<Request<'static, ()>> {
+        let mut buf = vec![0u8; HEADER_LEN];
+        buf = postcard::to_extend(value, buf).map_err(|e| Error::Encode(e.to_string()))?;
+        let enc = (Encoding::Serde, crate::fingerprint::of::<T>());
+        self.isend_owned(self.ctx, dest, tag, buf, enc, sync)
+    }
+
+    /// `isend_slice` or `issend_slice` (`sync`).
+    fn isend_pod<'a, T: Pod>(
+        &self,
+        dest: usize,
+        tag: i32,
+        data: &'a [T],
+        sync: bool,
+    ) -> Result<Request<'a, ()>> {
+        let enc = (Encoding::Raw, typecode::<T>());
+        self.isend_borrowed(self.ctx, dest, tag, bytemuck::cast_slice(data), enc, sync)
     }
 
     /// Synchronous send (MPI's `ssend`): like [`Comm::send`], but it returns only once the
@@ -279,16 +321,13 @@ impl Comm {
     /// # Ok::<(), ranks::Error>(())
     /// ```
     pub fn ssend<T: Serialize + ?Sized>(&self, dest: usize, tag: i32, value: &T) -> Result<()> {
-        let bytes = encode(value)?;
-        let fp = crate::fingerprint::of::<T>();
-        self.send_bytes_as(self.ctx, dest, tag, &bytes, (Encoding::Serde, fp), true)
+        self.send_value(dest, tag, value, true)
     }
 
     /// Synchronous send of a slice of plain numbers: [`Comm::send_slice`] that returns only
     /// once the receiver has matched it (see [`Comm::ssend`]).
     pub fn ssend_slice<T: Pod>(&self, dest: usize, tag: i32, data: &[T]) -> Result<()> {
-        let enc = (Encoding::Raw, typecode::<T>());
-        self.send_bytes_as(self.ctx, dest, tag, bytemuck::cast_slice(data), enc, true)
+        self.send_pod(dest, tag, data, true)
     }
 
     /// Nonblocking synchronous send (MPI's `issend`): the request completes only once the
@@ -309,8 +348,7 @@ impl Comm {
         tag: i32,
         data: &'a [T],
     ) -> Result<Request<'a, ()>> {
-        let enc = (Encoding::Raw, typecode::<T>());
-        self.isend_borrowed(self.ctx, dest, tag, bytemuck::cast_slice(data), enc, true)
+        self.isend_pod(dest, tag, data, true)
     }
 
     /// Nonblocking synchronous send of a serde value (see [`Comm::issend_slice`]).
@@ -320,10 +358,7 @@ impl Comm {
         tag: i32,
         value: &T,
     ) -> Result<Request<'static, ()>> {
-        let mut buf = vec![0u8; HEADER_LEN];
-        buf = postcard::to_extend(value, buf).map_err(|e| Error::Encode(e.to_string()))?;
-        let enc = (Encoding::Serde, crate::fingerprint::of::<T>());
-        self.isend_owned(self.ctx, dest, tag, buf, enc, true)
+        self.isend_value(dest, tag, value, true)
     }
 
     /// Send a slice of plain numbers (no serde, no copy into an intermediate buffer).
@@ -338,14 +373,7 @@ impl Comm {
     /// # Ok::<(), ranks::Error>(())
     /// ```
     pub fn send_slice<T: Pod>(&self, dest: usize, tag: i32, data: &[T]) -> Result<()> {
-        self.send_bytes(
-            self.ctx,
-            dest,
-            tag,
-            bytemuck::cast_slice(data),
-            Encoding::Raw,
-            typecode::<T>(),
-        )
+        self.send_pod(dest, tag, data, false)
     }
 
     /// Nonblocking send of a serde value; the value is encoded before this returns.
@@ -355,16 +383,7 @@ impl Comm {
         tag: i32,
         value: &T,
     ) -> Result<Request<'static, ()>> {
-        let mut buf = vec![0u8; HEADER_LEN];
-        buf = postcard::to_extend(value, buf).map_err(|e| Error::Encode(e.to_string()))?;
-        self.isend_owned(
-            self.ctx,
-            dest,
-            tag,
-            buf,
-            (Encoding::Serde, crate::fingerprint::of::<T>()),
-            false,
-        )
+        self.isend_value(dest, tag, value, false)
     }
 
     /// Nonblocking send of a slice of plain numbers, without copying it: the request
@@ -378,14 +397,7 @@ impl Comm {
         tag: i32,
         data: &'a [T],
     ) -> Result<Request<'a, ()>> {
-        self.isend_borrowed(
-            self.ctx,
-            dest,
-            tag,
-            bytemuck::cast_slice(data),
-            (Encoding::Raw, typecode::<T>()),
-            false,
-        )
+        self.isend_pod(dest, tag, data, false)
     }
 
     // ----- receiving -----------------------------------------------------------------------
