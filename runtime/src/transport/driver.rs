@@ -210,10 +210,7 @@ fn help(d: std::sync::Weak<Driver>) {
                 }
             });
         } else if d.kicked.swap(false, SeqCst) || d.driving.load(SeqCst) == 0 {
-            d.block_on(async {
-                tokio::task::yield_now().await;
-                tokio::task::yield_now().await;
-            });
+            d.tick();
         }
     }
 }
