@@ -242,7 +242,7 @@ fn pmi_wire(pmi: &mut crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
                 bound,
                 &remote,
                 shm.as_ref().map(Shm::waker),
-                &|p| addrs[p],
+                Box::new(move |p| addrs[p]),
             )?;
             Box::new(crate::transport::hybrid::Hybrid::from_parts(
                 local,

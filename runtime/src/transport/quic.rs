@@ -376,6 +376,16 @@ struct PeerIo {
     why: Mutex<Option<String>>,
     /// The peer's world rank.
     rank: usize,
+    link: Mutex<Link>,
+}
+
+/// Where the connection to a peer stands. Connections are made when first needed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Link {
+    #[default]
+    Idle,
+    Dialing,
+    Up,
 }
 
 impl PeerIo {
@@ -402,10 +412,8 @@ impl PeerIo {
 }
 
 pub(crate) struct Quic {
-    peers: Vec<Option<Arc<PeerIo>>>,
-    signal: Arc<Signal>,
+    net: Arc<Net>,
     driver: Arc<Driver>,
-    _endpoint: quinn::Endpoint,
 }
 
 /// A peer's bytes read from its stream and not yet taken by the engine: the chunks quinn
@@ -442,13 +450,6 @@ impl Inbox {
         n
     }
 }
-
-/// A peer's connection and its two streams (frames, acknowledgements), each both ways.
-type Wire = (
-    usize,
-    quinn::Connection,
-    [(quinn::SendStream, quinn::RecvStream); 2],
-);
 
 fn addr_file(dir: &Path, rank: usize) -> std::path::PathBuf {
     dir.join(format!("r{rank}.addr"))
@@ -569,8 +570,9 @@ impl Bound {
 }
 
 impl Quic {
-    /// Connect to every peer `p` with `remote[p]` (all peers when `remote` is empty), with
-    /// the job's credentials and addresses in the job directory `dir`. `wake` (the
+    /// This rank's side of the job's QUIC wiring, with the job's credentials and addresses
+    /// in the job directory `dir`: bind, publish our address, and be ready to connect to
+    /// every peer `p` with `remote[p]` (all peers when `remote` is empty). `wake` (the
     /// shared-memory doorbell) replaces our own ways to wake the rank's sleepers.
     pub(crate) fn connect(
         dir: &Path,
@@ -592,21 +594,23 @@ impl Quic {
             .map_err(|e| Error::io("publishing the address", e))?;
         std::fs::rename(&tmp, addr_file(dir, me))
             .map_err(|e| Error::io("publishing the address", e))?;
-        let lookup = |peer: usize| -> Option<SocketAddr> {
-            std::fs::read_to_string(addr_file(dir, peer))
+        let dir = dir.to_path_buf();
+        let lookup = move |peer: usize| -> Option<SocketAddr> {
+            std::fs::read_to_string(addr_file(&dir, peer))
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
         };
-        Quic::wire(bound, remote, wake, &lookup)
+        Quic::wire(bound, remote, wake, Box::new(lookup))
     }
 
-    /// The second half: connect to every lower peer (its address from `lookup`, asked
-    /// again until it knows) and accept every higher one.
+    /// The second half: start accepting, and connect to a peer (its address from `lookup`,
+    /// asked again until it knows) when we first write to it. Nothing is connected yet
+    /// when this returns: a job opens only the connections its ranks use.
     pub(crate) fn wire(
         bound: Bound,
         remote: &[bool],
         wake: Option<Waker>,
-        lookup: &(dyn Fn(usize) -> Option<SocketAddr> + Sync),
+        lookup: Lookup,
     ) -> Result<Quic> {
         let Bound {
             rt,
@@ -616,10 +620,6 @@ impl Quic {
             size,
         } = bound;
         let is_peer = |p: usize| p != me && (remote.is_empty() || remote[p]);
-        let server_name = |peer: usize| match &trust {
-            Trust::JobCa(_) => SERVER_NAME.to_string(),
-            Trust::Pinned(..) => pinned_name(peer),
-        };
         let signal = Arc::new(Signal {
             external: wake,
             ..Signal::default()
@@ -627,161 +627,32 @@ impl Quic {
         let peers: Vec<Option<Arc<PeerIo>>> = (0..size)
             .map(|p| is_peer(p).then(|| Arc::new(PeerIo::new(p))))
             .collect();
-        let higher = (me + 1..size).filter(|&p| is_peer(p)).count();
-        let deadline = Instant::now() + CONNECT_DEADLINE;
-        let conns: Vec<Wire> = rt.block_on(async {
-            let mut out = Vec::new();
-            // Connect to every lower rank.
-            for peer in (0..me).filter(|&p| is_peer(p)) {
-                let addr: SocketAddr = loop {
-                    if let Some(a) = lookup(peer) {
-                        break a;
-                    }
-                    if Instant::now() > deadline {
-                        return Err(Error::Bootstrap(format!(
-                            "rank {peer} never published its QUIC address"
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                };
-                let conn = endpoint
-                    .connect(addr, &server_name(peer))
-                    .map_err(|e| {
-                        Error::Bootstrap(format!("connecting to rank {peer} at {addr}: {e}"))
-                    })?
-                    .await
-                    .map_err(|e| {
-                        Error::Bootstrap(format!("connecting to rank {peer} at {addr}: {e}"))
-                    })?;
-                let (mut d_tx, d_rx) = conn
-                    .open_bi()
-                    .await
-                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
-                let (a_tx, a_rx) = conn
-                    .open_bi()
-                    .await
-                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
-                d_tx.write_all(&(me as u32).to_le_bytes())
-                    .await
-                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
-                // A stream shows up at the peer only once it carries data: acknowledge 0.
-                let mut a_tx = a_tx;
-                a_tx.write_all(&0u64.to_le_bytes())
-                    .await
-                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
-                out.push((peer, conn, [(d_tx, d_rx), (a_tx, a_rx)]));
-            }
-            // Accept every higher rank. A handshake that fails is someone without the job's
-            // credentials (or a rank that gave up): it does not count, and does not stop us.
-            let mut accepted = 0;
-            while accepted < higher {
-                let incoming = tokio::time::timeout_at(deadline.into(), endpoint.accept())
-                    .await
-                    .map_err(|_| {
-                        Error::Bootstrap(format!("rank {me}: higher ranks never connected"))
-                    })?
-                    .ok_or_else(|| Error::Bootstrap("QUIC endpoint closed".into()))?;
-                let conn = match incoming.await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "refused a connection while wiring the job");
-                        continue;
-                    }
-                };
-                let (d_tx, mut d_rx) = conn
-                    .accept_bi()
-                    .await
-                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
-                let mut id = [0u8; 4];
-                d_rx.read_exact(&mut id)
-                    .await
-                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
-                let (mut a_tx, a_rx) = conn
-                    .accept_bi()
-                    .await
-                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
-                a_tx.write_all(&0u64.to_le_bytes())
-                    .await
-                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
-                let peer = u32::from_le_bytes(id) as usize;
-                if peer < size {
-                    check_pin(&trust, &conn, peer)?;
-                }
-                if peer <= me
-                    || peer >= size
-                    || !is_peer(peer)
-                    || out.iter().any(|(p, _, _)| *p == peer)
-                {
-                    return Err(Error::Bootstrap(format!(
-                        "unexpected greeting from rank {peer} at rank {me}"
-                    )));
-                }
-                out.push((peer, conn, [(d_tx, d_rx), (a_tx, a_rx)]));
-                accepted += 1;
-            }
-            // Both directions work once each side has heard the other's first acknowledgement.
-            for (peer, _, [_, (_, a_rx)]) in out.iter_mut() {
-                let mut b = [0u8; 8];
-                tokio::time::timeout_at(deadline.into(), a_rx.read_exact(&mut b))
-                    .await
-                    .map_err(|_| Error::Bootstrap(format!("rank {peer} never answered")))?
-                    .map_err(|e| Error::Bootstrap(format!("rank {peer}: {e}")))?;
-            }
-            Ok(out)
-        })?;
-        // Later connections are not part of the job's wiring: let the handshake (which checks
-        // the job's credentials) run, then close whatever got through.
-        let late = endpoint.clone();
-        rt.spawn(async move {
-            while let Some(incoming) = late.accept().await {
-                tokio::spawn(async move {
-                    match incoming.await {
-                        Ok(conn) => conn.close(1u32.into(), b"the job is already wired"),
-                        Err(e) => tracing::warn!(error = %e, "refused a connection"),
-                    }
-                });
-            }
-        });
         let (exit_tx, exit_rx) = tokio::sync::watch::channel(false);
         let exit = Arc::new(ExitFlush {
             driver: rt.clone(),
             exiting: exit_tx,
-            flushed: AtomicUsize::new(0),
-            streams: 2 * conns.len(),
-            conns: conns.iter().map(|(_, c, _)| c.clone()).collect(),
+            pending: AtomicUsize::new(0),
+            dialing: AtomicUsize::new(0),
+            conns: Mutex::new(Vec::new()),
         });
-        for (peer, conn, [(d_tx, d_rx), (a_tx, a_rx)]) in conns {
-            let io = peers[peer].clone().expect("a peer");
-            rt.spawn(reader(
-                io.clone(),
-                signal.clone(),
-                d_rx,
-                a_tx,
-                exit_rx.clone(),
-                exit.clone(),
-            ));
-            rt.spawn(writer(
-                io.clone(),
-                signal.clone(),
-                d_tx,
-                exit_rx.clone(),
-                exit.clone(),
-            ));
-            rt.spawn(acks(a_rx));
-            drop(conn);
-        }
+        let net = Arc::new(Net {
+            me,
+            endpoint,
+            trust,
+            lookup,
+            peers,
+            signal,
+            exit: exit.clone(),
+            exiting: exit_rx,
+        });
+        rt.spawn(accept_all(net.clone()));
         // The helper first: the exit flush relies on it.
         rt.start()
             .map_err(|e| Error::io("starting the QUIC thread", e))?;
         if EXIT.set(exit).is_ok() {
             crate::at_exit::add(flush_at_exit);
         }
-        Ok(Quic {
-            peers,
-            signal,
-            driver: rt,
-            _endpoint: endpoint,
-        })
+        Ok(Quic { net, driver: rt })
     }
 
     /// Run `sleep`, a wait on something else than this transport (a shared-memory doorbell,
@@ -793,36 +664,306 @@ impl Quic {
 
     /// Sleep on the condition variable the I/O tasks signal (another thread drives).
     fn wait_signalled(&self, timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
-        let _waiting = Count::up(&self.signal.waiting);
-        let before = *self.signal.seq.lock().unwrap_or_else(|p| p.into_inner());
+        let signal = &self.net.signal;
+        let _waiting = Count::up(&signal.waiting);
+        let before = *signal.seq.lock().unwrap_or_else(|p| p.into_inner());
         if !prepare() {
-            let g = self.signal.seq.lock().unwrap_or_else(|p| p.into_inner());
+            let g = signal.seq.lock().unwrap_or_else(|p| p.into_inner());
             if *g == before {
-                let _ = self.signal.cv.wait_timeout(g, timeout);
+                let _ = signal.cv.wait_timeout(g, timeout);
             }
         }
     }
 
     fn io(&self, peer: usize) -> Result<&Arc<PeerIo>> {
-        self.peers
+        self.net
+            .peers
             .get(peer)
             .and_then(|p| p.as_ref())
             .ok_or(Error::InvalidRank {
                 rank: peer as i64,
-                size: self.peers.len(),
+                size: self.net.peers.len(),
             })
+    }
+
+    /// Connect to `peer` unless we are connected or connecting.
+    fn want(&self, io: &Arc<PeerIo>) {
+        let mut link = io.link.lock().unwrap_or_else(|p| p.into_inner());
+        if *link == Link::Idle && !io.gone.load(SeqCst) {
+            *link = Link::Dialing;
+            drop(link);
+            self.net.exit.dialing.fetch_add(1, SeqCst);
+            let task = Pending::up(&self.net.exit);
+            self.driver.spawn(dial(self.net.clone(), io.clone(), task));
+        }
+    }
+
+    /// How many peers this rank has a connection to (tests and diagnostics).
+    #[cfg(test)]
+    fn connected(&self) -> usize {
+        self.net
+            .peers
+            .iter()
+            .flatten()
+            .filter(|io| *io.link.lock().unwrap() == Link::Up)
+            .count()
     }
 }
 
+/// How a rank finds a peer's QUIC address: `None` while it does not know it yet.
+pub(crate) type Lookup = Box<dyn Fn(usize) -> Option<SocketAddr> + Send + Sync>;
+
+/// What the connection tasks share.
+struct Net {
+    me: usize,
+    endpoint: quinn::Endpoint,
+    trust: Trust,
+    lookup: Lookup,
+    peers: Vec<Option<Arc<PeerIo>>>,
+    signal: Arc<Signal>,
+    exit: Arc<ExitFlush>,
+    exiting: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Net {
+    fn server_name(&self, peer: usize) -> String {
+        match &self.trust {
+            Trust::JobCa(_) => SERVER_NAME.to_string(),
+            Trust::Pinned(..) => pinned_name(peer),
+        }
+    }
+
+    /// Take `conn` (with its frame stream) as the connection to `io`'s peer: start its
+    /// reader and writer, which drains what was written while we connected.
+    fn start(
+        &self,
+        io: &Arc<PeerIo>,
+        conn: quinn::Connection,
+        tx: quinn::SendStream,
+        rx: quinn::RecvStream,
+    ) {
+        self.exit
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        tokio::spawn(reader(
+            io.clone(),
+            self.signal.clone(),
+            rx,
+            self.exiting.clone(),
+        ));
+        tokio::spawn(writer(
+            io.clone(),
+            self.signal.clone(),
+            tx,
+            self.exiting.clone(),
+            Pending::up(&self.exit),
+        ));
+        self.signal.bump();
+    }
+}
+
+/// Connection codes: why a connection was closed.
+const CLOSE_EXITED: u32 = 0;
+const CLOSE_REFUSED: u32 = 1;
+/// Both ranks dialled each other: the lower rank's connection gives way.
+const CLOSE_CROSSED: u32 = 2;
+/// The acceptor's answer to a greeting it takes.
+const TAKEN: u8 = 1;
+/// How long a greeting may take once the handshake is done.
+const GREETING_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Connect to `io`'s peer, at our first write to it (or, without a job board, to learn
+/// whether it is alive), and start the connection's tasks. When both ranks dial at once,
+/// the connection the higher rank dialled is the one kept: the higher rank refuses the
+/// lower's dial (closing it as crossed) while its own is pending, and the lower rank takes
+/// the higher's whatever its own dial is doing. Writers start only on the kept connection,
+/// so nothing is written twice or lost.
+async fn dial(net: Arc<Net>, io: Arc<PeerIo>, _task: Pending) {
+    let outcome = dial_once(&net, &io).await;
+    net.exit.dialing.fetch_sub(1, SeqCst);
+    let failed = match outcome {
+        Ok(Some((conn, tx, rx))) => {
+            let mut link = io.link.lock().unwrap_or_else(|p| p.into_inner());
+            if *link == Link::Up {
+                // The peer's dial won meanwhile (cannot happen by the rule, but be safe).
+                conn.close(CLOSE_CROSSED.into(), b"crossed");
+            } else {
+                *link = Link::Up;
+                drop(link);
+                net.start(&io, conn, tx, rx);
+            }
+            None
+        }
+        // The higher rank dials us: its connection is the one. Wait for it.
+        Ok(None) => {
+            let until = tokio::time::Instant::now() + CONNECT_DEADLINE;
+            loop {
+                if *io.link.lock().unwrap_or_else(|p| p.into_inner()) == Link::Up {
+                    break None;
+                }
+                if io.ended() || tokio::time::Instant::now() >= until {
+                    break Some("it never connected to us".to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        Err(e) => Some(e),
+    };
+    if let Some(why) = failed {
+        if *io.link.lock().unwrap_or_else(|p| p.into_inner()) != Link::Up {
+            io.lose(why);
+            net.signal.bump();
+        }
+    }
+}
+
+/// The connection to `io`'s peer with its frame stream, `None` if the peer refused it
+/// because its own dial to us is the one to keep, or why it failed.
+async fn dial_once(
+    net: &Net,
+    io: &PeerIo,
+) -> std::result::Result<Option<(quinn::Connection, quinn::SendStream, quinn::RecvStream)>, String>
+{
+    let peer = io.rank;
+    let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
+    let addr = loop {
+        if let Some(a) = (net.lookup)(peer) {
+            break a;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err("it never published its QUIC address".into());
+        }
+        if io.ended() {
+            return Err("it ended before we connected".into());
+        }
+        if *net.exiting.borrow() && io.outbox.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return Err("this rank exited before it connected".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let failed = |e: &dyn std::fmt::Display| format!("connecting to rank {peer} at {addr}: {e}");
+    let conn = net
+        .endpoint
+        .connect(addr, &net.server_name(peer))
+        .map_err(|e| failed(&e))?
+        .await
+        .map_err(|e| failed(&e))?;
+    let greet = async {
+        let (mut tx, mut rx) = conn.open_bi().await?;
+        tx.write_all(&(net.me as u32).to_le_bytes()).await?;
+        let mut answer = [0u8; 1];
+        rx.read_exact(&mut answer).await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((answer[0], tx, rx))
+    };
+    match tokio::time::timeout(GREETING_DEADLINE, greet).await {
+        Ok(Ok((TAKEN, tx, rx))) => Ok(Some((conn, tx, rx))),
+        Ok(Ok((other, ..))) => Err(failed(&format!("unknown answer {other}"))),
+        Err(_) => Err(failed(&"it did not answer our greeting")),
+        Ok(Err(e)) => match conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(c))
+                if c.error_code == CLOSE_CROSSED.into() =>
+            {
+                Ok(None)
+            }
+            _ => Err(failed(&e)),
+        },
+    }
+}
+
+/// Take every connection that comes in, each in its own task. A handshake that fails is
+/// someone without the job's credentials: it does not count, and does not stop us.
+async fn accept_all(net: Arc<Net>) {
+    while let Some(incoming) = net.endpoint.accept().await {
+        let net = net.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(&net, incoming).await {
+                tracing::warn!(error = %e, "refused a connection");
+            }
+        });
+    }
+}
+
+/// Read a dialling rank's greeting and keep its connection, or refuse it (see [`dial`]).
+async fn answer(net: &Net, incoming: quinn::Incoming) -> std::result::Result<(), String> {
+    let conn = incoming.await.map_err(|e| e.to_string())?;
+    let greet = async {
+        let (tx, mut rx) = conn.accept_bi().await?;
+        let mut id = [0u8; 4];
+        rx.read_exact(&mut id).await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((u32::from_le_bytes(id) as usize, tx, rx))
+    };
+    let (peer, mut tx, rx) = match tokio::time::timeout(GREETING_DEADLINE, greet).await {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => return Err(format!("no greeting: {e}")),
+        Err(_) => {
+            conn.close(CLOSE_REFUSED.into(), b"no greeting");
+            return Err("no greeting".into());
+        }
+    };
+    let refuse = |why: String| {
+        conn.close(CLOSE_REFUSED.into(), why.as_bytes());
+        Err(why)
+    };
+    let Some(io) = net.peers.get(peer).and_then(Option::as_ref) else {
+        return refuse(format!("unexpected greeting from rank {peer} at rank {}", net.me));
+    };
+    if let Err(e) = check_pin(&net.trust, &conn, peer) {
+        return refuse(e.to_string());
+    }
+    let take = {
+        let mut link = io.link.lock().unwrap_or_else(|p| p.into_inner());
+        let take = match *link {
+            Link::Idle => true,
+            // Crossed dials: the higher rank's connection is kept.
+            Link::Dialing => peer > net.me,
+            Link::Up => false,
+        };
+        if take {
+            *link = Link::Up;
+        }
+        take
+    };
+    if !take {
+        conn.close(CLOSE_CROSSED.into(), b"crossed");
+        return Ok(());
+    }
+    if let Err(e) = tx.write_all(&[TAKEN]).await {
+        io.lose(format!("its connection failed: {e}"));
+        net.signal.bump();
+        return Ok(());
+    }
+    net.start(io, conn, tx, rx);
+    Ok(())
+}
+
 /// What the process does on its way out: finish every stream it sends on and wait (briefly)
-/// until the peers have everything, so its last messages and acknowledgements are not lost
-/// and the peers see a clean end of stream at once.
+/// until the peers have everything, so its last messages are not lost and the peers see it
+/// leave at once. A connection still being made to carry a last message gets longer.
 struct ExitFlush {
     driver: Arc<Driver>,
     exiting: tokio::sync::watch::Sender<bool>,
-    flushed: AtomicUsize,
-    streams: usize,
-    conns: Vec<quinn::Connection>,
+    /// Tasks the exit waits for: dials, and writers until their stream is finished.
+    pending: AtomicUsize,
+    dialing: AtomicUsize,
+    conns: Mutex<Vec<quinn::Connection>>,
+}
+
+/// One task [`ExitFlush`] waits for, counted while it lives.
+struct Pending(Arc<ExitFlush>);
+
+impl Pending {
+    fn up(exit: &Arc<ExitFlush>) -> Pending {
+        exit.pending.fetch_add(1, SeqCst);
+        Pending(exit.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, SeqCst);
+    }
 }
 
 static EXIT: std::sync::OnceLock<Arc<ExitFlush>> = std::sync::OnceLock::new();
@@ -830,22 +971,27 @@ static EXIT: std::sync::OnceLock<Arc<ExitFlush>> = std::sync::OnceLock::new();
 fn flush_at_exit() {
     let Some(exit) = EXIT.get() else { return };
     let _ = exit.exiting.send(true);
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let start = Instant::now();
+    let flushed = || {
+        exit.pending.load(SeqCst) == 0
+            || (exit.dialing.load(SeqCst) == 0 && start.elapsed() >= Duration::from_secs(3))
+    };
     exit.driver
-        .wait_until(|| exit.flushed.load(SeqCst) >= exit.streams, deadline);
+        .wait_until(flushed, start + Duration::from_secs(20));
     // Say goodbye on every connection: a peer that outlives us learns at once that we are
     // gone, instead of waiting for the idle timeout. Give the runtime a moment to send it.
-    for c in exit.conns.iter() {
-        c.close(0u32.into(), b"rank exited");
+    let conns = exit.conns.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for c in conns.iter() {
+        c.close(CLOSE_EXITED.into(), b"rank exited");
     }
-    if !exit.conns.is_empty() {
+    if !conns.is_empty() {
         exit.driver
             .wait_until(|| false, Instant::now() + Duration::from_millis(5));
     }
 }
 
 /// Finish a stream we send on and wait until the peer has all of it (unless it is gone).
-async fn finish(mut tx: quinn::SendStream, io: &PeerIo, exit: &ExitFlush) {
+async fn finish(mut tx: quinn::SendStream, io: &PeerIo) {
     if !io.ended() && tx.finish().is_ok() {
         // Up to 2 s, less when the peer turns out to be gone (a killed peer never answers).
         let until = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -862,7 +1008,6 @@ async fn finish(mut tx: quinn::SendStream, io: &PeerIo, exit: &ExitFlush) {
             }
         }
     }
-    exit.flushed.fetch_add(1, SeqCst);
 }
 
 /// Frames in: append to the inbox, signal the rank.
@@ -870,16 +1015,17 @@ async fn reader(
     io: Arc<PeerIo>,
     signal: Arc<Signal>,
     mut rx: quinn::RecvStream,
-    ack: quinn::SendStream,
     mut exiting: tokio::sync::watch::Receiver<bool>,
-    exit: Arc<ExitFlush>,
 ) {
     loop {
         while io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len > IN_LIMIT {
             tokio::select! {
                 _ = io.inbox_space.notified() => {}
-                // Exiting with a full inbox: stop reading (below) rather than wait for room.
-                _ = exiting.changed() => break,
+                // Exiting with a full inbox: stop reading rather than wait for room.
+                _ = exiting.changed() => {
+                    let _ = rx.stop(0u32.into());
+                    return;
+                }
             }
         }
         let got = tokio::select! {
@@ -887,7 +1033,6 @@ async fn reader(
             _ = exiting.changed() => {
                 // We read no more: tell the peer at once, so it does not wait for us.
                 let _ = rx.stop(0u32.into());
-                finish(ack, &io, &exit).await;
                 return;
             }
         };
@@ -914,8 +1059,6 @@ async fn reader(
         }
     }
     signal.bump();
-    let _ = exiting.changed().await;
-    finish(ack, &io, &exit).await;
 }
 
 /// Frames out: drain the outbox into the stream.
@@ -924,7 +1067,7 @@ async fn writer(
     signal: Arc<Signal>,
     mut tx: quinn::SendStream,
     mut exiting: tokio::sync::watch::Receiver<bool>,
-    exit: Arc<ExitFlush>,
+    _task: Pending,
 ) {
     loop {
         // Everything written so far, handed to quinn as it is (no copy).
@@ -947,21 +1090,11 @@ async fn writer(
         if let Err(e) = tx.write_chunk(chunk).await {
             io.lose(format!("writing to it failed: {e}"));
             signal.bump();
-            let _ = exiting.changed().await;
-            break;
+            return;
         }
         signal.bump();
     }
-    finish(tx, &io, &exit).await;
-}
-
-/// The acknowledgement stream, read to its end (which the peer's exit flush waits for). Only
-/// the first acknowledgement, at start-up, says anything: that both directions work. (Later
-/// ones used to wake a rank asleep on a condition variable; waiting threads now drive the
-/// runtime themselves.)
-async fn acks(mut rx: quinn::RecvStream) {
-    let mut b = [0u8; 8];
-    while rx.read_exact(&mut b).await.is_ok() {}
+    finish(tx, &io).await;
 }
 
 impl Transport for Quic {
@@ -978,6 +1111,7 @@ impl Transport for Quic {
                 detail: why.unwrap_or_else(|| "its connection closed".into()),
             });
         }
+        self.want(io);
         let n = {
             let mut ob = io.outbox.lock().unwrap_or_else(|p| p.into_inner());
             let n = buf.len().min(OUT_LIMIT.saturating_sub(ob.len()));
@@ -999,7 +1133,7 @@ impl Transport for Quic {
     }
 
     fn readable(&self, peer: usize) -> bool {
-        self.peers[peer]
+        self.net.peers[peer]
             .as_ref()
             .is_some_and(|io| io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len > 0)
     }
@@ -1017,17 +1151,17 @@ impl Transport for Quic {
     }
 
     fn wake_self(&self) {
-        self.signal.bump();
+        self.net.signal.bump();
     }
 
     fn wait(&self, _want_write: &[usize], timeout: Duration, prepare: &mut dyn FnMut() -> bool) {
         if self.driver.can_drive() {
             // Park in the runtime, driving it, until its tasks signal. Registered before
             // `prepare` looks, so a signal after that look is not lost.
-            let notified = self.signal.notify.notified();
+            let notified = self.net.signal.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let _parked = Count::up(&self.signal.parked);
+            let _parked = Count::up(&self.net.signal.parked);
             if !prepare() {
                 self.driver.park(notified, timeout);
             }
@@ -1039,7 +1173,12 @@ impl Transport for Quic {
     }
 
     fn peer_gone(&self, peer: usize) -> Option<String> {
-        let io = self.peers.get(peer)?.as_ref()?;
+        let io = self.net.peers.get(peer)?.as_ref()?;
+        // Without a job board to say who ended, connecting is how we learn that a peer we
+        // never talked to is gone (its address is dead, or it never starts).
+        if crate::board::global().is_none() {
+            self.want(io);
+        }
         // Gone only once everything it sent has been read.
         if io.gone.load(SeqCst) && io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len == 0 {
             return Some(
@@ -1080,8 +1219,32 @@ mod tests {
         assert_eq!((ib.len, ib.take(&mut more)), (0, 0));
     }
 
-    fn bound(me: usize, id: Identity) -> Bound {
-        Bound::new(me, 2, Trust::Pinned(id, Pins::default()), None, None).expect("bind")
+    fn bound(me: usize, size: usize, id: Identity) -> Bound {
+        Bound::new(me, size, Trust::Pinned(id, Pins::default()), None, None).expect("bind")
+    }
+
+    /// `n` ranks in this process, each with a pinned certificate of its own, wired with
+    /// `lookup(bounds' addresses, peer)`.
+    fn ranks(
+        n: usize,
+        lookup: impl Fn(&[SocketAddr], usize) -> Option<SocketAddr> + Clone + Send + Sync + 'static,
+    ) -> Vec<Quic> {
+        let ids: Vec<Identity> = (0..n).map(|_| Identity::generate().unwrap()).collect();
+        let pins: Vec<Fingerprint> = ids.iter().map(Identity::fingerprint).collect();
+        let bounds: Vec<Bound> = ids
+            .into_iter()
+            .enumerate()
+            .map(|(r, id)| bound(r, n, id))
+            .collect();
+        let addrs: Vec<SocketAddr> = bounds.iter().map(|b| b.local_addr().unwrap()).collect();
+        bounds
+            .into_iter()
+            .map(|b| {
+                b.pin(pins.clone()).unwrap();
+                let (addrs, lookup) = (addrs.clone(), lookup.clone());
+                Quic::wire(b, &[], None, Box::new(move |p| lookup(&addrs, p))).unwrap()
+            })
+            .collect()
     }
 
     fn read_all(q: &Quic, peer: usize, want: usize) -> Vec<u8> {
@@ -1091,6 +1254,7 @@ mod tests {
         while n < want && Instant::now() < until {
             n += q.read(peer, &mut got[n..]).expect("read");
             if n < want {
+                q.drive();
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -1098,52 +1262,140 @@ mod tests {
         got
     }
 
+    /// As the engine does: write all of `data` to `peer` (pushing after each write).
+    fn send(q: &Quic, peer: usize, data: &[u8]) {
+        let mut at = 0;
+        while at < data.len() {
+            at += q.write(peer, &data[at..]).expect("write");
+            q.notify(peer);
+            if at < data.len() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Write to `peer` until the transport says it is lost; why.
+    fn until_lost(q: &Quic, peer: usize) -> String {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            match q.write(peer, b"x") {
+                Err(Error::PeerLost { detail, .. }) => return detail,
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(_) => q.notify(peer),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("rank {peer} never counted as lost");
+    }
+
     /// Two ranks with self-signed certificates pinned by fingerprint (a job started by srun)
-    /// connect and talk; a process with a certificate of its own is refused on both sides:
-    /// as a client (rank 0 goes on accepting and wires with the real rank 1), and as a
-    /// server posing as rank 0 (rank 1's handshake fails).
+    /// connect when they first talk; a process with a certificate of its own is refused on
+    /// both sides: as a client posing as rank 1 (rank 0 takes no connection from it, and
+    /// then talks with the real rank 1), and as a server posing as rank 0 (rank 1's
+    /// connection fails, and rank 0 counts as lost, saying why).
     #[test]
     fn pinned_ranks_connect_and_strangers_are_refused() {
         let ids = [Identity::generate().unwrap(), Identity::generate().unwrap()];
         let pins = vec![ids[0].fingerprint(), ids[1].fingerprint()];
         let [id0, id1] = ids;
-        let (b0, b1) = (bound(0, id0), bound(1, id1));
+        let (b0, b1) = (bound(0, 2, id0), bound(1, 2, id1));
         b0.pin(pins.clone()).unwrap();
         b1.pin(pins.clone()).unwrap();
         let addrs = [b0.local_addr().unwrap(), b1.local_addr().unwrap()];
+        let q0 = Quic::wire(b0, &[], None, Box::new(move |p| Some(addrs[p]))).unwrap();
+        let q1 = Quic::wire(b1, &[], None, Box::new(move |p| Some(addrs[p]))).unwrap();
+        assert_eq!((q0.connected(), q1.connected()), (0, 0), "connected early");
 
         // A stranger knows the pins and rank 0's address, and tries to be rank 1.
-        let stranger = bound(1, Identity::generate().unwrap());
+        let stranger = bound(1, 2, Identity::generate().unwrap());
         stranger.pin(pins.clone()).unwrap();
         let to_rank0 = addrs[0];
-        let posed = std::thread::spawn(move || {
-            Quic::wire(stranger, &[], None, &|_| Some(to_rank0)).map(drop)
-        });
-        let r0 = std::thread::spawn(move || Quic::wire(b0, &[], None, &|p| Some(addrs[p])));
+        let posed = Quic::wire(stranger, &[], None, Box::new(move |_| Some(to_rank0))).unwrap();
         // Its handshake completes on its side (TLS 1.3 checks the client last), then the
-        // connection is refused: which error it sees first varies.
-        posed.join().unwrap().expect_err("the stranger got in");
-        let q1 = Quic::wire(b1, &[], None, &|p| Some(addrs[p])).expect("rank 1 wires");
-        let q0 = r0.join().unwrap().expect("rank 0 wires");
-        // As the engine does: write, then notify (which sends).
-        q1.write(0, b"hello, pinned").unwrap();
-        q1.notify(0);
+        // connection is refused: which error it sees varies.
+        until_lost(&posed, 0);
+        assert_eq!(q0.connected(), 0, "rank 0 took the stranger");
+
+        send(&q1, 0, b"hello, pinned");
         assert_eq!(read_all(&q0, 1, 13), b"hello, pinned");
-        q0.write(1, b"hi").unwrap();
-        q0.notify(1);
+        send(&q0, 1, b"hi");
         assert_eq!(read_all(&q1, 0, 2), b"hi");
+        assert_eq!((q0.connected(), q1.connected()), (1, 1));
 
         // A stranger serving at an address rank 1 takes for rank 0's.
-        let fake0 = bound(0, Identity::generate().unwrap());
+        let fake0 = bound(0, 2, Identity::generate().unwrap());
         fake0.pin(pins.clone()).unwrap();
         let fake_addr = fake0.local_addr().unwrap();
-        std::thread::spawn(move || Quic::wire(fake0, &[], None, &|_| None).map(drop));
-        let again = bound(1, Identity::generate().unwrap());
+        let _fake = Quic::wire(fake0, &[], None, Box::new(|_| None)).unwrap();
+        let again = bound(1, 2, Identity::generate().unwrap());
         again.pin(pins).unwrap();
-        let e = Quic::wire(again, &[], None, &|_| Some(fake_addr))
-            .map(drop)
-            .expect_err("rank 1 trusted a stranger as rank 0");
-        assert!(e.to_string().contains("connecting to rank 0"), "{e}");
-        assert!(e.to_string().contains("certificate"), "{e}");
+        let q = Quic::wire(again, &[], None, Box::new(move |_| Some(fake_addr))).unwrap();
+        let why = until_lost(&q, 0);
+        assert!(why.contains("connecting to rank 0"), "{why}");
+        assert!(why.contains("certificate"), "{why}");
+    }
+
+    /// Two ranks dial each other at the same moment (both wrote before either knew the
+    /// other's address): one connection is kept, the higher rank's, and what each wrote
+    /// arrives once, in order, whichever rank is the lower.
+    #[test]
+    fn crossed_dials_keep_one_connection_and_lose_nothing() {
+        for _ in 0..5 {
+            let go = Arc::new(AtomicBool::new(false));
+            let g = go.clone();
+            let q = ranks(2, move |a, p| g.load(SeqCst).then(|| a[p]));
+            let m: Vec<Vec<u8>> = (0..2u8)
+                .map(|r| (0..200_000u32).map(|i| (i as u8) ^ r).collect())
+                .collect();
+            // Both write (and so dial) while neither can find the other.
+            q[0].write(1, &m[0][..1000]).unwrap();
+            q[1].write(0, &m[1][..1000]).unwrap();
+            go.store(true, SeqCst);
+            std::thread::scope(|s| {
+                s.spawn(|| send(&q[0], 1, &m[0][1000..]));
+                s.spawn(|| send(&q[1], 0, &m[1][1000..]));
+                s.spawn(|| assert!(read_all(&q[1], 0, m[0].len()) == m[0], "0 to 1"));
+                assert!(read_all(&q[0], 1, m[1].len()) == m[1], "1 to 0");
+            });
+            assert_eq!((q[0].connected(), q[1].connected()), (1, 1));
+            // Nothing more arrives (nothing was written twice).
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!q[0].readable(1) && !q[1].readable(0), "bytes twice");
+        }
+    }
+
+    /// Connections are made only between ranks that talk: `n` ranks passing a message
+    /// round a ring hold two connections each, not `n - 1` (the simulation of start-up
+    /// cost per rank: what each rank opens grows with whom it talks to, not with `n`);
+    /// then everyone writing to everyone connects every pair, once.
+    #[test]
+    fn only_ranks_that_talk_connect() {
+        let n = 12;
+        let q = ranks(n, |a, p| Some(a[p]));
+        std::thread::scope(|s| {
+            for (r, qr) in q.iter().enumerate() {
+                s.spawn(move || {
+                    send(qr, (r + 1) % n, &[r as u8; 100]);
+                    let prev = (r + n - 1) % n;
+                    assert_eq!(read_all(qr, prev, 100), vec![prev as u8; 100]);
+                });
+            }
+        });
+        let held: Vec<usize> = q.iter().map(Quic::connected).collect();
+        assert_eq!(held, vec![2; n], "connections per rank after a ring");
+        std::thread::scope(|s| {
+            for (r, qr) in q.iter().enumerate() {
+                s.spawn(move || {
+                    for p in (0..n).filter(|&p| p != r) {
+                        send(qr, p, &[r as u8 + 100; 10]);
+                    }
+                    for p in (0..n).filter(|&p| p != r) {
+                        assert_eq!(read_all(qr, p, 10), vec![p as u8 + 100; 10]);
+                    }
+                });
+            }
+        });
+        let held: Vec<usize> = q.iter().map(Quic::connected).collect();
+        assert_eq!(held, vec![n - 1; n], "connections per rank after all-to-all");
     }
 }
