@@ -163,6 +163,9 @@ pub(crate) struct Core {
     pub host_ids: Vec<u32>,
     /// The host's job board (under the launcher): how ranks ended, what we are blocked in.
     pub board: Option<std::sync::Arc<crate::board::Board>>,
+    /// When the transport first said each peer was gone while the board had no record of
+    /// its end (see [`Core::peer_gone`]).
+    gone_news: Mutex<Vec<Option<Instant>>>,
 }
 
 impl Core {
@@ -199,6 +202,7 @@ impl Core {
             host,
             host_ids: vec![0; size],
             board: None,
+            gone_news: Mutex::new(vec![None; size]),
         }
     }
 
@@ -446,7 +450,20 @@ impl Core {
             }
         }
         let why = self.t.peer_gone(peer)?;
-        Some(ended.map_or(why, |(how, _)| how.to_string()))
+        if let Some((how, _)) = ended {
+            return Some(how.to_string());
+        }
+        // The transport's news (a stream that ended as the peer began to exit) can come
+        // before the launcher records the end. The launcher must hear of the peer's failure
+        // before of any failure this news causes here (the job's exit code is the first
+        // failure's), so give the board a moment.
+        if self.board.is_some() {
+            let mut news = self.gone_news.lock().unwrap_or_else(|p| p.into_inner());
+            if news[peer].get_or_insert_with(Instant::now).elapsed() < BOARD_GRACE {
+                return None;
+            }
+        }
+        Some(why)
     }
 
     /// How a payload of `len` bytes to world rank `peer` goes.
@@ -801,5 +818,56 @@ impl Core {
             iter = 0;
             woke = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::board::{Board, Ending};
+
+    /// A transport whose every peer's stream has ended.
+    struct AllGone;
+
+    impl Transport for AllGone {
+        fn name(&self) -> &'static str {
+            "all-gone"
+        }
+        fn write(&self, _peer: usize, _buf: &[u8]) -> Result<usize> {
+            Ok(0)
+        }
+        fn read(&self, _peer: usize, _buf: &mut [u8]) -> Result<usize> {
+            Ok(0)
+        }
+        fn readable(&self, _peer: usize) -> bool {
+            false
+        }
+        fn notify(&self, _peer: usize) {}
+        fn wake_self(&self) {}
+        fn wait(&self, _w: &[usize], _t: Duration, _prepare: &mut dyn FnMut() -> bool) {}
+        fn peer_gone(&self, _peer: usize) -> Option<String> {
+            Some("its stream ended".into())
+        }
+    }
+
+    /// A peer whose stream ended is not taken for gone before the launcher records its
+    /// end (so the launcher hears of its failure before of any it causes here), unless the
+    /// record is slow to come; with the record, the error says how the peer ended.
+    #[test]
+    fn a_lost_stream_waits_for_the_launcher_to_record_the_end() {
+        let p = std::env::temp_dir().join(format!("ranks-gone-news-{}", std::process::id()));
+        let board = std::sync::Arc::new(Board::create(&p, 3).unwrap());
+        let tuning = Tuning::resolve(&crate::config::Tuning::default(), 3);
+        let core = Core::new(0, 3, Box::new(AllGone), tuning, "h".into()).with_board(board.clone());
+        assert_eq!(core.peer_gone(1), None, "gone before the board knows");
+        board.set_ended(1, Ending::Code(101));
+        assert_eq!(
+            core.peer_gone(1).as_deref(),
+            Some("it exited with code 101")
+        );
+        // No record: after the grace, the transport's word.
+        assert_eq!(core.peer_gone(2), None);
+        std::thread::sleep(BOARD_GRACE);
+        assert_eq!(core.peer_gone(2).as_deref(), Some("its stream ended"));
     }
 }

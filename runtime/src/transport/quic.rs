@@ -838,7 +838,13 @@ async fn dial_once(
         if io.ended() {
             return Err("it ended before we connected".into());
         }
-        if *net.exiting.borrow() && io.outbox.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+        if *net.exiting.borrow()
+            && io
+                .outbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        {
             return Err("this rank exited before it connected".into());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -907,7 +913,10 @@ async fn answer(net: &Net, incoming: quinn::Incoming) -> std::result::Result<(),
         Err(why)
     };
     let Some(io) = net.peers.get(peer).and_then(Option::as_ref) else {
-        return refuse(format!("unexpected greeting from rank {peer} at rank {}", net.me));
+        return refuse(format!(
+            "unexpected greeting from rank {peer} at rank {}",
+            net.me
+        ));
     };
     if let Err(e) = check_pin(&net.trust, &conn, peer) {
         return refuse(e.to_string());
@@ -1396,6 +1405,10 @@ mod tests {
             }
         });
         let held: Vec<usize> = q.iter().map(Quic::connected).collect();
-        assert_eq!(held, vec![n - 1; n], "connections per rank after all-to-all");
+        assert_eq!(
+            held,
+            vec![n - 1; n],
+            "connections per rank after all-to-all"
+        );
     }
 }
