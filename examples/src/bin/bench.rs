@@ -1,7 +1,7 @@
 //! OSU-style micro-benchmarks, same tests and output format as `../shared/bench/mpi_bench.c`
 //! so figures can be compared line by line.
 //!
-//! Usage: `ranks run -n 2 bench latency|bw|stream [MiB]|barrier|allreduce|pairs|queue|pipe|lock|pool|hello`
+//! Usage: `ranks run -n 2 bench latency|bw|stream [MiB]|barrier|allreduce|pairs|queue|pipe|lock|pool|startup [none|ring|barrier|alltoall]|hello`
 //! Prints `<test> <bytes> <value> <unit>` lines on rank 0.
 
 use std::time::Instant;
@@ -50,6 +50,39 @@ fn latency(w: &Comm) -> Result<(), Error> {
 
 /// Rank 0 streams MiB (argument 2, default 1024) to rank 1 as 1 MiB messages, one after the
 /// other (blocking sends); rank 1 answers once it has everything.
+/// What a rank costs once the job has started and talked in `pattern` (none, ring,
+/// barrier, alltoall): each rank prints its peak resident memory (`rss RANK KIB`), so a
+/// script can see how it grows with the job's size (`bench/startup.sh`).
+fn startup(w: &Comm, pattern: &str) -> Result<(), Error> {
+    let (me, n) = (w.rank(), w.size());
+    match pattern {
+        "none" => {}
+        "ring" => {
+            let (got, _): (u64, _) =
+                w.sendrecv(&(me as u64), (me + 1) % n, 0, (me + n - 1) % n, 0)?;
+            assert_eq!(got as usize, (me + n - 1) % n);
+        }
+        "barrier" => w.barrier()?,
+        "alltoall" => {
+            let out: Vec<u64> = (0..n as u64).collect();
+            let back = w.all_to_all(out)?;
+            assert_eq!(back, vec![me as u64; n]);
+        }
+        other => {
+            eprintln!("unknown pattern {other:?}: none|ring|barrier|alltoall");
+            std::process::exit(2);
+        }
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    println!("rss {me} {kib}");
+    Ok(())
+}
+
 fn stream(w: &Comm) -> Result<(), Error> {
     let mib: usize = std::env::args()
         .nth(2)
@@ -364,6 +397,7 @@ fn main() -> Result<(), Error> {
         "pipe" => pipe(&w),
         "lock" => lock(&w),
         "pool" => pool(&w),
+        "startup" => startup(&w, std::env::args().nth(2).as_deref().unwrap_or("none")),
         "hello" => {
             if w.rank() == 0 {
                 println!("hello {}", w.size());
@@ -371,7 +405,7 @@ fn main() -> Result<(), Error> {
             Ok(())
         }
         other => {
-            eprintln!("unknown benchmark {other:?}: latency|bw|stream [MiB]|barrier|allreduce|pairs|queue|pipe|lock|pool|hello");
+            eprintln!("unknown benchmark {other:?}: latency|bw|stream [MiB]|barrier|allreduce|pairs|queue|pipe|lock|pool|startup [none|ring|barrier|alltoall]|hello");
             std::process::exit(2);
         }
     }

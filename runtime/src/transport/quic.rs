@@ -1,13 +1,19 @@
-//! QUIC transport (quinn on tokio): one connection per pair of ranks, mutually authenticated
-//! with the job's credentials, which the launcher makes fresh for every job.
+//! QUIC transport (quinn on tokio): one connection per pair of ranks that talk, mutually
+//! authenticated with the job's credentials, which the launcher makes fresh for every job.
 //!
-//! Each connection carries two bidirectional streams, opened by the higher rank: one for
-//! frames, one for the start-up acknowledgement. Tasks on a tokio runtime of the rank's own
-//! move bytes between the streams and per-peer buffers; the engine reads and writes those
-//! buffers without blocking. The rank's waiting threads drive that runtime themselves
-//! ([`super::driver`]): no thread hand-off per message. At exit (an `atexit` handler) every
-//! stream is finished and the process waits, briefly, until its peers have all of it: what a
-//! rank sent last is not lost, and the peers see it leave at once.
+//! Connections are made when first needed, not at start-up: a rank dials a peer at its
+//! first write to it (the bytes wait in the peer's outbox meanwhile) and accepts dials at any
+//! time, so a job opens only the connections its ranks use (a ring: two per rank, whatever
+//! the job's size). Each connection carries one bidirectional stream of frames, opened by
+//! the dialler with a greeting (its rank) that the other side answers. When two ranks dial
+//! each other at once, the higher rank's connection is kept (see [`dial`]).
+//!
+//! Tasks on a tokio runtime of the rank's own move bytes between the streams and per-peer
+//! buffers; the engine reads and writes those buffers without blocking. The rank's waiting
+//! threads drive that runtime themselves ([`super::driver`]): no thread hand-off per message.
+//! At exit (an `atexit` handler) every stream is finished and the process waits, briefly,
+//! until its peers have all of it: what a rank sent last is not lost (a connection still
+//! being made to carry it gets longer), and the peers see it leave at once.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -747,6 +753,7 @@ impl Net {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
+        tracing::debug!(peer = io.rank, "QUIC connection up");
         tokio::spawn(reader(
             io.clone(),
             self.signal.clone(),
