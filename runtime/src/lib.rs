@@ -54,6 +54,7 @@ pub use comm::{
 };
 pub use config::env;
 pub use error::{Error, Result};
+pub use group::{Comparison, Group};
 pub use primitives::manager::{Dict, List, Manager, Namespace};
 pub use primitives::pipe::Pipe;
 pub use primitives::pool::{AsyncResult, Pool};
