@@ -39,6 +39,7 @@ pub mod primitives;
 mod progress;
 mod protocol;
 mod request;
+mod topo;
 #[doc(hidden)]
 pub mod trace;
 #[doc(hidden)]
@@ -55,6 +56,7 @@ pub use comm::{
 pub use config::env;
 pub use error::{Error, Result};
 pub use group::{Comparison, Group};
+pub use topo::{dims_create, CartComm, Shift};
 pub use primitives::manager::{Dict, List, Manager, Namespace};
 pub use primitives::pipe::Pipe;
 pub use primitives::pool::{AsyncResult, Pool};
