@@ -56,7 +56,6 @@ pub use comm::{
 pub use config::env;
 pub use error::{Error, Result};
 pub use group::{Comparison, Group};
-pub use topo::{dims_create, CartComm, Shift};
 pub use primitives::manager::{Dict, List, Manager, Namespace};
 pub use primitives::pipe::Pipe;
 pub use primitives::pool::{AsyncResult, Pool};
@@ -64,6 +63,7 @@ pub use primitives::queue::Queue;
 pub use primitives::shared::{SharedArray, SharedMemory, SharedValue};
 pub use primitives::sync::{Barrier, Condition, Event, Lock, LockGuard, RLock, Semaphore};
 pub use protocol::matching::{ANY_SOURCE, ANY_TAG};
+pub use topo::{dims_create, CartComm, Shift};
 
 /// Re-exported so users can derive `Pod` for their own plain structs.
 pub use bytemuck::{Pod, Zeroable};

@@ -793,6 +793,206 @@ fn chaos(w: &Comm) -> R {
 /// `issend`s only after rank 0's "go": until then each request stays incomplete, whatever
 /// its size (a plain send of the small ones would be done at once). Then blocking `ssend`s
 /// the other way, and serde ones.
+/// Groups and communicator management against sequential references: set operations,
+/// translation, `create` (in the group's order), `compare`, and communicators made and
+/// dropped many times (their ids reused) without messages crossing.
+fn groups(w: &Comm) -> R {
+    use ranks::Comparison;
+    let (me, n) = (w.rank(), w.size());
+    let all = w.group();
+    assert_eq!((all.size(), all.rank()), (n, Some(me)));
+    let evens: Vec<usize> = (0..n).step_by(2).collect();
+    let odds: Vec<usize> = (1..n).step_by(2).collect();
+    let ge = all.incl(&evens)?;
+    let go = all.excl(&evens)?;
+    assert_eq!(go.world_ranks(), &odds[..]);
+    assert_eq!(all.difference(&ge).world_ranks(), &odds[..]);
+    assert_eq!(
+        go.union(&ge).world_ranks(),
+        &[&odds[..], &evens[..]].concat()[..]
+    );
+    assert_eq!(ge.intersection(&go).size(), 0);
+    assert_eq!(ge.rank(), (me % 2 == 0).then_some(me / 2));
+    let t = ge.translate_ranks(&(0..ge.size()).collect::<Vec<_>>(), &all)?;
+    assert_eq!(t, evens.iter().map(|&e| Some(e)).collect::<Vec<_>>());
+    assert_eq!(
+        ge.union(&go).compare(&all),
+        if n > 2 {
+            Comparison::Similar
+        } else {
+            Comparison::Identical
+        }
+    );
+
+    // create: the evens, ranked in order; then the whole world reversed.
+    match w.create(&ge)? {
+        Some(c) => {
+            assert_eq!((c.rank(), c.size()), (me / 2, evens.len()));
+            let mut sum = [0u64];
+            c.all_reduce_slice(&[me as u64], &mut sum, &ranks::op::Sum)?;
+            assert_eq!(sum[0], evens.iter().sum::<usize>() as u64);
+            assert_eq!(
+                c.compare(w),
+                if n == 1 {
+                    Comparison::Congruent
+                } else {
+                    Comparison::Unequal
+                }
+            );
+        }
+        None => assert!(me % 2 == 1, "even rank {me} left out"),
+    }
+    let rev = all.incl(&(0..n).rev().collect::<Vec<_>>())?;
+    let r = w.create(&rev)?.expect("everyone is in it");
+    assert_eq!(r.rank(), n - 1 - me);
+    assert_eq!(r.members(), rev.world_ranks());
+    assert_eq!(
+        r.compare(w),
+        if n == 1 {
+            Comparison::Congruent
+        } else {
+            Comparison::Similar
+        }
+    );
+    assert_eq!(w.compare(&w.clone()), Comparison::Identical);
+    assert_eq!(w.compare(&w.dup()?), Comparison::Congruent);
+    // A group with someone outside the communicator is refused, on every rank.
+    if let Some(half) = w.create(&ge)? {
+        assert!(half.create(&all).is_err() == (n > 1));
+    }
+
+    // Made and dropped 300 times: each passes a token round a ring, and each one's
+    // traffic stays its own, though ids are reused (two alive at a time, staggered).
+    let mut prev: Option<Comm> = None;
+    for i in 0..300u64 {
+        let d = w.dup()?;
+        if let Some(p) = &prev {
+            // Traffic in flight on the older one while the newer one works.
+            p.send((me + 1) % n, 9, &(i, 1u8))?;
+        }
+        let (got, _): ((u64, usize), _) =
+            d.sendrecv(&(i, me), (me + 1) % n, 0, (me + n - 1) % n, 0)?;
+        assert_eq!(got, (i, (me + n - 1) % n));
+        if let Some(p) = prev.take() {
+            let (g, _): ((u64, u8), _) = p.recv((me + n - 1) % n, 9)?;
+            assert_eq!(g, (i, 1));
+        }
+        prev = Some(d);
+    }
+    println!("groups ok rank {me}");
+    Ok(())
+}
+
+/// Cartesian grids against sequential references: coordinates, shifts, sub-grids and the
+/// neighbour collectives, in 1, 2 and 3 dimensions, periodic or not (short periodic
+/// dimensions make a rank its own neighbour, or both neighbours one rank).
+fn cart(w: &Comm) -> R {
+    let (me, n) = (w.rank(), w.size());
+    for (ndims, periodic) in [
+        (2, [true, false, true]),
+        (3, [true, true, true]),
+        (1, [false; 3]),
+    ] {
+        let mut dims = vec![0; ndims];
+        ranks::dims_create(n, &mut dims)?;
+        let periods = &periodic[..ndims];
+        let g = w
+            .cart_create(&dims, periods)?
+            .expect("the grid holds every rank");
+        assert_eq!(g.rank(), me);
+        // Row-major coordinates, as a reference.
+        let coords = |r: usize| -> Vec<usize> {
+            let mut c = vec![0; ndims];
+            let mut r = r;
+            for d in (0..ndims).rev() {
+                c[d] = r % dims[d];
+                r /= dims[d];
+            }
+            c
+        };
+        let rank_of = |c: &[isize]| -> Option<usize> {
+            let mut r = 0;
+            for d in 0..ndims {
+                let x = if periods[d] {
+                    c[d].rem_euclid(dims[d] as isize)
+                } else {
+                    c[d]
+                };
+                if x < 0 || x >= dims[d] as isize {
+                    return None;
+                }
+                r = r * dims[d] + x as usize;
+            }
+            Some(r)
+        };
+        for r in 0..n {
+            assert_eq!(g.coords_of(r)?, coords(r));
+        }
+        let mine: Vec<isize> = coords(me).iter().map(|&c| c as isize).collect();
+        let mut nb = Vec::new();
+        for d in 0..ndims {
+            for disp in [1isize, 2, -1] {
+                let at = |k: isize| {
+                    let mut c = mine.clone();
+                    c[d] += k;
+                    rank_of(&c)
+                };
+                let s = g.shift(d, disp)?;
+                assert_eq!(
+                    (s.source, s.dest),
+                    (at(-disp), at(disp)),
+                    "shift {d} by {disp}"
+                );
+            }
+            let s = g.shift(d, 1)?;
+            nb.extend([s.source, s.dest]);
+        }
+        assert_eq!(g.neighbors(), nb);
+
+        // All-gather from the neighbours; blocks without one stay as they were.
+        let mut got = vec![u64::MAX; 2 * nb.len()];
+        g.neighbor_all_gather_slice(&[me as u64, 1000 + me as u64], &mut got)?;
+        for (i, p) in nb.iter().enumerate() {
+            let want = p.map_or([u64::MAX; 2], |p| [p as u64, 1000 + p as u64]);
+            assert_eq!(got[2 * i..2 * i + 2], want, "block {i} from {p:?}");
+        }
+        // All-to-all: block i to neighbour i; what comes from neighbour i is the block it
+        // sent this way (back along d for the one ahead, forward for the one behind).
+        let send: Vec<u64> = (0..nb.len()).map(|i| (me * 100 + i) as u64).collect();
+        let mut back = vec![u64::MAX; nb.len()];
+        g.neighbor_all_to_all_slice(&send, &mut back)?;
+        for (i, p) in nb.iter().enumerate() {
+            assert_eq!(
+                back[i],
+                p.map_or(u64::MAX, |p| (p * 100 + (i ^ 1)) as u64),
+                "block {i}"
+            );
+        }
+
+        // Sub-grids: keep the last dimension (the rows of a 2-D grid).
+        let mut keep = vec![false; ndims];
+        keep[ndims - 1] = true;
+        let row = g.sub(&keep)?;
+        assert_eq!(
+            (row.size(), row.rank()),
+            (dims[ndims - 1], coords(me)[ndims - 1])
+        );
+        assert_eq!(row.dims(), &dims[ndims - 1..]);
+        let mut sum = [0u64];
+        row.all_reduce_slice(&[me as u64], &mut sum, &ranks::op::Sum)?;
+        let want: usize = (0..n)
+            .filter(|&r| coords(r)[..ndims - 1] == coords(me)[..ndims - 1])
+            .sum();
+        assert_eq!(sum[0], want as u64);
+    }
+    // A grid smaller than the communicator leaves the last ranks out.
+    let fewer = w.cart_create(&[n.saturating_sub(1).max(1)], &[false])?;
+    assert_eq!(fewer.is_some(), me < n.saturating_sub(1).max(1));
+    assert!(w.cart_create(&[n + 1], &[false]).is_err());
+    println!("cart ok rank {me}");
+    Ok(())
+}
+
 fn ssend(w: &Comm) -> R {
     let (me, n) = (w.rank(), w.size());
     for len in [0usize, 1, 100, 5000, 1 << 17] {
@@ -1308,6 +1508,8 @@ fn main() {
         "sleep" => sleep(&w),
         "compute" => compute(&w),
         "ssend" => ssend(&w),
+        "groups" => groups(&w),
+        "cart" => cart(&w),
         "dies" => dies(&w),
         "requestsets" => request_sets(&w),
         "mprobe" => mprobe(&w),
