@@ -30,6 +30,20 @@ pub(crate) enum ReqState<'a> {
 /// Turns the matched message (receives) into the result, using the borrowed buffer if any.
 type Finish<T> = fn(&Comm, Option<Taken>, Option<&mut [u8]>, Option<Background>) -> Result<T>;
 
+/// A `Finish` followed by `Request::map`s.
+type Mapped<'a, T> = Box<
+    dyn FnOnce(&Comm, Option<Taken>, Option<&mut [u8]>, Option<Background>) -> Result<T>
+        + Send
+        + 'a,
+>;
+
+/// How a request turns into its result: a plain function (no allocation), or one with
+/// maps after it.
+enum Finisher<'a, T> {
+    Plain(Finish<T>),
+    Mapped(Mapped<'a, T>),
+}
+
 /// What a background operation (a nonblocking collective) hands back: a boxed `Result<T>`.
 pub(crate) type Background = Box<dyn std::any::Any + Send>;
 
@@ -59,7 +73,7 @@ pub(crate) type Background = Box<dyn std::any::Any + Send>;
 pub struct Request<'a, T> {
     comm: Comm,
     state: ReqState<'a>,
-    finish: Finish<T>,
+    finish: Finisher<'a, T>,
     buf: Option<&'a mut [u8]>,
 }
 
@@ -68,7 +82,7 @@ impl<'a, T> Request<'a, T> {
         Request {
             comm,
             state,
-            finish,
+            finish: Finisher::Plain(finish),
             buf: None,
         }
     }
@@ -82,7 +96,7 @@ impl<'a, T> Request<'a, T> {
         Request {
             comm,
             state,
-            finish,
+            finish: Finisher::Plain(finish),
             buf: Some(buf),
         }
     }
@@ -213,7 +227,58 @@ impl<'a, T> Request<'a, T> {
             _ => (None, None),
         };
         let buf = self.buf.take();
-        (self.finish)(&self.comm, taken, buf, bg)
+        match std::mem::replace(&mut self.finish, Finisher::Plain(finished)) {
+            Finisher::Plain(f) => f(&self.comm, taken, buf, bg),
+            Finisher::Mapped(f) => f(&self.comm, taken, buf, bg),
+        }
+    }
+
+    /// A request for `f` of this one's result: requests of different kinds (sends,
+    /// receives, collectives) mapped into one type can wait together in a set
+    /// ([`wait_any`], [`wait_some`], [`test_any`], ...). `f` runs when the result is taken;
+    /// an error passes through unchanged.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// let me = world.rank();
+    /// enum Done { Sent, Got(Vec<u32>), Total(Vec<u64>) }
+    /// let data = vec![1u32, 2, 3];
+    /// let mut set = vec![
+    ///     world.irecv_vec::<u32>(me, 0)?.map(|(v, _)| Done::Got(v)),
+    ///     world.isend_slice(me, 0, &data)?.map(|()| Done::Sent),
+    ///     world.iall_reduce(vec![1u64], ranks::op::Sum).map(Done::Total),
+    /// ];
+    /// let mut finished = 0;
+    /// while let Some((_, r)) = ranks::wait_any(&mut set) {
+    ///     match r? {
+    ///         Done::Got(v) => assert_eq!(v, data),
+    ///         Done::Sent => {}
+    ///         Done::Total(t) => assert_eq!(t, vec![world.size() as u64]),
+    ///     }
+    ///     finished += 1;
+    /// }
+    /// assert_eq!(finished, 3);
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn map<U>(mut self, f: impl FnOnce(T) -> U + Send + 'a) -> Request<'a, U>
+    where
+        T: 'a,
+    {
+        let first = std::mem::replace(&mut self.finish, Finisher::Plain(finished));
+        let then: Mapped<'a, U> = Box::new(move |c, t, b, bg| {
+            match first {
+                Finisher::Plain(g) => g(c, t, b, bg),
+                Finisher::Mapped(g) => g(c, t, b, bg),
+            }
+            .map(f)
+        });
+        Request {
+            comm: self.comm.clone(),
+            // Ours is left done, so dropping `self` does nothing.
+            state: std::mem::replace(&mut self.state, ReqState::Done),
+            finish: Finisher::Mapped(then),
+            buf: self.buf.take(),
+        }
     }
 
     /// Block until the operation completes and return its result.
@@ -258,6 +323,18 @@ impl<'a, T> Request<'a, T> {
             ))),
         }
     }
+}
+
+/// The finisher left behind in a request whose result was taken (never called).
+fn finished<T>(
+    _: &Comm,
+    _: Option<Taken>,
+    _: Option<&mut [u8]>,
+    _: Option<Background>,
+) -> Result<T> {
+    Err(Error::InvalidArgument(
+        "this request's result was already taken".into(),
+    ))
 }
 
 impl<T: Send + 'static> Request<'static, T> {

@@ -487,9 +487,78 @@ fn request_sets(w: &Comm) -> R {
         others.clone()
     };
     assert_eq!(sorted, want);
+    if !dead {
+        mixed_set(w)?;
+    }
     println!(
         "request sets ok on rank {me}: {} received, lost {lost:?}",
         seen.len()
+    );
+    Ok(())
+}
+
+/// One set of requests of every kind (receives of two types, sends, a nonblocking
+/// all-reduce and barrier), mapped into one type and finished by `wait_some`/`test_any`:
+/// each finishes once, with its own result.
+fn mixed_set(w: &Comm) -> R {
+    #[derive(Debug)]
+    enum Done {
+        Words(String, usize),
+        Numbers(Vec<u64>, usize),
+        Sent,
+        Sum(Vec<u64>),
+        Barrier,
+    }
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    let big: Vec<u64> = (0..50_000).map(|i| i * me as u64).collect();
+    let mut set = vec![
+        w.irecv::<String>(prev, 200)?
+            .map(|(s, st)| Done::Words(s, st.source)),
+        w.irecv_vec::<u64>(prev, 201)?
+            .map(|(v, st)| Done::Numbers(v, st.source)),
+        w.iall_reduce(vec![me as u64, 1], ranks::op::Sum)
+            .map(Done::Sum),
+        w.ibarrier().map(|()| Done::Barrier),
+    ];
+    set.push(
+        w.isend(next, 200, &format!("from {me}"))?
+            .map(|()| Done::Sent),
+    );
+    set.push(w.isend_slice(next, 201, &big)?.map(|()| Done::Sent));
+    let mut kinds = Vec::new();
+    while !set.is_empty() {
+        let got = match ranks::test_any(&mut set) {
+            Some(one) => vec![one],
+            None => ranks::wait_some(&mut set),
+        };
+        for (_, r) in got {
+            match r? {
+                Done::Words(s, from) => {
+                    assert_eq!((s, from), (format!("from {prev}"), prev));
+                    kinds.push("words");
+                }
+                Done::Numbers(v, from) => {
+                    assert_eq!(from, prev);
+                    assert!(v
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &x)| x == i as u64 * prev as u64));
+                    kinds.push("numbers");
+                }
+                Done::Sent => kinds.push("sent"),
+                Done::Sum(t) => {
+                    assert_eq!(t, vec![(n * (n - 1) / 2) as u64, n as u64]);
+                    kinds.push("sum");
+                }
+                Done::Barrier => kinds.push("barrier"),
+            }
+        }
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["barrier", "numbers", "sent", "sent", "sum", "words"]
     );
     Ok(())
 }
