@@ -112,6 +112,8 @@ pub struct CommData {
     pub(crate) obj_seq: Arc<std::sync::atomic::AtomicU32>,
     /// How the members sit on hosts, for two-level collectives (decided on first use).
     pub(crate) layout: std::sync::OnceLock<Option<crate::hier::Layout>>,
+    /// The name and attributes the program gave this communicator (see `set_name`).
+    pub(crate) labels: crate::group::Labels,
 }
 
 impl std::ops::Deref for Comm {
@@ -137,6 +139,7 @@ impl Comm {
             coll_seq: Default::default(),
             obj_seq: Default::default(),
             layout: Default::default(),
+            labels: Default::default(),
         })
     }
 }

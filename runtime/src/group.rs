@@ -84,6 +84,7 @@ impl Comm {
             coll_seq: Default::default(),
             obj_seq: Default::default(),
             layout: Default::default(),
+            labels: Default::default(),
         })))
     }
 
@@ -329,6 +330,86 @@ impl Group {
                 })
             })
             .collect()
+    }
+}
+
+/// A communicator's name and attributes.
+#[derive(Default)]
+pub(crate) struct Labels {
+    name: std::sync::Mutex<Option<String>>,
+    attrs: std::sync::Mutex<
+        std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>,
+    >,
+}
+
+impl Comm {
+    /// Name this communicator (MPI's `MPI_Comm_set_name`), for the program's own messages
+    /// and logs. Every handle of it (its clones) sees the name; `dup` and `split` start
+    /// unnamed.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// assert_eq!(world.name(), "world");
+    /// let rows = world.dup()?;
+    /// assert_eq!(rows.name(), "");
+    /// rows.set_name("rows");
+    /// assert_eq!(rows.clone().name(), "rows");
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn set_name(&self, name: &str) {
+        *self.labels.name.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.to_string());
+    }
+
+    /// This communicator's name: the one given by `set_name`, `"world"` for the world,
+    /// empty otherwise.
+    pub fn name(&self) -> String {
+        let given = self.labels.name.lock().unwrap_or_else(|p| p.into_inner());
+        match &*given {
+            Some(n) => n.clone(),
+            None if self.ctx == 0 => "world".into(),
+            None => String::new(),
+        }
+    }
+
+    /// Attach a value to this communicator, one per type (MPI's attribute caching, keyed by
+    /// type rather than by a key number: use a type of your own as the key). It replaces a
+    /// value of the same type; every handle of the communicator sees it; `dup` and `split`
+    /// do not copy it.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// struct Tuning { chunk: usize }
+    /// world.set_attr(Tuning { chunk: 64 });
+    /// assert_eq!(world.attr::<Tuning>().map(|t| t.chunk), Some(64));
+    /// assert!(world.dup()?.attr::<Tuning>().is_none());
+    /// assert!(world.remove_attr::<Tuning>().is_some());
+    /// assert!(world.attr::<Tuning>().is_none());
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn set_attr<T: std::any::Any + Send + Sync>(&self, value: T) {
+        self.labels
+            .attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(std::any::TypeId::of::<T>(), Arc::new(value));
+    }
+
+    /// The value of type `T` attached with `set_attr`, if any.
+    pub fn attr<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let a = self.labels.attrs.lock().unwrap_or_else(|p| p.into_inner());
+        a.get(&std::any::TypeId::of::<T>())
+            .cloned()
+            .and_then(|v| v.downcast::<T>().ok())
+    }
+
+    /// Detach the value of type `T`, returning it.
+    pub fn remove_attr<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.labels
+            .attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&std::any::TypeId::of::<T>())
+            .and_then(|v| v.downcast::<T>().ok())
     }
 }
 

@@ -930,6 +930,17 @@ fn groups(w: &Comm) -> R {
         assert!(half.create(&all).is_err() == (n > 1));
     }
 
+    // Names and attributes belong to the communicator (all its handles), not to copies.
+    let named = w.dup()?;
+    named.set_name("pairs");
+    named.set_attr(me * 3);
+    assert_eq!(
+        (w.name().as_str(), named.clone().name().as_str()),
+        ("world", "pairs")
+    );
+    assert_eq!(named.clone().attr::<usize>().as_deref(), Some(&(me * 3)));
+    assert!(w.attr::<usize>().is_none() && named.dup()?.name().is_empty());
+
     // Made and dropped 300 times: each passes a token round a ring, and each one's
     // traffic stays its own, though ids are reused (two alive at a time, staggered).
     let mut prev: Option<Comm> = None;
