@@ -38,6 +38,7 @@ mod pmi;
 pub mod primitives;
 mod progress;
 mod protocol;
+mod nbc;
 mod request;
 mod topo;
 #[doc(hidden)]

@@ -1,0 +1,703 @@
+//! Nonblocking collectives as state machines that the progress engine advances: no thread
+//! per call, so thousands can be in flight.
+//!
+//! A collective is compiled, on each rank, into a [`Schedule`]: rounds of sends and
+//! receives on the communicator's collective context, each round followed by an optional
+//! local step (combining what arrived, say). An [`Exec`] runs a schedule against a [`Net`]:
+//! it starts a round's sends and posts its receives, and moves on when they are all done.
+//! Registered with the core, every running schedule is advanced by every progress step of
+//! the process (MPI's progress rule: any call that waits advances every pending operation),
+//! so a rank blocked in a receive still plays its part in a pending collective.
+//!
+//! Schedules are plain data and [`Net`] is a small trait, so the algorithms are tested
+//! without processes, over a simulated network stepped in random orders.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytemuck::Pod;
+
+use crate::collectives::ctag;
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::protocol::matching::RecvId;
+use crate::protocol::SendId;
+
+/// A receive just posted: its bytes are here already, or it waits.
+pub(crate) enum Posted {
+    Here(Vec<u8>),
+    Wait(RecvId),
+}
+
+/// Where a schedule's messages go (peers are ranks of the communicator).
+pub(crate) trait Net {
+    fn send(&mut self, peer: usize, tag: i32, data: &[u8]) -> Result<SendId>;
+    /// Whether the send is complete (its buffer no longer needed).
+    fn sent(&mut self, id: SendId) -> Result<bool>;
+    fn post(&mut self, peer: usize, tag: i32) -> Result<Posted>;
+    /// The bytes of a posted receive, once they are here.
+    fn take(&mut self, id: RecvId) -> Result<Option<Vec<u8>>>;
+    /// Why `peer` can no longer take part, if it can't (asked now and then while waiting).
+    fn lost(&mut self, peer: usize) -> Option<Error>;
+}
+
+type Local<T> = Box<dyn FnOnce(&mut [Vec<T>]) -> Result<()> + Send>;
+
+/// One message of a round: to or from `peer`, with `tag`, items `range` of buffer `buf`.
+struct Move {
+    peer: usize,
+    tag: i32,
+    buf: usize,
+    range: Range<usize>,
+}
+
+/// Sends and receives that may all be in flight at once, then a local step.
+struct Round<T> {
+    sends: Vec<Move>,
+    recvs: Vec<Move>,
+    then: Option<Local<T>>,
+}
+
+/// A collective compiled for one rank: its buffers and its rounds.
+pub(crate) struct Schedule<T> {
+    seq: u32,
+    bufs: Vec<Vec<T>>,
+    rounds: VecDeque<Round<T>>,
+}
+
+impl<T: Pod + Send> Schedule<T> {
+    /// A schedule for collective number `seq`, over buffers `bufs` (0 is the result's).
+    pub(crate) fn new(seq: u32, bufs: Vec<Vec<T>>) -> Schedule<T> {
+        Schedule {
+            seq,
+            bufs,
+            rounds: VecDeque::new(),
+        }
+    }
+
+    /// Start a new round (it begins once the previous one is complete).
+    pub(crate) fn round(&mut self) -> &mut Self {
+        self.rounds.push_back(Round {
+            sends: Vec::new(),
+            recvs: Vec::new(),
+            then: None,
+        });
+        self
+    }
+
+    fn last(&mut self) -> &mut Round<T> {
+        if self.rounds.is_empty() {
+            self.round();
+        }
+        self.rounds.back_mut().expect("a round")
+    }
+
+    /// In this round, send items `range` of buffer `buf` to `peer`, as step `step`.
+    pub(crate) fn send(&mut self, peer: usize, step: u32, buf: usize, range: Range<usize>) -> &mut Self {
+        let tag = ctag(self.seq, step);
+        self.last().sends.push(Move { peer, tag, buf, range });
+        self
+    }
+
+    /// In this round, receive step `step` from `peer` into items `range` of buffer `buf`
+    /// (exactly that many).
+    pub(crate) fn recv(&mut self, peer: usize, step: u32, buf: usize, range: Range<usize>) -> &mut Self {
+        let tag = ctag(self.seq, step);
+        self.last().recvs.push(Move { peer, tag, buf, range });
+        self
+    }
+
+    /// After this round's messages: `f` on the buffers.
+    pub(crate) fn then(&mut self, f: impl FnOnce(&mut [Vec<T>]) -> Result<()> + Send + 'static) -> &mut Self {
+        let r = self.last();
+        assert!(r.then.is_none(), "one local step per round");
+        r.then = Some(Box::new(f));
+        self
+    }
+}
+
+/// A schedule running: the round in flight and what is left.
+pub(crate) struct Exec<T> {
+    sched: Schedule<T>,
+    sends: Vec<SendId>,
+    /// Receives of the round in flight: `None` once landed.
+    recvs: Vec<(Option<RecvId>, Move)>,
+    then: Option<Local<T>>,
+    started: bool,
+    looks: u32,
+}
+
+impl<T: Pod + Send> Exec<T> {
+    pub(crate) fn new(sched: Schedule<T>) -> Exec<T> {
+        Exec {
+            sched,
+            sends: Vec::new(),
+            recvs: Vec::new(),
+            then: None,
+            started: false,
+            looks: 0,
+        }
+    }
+
+    /// Advance as far as possible without waiting: `Ok(true)` once every round is done.
+    pub(crate) fn advance(&mut self, net: &mut dyn Net) -> Result<bool> {
+        loop {
+            if self.started && !self.round_done(net)? {
+                self.looks = self.looks.wrapping_add(1);
+                if self.looks.is_multiple_of(32) {
+                    for (id, m) in &self.recvs {
+                        if id.is_some() {
+                            if let Some(e) = net.lost(m.peer) {
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                return Ok(false);
+            }
+            self.started = true;
+            if let Some(f) = self.then.take() {
+                f(&mut self.sched.bufs)?;
+            }
+            let Some(round) = self.sched.rounds.pop_front() else {
+                return Ok(true);
+            };
+            self.sends.clear();
+            self.recvs.clear();
+            for m in round.sends {
+                let data: &[u8] = bytemuck::cast_slice(&self.sched.bufs[m.buf][m.range]);
+                self.sends.push(net.send(m.peer, m.tag, data)?);
+            }
+            for m in round.recvs {
+                match net.post(m.peer, m.tag)? {
+                    Posted::Here(bytes) => self.land(&m, &bytes)?,
+                    Posted::Wait(id) => self.recvs.push((Some(id), m)),
+                }
+            }
+            self.then = round.then;
+        }
+    }
+
+    /// Whether every message of the round in flight is done (landing what arrived).
+    fn round_done(&mut self, net: &mut dyn Net) -> Result<bool> {
+        let mut done = true;
+        for s in &mut self.sends {
+            if *s != SendId::Done {
+                if net.sent(*s)? {
+                    *s = SendId::Done;
+                } else {
+                    done = false;
+                }
+            }
+        }
+        for i in 0..self.recvs.len() {
+            let Some(id) = self.recvs[i].0 else { continue };
+            match net.take(id)? {
+                Some(bytes) => {
+                    self.recvs[i].0 = None;
+                    let m = Move {
+                        peer: self.recvs[i].1.peer,
+                        tag: self.recvs[i].1.tag,
+                        buf: self.recvs[i].1.buf,
+                        range: self.recvs[i].1.range.clone(),
+                    };
+                    self.land(&m, &bytes)?;
+                }
+                None => done = false,
+            }
+        }
+        Ok(done)
+    }
+
+    fn land(&mut self, m: &Move, bytes: &[u8]) -> Result<()> {
+        let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut self.sched.bufs[m.buf][m.range.clone()]);
+        if dst.len() != bytes.len() {
+            return Err(Error::InvalidArgument(format!(
+                "nonblocking collective: rank {} contributed {} bytes where {} were expected \
+                 (do all ranks pass the same counts?)",
+                m.peer,
+                bytes.len(),
+                dst.len()
+            )));
+        }
+        dst.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The buffers, once done.
+    pub(crate) fn into_bufs(self) -> Vec<Vec<T>> {
+        self.sched.bufs
+    }
+
+    /// The ranks the round in flight still waits on.
+    pub(crate) fn waiting_on(&self) -> impl Iterator<Item = usize> + '_ {
+        self.recvs
+            .iter()
+            .filter(|(id, _)| id.is_some())
+            .map(|(_, m)| m.peer)
+    }
+}
+
+// ----- the algorithms --------------------------------------------------------------------
+
+/// Steps (tag rounds) of a two-phase schedule's second phase start here.
+const PHASE2: u32 = 64;
+
+/// Dissemination barrier: in step k, send to `me + 2^k`, receive from `me - 2^k`.
+pub(crate) fn barrier(seq: u32, me: usize, n: usize) -> Schedule<u8> {
+    let mut s = Schedule::new(seq, vec![Vec::new()]);
+    let (mut dist, mut k) = (1, 0);
+    while dist < n {
+        s.round()
+            .send((me + dist) % n, k, 0, 0..0)
+            .recv((me + n - dist) % n, k, 0, 0..0);
+        dist <<= 1;
+        k += 1;
+    }
+    s
+}
+
+/// Binomial-tree broadcast of buffer `buf` (all of it) from `root`, steps from `step0`.
+fn bcast_into<T: Pod + Send>(s: &mut Schedule<T>, buf: usize, len: usize, root: usize, me: usize, n: usize, step0: u32) {
+    let rel = (me + n - root) % n;
+    let mut mask = 1;
+    while mask < n {
+        if rel & mask != 0 {
+            let parent = (rel - mask + root) % n;
+            s.round().recv(parent, step0 + mask.trailing_zeros(), buf, 0..len);
+            break;
+        }
+        mask <<= 1;
+    }
+    let mut sends = Vec::new();
+    mask >>= 1;
+    while mask > 0 {
+        if rel + mask < n {
+            sends.push(((rel + mask + root) % n, step0 + mask.trailing_zeros()));
+        }
+        mask >>= 1;
+    }
+    if !sends.is_empty() {
+        s.round();
+        for (child, step) in sends {
+            s.send(child, step, buf, 0..len);
+        }
+    }
+}
+
+pub(crate) fn bcast<T: Pod + Send>(seq: u32, root: usize, me: usize, n: usize, data: Vec<T>) -> Schedule<T> {
+    let len = data.len();
+    let mut s = Schedule::new(seq, vec![data]);
+    bcast_into(&mut s, 0, len, root, me, n, 0);
+    s
+}
+
+/// Binomial-tree reduction into buffer 0 at `root` (buffer 1 is scratch). Relative ranks
+/// keep rank order only when the root is 0: a non-commutative operation is reduced to rank
+/// 0 and the result sent on to the root.
+fn reduce_into<T: Pod + Send, O: Op<T> + Send + Sync + 'static>(
+    s: &mut Schedule<T>,
+    len: usize,
+    root: usize,
+    me: usize,
+    n: usize,
+    op: &Arc<O>,
+) {
+    let tree_root = if op.commutative() { root } else { 0 };
+    let rel = (me + n - tree_root) % n;
+    let mut mask = 1;
+    while mask < n {
+        let step = mask.trailing_zeros();
+        if rel & mask != 0 {
+            s.round().send((rel - mask + tree_root) % n, step, 0, 0..len);
+            break;
+        }
+        if rel + mask < n {
+            let op = op.clone();
+            // What the child sends covers ranks above ours: ours ∘ theirs.
+            s.round()
+                .recv((rel + mask + tree_root) % n, step, 1, 0..len)
+                .then(move |b| {
+                    let (acc, child) = b.split_at_mut(1);
+                    op.combine(&acc[0], &mut child[0]);
+                    std::mem::swap(&mut acc[0], &mut child[0]);
+                    Ok(())
+                });
+        }
+        mask <<= 1;
+    }
+    if tree_root != root {
+        if me == tree_root {
+            s.round().send(root, PHASE2 - 1, 0, 0..len);
+        } else if me == root {
+            s.round().recv(tree_root, PHASE2 - 1, 0, 0..len);
+        }
+    }
+}
+
+pub(crate) fn reduce<T: Pod + Send, O: Op<T> + Send + Sync + 'static>(
+    seq: u32,
+    root: usize,
+    me: usize,
+    n: usize,
+    data: Vec<T>,
+    op: Arc<O>,
+) -> Schedule<T> {
+    let len = data.len();
+    let mut s = Schedule::new(seq, vec![data, vec![T::zeroed(); len]]);
+    reduce_into(&mut s, len, root, me, n, &op);
+    s
+}
+
+/// Reduce to rank 0, then broadcast from it.
+pub(crate) fn all_reduce<T: Pod + Send, O: Op<T> + Send + Sync + 'static>(
+    seq: u32,
+    me: usize,
+    n: usize,
+    data: Vec<T>,
+    op: Arc<O>,
+) -> Schedule<T> {
+    let len = data.len();
+    let mut s = Schedule::new(seq, vec![data, vec![T::zeroed(); len]]);
+    reduce_into(&mut s, len, 0, me, n, &op);
+    bcast_into(&mut s, 0, len, 0, me, n, PHASE2);
+    s
+}
+
+/// Every rank's `k` items to `root`, which receives them all at once into buffer 0.
+pub(crate) fn gather<T: Pod + Send>(seq: u32, root: usize, me: usize, n: usize, data: Vec<T>) -> Schedule<T> {
+    let k = data.len();
+    if me != root {
+        let mut s = Schedule::new(seq, vec![data]);
+        s.round().send(root, 0, 0, 0..k);
+        return s;
+    }
+    let mut out = vec![T::zeroed(); k * n];
+    out[me * k..(me + 1) * k].copy_from_slice(&data);
+    let mut s = Schedule::new(seq, vec![out]);
+    s.round();
+    for r in (0..n).filter(|&r| r != me) {
+        s.recv(r, 0, 0, r * k..(r + 1) * k);
+    }
+    s
+}
+
+/// Block r of the root's `n * k` items to rank r (buffer 0 ends as this rank's block;
+/// buffer 1 holds the root's items).
+pub(crate) fn scatter<T: Pod + Send>(seq: u32, root: usize, me: usize, n: usize, k: usize, data: Vec<T>) -> Schedule<T> {
+    if me != root {
+        let mut s = Schedule::new(seq, vec![vec![T::zeroed(); k]]);
+        s.round().recv(root, 0, 0, 0..k);
+        return s;
+    }
+    let mine = data[me * k..(me + 1) * k].to_vec();
+    let mut s = Schedule::new(seq, vec![mine, data]);
+    s.round();
+    for r in (0..n).filter(|&r| r != me) {
+        s.send(r, 0, 1, r * k..(r + 1) * k);
+    }
+    s
+}
+
+/// Ring all-gather: in step i, pass block `me - i` on and take block `me - i - 1`.
+pub(crate) fn all_gather<T: Pod + Send>(seq: u32, me: usize, n: usize, data: Vec<T>) -> Schedule<T> {
+    let k = data.len();
+    let mut out = vec![T::zeroed(); k * n];
+    out[me * k..(me + 1) * k].copy_from_slice(&data);
+    let mut s = Schedule::new(seq, vec![out]);
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    for i in 0..n.saturating_sub(1) {
+        let give = (me + n - i) % n;
+        let take = (me + 2 * n - i - 1) % n;
+        s.round()
+            .send(next, i as u32, 0, give * k..(give + 1) * k)
+            .recv(prev, i as u32, 0, take * k..(take + 1) * k);
+    }
+    s
+}
+
+/// Block j of this rank's `n * k` items to rank j, all at once (buffer 1 holds them).
+pub(crate) fn all_to_all<T: Pod + Send>(seq: u32, me: usize, n: usize, data: Vec<T>) -> Schedule<T> {
+    let k = data.len() / n.max(1);
+    let mut out = vec![T::zeroed(); k * n];
+    out[me * k..(me + 1) * k].copy_from_slice(&data[me * k..(me + 1) * k]);
+    let mut s = Schedule::new(seq, vec![out, data]);
+    s.round();
+    for j in (0..n).filter(|&j| j != me) {
+        s.send(j, 0, 1, j * k..(j + 1) * k);
+        s.recv(j, 0, 0, j * k..(j + 1) * k);
+    }
+    s
+}
+
+/// Prefix reduction along the chain of ranks: rank r takes the prefix of ranks below it
+/// from r - 1, and passes on its own. `inclusive`: buffer 0 ends with `x0 ∘ ... ∘ xr`;
+/// otherwise with `x0 ∘ ... ∘ x(r-1)` (rank 0's left as it was).
+pub(crate) fn scan<T: Pod + Send, O: Op<T> + Send + Sync + 'static>(
+    seq: u32,
+    me: usize,
+    n: usize,
+    data: Vec<T>,
+    op: Arc<O>,
+    inclusive: bool,
+) -> Schedule<T> {
+    let len = data.len();
+    // 0: the result; 1: what arrives from below; 2: what goes up.
+    let mut s = Schedule::new(seq, vec![data.clone(), vec![T::zeroed(); len], data]);
+    if me > 0 {
+        s.round().recv(me - 1, 0, 1, 0..len).then(move |b| {
+            let below = b[1].clone();
+            op.combine(&below, &mut b[2]); // below ∘ mine, to pass on
+            b[0] = if inclusive { b[2].clone() } else { below };
+            Ok(())
+        });
+    }
+    if me + 1 < n {
+        s.round().send(me + 1, 0, 2, 0..len);
+    }
+    s
+}
+
+/// Reduce everything to rank 0, then scatter block r (`counts[r]` items) to rank r.
+pub(crate) fn reduce_scatter<T: Pod + Send, O: Op<T> + Send + Sync + 'static>(
+    seq: u32,
+    me: usize,
+    n: usize,
+    data: Vec<T>,
+    counts: &[usize],
+    op: Arc<O>,
+) -> Schedule<T> {
+    let len = data.len();
+    let mut s = Schedule::new(seq, vec![data, vec![T::zeroed(); len]]);
+    reduce_into(&mut s, len, 0, me, n, &op);
+    let at: Vec<usize> = counts
+        .iter()
+        .scan(0, |a, &c| {
+            *a += c;
+            Some(*a - c)
+        })
+        .collect();
+    if me == 0 {
+        s.round();
+        for r in 1..n {
+            s.send(r, PHASE2, 0, at[r]..at[r] + counts[r]);
+        }
+        let mine = counts[0];
+        s.then(move |b| {
+            b[0].truncate(mine);
+            Ok(())
+        });
+    } else {
+        let c = counts[me];
+        s.round().then(move |b| {
+            b[0] = vec![T::zeroed(); c];
+            Ok(())
+        });
+        s.round().recv(0, PHASE2, 0, 0..c);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A network of `n` simulated ranks: sends are delivered at once into mailboxes;
+    /// receives match in the order they were posted, per (source, tag).
+    #[derive(Default)]
+    struct Wires {
+        mail: HashMap<(usize, usize, i32), VecDeque<Vec<u8>>>,
+        posted: HashMap<RecvId, (usize, usize, i32)>,
+        next_id: RecvId,
+    }
+
+    struct SimNet<'a> {
+        me: usize,
+        w: &'a mut Wires,
+    }
+
+    impl Net for SimNet<'_> {
+        fn send(&mut self, peer: usize, tag: i32, data: &[u8]) -> Result<SendId> {
+            self.w
+                .mail
+                .entry((peer, self.me, tag))
+                .or_default()
+                .push_back(data.to_vec());
+            Ok(SendId::Done)
+        }
+        fn sent(&mut self, _id: SendId) -> Result<bool> {
+            Ok(true)
+        }
+        fn post(&mut self, peer: usize, tag: i32) -> Result<Posted> {
+            let id = self.w.next_id;
+            self.w.next_id += 1;
+            self.w.posted.insert(id, (self.me, peer, tag));
+            Ok(Posted::Wait(id))
+        }
+        fn take(&mut self, id: RecvId) -> Result<Option<Vec<u8>>> {
+            let key = self.w.posted[&id];
+            // Matched in post order: only the oldest posted receive of this key may take.
+            let oldest = self
+                .w
+                .posted
+                .iter()
+                .filter(|(_, k)| **k == key)
+                .map(|(i, _)| *i)
+                .min();
+            if oldest != Some(id) {
+                return Ok(None);
+            }
+            let got = self.w.mail.get_mut(&key).and_then(VecDeque::pop_front);
+            if got.is_some() {
+                self.w.posted.remove(&id);
+            }
+            Ok(got)
+        }
+        fn lost(&mut self, _peer: usize) -> Option<Error> {
+            None
+        }
+    }
+
+    /// Run one schedule per rank to the end, advancing the ranks in an order drawn from
+    /// `seed` (a rank may be advanced many times in a row, or not for a while).
+    fn run<T: Pod + Send>(scheds: Vec<Schedule<T>>, seed: u64) -> Vec<Vec<Vec<T>>> {
+        let n = scheds.len();
+        let mut w = Wires::default();
+        let mut ex: Vec<Option<Exec<T>>> = scheds.into_iter().map(|s| Some(Exec::new(s))).collect();
+        let mut done: Vec<Option<Vec<Vec<T>>>> = (0..n).map(|_| None).collect();
+        let mut x = seed | 1;
+        let mut idle = 0;
+        while done.iter().any(Option::is_none) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let r = (x % n as u64) as usize;
+            let Some(e) = ex[r].as_mut() else { continue };
+            if e.advance(&mut SimNet { me: r, w: &mut w }).unwrap() {
+                done[r] = Some(ex[r].take().unwrap().into_bufs());
+                idle = 0;
+            } else {
+                idle += 1;
+                assert!(idle < 100_000, "the schedules are stuck");
+            }
+        }
+        done.into_iter().map(Option::unwrap).collect()
+    }
+
+    /// Non-commutative: composition of affine maps `x -> a x + b` (mod 2^32), each item
+    /// packing `a` in its high half and `b` in its low half.
+    struct Concat;
+    impl Op<u64> for Concat {
+        fn combine(&self, input: &[u64], inout: &mut [u64]) {
+            for (f, g) in input.iter().zip(inout.iter_mut()) {
+                let (a1, b1) = (f >> 32, f & 0xffff_ffff);
+                let (a2, b2) = (*g >> 32, *g & 0xffff_ffff);
+                let a = a1.wrapping_mul(a2) & 0xffff_ffff;
+                let b = (a1.wrapping_mul(b2).wrapping_add(b1)) & 0xffff_ffff;
+                *g = (a << 32) | b;
+            }
+        }
+        fn commutative(&self) -> bool {
+            false
+        }
+    }
+
+    fn fold<O: Op<u64>>(op: &O, xs: &[Vec<u64>]) -> Vec<u64> {
+        let mut acc = xs[0].clone();
+        for x in &xs[1..] {
+            let mut next = x.clone();
+            op.combine(&acc, &mut next);
+            acc = next;
+        }
+        acc
+    }
+
+    /// Every algorithm, on 1 to 9 ranks and every root, in several orders of advancing the
+    /// ranks, against the sequential result (a non-commutative operation checks rank order).
+    #[test]
+    fn schedules_give_the_sequential_results_in_any_order() {
+        for n in 1..=9usize {
+            for seed in [1u64, 7, 12345] {
+                let _ = run((0..n).map(|me| barrier(3, me, n)).collect(), seed);
+                let input = |r: usize| vec![((r as u64 + 2) << 32) | (r * r) as u64 + 3, ((r as u64 % 3 + 1) << 32) | r as u64];
+                let all: Vec<Vec<u64>> = (0..n).map(input).collect();
+                for root in 0..n {
+                    let out = run(
+                        (0..n)
+                            .map(|me| bcast(1, root, me, n, if me == root { input(me) } else { vec![0; 2] }))
+                            .collect(),
+                        seed,
+                    );
+                    assert!(out.iter().all(|b| b[0] == input(root)), "bcast n={n} root={root}");
+                    for op in [Arc::new(Concat)] {
+                        let out = run((0..n).map(|me| reduce(2, root, me, n, input(me), op.clone())).collect(), seed);
+                        assert_eq!(out[root][0], fold(&*op, &all), "reduce n={n} root={root}");
+                    }
+                    let sum = Arc::new(crate::op::Sum);
+                    let out = run((0..n).map(|me| reduce(2, root, me, n, input(me), sum.clone())).collect(), seed);
+                    assert_eq!(out[root][0], fold(&crate::op::Sum, &all), "sum n={n} root={root}");
+                    let out = run((0..n).map(|me| gather(4, root, me, n, input(me))).collect(), seed);
+                    assert_eq!(out[root][0], all.concat(), "gather n={n} root={root}");
+                    let flat: Vec<u64> = (0..2 * n as u64).collect();
+                    let out = run(
+                        (0..n)
+                            .map(|me| scatter(5, root, me, n, 2, if me == root { flat.clone() } else { Vec::new() }))
+                            .collect(),
+                        seed,
+                    );
+                    for (r, b) in out.iter().enumerate() {
+                        assert_eq!(b[0], flat[2 * r..2 * r + 2], "scatter n={n} root={root}");
+                    }
+                }
+                let out = run((0..n).map(|me| all_reduce(6, me, n, input(me), Arc::new(Concat))).collect(), seed);
+                assert!(out.iter().all(|b| b[0] == fold(&Concat, &all)), "all_reduce n={n}");
+                let out = run((0..n).map(|me| all_gather(7, me, n, input(me))).collect(), seed);
+                assert!(out.iter().all(|b| b[0] == all.concat()), "all_gather n={n}");
+                let out = run(
+                    (0..n)
+                        .map(|me| all_to_all(8, me, n, (0..n).map(|j| (me * 100 + j) as u64).collect()))
+                        .collect(),
+                    seed,
+                );
+                for (me, b) in out.iter().enumerate() {
+                    let want: Vec<u64> = (0..n).map(|j| (j * 100 + me) as u64).collect();
+                    assert_eq!(b[0], want, "all_to_all n={n}");
+                }
+                for inclusive in [true, false] {
+                    let out = run(
+                        (0..n).map(|me| scan(9, me, n, input(me), Arc::new(Concat), inclusive)).collect(),
+                        seed,
+                    );
+                    for (r, b) in out.iter().enumerate() {
+                        let want = if inclusive {
+                            fold(&Concat, &all[..=r])
+                        } else if r == 0 {
+                            input(0)
+                        } else {
+                            fold(&Concat, &all[..r])
+                        };
+                        assert_eq!(b[0], want, "scan({inclusive}) n={n} rank {r}");
+                    }
+                }
+                let counts: Vec<usize> = (0..n).map(|r| r % 3 + 1).collect();
+                let total: usize = counts.iter().sum();
+                let data = |r: usize| (0..total as u64).map(|i| i * (r as u64 + 1)).collect::<Vec<_>>();
+                let all_d: Vec<Vec<u64>> = (0..n).map(data).collect();
+                let out = run(
+                    (0..n)
+                        .map(|me| reduce_scatter(10, me, n, data(me), &counts, Arc::new(Concat)))
+                        .collect(),
+                    seed,
+                );
+                let whole = fold(&Concat, &all_d);
+                let mut at = 0;
+                for (r, b) in out.iter().enumerate() {
+                    assert_eq!(b[0], whole[at..at + counts[r]], "reduce_scatter n={n} rank {r}");
+                    at += counts[r];
+                }
+            }
+        }
+    }
+}
