@@ -122,7 +122,7 @@ impl Comm {
         )
     }
 
-    fn check_root(&self, root: usize) -> Result<()> {
+    pub(crate) fn check_root(&self, root: usize) -> Result<()> {
         if root >= self.size() {
             return Err(Error::InvalidRank {
                 rank: root as i64,
@@ -257,16 +257,6 @@ impl Comm {
             )));
         }
         Ok(len / n)
-    }
-
-    /// Nonblocking barrier.
-    pub fn ibarrier(&self) -> Request<'static, ()> {
-        let seq = self.next_seq();
-        let c = self.clone();
-        Request::spawn(self, move || {
-            let _call = c.noting("ibarrier", seq, None);
-            c.barrier_seq(seq)
-        })
     }
 
     // ----- broadcast -----------------------------------------------------------------------
@@ -433,22 +423,6 @@ impl Comm {
                 detail: e.to_string(),
             }),
         }
-    }
-
-    /// Nonblocking broadcast of a vector of plain numbers; the result is the root's vector.
-    pub fn ibroadcast_slice<T: Pod + Send>(
-        &self,
-        root: usize,
-        mut buf: Vec<T>,
-    ) -> Result<Request<'static, Vec<T>>> {
-        self.check_root(root)?;
-        let seq = self.next_seq();
-        let c = self.clone();
-        Ok(Request::spawn(self, move || {
-            let _call = c.noting("ibroadcast_slice", seq, Some(root));
-            c.bcast_seq(seq, root, &mut buf)?;
-            Ok(buf)
-        }))
     }
 
     // ----- reduce --------------------------------------------------------------------------
@@ -734,21 +708,6 @@ impl Comm {
             })?
             .copy_from_slice(&out);
         Ok(())
-    }
-
-    /// Nonblocking all-reduce of an owned vector (the op is a built-in or any `'static` op).
-    pub fn iall_reduce<T: Pod + Send, O: Op<T> + Send + 'static>(
-        &self,
-        mut buf: Vec<T>,
-        op: O,
-    ) -> Request<'static, Vec<T>> {
-        let seq = self.next_seq();
-        let c = self.clone();
-        Request::spawn(self, move || {
-            let _call = c.noting("iall_reduce", seq, None);
-            c.allreduce_seq(seq, &mut buf, &op)?;
-            Ok(buf)
-        })
     }
 
     fn allreduce_seq<T: Pod, O: Op<T> + ?Sized>(
@@ -1340,21 +1299,6 @@ impl Comm {
     pub fn all_gather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>> {
         let (all, counts) = self.all_gather_varcount(&encode(value)?)?;
         self.decode_blocks(&all, &counts)
-    }
-
-    /// Nonblocking all-gather of equal-sized blocks: the result is the concatenation.
-    pub fn iall_gather<T: Pod + Send>(&self, send: Vec<T>) -> Request<'static, Vec<T>> {
-        let seq = self.next_seq();
-        let c = self.clone();
-        Request::spawn(self, move || {
-            let _call = c.noting("iall_gather", seq, None);
-            let (n, me) = (c.size(), c.rank());
-            let k = send.len();
-            let mut out = vec![T::zeroed(); k * n];
-            out[me * k..(me + 1) * k].copy_from_slice(&send);
-            c.ring_allgatherv(seq, 0, &mut out, &vec![k; n])?;
-            Ok(out)
-        })
     }
 
     // ----- all_to_all ----------------------------------------------------------------------

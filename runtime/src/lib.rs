@@ -32,13 +32,13 @@ mod error;
 mod fingerprint;
 mod group;
 mod hier;
+mod nbc;
 pub mod op;
 mod p2p;
 mod pmi;
 pub mod primitives;
 mod progress;
 mod protocol;
-mod nbc;
 mod request;
 mod topo;
 #[doc(hidden)]

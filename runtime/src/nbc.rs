@@ -14,15 +14,20 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use bytemuck::Pod;
 
 use crate::collectives::ctag;
+use crate::comm::{typecode, Comm, Request};
 use crate::error::{Error, Result};
 use crate::op::Op;
-use crate::protocol::matching::RecvId;
-use crate::protocol::SendId;
+use crate::p2p::poll_borrowed_send;
+use crate::progress::{Core, State};
+use crate::protocol::matching::{Body, Msg, Pattern, RecvId};
+use crate::protocol::{Route, RvBuf, SendId, Want};
+use crate::wire::{Encoding, Header, HEADER_LEN};
 
 /// A receive just posted: its bytes are here already, or it waits.
 pub(crate) enum Posted {
@@ -40,6 +45,8 @@ pub(crate) trait Net {
     fn take(&mut self, id: RecvId) -> Result<Option<Vec<u8>>>;
     /// Why `peer` can no longer take part, if it can't (asked now and then while waiting).
     fn lost(&mut self, peer: usize) -> Option<Error>;
+    /// Withdraw a posted receive (the collective failed).
+    fn cancel(&mut self, id: RecvId);
 }
 
 type Local<T> = Box<dyn FnOnce(&mut [Vec<T>]) -> Result<()> + Send>;
@@ -94,22 +101,47 @@ impl<T: Pod + Send> Schedule<T> {
     }
 
     /// In this round, send items `range` of buffer `buf` to `peer`, as step `step`.
-    pub(crate) fn send(&mut self, peer: usize, step: u32, buf: usize, range: Range<usize>) -> &mut Self {
+    pub(crate) fn send(
+        &mut self,
+        peer: usize,
+        step: u32,
+        buf: usize,
+        range: Range<usize>,
+    ) -> &mut Self {
         let tag = ctag(self.seq, step);
-        self.last().sends.push(Move { peer, tag, buf, range });
+        self.last().sends.push(Move {
+            peer,
+            tag,
+            buf,
+            range,
+        });
         self
     }
 
     /// In this round, receive step `step` from `peer` into items `range` of buffer `buf`
     /// (exactly that many).
-    pub(crate) fn recv(&mut self, peer: usize, step: u32, buf: usize, range: Range<usize>) -> &mut Self {
+    pub(crate) fn recv(
+        &mut self,
+        peer: usize,
+        step: u32,
+        buf: usize,
+        range: Range<usize>,
+    ) -> &mut Self {
         let tag = ctag(self.seq, step);
-        self.last().recvs.push(Move { peer, tag, buf, range });
+        self.last().recvs.push(Move {
+            peer,
+            tag,
+            buf,
+            range,
+        });
         self
     }
 
     /// After this round's messages: `f` on the buffers.
-    pub(crate) fn then(&mut self, f: impl FnOnce(&mut [Vec<T>]) -> Result<()> + Send + 'static) -> &mut Self {
+    pub(crate) fn then(
+        &mut self,
+        f: impl FnOnce(&mut [Vec<T>]) -> Result<()> + Send + 'static,
+    ) -> &mut Self {
         let r = self.last();
         assert!(r.then.is_none(), "one local step per round");
         r.then = Some(Box::new(f));
@@ -225,17 +257,345 @@ impl<T: Pod + Send> Exec<T> {
         Ok(())
     }
 
+    /// Withdraw the receives still posted (the collective failed: they must not take
+    /// messages meant for later ones).
+    pub(crate) fn abandon(&mut self, net: &mut dyn Net) {
+        for (id, _) in self.recvs.iter_mut() {
+            if let Some(id) = id.take() {
+                net.cancel(id);
+            }
+        }
+    }
+
     /// The buffers, once done.
     pub(crate) fn into_bufs(self) -> Vec<Vec<T>> {
         self.sched.bufs
     }
+}
 
-    /// The ranks the round in flight still waits on.
-    pub(crate) fn waiting_on(&self) -> impl Iterator<Item = usize> + '_ {
-        self.recvs
-            .iter()
-            .filter(|(id, _)| id.is_some())
-            .map(|(_, m)| m.peer)
+// ----- on the real engine -----------------------------------------------------------------
+
+/// What a finished collective hands its request: the boxed `Result` of its output.
+pub(crate) type Outcome = Box<dyn std::any::Any + Send>;
+
+/// A running collective as the core keeps it: advanced by every progress step.
+pub(crate) trait Machine: Send {
+    /// Advance as far as possible; the outcome once the collective is over.
+    fn advance(&mut self, core: &Core, st: &mut State) -> Option<Outcome>;
+}
+
+/// Where a running collective's request finds its outcome.
+#[derive(Default)]
+pub(crate) struct Slot {
+    pub(crate) done: AtomicBool,
+    pub(crate) out: Mutex<Option<Outcome>>,
+}
+
+/// What makes a collective's output from its schedule's buffers.
+type Output<T, O> = Box<dyn FnOnce(Vec<Vec<T>>) -> O + Send>;
+
+/// A schedule running on a communicator, with what makes its output from its buffers.
+struct OnComm<T, O> {
+    exec: Option<Exec<T>>,
+    ctx: u32,
+    rank: usize,
+    members: Arc<[usize]>,
+    typecode: u32,
+    finish: Option<Output<T, O>>,
+}
+
+impl<T: Pod + Send, O: Send + 'static> Machine for OnComm<T, O> {
+    fn advance(&mut self, core: &Core, st: &mut State) -> Option<Outcome> {
+        let mut net = CoreNet {
+            core,
+            st,
+            ctx: self.ctx,
+            rank: self.rank,
+            members: &self.members,
+            typecode: self.typecode,
+        };
+        let exec = self.exec.as_mut()?;
+        let r: Result<O> = match exec.advance(&mut net) {
+            Ok(false) => return None,
+            Ok(true) => {
+                let bufs = self.exec.take().expect("running").into_bufs();
+                Ok((self.finish.take().expect("once"))(bufs))
+            }
+            Err(e) => {
+                exec.abandon(&mut net);
+                self.exec = None;
+                Err(e)
+            }
+        };
+        Some(Box::new(r))
+    }
+}
+
+/// The engine seen from a schedule: collective-context messages on one communicator,
+/// with the state lock held (schedules run inside progress steps).
+struct CoreNet<'a> {
+    core: &'a Core,
+    st: &'a mut State,
+    ctx: u32,
+    rank: usize,
+    members: &'a [usize],
+    typecode: u32,
+}
+
+impl Net for CoreNet<'_> {
+    fn send(&mut self, peer: usize, tag: i32, data: &[u8]) -> Result<SendId> {
+        let world = self.members[peer];
+        let h = Header::data(
+            self.ctx,
+            self.rank as u32,
+            tag,
+            data.len() as u64,
+            Encoding::Raw,
+            self.typecode,
+        );
+        let st = &mut *self.st;
+        Ok(match self.core.route(st, world, data.len(), false) {
+            Route::SelfSend => {
+                self.core
+                    .deliver_local(st, Msg::new(&h, Body::Eager(data.to_vec())));
+                SendId::Done
+            }
+            Route::Rendezvous => {
+                let mut buf = vec![0u8; HEADER_LEN + data.len()];
+                buf[HEADER_LEN..].copy_from_slice(data);
+                self.core.offer(st, world, &h, RvBuf::Owned(buf))
+            }
+            Route::Eager => self.core.write_frame(st, world, &h, data),
+        })
+    }
+
+    fn sent(&mut self, id: SendId) -> Result<bool> {
+        poll_borrowed_send(self.core, self.st, id, &[])
+    }
+
+    fn post(&mut self, peer: usize, tag: i32) -> Result<Posted> {
+        let pat = Pattern {
+            ctx: self.ctx,
+            src: peer as i32,
+            tag,
+        };
+        match self.st.proto.post(pat, Want::Bytes) {
+            Ok(msg) => Ok(Posted::Here(self.bytes(msg)?)),
+            Err(id) => Ok(Posted::Wait(id)),
+        }
+    }
+
+    fn take(&mut self, id: RecvId) -> Result<Option<Vec<u8>>> {
+        match self.st.take_msg(id) {
+            Some(msg) => self.bytes(msg).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn lost(&mut self, peer: usize) -> Option<Error> {
+        let rank = self.members[peer];
+        let detail = self.core.gone(self.st, rank)?;
+        Some(Error::PeerLost { rank, detail })
+    }
+
+    fn cancel(&mut self, id: RecvId) {
+        self.st.proto.cancel(id);
+    }
+}
+
+impl CoreNet<'_> {
+    fn bytes(&self, msg: Msg) -> Result<Vec<u8>> {
+        match msg.body {
+            Body::Eager(v) => Ok(v),
+            Body::Failed(e) => Err(*e),
+            Body::Remote { .. } => Err(Error::InvalidArgument(
+                "a collective's message came without its bytes".into(),
+            )),
+        }
+    }
+}
+
+impl Comm {
+    /// Run `sched` as a nonblocking collective: registered with the core, advanced by every
+    /// progress step; its request's result is `finish` of the buffers.
+    fn start<T: Pod + Send, O: Send + 'static>(
+        &self,
+        sched: Schedule<T>,
+        finish: impl FnOnce(Vec<Vec<T>>) -> O + Send + 'static,
+    ) -> Request<'static, O> {
+        let m = OnComm {
+            exec: Some(Exec::new(sched)),
+            ctx: self.coll_ctx(),
+            rank: self.rank(),
+            members: self.members.clone(),
+            typecode: typecode::<T>(),
+            finish: Some(Box::new(finish)),
+        };
+        let slot = self.core.start_machine(Box::new(m));
+        Request::running(self.clone(), slot)
+    }
+
+    /// The first buffer of a finished schedule: the result of most collectives.
+    fn first<T>(mut bufs: Vec<Vec<T>>) -> Vec<T> {
+        bufs.swap_remove(0)
+    }
+
+    /// Nonblocking barrier: the request completes once every rank has called it.
+    pub fn ibarrier(&self) -> Request<'static, ()> {
+        let seq = self.next_seq();
+        self.start(barrier(seq, self.rank(), self.size()), |_| ())
+    }
+
+    /// Nonblocking broadcast: the request gives `root`'s `buf` on every rank (all ranks pass
+    /// buffers of the same length).
+    pub fn ibroadcast_slice<T: Pod + Send>(
+        &self,
+        root: usize,
+        buf: Vec<T>,
+    ) -> Result<Request<'static, Vec<T>>> {
+        self.check_root(root)?;
+        let seq = self.next_seq();
+        Ok(self.start(bcast(seq, root, self.rank(), self.size(), buf), Self::first))
+    }
+
+    /// Nonblocking reduction to `root`: its request gives `Some(result)` there, `None`
+    /// elsewhere.
+    pub fn ireduce<T: Pod + Send, O: Op<T> + Send + 'static>(
+        &self,
+        root: usize,
+        buf: Vec<T>,
+        op: O,
+    ) -> Result<Request<'static, Option<Vec<T>>>> {
+        self.check_root(root)?;
+        let seq = self.next_seq();
+        let me = self.rank();
+        let s = reduce(seq, root, me, self.size(), buf, Arc::new(op));
+        Ok(self.start(s, move |b| (me == root).then(|| Self::first(b))))
+    }
+
+    /// Nonblocking all-reduce: the request gives every rank the combination of all `buf`s.
+    ///
+    /// ```
+    /// let world = ranks::init()?;
+    /// // Thousands may be in flight: each is a state machine, not a thread.
+    /// let reqs: Vec<_> = (0..1000u64)
+    ///     .map(|i| world.iall_reduce(vec![i], ranks::op::Sum))
+    ///     .collect();
+    /// for (i, v) in ranks::wait_all(reqs)?.into_iter().enumerate() {
+    ///     assert_eq!(v, vec![i as u64 * world.size() as u64]);
+    /// }
+    /// # Ok::<(), ranks::Error>(())
+    /// ```
+    pub fn iall_reduce<T: Pod + Send, O: Op<T> + Send + 'static>(
+        &self,
+        buf: Vec<T>,
+        op: O,
+    ) -> Request<'static, Vec<T>> {
+        let seq = self.next_seq();
+        let s = all_reduce(seq, self.rank(), self.size(), buf, Arc::new(op));
+        self.start(s, Self::first)
+    }
+
+    /// Nonblocking inclusive prefix reduction: rank r gets `x0 ∘ ... ∘ xr`.
+    pub fn iscan<T: Pod + Send, O: Op<T> + Send + 'static>(
+        &self,
+        buf: Vec<T>,
+        op: O,
+    ) -> Request<'static, Vec<T>> {
+        let seq = self.next_seq();
+        let s = scan(seq, self.rank(), self.size(), buf, Arc::new(op), true);
+        self.start(s, Self::first)
+    }
+
+    /// Nonblocking exclusive prefix reduction: rank r > 0 gets `x0 ∘ ... ∘ x(r-1)`; rank 0
+    /// gets its own `buf` back.
+    pub fn iexscan<T: Pod + Send, O: Op<T> + Send + 'static>(
+        &self,
+        buf: Vec<T>,
+        op: O,
+    ) -> Request<'static, Vec<T>> {
+        let seq = self.next_seq();
+        let s = scan(seq, self.rank(), self.size(), buf, Arc::new(op), false);
+        self.start(s, Self::first)
+    }
+
+    /// Nonblocking reduce-scatter: `buf` is one block per rank (`counts[i]` items for rank
+    /// i); rank r gets reduced block r.
+    pub fn ireduce_scatter<T: Pod + Send, O: Op<T> + Send + 'static>(
+        &self,
+        buf: Vec<T>,
+        counts: &[usize],
+        op: O,
+    ) -> Result<Request<'static, Vec<T>>> {
+        if counts.len() != self.size() || counts.iter().sum::<usize>() != buf.len() {
+            return Err(Error::InvalidArgument(format!(
+                "ireduce_scatter: {} counts summing to {} for {} ranks and {} items",
+                counts.len(),
+                counts.iter().sum::<usize>(),
+                self.size(),
+                buf.len()
+            )));
+        }
+        let seq = self.next_seq();
+        let s = reduce_scatter(seq, self.rank(), self.size(), buf, counts, Arc::new(op));
+        Ok(self.start(s, Self::first))
+    }
+
+    /// Nonblocking gather of equal-sized blocks to `root`: its request gives
+    /// `Some(concatenation in rank order)` there, `None` elsewhere.
+    pub fn igather<T: Pod + Send>(
+        &self,
+        root: usize,
+        send: Vec<T>,
+    ) -> Result<Request<'static, Option<Vec<T>>>> {
+        self.check_root(root)?;
+        let seq = self.next_seq();
+        let me = self.rank();
+        let s = gather(seq, root, me, self.size(), send);
+        Ok(self.start(s, move |b| (me == root).then(|| Self::first(b))))
+    }
+
+    /// Nonblocking scatter: `root`'s `send` (`count` items per rank, in rank order; ignored
+    /// elsewhere) is cut into blocks, and rank r's request gives block r.
+    pub fn iscatter<T: Pod + Send>(
+        &self,
+        root: usize,
+        send: Vec<T>,
+        count: usize,
+    ) -> Result<Request<'static, Vec<T>>> {
+        self.check_root(root)?;
+        let n = self.size();
+        if self.rank() == root && send.len() != count * n {
+            return Err(Error::InvalidArgument(format!(
+                "iscatter: {} items at the root for {n} ranks of {count}",
+                send.len()
+            )));
+        }
+        let seq = self.next_seq();
+        let s = scatter(seq, root, self.rank(), n, count, send);
+        Ok(self.start(s, Self::first))
+    }
+
+    /// Nonblocking all-gather of equal-sized blocks: the result is the concatenation.
+    pub fn iall_gather<T: Pod + Send>(&self, send: Vec<T>) -> Request<'static, Vec<T>> {
+        let seq = self.next_seq();
+        let s = all_gather(seq, self.rank(), self.size(), send);
+        self.start(s, Self::first)
+    }
+
+    /// Nonblocking all-to-all of equal blocks: block j of `send` goes to rank j; the result
+    /// holds rank j's block for this rank at block j.
+    pub fn iall_to_all<T: Pod + Send>(&self, send: Vec<T>) -> Result<Request<'static, Vec<T>>> {
+        let n = self.size();
+        if !send.len().is_multiple_of(n) {
+            return Err(Error::InvalidArgument(format!(
+                "iall_to_all: {} items do not make {n} equal blocks",
+                send.len()
+            )));
+        }
+        let seq = self.next_seq();
+        let s = all_to_all(seq, self.rank(), n, send);
+        Ok(self.start(s, Self::first))
     }
 }
 
@@ -259,13 +619,22 @@ pub(crate) fn barrier(seq: u32, me: usize, n: usize) -> Schedule<u8> {
 }
 
 /// Binomial-tree broadcast of buffer `buf` (all of it) from `root`, steps from `step0`.
-fn bcast_into<T: Pod + Send>(s: &mut Schedule<T>, buf: usize, len: usize, root: usize, me: usize, n: usize, step0: u32) {
+fn bcast_into<T: Pod + Send>(
+    s: &mut Schedule<T>,
+    buf: usize,
+    len: usize,
+    root: usize,
+    me: usize,
+    n: usize,
+    step0: u32,
+) {
     let rel = (me + n - root) % n;
     let mut mask = 1;
     while mask < n {
         if rel & mask != 0 {
             let parent = (rel - mask + root) % n;
-            s.round().recv(parent, step0 + mask.trailing_zeros(), buf, 0..len);
+            s.round()
+                .recv(parent, step0 + mask.trailing_zeros(), buf, 0..len);
             break;
         }
         mask <<= 1;
@@ -286,7 +655,13 @@ fn bcast_into<T: Pod + Send>(s: &mut Schedule<T>, buf: usize, len: usize, root: 
     }
 }
 
-pub(crate) fn bcast<T: Pod + Send>(seq: u32, root: usize, me: usize, n: usize, data: Vec<T>) -> Schedule<T> {
+pub(crate) fn bcast<T: Pod + Send>(
+    seq: u32,
+    root: usize,
+    me: usize,
+    n: usize,
+    data: Vec<T>,
+) -> Schedule<T> {
     let len = data.len();
     let mut s = Schedule::new(seq, vec![data]);
     bcast_into(&mut s, 0, len, root, me, n, 0);
@@ -310,7 +685,8 @@ fn reduce_into<T: Pod + Send, O: Op<T> + Send + Sync + 'static>(
     while mask < n {
         let step = mask.trailing_zeros();
         if rel & mask != 0 {
-            s.round().send((rel - mask + tree_root) % n, step, 0, 0..len);
+            s.round()
+                .send((rel - mask + tree_root) % n, step, 0, 0..len);
             break;
         }
         if rel + mask < n {
@@ -366,7 +742,13 @@ pub(crate) fn all_reduce<T: Pod + Send, O: Op<T> + Send + Sync + 'static>(
 }
 
 /// Every rank's `k` items to `root`, which receives them all at once into buffer 0.
-pub(crate) fn gather<T: Pod + Send>(seq: u32, root: usize, me: usize, n: usize, data: Vec<T>) -> Schedule<T> {
+pub(crate) fn gather<T: Pod + Send>(
+    seq: u32,
+    root: usize,
+    me: usize,
+    n: usize,
+    data: Vec<T>,
+) -> Schedule<T> {
     let k = data.len();
     if me != root {
         let mut s = Schedule::new(seq, vec![data]);
@@ -385,7 +767,14 @@ pub(crate) fn gather<T: Pod + Send>(seq: u32, root: usize, me: usize, n: usize, 
 
 /// Block r of the root's `n * k` items to rank r (buffer 0 ends as this rank's block;
 /// buffer 1 holds the root's items).
-pub(crate) fn scatter<T: Pod + Send>(seq: u32, root: usize, me: usize, n: usize, k: usize, data: Vec<T>) -> Schedule<T> {
+pub(crate) fn scatter<T: Pod + Send>(
+    seq: u32,
+    root: usize,
+    me: usize,
+    n: usize,
+    k: usize,
+    data: Vec<T>,
+) -> Schedule<T> {
     if me != root {
         let mut s = Schedule::new(seq, vec![vec![T::zeroed(); k]]);
         s.round().recv(root, 0, 0, 0..k);
@@ -401,7 +790,12 @@ pub(crate) fn scatter<T: Pod + Send>(seq: u32, root: usize, me: usize, n: usize,
 }
 
 /// Ring all-gather: in step i, pass block `me - i` on and take block `me - i - 1`.
-pub(crate) fn all_gather<T: Pod + Send>(seq: u32, me: usize, n: usize, data: Vec<T>) -> Schedule<T> {
+pub(crate) fn all_gather<T: Pod + Send>(
+    seq: u32,
+    me: usize,
+    n: usize,
+    data: Vec<T>,
+) -> Schedule<T> {
     let k = data.len();
     let mut out = vec![T::zeroed(); k * n];
     out[me * k..(me + 1) * k].copy_from_slice(&data);
@@ -418,7 +812,12 @@ pub(crate) fn all_gather<T: Pod + Send>(seq: u32, me: usize, n: usize, data: Vec
 }
 
 /// Block j of this rank's `n * k` items to rank j, all at once (buffer 1 holds them).
-pub(crate) fn all_to_all<T: Pod + Send>(seq: u32, me: usize, n: usize, data: Vec<T>) -> Schedule<T> {
+pub(crate) fn all_to_all<T: Pod + Send>(
+    seq: u32,
+    me: usize,
+    n: usize,
+    data: Vec<T>,
+) -> Schedule<T> {
     let k = data.len() / n.max(1);
     let mut out = vec![T::zeroed(); k * n];
     out[me * k..(me + 1) * k].copy_from_slice(&data[me * k..(me + 1) * k]);
@@ -558,6 +957,9 @@ mod tests {
         fn lost(&mut self, _peer: usize) -> Option<Error> {
             None
         }
+        fn cancel(&mut self, id: RecvId) {
+            self.w.posted.remove(&id);
+        }
     }
 
     /// Run one schedule per rank to the end, advancing the ranks in an order drawn from
@@ -621,29 +1023,70 @@ mod tests {
         for n in 1..=9usize {
             for seed in [1u64, 7, 12345] {
                 let _ = run((0..n).map(|me| barrier(3, me, n)).collect(), seed);
-                let input = |r: usize| vec![((r as u64 + 2) << 32) | (r * r) as u64 + 3, ((r as u64 % 3 + 1) << 32) | r as u64];
+                let input = |r: usize| {
+                    vec![
+                        ((r as u64 + 2) << 32) | ((r * r) as u64 + 3),
+                        ((r as u64 % 3 + 1) << 32) | r as u64,
+                    ]
+                };
                 let all: Vec<Vec<u64>> = (0..n).map(input).collect();
                 for root in 0..n {
                     let out = run(
                         (0..n)
-                            .map(|me| bcast(1, root, me, n, if me == root { input(me) } else { vec![0; 2] }))
+                            .map(|me| {
+                                bcast(
+                                    1,
+                                    root,
+                                    me,
+                                    n,
+                                    if me == root { input(me) } else { vec![0; 2] },
+                                )
+                            })
                             .collect(),
                         seed,
                     );
-                    assert!(out.iter().all(|b| b[0] == input(root)), "bcast n={n} root={root}");
-                    for op in [Arc::new(Concat)] {
-                        let out = run((0..n).map(|me| reduce(2, root, me, n, input(me), op.clone())).collect(), seed);
-                        assert_eq!(out[root][0], fold(&*op, &all), "reduce n={n} root={root}");
-                    }
+                    assert!(
+                        out.iter().all(|b| b[0] == input(root)),
+                        "bcast n={n} root={root}"
+                    );
+                    let op = Arc::new(Concat);
+                    let out = run(
+                        (0..n)
+                            .map(|me| reduce(2, root, me, n, input(me), op.clone()))
+                            .collect(),
+                        seed,
+                    );
+                    assert_eq!(out[root][0], fold(&*op, &all), "reduce n={n} root={root}");
                     let sum = Arc::new(crate::op::Sum);
-                    let out = run((0..n).map(|me| reduce(2, root, me, n, input(me), sum.clone())).collect(), seed);
-                    assert_eq!(out[root][0], fold(&crate::op::Sum, &all), "sum n={n} root={root}");
-                    let out = run((0..n).map(|me| gather(4, root, me, n, input(me))).collect(), seed);
+                    let out = run(
+                        (0..n)
+                            .map(|me| reduce(2, root, me, n, input(me), sum.clone()))
+                            .collect(),
+                        seed,
+                    );
+                    assert_eq!(
+                        out[root][0],
+                        fold(&crate::op::Sum, &all),
+                        "sum n={n} root={root}"
+                    );
+                    let out = run(
+                        (0..n).map(|me| gather(4, root, me, n, input(me))).collect(),
+                        seed,
+                    );
                     assert_eq!(out[root][0], all.concat(), "gather n={n} root={root}");
                     let flat: Vec<u64> = (0..2 * n as u64).collect();
                     let out = run(
                         (0..n)
-                            .map(|me| scatter(5, root, me, n, 2, if me == root { flat.clone() } else { Vec::new() }))
+                            .map(|me| {
+                                scatter(
+                                    5,
+                                    root,
+                                    me,
+                                    n,
+                                    2,
+                                    if me == root { flat.clone() } else { Vec::new() },
+                                )
+                            })
                             .collect(),
                         seed,
                     );
@@ -651,13 +1094,26 @@ mod tests {
                         assert_eq!(b[0], flat[2 * r..2 * r + 2], "scatter n={n} root={root}");
                     }
                 }
-                let out = run((0..n).map(|me| all_reduce(6, me, n, input(me), Arc::new(Concat))).collect(), seed);
-                assert!(out.iter().all(|b| b[0] == fold(&Concat, &all)), "all_reduce n={n}");
-                let out = run((0..n).map(|me| all_gather(7, me, n, input(me))).collect(), seed);
+                let out = run(
+                    (0..n)
+                        .map(|me| all_reduce(6, me, n, input(me), Arc::new(Concat)))
+                        .collect(),
+                    seed,
+                );
+                assert!(
+                    out.iter().all(|b| b[0] == fold(&Concat, &all)),
+                    "all_reduce n={n}"
+                );
+                let out = run(
+                    (0..n).map(|me| all_gather(7, me, n, input(me))).collect(),
+                    seed,
+                );
                 assert!(out.iter().all(|b| b[0] == all.concat()), "all_gather n={n}");
                 let out = run(
                     (0..n)
-                        .map(|me| all_to_all(8, me, n, (0..n).map(|j| (me * 100 + j) as u64).collect()))
+                        .map(|me| {
+                            all_to_all(8, me, n, (0..n).map(|j| (me * 100 + j) as u64).collect())
+                        })
                         .collect(),
                     seed,
                 );
@@ -667,7 +1123,9 @@ mod tests {
                 }
                 for inclusive in [true, false] {
                     let out = run(
-                        (0..n).map(|me| scan(9, me, n, input(me), Arc::new(Concat), inclusive)).collect(),
+                        (0..n)
+                            .map(|me| scan(9, me, n, input(me), Arc::new(Concat), inclusive))
+                            .collect(),
                         seed,
                     );
                     for (r, b) in out.iter().enumerate() {
@@ -683,7 +1141,11 @@ mod tests {
                 }
                 let counts: Vec<usize> = (0..n).map(|r| r % 3 + 1).collect();
                 let total: usize = counts.iter().sum();
-                let data = |r: usize| (0..total as u64).map(|i| i * (r as u64 + 1)).collect::<Vec<_>>();
+                let data = |r: usize| {
+                    (0..total as u64)
+                        .map(|i| i * (r as u64 + 1))
+                        .collect::<Vec<_>>()
+                };
                 let all_d: Vec<Vec<u64>> = (0..n).map(data).collect();
                 let out = run(
                     (0..n)
@@ -694,7 +1156,11 @@ mod tests {
                 let whole = fold(&Concat, &all_d);
                 let mut at = 0;
                 for (r, b) in out.iter().enumerate() {
-                    assert_eq!(b[0], whole[at..at + counts[r]], "reduce_scatter n={n} rank {r}");
+                    assert_eq!(
+                        b[0],
+                        whole[at..at + counts[r]],
+                        "reduce_scatter n={n} rank {r}"
+                    );
                     at += counts[r];
                 }
             }

@@ -71,6 +71,11 @@ pub(crate) struct State {
     /// Per peer: threads waiting to take its next frame straight from the stream (see
     /// [`Core::recv_from_stream`]); progress leaves such a stream alone.
     stream_waiters: Vec<u32>,
+    /// Nonblocking collectives in flight, advanced by every progress step.
+    machines: Vec<(
+        Box<dyn crate::nbc::Machine>,
+        std::sync::Arc<crate::nbc::Slot>,
+    )>,
 }
 
 impl State {
@@ -191,6 +196,7 @@ impl Core {
             broken: vec![None; size],
             lost_told: vec![false; size],
             stream_waiters: vec![0; size],
+            machines: Vec::new(),
         };
         Core {
             rank,
@@ -282,6 +288,9 @@ impl Core {
             st.proto.copy_done(peer, token, ok.then_some(data));
             any = true;
         }
+        if !st.machines.is_empty() {
+            any |= self.advance_machines(st);
+        }
         if any {
             // Frames the protocol queued while handling input (Fin, Nack, streams).
             for peer in 0..self.size {
@@ -291,6 +300,40 @@ impl Core {
             }
         }
         any
+    }
+
+    /// Advance every nonblocking collective in flight; true if one finished (its request's
+    /// owner may be asleep in another thread: it is woken).
+    fn advance_machines(&self, st: &mut State) -> bool {
+        let mut ms = std::mem::take(&mut st.machines);
+        let mut finished = false;
+        ms.retain_mut(|(m, slot)| match m.advance(self, st) {
+            Some(out) => {
+                *slot.out.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
+                slot.done.store(true, std::sync::atomic::Ordering::SeqCst);
+                finished = true;
+                false
+            }
+            None => true,
+        });
+        ms.append(&mut st.machines);
+        st.machines = ms;
+        if finished {
+            self.t.wake_self();
+        }
+        finished
+    }
+
+    /// Register a nonblocking collective and give it its first turn.
+    pub(crate) fn start_machine(
+        &self,
+        m: Box<dyn crate::nbc::Machine>,
+    ) -> std::sync::Arc<crate::nbc::Slot> {
+        let slot = std::sync::Arc::new(crate::nbc::Slot::default());
+        let mut st = self.lock();
+        st.machines.push((m, slot.clone()));
+        self.advance_machines(&mut st);
+        slot
     }
 
     /// Take the next frame of `peer`'s stream straight into `dst` when it is a whole data
@@ -520,7 +563,7 @@ impl Core {
 
     /// `peer_gone`, or its stream to us broke. (A broken connection can be news before the
     /// board has the end: `settle` then waits for it, so the error says how the peer ended.)
-    fn gone(&self, st: &State, peer: usize) -> Option<String> {
+    pub(crate) fn gone(&self, st: &State, peer: usize) -> Option<String> {
         self.peer_gone(peer).or_else(|| {
             let why = st.broken[peer]
                 .clone()

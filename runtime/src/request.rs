@@ -22,8 +22,8 @@ pub(crate) enum ReqState<'a> {
         pat: Pattern,
     },
     Matched(Taken),
-    /// Runs on its own thread (nonblocking collectives).
-    Thread(std::thread::JoinHandle<Background>),
+    /// A nonblocking collective, a state machine the core advances (see `crate::nbc`).
+    Machine(std::sync::Arc<crate::nbc::Slot>),
     Done,
 }
 
@@ -119,7 +119,7 @@ impl<'a, T> Request<'a, T> {
                 }
                 None => Ok(false),
             },
-            ReqState::Thread(h) => Ok(h.is_finished()),
+            ReqState::Machine(slot) => Ok(slot.done.load(std::sync::atomic::Ordering::SeqCst)),
             ReqState::Matched(_) | ReqState::Done => Ok(true),
         }
     }
@@ -140,7 +140,6 @@ impl<'a, T> Request<'a, T> {
     /// Block until the operation is complete (result not yet taken).
     fn drive(&mut self) -> Result<()> {
         match self.state {
-            ReqState::Thread(_) => return Ok(()), // `complete` joins the thread
             // A send written whole at once, or a message here already: nothing to wait for.
             ReqState::Send {
                 id: SendId::Done, ..
@@ -216,14 +215,10 @@ impl<'a, T> Request<'a, T> {
     fn complete(mut self) -> Result<T> {
         let (taken, bg) = match std::mem::replace(&mut self.state, ReqState::Done) {
             ReqState::Matched(t) => (Some(t), None),
-            ReqState::Thread(h) => match h.join() {
-                Ok(v) => (None, Some(v)),
-                Err(_) => {
-                    return Err(Error::InvalidArgument(
-                        "a nonblocking collective panicked".into(),
-                    ))
-                }
-            },
+            ReqState::Machine(slot) => (
+                None,
+                slot.out.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            ),
             _ => (None, None),
         };
         let buf = self.buf.take();
@@ -338,8 +333,8 @@ fn finished<T>(
 }
 
 impl<T: Send + 'static> Request<'static, T> {
-    /// A request for work done on a background thread (which returns `Result<T>`).
-    pub(crate) fn spawn(comm: &Comm, work: impl FnOnce() -> Result<T> + Send + 'static) -> Self {
+    /// The request of a nonblocking collective the core runs (its outcome lands in `slot`).
+    pub(crate) fn running(comm: Comm, slot: std::sync::Arc<crate::nbc::Slot>) -> Self {
         fn finish<T: 'static>(
             _: &Comm,
             _: Option<Taken>,
@@ -349,12 +344,11 @@ impl<T: Send + 'static> Request<'static, T> {
             match bg.map(|b| b.downcast::<Result<T>>()) {
                 Some(Ok(r)) => *r,
                 _ => Err(Error::InvalidArgument(
-                    "background request lost its result".into(),
+                    "a nonblocking collective lost its result".into(),
                 )),
             }
         }
-        let h = std::thread::spawn(move || Box::new(work()) as Background);
-        Request::new(comm.clone(), ReqState::Thread(h), finish::<T>)
+        Request::new(comm, ReqState::Machine(slot), finish::<T>)
     }
 }
 
@@ -364,9 +358,10 @@ impl<T> Drop for Request<'_, T> {
             ReqState::Recv { id, .. } => self.comm.core.lock().proto.cancel(id),
             // A message this request took but nobody consumed goes back, in its place.
             ReqState::Matched(t) => self.comm.put_back(t),
-            ReqState::Thread(h) => {
+            ReqState::Machine(slot) => {
                 // A collective must finish on every rank: let it run to the end.
-                let _ = h.join();
+                self.state = ReqState::Machine(slot);
+                let _ = self.drive();
             }
             state @ ReqState::Send {
                 id: SendId::Rendezvous { .. },

@@ -1073,6 +1073,107 @@ fn cart(w: &Comm) -> R {
     Ok(())
 }
 
+/// Every collective's nonblocking form against its blocking one: all started before any is
+/// waited on (then waited in reverse order), at sizes from empty to rendezvous, with a
+/// commutative and an order-keeping operation; thousands in flight at once; and MPI's
+/// progress rule (a rank blocked in a receive still plays its part in a pending collective).
+fn nbc(w: &Comm) -> R {
+    use ranks::op::Sum;
+    let (me, n) = (w.rank(), w.size());
+    // Affine maps x -> a x + b composed in rank order (associative, not commutative).
+    let compose = |f: u64, g: u64| {
+        let (a1, b1, a2, b2) = (f >> 32, f & 0xffff_ffff, g >> 32, g & 0xffff_ffff);
+        ((a1.wrapping_mul(a2) & 0xffff_ffff) << 32) | (a1.wrapping_mul(b2).wrapping_add(b1) & 0xffff_ffff)
+    };
+    for len in [0usize, 1, 5, 40_000] {
+        let x: Vec<u64> = (0..len as u64)
+            .map(|i| ((i % 5 + me as u64 + 1) << 32) | (i * 7 + me as u64))
+            .collect();
+        let root = n / 2;
+        let k = len % 7; // block size of the scatter-like ones
+        let counts: Vec<usize> = (0..n).map(|r| len / n + usize::from(r < len % n)).collect();
+        let a2a: Vec<u64> = (0..(n * k) as u64).map(|i| i + 1000 * me as u64).collect();
+        let flat: Vec<u64> = (0..(n * k) as u64).map(|i| i * 3).collect();
+        let ordered = || ranks::op::user_ordered(compose);
+        // Start them all, in the same order everywhere.
+        let r_bcast = w.ibroadcast_slice(root, if me == root { x.clone() } else { vec![0; len] })?;
+        let r_reduce = w.ireduce(root, x.clone(), ordered())?;
+        let r_all = w.iall_reduce(x.clone(), Sum);
+        let r_all_o = w.iall_reduce(x.clone(), ordered());
+        let r_scan = w.iscan(x.clone(), ordered());
+        let r_exscan = w.iexscan(x.clone(), Sum);
+        let r_rs = w.ireduce_scatter(x.clone(), &counts, ordered())?;
+        let r_gather = w.igather(root, x.clone())?;
+        let r_scatter = w.iscatter(root, if me == root { flat.clone() } else { Vec::new() }, k)?;
+        let r_ag = w.iall_gather(x.clone());
+        let r_a2a = w.iall_to_all(a2a.clone())?;
+        let r_bar = w.ibarrier();
+        // The blocking references, while those are in flight.
+        let mut bcast = if me == root { x.clone() } else { vec![0; len] };
+        w.broadcast_slice(root, &mut bcast)?;
+        let mut reduce = vec![0u64; len];
+        w.reduce_slice(root, &x, &mut reduce, &ordered())?;
+        let mut all = vec![0u64; len];
+        w.all_reduce_slice(&x, &mut all, &Sum)?;
+        let mut all_o = vec![0u64; len];
+        w.all_reduce_slice(&x, &mut all_o, &ordered())?;
+        let mut scan = vec![0u64; len];
+        w.scan_slice(&x, &mut scan, &ordered())?;
+        let mut exscan = x.clone();
+        w.exscan_slice(&x, &mut exscan, &Sum)?;
+        let mut rs = vec![0u64; counts[me]];
+        w.reduce_scatter_slice(&x, &mut rs, &counts, &ordered())?;
+        let mut gather = vec![0u64; if me == root { len * n } else { 0 }];
+        w.gather_slice(root, &x, &mut gather)?;
+        let mut scatter = vec![0u64; k];
+        w.scatter_slice(root, if me == root { &flat[..] } else { &[] }, &mut scatter)?;
+        let mut ag = vec![0u64; len * n];
+        w.all_gather_slice(&x, &mut ag)?;
+        let mut back = vec![0u64; n * k];
+        w.all_to_all_slice(&a2a, &mut back)?;
+        // Waited in reverse order.
+        r_bar.wait()?;
+        assert_eq!(r_a2a.wait()?, back, "iall_to_all {len}");
+        assert_eq!(r_ag.wait()?, ag, "iall_gather {len}");
+        assert_eq!(r_scatter.wait()?, scatter, "iscatter {len}");
+        assert_eq!(r_gather.wait()?, (me == root).then_some(gather), "igather {len}");
+        assert_eq!(r_rs.wait()?, rs, "ireduce_scatter {len}");
+        assert_eq!(r_exscan.wait()?, exscan, "iexscan {len}");
+        assert_eq!(r_scan.wait()?, scan, "iscan {len}");
+        assert_eq!(r_all_o.wait()?, all_o, "iall_reduce ordered {len}");
+        assert_eq!(r_all.wait()?, all, "iall_reduce {len}");
+        assert_eq!(r_reduce.wait()?, (me == root).then_some(reduce), "ireduce {len}");
+        assert_eq!(r_bcast.wait()?, bcast, "ibroadcast {len}");
+    }
+
+    // Thousands in flight: no thread each.
+    let many = arg(2, 3000) as usize;
+    let sums: Vec<_> = (0..many as u64).map(|i| w.iall_reduce(vec![i, 1], Sum)).collect();
+    let bars: Vec<_> = (0..many).map(|_| w.ibarrier()).collect();
+    ranks::wait_all(bars)?;
+    for (i, v) in ranks::wait_all(sums)?.into_iter().enumerate() {
+        assert_eq!(v, vec![i as u64 * n as u64, n as u64]);
+    }
+
+    // The progress rule: the last rank sends to rank 0 only after its barrier completes,
+    // which needs rank 0's part; rank 0 meanwhile blocks in the receive.
+    if n > 1 {
+        let bar = w.ibarrier();
+        if me == 0 {
+            let (v, _): (u64, _) = w.recv(n - 1, 77)?;
+            assert_eq!(v, 77);
+            bar.wait()?;
+        } else {
+            bar.wait()?;
+            if me == n - 1 {
+                w.send(0, 77, &77u64)?;
+            }
+        }
+    }
+    println!("nbc ok rank {me}");
+    Ok(())
+}
+
 fn ssend(w: &Comm) -> R {
     let (me, n) = (w.rank(), w.size());
     for len in [0usize, 1, 100, 5000, 1 << 17] {
@@ -1589,6 +1690,7 @@ fn main() {
         "compute" => compute(&w),
         "ssend" => ssend(&w),
         "groups" => groups(&w),
+        "nbc" => nbc(&w),
         "cart" => cart(&w),
         "dies" => dies(&w),
         "requestsets" => request_sets(&w),
