@@ -285,10 +285,11 @@ pub(crate) trait Machine: Send {
 }
 
 /// Where a running collective's request finds its outcome.
-#[derive(Default)]
 pub(crate) struct Slot {
     pub(crate) done: AtomicBool,
     pub(crate) out: Mutex<Option<Outcome>>,
+    /// Which collective it is, for hang diagnosis and traces of its waits.
+    pub(crate) call: crate::diag::Call,
 }
 
 /// What makes a collective's output from its schedule's buffers.
@@ -420,9 +421,16 @@ impl Comm {
     /// progress step; its request's result is `finish` of the buffers.
     fn start<T: Pod + Send, O: Send + 'static>(
         &self,
+        (op, root): (&'static str, Option<usize>),
         sched: Schedule<T>,
         finish: impl FnOnce(Vec<Vec<T>>) -> O + Send + 'static,
     ) -> Request<'static, O> {
+        let call = crate::diag::Call {
+            op,
+            comm: self.ctx,
+            seq: u64::from(sched.seq),
+            root,
+        };
         let m = OnComm {
             exec: Some(Exec::new(sched)),
             ctx: self.coll_ctx(),
@@ -431,7 +439,7 @@ impl Comm {
             typecode: typecode::<T>(),
             finish: Some(Box::new(finish)),
         };
-        let slot = self.core.start_machine(Box::new(m));
+        let slot = self.core.start_machine(Box::new(m), call);
         Request::running(self.clone(), slot)
     }
 
@@ -443,7 +451,11 @@ impl Comm {
     /// Nonblocking barrier: the request completes once every rank has called it.
     pub fn ibarrier(&self) -> Request<'static, ()> {
         let seq = self.next_seq();
-        self.start(barrier(seq, self.rank(), self.size()), |_| ())
+        self.start(
+            ("ibarrier", None),
+            barrier(seq, self.rank(), self.size()),
+            |_| (),
+        )
     }
 
     /// Nonblocking broadcast: the request gives `root`'s `buf` on every rank (all ranks pass
@@ -455,7 +467,11 @@ impl Comm {
     ) -> Result<Request<'static, Vec<T>>> {
         self.check_root(root)?;
         let seq = self.next_seq();
-        Ok(self.start(bcast(seq, root, self.rank(), self.size(), buf), Self::first))
+        Ok(self.start(
+            ("ibroadcast_slice", Some(root)),
+            bcast(seq, root, self.rank(), self.size(), buf),
+            Self::first,
+        ))
     }
 
     /// Nonblocking reduction to `root`: its request gives `Some(result)` there, `None`
@@ -470,7 +486,9 @@ impl Comm {
         let seq = self.next_seq();
         let me = self.rank();
         let s = reduce(seq, root, me, self.size(), buf, Arc::new(op));
-        Ok(self.start(s, move |b| (me == root).then(|| Self::first(b))))
+        Ok(self.start(("ireduce", Some(root)), s, move |b| {
+            (me == root).then(|| Self::first(b))
+        }))
     }
 
     /// Nonblocking all-reduce: the request gives every rank the combination of all `buf`s.
@@ -493,7 +511,7 @@ impl Comm {
     ) -> Request<'static, Vec<T>> {
         let seq = self.next_seq();
         let s = all_reduce(seq, self.rank(), self.size(), buf, Arc::new(op));
-        self.start(s, Self::first)
+        self.start(("iall_reduce", None), s, Self::first)
     }
 
     /// Nonblocking inclusive prefix reduction: rank r gets `x0 ∘ ... ∘ xr`.
@@ -504,7 +522,7 @@ impl Comm {
     ) -> Request<'static, Vec<T>> {
         let seq = self.next_seq();
         let s = scan(seq, self.rank(), self.size(), buf, Arc::new(op), true);
-        self.start(s, Self::first)
+        self.start(("iscan", None), s, Self::first)
     }
 
     /// Nonblocking exclusive prefix reduction: rank r > 0 gets `x0 ∘ ... ∘ x(r-1)`; rank 0
@@ -516,7 +534,7 @@ impl Comm {
     ) -> Request<'static, Vec<T>> {
         let seq = self.next_seq();
         let s = scan(seq, self.rank(), self.size(), buf, Arc::new(op), false);
-        self.start(s, Self::first)
+        self.start(("iexscan", None), s, Self::first)
     }
 
     /// Nonblocking reduce-scatter: `buf` is one block per rank (`counts[i]` items for rank
@@ -538,7 +556,7 @@ impl Comm {
         }
         let seq = self.next_seq();
         let s = reduce_scatter(seq, self.rank(), self.size(), buf, counts, Arc::new(op));
-        Ok(self.start(s, Self::first))
+        Ok(self.start(("ireduce_scatter", None), s, Self::first))
     }
 
     /// Nonblocking gather of equal-sized blocks to `root`: its request gives
@@ -552,7 +570,9 @@ impl Comm {
         let seq = self.next_seq();
         let me = self.rank();
         let s = gather(seq, root, me, self.size(), send);
-        Ok(self.start(s, move |b| (me == root).then(|| Self::first(b))))
+        Ok(self.start(("igather", Some(root)), s, move |b| {
+            (me == root).then(|| Self::first(b))
+        }))
     }
 
     /// Nonblocking scatter: `root`'s `send` (`count` items per rank, in rank order; ignored
@@ -573,14 +593,14 @@ impl Comm {
         }
         let seq = self.next_seq();
         let s = scatter(seq, root, self.rank(), n, count, send);
-        Ok(self.start(s, Self::first))
+        Ok(self.start(("iscatter", Some(root)), s, Self::first))
     }
 
     /// Nonblocking all-gather of equal-sized blocks: the result is the concatenation.
     pub fn iall_gather<T: Pod + Send>(&self, send: Vec<T>) -> Request<'static, Vec<T>> {
         let seq = self.next_seq();
         let s = all_gather(seq, self.rank(), self.size(), send);
-        self.start(s, Self::first)
+        self.start(("iall_gather", None), s, Self::first)
     }
 
     /// Nonblocking all-to-all of equal blocks: block j of `send` goes to rank j; the result
@@ -595,7 +615,7 @@ impl Comm {
         }
         let seq = self.next_seq();
         let s = all_to_all(seq, self.rank(), n, send);
-        Ok(self.start(s, Self::first))
+        Ok(self.start(("iall_to_all", None), s, Self::first))
     }
 }
 

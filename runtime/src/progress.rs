@@ -328,8 +328,13 @@ impl Core {
     pub(crate) fn start_machine(
         &self,
         m: Box<dyn crate::nbc::Machine>,
+        call: crate::diag::Call,
     ) -> std::sync::Arc<crate::nbc::Slot> {
-        let slot = std::sync::Arc::new(crate::nbc::Slot::default());
+        let slot = std::sync::Arc::new(crate::nbc::Slot {
+            done: Default::default(),
+            out: Default::default(),
+            call,
+        });
         let mut st = self.lock();
         st.machines.push((m, slot.clone()));
         self.advance_machines(&mut st);

@@ -150,6 +150,11 @@ impl<'a, T> Request<'a, T> {
         }
         let comm = self.comm.clone();
         let watch = Self::watch(&comm, &self.state);
+        // The wait of a nonblocking collective is noted as the collective itself.
+        let _call = match &self.state {
+            ReqState::Machine(slot) => Some(crate::diag::call(slot.call, crate::trace::Cat::Coll)),
+            _ => None,
+        };
         let _doing = match &self.state {
             ReqState::Recv { pat, .. } => Some(comm.doing("wait", pat)),
             ReqState::Send {

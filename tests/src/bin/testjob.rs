@@ -1083,7 +1083,8 @@ fn nbc(w: &Comm) -> R {
     // Affine maps x -> a x + b composed in rank order (associative, not commutative).
     let compose = |f: u64, g: u64| {
         let (a1, b1, a2, b2) = (f >> 32, f & 0xffff_ffff, g >> 32, g & 0xffff_ffff);
-        ((a1.wrapping_mul(a2) & 0xffff_ffff) << 32) | (a1.wrapping_mul(b2).wrapping_add(b1) & 0xffff_ffff)
+        ((a1.wrapping_mul(a2) & 0xffff_ffff) << 32)
+            | (a1.wrapping_mul(b2).wrapping_add(b1) & 0xffff_ffff)
     };
     for len in [0usize, 1, 5, 40_000] {
         let x: Vec<u64> = (0..len as u64)
@@ -1096,7 +1097,8 @@ fn nbc(w: &Comm) -> R {
         let flat: Vec<u64> = (0..(n * k) as u64).map(|i| i * 3).collect();
         let ordered = || ranks::op::user_ordered(compose);
         // Start them all, in the same order everywhere.
-        let r_bcast = w.ibroadcast_slice(root, if me == root { x.clone() } else { vec![0; len] })?;
+        let r_bcast =
+            w.ibroadcast_slice(root, if me == root { x.clone() } else { vec![0; len] })?;
         let r_reduce = w.ireduce(root, x.clone(), ordered())?;
         let r_all = w.iall_reduce(x.clone(), Sum);
         let r_all_o = w.iall_reduce(x.clone(), ordered());
@@ -1136,19 +1138,29 @@ fn nbc(w: &Comm) -> R {
         assert_eq!(r_a2a.wait()?, back, "iall_to_all {len}");
         assert_eq!(r_ag.wait()?, ag, "iall_gather {len}");
         assert_eq!(r_scatter.wait()?, scatter, "iscatter {len}");
-        assert_eq!(r_gather.wait()?, (me == root).then_some(gather), "igather {len}");
+        assert_eq!(
+            r_gather.wait()?,
+            (me == root).then_some(gather),
+            "igather {len}"
+        );
         assert_eq!(r_rs.wait()?, rs, "ireduce_scatter {len}");
         assert_eq!(r_exscan.wait()?, exscan, "iexscan {len}");
         assert_eq!(r_scan.wait()?, scan, "iscan {len}");
         assert_eq!(r_all_o.wait()?, all_o, "iall_reduce ordered {len}");
         assert_eq!(r_all.wait()?, all, "iall_reduce {len}");
-        assert_eq!(r_reduce.wait()?, (me == root).then_some(reduce), "ireduce {len}");
+        assert_eq!(
+            r_reduce.wait()?,
+            (me == root).then_some(reduce),
+            "ireduce {len}"
+        );
         assert_eq!(r_bcast.wait()?, bcast, "ibroadcast {len}");
     }
 
     // Thousands in flight: no thread each.
     let many = arg(2, 3000) as usize;
-    let sums: Vec<_> = (0..many as u64).map(|i| w.iall_reduce(vec![i, 1], Sum)).collect();
+    let sums: Vec<_> = (0..many as u64)
+        .map(|i| w.iall_reduce(vec![i, 1], Sum))
+        .collect();
     let bars: Vec<_> = (0..many).map(|_| w.ibarrier()).collect();
     ranks::wait_all(bars)?;
     for (i, v) in ranks::wait_all(sums)?.into_iter().enumerate() {
