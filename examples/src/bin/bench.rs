@@ -83,6 +83,41 @@ fn startup(w: &Comm, pattern: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Nonblocking collectives: one 8-byte all-reduce at a time (start, wait), then `n` in
+/// flight at once and waited together, and likewise barriers; microseconds per operation.
+fn nbc(w: &Comm) -> Result<(), Error> {
+    let n: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2000);
+    w.barrier()?;
+    let t = Instant::now();
+    for i in 0..n as u64 {
+        w.iall_reduce(vec![i], ranks::op::Sum).wait()?;
+    }
+    let one = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    w.barrier()?;
+    let t = Instant::now();
+    let reqs: Vec<_> = (0..n as u64)
+        .map(|i| w.iall_reduce(vec![i], ranks::op::Sum))
+        .collect();
+    ranks::wait_all(reqs)?;
+    let many = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    w.barrier()?;
+    let t = Instant::now();
+    let reqs: Vec<_> = (0..n).map(|_| w.ibarrier()).collect();
+    ranks::wait_all(reqs)?;
+    let bars = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    if w.rank() == 0 {
+        println!(
+            "nbc {} ranks: iall_reduce 8 B one at a time {one:.1} us, {n} in flight {many:.1} us each; \
+             {n} ibarriers in flight {bars:.1} us each",
+            w.size()
+        );
+    }
+    Ok(())
+}
+
 fn stream(w: &Comm) -> Result<(), Error> {
     let mib: usize = std::env::args()
         .nth(2)
@@ -397,6 +432,7 @@ fn main() -> Result<(), Error> {
         "pipe" => pipe(&w),
         "lock" => lock(&w),
         "pool" => pool(&w),
+        "nbc" => nbc(&w),
         "startup" => startup(&w, std::env::args().nth(2).as_deref().unwrap_or("none")),
         "hello" => {
             if w.rank() == 0 {
