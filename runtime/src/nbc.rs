@@ -158,6 +158,10 @@ pub(crate) struct Exec<T> {
     then: Option<Local<T>>,
     started: bool,
     looks: u32,
+    /// A rank found gone at the last look while a receive from it waited. It counts as lost
+    /// only if it is still gone, and the receive still waiting, at the next look: progress
+    /// steps between the two looks read everything it sent before it left.
+    suspect: Option<usize>,
 }
 
 impl<T: Pod + Send> Exec<T> {
@@ -169,6 +173,7 @@ impl<T: Pod + Send> Exec<T> {
             then: None,
             started: false,
             looks: 0,
+            suspect: None,
         }
     }
 
@@ -178,13 +183,22 @@ impl<T: Pod + Send> Exec<T> {
             if self.started && !self.round_done(net)? {
                 self.looks = self.looks.wrapping_add(1);
                 if self.looks.is_multiple_of(32) {
-                    for (id, m) in &self.recvs {
-                        if id.is_some() {
-                            if let Some(e) = net.lost(m.peer) {
+                    let waiting: Vec<usize> = self
+                        .recvs
+                        .iter()
+                        .filter(|(id, _)| id.is_some())
+                        .map(|(_, m)| m.peer)
+                        .collect();
+                    let mut seen = None;
+                    for peer in waiting {
+                        if let Some(e) = net.lost(peer) {
+                            if self.suspect == Some(peer) {
                                 return Err(e);
                             }
+                            seen = seen.or(Some(peer));
                         }
                     }
+                    self.suspect = seen;
                 }
                 return Ok(false);
             }
@@ -930,6 +944,19 @@ mod tests {
         mail: HashMap<(usize, usize, i32), VecDeque<Vec<u8>>>,
         posted: HashMap<RecvId, (usize, usize, i32)>,
         next_id: RecvId,
+        /// When set, sends wait in `in_flight` until `deliver` (a ring not read yet).
+        delayed: bool,
+        in_flight: Vec<((usize, usize, i32), Vec<u8>)>,
+        /// Ranks that have left.
+        gone: Vec<usize>,
+    }
+
+    impl Wires {
+        fn deliver(&mut self) {
+            for (k, m) in self.in_flight.drain(..) {
+                self.mail.entry(k).or_default().push_back(m);
+            }
+        }
     }
 
     struct SimNet<'a> {
@@ -939,11 +966,12 @@ mod tests {
 
     impl Net for SimNet<'_> {
         fn send(&mut self, peer: usize, tag: i32, data: &[u8]) -> Result<SendId> {
-            self.w
-                .mail
-                .entry((peer, self.me, tag))
-                .or_default()
-                .push_back(data.to_vec());
+            let key = (peer, self.me, tag);
+            if self.w.delayed {
+                self.w.in_flight.push((key, data.to_vec()));
+            } else {
+                self.w.mail.entry(key).or_default().push_back(data.to_vec());
+            }
             Ok(SendId::Done)
         }
         fn sent(&mut self, _id: SendId) -> Result<bool> {
@@ -974,8 +1002,11 @@ mod tests {
             }
             Ok(got)
         }
-        fn lost(&mut self, _peer: usize) -> Option<Error> {
-            None
+        fn lost(&mut self, peer: usize) -> Option<Error> {
+            self.w.gone.contains(&peer).then(|| Error::PeerLost {
+                rank: peer,
+                detail: "it exited".into(),
+            })
         }
         fn cancel(&mut self, id: RecvId) {
             self.w.posted.remove(&id);
@@ -1006,6 +1037,46 @@ mod tests {
             }
         }
         done.into_iter().map(Option::unwrap).collect()
+    }
+
+    /// A rank that sends its last message and leaves between a progress step's read and its
+    /// look for lost peers is not taken for lost: the next step reads what it sent.
+    #[test]
+    fn a_peer_that_leaves_right_after_its_last_send_is_not_lost() {
+        let mut w = Wires {
+            delayed: true,
+            ..Wires::default()
+        };
+        let mut a = Exec::new(barrier(1, 0, 2));
+        let mut b = Exec::new(barrier(1, 1, 2));
+        // B waits for A long enough to look for lost peers next time.
+        for _ in 0..31 {
+            w.deliver();
+            assert!(!b.advance(&mut SimNet { me: 1, w: &mut w }).unwrap());
+        }
+        // A runs, sends its last message and leaves, after B's read and before its look.
+        w.deliver();
+        assert!(a.advance(&mut SimNet { me: 0, w: &mut w }).unwrap());
+        w.gone.push(0);
+        let first = b.advance(&mut SimNet { me: 1, w: &mut w });
+        assert!(
+            matches!(first, Ok(false)),
+            "lost too early: {:?}",
+            first.err()
+        );
+        w.deliver();
+        assert!(b.advance(&mut SimNet { me: 1, w: &mut w }).unwrap());
+        // A rank that leaves without sending is lost, at the second look.
+        let mut c = Exec::new(barrier(2, 1, 2));
+        let mut r = Ok(false);
+        for _ in 0..64 {
+            w.deliver();
+            r = c.advance(&mut SimNet { me: 1, w: &mut w });
+            if r.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(r, Err(Error::PeerLost { rank: 0, .. })), "{r:?}");
     }
 
     /// Non-commutative: composition of affine maps `x -> a x + b` (mod 2^32), each item
