@@ -157,7 +157,6 @@ pub(crate) struct Exec<T> {
     recvs: Vec<(Option<RecvId>, Move)>,
     then: Option<Local<T>>,
     started: bool,
-    looks: u32,
     /// A rank found gone at the last look while a receive from it waited. It counts as lost
     /// only if it is still gone, and the receive still waiting, at the next look: progress
     /// steps between the two looks read everything it sent before it left.
@@ -172,17 +171,17 @@ impl<T: Pod + Send> Exec<T> {
             recvs: Vec::new(),
             then: None,
             started: false,
-            looks: 0,
             suspect: None,
         }
     }
 
     /// Advance as far as possible without waiting: `Ok(true)` once every round is done.
-    pub(crate) fn advance(&mut self, net: &mut dyn Net) -> Result<bool> {
+    /// `look`: also look for ranks that are gone among those a receive waits on (the
+    /// caller does so now and then, with progress steps in between).
+    pub(crate) fn advance(&mut self, net: &mut dyn Net, look: bool) -> Result<bool> {
         loop {
             if self.started && !self.round_done(net)? {
-                self.looks = self.looks.wrapping_add(1);
-                if self.looks.is_multiple_of(32) {
+                if look {
                     let waiting: Vec<usize> = self
                         .recvs
                         .iter()
@@ -317,7 +316,13 @@ struct OnComm<T, O> {
     members: Arc<[usize]>,
     typecode: u32,
     finish: Option<Output<T, O>>,
+    /// When it last looked for lost ranks, and the progress steps since.
+    last_look: std::time::Instant,
+    steps: u32,
 }
+
+/// How often a running collective looks for lost ranks (the first look only suspects).
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl<T: Pod + Send, O: Send + 'static> Machine for OnComm<T, O> {
     fn advance(&mut self, core: &Core, st: &mut State) -> Option<Outcome> {
@@ -330,7 +335,12 @@ impl<T: Pod + Send, O: Send + 'static> Machine for OnComm<T, O> {
             typecode: self.typecode,
         };
         let exec = self.exec.as_mut()?;
-        let r: Result<O> = match exec.advance(&mut net) {
+        self.steps = self.steps.saturating_add(1);
+        let look = self.steps >= 2 && self.last_look.elapsed() >= LOOK_EVERY;
+        if look {
+            (self.steps, self.last_look) = (0, std::time::Instant::now());
+        }
+        let r: Result<O> = match exec.advance(&mut net, look) {
             Ok(false) => return None,
             Ok(true) => {
                 let bufs = self.exec.take().expect("running").into_bufs();
@@ -408,8 +418,13 @@ impl Net for CoreNet<'_> {
     }
 
     fn lost(&mut self, peer: usize) -> Option<Error> {
-        let rank = self.members[peer];
-        let detail = self.core.gone(self.st, rank)?;
+        // As a blocking collective's step: a failed member is the cause to name, even when
+        // the peer left because of it.
+        let watch = crate::progress::Watch::Step {
+            peer: self.members[peer],
+            members: self.members,
+        };
+        let (rank, detail) = self.core.check_watch(self.st, watch)?;
         Some(Error::PeerLost { rank, detail })
     }
 
@@ -452,6 +467,8 @@ impl Comm {
             members: self.members.clone(),
             typecode: typecode::<T>(),
             finish: Some(Box::new(finish)),
+            last_look: std::time::Instant::now(),
+            steps: 0,
         };
         let slot = self.core.start_machine(Box::new(m), call);
         Request::running(self.clone(), slot)
@@ -1028,7 +1045,7 @@ mod tests {
             x ^= x << 17;
             let r = (x % n as u64) as usize;
             let Some(e) = ex[r].as_mut() else { continue };
-            if e.advance(&mut SimNet { me: r, w: &mut w }).unwrap() {
+            if e.advance(&mut SimNet { me: r, w: &mut w }, false).unwrap() {
                 done[r] = Some(ex[r].take().unwrap().into_bufs());
                 idle = 0;
             } else {
@@ -1049,29 +1066,29 @@ mod tests {
         };
         let mut a = Exec::new(barrier(1, 0, 2));
         let mut b = Exec::new(barrier(1, 1, 2));
-        // B waits for A long enough to look for lost peers next time.
-        for _ in 0..31 {
+        // B waits for A, looking for lost ranks each time.
+        for _ in 0..3 {
             w.deliver();
-            assert!(!b.advance(&mut SimNet { me: 1, w: &mut w }).unwrap());
+            assert!(!b.advance(&mut SimNet { me: 1, w: &mut w }, true).unwrap());
         }
         // A runs, sends its last message and leaves, after B's read and before its look.
         w.deliver();
-        assert!(a.advance(&mut SimNet { me: 0, w: &mut w }).unwrap());
+        assert!(a.advance(&mut SimNet { me: 0, w: &mut w }, true).unwrap());
         w.gone.push(0);
-        let first = b.advance(&mut SimNet { me: 1, w: &mut w });
+        let first = b.advance(&mut SimNet { me: 1, w: &mut w }, true);
         assert!(
             matches!(first, Ok(false)),
             "lost too early: {:?}",
             first.err()
         );
         w.deliver();
-        assert!(b.advance(&mut SimNet { me: 1, w: &mut w }).unwrap());
+        assert!(b.advance(&mut SimNet { me: 1, w: &mut w }, true).unwrap());
         // A rank that leaves without sending is lost, at the second look.
         let mut c = Exec::new(barrier(2, 1, 2));
         let mut r = Ok(false);
-        for _ in 0..64 {
+        for _ in 0..3 {
             w.deliver();
-            r = c.advance(&mut SimNet { me: 1, w: &mut w });
+            r = c.advance(&mut SimNet { me: 1, w: &mut w }, true);
             if r.is_err() {
                 break;
             }

@@ -13,7 +13,15 @@ use std::time::Duration;
 use ranks_tests::*;
 
 const KINDS: [(&str, i32); 4] = [("exit0", 0), ("exit3", 3), ("panic", 101), ("kill", 137)];
-const OPS: [&str; 5] = ["allreduce", "barrier", "bcast", "anysource", "ring"];
+const OPS: [&str; 7] = [
+    "allreduce",
+    "barrier",
+    "bcast",
+    "anysource",
+    "ring",
+    "iallreduce",
+    "ibarrier",
+];
 const N: usize = 4;
 const VICTIM: usize = N - 1;
 

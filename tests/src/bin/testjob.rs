@@ -743,6 +743,9 @@ fn dies(w: &Comm) -> R {
     let r: R = match op.as_str() {
         "allreduce" => w.all_reduce_slice(&[1u64], &mut [0u64], &ranks::op::Sum),
         "barrier" => w.barrier(),
+        // The nonblocking forms: state machines that notice the loss themselves.
+        "iallreduce" => w.iall_reduce(vec![1u64], ranks::op::Sum).wait().map(drop),
+        "ibarrier" => w.ibarrier().wait(),
         "bcast" => {
             let mut v = [0u64; 4];
             w.broadcast_slice(victim, &mut v)
