@@ -293,8 +293,9 @@ pub(crate) type Outcome = Box<dyn std::any::Any + Send>;
 
 /// A running collective as the core keeps it: advanced by every progress step.
 pub(crate) trait Machine: Send {
-    /// Advance as far as possible; the outcome once the collective is over.
-    fn advance(&mut self, core: &Core, st: &mut State) -> Option<Outcome>;
+    /// Advance as far as possible; the outcome once the collective is over. `look`: also
+    /// look for lost ranks (the core asks now and then, with progress steps in between).
+    fn advance(&mut self, core: &Core, st: &mut State, look: bool) -> Option<Outcome>;
 }
 
 /// Where a running collective's request finds its outcome.
@@ -316,16 +317,13 @@ struct OnComm<T, O> {
     members: Arc<[usize]>,
     typecode: u32,
     finish: Option<Output<T, O>>,
-    /// When it last looked for lost ranks, and the progress steps since.
-    last_look: std::time::Instant,
-    steps: u32,
 }
 
-/// How often a running collective looks for lost ranks (the first look only suspects).
-const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+/// How often running collectives look for lost ranks (the first look only suspects).
+pub(crate) const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl<T: Pod + Send, O: Send + 'static> Machine for OnComm<T, O> {
-    fn advance(&mut self, core: &Core, st: &mut State) -> Option<Outcome> {
+    fn advance(&mut self, core: &Core, st: &mut State, look: bool) -> Option<Outcome> {
         let mut net = CoreNet {
             core,
             st,
@@ -335,11 +333,6 @@ impl<T: Pod + Send, O: Send + 'static> Machine for OnComm<T, O> {
             typecode: self.typecode,
         };
         let exec = self.exec.as_mut()?;
-        self.steps = self.steps.saturating_add(1);
-        let look = self.steps >= 2 && self.last_look.elapsed() >= LOOK_EVERY;
-        if look {
-            (self.steps, self.last_look) = (0, std::time::Instant::now());
-        }
         let r: Result<O> = match exec.advance(&mut net, look) {
             Ok(false) => return None,
             Ok(true) => {
@@ -467,8 +460,6 @@ impl Comm {
             members: self.members.clone(),
             typecode: typecode::<T>(),
             finish: Some(Box::new(finish)),
-            last_look: std::time::Instant::now(),
-            steps: 0,
         };
         let slot = self.core.start_machine(Box::new(m), call);
         Request::running(self.clone(), slot)

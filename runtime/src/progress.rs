@@ -76,6 +76,8 @@ pub(crate) struct State {
         Box<dyn crate::nbc::Machine>,
         std::sync::Arc<crate::nbc::Slot>,
     )>,
+    /// When they last looked for lost ranks, and the progress steps since.
+    machines_looked: (Instant, u32),
 }
 
 impl State {
@@ -197,6 +199,7 @@ impl Core {
             lost_told: vec![false; size],
             stream_waiters: vec![0; size],
             machines: Vec::new(),
+            machines_looked: (Instant::now(), 0),
         };
         Core {
             rank,
@@ -307,7 +310,14 @@ impl Core {
     fn advance_machines(&self, st: &mut State) -> bool {
         let mut ms = std::mem::take(&mut st.machines);
         let mut finished = false;
-        ms.retain_mut(|(m, slot)| match m.advance(self, st) {
+        // Now and then, with at least one whole progress step since the last time.
+        let (at, steps) = &mut st.machines_looked;
+        *steps = steps.saturating_add(1);
+        let look = *steps >= 2 && at.elapsed() >= crate::nbc::LOOK_EVERY;
+        if look {
+            (*at, *steps) = (Instant::now(), 0);
+        }
+        ms.retain_mut(|(m, slot)| match m.advance(self, st, look) {
             Some(out) => {
                 *slot.out.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
                 slot.done.store(true, std::sync::atomic::Ordering::SeqCst);
