@@ -625,6 +625,107 @@ impl Comm {
         self.start(("iall_gather", None), s, Self::first)
     }
 
+    /// Check that `counts` has one entry per rank (and, with `total`, sums to it).
+    fn check_counts(&self, what: &str, counts: &[usize], total: Option<usize>) -> Result<()> {
+        let n = self.size();
+        if counts.len() != n || total.is_some_and(|t| counts.iter().sum::<usize>() != t) {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: {} counts summing to {} for {n} ranks{}",
+                counts.len(),
+                counts.iter().sum::<usize>(),
+                total.map_or(String::new(), |t| format!(" and {t} items")),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Nonblocking gather of blocks of different sizes: rank r sends `counts[r]` items;
+    /// `counts` is needed at the root (MPI's `MPI_Igatherv`), which gets `Some(blocks in
+    /// rank order)`.
+    pub fn igather_varcount<T: Pod + Send>(
+        &self,
+        root: usize,
+        send: Vec<T>,
+        counts: &[usize],
+    ) -> Result<Request<'static, Option<Vec<T>>>> {
+        self.check_root(root)?;
+        let me = self.rank();
+        if me == root {
+            self.check_counts("igather_varcount", counts, None)?;
+            if counts[me] != send.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "igather_varcount: the root sends {} items but counts says {}",
+                    send.len(),
+                    counts[me]
+                )));
+            }
+        }
+        let seq = self.next_seq();
+        let s = gatherv(seq, root, me, self.size(), send, counts);
+        Ok(self.start(("igather_varcount", Some(root)), s, move |b| {
+            (me == root).then(|| Self::first(b))
+        }))
+    }
+
+    /// Nonblocking scatter of blocks of different sizes: rank r gets `counts[r]` items of
+    /// the root's `send` (ignored elsewhere); `counts` is needed on every rank.
+    pub fn iscatter_varcount<T: Pod + Send>(
+        &self,
+        root: usize,
+        send: Vec<T>,
+        counts: &[usize],
+    ) -> Result<Request<'static, Vec<T>>> {
+        self.check_root(root)?;
+        let total = (self.rank() == root).then_some(send.len());
+        self.check_counts("iscatter_varcount", counts, total)?;
+        let seq = self.next_seq();
+        let s = scatterv(seq, root, self.rank(), self.size(), counts, send);
+        Ok(self.start(("iscatter_varcount", Some(root)), s, Self::first))
+    }
+
+    /// Nonblocking all-gather of blocks of different sizes (`counts[r]` items from rank r,
+    /// `counts` on every rank): the concatenation in rank order.
+    pub fn iall_gather_varcount<T: Pod + Send>(
+        &self,
+        send: Vec<T>,
+        counts: &[usize],
+    ) -> Result<Request<'static, Vec<T>>> {
+        self.check_counts("iall_gather_varcount", counts, None)?;
+        if counts[self.rank()] != send.len() {
+            return Err(Error::InvalidArgument(format!(
+                "iall_gather_varcount: this rank sends {} items but counts says {}",
+                send.len(),
+                counts[self.rank()]
+            )));
+        }
+        let seq = self.next_seq();
+        let s = all_gatherv(seq, self.rank(), self.size(), send, counts);
+        Ok(self.start(("iall_gather_varcount", None), s, Self::first))
+    }
+
+    /// Nonblocking all-to-all of blocks of different sizes: `send_counts[j]` items to rank
+    /// j, `recv_counts[j]` from it (MPI's `MPI_Ialltoallv`); the blocks received, in rank
+    /// order.
+    pub fn iall_to_all_varcount<T: Pod + Send>(
+        &self,
+        send: Vec<T>,
+        send_counts: &[usize],
+        recv_counts: &[usize],
+    ) -> Result<Request<'static, Vec<T>>> {
+        self.check_counts("iall_to_all_varcount", send_counts, Some(send.len()))?;
+        self.check_counts("iall_to_all_varcount", recv_counts, None)?;
+        let seq = self.next_seq();
+        let s = all_to_allv(
+            seq,
+            self.rank(),
+            self.size(),
+            send,
+            send_counts,
+            recv_counts,
+        );
+        Ok(self.start(("iall_to_all_varcount", None), s, Self::first))
+    }
+
     /// Nonblocking all-to-all of equal blocks: block j of `send` goes to rank j; the result
     /// holds rank j's block for this rank at block j.
     pub fn iall_to_all<T: Pod + Send>(&self, send: Vec<T>) -> Result<Request<'static, Vec<T>>> {
@@ -831,6 +932,111 @@ pub(crate) fn scatter<T: Pod + Send>(
     s
 }
 
+/// Where each block starts when blocks of `counts` items are laid end to end.
+fn starts(counts: &[usize]) -> Vec<usize> {
+    counts
+        .iter()
+        .scan(0, |a, &c| {
+            *a += c;
+            Some(*a - c)
+        })
+        .collect()
+}
+
+/// `gather` with rank r's block `counts[r]` items long (`counts` is needed at the root).
+pub(crate) fn gatherv<T: Pod + Send>(
+    seq: u32,
+    root: usize,
+    me: usize,
+    n: usize,
+    data: Vec<T>,
+    counts: &[usize],
+) -> Schedule<T> {
+    if me != root {
+        let k = data.len();
+        let mut s = Schedule::new(seq, vec![data]);
+        s.round().send(root, 0, 0, 0..k);
+        return s;
+    }
+    let at = starts(counts);
+    let mut out = vec![T::zeroed(); counts.iter().sum()];
+    out[at[me]..at[me] + counts[me]].copy_from_slice(&data);
+    let mut s = Schedule::new(seq, vec![out]);
+    s.round();
+    for r in (0..n).filter(|&r| r != me) {
+        s.recv(r, 0, 0, at[r]..at[r] + counts[r]);
+    }
+    s
+}
+
+/// `scatter` with rank r's block `counts[r]` items long (`counts` is needed everywhere).
+pub(crate) fn scatterv<T: Pod + Send>(
+    seq: u32,
+    root: usize,
+    me: usize,
+    n: usize,
+    counts: &[usize],
+    data: Vec<T>,
+) -> Schedule<T> {
+    if me != root {
+        let mut s = Schedule::new(seq, vec![vec![T::zeroed(); counts[me]]]);
+        s.round().recv(root, 0, 0, 0..counts[me]);
+        return s;
+    }
+    let at = starts(counts);
+    let mine = data[at[me]..at[me] + counts[me]].to_vec();
+    let mut s = Schedule::new(seq, vec![mine, data]);
+    s.round();
+    for r in (0..n).filter(|&r| r != me) {
+        s.send(r, 0, 1, at[r]..at[r] + counts[r]);
+    }
+    s
+}
+
+/// Ring all-gather of blocks of `counts[r]` items (`counts` is needed everywhere).
+pub(crate) fn all_gatherv<T: Pod + Send>(
+    seq: u32,
+    me: usize,
+    n: usize,
+    data: Vec<T>,
+    counts: &[usize],
+) -> Schedule<T> {
+    let at = starts(counts);
+    let mut out = vec![T::zeroed(); counts.iter().sum()];
+    out[at[me]..at[me] + counts[me]].copy_from_slice(&data);
+    let mut s = Schedule::new(seq, vec![out]);
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    for i in 0..n.saturating_sub(1) {
+        let give = (me + n - i) % n;
+        let take = (me + 2 * n - i - 1) % n;
+        s.round()
+            .send(next, i as u32, 0, at[give]..at[give] + counts[give])
+            .recv(prev, i as u32, 0, at[take]..at[take] + counts[take]);
+    }
+    s
+}
+
+/// All-to-all with `send_counts[j]` items to rank j and `recv_counts[j]` from it.
+pub(crate) fn all_to_allv<T: Pod + Send>(
+    seq: u32,
+    me: usize,
+    n: usize,
+    data: Vec<T>,
+    send_counts: &[usize],
+    recv_counts: &[usize],
+) -> Schedule<T> {
+    let (sa, ra) = (starts(send_counts), starts(recv_counts));
+    let mut out = vec![T::zeroed(); recv_counts.iter().sum()];
+    out[ra[me]..ra[me] + recv_counts[me]].copy_from_slice(&data[sa[me]..sa[me] + send_counts[me]]);
+    let mut s = Schedule::new(seq, vec![out, data]);
+    s.round();
+    for j in (0..n).filter(|&j| j != me) {
+        s.send(j, 0, 1, sa[j]..sa[j] + send_counts[j]);
+        s.recv(j, 0, 0, ra[j]..ra[j] + recv_counts[j]);
+    }
+    s
+}
+
 /// Ring all-gather: in step i, pass block `me - i` on and take block `me - i - 1`.
 pub(crate) fn all_gather<T: Pod + Send>(
     seq: u32,
@@ -912,13 +1118,7 @@ pub(crate) fn reduce_scatter<T: Pod + Send, O: Op<T> + Send + Sync + 'static>(
     let len = data.len();
     let mut s = Schedule::new(seq, vec![data, vec![T::zeroed(); len]]);
     reduce_into(&mut s, len, 0, me, n, &op);
-    let at: Vec<usize> = counts
-        .iter()
-        .scan(0, |a, &c| {
-            *a += c;
-            Some(*a - c)
-        })
-        .collect();
+    let at = starts(counts);
     if me == 0 {
         s.round();
         for r in 1..n {
@@ -1237,6 +1437,83 @@ mod tests {
                         };
                         assert_eq!(b[0], want, "scan({inclusive}) n={n} rank {r}");
                     }
+                }
+                // Blocks of different sizes (some empty).
+                let cv: Vec<usize> = (0..n).map(|r| (r * 2) % 5).collect();
+                let at = starts(&cv);
+                let block = |r: usize| {
+                    (0..cv[r] as u64)
+                        .map(|i| i + 10 * r as u64)
+                        .collect::<Vec<_>>()
+                };
+                let whole: Vec<u64> = (0..n).flat_map(block).collect();
+                for root in 0..n {
+                    let out = run(
+                        (0..n)
+                            .map(|me| gatherv(11, root, me, n, block(me), &cv))
+                            .collect(),
+                        seed,
+                    );
+                    assert_eq!(out[root][0], whole, "gatherv n={n} root={root}");
+                    let out = run(
+                        (0..n)
+                            .map(|me| {
+                                scatterv(
+                                    12,
+                                    root,
+                                    me,
+                                    n,
+                                    &cv,
+                                    if me == root {
+                                        whole.clone()
+                                    } else {
+                                        Vec::new()
+                                    },
+                                )
+                            })
+                            .collect(),
+                        seed,
+                    );
+                    for (r, b) in out.iter().enumerate() {
+                        assert_eq!(
+                            b[0],
+                            whole[at[r]..at[r] + cv[r]],
+                            "scatterv n={n} root={root}"
+                        );
+                    }
+                }
+                let out = run(
+                    (0..n)
+                        .map(|me| all_gatherv(13, me, n, block(me), &cv))
+                        .collect(),
+                    seed,
+                );
+                assert!(out.iter().all(|b| b[0] == whole), "all_gatherv n={n}");
+                // Rank i sends (i + j) % 3 items to rank j.
+                let sc = |i: usize| (0..n).map(|j| (i + j) % 3).collect::<Vec<_>>();
+                let out = run(
+                    (0..n)
+                        .map(|me| {
+                            let data: Vec<u64> = sc(me)
+                                .iter()
+                                .enumerate()
+                                .flat_map(|(j, &c)| {
+                                    (0..c as u64).map(move |x| (me * 100 + j * 10) as u64 + x)
+                                })
+                                .collect();
+                            let rc: Vec<usize> = (0..n).map(|i| sc(i)[me]).collect();
+                            all_to_allv(14, me, n, data, &sc(me), &rc)
+                        })
+                        .collect(),
+                    seed,
+                );
+                for (me, b) in out.iter().enumerate() {
+                    let want: Vec<u64> = (0..n)
+                        .flat_map(|i| {
+                            (0..sc(i)[me] as u64).map(move |x| (i * 100 + me * 10) as u64 + x)
+                        })
+                        .collect();
+                    assert_eq!(b[0], want, "all_to_allv n={n} rank {me}");
                 }
                 let counts: Vec<usize> = (0..n).map(|r| r % 3 + 1).collect();
                 let total: usize = counts.iter().sum();

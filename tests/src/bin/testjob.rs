@@ -1157,6 +1157,37 @@ fn nbc(w: &Comm) -> R {
             "ireduce {len}"
         );
         assert_eq!(r_bcast.wait()?, bcast, "ibroadcast {len}");
+
+        // Blocks of different sizes (some empty), against the blocking varcount forms.
+        let cv: Vec<usize> = (0..n).map(|r| (r * 3 + len) % 4).collect();
+        let mine: Vec<u64> = (0..cv[me] as u64).map(|i| i + 100 * me as u64).collect();
+        let whole: Vec<u64> = (0..cv.iter().sum::<usize>() as u64).collect();
+        let sc: Vec<usize> = (0..n).map(|j| (me + j + len) % 3).collect();
+        let rc: Vec<usize> = (0..n).map(|i| (i + me + len) % 3).collect();
+        let a2av: Vec<u64> = (0..sc.iter().sum::<usize>() as u64)
+            .map(|i| i * 7 + me as u64)
+            .collect();
+        let r_gv = w.igather_varcount(root, mine.clone(), &cv)?;
+        let r_sv = w.iscatter_varcount(
+            root,
+            if me == root {
+                whole.clone()
+            } else {
+                Vec::new()
+            },
+            &cv,
+        )?;
+        let r_agv = w.iall_gather_varcount(mine.clone(), &cv)?;
+        let r_a2av = w.iall_to_all_varcount(a2av.clone(), &sc, &rc)?;
+        let gv = w.gather_varcount(root, &mine)?;
+        let sv = w.scatter_varcount(root, (me == root).then_some((&whole[..], &cv[..])))?;
+        let (agv, _) = w.all_gather_varcount(&mine)?;
+        let (a2a_back, got_rc) = w.all_to_all_varcount(&a2av, &sc)?;
+        assert_eq!(got_rc, rc);
+        assert_eq!(r_a2av.wait()?, a2a_back, "iall_to_all_varcount {len}");
+        assert_eq!(r_agv.wait()?, agv, "iall_gather_varcount {len}");
+        assert_eq!(r_sv.wait()?, sv, "iscatter_varcount {len}");
+        assert_eq!(r_gv.wait()?, gv.map(|(v, _)| v), "igather_varcount {len}");
     }
 
     // Thousands in flight: no thread each.
