@@ -53,6 +53,18 @@ fn collectives_called_in_a_different_order_are_a_mismatch() {
     }
 }
 
+/// The wait of a nonblocking collective is noted as the collective itself.
+#[test]
+fn nonblocking_collectives_in_a_different_order_are_a_mismatch() {
+    let o = stuck("shm", "imismatch");
+    has(&o, "rank 0: blocked in ibarrier #0 on world");
+    has(&o, "rank 1: blocked in iall_reduce #0 on world");
+    has(
+        &o,
+        "ranks: collective mismatch on world: rank(s) 1, 3 in iall_reduce (#0) while rank(s) 0, 2 in ibarrier (#0)",
+    );
+}
+
 #[test]
 fn a_lock_wait_names_the_owner_and_the_cycle() {
     let o = stuck("shm", "lock");

@@ -816,6 +816,9 @@ fn stuck(w: &Comm) -> R {
         },
         "mismatch" if me.is_multiple_of(2) => w.barrier()?,
         "mismatch" => w.all_reduce_slice(&[1u64], &mut [0u64], &ranks::op::Sum)?,
+        // Nonblocking collectives started in a different order, then waited on.
+        "imismatch" if me.is_multiple_of(2) => w.ibarrier().wait()?,
+        "imismatch" => drop(w.iall_reduce(vec![1u64], ranks::op::Sum).wait()?),
         "lock" => {
             let lock = ranks::Lock::new(w, 0)?;
             if me == 0 {
