@@ -60,7 +60,7 @@ fn split_pair<T>(
 }
 
 /// Where each block starts when blocks of `counts` items are laid end to end.
-fn offsets(counts: &[usize]) -> Vec<usize> {
+pub(crate) fn offsets(counts: &[usize]) -> Vec<usize> {
     counts
         .iter()
         .scan(0, |acc, &c| {

@@ -72,7 +72,7 @@ impl Layout {
 
 /// Binomial-tree parent and children of position `i` in a list of `n`, rooted at
 /// position `root`: `(parent, children)` as positions.
-fn binomial(n: usize, i: usize, root: usize) -> (Option<usize>, Vec<usize>) {
+pub(crate) fn binomial(n: usize, i: usize, root: usize) -> (Option<usize>, Vec<usize>) {
     let v = (i + n - root) % n;
     let mut parent = None;
     let mut mask = 1;

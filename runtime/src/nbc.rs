@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use bytemuck::Pod;
 
-use crate::collectives::ctag;
+use crate::collectives::{ctag, offsets};
 use crate::comm::{typecode, Comm, Request};
 use crate::error::{Error, Result};
 use crate::op::Op;
@@ -567,15 +567,7 @@ impl Comm {
         counts: &[usize],
         op: O,
     ) -> Result<Request<'static, Vec<T>>> {
-        if counts.len() != self.size() || counts.iter().sum::<usize>() != buf.len() {
-            return Err(Error::InvalidArgument(format!(
-                "ireduce_scatter: {} counts summing to {} for {} ranks and {} items",
-                counts.len(),
-                counts.iter().sum::<usize>(),
-                self.size(),
-                buf.len()
-            )));
-        }
+        self.check_counts("ireduce_scatter", counts, Some(buf.len()))?;
         let seq = self.next_seq();
         let s = reduce_scatter(seq, self.rank(), self.size(), buf, counts, Arc::new(op));
         Ok(self.start(("ireduce_scatter", None), s, Self::first))
@@ -771,29 +763,16 @@ fn bcast_into<T: Pod + Send>(
     n: usize,
     step0: u32,
 ) {
-    let rel = (me + n - root) % n;
-    let mut mask = 1;
-    while mask < n {
-        if rel & mask != 0 {
-            let parent = (rel - mask + root) % n;
-            s.round()
-                .recv(parent, step0 + mask.trailing_zeros(), buf, 0..len);
-            break;
-        }
-        mask <<= 1;
+    let (parent, children) = crate::hier::binomial(n, me, root);
+    // The edge from `a` down to `b` is step `log2(b - a)` (relative to the root).
+    let step = |a: usize, b: usize| step0 + ((b + n - a) % n).trailing_zeros();
+    if let Some(p) = parent {
+        s.round().recv(p, step(p, me), buf, 0..len);
     }
-    let mut sends = Vec::new();
-    mask >>= 1;
-    while mask > 0 {
-        if rel + mask < n {
-            sends.push(((rel + mask + root) % n, step0 + mask.trailing_zeros()));
-        }
-        mask >>= 1;
-    }
-    if !sends.is_empty() {
+    if !children.is_empty() {
         s.round();
-        for (child, step) in sends {
-            s.send(child, step, buf, 0..len);
+        for c in children {
+            s.send(c, step(me, c), buf, 0..len);
         }
     }
 }
@@ -932,17 +911,6 @@ pub(crate) fn scatter<T: Pod + Send>(
     s
 }
 
-/// Where each block starts when blocks of `counts` items are laid end to end.
-fn starts(counts: &[usize]) -> Vec<usize> {
-    counts
-        .iter()
-        .scan(0, |a, &c| {
-            *a += c;
-            Some(*a - c)
-        })
-        .collect()
-}
-
 /// `gather` with rank r's block `counts[r]` items long (`counts` is needed at the root).
 pub(crate) fn gatherv<T: Pod + Send>(
     seq: u32,
@@ -958,7 +926,7 @@ pub(crate) fn gatherv<T: Pod + Send>(
         s.round().send(root, 0, 0, 0..k);
         return s;
     }
-    let at = starts(counts);
+    let at = offsets(counts);
     let mut out = vec![T::zeroed(); counts.iter().sum()];
     out[at[me]..at[me] + counts[me]].copy_from_slice(&data);
     let mut s = Schedule::new(seq, vec![out]);
@@ -983,7 +951,7 @@ pub(crate) fn scatterv<T: Pod + Send>(
         s.round().recv(root, 0, 0, 0..counts[me]);
         return s;
     }
-    let at = starts(counts);
+    let at = offsets(counts);
     let mine = data[at[me]..at[me] + counts[me]].to_vec();
     let mut s = Schedule::new(seq, vec![mine, data]);
     s.round();
@@ -1001,7 +969,7 @@ pub(crate) fn all_gatherv<T: Pod + Send>(
     data: Vec<T>,
     counts: &[usize],
 ) -> Schedule<T> {
-    let at = starts(counts);
+    let at = offsets(counts);
     let mut out = vec![T::zeroed(); counts.iter().sum()];
     out[at[me]..at[me] + counts[me]].copy_from_slice(&data);
     let mut s = Schedule::new(seq, vec![out]);
@@ -1025,7 +993,7 @@ pub(crate) fn all_to_allv<T: Pod + Send>(
     send_counts: &[usize],
     recv_counts: &[usize],
 ) -> Schedule<T> {
-    let (sa, ra) = (starts(send_counts), starts(recv_counts));
+    let (sa, ra) = (offsets(send_counts), offsets(recv_counts));
     let mut out = vec![T::zeroed(); recv_counts.iter().sum()];
     out[ra[me]..ra[me] + recv_counts[me]].copy_from_slice(&data[sa[me]..sa[me] + send_counts[me]]);
     let mut s = Schedule::new(seq, vec![out, data]);
@@ -1118,7 +1086,7 @@ pub(crate) fn reduce_scatter<T: Pod + Send, O: Op<T> + Send + Sync + 'static>(
     let len = data.len();
     let mut s = Schedule::new(seq, vec![data, vec![T::zeroed(); len]]);
     reduce_into(&mut s, len, 0, me, n, &op);
-    let at = starts(counts);
+    let at = offsets(counts);
     if me == 0 {
         s.round();
         for r in 1..n {
@@ -1440,7 +1408,7 @@ mod tests {
                 }
                 // Blocks of different sizes (some empty).
                 let cv: Vec<usize> = (0..n).map(|r| (r * 2) % 5).collect();
-                let at = starts(&cv);
+                let at = offsets(&cv);
                 let block = |r: usize| {
                     (0..cv[r] as u64)
                         .map(|i| i + 10 * r as u64)
