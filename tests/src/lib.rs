@@ -278,3 +278,24 @@ pub fn assert_clean(o: &Outcome) {
 
 /// The usual limit for a job in these tests.
 pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// Run `ranks-testjob ARGS` on `n` ranks over `transport`: it must succeed, every rank `r`
+/// must print `"{expect} rank {r}"`, and nothing may be left behind.
+pub fn testjob_ok_on_every_rank(n: usize, transport: &str, args: &[&str], expect: &str) {
+    let np = n.to_string();
+    let o = run_job(
+        &["-n", &np, "--transport", transport],
+        "ranks-testjob",
+        args,
+        LIMIT,
+    );
+    assert_eq!(o.code, 0, "{args:?} on {n} ranks over {transport}: {o:?}");
+    for r in 0..n {
+        assert!(
+            o.stdout.contains(&format!("{expect} rank {r}")),
+            "{args:?} on {n} ranks over {transport}: no word from rank {r}:\n{}",
+            o.stdout
+        );
+    }
+    assert_clean(&o);
+}

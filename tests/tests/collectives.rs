@@ -125,33 +125,14 @@ fn only_leaders_talk_across_hosts() {
     );
 }
 
-fn nbc_job(n: usize, transport: &str) {
-    let np = n.to_string();
-    let o = run_job(
-        &["-n", &np, "--transport", transport],
-        "ranks-testjob",
-        &["nbc"],
-        LIMIT,
-    );
-    assert_eq!(o.code, 0, "nbc on {n} ranks over {transport}: {o:?}");
-    for r in 0..n {
-        assert!(
-            o.stdout.contains(&format!("nbc ok rank {r}")),
-            "nbc on {n} ranks: no word from rank {r}:\n{}",
-            o.stdout
-        );
-    }
-    assert_clean(&o);
-}
-
 /// Every nonblocking collective against its blocking form (all in flight at once, waited
 /// in reverse), 3000 all-reduces and 3000 barriers in flight at once, and the progress
 /// rule: a rank blocked in a receive still advances its pending collective.
 #[test]
 fn nonblocking_collectives_are_state_machines() {
     for n in [1, 2, 3, 5, 8] {
-        nbc_job(n, "shm");
+        testjob_ok_on_every_rank(n, "shm", &["nbc"], "nbc ok");
     }
-    nbc_job(3, "uds");
-    nbc_job(3, "quic");
+    testjob_ok_on_every_rank(3, "uds", &["nbc"], "nbc ok");
+    testjob_ok_on_every_rank(3, "quic", &["nbc"], "nbc ok");
 }

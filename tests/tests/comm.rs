@@ -3,33 +3,14 @@
 
 use ranks_tests::*;
 
-fn job_ok(n: usize, transport: &str, args: &[&str], expect: &str) {
-    let np = n.to_string();
-    let o = run_job(
-        &["-n", &np, "--transport", transport],
-        "ranks-testjob",
-        args,
-        LIMIT,
-    );
-    assert_eq!(o.code, 0, "{args:?} on {n} ranks over {transport}: {o:?}");
-    for r in 0..n {
-        assert!(
-            o.stdout.contains(&format!("{expect} rank {r}")),
-            "{args:?} on {n} ranks: no word from rank {r}:\n{}",
-            o.stdout
-        );
-    }
-    assert_clean(&o);
-}
-
 /// Groups (set operations, translation, compare), `create` in a group's order, and
 /// communicators made and dropped 300 times with their ids reused, traffic kept apart.
 #[test]
 fn groups_and_communicator_management() {
     for n in [1, 2, 3, 5, 8] {
-        job_ok(n, "shm", &["groups"], "groups ok");
+        testjob_ok_on_every_rank(n, "shm", &["groups"], "groups ok");
     }
-    job_ok(3, "quic", &["groups"], "groups ok");
+    testjob_ok_on_every_rank(3, "quic", &["groups"], "groups ok");
 }
 
 /// Cartesian grids in 1-3 dimensions: coordinates, shifts, sub-grids and the neighbour
@@ -37,9 +18,9 @@ fn groups_and_communicator_management() {
 #[test]
 fn cartesian_topologies() {
     for n in [1, 2, 3, 5, 8] {
-        job_ok(n, "shm", &["cart"], "cart ok");
+        testjob_ok_on_every_rank(n, "shm", &["cart"], "cart ok");
     }
-    job_ok(3, "uds", &["cart"], "cart ok");
+    testjob_ok_on_every_rank(3, "uds", &["cart"], "cart ok");
 }
 
 /// The 2-D heat equation on a Cartesian grid with halo exchange gives the serial solution
