@@ -431,7 +431,7 @@ impl CoreNet<'_> {
         match msg.body {
             Body::Eager(v) => Ok(v),
             Body::Failed(e) => Err(*e),
-            Body::Remote { .. } => Err(Error::InvalidArgument(
+            Body::Remote { .. } | Body::Landed(_) => Err(Error::InvalidArgument(
                 "a collective's message came without its bytes".into(),
             )),
         }

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::comm::{status_of, typecode, Comm, Status};
 use crate::error::{Error, Result};
-use crate::progress::{Core, FromStream, Watch};
+use crate::progress::{Claim, Core, FromStream, Watch};
 use crate::protocol::matching::{Body, Msg, Pattern, RecvId};
 use crate::protocol::{PullJob, Route, RvBuf, SendId, Taken, Want};
 use crate::request::{ReqState, Request};
@@ -361,7 +361,7 @@ impl Comm {
                 fast = true;
             }
             if st.proto.may_bypass(pat) {
-                match core.recv_from_stream(st, peer, &pat, typecode, dst) {
+                match core.recv_from_stream(st, peer, Claim::Blocking(&pat), typecode, dst) {
                     FromStream::Got(h) => {
                         stop_fast(core, st, &mut fast);
                         return Ok(Some(Ok(Status {
@@ -374,12 +374,18 @@ impl Comm {
                     FromStream::No => {}
                 }
             }
+            // Progress has left the stream to us: read what is in it now, or a wait that
+            // sleeps next would sleep with a whole frame unread.
+            let counted = fast;
             stop_fast(core, st, &mut fast);
+            if counted {
+                core.progress(st);
+            }
             match st.proto.post(pat, Want::Now) {
                 Ok(m) => Ok(Some(Err(Taken::Msg(m)))),
                 Err(id) => {
                     posted = Some(id);
-                    Ok(None)
+                    Ok(st.proto.take(id, true).map(Err))
                 }
             }
         });
@@ -408,12 +414,16 @@ impl Comm {
             c.decode_into(m.expect("receive"), buf)
         }
         let st = self.post(pat, Want::Later);
-        Ok(Request::with_buffer(
-            self.clone(),
-            st,
-            finish::<T>,
-            bytemuck::cast_slice_mut(buf),
-        ))
+        let req =
+            Request::with_buffer(self.clone(), st, finish::<T>, bytemuck::cast_slice_mut(buf));
+        // From one other rank over a transport whose stream can be read in place.
+        let from = usize::try_from(pat.src).ok().map(|s| self.members[s]);
+        Ok(match from {
+            Some(peer) if peer != self.core.rank && self.core.t.available(peer).is_some() => {
+                req.landing(peer, typecode::<T>())
+            }
+            _ => req,
+        })
     }
 
     pub(crate) fn iprobe_pat(&self, pat: Pattern) -> Result<Option<Status>> {
@@ -473,7 +483,9 @@ impl Comm {
                 match msg.body {
                     Body::Eager(v) => Ok((v, status)),
                     Body::Failed(e) => Err(self.core.settle(*e)),
-                    Body::Remote { .. } => unreachable!("a taken message has its bytes"),
+                    Body::Remote { .. } | Body::Landed(_) => {
+                        unreachable!("a taken message has its bytes")
+                    }
                 }
             }
             Taken::Pull(job, msg) => {
@@ -646,6 +658,8 @@ impl Comm {
             Taken::Msg(msg) => match msg.body {
                 Body::Eager(v) => dst.copy_from_slice(&v),
                 Body::Failed(e) => return Err(self.core.settle(*e)),
+                // Already in `dst`: the request landed it there from the stream.
+                Body::Landed(_) => {}
                 Body::Remote { .. } => unreachable!("a taken message has its bytes"),
             },
             Taken::Pull(job, _) => self.land_pull(job, dst)?,

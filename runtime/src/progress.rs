@@ -96,6 +96,16 @@ impl State {
     }
 }
 
+/// Whose message [`Core::recv_from_stream`] may take.
+#[derive(Clone, Copy)]
+pub(crate) enum Claim<'p> {
+    /// A blocking receive for this pattern, with no posted receive or queued message that
+    /// could come first (the caller checked).
+    Blocking(&'p Pattern),
+    /// This posted receive, if it is the oldest posted one the frame matches.
+    Posted(RecvId),
+}
+
 /// What [`Core::recv_from_stream`] found.
 pub(crate) enum FromStream {
     /// The frame with this header, its payload in the caller's buffer.
@@ -352,14 +362,15 @@ impl Core {
     }
 
     /// Take the next frame of `peer`'s stream straight into `dst` when it is a whole data
-    /// frame that matches `pat`, fits, and has the element type `typecode` (MPI order is kept:
-    /// the caller checked that no posted receive or queued message comes first). No decoder,
-    /// no allocation, no matching: the small-message fast path.
+    /// frame for `claim`, fits, and has the element type `typecode` (MPI order is kept: a
+    /// blocking receive's caller checked that no posted receive or queued message comes
+    /// first; a posted receive takes only a frame it is the oldest match for). No decoder,
+    /// no allocation, no queues: the small-message fast path.
     pub(crate) fn recv_from_stream(
         &self,
         st: &mut State,
         peer: usize,
-        pat: &Pattern,
+        claim: Claim<'_>,
         typecode: u32,
         dst: &mut [u8],
     ) -> FromStream {
@@ -380,8 +391,12 @@ impl Core {
             return FromStream::No;
         };
         let len = h.len as usize;
-        let fits = h.kind == Kind::Data
-            && pat.matches_header(&h)
+        let ours = h.kind == Kind::Data
+            && match claim {
+                Claim::Blocking(pat) => pat.matches_header(&h),
+                Claim::Posted(id) => st.proto.claimed_by(&h, id),
+            };
+        let fits = ours
             && h.enc == Encoding::Raw
             && h.typecode == typecode
             && len <= dst.len()
@@ -396,6 +411,9 @@ impl Core {
         match got {
             Ok(n) if n == HEADER_LEN + len => {
                 self.t.read_done(peer);
+                if let Claim::Posted(id) = claim {
+                    st.proto.landed(id);
+                }
                 FromStream::Got(h)
             }
             // The bytes were there a moment ago and only we read this stream: a broken ring.

@@ -3,9 +3,10 @@
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::p2p::poll_borrowed_send;
-use crate::progress::{Core, State, Watch};
-use crate::protocol::matching::{Pattern, RecvId};
+use crate::progress::{Claim, Core, FromStream, State, Watch};
+use crate::protocol::matching::{Body, Msg, Pattern, RecvId};
 use crate::protocol::{SendId, Taken};
+use crate::wire::HEADER_LEN;
 
 /// Where a nonblocking operation stands.
 pub(crate) enum ReqState<'a> {
@@ -22,6 +23,9 @@ pub(crate) enum ReqState<'a> {
         pat: Pattern,
     },
     Matched(Taken),
+    /// A receive whose message went straight from the sender's stream into the request's
+    /// buffer (its body says how many bytes).
+    Landed(Msg),
     /// A nonblocking collective, a state machine the core advances (see `crate::nbc`).
     Machine(std::sync::Arc<crate::nbc::Slot>),
     Done,
@@ -75,6 +79,9 @@ pub struct Request<'a, T> {
     state: ReqState<'a>,
     finish: Finisher<'a, T>,
     buf: Option<&'a mut [u8]>,
+    /// A receive into `buf` that may take its message straight from the stream of this
+    /// world rank, when it has this element type code (see [`Request::landing`]).
+    land: Option<(usize, u32)>,
 }
 
 impl<'a, T> Request<'a, T> {
@@ -84,6 +91,7 @@ impl<'a, T> Request<'a, T> {
             state,
             finish: Finisher::Plain(finish),
             buf: None,
+            land: None,
         }
     }
 
@@ -98,30 +106,22 @@ impl<'a, T> Request<'a, T> {
             state,
             finish: Finisher::Plain(finish),
             buf: Some(buf),
+            land: None,
         }
+    }
+
+    /// A receive into its own buffer of raw elements of type code `typecode` from world rank
+    /// `peer`: while its owner waits, a message of that rank's it is the first match for
+    /// goes from the stream straight into the buffer (no decoder, no allocation, no copy).
+    pub(crate) fn landing(mut self, peer: usize, typecode: u32) -> Self {
+        self.land = Some((peer, typecode));
+        self
     }
 
     /// Advance the operation; true once it is complete (or failed: `complete` says how).
     /// `direct`: the caller waits now, so a rendezvous receive is pulled into its buffer.
     fn poll_state(&mut self, core: &Core, st: &mut State, direct: bool) -> Result<bool> {
-        match &self.state {
-            ReqState::Send { id, data, .. } => {
-                let done = poll_borrowed_send(core, st, *id, data)?;
-                if done {
-                    self.state = ReqState::Done;
-                }
-                Ok(done)
-            }
-            ReqState::Recv { id, .. } => match st.proto.take(*id, direct) {
-                Some(t) => {
-                    self.state = ReqState::Matched(t);
-                    Ok(true)
-                }
-                None => Ok(false),
-            },
-            ReqState::Machine(slot) => Ok(slot.done.load(std::sync::atomic::Ordering::SeqCst)),
-            ReqState::Matched(_) | ReqState::Done => Ok(true),
-        }
+        poll(&mut self.state, core, st, direct)
     }
 
     /// What ends a wait on `state` when ranks die.
@@ -145,6 +145,7 @@ impl<'a, T> Request<'a, T> {
                 id: SendId::Done, ..
             }
             | ReqState::Matched(_)
+            | ReqState::Landed(_)
             | ReqState::Done => return Ok(()),
             _ => {}
         }
@@ -191,13 +192,68 @@ impl<'a, T> Request<'a, T> {
             _ => None,
         };
         let mut first = true;
-        let r = comm.core.wait_for(watch, |core, st| {
+        // Landing from the stream: `Some(peer, typecode, counted)` while worth trying;
+        // `counted`: this thread is counted as waiting on the stream (progress leaves it to us).
+        let core = &*comm.core;
+        let mut landing = match (recv, self.land, self.buf.is_some()) {
+            (Some(_), Some((peer, typecode)), true) => Some((peer, typecode, false)),
+            _ => None,
+        };
+        let stop_landing = |st: &mut State, landing: &mut Option<(usize, u32, bool)>| {
+            if let Some((peer, _, counted)) = landing {
+                if std::mem::take(counted) {
+                    core.stream_waiter(st, *peer, false);
+                }
+            }
+        };
+        let state = &mut self.state;
+        let buf = &mut self.buf;
+        let mut check = |core: &Core, st: &mut State| {
+            if let (Some(id), Some((peer, typecode, counted)), Some(dst)) =
+                (recv, &mut landing, buf.as_deref_mut())
+            {
+                if matches!(state, ReqState::Recv { .. }) {
+                    match core.recv_from_stream(st, *peer, Claim::Posted(id), *typecode, dst) {
+                        FromStream::Got(h) => {
+                            stop_landing(st, &mut landing);
+                            *state = ReqState::Landed(Msg::new(&h, Body::Landed(h.len)));
+                            return Ok(Some(()));
+                        }
+                        // Nothing whole yet: progress leaves the stream to us meanwhile. (The
+                        // receive may still have matched already, a rendezvous: look below.)
+                        FromStream::Empty => {
+                            if !std::mem::replace(counted, true) {
+                                core.stream_waiter(st, *peer, true);
+                            }
+                        }
+                        // Another receive's message first, or one that is not for this path:
+                        // the general path takes it now (progress left the stream to us), and
+                        // we look again next time.
+                        FromStream::No => {
+                            if std::mem::take(counted) {
+                                core.stream_waiter(st, *peer, false);
+                                core.progress(st);
+                            }
+                        }
+                    }
+                }
+            }
             if let Some(id) = recv.filter(|_| std::mem::take(&mut first)) {
                 // We wait now: a rendezvous it matches is pulled into our buffer.
                 st.proto.set_direct(id);
             }
-            Ok(self.poll_state(core, st, true)?.then_some(()))
-        });
+            Ok(poll(state, core, st, true)?.then_some(()))
+        };
+        let r = match self.land {
+            Some((peer, _)) if recv.is_some() => {
+                let ready = || core.t.available(peer).is_some_and(|n| n >= HEADER_LEN);
+                core.wait_checking_first(watch, &ready, &mut check)
+            }
+            _ => core.wait_for(watch, &mut check),
+        };
+        if landing.is_some_and(|(_, _, counted)| counted) {
+            stop_landing(&mut core.lock(), &mut landing);
+        }
         if r.is_err() {
             self.abandon();
         }
@@ -220,6 +276,7 @@ impl<'a, T> Request<'a, T> {
     fn complete(mut self) -> Result<T> {
         let (taken, bg) = match std::mem::replace(&mut self.state, ReqState::Done) {
             ReqState::Matched(t) => (Some(t), None),
+            ReqState::Landed(m) => (Some(Taken::Msg(m)), None),
             ReqState::Machine(slot) => (
                 None,
                 slot.out.lock().unwrap_or_else(|p| p.into_inner()).take(),
@@ -278,6 +335,7 @@ impl<'a, T> Request<'a, T> {
             state: std::mem::replace(&mut self.state, ReqState::Done),
             finish: Finisher::Mapped(then),
             buf: self.buf.take(),
+            land: self.land,
         }
     }
 
@@ -322,6 +380,30 @@ impl<'a, T> Request<'a, T> {
                 "the waiting task failed: {e}"
             ))),
         }
+    }
+}
+
+/// Advance the operation in `state`; true once it is complete (or failed: completing it
+/// says how). `direct`: the caller waits now, so a rendezvous receive is pulled into its
+/// buffer.
+fn poll(state: &mut ReqState<'_>, core: &Core, st: &mut State, direct: bool) -> Result<bool> {
+    match state {
+        ReqState::Send { id, data, .. } => {
+            let done = poll_borrowed_send(core, st, *id, data)?;
+            if done {
+                *state = ReqState::Done;
+            }
+            Ok(done)
+        }
+        ReqState::Recv { id, .. } => match st.proto.take(*id, direct) {
+            Some(t) => {
+                *state = ReqState::Matched(t);
+                Ok(true)
+            }
+            None => Ok(false),
+        },
+        ReqState::Machine(slot) => Ok(slot.done.load(std::sync::atomic::Ordering::SeqCst)),
+        ReqState::Matched(_) | ReqState::Landed(_) | ReqState::Done => Ok(true),
     }
 }
 

@@ -46,6 +46,14 @@ fn posted_large_receives_completed_out_of_order() {
 }
 
 #[test]
+fn posted_receives_take_messages_in_posting_order_whatever_the_wait_order() {
+    // 4 elements: eager by default (taken straight from the stream by the waiting
+    // receive), a rendezvous with threshold 1; 16384 elements (64 KiB): a rendezvous.
+    pattern("posted_order", &[]);
+    pattern("posted_order", &["16384"]);
+}
+
+#[test]
 fn head_to_head_large_sends_into_a_posted_wildcard_receive() {
     pattern("head_to_head", &[]);
 }

@@ -9,7 +9,8 @@ use std::time::Instant;
 use ranks::{Comm, Error};
 
 fn latency(w: &Comm) -> Result<(), Error> {
-    // `bench latency [FROM [TO]]`: sizes FROM..=TO bytes (default 1 B to 4 MiB).
+    // `bench latency [FROM [TO [ITERS]]]`: sizes FROM..=TO bytes (default 1 B to 4 MiB);
+    // ITERS round trips per size (default 20000 up to 8 KiB, 500 above).
     let arg = |i: usize, d: usize| -> usize {
         std::env::args()
             .nth(i)
@@ -20,7 +21,7 @@ fn latency(w: &Comm) -> Result<(), Error> {
     let mut buf = vec![0u8; to.max(1)];
     let mut size = from.max(1);
     while size <= to {
-        let iters = if size <= 8192 { 20000 } else { 500 };
+        let iters = arg(4, if size <= 8192 { 20000 } else { 500 });
         let warm = iters / 10;
         let mut t0 = Instant::now();
         for i in 0..iters + warm {
@@ -182,7 +183,8 @@ fn bw(w: &Comm) -> Result<(), Error> {
     const WINDOW: usize = 64;
     let mut bufs: Vec<Vec<u8>> = (0..WINDOW).map(|_| vec![1u8; 1 << 20]).collect();
     let mut ack = [0u8; 1];
-    // `bench bw [FROM [TO]]`: sizes FROM..=TO bytes (default 8 B to 256 KiB).
+    // `bench bw [FROM [TO [ITERS]]]`: sizes FROM..=TO bytes (default 8 B to 256 KiB);
+    // ITERS windows per size (default 2000 up to 64 KiB, 100 above).
     let arg = |i: usize, d: usize| -> usize {
         std::env::args()
             .nth(i)
@@ -192,7 +194,7 @@ fn bw(w: &Comm) -> Result<(), Error> {
     let (from, to) = (arg(2, 8), arg(3, 1 << 18).min(1 << 20));
     let mut size = from.max(1);
     while size <= to {
-        let iters = if size <= 65536 { 2000 } else { 100 };
+        let iters = arg(4, if size <= 65536 { 2000 } else { 100 });
         let warm = 10;
         let mut t0 = Instant::now();
         for i in 0..iters + warm {

@@ -30,6 +30,9 @@ pub(crate) enum Body {
     },
     /// The message could not be accepted (too large); receiving it reports this error.
     Failed(Box<Error>),
+    /// This many bytes, already in the receiving request's own buffer: they went there
+    /// straight from the sender's stream (see `Core::recv_from_stream`).
+    Landed(u64),
 }
 
 /// A message waiting to be matched (or just matched).
@@ -66,6 +69,7 @@ impl Msg {
             Body::Eager(v) => v.len() as u64,
             Body::Remote { len, .. } => *len,
             Body::Failed(_) => 0,
+            Body::Landed(len) => *len,
         }
     }
 }
@@ -158,11 +162,23 @@ impl Matcher {
         (id, None)
     }
 
+    /// The posted receive a data frame with header `h` would go to if it arrived now: the
+    /// oldest that matches it (`None`: it would wait as an unexpected message).
+    pub fn claimant(&self, h: &crate::wire::Header) -> Option<RecvId> {
+        self.posted
+            .iter()
+            .find(|(_, p)| p.matches_header(h))
+            .map(|&(id, _)| id)
+    }
+
     /// Withdraw a posted receive that has not matched; false if it is not posted.
     pub fn cancel(&mut self, id: RecvId) -> bool {
-        let before = self.posted.len();
-        self.posted.retain(|(i, _)| *i != id);
-        self.posted.len() != before
+        // Most often the oldest (a receive that just took its message from the stream).
+        match self.posted.iter().position(|(i, _)| *i == id) {
+            Some(0) => self.posted.pop_front().is_some(),
+            Some(i) => self.posted.remove(i).is_some(),
+            None => false,
+        }
     }
 
     /// Whether any receive is posted (and so may claim the next arrival first).
@@ -358,7 +374,12 @@ mod tests {
                         let mut x = msg(src, tag, 0);
                         x.ctx = ctx;
                         x.body = Body::Eager((n as u64).to_le_bytes().to_vec());
+                        // Who a frame with this header would go to (a receive taking it
+                        // straight from the stream asks this) is who the arrival goes to.
+                        let h = crate::wire::Header::data(ctx, src, tag, 8, Encoding::Raw, 0);
+                        let claimant = m.claimant(&h);
                         let got = m.incoming(x);
+                        prop_assert_eq!(claimant, got.as_ref().map(|g| g.0));
                         let want = model.offer(n);
                         match (got, want) {
                             (None, None) => {}

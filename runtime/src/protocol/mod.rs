@@ -837,6 +837,18 @@ impl Protocol {
         !self.matcher.has_posted() && self.matcher.peek(pat).is_none()
     }
 
+    /// Whether a data frame with header `h` arriving now goes to posted receive `id`.
+    pub(crate) fn claimed_by(&self, h: &Header, id: RecvId) -> bool {
+        self.matcher.claimant(h) == Some(id)
+    }
+
+    /// Posted receive `id` took its message (the next frame of the sender's stream, which
+    /// [`Protocol::claimed_by`] gave it) straight into its owner's buffer: it is done.
+    pub(crate) fn landed(&mut self, id: RecvId) {
+        self.forget_want(id);
+        self.matcher.cancel(id);
+    }
+
     /// Whether any rendezvous is in flight (sends waiting for receivers, receives being
     /// pulled or streamed, or matched receives not yet taken).
     pub(crate) fn rendezvous_pending(&self) -> bool {

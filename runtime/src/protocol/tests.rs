@@ -500,3 +500,36 @@ fn receives_with_buffers_of_their_own_are_left_to_their_owners_until_a_wait_drag
     assert_eq!(job.id, other);
     let _ = s;
 }
+
+#[test]
+fn a_receive_takes_from_the_stream_only_a_frame_it_is_the_oldest_match_for() {
+    let mut p = Protocol::new(ProtocolConfig {
+        rank: 0,
+        size: 2,
+        max_message: MAX,
+        rendezvous_threshold: 1 << 20,
+        can_pull: vec![false, true],
+    });
+    let pat = |tag| Pattern {
+        ctx: 0,
+        src: 1,
+        tag,
+    };
+    let any = p.post(pat(ANY_TAG), Want::Later).unwrap_err();
+    let five = p.post(pat(5), Want::Later).unwrap_err();
+    let h = Header::data(0, 1, 5, 4, Encoding::Raw, 1);
+    // The wildcard receive, posted first, is the one a tag-5 frame goes to.
+    assert!(!p.claimed_by(&h, five));
+    assert!(p.claimed_by(&h, any));
+    // Another context, source or tag: nobody's.
+    assert!(!p.claimed_by(&Header::data(2, 1, 5, 4, Encoding::Raw, 1), any));
+    p.landed(any);
+    assert!(p.claimed_by(&h, five));
+    // The landed receive is done: the next tag-5 frame goes to the other one.
+    p.handle_frame(1, Decoded::Frame(h, vec![1, 2, 3, 4]));
+    assert!(p.take(any, false).is_none());
+    match p.take(five, false) {
+        Some(Taken::Msg(m)) => assert!(matches!(m.body, Body::Eager(ref v) if v == &[1, 2, 3, 4])),
+        other => panic!("{other:?}"),
+    }
+}

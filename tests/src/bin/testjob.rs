@@ -1454,6 +1454,61 @@ fn posted_large(w: &Comm) -> R {
     Ok(())
 }
 
+/// Posted receives into buffers, waited on in another order than posted: each message goes
+/// to the oldest posted receive it matches (an earlier wildcard one takes it before a later
+/// receive for its exact tag that is waited on first); a receive of the wrong element type or
+/// with too small a buffer fails and leaves its message for the next receive. ARG: elements
+/// per message (default 4; raise it, or the rendezvous threshold, to cover rendezvous).
+fn posted_order(w: &Comm) -> R {
+    let len = arg(2, 4) as usize;
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    let (mut a, mut b) = (vec![0u32; len], vec![0u32; len]);
+    let (mut wrong_type, mut short) = (vec![0u64; len], vec![0u32; len]);
+    let ra = w.irecv_into(prev, ANY_TAG, &mut a)?;
+    let rb = w.irecv_into(prev, 5, &mut b)?;
+    let rd = w.irecv_into(prev, 6, &mut wrong_type)?;
+    let re = w.irecv_into(prev, 7, &mut short)?;
+    w.barrier()?;
+    // Nonblocking sends: the failed receives release their messages only as they fail.
+    let stamp = |k: u32| vec![me as u32 * 100 + k; len];
+    let out = [stamp(1), stamp(2), stamp(3), [stamp(4), stamp(4)].concat()];
+    let mut sends = Vec::new();
+    for (tag, data) in [5, 5, 6, 7].into_iter().zip(&out) {
+        sends.push(w.isend_slice(next, tag, data)?);
+    }
+    let theirs = |k: u32| vec![prev as u32 * 100 + k; len];
+    // The receive for tag 5 first: the first tag-5 message went to the wildcard before it.
+    let st = rb.wait()?;
+    assert_eq!((st.tag, st.len), (5, len * 4));
+    let st = ra.wait()?;
+    assert_eq!((st.tag, st.len), (5, len * 4));
+    match rd.wait() {
+        Err(Error::TypeMismatch { tag: 6, .. }) => {}
+        other => panic!("a u32 message into a u64 receive: {other:?}"),
+    }
+    match re.wait() {
+        Err(Error::Truncated { tag: 7, len: l, .. }) if l == len * 8 => {}
+        other => panic!("a message twice the buffer: {other:?}"),
+    }
+    assert_eq!(b, theirs(2), "the receive for tag 5 got the second");
+    assert_eq!(
+        a,
+        theirs(1),
+        "the wildcard receive posted first got the first"
+    );
+    // Both failed receives left their messages for the next receive.
+    let mut six = vec![0u32; len];
+    assert_eq!(w.recv_into(prev, 6, &mut six)?.len, len * 4);
+    assert_eq!(six, theirs(3));
+    let (seven, _) = w.recv_vec::<u32>(prev, 7)?;
+    assert_eq!(seven, [theirs(4), theirs(4)].concat());
+    ranks::wait_all(sends)?;
+    w.barrier()?;
+    println!("posted_order ok rank {me}");
+    Ok(())
+}
+
 /// Two ranks each send the other a large message with a blocking send while the other's
 /// receive was posted before as a nonblocking one; plus a wildcard posted receive.
 fn head_to_head(w: &Comm) -> R {
@@ -1752,6 +1807,7 @@ fn main() {
         "halo" => halo(&w),
         "dup_threads" => dup_threads(&w),
         "posted_large" => posted_large(&w),
+        "posted_order" => posted_order(&w),
         "head_to_head" => head_to_head(&w),
         "async" => asynchronous(&w),
         "singleton" => singleton(&w),
