@@ -250,8 +250,9 @@ impl Placement {
 pub struct Tuning {
     /// Largest payload accepted from a peer.
     pub max_message: u64,
-    /// Payloads at least this big go by rendezvous (pulled by the receiver) when possible.
-    pub rendezvous_threshold: usize,
+    /// Payloads at least this big go by rendezvous (pulled by the receiver) when possible;
+    /// `None`: decided at start-up from the size of the shared-memory rings.
+    pub rendezvous_threshold: Option<usize>,
     /// How long a waiter spins before it yields and sleeps; `None`: decided at start-up
     /// from how many ranks share the cores.
     pub spin: Option<Duration>,
@@ -276,7 +277,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             max_message: 1 << 32,
-            rendezvous_threshold: 32 << 10,
+            rendezvous_threshold: None,
             spin: None,
             yields: 16,
             bcast_large: 512 << 10,
@@ -337,8 +338,12 @@ impl Config {
         let flag = |name: &str, on: &str| get(name).is_some_and(|v| v.trim() == on);
         let tuning = Tuning {
             max_message: num(env::MAX_MESSAGE, d.max_message)?,
-            rendezvous_threshold: num(env::RENDEZVOUS_THRESHOLD, d.rendezvous_threshold as u64)?
-                as usize,
+            rendezvous_threshold: match get(env::RENDEZVOUS_THRESHOLD) {
+                Some(v) if !v.trim().is_empty() => {
+                    Some(number::<u64>(env::RENDEZVOUS_THRESHOLD, &v)? as usize)
+                }
+                _ => None,
+            },
             spin: match get(env::SPIN_US) {
                 Some(v) if !v.trim().is_empty() => {
                     Some(Duration::from_micros(number(env::SPIN_US, &v)?))
@@ -565,7 +570,7 @@ mod tests {
             (env::ALLREDUCE_LARGE, "1024"),
         ])
         .unwrap();
-        assert_eq!(c.tuning.rendezvous_threshold, 1);
+        assert_eq!(c.tuning.rendezvous_threshold, Some(1));
         assert_eq!(c.tuning.spin, Some(Duration::ZERO));
         assert!(!c.tuning.cma && c.tuning.refuse_pull);
         assert_eq!(c.tuning.allreduce_large, 1024);

@@ -45,7 +45,9 @@ impl Tuning {
         let oversubscribed = ranks > cores;
         Tuning {
             max_message: cfg.max_message,
-            rendezvous_threshold: cfg.rendezvous_threshold,
+            rendezvous_threshold: cfg
+                .rendezvous_threshold
+                .unwrap_or_else(|| default_threshold(ranks)),
             spin: cfg.spin.unwrap_or(if oversubscribed {
                 Duration::ZERO
             } else {
@@ -57,6 +59,20 @@ impl Tuning {
             two_level: cfg.two_level,
             test_hosts: cfg.test_hosts.clone(),
         }
+    }
+}
+
+/// The rendezvous threshold when none is set: 64 KiB where the shared-memory rings hold
+/// many such messages (jobs of up to about 11 ranks), else 32 KiB. Below it a message is
+/// copied twice (into the ring, and out of it, straight into a receive waiting for it),
+/// by the two ranks at once; from it, once, by the receiver. On two cores the two copies
+/// at once were faster up to 48 KiB (`bench bw 32768 32768`: 12.5 against 8.1 GB/s; one-way
+/// 32 KiB 4.5 against 6.9 us; see BENCHMARKS.md).
+fn default_threshold(ranks: usize) -> usize {
+    if crate::transport::shm::ring_capacity(ranks) >= 512 << 10 {
+        64 << 10
+    } else {
+        32 << 10
     }
 }
 
@@ -924,6 +940,20 @@ mod tests {
         fn peer_gone(&self, _peer: usize) -> Option<String> {
             Some("its stream ended".into())
         }
+    }
+
+    #[test]
+    fn the_rendezvous_threshold_follows_the_rings_unless_set() {
+        let cfg = crate::config::Tuning::default();
+        assert_eq!(Tuning::resolve(&cfg, 2).rendezvous_threshold, 64 << 10);
+        assert_eq!(Tuning::resolve(&cfg, 8).rendezvous_threshold, 64 << 10);
+        // Small rings (64 ranks: 64 KiB each): a 48 KiB message would not fit twice.
+        assert_eq!(Tuning::resolve(&cfg, 64).rendezvous_threshold, 32 << 10);
+        let set = crate::config::Tuning {
+            rendezvous_threshold: Some(1),
+            ..cfg
+        };
+        assert_eq!(Tuning::resolve(&set, 2).rendezvous_threshold, 1);
     }
 
     /// A peer whose stream ended is not taken for gone before the launcher records its
