@@ -942,6 +942,115 @@ mod tests {
         }
     }
 
+    /// Rank 1's stream as a script: bytes that are there from the start, and bytes that
+    /// arrive when rank 0 first goes to sleep. Notes whether a sleep began with bytes
+    /// still unread (a sleep only a timeout would end).
+    #[derive(Default)]
+    struct Script {
+        stream: Mutex<std::collections::VecDeque<u8>>,
+        at_first_sleep: Mutex<Option<Vec<u8>>>,
+        slept_unread: std::sync::atomic::AtomicBool,
+    }
+
+    impl Transport for std::sync::Arc<Script> {
+        fn name(&self) -> &'static str {
+            "script"
+        }
+        fn write(&self, _peer: usize, buf: &[u8]) -> Result<usize> {
+            Ok(buf.len())
+        }
+        fn read(&self, _peer: usize, buf: &mut [u8]) -> Result<usize> {
+            let mut s = self.stream.lock().unwrap();
+            let n = buf.len().min(s.len());
+            for (d, b) in buf.iter_mut().zip(s.drain(..n)) {
+                *d = b;
+            }
+            Ok(n)
+        }
+        fn readable(&self, _peer: usize) -> bool {
+            !self.stream.lock().unwrap().is_empty()
+        }
+        fn available(&self, _peer: usize) -> Option<usize> {
+            Some(self.stream.lock().unwrap().len())
+        }
+        fn peek(&self, _peer: usize, buf: &mut [u8]) -> usize {
+            let s = self.stream.lock().unwrap();
+            let n = buf.len().min(s.len());
+            for (d, b) in buf.iter_mut().zip(s.iter()) {
+                *d = *b;
+            }
+            n
+        }
+        fn notify(&self, _peer: usize) {}
+        fn wake_self(&self) {}
+        fn wait(&self, _w: &[usize], _t: Duration, prepare: &mut dyn FnMut() -> bool) {
+            if let Some(bytes) = self.at_first_sleep.lock().unwrap().take() {
+                self.stream.lock().unwrap().extend(bytes);
+            }
+            if !prepare() && !self.stream.lock().unwrap().is_empty() {
+                self.slept_unread
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        fn peer_gone(&self, _peer: usize) -> Option<String> {
+            None
+        }
+    }
+
+    fn frame(tag: i32, payload: &[u8]) -> Vec<u8> {
+        let tc = crate::comm::typecode::<u8>();
+        let h = Header::data(0, 1, tag, payload.len() as u64, Encoding::Raw, tc);
+        [&h.encode()[..], payload].concat()
+    }
+
+    /// A blocking receive that waits on its peer's stream directly (progress leaves the
+    /// stream to it) and finds another message's frame there when it wakes must read the
+    /// stream before it sleeps again: the frame it wants may be right behind, and nothing
+    /// would ring for it (before: a sleep until the 50 ms nap ended, at every such frame).
+    #[test]
+    fn a_blocking_receive_reads_a_frame_for_others_before_it_sleeps_again() {
+        let script = std::sync::Arc::new(Script::default());
+        *script.at_first_sleep.lock().unwrap() =
+            Some([frame(2, b"them"), frame(1, b"mine")].concat());
+        let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
+        (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
+        let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
+        let w = crate::comm::Comm::world(std::sync::Arc::new(core));
+        let mut buf = [0u8; 4];
+        let st = w.recv_into(1, 1, &mut buf).unwrap();
+        assert_eq!((st.tag, &buf), (1, b"mine"));
+        assert!(
+            !script
+                .slept_unread
+                .load(std::sync::atomic::Ordering::SeqCst),
+            "went to sleep with a whole frame unread"
+        );
+        // The other message waits for its receive.
+        let st = w.recv_into(1, 2, &mut buf).unwrap();
+        assert_eq!((st.tag, &buf), (2, b"them"));
+    }
+
+    /// The same for a posted receive waited on: it takes its own frame from the stream,
+    /// and reads another's before it sleeps.
+    #[test]
+    fn a_posted_receive_reads_a_frame_for_others_before_it_sleeps_again() {
+        let script = std::sync::Arc::new(Script::default());
+        *script.at_first_sleep.lock().unwrap() =
+            Some([frame(2, b"them"), frame(1, b"mine")].concat());
+        let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
+        (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
+        let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
+        let w = crate::comm::Comm::world(std::sync::Arc::new(core));
+        let (mut mine, mut them) = ([0u8; 4], [0u8; 4]);
+        let st = w.irecv_into(1, 1, &mut mine).unwrap().wait().unwrap();
+        assert_eq!((st.tag, &mine), (1, b"mine"));
+        assert!(!script
+            .slept_unread
+            .load(std::sync::atomic::Ordering::SeqCst));
+        let st = w.irecv_into(1, 2, &mut them).unwrap().wait().unwrap();
+        assert_eq!((st.tag, &them), (2, b"them"));
+    }
+
     #[test]
     fn the_rendezvous_threshold_follows_the_rings_unless_set() {
         let cfg = crate::config::Tuning::default();
