@@ -329,27 +329,19 @@ impl Config {
     /// Read settings through `get` (the environment, or a map in tests).
     pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
         let d = Tuning::default();
-        let num = |name: &str, default: u64| -> Result<u64> {
+        // A number, `None` when not set (or set empty).
+        let opt = |name: &str| -> Result<Option<u64>> {
             match get(name) {
-                Some(v) if !v.trim().is_empty() => number(name, &v),
-                _ => Ok(default),
+                Some(v) if !v.trim().is_empty() => number(name, &v).map(Some),
+                _ => Ok(None),
             }
         };
+        let num = |name: &str, default: u64| Ok::<u64, Error>(opt(name)?.unwrap_or(default));
         let flag = |name: &str, on: &str| get(name).is_some_and(|v| v.trim() == on);
         let tuning = Tuning {
             max_message: num(env::MAX_MESSAGE, d.max_message)?,
-            rendezvous_threshold: match get(env::RENDEZVOUS_THRESHOLD) {
-                Some(v) if !v.trim().is_empty() => {
-                    Some(number::<u64>(env::RENDEZVOUS_THRESHOLD, &v)? as usize)
-                }
-                _ => None,
-            },
-            spin: match get(env::SPIN_US) {
-                Some(v) if !v.trim().is_empty() => {
-                    Some(Duration::from_micros(number(env::SPIN_US, &v)?))
-                }
-                _ => None,
-            },
+            rendezvous_threshold: opt(env::RENDEZVOUS_THRESHOLD)?.map(|n| n as usize),
+            spin: opt(env::SPIN_US)?.map(Duration::from_micros),
             yields: u32::try_from(num(env::YIELDS, u64::from(d.yields))?)
                 .map_err(|_| Error::Bootstrap(format!("{} is too large", env::YIELDS)))?,
             bcast_large: num(env::BCAST_LARGE, d.bcast_large as u64)? as usize,

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::comm::{status_of, typecode, Comm, Status};
 use crate::error::{Error, Result};
-use crate::progress::{Claim, Core, FromStream, Watch};
+use crate::progress::{Claim, Core, FromStream, StreamWait, Watch};
 use crate::protocol::matching::{Body, Msg, Pattern, RecvId};
 use crate::protocol::{PullJob, Route, RvBuf, SendId, Taken, Want};
 use crate::request::{ReqState, Request};
@@ -341,14 +341,8 @@ impl Comm {
     ) -> Result<std::result::Result<Status, Taken>> {
         let core = &*self.core;
         let mut posted: Option<RecvId> = None;
-        // Whether this thread is counted as waiting on the stream (from the first check on).
-        let mut fast = false;
-        let mut first = true;
-        let stop_fast = |core: &Core, st: &mut crate::progress::State, fast: &mut bool| {
-            if std::mem::replace(fast, false) {
-                core.stream_waiter(st, peer, false);
-            }
-        };
+        // Counted from the first check until the message is here or posted.
+        let mut wait = StreamWait::new(peer);
         let ready = || core.t.available(peer).is_some_and(|n| n >= HEADER_LEN);
         let _doing = self.doing("recv", &pat);
         let _trace = self.trace_pat("recv", &pat);
@@ -356,14 +350,11 @@ impl Comm {
             if let Some(id) = posted {
                 return Ok(st.proto.take(id, true).map(Err));
             }
-            if std::mem::take(&mut first) {
-                core.stream_waiter(st, peer, true);
-                fast = true;
-            }
+            wait.count(st);
             if st.proto.may_bypass(pat) {
                 match core.recv_from_stream(st, peer, Claim::Blocking(&pat), typecode, dst) {
                     FromStream::Got(h) => {
-                        stop_fast(core, st, &mut fast);
+                        wait.uncount(st);
                         return Ok(Some(Ok(Status {
                             source: h.src as usize,
                             tag: h.tag,
@@ -374,13 +365,7 @@ impl Comm {
                     FromStream::No => {}
                 }
             }
-            // Progress has left the stream to us: read what is in it now, or a wait that
-            // sleeps next would sleep with a whole frame unread.
-            let counted = fast;
-            stop_fast(core, st, &mut fast);
-            if counted {
-                core.progress(st);
-            }
+            wait.hand_back(core, st);
             match st.proto.post(pat, Want::Now) {
                 Ok(m) => Ok(Some(Err(Taken::Msg(m)))),
                 Err(id) => {
@@ -389,9 +374,9 @@ impl Comm {
                 }
             }
         });
-        if fast || (r.is_err() && posted.is_some()) {
+        if wait.counted() || (r.is_err() && posted.is_some()) {
             let mut st = core.lock();
-            stop_fast(core, &mut st, &mut fast);
+            wait.uncount(&mut st);
             if let (Err(_), Some(id)) = (&r, posted) {
                 st.proto.cancel(id);
             }

@@ -122,6 +122,56 @@ pub(crate) enum Claim<'p> {
     Posted(RecvId),
 }
 
+/// A thread that takes its message from one peer's stream itself
+/// ([`Core::recv_from_stream`]): while it is counted, progress leaves that stream to it.
+pub(crate) struct StreamWait {
+    peer: usize,
+    counted: bool,
+}
+
+impl StreamWait {
+    pub(crate) fn new(peer: usize) -> StreamWait {
+        StreamWait {
+            peer,
+            counted: false,
+        }
+    }
+
+    pub(crate) fn peer(&self) -> usize {
+        self.peer
+    }
+
+    pub(crate) fn counted(&self) -> bool {
+        self.counted
+    }
+
+    /// Be counted as waiting on the stream (once).
+    pub(crate) fn count(&mut self, st: &mut State) {
+        if !std::mem::replace(&mut self.counted, true) {
+            st.stream_waiters[self.peer] += 1;
+        }
+    }
+
+    /// No longer be counted; true if it was.
+    pub(crate) fn uncount(&mut self, st: &mut State) -> bool {
+        let was = std::mem::take(&mut self.counted);
+        if was {
+            let w = &mut st.stream_waiters[self.peer];
+            *w = w.saturating_sub(1);
+        }
+        was
+    }
+
+    /// Leave the stream to the general path: no longer counted and, if progress had left
+    /// the stream to us, read it now (a wait that sleeps next would sleep with a whole
+    /// frame unread, which nothing would ring for).
+    pub(crate) fn hand_back(&mut self, core: &Core, st: &mut State) {
+        if self.uncount(st) {
+            core.progress(st);
+        }
+    }
+}
+
 /// What [`Core::recv_from_stream`] found.
 pub(crate) enum FromStream {
     /// The frame with this header, its payload in the caller's buffer.
@@ -438,12 +488,6 @@ impl Core {
                 FromStream::No
             }
         }
-    }
-
-    /// Mark (or unmark) a thread as waiting on `peer`'s stream directly.
-    pub(crate) fn stream_waiter(&self, st: &mut State, peer: usize, waiting: bool) {
-        let w = &mut st.stream_waiters[peer];
-        *w = if waiting { *w + 1 } else { w.saturating_sub(1) };
     }
 
     /// Pull a rendezvous payload into a new buffer (`Err` when refused).
@@ -1003,19 +1047,25 @@ mod tests {
         [&h.encode()[..], payload].concat()
     }
 
-    /// A blocking receive that waits on its peer's stream directly (progress leaves the
-    /// stream to it) and finds another message's frame there when it wakes must read the
-    /// stream before it sleeps again: the frame it wants may be right behind, and nothing
-    /// would ring for it (before: a sleep until the 50 ms nap ended, at every such frame).
-    #[test]
-    fn a_blocking_receive_reads_a_frame_for_others_before_it_sleeps_again() {
+    /// Rank 0 of two over a `Script` whose waiters never spin or yield: at its first sleep,
+    /// rank 1's frames for tag 2 ("them") and then tag 1 ("mine") arrive.
+    fn sleepy_world_with_two_frames_at_first_sleep() -> (std::sync::Arc<Script>, crate::Comm) {
         let script = std::sync::Arc::new(Script::default());
         *script.at_first_sleep.lock().unwrap() =
             Some([frame(2, b"them"), frame(1, b"mine")].concat());
         let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
         (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
         let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
-        let w = crate::comm::Comm::world(std::sync::Arc::new(core));
+        (script, crate::comm::Comm::world(std::sync::Arc::new(core)))
+    }
+
+    /// A blocking receive that waits on its peer's stream directly (progress leaves the
+    /// stream to it) and finds another message's frame there when it wakes must read the
+    /// stream before it sleeps again: the frame it wants may be right behind, and nothing
+    /// would ring for it (before: a sleep until the 50 ms nap ended, at every such frame).
+    #[test]
+    fn a_blocking_receive_reads_a_frame_for_others_before_it_sleeps_again() {
+        let (script, w) = sleepy_world_with_two_frames_at_first_sleep();
         let mut buf = [0u8; 4];
         let st = w.recv_into(1, 1, &mut buf).unwrap();
         assert_eq!((st.tag, &buf), (1, b"mine"));
@@ -1034,13 +1084,7 @@ mod tests {
     /// and reads another's before it sleeps.
     #[test]
     fn a_posted_receive_reads_a_frame_for_others_before_it_sleeps_again() {
-        let script = std::sync::Arc::new(Script::default());
-        *script.at_first_sleep.lock().unwrap() =
-            Some([frame(2, b"them"), frame(1, b"mine")].concat());
-        let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
-        (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
-        let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
-        let w = crate::comm::Comm::world(std::sync::Arc::new(core));
+        let (script, w) = sleepy_world_with_two_frames_at_first_sleep();
         let (mut mine, mut them) = ([0u8; 4], [0u8; 4]);
         let st = w.irecv_into(1, 1, &mut mine).unwrap().wait().unwrap();
         assert_eq!((st.tag, &mine), (1, b"mine"));

@@ -3,7 +3,7 @@
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::p2p::poll_borrowed_send;
-use crate::progress::{Claim, Core, FromStream, State, Watch};
+use crate::progress::{Claim, Core, FromStream, State, StreamWait, Watch};
 use crate::protocol::matching::{Body, Msg, Pattern, RecvId};
 use crate::protocol::{SendId, Taken};
 use crate::wire::HEADER_LEN;
@@ -192,49 +192,32 @@ impl<'a, T> Request<'a, T> {
             _ => None,
         };
         let mut first = true;
-        // Landing from the stream: `Some(peer, typecode, counted)` while worth trying;
-        // `counted`: this thread is counted as waiting on the stream (progress leaves it to us).
+        // Landing from the stream: the stream waited on, and the element type code.
         let core = &*comm.core;
         let mut landing = match (recv, self.land, self.buf.is_some()) {
-            (Some(_), Some((peer, typecode)), true) => Some((peer, typecode, false)),
+            (Some(_), Some((peer, typecode)), true) => Some((StreamWait::new(peer), typecode)),
             _ => None,
-        };
-        let stop_landing = |st: &mut State, landing: &mut Option<(usize, u32, bool)>| {
-            if let Some((peer, _, counted)) = landing {
-                if std::mem::take(counted) {
-                    core.stream_waiter(st, *peer, false);
-                }
-            }
         };
         let state = &mut self.state;
         let buf = &mut self.buf;
         let mut check = |core: &Core, st: &mut State| {
-            if let (Some(id), Some((peer, typecode, counted)), Some(dst)) =
+            if let (Some(id), Some((wait, typecode)), Some(dst)) =
                 (recv, &mut landing, buf.as_deref_mut())
             {
                 if matches!(state, ReqState::Recv { .. }) {
-                    match core.recv_from_stream(st, *peer, Claim::Posted(id), *typecode, dst) {
+                    match core.recv_from_stream(st, wait.peer(), Claim::Posted(id), *typecode, dst)
+                    {
                         FromStream::Got(h) => {
-                            stop_landing(st, &mut landing);
+                            wait.uncount(st);
                             *state = ReqState::Landed(Msg::new(&h, Body::Landed(h.len)));
                             return Ok(Some(()));
                         }
                         // Nothing whole yet: progress leaves the stream to us meanwhile. (The
                         // receive may still have matched already, a rendezvous: look below.)
-                        FromStream::Empty => {
-                            if !std::mem::replace(counted, true) {
-                                core.stream_waiter(st, *peer, true);
-                            }
-                        }
+                        FromStream::Empty => wait.count(st),
                         // Another receive's message first, or one that is not for this path:
-                        // the general path takes it now (progress left the stream to us), and
-                        // we look again next time.
-                        FromStream::No => {
-                            if std::mem::take(counted) {
-                                core.stream_waiter(st, *peer, false);
-                                core.progress(st);
-                            }
-                        }
+                        // the general path takes it now, and we look again next time.
+                        FromStream::No => wait.hand_back(core, st),
                     }
                 }
             }
@@ -251,8 +234,8 @@ impl<'a, T> Request<'a, T> {
             }
             _ => core.wait_for(watch, &mut check),
         };
-        if landing.is_some_and(|(_, _, counted)| counted) {
-            stop_landing(&mut core.lock(), &mut landing);
+        if let Some((wait, _)) = landing.as_mut().filter(|(w, _)| w.counted()) {
+            wait.uncount(&mut core.lock());
         }
         if r.is_err() {
             self.abandon();
