@@ -317,11 +317,11 @@ impl Segment {
         dst: usize,
         buf: &mut [u8],
         took: &AtomicBool,
+        head_seen: &AtomicU64,
     ) -> Result<usize> {
-        let (head, tail, data) = self.ring(src, dst);
+        let (_, tail, data) = self.ring(src, dst);
         let t = tail.load(Relaxed);
-        let h = head.load(Acquire);
-        let avail = h.wrapping_sub(t);
+        let avail = self.ring_readable(src, dst, t, buf.len(), head_seen);
         if avail > self.cap as u64 {
             return Err(Error::Malformed {
                 rank: src,
@@ -353,11 +353,40 @@ impl Segment {
         Ok(n)
     }
 
+    /// Bytes readable in ring (src, dst) from reader position `t`, at least `want` of them
+    /// if the writer has published that many. Only `dst` may call this.
+    ///
+    /// `head_seen` caches the writer's position as this process last read it: the shared
+    /// head is a cache line the writer stores to with every write, so each look at it costs
+    /// a transfer of that line between the cores, and the writer's next store one more. A
+    /// reader that knows of enough bytes already takes them without looking; it looks again
+    /// when the cache shows fewer than `want` (so a reader that found the ring empty always
+    /// looks, which is what the doorbell protocol needs before a sleep). The cache only
+    /// grows, and is published with Release after the Acquire load of `head`, so a thread
+    /// of this process that acquires it also sees the bytes the writer published.
+    fn ring_readable(
+        &self,
+        src: usize,
+        dst: usize,
+        t: u64,
+        want: usize,
+        head_seen: &AtomicU64,
+    ) -> u64 {
+        let h = head_seen.load(Acquire);
+        if h > t && h - t >= want.max(1) as u64 {
+            return h - t;
+        }
+        let (head, _, _) = self.ring(src, dst);
+        let h = head.load(Acquire);
+        head_seen.fetch_max(h, AcqRel);
+        h.wrapping_sub(t)
+    }
+
     /// Bytes in ring (src, dst) a read would return now (0 if the ring is corrupt; the read
-    /// reports that).
-    fn ring_available(&self, src: usize, dst: usize) -> usize {
-        let (head, tail, _) = self.ring(src, dst);
-        let avail = head.load(Acquire).wrapping_sub(tail.load(Relaxed));
+    /// reports that). Looks at the writer's position (a fresh figure).
+    fn ring_available(&self, src: usize, dst: usize, head_seen: &AtomicU64) -> usize {
+        let (_, tail, _) = self.ring(src, dst);
+        let avail = self.ring_readable(src, dst, tail.load(Relaxed), usize::MAX, head_seen);
         if avail > self.cap as u64 {
             return 0;
         }
@@ -366,16 +395,21 @@ impl Segment {
 
     /// Copy up to `buf.len()` bytes from the front of ring (src, dst) without taking them.
     /// Only `dst` may call this.
-    fn ring_peek(&self, src: usize, dst: usize, buf: &mut [u8]) -> usize {
+    fn ring_peek(&self, src: usize, dst: usize, buf: &mut [u8], head_seen: &AtomicU64) -> usize {
         let (_, tail, data) = self.ring(src, dst);
-        let n = buf.len().min(self.ring_available(src, dst));
+        let t = tail.load(Relaxed);
+        let avail = self.ring_readable(src, dst, t, buf.len(), head_seen);
+        if avail > self.cap as u64 {
+            return 0;
+        }
+        let n = buf.len().min(avail as usize);
         if n == 0 {
             return 0;
         }
-        let off = (tail.load(Relaxed) as usize) & (self.cap - 1);
+        let off = (t as usize) & (self.cap - 1);
         let first = n.min(self.cap - off);
         // SAFETY: as in `ring_read`: both ranges are inside the data area, and the `n`
-        // bytes after `tail` were published by the writer (acquired in `ring_available`) and
+        // bytes after `tail` were published by the writer (acquired in `ring_readable`) and
         // stay put until we advance `tail`, which this does not.
         unsafe {
             std::ptr::copy_nonoverlapping(data.add(off), buf.as_mut_ptr(), first);
@@ -384,9 +418,9 @@ impl Segment {
         n
     }
 
-    fn ring_has_data(&self, src: usize, dst: usize) -> bool {
-        let (head, tail, _) = self.ring(src, dst);
-        head.load(Acquire) != tail.load(Relaxed)
+    fn ring_has_data(&self, src: usize, dst: usize, head_seen: &AtomicU64) -> bool {
+        let (_, tail, _) = self.ring(src, dst);
+        self.ring_readable(src, dst, tail.load(Relaxed), 1, head_seen) != 0
     }
 }
 
@@ -536,6 +570,8 @@ pub(crate) struct Shm {
     took_some: Vec<AtomicBool>,
     /// Per peer: the last reader position we saw in our ring to it.
     tail_seen: Vec<AtomicU64>,
+    /// Per peer: the last writer position we saw in its ring to us.
+    head_seen: Vec<AtomicU64>,
     /// Testing knob (`RANKS_TEST_REFUSE_PULL=1`): refuse every pull, as a kernel that forbids
     /// cross-memory attach between ranks would, so the streaming fallback runs.
     refuse_pull: bool,
@@ -565,6 +601,7 @@ impl Shm {
             cma: cma_available(tuning.cma),
             took_some: (0..size).map(|_| AtomicBool::new(false)).collect(),
             tail_seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
+            head_seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
             refuse_pull: tuning.refuse_pull,
             unwatched: false,
         })
@@ -600,8 +637,13 @@ impl Transport for Shm {
     }
 
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
-        self.seg
-            .ring_read(peer, self.me, buf, &self.took_some[peer])
+        self.seg.ring_read(
+            peer,
+            self.me,
+            buf,
+            &self.took_some[peer],
+            &self.head_seen[peer],
+        )
     }
 
     fn read_done(&self, peer: usize) {
@@ -611,15 +653,19 @@ impl Transport for Shm {
     }
 
     fn readable(&self, peer: usize) -> bool {
-        self.seg.ring_has_data(peer, self.me)
+        self.seg.ring_has_data(peer, self.me, &self.head_seen[peer])
     }
 
     fn available(&self, peer: usize) -> Option<usize> {
-        Some(self.seg.ring_available(peer, self.me))
+        Some(
+            self.seg
+                .ring_available(peer, self.me, &self.head_seen[peer]),
+        )
     }
 
     fn peek(&self, peer: usize, buf: &mut [u8]) -> usize {
-        self.seg.ring_peek(peer, self.me, buf)
+        self.seg
+            .ring_peek(peer, self.me, buf, &self.head_seen[peer])
     }
 
     fn notify(&self, peer: usize) {
@@ -815,6 +861,100 @@ impl Drop for SharedBlock {
         if self.owner {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod ring_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn byte_at(pos: u64) -> u8 {
+        (pos % 251) as u8
+    }
+
+    /// A stream of 48 MiB through one ring, written in pieces of random sizes (one or two
+    /// buffers per write) and read by two threads of the reading process in turn, through
+    /// every way a reader looks at the ring (`available`, `peek`, `read` with buffers of
+    /// random sizes): every byte arrives once, in order, and is the byte written. The
+    /// readers share the cache of the writer's position, as a process's threads do.
+    #[test]
+    fn bytes_arrive_once_in_order_whatever_the_pieces_and_the_reading_threads() {
+        let path = std::env::temp_dir().join(format!("ranks-ring-test-{}", std::process::id()));
+        let seg = Arc::new(Segment::create(&path, 2).unwrap());
+        const TOTAL: u64 = 48 << 20;
+        let writer = {
+            let seg = seg.clone();
+            std::thread::spawn(move || {
+                let tail_seen = AtomicU64::new(0);
+                let (mut pos, mut rng) = (0u64, 0x9e37_79b9_7f4a_7c15u64);
+                while pos < TOTAL {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let len = (1 + rng % 9000).min(TOTAL - pos) as usize;
+                    let bytes: Vec<u8> = (pos..pos + len as u64).map(byte_at).collect();
+                    let cut = (rng >> 32) as usize % (len + 1);
+                    let n = seg.ring_write(0, 1, &[&bytes[..cut], &bytes[cut..]], &tail_seen);
+                    if n == 0 {
+                        std::thread::yield_now();
+                    }
+                    pos += n as u64;
+                }
+            })
+        };
+        let head_seen = AtomicU64::new(0);
+        let took = AtomicBool::new(false);
+        let next = Mutex::new((0u64, 1u64)); // position to read, the thread's random state
+        std::thread::scope(|sc| {
+            for id in 0..2u64 {
+                let (seg, next, head_seen, took) = (&seg, &next, &head_seen, &took);
+                sc.spawn(move || loop {
+                    let mut g = next.lock().unwrap();
+                    let (pos, rng) = &mut *g;
+                    if *pos >= TOTAL {
+                        return;
+                    }
+                    *rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407 + id);
+                    let want = 1 + (*rng >> 33) as usize % 12000;
+                    let mut buf = vec![0u8; want];
+                    let n = match (*rng >> 20) % 3 {
+                        0 => {
+                            let avail = seg.ring_available(0, 1, head_seen);
+                            let n = seg.ring_peek(0, 1, &mut buf[..want.min(avail)], head_seen);
+                            assert_eq!(n, want.min(avail), "a peek returned less than available");
+                            let before = buf[..n].to_vec();
+                            let m = seg.ring_read(0, 1, &mut buf[..n], took, head_seen).unwrap();
+                            assert_eq!(m, n, "a read returned less than was available");
+                            assert_eq!(before, buf[..n], "peek and read disagree");
+                            n
+                        }
+                        1 => {
+                            if !seg.ring_has_data(0, 1, head_seen) {
+                                0
+                            } else {
+                                seg.ring_read(0, 1, &mut buf, took, head_seen).unwrap()
+                            }
+                        }
+                        _ => seg.ring_read(0, 1, &mut buf, took, head_seen).unwrap(),
+                    };
+                    for (i, b) in buf[..n].iter().enumerate() {
+                        assert_eq!(*b, byte_at(*pos + i as u64), "byte {}", *pos + i as u64);
+                    }
+                    *pos += n as u64;
+                    drop(g);
+                    if n == 0 {
+                        std::thread::yield_now();
+                    }
+                });
+            }
+        });
+        writer.join().unwrap();
+        assert!(!seg.ring_has_data(0, 1, &head_seen));
+        drop(seg);
+        assert!(!path.exists());
     }
 }
 
