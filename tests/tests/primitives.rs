@@ -55,6 +55,20 @@ fn queue_many_producers_and_consumers_on_2_4_8_ranks() {
     );
 }
 
+/// An owner that leaves a short call and goes on computing still has its objects served
+/// (by its service thread, which a short call does not wake).
+#[test]
+fn an_owner_that_computes_after_a_short_call_still_serves_requests() {
+    prim(2, &[], &["owner_computes"], "owner computes ok");
+    prim(3, &[], &["owner_computes"], "owner computes ok");
+    prim(
+        2,
+        &["--transport", "uds"],
+        &["owner_computes"],
+        "owner computes ok",
+    );
+}
+
 #[test]
 fn queue_blocking_timeouts_full_empty_and_close() {
     prim(2, &[], &["queue_semantics"], "queue semantics ok");

@@ -17,6 +17,45 @@ fn arg(i: usize, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Rank 0 hosts a queue, makes a short call to it and then computes (no calls at all) until
+/// rank 1 has taken an item from the queue, which only rank 0's service thread can hand out
+/// meanwhile. Three rounds; a round whose item is not served within 30 s fails the job.
+fn owner_computes(w: &Comm) -> R {
+    let q: Queue<u64> = Queue::new(w, 0, 0)?;
+    // Same host: rank 0 reads it from shared memory, without a call.
+    let taken = SharedValue::new(w, 0, 0u64)?;
+    for round in 1..=3u64 {
+        w.barrier()?;
+        match w.rank() {
+            0 => {
+                q.put(&round)?;
+                let t0 = Instant::now();
+                while taken.get()? != round {
+                    if t0.elapsed() > Duration::from_secs(30) {
+                        return Err(Error::Usage(format!(
+                            "round {round}: rank 1's get was not served while rank 0 computed"
+                        )));
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            1 => {
+                // Let rank 0 leave its call and start computing first.
+                std::thread::sleep(Duration::from_millis(20));
+                let v = q.get()?;
+                assert_eq!(v, round);
+                taken.set(round)?;
+            }
+            _ => {}
+        }
+    }
+    w.barrier()?;
+    if w.rank() == 0 {
+        println!("owner computes ok");
+    }
+    Ok(())
+}
+
 /// Half the ranks produce, half consume, through one queue hosted by rank 0.
 fn queue_mpmc(w: &Comm) -> R {
     let total = arg(2, 100_000);
@@ -615,6 +654,7 @@ fn main() {
     let w = ranks::init().expect("init");
     let r = match scenario.as_str() {
         "queue" => queue_mpmc(&w),
+        "owner_computes" => owner_computes(&w),
         "queue_semantics" => queue_semantics(&w),
         "counter" => counter(&w),
         "sync" => sync(&w),
