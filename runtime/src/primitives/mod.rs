@@ -309,6 +309,37 @@ fn serve_message(
     }
 }
 
+/// Serve a request of this thread to an object of this process: its answer, if it has one
+/// now (other answers it causes are sent); `None` when it waits (its answer comes as a
+/// message, like a remote client's).
+fn serve_own(svc: &Service, tx: &Comm, req: Request) -> Option<Reply> {
+    let me = Waiter {
+        rank: tx.core.rank,
+        req: req.id,
+    };
+    let mut mine = None;
+    let mut replies = Vec::new();
+    {
+        let mut reg = svc.reg.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ctx = Ctx {
+            replies: Vec::new(),
+            core: &tx.core,
+        };
+        dispatch(&mut reg, &mut ctx, me.rank, req);
+        for (to, r) in ctx.replies {
+            if to == me && mine.is_none() {
+                mine = Some(r);
+            } else {
+                replies.push((to, r));
+            }
+        }
+    }
+    for (to, r) in replies {
+        send_reply(tx, to, &r);
+    }
+    mine
+}
+
 fn send_reply(tx: &Comm, to: Waiter, r: &Reply) {
     let bytes = match encode(r) {
         Ok(b) => b,
@@ -480,7 +511,21 @@ impl Handle {
         // the service thread otherwise.
         let client = Client::enter(&self.world)?;
         let id = NEXT_REQ.fetch_add(1, Ordering::Relaxed);
-        self.send(op, id, data)?;
+        match &client {
+            // An object of our own: served right here, with no message unless it must wait.
+            Some(c) if self.owner == self.world.core.rank => {
+                let req = Request {
+                    obj: self.obj,
+                    id,
+                    op,
+                    data,
+                };
+                if let Some(r) = serve_own(&c.svc, &self.world, req) {
+                    return Ok(r);
+                }
+            }
+            _ => self.send(op, id, data)?,
+        }
         let pat = self
             .world
             .pattern(REPLY_CTX, Source::from(self.owner), reply_tag(id))?;
