@@ -62,17 +62,19 @@ impl Tuning {
     }
 }
 
-/// The rendezvous threshold when none is set: 64 KiB where the shared-memory rings hold
-/// many such messages (jobs of up to about 11 ranks), else 32 KiB. Below it a message is
-/// copied twice (into the ring, and out of it, straight into a receive waiting for it),
-/// by the two ranks at once; from it, once, by the receiver. On two cores the two copies
-/// at once were faster up to 48 KiB (`bench bw 32768 32768`: 12.5 against 8.1 GB/s; one-way
-/// 32 KiB 4.5 against 6.9 us; see BENCHMARKS.md).
+/// The rendezvous threshold when none is set: 192 KiB where the shared-memory rings are
+/// 1 MiB (jobs of up to 8 ranks), 64 KiB where they are 512 KiB (up to 11 ranks), else
+/// 32 KiB. Below it a message is copied twice (into the ring, and out of it, straight
+/// into a receive waiting for it, which waits for the whole frame in the ring), by the two
+/// ranks at once; from it, once, by the receiver (`process_vm_readv`, which runs at about
+/// two thirds of a plain copy's speed here). On two cores the two copies at once were as
+/// fast or faster up to 192 KiB (`bench bw 131072 131072`: 9.3-10.8 against 7.6-8.4 GB/s;
+/// one-way 64 KiB 9.0-9.2 against 11.9-13.9 us; see BENCHMARKS.md).
 fn default_threshold(ranks: usize) -> usize {
-    if crate::transport::shm::ring_capacity(ranks) >= 512 << 10 {
-        64 << 10
-    } else {
-        32 << 10
+    match crate::transport::shm::ring_capacity(ranks) {
+        c if c >= 1 << 20 => 192 << 10,
+        c if c >= 512 << 10 => 64 << 10,
+        _ => 32 << 10,
     }
 }
 
@@ -462,13 +464,19 @@ impl Core {
                 Claim::Blocking(pat) => pat.matches_header(&h),
                 Claim::Posted(id) => st.proto.claimed_by(&h, id),
             };
-        let fits = ours
-            && h.enc == Encoding::Raw
-            && h.typecode == typecode
-            && len <= dst.len()
-            && avail >= HEADER_LEN + len;
+        let fits = ours && h.enc == Encoding::Raw && h.typecode == typecode && len <= dst.len();
         if !fits {
             return FromStream::No;
+        }
+        if avail < HEADER_LEN + len {
+            // Ours, not all here yet. Wait for the rest where the stream can hold the whole
+            // frame: large eager messages then go from the ring straight into the caller's
+            // buffer too, copied out by us while the sender copies in the next one.
+            return if self.t.holds(peer, HEADER_LEN + len) {
+                FromStream::Empty
+            } else {
+                FromStream::No
+            };
         }
         let got = self.t.read(peer, &mut hb).and_then(|n| {
             let m = self.t.read(peer, &mut dst[..len])?;
@@ -1098,8 +1106,9 @@ mod tests {
     #[test]
     fn the_rendezvous_threshold_follows_the_rings_unless_set() {
         let cfg = crate::config::Tuning::default();
-        assert_eq!(Tuning::resolve(&cfg, 2).rendezvous_threshold, 64 << 10);
-        assert_eq!(Tuning::resolve(&cfg, 8).rendezvous_threshold, 64 << 10);
+        assert_eq!(Tuning::resolve(&cfg, 2).rendezvous_threshold, 192 << 10);
+        assert_eq!(Tuning::resolve(&cfg, 8).rendezvous_threshold, 192 << 10);
+        assert_eq!(Tuning::resolve(&cfg, 11).rendezvous_threshold, 64 << 10);
         // Small rings (64 ranks: 64 KiB each): a 48 KiB message would not fit twice.
         assert_eq!(Tuning::resolve(&cfg, 64).rendezvous_threshold, 32 << 10);
         let set = crate::config::Tuning {

@@ -9,8 +9,12 @@ use ranks_tests::*;
 
 /// A hang here is the bug: the launcher's own timeout ends it well before the test's limit.
 fn pattern(scenario: &str, args: &[&str]) {
-    for transport in ["shm", "uds", "quic"] {
-        for threshold in [None, Some("1")] {
+    pattern_with(scenario, args, &["shm", "uds", "quic"], &[None, Some("1")]);
+}
+
+fn pattern_with(scenario: &str, args: &[&str], transports: &[&str], thresholds: &[Option<&str>]) {
+    for &transport in transports {
+        for &threshold in thresholds {
             for n in [2, 3, 5] {
                 let np = n.to_string();
                 let mut launcher = vec!["-n", &np, "--transport", transport, "--timeout", "60"];
@@ -51,6 +55,24 @@ fn posted_receives_take_messages_in_posting_order_whatever_the_wait_order() {
     // receive), a rendezvous with threshold 1; 16384 elements (64 KiB): a rendezvous.
     pattern("posted_order", &[]);
     pattern("posted_order", &["16384"]);
+}
+
+/// With every message eager, a receive waiting for its message to be all in the ring takes
+/// it from there only when the ring can hold it: a 1 MiB frame never fits a 1 MiB ring, and
+/// waiting for it to be whole would hang.
+#[test]
+fn eager_messages_larger_than_the_rings_and_as_large_as_they_allow() {
+    let all_eager = [Some("4000000000")];
+    // 1 MiB messages, posted receives (halo); into posted receives waited for out of
+    // order: 16384 u32 (64 KiB), 262000 u32 (a frame just under the ring's 1 MiB) and
+    // 300000 u32 (a frame larger than the ring).
+    pattern_with("halo", &[], &["shm"], &all_eager);
+    for len in ["16384", "262000", "300000"] {
+        pattern_with("posted_order", &[len], &["shm"], &all_eager);
+    }
+    for len in ["16384", "262000", "300000"] {
+        pattern_with("land_wait", &[len], &["shm"], &all_eager);
+    }
 }
 
 #[test]

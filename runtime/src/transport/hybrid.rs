@@ -113,6 +113,10 @@ impl Transport for Hybrid {
         self.route(peer).map_or(0, |(t, p)| t.peek(p, buf))
     }
 
+    fn holds(&self, peer: usize, bytes: usize) -> bool {
+        self.route(peer).is_ok_and(|(t, p)| t.holds(p, bytes))
+    }
+
     fn notify(&self, peer: usize) {
         if let Ok((t, p)) = self.route(peer) {
             t.notify(p)

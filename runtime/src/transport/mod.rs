@@ -56,6 +56,13 @@ pub(crate) trait Transport: Send + Sync {
         0
     }
 
+    /// Whether `peer`'s stream to us holds `bytes` at once, so that a reader may wait for a
+    /// frame of that size to be all there before it reads any of it (false if it cannot
+    /// tell).
+    fn holds(&self, _peer: usize, _bytes: usize) -> bool {
+        false
+    }
+
     /// Tell `peer` that we wrote to it or made room in its stream (wakes it if asleep).
     fn notify(&self, peer: usize);
 

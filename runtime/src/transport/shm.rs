@@ -663,6 +663,10 @@ impl Transport for Shm {
         )
     }
 
+    fn holds(&self, _peer: usize, bytes: usize) -> bool {
+        bytes <= self.seg.cap
+    }
+
     fn peek(&self, peer: usize, buf: &mut [u8]) -> usize {
         self.seg
             .ring_peek(peer, self.me, buf, &self.head_seen[peer])

@@ -1459,6 +1459,30 @@ fn posted_large(w: &Comm) -> R {
 /// receive for its exact tag that is waited on first); a receive of the wrong element type or
 /// with too small a buffer fails and leaves its message for the next receive. ARG: elements
 /// per message (default 4; raise it, or the rendezvous threshold, to cover rendezvous).
+/// Rank 0 waits on a receive into its own buffer (posted, then blocking) before rank 1 sends
+/// the message, of `len` u32s: a waiting receive that finds its frame only partly written
+/// waits for the rest in the ring only if the ring can hold it whole.
+fn land_wait(w: &Comm) -> R {
+    let len = arg(2, 4) as usize;
+    let mut buf = vec![0u32; len];
+    if w.rank() == 0 {
+        let r = w.irecv_into(1, 1, &mut buf)?;
+        assert_eq!(r.wait()?.len, len * 4);
+        assert!(buf.iter().enumerate().all(|(i, &v)| v == i as u32 + 1));
+        assert_eq!(w.recv_into(1, 2, &mut buf)?.len, len * 4);
+        assert!(buf.iter().enumerate().all(|(i, &v)| v == i as u32 + 2));
+    } else if w.rank() == 1 {
+        for tag in [1, 2] {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let data: Vec<u32> = (0..len as u32).map(|i| i + tag as u32).collect();
+            w.send_slice(0, tag, &data)?;
+        }
+    }
+    w.barrier()?;
+    println!("land_wait ok rank {}", w.rank());
+    Ok(())
+}
+
 fn posted_order(w: &Comm) -> R {
     let len = arg(2, 4) as usize;
     let (me, n) = (w.rank(), w.size());
@@ -1807,6 +1831,7 @@ fn main() {
         "halo" => halo(&w),
         "dup_threads" => dup_threads(&w),
         "posted_large" => posted_large(&w),
+        "land_wait" => land_wait(&w),
         "posted_order" => posted_order(&w),
         "head_to_head" => head_to_head(&w),
         "async" => asynchronous(&w),
