@@ -14,6 +14,11 @@
 //! shows loom finding the lost wakeup that shortcut allows (the writer slept through room that was made; the
 //! real wait naps at most 50 ms, so it was a stall, not a hang).
 //!
+//! `shm.rs`'s reader also keeps the writer's position it last saw and skips the load of
+//! `head` while that shows enough bytes; it loads `head` whenever the cache shows the ring
+//! empty, which is the only load the sleep protocol depends on, so the model loads it every
+//! time (the cache itself is tested in `shm.rs`'s `ring_tests`).
+//!
 //! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p ranks
 //! --no-default-features --lib ring_model` (CI does).
 

@@ -884,7 +884,17 @@ mod ring_tests {
     /// readers share the cache of the writer's position, as a process's threads do.
     #[test]
     fn bytes_arrive_once_in_order_whatever_the_pieces_and_the_reading_threads() {
-        let path = std::env::temp_dir().join(format!("ranks-ring-test-{}", std::process::id()));
+        // Not named `ranks-...`: the job tests look for leftovers by that name.
+        let path = std::env::temp_dir().join(format!("ring-test-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        /// Removes the segment's file even when the test fails.
+        struct Remove(std::path::PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _remove = Remove(path.clone());
         let seg = Arc::new(Segment::create(&path, 2).unwrap());
         const TOTAL: u64 = 48 << 20;
         let writer = {
