@@ -147,11 +147,15 @@ struct Service {
     clients: std::sync::atomic::AtomicUsize,
     /// How many times the last client left.
     handovers: AtomicU64,
+    /// When the clients' present spell began (the first of them came), in nanoseconds
+    /// since `born`.
+    spell_from: AtomicU64,
+    born: Instant,
     /// Rung by a last client that leaves after a long call (see [`Client`]).
     nudge: (Mutex<u64>, std::sync::Condvar),
 }
 
-/// A call at least this long ends by waking the service thread at once.
+/// A spell of calls at least this long ends by waking the service thread at once.
 const LONG_CALL: Duration = Duration::from_micros(50);
 /// After short calls, the service thread looks this often whether they have ended.
 const HANDOVER: Duration = Duration::from_millis(1);
@@ -170,6 +174,8 @@ fn service(comm: &Comm) -> Arc<Service> {
                 reg: Mutex::new(Registry::default()),
                 clients: std::sync::atomic::AtomicUsize::new(0),
                 handovers: AtomicU64::new(0),
+                spell_from: AtomicU64::new(0),
+                born: Instant::now(),
                 nudge: (Mutex::new(0), std::sync::Condvar::new()),
             });
             let s2 = svc.clone();
@@ -209,8 +215,10 @@ fn serve(svc: Arc<Service>, rx: Comm, tx: Comm) {
             Duration::ZERO
         };
         if svc.clients.load(Ordering::SeqCst) > 0 {
-            // Short calls end without waking us (that cost a thread switch per call, 1.7 us
-            // of a 3.9 us queue hop): while calls keep ending, look every `HANDOVER`.
+            // Short spells of calls end without waking us (that cost a thread switch per
+            // call, 1.7 us of a 3.9 us queue hop): while spells keep ending, look every
+            // `HANDOVER`. A spell that has not ended since the last look is a long one, and
+            // its end wakes us.
             let handovers = svc.handovers.load(Ordering::SeqCst);
             let nap = if handovers != handovers_seen {
                 HANDOVER
@@ -429,14 +437,14 @@ static NEXT_REQ: AtomicU64 = AtomicU64::new(1);
 /// this lives: it serves requests itself as it waits, and the service thread stands aside.
 ///
 /// When the last client leaves, the service thread must take over. Waking it costs a thread
-/// switch, so only a call that lasted `LONG_CALL` or more wakes it; after shorter ones it
-/// notices within `HANDOVER`. Requests that come in that while wait for it (or for the next
+/// switch, so only a spell of calls (from the first client's coming to the last one's
+/// leaving) that lasted `LONG_CALL` or more wakes it; after shorter ones it notices within
+/// `HANDOVER`, as it looks that often after a spell began. Requests that come in that while wait for it (or for the next
 /// call of ours, which serves them), so a rank trading short calls with others pays no
 /// switches, and one that goes on to compute serves requests again within a millisecond.
 struct Client {
     svc: Arc<Service>,
     svc_pat: crate::protocol::matching::Pattern,
-    since: Instant,
 }
 
 impl Client {
@@ -446,12 +454,11 @@ impl Client {
             return Ok(None);
         };
         let svc_pat = svc_pattern(comm)?;
-        svc.clients.fetch_add(1, Ordering::SeqCst);
-        Ok(Some(Client {
-            svc,
-            svc_pat,
-            since: Instant::now(),
-        }))
+        if svc.clients.fetch_add(1, Ordering::SeqCst) == 0 {
+            let now = svc.born.elapsed().as_nanos() as u64;
+            svc.spell_from.store(now, Ordering::SeqCst);
+        }
+        Ok(Some(Client { svc, svc_pat }))
     }
 }
 
@@ -460,8 +467,11 @@ impl Drop for Client {
         if self.svc.clients.fetch_sub(1, Ordering::SeqCst) != 1 {
             return;
         }
-        self.svc.handovers.fetch_add(1, Ordering::SeqCst);
-        if self.since.elapsed() >= LONG_CALL {
+        let svc = &self.svc;
+        svc.handovers.fetch_add(1, Ordering::SeqCst);
+        let spell = (svc.born.elapsed().as_nanos() as u64)
+            .saturating_sub(svc.spell_from.load(Ordering::SeqCst));
+        if spell >= LONG_CALL.as_nanos() as u64 {
             let (m, cv) = &self.svc.nudge;
             *m.lock().unwrap_or_else(|p| p.into_inner()) += 1;
             cv.notify_all();
