@@ -319,9 +319,9 @@ impl Segment {
         took: &AtomicBool,
         head_seen: &AtomicU64,
     ) -> Result<usize> {
-        let (_, tail, data) = self.ring(src, dst);
+        let (head, tail, data) = self.ring(src, dst);
         let t = tail.load(Relaxed);
-        let avail = self.ring_readable(src, dst, t, buf.len(), head_seen);
+        let avail = Self::ring_readable(head, t, buf.len(), head_seen);
         if avail > self.cap as u64 {
             return Err(Error::Malformed {
                 rank: src,
@@ -353,8 +353,9 @@ impl Segment {
         Ok(n)
     }
 
-    /// Bytes readable in ring (src, dst) from reader position `t`, at least `want` of them
-    /// if the writer has published that many. Only `dst` may call this.
+    /// Bytes readable in a ring whose writer's position is `head`, from reader position `t`,
+    /// at least `want` of them if the writer has published that many. Only the ring's
+    /// reader may call this.
     ///
     /// `head_seen` caches the writer's position as this process last read it: the shared
     /// head is a cache line the writer stores to with every write, so each look at it costs
@@ -364,19 +365,11 @@ impl Segment {
     /// looks, which is what the doorbell protocol needs before a sleep). The cache only
     /// grows, and is published with Release after the Acquire load of `head`, so a thread
     /// of this process that acquires it also sees the bytes the writer published.
-    fn ring_readable(
-        &self,
-        src: usize,
-        dst: usize,
-        t: u64,
-        want: usize,
-        head_seen: &AtomicU64,
-    ) -> u64 {
+    fn ring_readable(head: &AtomicU64, t: u64, want: usize, head_seen: &AtomicU64) -> u64 {
         let h = head_seen.load(Acquire);
         if h > t && h - t >= want.max(1) as u64 {
             return h - t;
         }
-        let (head, _, _) = self.ring(src, dst);
         let h = head.load(Acquire);
         head_seen.fetch_max(h, AcqRel);
         h.wrapping_sub(t)
@@ -385,8 +378,8 @@ impl Segment {
     /// Bytes in ring (src, dst) a read would return now (0 if the ring is corrupt; the read
     /// reports that). Looks at the writer's position (a fresh figure).
     fn ring_available(&self, src: usize, dst: usize, head_seen: &AtomicU64) -> usize {
-        let (_, tail, _) = self.ring(src, dst);
-        let avail = self.ring_readable(src, dst, tail.load(Relaxed), usize::MAX, head_seen);
+        let (head, tail, _) = self.ring(src, dst);
+        let avail = Self::ring_readable(head, tail.load(Relaxed), usize::MAX, head_seen);
         if avail > self.cap as u64 {
             return 0;
         }
@@ -396,9 +389,9 @@ impl Segment {
     /// Copy up to `buf.len()` bytes from the front of ring (src, dst) without taking them.
     /// Only `dst` may call this.
     fn ring_peek(&self, src: usize, dst: usize, buf: &mut [u8], head_seen: &AtomicU64) -> usize {
-        let (_, tail, data) = self.ring(src, dst);
+        let (head, tail, data) = self.ring(src, dst);
         let t = tail.load(Relaxed);
-        let avail = self.ring_readable(src, dst, t, buf.len(), head_seen);
+        let avail = Self::ring_readable(head, t, buf.len(), head_seen);
         if avail > self.cap as u64 {
             return 0;
         }
@@ -419,8 +412,8 @@ impl Segment {
     }
 
     fn ring_has_data(&self, src: usize, dst: usize, head_seen: &AtomicU64) -> bool {
-        let (_, tail, _) = self.ring(src, dst);
-        self.ring_readable(src, dst, tail.load(Relaxed), 1, head_seen) != 0
+        let (head, tail, _) = self.ring(src, dst);
+        Self::ring_readable(head, tail.load(Relaxed), 1, head_seen) != 0
     }
 }
 
