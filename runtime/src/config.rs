@@ -53,6 +53,12 @@ pub mod env {
     pub const CMA: &str = "RANKS_CMA";
     /// Testing knob: `1` refuses every pull, as a kernel forbidding cross-memory attach would.
     pub const TEST_REFUSE_PULL: &str = "RANKS_TEST_REFUSE_PULL";
+    /// Pulls of at least this many bytes are shared with the sender (it writes the second
+    /// half if it is in the library to see the offer); `0`: never.
+    pub const SHARE_PULL: &str = "RANKS_SHARE_PULL";
+    /// Testing knob: `1` makes a receiver that offered the sender a part of a pull wait for
+    /// the sender to write it, instead of taking the offer back when its own part is done.
+    pub const TEST_AWAIT_PUSH: &str = "RANKS_TEST_AWAIT_PUSH";
     pub const COLL_HIER: &str = "RANKS_COLL_HIER";
     pub const TEST_HOSTS: &str = "RANKS_TEST_HOSTS";
     /// A `tracing` filter (`debug`, `ranks=trace`, ...): logging to stderr.
@@ -266,6 +272,10 @@ pub struct Tuning {
     pub cma: bool,
     /// Testing: refuse every pull.
     pub refuse_pull: bool,
+    /// Pulls of at least this many bytes are shared with the sender; 0: never.
+    pub share_pull: usize,
+    /// Testing: a receiver waits for the sender to write the part it offered.
+    pub await_push: bool,
     /// Two-level collectives when a communicator spans hosts (`RANKS_COLL_HIER=0`: flat).
     pub two_level: bool,
     /// Testing: the host of every rank, as numbers (`RANKS_TEST_HOSTS=0,0,1,1`), to run
@@ -284,6 +294,8 @@ impl Default for Tuning {
             allreduce_large: 64 << 10,
             cma: true,
             refuse_pull: false,
+            share_pull: 128 << 10,
+            await_push: false,
             two_level: true,
             test_hosts: None,
         }
@@ -348,6 +360,8 @@ impl Config {
             allreduce_large: num(env::ALLREDUCE_LARGE, d.allreduce_large as u64)? as usize,
             cma: !flag(env::CMA, "0"),
             refuse_pull: flag(env::TEST_REFUSE_PULL, "1"),
+            share_pull: num(env::SHARE_PULL, d.share_pull as u64)? as usize,
+            await_push: flag(env::TEST_AWAIT_PUSH, "1"),
             two_level: !flag(env::COLL_HIER, "0"),
             test_hosts: match get(env::TEST_HOSTS) {
                 Some(h) if !h.trim().is_empty() => Some(
@@ -560,8 +574,13 @@ mod tests {
             (env::CMA, "0"),
             (env::TEST_REFUSE_PULL, "1"),
             (env::ALLREDUCE_LARGE, "1024"),
+            (env::SHARE_PULL, "0"),
+            (env::TEST_AWAIT_PUSH, "1"),
         ])
         .unwrap();
+        assert_eq!(c.tuning.share_pull, 0);
+        assert!(c.tuning.await_push);
+        assert_eq!(Tuning::default().share_pull, 128 << 10);
         assert_eq!(c.tuning.rendezvous_threshold, Some(1));
         assert_eq!(c.tuning.spin, Some(Duration::ZERO));
         assert!(!c.tuning.cma && c.tuning.refuse_pull);

@@ -422,7 +422,11 @@ impl Comm {
     /// when that is refused, as a stream the sender is asked for.
     fn land_pull(&self, job: PullJob, dst: &mut [u8]) -> Result<()> {
         let core = &*self.core;
-        let pulled = matches!(core.t.pull(job.peer, job.addr, dst), Ok(true));
+        let pulled = core.fetch(&job, dst, &mut |cts| {
+            let mut st = core.lock();
+            core.queue_frame(&mut st, job.peer, cts);
+            core.flush_peer(&mut st, job.peer);
+        });
         {
             let mut st = core.lock();
             st.proto

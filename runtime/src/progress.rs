@@ -4,6 +4,7 @@
 //! makes progress, checks its condition, spins briefly and then sleeps on the transport's
 //! wakeup (futex doorbell or `poll`), so ranks that outnumber cores do not burn them.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use crate::protocol::matching::{Msg, Pattern, RecvId};
 use crate::protocol::{
     Protocol, ProtocolConfig, PullJob, Route, RvBuf, SendId, SendPoll, Taken, Want,
 };
-use crate::transport::Transport;
+use crate::transport::{Offer, Transport};
 use crate::wire::{Encoding, FrameDecoder, Header, Kind, HEADER_LEN};
 
 /// The tunables in force (from `crate::config::Tuning`, with waiting decided by how many
@@ -34,6 +35,10 @@ pub(crate) struct Tuning {
     pub two_level: bool,
     /// Testing: every rank's host, as numbers.
     pub test_hosts: Option<Vec<u32>>,
+    /// Pulls of at least this many bytes are shared with the sender (0: never).
+    pub share_pull: usize,
+    /// Testing: wait for the sender to write the part offered to it.
+    pub await_push: bool,
 }
 
 impl Tuning {
@@ -58,6 +63,8 @@ impl Tuning {
             allreduce_large: cfg.allreduce_large,
             two_level: cfg.two_level,
             test_hosts: cfg.test_hosts.clone(),
+            share_pull: cfg.share_pull,
+            await_push: cfg.await_push,
         }
     }
 }
@@ -251,6 +258,17 @@ pub(crate) struct Core {
     /// When the transport first said each peer was gone while the board had no record of
     /// its end (see [`Core::peer_gone`]).
     gone_news: Mutex<Vec<Option<Instant>>>,
+    /// How shared pulls went (see [`Core::fetch`]).
+    pub shares: Shares,
+}
+
+/// Counts of shared pulls: parts offered to senders that they wrote, parts taken back (or
+/// that the sender could not write) and pulled here, parts this rank wrote for receivers.
+#[derive(Default)]
+pub(crate) struct Shares {
+    pub written_by_peer: AtomicU64,
+    pub pulled_back: AtomicU64,
+    pub written_for_peer: AtomicU64,
 }
 
 impl Core {
@@ -290,6 +308,7 @@ impl Core {
             host_ids: vec![0; size],
             board: None,
             gone_news: Mutex::new(vec![None; size]),
+            shares: Shares::default(),
         }
     }
 
@@ -359,8 +378,14 @@ impl Core {
             }
         }
         while let Some(job) = st.proto.claim_pull(urgent) {
-            let bytes = self.pull_new(&job);
+            let bytes = self.pull_new(st, &job);
             st.proto.pull_done(&job, bytes);
+            any = true;
+        }
+        while let Some(job) = st.proto.claim_push() {
+            if self.t.push(job.peer, job.token, job.src, job.len, job.dst) {
+                self.shares.written_for_peer.fetch_add(1, Relaxed);
+            }
             any = true;
         }
         while let Some((peer, token, addr, len)) = st.proto.claim_copy() {
@@ -499,15 +524,105 @@ impl Core {
     }
 
     /// Pull a rendezvous payload into a new buffer (`Err` when refused).
-    fn pull_new(&self, job: &PullJob) -> std::result::Result<Option<Vec<u8>>, ()> {
+    fn pull_new(&self, st: &mut State, job: &PullJob) -> std::result::Result<Option<Vec<u8>>, ()> {
         let mut v = Vec::new();
         if v.try_reserve_exact(job.len as usize).is_err() {
             return Err(()); // the stream's frame limit then reports it
         }
         v.resize(job.len as usize, 0);
-        match self.t.pull(job.peer, job.addr, &mut v) {
-            Ok(true) => Ok(Some(v)),
-            _ => Err(()),
+        let pulled = self.fetch(job, &mut v, &mut |cts| {
+            self.queue_frame(st, job.peer, cts);
+            self.flush_peer(st, job.peer);
+        });
+        if pulled {
+            Ok(Some(v))
+        } else {
+            Err(())
+        }
+    }
+
+    /// Copy the bytes of rendezvous `job` from the sender's memory into `dst` (its exact
+    /// length); false when the transport refuses. From `tuning.share_pull` bytes, the copy
+    /// is shared: `send_cts` sends the sender a `Cts` offering it the second half (it
+    /// writes it straight into `dst` if it is in the library to see the offer, so both
+    /// ranks copy at once), we pull the first half, and then take the offer back unless the
+    /// sender took it, pulling the second half too. A sender busy elsewhere costs nothing
+    /// but the `Cts`.
+    pub(crate) fn fetch(
+        &self,
+        job: &PullJob,
+        dst: &mut [u8],
+        send_cts: &mut dyn FnMut(Vec<u8>),
+    ) -> bool {
+        let pull = |addr: u64, dst: &mut [u8]| matches!(self.t.pull(job.peer, addr, dst), Ok(true));
+        let share = self.tuning.share_pull;
+        if share == 0 || dst.len() < share.max(8192) || !self.t.offer_push(job.peer, job.token) {
+            return pull(job.addr, dst);
+        }
+        // Halves on a page boundary (the kernel copies page by page).
+        let half = (dst.len() / 2) & !4095;
+        let (mine, theirs) = dst.split_at_mut(half);
+        send_cts(Protocol::cts_frame(
+            job.token,
+            half as u64,
+            theirs.len() as u64,
+            theirs.as_mut_ptr() as u64,
+        ));
+        let got = pull(job.addr, mine);
+        // From here until the offer is settled the sender may be writing `theirs`: nothing
+        // here touches it.
+        match self.settle_offer(job.peer, job.token) {
+            Offer::Written => {
+                self.shares.written_by_peer.fetch_add(1, Relaxed);
+                got
+            }
+            _ => {
+                self.shares.pulled_back.fetch_add(1, Relaxed);
+                got && pull(job.addr + half as u64, theirs)
+            }
+        }
+    }
+
+    /// Take back the offer of rendezvous `token` to `peer`, or, if `peer` took it, wait
+    /// until it has written its part (it copies now, so this is short) or is gone.
+    fn settle_offer(&self, peer: usize, token: u64) -> Offer {
+        // Testing (`await_push`): an open offer is left open, as if the sender had taken it.
+        let look = || {
+            if self.tuning.await_push && self.t.offer_open(peer, token) {
+                Offer::Taken
+            } else {
+                self.t.close_offer(peer, token)
+            }
+        };
+        let start = Instant::now();
+        let mut spins: u32 = 0;
+        loop {
+            let o = look();
+            if o != Offer::Taken {
+                return o;
+            }
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) || start.elapsed() < self.tuning.spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            if let Some(why) = self.t.peer_gone(peer) {
+                tracing::debug!(
+                    peer,
+                    token,
+                    why,
+                    "the sender went away while writing its part"
+                );
+                return Offer::Failed;
+            }
+            let mut end = Offer::Taken;
+            self.t.wait(&[], Duration::from_millis(10), &mut || {
+                end = look();
+                end != Offer::Taken
+            });
+            if end != Offer::Taken {
+                return end;
+            }
         }
     }
 

@@ -26,9 +26,11 @@ use crate::error::{Error, Result};
 pub const HEADER_LEN: usize = 40;
 const MAGIC: [u8; 2] = *b"RK";
 /// Wire version; a peer speaking another version is refused.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Payload of a rendezvous request: remote address and length.
 pub const RTS_PAYLOAD_LEN: u64 = 16;
+/// Payload of a clear-to-send: offset and length of the part, receiver's address for it.
+pub const CTS_PAYLOAD_LEN: u64 = 24;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,10 @@ pub enum Kind {
     Nack = 4,
     /// The bytes of a rendezvous message that could not be pulled.
     RtsData = 5,
+    /// Clear-to-send: the receiver of rendezvous `aux` pulls the first part itself and
+    /// offers the sender to write a later part straight into its buffer (offset, length,
+    /// address there), if the sender gets to it first (see `Transport::push`).
+    Cts = 6,
 }
 
 impl Kind {
@@ -54,6 +60,7 @@ impl Kind {
             3 => Kind::Fin,
             4 => Kind::Nack,
             5 => Kind::RtsData,
+            6 => Kind::Cts,
             _ => return None,
         })
     }
@@ -97,7 +104,7 @@ impl Header {
         }
     }
 
-    /// A control frame (`Fin`, `Nack`) about rendezvous `token`.
+    /// A control frame (`Fin`, `Nack`, `Cts`) about rendezvous `token`.
     pub fn control(kind: Kind, token: u64) -> Self {
         Header {
             kind,
@@ -165,6 +172,7 @@ impl Header {
         };
         let fixed_len = match kind {
             Kind::Rts => Some(RTS_PAYLOAD_LEN),
+            Kind::Cts => Some(CTS_PAYLOAD_LEN),
             Kind::Fin | Kind::Nack => Some(0),
             Kind::Data | Kind::RtsData => None,
         };

@@ -19,6 +19,14 @@
 //! sender streams the bytes in an `RtsData` frame. The pull of a matched receive is made by
 //! whichever thread of the process is waiting (MPI's progress rule), not only by the
 //! receive's own `wait`, so a rank blocked in a send still lets its peers' sends finish.
+//!
+//! A large pull may be shared: the receiver answers `Cts` (clear to send: a later part of
+//! the message and where in its buffer it goes), pulls the first part, and the sender,
+//! if it is in the library when the `Cts` comes, writes the later part itself
+//! ([`Protocol::claim_push`]). Whether it does is settled through the transport (an offer
+//! the receiver withdraws when its own part is done, unless the sender took it), so a
+//! sender busy elsewhere never holds the receiver up. Either way the receiver answers
+//! `Fin` when all the bytes are in.
 
 pub(crate) mod matching;
 #[cfg(test)]
@@ -28,7 +36,7 @@ use std::collections::VecDeque;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::Error;
-use crate::wire::{Decoded, Header, Kind, HEADER_LEN, RTS_PAYLOAD_LEN};
+use crate::wire::{Decoded, Header, Kind, CTS_PAYLOAD_LEN, HEADER_LEN, RTS_PAYLOAD_LEN};
 use matching::{Body, Matcher, Msg, Pattern, RecvId};
 
 /// A hasher for the request table's small integer keys: one multiply, no SipHash (which
@@ -146,6 +154,20 @@ pub(crate) struct PullJob {
     pub peer: usize,
     pub addr: u64,
     pub len: u64,
+    /// The sender's token for the message (a `Cts` names it).
+    pub token: u64,
+}
+
+/// A part of one of our rendezvous sends that its receiver offered us to write into its
+/// memory (a `Cts`): `len` bytes at `src` here go to `dst` in `peer`'s memory, if the
+/// transport's offer for `token` is still open (`Transport::push`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PushJob {
+    pub peer: usize,
+    pub token: u64,
+    pub src: u64,
+    pub len: u64,
+    pub dst: u64,
 }
 
 /// What a send is waiting for.
@@ -239,6 +261,8 @@ pub(crate) struct Protocol {
     pulls: VecDeque<RecvId>,
     /// Posted receives that are not `Want::Bytes` (few at a time).
     wants: Vec<(RecvId, Want)>,
+    /// Parts of our rendezvous sends their receivers offered us to write (`Cts`).
+    pushes: VecDeque<PushJob>,
     /// Large frame buffers already written out, for the next copies: a fresh large
     /// allocation costs a page fault per 4 KiB written into it (a quarter of a sender's time
     /// when it streams 256 KiB eager messages).
@@ -265,6 +289,7 @@ impl Protocol {
             copies: VecDeque::new(),
             pulls: VecDeque::new(),
             wants: Vec::new(),
+            pushes: VecDeque::new(),
             spare: Vec::new(),
         }
     }
@@ -561,6 +586,7 @@ impl Protocol {
                 }
                 Kind::Nack => self.nack(peer, h.aux),
                 Kind::RtsData => self.stream_arrived(peer, h.aux, payload),
+                Kind::Cts => self.cts(peer, h.aux, &payload),
             },
             Decoded::TooLarge(h) => {
                 let err = Error::FrameTooLarge {
@@ -599,6 +625,63 @@ impl Protocol {
             }
         };
         self.arrived(Msg::new(h, body));
+    }
+
+    /// The receiver of our rendezvous `token` offers us to write a part of it. Only a part
+    /// of a send still waiting for its receiver, inside its buffer, becomes a push; anything
+    /// else is ignored (the receiver then withdraws its offer and pulls the part itself).
+    fn cts(&mut self, peer: usize, token: u64, payload: &[u8]) {
+        if payload.len() != CTS_PAYLOAD_LEN as usize {
+            return;
+        }
+        let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
+        let (off, len, dst) = (word(0), word(8), word(16));
+        let Some(s) = self.sends.get(&(peer, token)) else {
+            return;
+        };
+        if !matches!(s.state, RvSendState::Offered) {
+            return;
+        }
+        let (addr, total) = s.buf.addr_len();
+        if len == 0 || off.checked_add(len).is_none_or(|end| end > total) {
+            return;
+        }
+        self.pushes.push_back(PushJob {
+            peer,
+            token,
+            src: addr + off,
+            len,
+            dst,
+        });
+    }
+
+    /// A part of one of our rendezvous sends to write into its receiver's memory (then
+    /// nothing to report: the receiver answers `Fin` as always). Only while the send is
+    /// still waiting for that receiver.
+    pub(crate) fn claim_push(&mut self) -> Option<PushJob> {
+        while let Some(job) = self.pushes.pop_front() {
+            if self
+                .sends
+                .get(&(job.peer, job.token))
+                .is_some_and(|s| matches!(s.state, RvSendState::Offered))
+            {
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    /// The `Cts` frame offering `peer` (the sender of rendezvous `token`) to write `len`
+    /// bytes of it from offset `off` to address `dst` here.
+    pub(crate) fn cts_frame(token: u64, off: u64, len: u64, dst: u64) -> Vec<u8> {
+        let mut h = Header::control(Kind::Cts, token);
+        h.len = CTS_PAYLOAD_LEN;
+        let mut v = Vec::with_capacity(HEADER_LEN + CTS_PAYLOAD_LEN as usize);
+        v.extend_from_slice(&h.encode());
+        for w in [off, len, dst] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        v
     }
 
     fn nack(&mut self, peer: usize, token: u64) {
@@ -948,13 +1031,17 @@ impl Protocol {
 fn pull_job(id: RecvId, msg: &Msg) -> PullJob {
     match msg.body {
         Body::Remote {
-            peer, addr, len, ..
+            peer,
+            addr,
+            len,
+            token,
         } => PullJob {
             id,
             ctx: msg.ctx,
             peer,
             addr,
             len,
+            token,
         },
         _ => unreachable!("only rendezvous messages are pulled"),
     }

@@ -173,4 +173,24 @@ impl Transport for Hybrid {
         let (t, p) = self.route(peer)?;
         t.pull(p, addr, dst)
     }
+
+    fn offer_push(&self, peer: usize, token: u64) -> bool {
+        self.route(peer).is_ok_and(|(t, p)| t.offer_push(p, token))
+    }
+
+    fn close_offer(&self, peer: usize, token: u64) -> super::Offer {
+        match self.route(peer) {
+            Ok((t, p)) => t.close_offer(p, token),
+            Err(_) => super::Offer::Withdrawn,
+        }
+    }
+
+    fn offer_open(&self, peer: usize, token: u64) -> bool {
+        self.route(peer).is_ok_and(|(t, p)| t.offer_open(p, token))
+    }
+
+    fn push(&self, peer: usize, token: u64, src: u64, len: u64, dst: u64) -> bool {
+        self.route(peer)
+            .is_ok_and(|(t, p)| t.push(p, token, src, len, dst))
+    }
 }

@@ -102,6 +102,46 @@ pub(crate) trait Transport: Send + Sync {
     fn pull(&self, _peer: usize, _addr: u64, _dst: &mut [u8]) -> Result<bool> {
         Ok(false)
     }
+
+    /// Offer `peer`, the sender of our pull of rendezvous `token`, to write a part of it
+    /// into our memory itself ([`Transport::push`]). False when that is not possible (the
+    /// transport cannot, or an offer to `peer` is already open); the caller then pulls all
+    /// of it.
+    fn offer_push(&self, _peer: usize, _token: u64) -> bool {
+        false
+    }
+
+    /// Withdraw the offer for `token` to `peer`, unless `peer` took it. Never blocks:
+    /// [`Offer::Taken`] means `peer` is writing now; ask again.
+    fn close_offer(&self, _peer: usize, _token: u64) -> Offer {
+        Offer::Withdrawn
+    }
+
+    /// Whether our offer for `token` to `peer` is still open (for tests that wait for the
+    /// peer to take it).
+    fn offer_open(&self, _peer: usize, _token: u64) -> bool {
+        false
+    }
+
+    /// Write `len` bytes at `src` in our memory to `dst` in `peer`'s, if `peer`'s offer for
+    /// `token` is still open (it is then taken, and closed when the bytes are in, or the
+    /// write failed). Whether the bytes are there.
+    fn push(&self, _peer: usize, _token: u64, _src: u64, _len: u64, _dst: u64) -> bool {
+        false
+    }
+}
+
+/// How an offer to a peer to write a part of a pull ended ([`Transport::close_offer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// Withdrawn before the peer took it: the part is the receiver's to pull.
+    Withdrawn,
+    /// The peer is writing the part now.
+    Taken,
+    /// The peer wrote the part.
+    Written,
+    /// The peer took the offer but could not write the part: the receiver pulls it.
+    Failed,
 }
 
 /// Per world rank, its index among the ranks of rank `me`'s host (`hosts[r]` names rank

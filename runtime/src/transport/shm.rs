@@ -5,7 +5,8 @@
 //! ```text
 //! 0     header: magic, version, rank count, ring capacity, launcher pid
 //! 4096  one 128-byte block per rank: pid, state | doorbell sequence, sleeper count
-//! ...   one ring per ordered pair (src, dst): head line, tail line, `cap` data bytes
+//! ...   one ring per ordered pair (src, dst): head line, tail line, offer line, `cap` data
+//!       bytes
 //! ```
 //!
 //! A ring is a single-producer single-consumer byte stream: `src` alone writes and advances
@@ -13,6 +14,13 @@
 //! a writer (or a reader that made room) rings the doorbell only when someone sleeps there.
 //! The launcher writes each rank's state when it exits and rings every doorbell, so a rank
 //! waiting on a dead peer wakes up and reports it.
+//!
+//! The offer line of ring (src, dst) holds one word, `token << 3 | state`, through which
+//! `dst`, pulling a large message of `src`'s, offers `src` to write a part of it into `dst`'s
+//! memory itself: `dst` opens it (0 to OPEN), `src` takes it (OPEN to TAKEN) and, once the
+//! bytes are written, marks it WRITTEN or FAILED; `dst` withdraws it (OPEN to 0) when its own
+//! part is done, or waits for the mark and clears it. Each step is one compare-and-swap, so
+//! exactly one side copies each byte, and `src` never writes into a buffer `dst` took back.
 //!
 //! This is one of the two modules allowed `unsafe` (the mapping and the rings).
 
@@ -29,12 +37,21 @@ use memmap2::MmapRaw;
 use super::Transport;
 use crate::error::{Error, Result};
 
-const MAGIC: u64 = 0x524b_5348_4d30_0001; // "RKSHM0" + layout version
+const MAGIC: u64 = 0x524b_5348_4d30_0002; // "RKSHM0" + layout version
 const HEADER_SIZE: usize = 4096;
 const BLOCK: usize = 128;
 const LINE: usize = 64;
-/// Ring header: head on one cache line, tail on the next.
-const RING_HEADER: usize = 2 * LINE;
+/// Ring header: head on one cache line, tail on the next, the offer word on a third.
+const RING_HEADER: usize = 3 * LINE;
+/// States of an offer word (the low three bits; the token above them).
+const OFFER_OPEN: u64 = 1;
+const OFFER_TAKEN: u64 = 2;
+const OFFER_WRITTEN: u64 = 3;
+const OFFER_FAILED: u64 = 4;
+
+fn offer_word(token: u64, state: u64) -> u64 {
+    token << 3 | state
+}
 
 /// A rank's state as recorded in the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +286,13 @@ impl Segment {
         (self.u64_at(off), self.u64_at(off + LINE), data)
     }
 
+    /// The offer word of ring (src, dst) (see the module's documentation).
+    fn offer(&self, src: usize, dst: usize) -> &AtomicU64 {
+        assert!(src < self.n && dst < self.n);
+        let off = self.rings_off + (src * self.n + dst) * (RING_HEADER + self.cap);
+        self.u64_at(off + 2 * LINE)
+    }
+
     /// Append up to all of `bufs` (in order) to ring (src, dst), published with one store.
     /// Only `src` may call this. Returns the number of bytes taken.
     /// `tail_seen` caches the reader's position: the shared tail (a cache line the reader
@@ -476,6 +500,36 @@ fn process_read(pid: u32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
         // SAFETY: `local` covers the unread tail of `dst`, which we borrow mutably; the
         // kernel validates the remote range against the other process's mappings.
         let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "remote range ended early",
+            ));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Copy `len` bytes at `src` in our memory to `addr` in process `pid`.
+fn process_write(pid: u32, src: u64, len: usize, addr: u64) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < len {
+        let local = libc::iovec {
+            iov_base: (src as usize + done) as *mut libc::c_void,
+            iov_len: len - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: len - done,
+        };
+        // SAFETY: the kernel only reads through `local` (it checks the range against our
+        // mappings and fails with EFAULT outside them) and validates the remote range
+        // against the other process's mappings; no Rust reference covers either range here.
+        let n = unsafe { libc::process_vm_writev(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -722,6 +776,61 @@ impl Transport for Shm {
                 Ok(false)
             }
         }
+    }
+
+    fn offer_push(&self, peer: usize, token: u64) -> bool {
+        self.cma
+            && !self.refuse_pull
+            && self
+                .seg
+                .offer(peer, self.me)
+                .compare_exchange(0, offer_word(token, OFFER_OPEN), AcqRel, Relaxed)
+                .is_ok()
+    }
+
+    fn close_offer(&self, peer: usize, token: u64) -> super::Offer {
+        use super::Offer;
+        let w = self.seg.offer(peer, self.me);
+        match w.compare_exchange(offer_word(token, OFFER_OPEN), 0, AcqRel, Acquire) {
+            Ok(_) => Offer::Withdrawn,
+            Err(v) if v == offer_word(token, OFFER_TAKEN) => Offer::Taken,
+            Err(v) if v == offer_word(token, OFFER_WRITTEN) => {
+                w.store(0, Release);
+                Offer::Written
+            }
+            Err(v) if v == offer_word(token, OFFER_FAILED) => {
+                w.store(0, Release);
+                Offer::Failed
+            }
+            // Not ours (never opened): nothing of it was written.
+            Err(_) => Offer::Withdrawn,
+        }
+    }
+
+    fn offer_open(&self, peer: usize, token: u64) -> bool {
+        self.seg.offer(peer, self.me).load(Acquire) == offer_word(token, OFFER_OPEN)
+    }
+
+    fn push(&self, peer: usize, token: u64, src: u64, len: u64, dst: u64) -> bool {
+        let w = self.seg.offer(self.me, peer);
+        let taken = offer_word(token, OFFER_TAKEN);
+        if !self.cma
+            || w.compare_exchange(offer_word(token, OFFER_OPEN), taken, AcqRel, Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        let pid = self.seg.pid(peer);
+        let ok = pid != 0
+            && process_write(pid, src, len as usize, dst)
+                .inspect_err(|e| tracing::debug!(peer, error = %e, "cross-memory write refused"))
+                .is_ok();
+        w.store(
+            offer_word(token, if ok { OFFER_WRITTEN } else { OFFER_FAILED }),
+            Release,
+        );
+        self.seg.ring_doorbell(peer, false);
+        ok
     }
 }
 
