@@ -174,6 +174,20 @@ impl Comm {
         self.core.t.name()
     }
 
+    /// How this process's shared pulls went so far (for tests and benchmarks): halves it
+    /// offered senders that they wrote, halves it took back (or they could not write) and
+    /// pulled itself, halves it wrote for its receivers.
+    #[doc(hidden)]
+    pub fn shared_pulls(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.core.shares;
+        (
+            s.written_by_peer.load(Relaxed),
+            s.pulled_back.load(Relaxed),
+            s.written_for_peer.load(Relaxed),
+        )
+    }
+
     /// End the whole job with `code` (1 if `code` is 0): the launcher stops every other
     /// rank, even with `--keep-going`, and exits with this code whatever the others do.
     /// Under `srun` without the launcher, Slurm ends the whole step (PMI-2 abort).

@@ -1218,6 +1218,143 @@ mod tests {
         assert_eq!((st.tag, &them), (2, b"them"));
     }
 
+    /// A sender's side of shared pulls, scripted: every pull copies `fill`; an offer is
+    /// "taken" and stays so for `taken_for` looks, then ends as `end`, or the peer is gone.
+    struct Offers {
+        fill: u8,
+        taken_for: std::sync::atomic::AtomicU32,
+        end: Offer,
+        gone: bool,
+        pulls: Mutex<Vec<usize>>,
+    }
+
+    impl Transport for std::sync::Arc<Offers> {
+        fn name(&self) -> &'static str {
+            "offers"
+        }
+        fn write(&self, _peer: usize, buf: &[u8]) -> Result<usize> {
+            Ok(buf.len())
+        }
+        fn read(&self, _peer: usize, _buf: &mut [u8]) -> Result<usize> {
+            Ok(0)
+        }
+        fn readable(&self, _peer: usize) -> bool {
+            false
+        }
+        fn notify(&self, _peer: usize) {}
+        fn wake_self(&self) {}
+        fn wait(&self, _w: &[usize], _t: Duration, prepare: &mut dyn FnMut() -> bool) {
+            prepare();
+        }
+        fn peer_gone(&self, _peer: usize) -> Option<String> {
+            self.gone.then(|| "killed".into())
+        }
+        fn pull(&self, _peer: usize, _addr: u64, dst: &mut [u8]) -> Result<bool> {
+            dst.fill(self.fill);
+            self.pulls.lock().unwrap().push(dst.len());
+            Ok(true)
+        }
+        fn offer_push(&self, _peer: usize, _token: u64) -> bool {
+            true
+        }
+        fn close_offer(&self, _peer: usize, _token: u64) -> Offer {
+            let left = &self.taken_for;
+            if left.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return self.end;
+            }
+            left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            Offer::Taken
+        }
+    }
+
+    /// `Core::fetch` of a 256 KiB pull from a scripted sender: the `Cts` frames it sent,
+    /// the lengths it pulled itself, and the counts it kept.
+    fn fetch_from(t: Offers) -> (bool, Vec<Vec<u8>>, Vec<usize>, (u64, u64)) {
+        let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
+        tuning.spin = Duration::ZERO;
+        let t = std::sync::Arc::new(t);
+        let core = Core::new(0, 2, Box::new(t.clone()), tuning, "h".into());
+        let job = PullJob {
+            id: 1,
+            ctx: 0,
+            peer: 1,
+            addr: 0x1000,
+            len: 256 << 10,
+            token: 5,
+        };
+        let mut dst = vec![0u8; 256 << 10];
+        let mut sent = Vec::new();
+        let ok = core.fetch(&job, &mut dst, &mut |f| sent.push(f));
+        let pulls = t.pulls.lock().unwrap().clone();
+        let sh = &core.shares;
+        let counts = (
+            sh.written_by_peer.load(Relaxed),
+            sh.pulled_back.load(Relaxed),
+        );
+        (ok, sent, pulls, counts)
+    }
+
+    fn offers(taken_for: u32, end: Offer, gone: bool) -> Offers {
+        Offers {
+            fill: 7,
+            taken_for: taken_for.into(),
+            end,
+            gone,
+            pulls: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A large pull offers the sender its second half and pulls the first; the second half
+    /// is pulled here too unless the sender wrote it. A sender that took the offer is
+    /// waited for, and one that dies while writing is not waited for forever.
+    #[test]
+    fn a_shared_pull_pulls_what_the_sender_did_not_write() {
+        let half = 128 << 10;
+        // Written by the sender (after it was seen writing a while).
+        let (ok, sent, pulls, counts) = fetch_from(offers(200, Offer::Written, false));
+        assert!(ok);
+        assert_eq!(pulls, vec![half], "only the first half pulled here");
+        assert_eq!(counts, (1, 0));
+        assert_eq!(sent.len(), 1);
+        let h = Header::decode(sent[0][..HEADER_LEN].try_into().unwrap(), 1).unwrap();
+        assert_eq!((h.kind, h.aux), (Kind::Cts, 5));
+        let word =
+            |i: usize| u64::from_le_bytes(sent[0][HEADER_LEN + i..][..8].try_into().unwrap());
+        assert_eq!(
+            (word(0), word(8)),
+            (half as u64, half as u64),
+            "offset, length"
+        );
+        // Taken back, or the sender's write failed: pulled here.
+        for end in [Offer::Withdrawn, Offer::Failed] {
+            let (ok, sent, pulls, counts) = fetch_from(offers(0, end, false));
+            assert!(ok);
+            assert_eq!(pulls, vec![half, half], "{end:?}");
+            assert_eq!((sent.len(), counts), (1, (0, 1)));
+        }
+        // The sender died with the offer taken: the wait ends (the pull of its half is then
+        // what reports the loss).
+        let (_, _, pulls, counts) = fetch_from(offers(u32::MAX, Offer::Written, true));
+        assert_eq!((pulls, counts), (vec![half, half], (0, 1)));
+        // Small pulls are not shared.
+        let core_small = {
+            let t = std::sync::Arc::new(offers(0, Offer::Written, false));
+            let tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
+            Core::new(0, 2, Box::new(t), tuning, "h".into())
+        };
+        let job = PullJob {
+            id: 1,
+            ctx: 0,
+            peer: 1,
+            addr: 0,
+            len: 64 << 10,
+            token: 1,
+        };
+        let mut sent = 0;
+        assert!(core_small.fetch(&job, &mut vec![0u8; 64 << 10], &mut |_| sent += 1));
+        assert_eq!(sent, 0);
+    }
+
     #[test]
     fn the_rendezvous_threshold_follows_the_rings_unless_set() {
         let cfg = crate::config::Tuning::default();

@@ -435,6 +435,17 @@ mod tests {
             decode_all(&bad_rts, 40, 1 << 40),
             Err(Error::Malformed { .. })
         ));
+        // A clear-to-send carries exactly its three words.
+        let mut cts = Header::control(Kind::Cts, 9);
+        cts.len = CTS_PAYLOAD_LEN;
+        let h = Header::decode(&cts.encode(), 0).expect("a whole Cts header");
+        assert_eq!((h.kind, h.aux, h.len), (Kind::Cts, 9, 24));
+        cts.len = 16;
+        let err = Header::decode(&cts.encode(), 2).unwrap_err();
+        assert!(
+            err.to_string().contains("Cts frame with a 16-byte payload"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -108,3 +108,113 @@ fn eight_threads_create_communicators_at_once() {
         }
     }
 }
+
+/// The counts a `shared_pull` job's rank printed: (written by its senders, pulled back,
+/// written for its receivers).
+fn shared_counts(out: &str, rank: usize) -> (u64, u64, u64) {
+    let prefix = format!("shared_pull ok rank {rank} ");
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {out}"));
+    let num = |key: &str| -> u64 {
+        let at = line.find(key).expect(key) + key.len() + 1;
+        line[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    (
+        num("written_by_peer"),
+        num("pulled_back"),
+        num("written_for_peer"),
+    )
+}
+
+/// Large pulls over shared memory are shared with the sender: it writes the second half
+/// straight into the receiver's buffer when it is in the library to see the offer (here
+/// made certain by `RANKS_TEST_AWAIT_PUSH=1`, which makes receivers wait for it), and a
+/// sender that is busy elsewhere leaves every byte to the receiver, which then takes its
+/// offer back instead of waiting. Every message (256 KiB to 4 MiB), received every way,
+/// arrives whole; over uds (no shared pulls) the same job counts none.
+#[test]
+fn large_pulls_are_shared_with_senders_in_the_library_and_not_waited_for_otherwise() {
+    const ROUNDS: u64 = 8;
+    for n in [2usize, 3, 5] {
+        let np = n.to_string();
+        let base = ["-n", &np, "--transport", "shm", "--timeout", "60"];
+        let what = format!("{n} ranks");
+        // Every half written by the sender.
+        let mut l = base.to_vec();
+        l.extend(["-x", "RANKS_TEST_AWAIT_PUSH=1"]);
+        let o = run_job(
+            &l,
+            "ranks-testjob",
+            &["shared_pull", "waiting"],
+            Duration::from_secs(90),
+        );
+        assert_eq!(o.code, 0, "waiting, {what}: {o:?}");
+        for r in 0..n {
+            assert_eq!(
+                shared_counts(&o.stdout, r),
+                (ROUNDS, 0, ROUNDS),
+                "waiting, {what}, rank {r}: {o:?}"
+            );
+        }
+        assert_clean(&o);
+        // Without the knob: whichever way each went, every message is whole and counted once.
+        let o = run_job(
+            &base,
+            "ranks-testjob",
+            &["shared_pull", "waiting"],
+            Duration::from_secs(90),
+        );
+        assert_eq!(o.code, 0, "waiting, no knob, {what}: {o:?}");
+        for r in 0..n {
+            let (by_peer, back, _) = shared_counts(&o.stdout, r);
+            assert_eq!(by_peer + back, ROUNDS, "{what}, rank {r}: {o:?}");
+        }
+        assert_clean(&o);
+        // Senders out of the library: every byte pulled by the receivers.
+        // Not named `ranks-...` (the job tests look for leftovers by that name).
+        let dir = std::env::temp_dir().join(format!("shared-pull-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        let o = run_job(
+            &base,
+            "ranks-testjob",
+            &["shared_pull", "busy", d],
+            Duration::from_secs(90),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(o.code, 0, "busy, {what}: {o:?}");
+        for r in 0..n {
+            let want = match r % 2 {
+                1 => (0, ROUNDS, 0),
+                _ => (0, 0, 0),
+            };
+            assert_eq!(
+                shared_counts(&o.stdout, r),
+                want,
+                "busy, {what}, rank {r}: {o:?}"
+            );
+        }
+        assert_clean(&o);
+    }
+    // No shared pulls over uds, nor with RANKS_SHARE_PULL=0.
+    for extra in [
+        &["--transport", "uds"][..],
+        &["--transport", "shm", "-x", "RANKS_SHARE_PULL=0"][..],
+    ] {
+        let mut l = vec!["-n", "3", "--timeout", "60"];
+        l.extend(extra);
+        let o = run_job(
+            &l,
+            "ranks-testjob",
+            &["shared_pull", "waiting"],
+            Duration::from_secs(90),
+        );
+        assert_eq!(o.code, 0, "{extra:?}: {o:?}");
+        for r in 0..3 {
+            assert_eq!(shared_counts(&o.stdout, r), (0, 0, 0), "{extra:?}: {o:?}");
+        }
+    }
+}

@@ -533,3 +533,67 @@ fn a_receive_takes_from_the_stream_only_a_frame_it_is_the_oldest_match_for() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A `Cts` from `from` about `token`, as the receiver's progress layer would send it.
+fn cts(net: &mut Net, to: usize, from: usize, token: u64, off: u64, len: u64, dst: u64) {
+    let f = Protocol::cts_frame(token, off, len, dst);
+    let h = Header::decode(f[..HEADER_LEN].try_into().unwrap(), from).expect("a valid header");
+    assert_eq!((h.kind, h.len), (Kind::Cts, CTS_PAYLOAD_LEN));
+    net.cores[to].handle_frame(from, Decoded::Frame(h, f[HEADER_LEN..].to_vec()));
+}
+
+#[test]
+fn a_cts_becomes_a_push_of_the_part_it_names_only_while_its_send_waits() {
+    let mut net = Net::new(3, 100);
+    let data = payload(0, 1, 4096);
+    let sent = data.clone();
+    let addr = sent.as_ptr() as u64; // `mem` keeps this allocation
+    let s = net.send(0, 1, 0, sent);
+    let SendId::Rendezvous { token, .. } = s else {
+        panic!("{s:?}")
+    };
+    // Parts outside the buffer, empty ones, other tokens and other peers are ignored.
+    cts(&mut net, 0, 1, token, 4000, 97, 0x9000);
+    cts(&mut net, 0, 1, token, u64::MAX, 2, 0x9000);
+    cts(&mut net, 0, 1, token, 10, 0, 0x9000);
+    cts(&mut net, 0, 1, token + 1, 0, 10, 0x9000);
+    cts(&mut net, 0, 2, token, 0, 10, 0x9000);
+    assert_eq!(net.cores[0].claim_push(), None);
+    // The second half, named by the receiver: our bytes from the offset go to its address.
+    cts(&mut net, 0, 1, token, 2048, 2048, 0x9000);
+    let job = net.cores[0].claim_push().expect("a push");
+    assert_eq!(
+        job,
+        PushJob {
+            peer: 1,
+            token,
+            src: addr + 2048,
+            len: 2048,
+            dst: 0x9000
+        }
+    );
+    assert_eq!(net.read(0, addr, 4096).unwrap()[2048..], data[2048..]);
+    assert_eq!(net.cores[0].claim_push(), None, "once");
+    // A Cts the sender reads only after the receiver's Fin (it took its offer back and
+    // pulled everything) is no push: the buffer may be gone.
+    cts(&mut net, 0, 1, token, 2048, 2048, 0x9000);
+    net.cores[1].queue_control(0, Kind::Fin, token);
+    net.deliver(1, 0);
+    assert_eq!(net.cores[0].poll_send(s), SendPoll::Done);
+    assert_eq!(net.cores[0].claim_push(), None);
+    // An owned buffer: the part starts after the header room in front of the bytes.
+    let owned = payload(0, 2, 1000);
+    let s = net.send_owned(0, 2, 0, &owned);
+    let SendId::Rendezvous { token, .. } = s else {
+        panic!("{s:?}")
+    };
+    cts(&mut net, 0, 2, token, 600, 400, 0x7000);
+    let job = net.cores[0].claim_push().expect("a push");
+    assert_eq!((job.peer, job.len, job.dst), (2, 400, 0x7000));
+    let at = net.read(0, job.src - 600, 1000).expect("the owned bytes");
+    assert_eq!(at, owned);
+    // A send whose receiver is lost pushes nothing.
+    cts(&mut net, 0, 2, token, 0, 400, 0x7000);
+    net.cores[0].peer_lost(2, "killed");
+    assert_eq!(net.cores[0].claim_push(), None);
+}

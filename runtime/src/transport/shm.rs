@@ -1075,6 +1075,122 @@ mod ring_tests {
 }
 
 #[cfg(test)]
+mod offer_tests {
+    use super::*;
+    use crate::transport::Offer;
+
+    /// Ranks 0 and 1 of a two-rank segment, both in this process (so cross-memory writes
+    /// go to ourselves), and the segment as made (its file goes when it is dropped).
+    fn pair(name: &str) -> (Segment, Shm, Shm) {
+        // Not named `ranks-...`: the job tests look for leftovers by that name.
+        let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let made = Segment::create(&path, 2).unwrap();
+        let tuning = crate::config::Tuning::default();
+        let a = Shm::attach(&path, 0, 2, &tuning).unwrap();
+        let b = Shm::attach(&path, 1, 2, &tuning).unwrap();
+        assert!(
+            a.cma,
+            "cross-memory attach (process_vm_readv/writev) is not allowed on this machine \
+             (Yama ptrace_scope >= 1, or seccomp); shared pulls need it"
+        );
+        (made, a, b)
+    }
+
+    #[test]
+    fn an_offer_is_written_once_by_the_sender_or_taken_back_never_both() {
+        let (_g, sender, receiver) = pair("offer-test");
+        let src: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let mut dst = vec![0u8; src.len()];
+        let (s, d) = (src.as_ptr() as u64, dst.as_mut_ptr() as u64);
+        // One offer per ring at a time; only the token offered is taken.
+        assert!(receiver.offer_push(0, 7));
+        assert!(!receiver.offer_push(0, 8), "an offer is open already");
+        assert!(receiver.offer_open(0, 7) && !receiver.offer_open(0, 8));
+        assert!(!sender.push(1, 8, s, 100, d), "not the offered token");
+        assert!(sender.push(1, 7, s, src.len() as u64, d));
+        assert_eq!(dst, src);
+        assert!(!sender.push(1, 7, s, 100, d), "an offer is taken once");
+        assert_eq!(receiver.close_offer(0, 7), Offer::Written);
+        // Taken back before the sender came: the sender writes nothing.
+        dst.fill(0);
+        assert!(receiver.offer_push(0, 9), "the word was cleared");
+        assert_eq!(receiver.close_offer(0, 9), Offer::Withdrawn);
+        assert!(!sender.push(1, 9, s, 100, d));
+        assert!(dst.iter().all(|&b| b == 0));
+        // A write the kernel refuses (no memory there) ends the offer as failed.
+        assert!(receiver.offer_push(0, 10));
+        assert!(!sender.push(1, 10, s, 100, 8));
+        assert_eq!(receiver.close_offer(0, 10), Offer::Failed);
+        // Offers to the other direction's ring are separate.
+        assert!(sender.offer_push(1, 10) && receiver.offer_push(0, 11));
+        assert_eq!(sender.close_offer(1, 10), Offer::Withdrawn);
+        assert_eq!(receiver.close_offer(0, 11), Offer::Withdrawn);
+    }
+
+    /// The sender's thread tries to take each offer while the receiver takes it back after
+    /// a random delay: whichever wins, the receiver's view and the sender's agree, and the
+    /// part is written in full or not at all.
+    #[test]
+    fn a_race_between_taking_and_taking_back_has_one_winner() {
+        let (_g, sender, receiver) = pair("offer-race-test");
+        let src: Vec<u8> = (0..65_536u32).map(|i| (i % 251) as u8).collect();
+        let (to_sender, jobs) = std::sync::mpsc::channel::<(u64, u64)>();
+        let (to_receiver, pushed) = std::sync::mpsc::channel::<bool>();
+        let s = src.as_ptr() as u64;
+        let len = src.len() as u64;
+        let (mut written, mut withdrawn) = (0, 0);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for (token, dst) in jobs {
+                    to_receiver
+                        .send(sender.push(1, token, s, len, dst))
+                        .unwrap();
+                }
+            });
+            let mut rng = 0x2545_f491_4f6c_dd1du64;
+            for token in 1..=2000u64 {
+                let mut dst = vec![0u8; src.len()];
+                assert!(receiver.offer_push(0, token));
+                to_sender.send((token, dst.as_mut_ptr() as u64)).unwrap();
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                for _ in 0..rng % 20_000 {
+                    std::hint::spin_loop();
+                }
+                let end = loop {
+                    match receiver.close_offer(0, token) {
+                        Offer::Taken => std::hint::spin_loop(),
+                        end => break end,
+                    }
+                };
+                let did = pushed.recv().unwrap();
+                match end {
+                    Offer::Written => {
+                        assert!(did);
+                        assert!(dst == src, "round {token}: the part is not all there");
+                        written += 1;
+                    }
+                    Offer::Withdrawn => {
+                        assert!(!did, "round {token}: pushed after it was taken back");
+                        assert!(dst.iter().all(|&b| b == 0), "round {token}: written into");
+                        withdrawn += 1;
+                    }
+                    other => panic!("round {token}: {other:?}"),
+                }
+            }
+            drop(to_sender);
+        });
+        // Both outcomes happen (the delays span a push's length many times over).
+        assert!(
+            written > 0 && withdrawn > 0,
+            "{written} written, {withdrawn} withdrawn"
+        );
+    }
+}
+
+#[cfg(test)]
 mod reap_tests {
     use super::reap_stale;
 

@@ -1462,6 +1462,97 @@ fn posted_large(w: &Comm) -> R {
 /// Rank 0 waits on a receive into its own buffer (posted, then blocking) before rank 1 sends
 /// the message, of `len` u32s: a waiting receive that finds its frame only partly written
 /// waits for the rest in the ring only if the ring can hold it whole.
+/// Large messages whose pulls may be shared with their senders, received every way a
+/// rendezvous message lands (blocking into a vector and into a buffer, posted into a
+/// vector and into a buffer), every byte checked. Then the rank prints how its shared
+/// pulls went. `waiting`: a ring where every sender is in a blocking send while its
+/// message is pulled. `busy DIR`: even ranks send to the odd rank above them and stay
+/// out of the library (polling for a file the receiver makes in DIR) until the receive is
+/// done, so the receiver pulls every byte itself.
+fn shared_pull(w: &Comm) -> R {
+    let (me, n) = (w.rank(), w.size());
+    let mode = std::env::args().nth(2).unwrap_or_default();
+    // All rendezvous messages at the default threshold (192 KiB): 256 KiB, an odd size,
+    // 1 MiB + 1, 4 MiB.
+    let sizes = [256 << 10, 300_007, (1 << 20) + 1, 4 << 20];
+    let byte = |from: usize, k: usize, i: usize| (from * 131 + k * 17 + i * 7 + i / 4099) as u8;
+    let msg = |from: usize, k: usize| -> Vec<u8> {
+        (0..sizes[k % 4]).map(|i| byte(from, k, i)).collect()
+    };
+    let check = |from: usize, k: usize, got: &[u8]| {
+        assert_eq!(got.len(), sizes[k % 4], "message {k} from {from}: length");
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != byte(from, k, i)) {
+            panic!(
+                "message {k} from {from}: byte {i} of {} is wrong",
+                got.len()
+            );
+        }
+    };
+    let recv = |from: usize, k: usize| -> Result<(), Error> {
+        let tag = k as i32;
+        match k % 4 {
+            0 => check(from, k, &w.recv_vec::<u8>(from, tag)?.0),
+            1 => {
+                let mut buf = vec![0u8; sizes[k % 4]];
+                w.recv_into(from, tag, &mut buf)?;
+                check(from, k, &buf);
+            }
+            2 => check(from, k, &w.irecv_vec::<u8>(from, tag)?.wait()?.0),
+            _ => {
+                let mut buf = vec![0u8; sizes[k % 4]];
+                w.irecv_into(from, tag, &mut buf)?.wait()?;
+                check(from, k, &buf);
+            }
+        }
+        Ok(())
+    };
+    const ROUNDS: usize = 8;
+    match mode.as_str() {
+        "waiting" => {
+            let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+            for k in 0..ROUNDS {
+                // Receive first on odd ranks, send first on even ones: every send waits for
+                // its receiver (which, in a ring of odd size, may itself be sending).
+                if me % 2 == 1 {
+                    recv(prev, k)?;
+                    w.send_slice(next, k as i32, &msg(me, k))?;
+                } else {
+                    let data = msg(me, k);
+                    let r = w.isend_slice(next, k as i32, &data)?;
+                    recv(prev, k)?;
+                    r.wait()?;
+                }
+            }
+        }
+        "busy" => {
+            let dir = std::path::PathBuf::from(std::env::args().nth(3).expect("busy DIR"));
+            let flag = |k: usize| dir.join(format!("got-{}-{k}", me | 1));
+            if me % 2 == 0 && me + 1 < n {
+                for k in 0..ROUNDS {
+                    let data = msg(me, k);
+                    let r = w.isend_slice(me + 1, k as i32, &data)?;
+                    let t0 = std::time::Instant::now();
+                    while !flag(k).exists() {
+                        assert!(t0.elapsed().as_secs() < 60, "no receive of message {k}");
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    r.wait()?;
+                }
+            } else if me % 2 == 1 {
+                for k in 0..ROUNDS {
+                    recv(me - 1, k)?;
+                    std::fs::write(flag(k), b"").expect("flag file");
+                }
+            }
+        }
+        other => panic!("unknown mode {other:?}"),
+    }
+    w.barrier()?;
+    let (by_peer, back, for_peer) = w.shared_pulls();
+    println!("shared_pull ok rank {me} written_by_peer={by_peer} pulled_back={back} written_for_peer={for_peer}");
+    Ok(())
+}
+
 fn land_wait(w: &Comm) -> R {
     let len = arg(2, 4) as usize;
     let mut buf = vec![0u32; len];
@@ -1804,6 +1895,7 @@ fn main() {
     };
     let r = match scenario.as_str() {
         "order" => order(&w),
+        "shared_pull" => shared_pull(&w),
         "fanin" => fanin(&w),
         "sizes" => sizes(&w),
         "wildcard" => wildcard(&w),
