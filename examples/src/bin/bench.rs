@@ -181,7 +181,13 @@ fn serde_latency(w: &Comm) -> Result<(), Error> {
 
 fn bw(w: &Comm) -> Result<(), Error> {
     const WINDOW: usize = 64;
-    let mut bufs: Vec<Vec<u8>> = (0..WINDOW).map(|_| vec![1u8; 1 << 20]).collect();
+    // `BENCH_UNTOUCHED=1`: buffers never written before the run (fresh zero pages, like the
+    // C reference's static arrays, whose sender reads all come from the kernel's one zero
+    // page); by default every buffer holds data first.
+    let untouched = std::env::var("BENCH_UNTOUCHED").is_ok_and(|v| v == "1");
+    let mut bufs: Vec<Vec<u8>> = (0..WINDOW)
+        .map(|_| vec![u8::from(!untouched); 1 << 20])
+        .collect();
     let mut ack = [0u8; 1];
     // `bench bw [FROM [TO [ITERS]]]`: sizes FROM..=TO bytes (default 8 B to 256 KiB);
     // ITERS windows per size (default 2000 up to 64 KiB, 100 above).
