@@ -291,27 +291,20 @@ fn serve_message(
     msg: Option<crate::protocol::matching::Msg>,
     tick: bool,
 ) {
-    let mut replies = Vec::new();
-    {
-        let mut reg = svc.reg.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ctx = Ctx {
-            replies: Vec::new(),
-            core: &rx.core,
-        };
+    let replies = with_objects(svc, &rx.core, |reg, ctx| {
         if let Some(msg) = msg {
             let from = msg.src as usize;
             match rx.decode::<Request>(msg) {
-                Ok((req, _)) => dispatch(&mut reg, &mut ctx, from, req),
+                Ok((req, _)) => dispatch(reg, ctx, from, req),
                 Err(e) => tracing::warn!(from, error = %e, "bad request to the service"),
             }
         }
         if tick {
             for o in reg.objects.values_mut() {
-                o.tick(&mut ctx);
+                o.tick(ctx);
             }
         }
-        replies.append(&mut ctx.replies);
-    }
+    });
     for (to, r) in replies {
         send_reply(tx, to, &r);
     }
@@ -326,26 +319,31 @@ fn serve_own(svc: &Service, tx: &Comm, req: Request) -> Option<Reply> {
         req: req.id,
     };
     let mut mine = None;
-    let mut replies = Vec::new();
-    {
-        let mut reg = svc.reg.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ctx = Ctx {
-            replies: Vec::new(),
-            core: &tx.core,
-        };
-        dispatch(&mut reg, &mut ctx, me.rank, req);
-        for (to, r) in ctx.replies {
-            if to == me && mine.is_none() {
-                mine = Some(r);
-            } else {
-                replies.push((to, r));
-            }
+    let replies = with_objects(svc, &tx.core, |reg, ctx| dispatch(reg, ctx, me.rank, req));
+    for (to, r) in replies {
+        if to == me && mine.is_none() {
+            mine = Some(r);
+        } else {
+            send_reply(tx, to, &r);
         }
     }
-    for (to, r) in replies {
-        send_reply(tx, to, &r);
-    }
     mine
+}
+
+/// Run `f` on this process's objects, with the registry locked; the answers it made, to
+/// send once the registry is unlocked.
+fn with_objects(
+    svc: &Service,
+    core: &Core,
+    f: impl FnOnce(&mut Registry, &mut Ctx<'_>),
+) -> Vec<(Waiter, Reply)> {
+    let mut reg = svc.reg.lock().unwrap_or_else(|p| p.into_inner());
+    let mut ctx = Ctx {
+        replies: Vec::new(),
+        core,
+    };
+    f(&mut reg, &mut ctx);
+    ctx.replies
 }
 
 fn send_reply(tx: &Comm, to: Waiter, r: &Reply) {
