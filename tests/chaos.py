@@ -4,7 +4,7 @@
     python3 tests/chaos.py N [--hosts] [--seed S]
 
 Each run starts `ranks run` with the `chaos` test job (all-reduces, a ring exchange and a
-lock, for 0.7 s) on 2-5 ranks on this host (any transport), or, with --hosts, sometimes on
+lock, for 0.7 s; in half the runs also a ring of 4 MiB messages every fourth round) on 2-5 ranks on this host (any transport), or, with --hosts, sometimes on
 the netns test hosts (`sudo bash .ci/netns-hosts.sh up 4`). After a random delay it does
 one of: nothing; SIGKILL, SIGTERM or SIGSTOP to a random rank; SIGINT or SIGKILL to the
 launcher; and across hosts also SIGKILL to an agent or taking a host's link down. Then it
@@ -131,11 +131,15 @@ def one_run(i, rng, hosts_ok):
            "-x", f"RANKS_TEST_MARK={mark}"]
     if keep:
         cmd.append("--keep-going")
-    cmd += [JOB, "chaos", "700"]
+    # Half the runs also pass 4 MiB messages around the ring (pulled, and shared with
+    # their senders over shm), so faults land in the middle of large copies too.
+    big = rng.random() < 0.5
+    cmd += [JOB, "chaos", "700"] + (["524288"] if big else [])
     env = dict(os.environ, RANKS_TEST_MARK=mark)
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                          text=True)
-    desc = f"run {i}: n={n} {' '.join(where)} keep={keep} fault={fault} at {delay:.2f}s"
+    desc = (f"run {i}: n={n} {' '.join(where)} keep={keep} big={big} fault={fault} "
+            f"at {delay:.2f}s")
     # Wait until every rank runs.
     start = time.time()
     while len(rank_pids(mark)) < n and p.poll() is None and time.time() - start < 20:

@@ -841,6 +841,7 @@ fn stuck(w: &Comm) -> R {
 /// `ranks-testjob chaos MS`
 fn chaos(w: &Comm) -> R {
     let dur = std::time::Duration::from_millis(arg(2, 1500));
+    let big = arg(3, 0) as usize;
     let (me, n) = (w.rank(), w.size());
     let lock = ranks::Lock::new(w, 0)?;
     let t0 = std::time::Instant::now();
@@ -854,6 +855,19 @@ fn chaos(w: &Comm) -> R {
         }
         let (got, _) = w.sendrecv::<u64, u64>(&rounds, (me + 1) % n, 1, (me + n - 1) % n, 1)?;
         assert_eq!(got, rounds, "ring out of step");
+        // `chaos MS BIG`: every fourth round also a ring of BIG-element messages (large
+        // enough to be pulled, and the pulls shared with the senders over shm).
+        if big > 0 && rounds % 4 == 0 {
+            let out = vec![rounds * 16 + me as u64; big];
+            let s = w.isend_slice((me + 1) % n, 2, &out)?;
+            let (got, _) = w.recv_vec::<u64>((me + n - 1) % n, 2)?;
+            s.wait()?;
+            let want = rounds * 16 + ((me + n - 1) % n) as u64;
+            assert!(
+                got.len() == big && got.iter().all(|&v| v == want),
+                "big ring out of step"
+            );
+        }
         if rounds % 16 == me as u64 {
             let _g = lock.acquire()?;
         }
