@@ -857,7 +857,7 @@ fn chaos(w: &Comm) -> R {
         assert_eq!(got, rounds, "ring out of step");
         // `chaos MS BIG`: every fourth round also a ring of BIG-element messages (large
         // enough to be pulled, and the pulls shared with the senders over shm).
-        if big > 0 && rounds % 4 == 0 {
+        if big > 0 && rounds.is_multiple_of(4) {
             let out = vec![rounds * 16 + me as u64; big];
             let s = w.isend_slice((me + 1) % n, 2, &out)?;
             let (got, _) = w.recv_vec::<u64>((me + n - 1) % n, 2)?;
