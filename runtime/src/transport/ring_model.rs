@@ -19,6 +19,12 @@
 //! empty, which is the only load the sleep protocol depends on, so the model loads it every
 //! time (the cache itself is tested in `shm.rs`'s `ring_tests`).
 //!
+//! The offer word through which a receiver shares a large pull with its sender (`shm.rs`'s
+//! module documentation) is modelled too: the sender writes the part only if it took the
+//! offer, the receiver reads the part only once it is marked written (and sees the write),
+//! and an offer taken back is never written (`an_offer_is_written_by_the_sender_or_taken_back_never_both`; a
+//! take-back without a compare-and-swap fails it).
+//!
 //! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p ranks
 //! --no-default-features --lib ring_model` (CI does).
 
@@ -133,4 +139,82 @@ fn ring_model_loses_no_message_and_no_wakeup() {
 #[allow(dead_code)]
 fn half_full_shortcut_loses_a_wakeup() {
     model(true);
+}
+
+/// The offer word of a shared pull (`shm.rs`'s `offer_push`, `push` and `close_offer`):
+/// the receiver opens the offer and, once its own part is done, takes it back, or waits
+/// for the sender's mark if the sender took it; the sender writes the part only after
+/// taking the offer. `racy_close`: take it back with a load and a store instead of one
+/// compare-and-swap.
+fn offer_model(racy_close: bool) {
+    const TOKEN: u64 = 5 << 3;
+    const OPEN: u64 = TOKEN | 1;
+    const TAKEN: u64 = TOKEN | 2;
+    const WRITTEN: u64 = TOKEN | 3;
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(move || {
+        let word = Arc::new(AtomicU64::new(0));
+        // The receiver's buffer for the part (relaxed accesses: what orders them is the
+        // offer word).
+        let part = Arc::new(AtomicU64::new(0));
+        assert!(word.compare_exchange(0, OPEN, AcqRel, Relaxed).is_ok());
+        let sender = {
+            let (word, part) = (word.clone(), part.clone());
+            loom::thread::spawn(move || {
+                if word.compare_exchange(OPEN, TAKEN, AcqRel, Relaxed).is_err() {
+                    return false;
+                }
+                part.store(42, Relaxed);
+                word.store(WRITTEN, Release);
+                true
+            })
+        };
+        let written = loop {
+            let withdrawn = if racy_close {
+                let seen = word.load(Acquire) == OPEN;
+                if seen {
+                    word.store(0, Release);
+                }
+                seen
+            } else {
+                word.compare_exchange(OPEN, 0, AcqRel, Acquire).is_ok()
+            };
+            if withdrawn {
+                break false;
+            }
+            match word.load(Acquire) {
+                WRITTEN => {
+                    word.store(0, Release);
+                    break true;
+                }
+                TAKEN => loom::thread::yield_now(),
+                v => panic!("offer word {v}"),
+            }
+        };
+        if written {
+            // The sender's write happened before its mark, which we read.
+            assert_eq!(part.load(Relaxed), 42);
+        } else {
+            // Taken back: the part is ours to pull (write) ourselves.
+            part.store(7, Relaxed);
+        }
+        assert_eq!(sender.join().unwrap(), written, "the two sides disagree");
+        if !written {
+            assert_eq!(part.load(Relaxed), 7, "written after it was taken back");
+        }
+    });
+}
+
+#[test]
+fn an_offer_is_written_by_the_sender_or_taken_back_never_both() {
+    offer_model(false);
+}
+
+/// Taking the offer back with a load and a store lets the sender take it in between: loom
+/// finds both sides writing the part.
+#[test]
+#[should_panic]
+fn an_offer_taken_back_without_a_compare_and_swap_is_written_twice() {
+    offer_model(true);
 }
