@@ -199,3 +199,34 @@ fn failures_stop_the_job_without_keep_going() {
         }
     }
 }
+
+/// A rank that sent a dead peer more than its stream took (rank 1 dies with 96 MiB unread)
+/// exits at once after its send fails: over QUIC its writer, waiting on the dead peer's
+/// full window, used to hold up the exit until the exit's flush gave up (3 s). Bound: the
+/// launcher's `--timeout` of 2.5 s (the job takes about 0.35 s), so the job ends with the
+/// victim's code (SIGABRT, 134), not 124.
+#[test]
+fn a_rank_exits_at_once_after_its_peer_dies_with_bytes_unread() {
+    for t in ["quic", "uds", "shm"] {
+        let o = run_job(
+            &[
+                "-n",
+                "2",
+                "--transport",
+                t,
+                "--keep-going",
+                "--timeout",
+                "2.5",
+            ],
+            "ranks-testjob",
+            &["exit_after_loss"],
+            Duration::from_secs(30),
+        );
+        assert_eq!(o.code, 134, "{t}: {o:?}");
+        assert!(
+            o.stdout.contains("rank 0's send failed: rank 1 is gone"),
+            "{t}: {o:?}"
+        );
+        assert_clean(&o);
+    }
+}

@@ -1103,14 +1103,31 @@ async fn writer(
             }
             continue;
         }
-        if let Err(e) = tx.write_chunk(chunk).await {
-            io.lose(format!("writing to it failed: {e}"));
+        // A write waits while the peer's window is full; a peer that died never opens it
+        // again (its connection lives on until the idle timeout), and this task is one the
+        // exit waits for: stop when the job board says the peer ended.
+        let write = tx.write_chunk(chunk);
+        tokio::pin!(write);
+        let wrote = tokio::select! {
+            biased;
+            r = &mut write => r.map_err(|e| format!("writing to it failed: {e}")),
+            () = until_ended(&io) => Err("it ended".to_string()),
+        };
+        if let Err(why) = wrote {
+            io.lose(why);
             signal.bump();
             return;
         }
         signal.bump();
     }
     finish(tx, &io).await;
+}
+
+/// Returns once `io`'s peer is known to have ended (looked at every 20 ms).
+async fn until_ended(io: &PeerIo) {
+    while !io.ended() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 impl Transport for Quic {

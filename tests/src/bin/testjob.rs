@@ -1567,6 +1567,28 @@ fn shared_pull(w: &Comm) -> R {
     Ok(())
 }
 
+/// Rank 0 sends rank 1 more than its stream takes while rank 1 reads nothing, and rank 1
+/// dies (SIGABRT) with the bytes unread. Rank 0's send fails, and rank 0 exits at once: its
+/// writer to the dead rank, stuck on a full window, must not hold up its exit.
+fn exit_after_loss(w: &Comm) -> R {
+    match w.rank() {
+        0 => {
+            let big = vec![7u8; 96 << 20];
+            let r = w.isend_slice(1, 1, &big)?;
+            match r.wait() {
+                Ok(()) => println!("exit_after_loss: rank 0's send completed"),
+                Err(e) => println!("exit_after_loss: rank 0's send failed: {e}"),
+            }
+        }
+        1 => {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::process::abort();
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn land_wait(w: &Comm) -> R {
     let len = arg(2, 4) as usize;
     let mut buf = vec![0u32; len];
@@ -1910,6 +1932,7 @@ fn main() {
     let r = match scenario.as_str() {
         "order" => order(&w),
         "shared_pull" => shared_pull(&w),
+        "exit_after_loss" => exit_after_loss(&w),
         "fanin" => fanin(&w),
         "sizes" => sizes(&w),
         "wildcard" => wildcard(&w),
