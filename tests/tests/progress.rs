@@ -137,6 +137,13 @@ fn shared_counts(out: &str, rank: usize) -> (u64, u64, u64) {
 #[test]
 fn large_pulls_are_shared_with_senders_in_the_library_and_not_waited_for_otherwise() {
     const ROUNDS: u64 = 8;
+    // A `shared_pull` job that must succeed and leave nothing behind.
+    let job = |launcher: &[&str], args: &[&str], what: &str| {
+        let o = run_job(launcher, "ranks-testjob", args, Duration::from_secs(90));
+        assert_eq!(o.code, 0, "{what}: {o:?}");
+        assert_clean(&o);
+        o
+    };
     for n in [2usize, 3, 5] {
         let np = n.to_string();
         let base = ["-n", &np, "--transport", "shm", "--timeout", "60"];
@@ -144,13 +151,7 @@ fn large_pulls_are_shared_with_senders_in_the_library_and_not_waited_for_otherwi
         // Every half written by the sender.
         let mut l = base.to_vec();
         l.extend(["-x", "RANKS_TEST_AWAIT_PUSH=1"]);
-        let o = run_job(
-            &l,
-            "ranks-testjob",
-            &["shared_pull", "waiting"],
-            Duration::from_secs(90),
-        );
-        assert_eq!(o.code, 0, "waiting, {what}: {o:?}");
+        let o = job(&l, &["shared_pull", "waiting"], &format!("waiting, {what}"));
         for r in 0..n {
             assert_eq!(
                 shared_counts(&o.stdout, r),
@@ -158,34 +159,27 @@ fn large_pulls_are_shared_with_senders_in_the_library_and_not_waited_for_otherwi
                 "waiting, {what}, rank {r}: {o:?}"
             );
         }
-        assert_clean(&o);
         // Without the knob: whichever way each went, every message is whole and counted once.
-        let o = run_job(
+        let o = job(
             &base,
-            "ranks-testjob",
             &["shared_pull", "waiting"],
-            Duration::from_secs(90),
+            &format!("waiting, no knob, {what}"),
         );
-        assert_eq!(o.code, 0, "waiting, no knob, {what}: {o:?}");
         for r in 0..n {
             let (by_peer, back, _) = shared_counts(&o.stdout, r);
             assert_eq!(by_peer + back, ROUNDS, "{what}, rank {r}: {o:?}");
         }
-        assert_clean(&o);
         // Senders out of the library: every byte pulled by the receivers.
         // Not named `ranks-...` (the job tests look for leftovers by that name).
         let dir = std::env::temp_dir().join(format!("shared-pull-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let d = dir.to_str().unwrap();
-        let o = run_job(
+        let o = job(
             &base,
-            "ranks-testjob",
-            &["shared_pull", "busy", d],
-            Duration::from_secs(90),
+            &["shared_pull", "busy", dir.to_str().unwrap()],
+            &format!("busy, {what}"),
         );
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(o.code, 0, "busy, {what}: {o:?}");
         for r in 0..n {
             let want = match r % 2 {
                 1 => (0, ROUNDS, 0),
@@ -197,7 +191,6 @@ fn large_pulls_are_shared_with_senders_in_the_library_and_not_waited_for_otherwi
                 "busy, {what}, rank {r}: {o:?}"
             );
         }
-        assert_clean(&o);
     }
     // No shared pulls over uds, nor with RANKS_SHARE_PULL=0.
     for extra in [
@@ -206,13 +199,7 @@ fn large_pulls_are_shared_with_senders_in_the_library_and_not_waited_for_otherwi
     ] {
         let mut l = vec!["-n", "3", "--timeout", "60"];
         l.extend(extra);
-        let o = run_job(
-            &l,
-            "ranks-testjob",
-            &["shared_pull", "waiting"],
-            Duration::from_secs(90),
-        );
-        assert_eq!(o.code, 0, "{extra:?}: {o:?}");
+        let o = job(&l, &["shared_pull", "waiting"], &format!("{extra:?}"));
         for r in 0..3 {
             assert_eq!(shared_counts(&o.stdout, r), (0, 0, 0), "{extra:?}: {o:?}");
         }

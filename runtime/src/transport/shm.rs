@@ -485,21 +485,13 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     }
 }
 
-/// Copy `dst.len()` bytes from `addr` in process `pid` (Linux cross-memory attach).
-fn process_read(pid: u32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
+/// Copy `len` bytes between our memory and process `pid`'s in as many calls of `step` as
+/// it takes: `step(done)` copies the bytes from offset `done` on and returns what the
+/// system call returned.
+fn cma_copy(len: usize, mut step: impl FnMut(usize) -> isize) -> io::Result<()> {
     let mut done = 0usize;
-    while done < dst.len() {
-        let local = libc::iovec {
-            iov_base: dst[done..].as_mut_ptr().cast(),
-            iov_len: dst.len() - done,
-        };
-        let remote = libc::iovec {
-            iov_base: (addr as usize + done) as *mut libc::c_void,
-            iov_len: dst.len() - done,
-        };
-        // SAFETY: `local` covers the unread tail of `dst`, which we borrow mutably; the
-        // kernel validates the remote range against the other process's mappings.
-        let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    while done < len {
+        let n = step(done);
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -514,10 +506,27 @@ fn process_read(pid: u32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Copy `dst.len()` bytes from `addr` in process `pid` (Linux cross-memory attach).
+fn process_read(pid: u32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
+    let len = dst.len();
+    cma_copy(len, |done| {
+        let local = libc::iovec {
+            iov_base: dst[done..].as_mut_ptr().cast(),
+            iov_len: len - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: len - done,
+        };
+        // SAFETY: `local` covers the unread tail of `dst`, which we borrow mutably; the
+        // kernel validates the remote range against the other process's mappings.
+        unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) }
+    })
+}
+
 /// Copy `len` bytes at `src` in our memory to `addr` in process `pid`.
 fn process_write(pid: u32, src: u64, len: usize, addr: u64) -> io::Result<()> {
-    let mut done = 0usize;
-    while done < len {
+    cma_copy(len, |done| {
         let local = libc::iovec {
             iov_base: (src as usize + done) as *mut libc::c_void,
             iov_len: len - done,
@@ -529,19 +538,8 @@ fn process_write(pid: u32, src: u64, len: usize, addr: u64) -> io::Result<()> {
         // SAFETY: the kernel only reads through `local` (it checks the range against our
         // mappings and fails with EFAULT outside them) and validates the remote range
         // against the other process's mappings; no Rust reference covers either range here.
-        let n = unsafe { libc::process_vm_writev(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "remote range ended early",
-            ));
-        }
-        done += n as usize;
-    }
-    Ok(())
+        unsafe { libc::process_vm_writev(pid as libc::pid_t, &local, 1, &remote, 1, 0) }
+    })
 }
 
 /// Whether this kernel and sandbox allow cross-memory attach at all (tried on ourselves).
