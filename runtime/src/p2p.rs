@@ -317,7 +317,7 @@ impl Comm {
     pub(crate) fn recv_into_pat<T: Pod>(&self, pat: Pattern, buf: &mut [T]) -> Result<Status> {
         let from = usize::try_from(pat.src).ok().map(|s| self.members[s]);
         let t = match from {
-            Some(peer) if peer != self.core.rank && self.core.t.available(peer).is_some() => {
+            Some(peer) if peer != self.core.rank && self.core.t.available(peer, 0).is_some() => {
                 match self.recv_fast(peer, pat, typecode::<T>(), bytemuck::cast_slice_mut(buf))? {
                     Ok(status) => return Ok(status),
                     Err(t) => t,
@@ -343,7 +343,11 @@ impl Comm {
         let mut posted: Option<RecvId> = None;
         // Counted from the first check until the message is here or posted.
         let mut wait = StreamWait::new(peer);
-        let ready = || core.t.available(peer).is_some_and(|n| n >= HEADER_LEN);
+        let ready = || {
+            core.t
+                .available(peer, HEADER_LEN)
+                .is_some_and(|n| n >= HEADER_LEN)
+        };
         let _doing = self.doing("recv", &pat);
         let _trace = self.trace_pat("recv", &pat);
         let r = core.wait_checking_first(self.watch_peer(pat.ctx, peer), &ready, |core, st| {
@@ -404,7 +408,7 @@ impl Comm {
         // From one other rank over a transport whose stream can be read in place.
         let from = usize::try_from(pat.src).ok().map(|s| self.members[s]);
         Ok(match from {
-            Some(peer) if peer != self.core.rank && self.core.t.available(peer).is_some() => {
+            Some(peer) if peer != self.core.rank && self.core.t.available(peer, 0).is_some() => {
                 req.landing(peer, typecode::<T>())
             }
             _ => req,

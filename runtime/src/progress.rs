@@ -471,7 +471,7 @@ impl Core {
         if st.broken[peer].is_some() || st.dec[peer].mid_frame() {
             return FromStream::No;
         }
-        let Some(avail) = self.t.available(peer) else {
+        let Some(avail) = self.t.available(peer, HEADER_LEN) else {
             return FromStream::No;
         };
         if avail < HEADER_LEN {
@@ -494,6 +494,12 @@ impl Core {
         if !fits {
             return FromStream::No;
         }
+        let avail = if avail < HEADER_LEN + len {
+            // Counted only as far as the header so far.
+            self.t.available(peer, HEADER_LEN + len).unwrap_or(0)
+        } else {
+            avail
+        };
         if avail < HEADER_LEN + len {
             // Ours, not all here yet. Wait for the rest where the stream can hold the whole
             // frame: large eager messages then go from the ring straight into the caller's
@@ -1138,7 +1144,7 @@ mod tests {
         fn readable(&self, _peer: usize) -> bool {
             !self.stream.lock().unwrap().is_empty()
         }
-        fn available(&self, _peer: usize) -> Option<usize> {
+        fn available(&self, _peer: usize, _want: usize) -> Option<usize> {
             Some(self.stream.lock().unwrap().len())
         }
         fn peek(&self, _peer: usize, buf: &mut [u8]) -> usize {

@@ -229,7 +229,11 @@ impl<'a, T> Request<'a, T> {
         };
         let r = match self.land {
             Some((peer, _)) if recv.is_some() => {
-                let ready = || core.t.available(peer).is_some_and(|n| n >= HEADER_LEN);
+                let ready = || {
+                    core.t
+                        .available(peer, HEADER_LEN)
+                        .is_some_and(|n| n >= HEADER_LEN)
+                };
                 core.wait_checking_first(watch, &ready, &mut check)
             }
             _ => core.wait_for(watch, &mut check),

@@ -105,8 +105,10 @@ impl Transport for Hybrid {
         self.route(peer).is_ok_and(|(t, p)| t.readable(p))
     }
 
-    fn available(&self, peer: usize) -> Option<usize> {
-        self.route(peer).ok().and_then(|(t, p)| t.available(p))
+    fn available(&self, peer: usize, want: usize) -> Option<usize> {
+        self.route(peer)
+            .ok()
+            .and_then(|(t, p)| t.available(p, want))
     }
 
     fn peek(&self, peer: usize, buf: &mut [u8]) -> usize {

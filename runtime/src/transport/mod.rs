@@ -45,8 +45,9 @@ pub(crate) trait Transport: Send + Sync {
     fn readable(&self, peer: usize) -> bool;
 
     /// Bytes of `peer`'s stream that `read` would return now, if the transport can tell
-    /// (and [`Transport::peek`] at them); `None` when it cannot.
-    fn available(&self, _peer: usize) -> Option<usize> {
+    /// (and [`Transport::peek`] at them); `None` when it cannot. The count may stop once it
+    /// reaches `want`: it is at least `want` when that many bytes are there.
+    fn available(&self, _peer: usize, _want: usize) -> Option<usize> {
         None
     }
 

@@ -10,7 +10,10 @@
 //! ```
 //!
 //! A ring is a single-producer single-consumer byte stream: `src` alone writes and advances
-//! `head`, `dst` alone reads and advances `tail`. Waiting ranks sleep on their doorbell futex;
+//! `head`, `dst` alone reads and advances `tail`. The bytes go in chunks, each behind a
+//! header word at a cache-line boundary that the writer stores last (`Segment::ring_write`):
+//! the reader polls the word where the next chunk goes, never `head`, so a small message
+//! crosses from core to core as one cache line. Waiting ranks sleep on their doorbell futex;
 //! a writer (or a reader that made room) rings the doorbell only when someone sleeps there.
 //! The launcher writes each rank's state when it exits and rings every doorbell, so a rank
 //! waiting on a dead peer wakes up and reports it.
@@ -37,7 +40,7 @@ use memmap2::MmapRaw;
 use super::Transport;
 use crate::error::{Error, Result};
 
-const MAGIC: u64 = 0x524b_5348_4d30_0002; // "RKSHM0" + layout version
+const MAGIC: u64 = 0x524b_5348_4d30_0003; // "RKSHM0" + layout version
 const HEADER_SIZE: usize = 4096;
 const BLOCK: usize = 128;
 const LINE: usize = 64;
@@ -293,152 +296,254 @@ impl Segment {
         self.u64_at(off + 2 * LINE)
     }
 
-    /// Append up to all of `bufs` (in order) to ring (src, dst), published with one store.
-    /// Only `src` may call this. Returns the number of bytes taken.
+    /// The chunk header word at ring position `pos` (a multiple of [`LINE`]).
+    fn chunk_word(&self, data: *mut u8, pos: u64) -> &AtomicU64 {
+        debug_assert!(pos.is_multiple_of(LINE as u64));
+        let off = (pos as usize) & (self.cap - 1) & !(LINE - 1);
+        // SAFETY: `off + 8 <= cap` (cap is a multiple of LINE) and 8-aligned (the data area
+        // starts on a cache line); the word is only accessed atomically while it is a chunk
+        // header, and a writer reuses it only after the reader freed it (see `ring_write`).
+        unsafe { &*(data.add(off) as *const AtomicU64) }
+    }
+
+    /// Payload bytes of the ready chunk whose header is at `pos`: `Ok(None)` when the writer
+    /// has not published one there yet, an error when the word is no chunk header of that
+    /// position (a corrupt ring).
+    fn chunk_at(&self, src: usize, data: *mut u8, pos: u64) -> Result<Option<u64>> {
+        let w = self.chunk_word(data, pos).load(Acquire);
+        if w == 0 {
+            return Ok(None);
+        }
+        let len = w & 0xffff_ffff;
+        if w >> 32 != chunk_stamp(pos)
+            || len == 0
+            || chunk_span(len) + CHUNK_HEADER > self.cap as u64
+        {
+            return Err(Error::Malformed {
+                rank: src,
+                detail: format!(
+                    "shared-memory ring holds {w:#x} where a chunk of position {pos} belongs"
+                ),
+            });
+        }
+        Ok(Some(len))
+    }
+
+    /// Copy `out.len()` bytes from ring position `pos` on (wrapping at the end).
+    fn copy_out(&self, data: *mut u8, pos: u64, out: &mut [u8]) {
+        let off = (pos as usize) & (self.cap - 1);
+        let first = out.len().min(self.cap - off);
+        // SAFETY: `off + first <= cap` and `out.len() - first <= cap`: both source ranges
+        // are inside the data area. Callers copy only payload bytes of chunks they acquired
+        // the header of, which the writer does not touch until the reader frees them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.add(off), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(data, out.as_mut_ptr().add(first), out.len() - first);
+        }
+    }
+
+    /// Append up to all of `bufs` (in order) to ring (src, dst) as one chunk. Only `src` may
+    /// call this. Returns the number of bytes taken: all of them, or (for a write of at least
+    /// [`MIN_CHUNK`] bytes) as many as fit if that is at least [`MIN_CHUNK`], or none.
+    ///
+    /// A chunk is a header word at a cache-line boundary, `stamp << 32 | length`, then the
+    /// bytes, then padding to the next line, where the next chunk's header goes. The writer
+    /// clears that next header word first, copies the bytes, and publishes the chunk with a
+    /// Release store of its header: the reader polls the word at its position, in the line
+    /// that brings the bytes of a small message with it, and never the writer's `head`
+    /// (which only the writer uses). A cleared word always waits where the reader will look
+    /// next, so stale bytes of an earlier lap are never taken for a header; the stamp (the
+    /// position's line number) catches corruption.
+    ///
     /// `tail_seen` caches the reader's position: the shared tail (a cache line the reader
     /// writes) is only read again when the cached value shows too little room.
     fn ring_write(&self, src: usize, dst: usize, bufs: &[&[u8]], tail_seen: &AtomicU64) -> usize {
         let (head, tail, data) = self.ring(src, dst);
         let h = head.load(Relaxed);
         let want: usize = bufs.iter().map(|b| b.len()).sum();
-        let mut t = tail_seen.load(Relaxed);
-        if self.cap - (h.wrapping_sub(t).min(self.cap as u64) as usize) < want {
-            t = tail.load(Acquire);
-            tail_seen.store(t, Relaxed);
+        if want == 0 {
+            return 0;
         }
-        let used = h.wrapping_sub(t).min(self.cap as u64) as usize;
-        let mut free = self.cap - used;
-        let mut pos = h;
+        // Payload that fits before the reader's position `t`, leaving the cleared word.
+        let room = |t: u64| -> usize {
+            let free = (t + self.cap as u64).saturating_sub(h + CHUNK_HEADER);
+            (free & !(LINE as u64 - 1)).saturating_sub(CHUNK_HEADER) as usize
+        };
+        let enough = |r: usize| r >= want || (want >= MIN_CHUNK && r >= MIN_CHUNK);
+        let mut r = room(tail_seen.load(Relaxed));
+        if r < want {
+            // Look at the reader's position before cutting the write short.
+            let t = tail.load(Acquire);
+            tail_seen.store(t, Relaxed);
+            r = room(t);
+            if !enough(r) {
+                return 0;
+            }
+        }
+        let n = want.min(r);
+        let next = h + chunk_span(n as u64);
+        self.chunk_word(data, next).store(0, Relaxed);
+        let mut pos = h + CHUNK_HEADER;
+        let mut left = n;
         for buf in bufs {
-            let n = buf.len().min(free);
-            if n == 0 {
-                break;
+            let k = buf.len().min(left);
+            if k == 0 {
+                continue;
             }
             let off = (pos as usize) & (self.cap - 1);
-            let first = n.min(self.cap - off);
-            // SAFETY: `off + first <= cap` and `n - first <= cap`, so both copies stay inside
-            // the ring's data area; the `free` bytes after `head` are not being read (the
-            // reader stops at `head`, which is published only below).
+            let first = k.min(self.cap - off);
+            // SAFETY: `off + first <= cap` and `k - first <= cap`, so both copies stay inside
+            // the ring's data area; the bytes from `h` to `next` are free (the reader is
+            // past them by `room`) and unread until the header below is published.
             unsafe {
                 std::ptr::copy_nonoverlapping(buf.as_ptr(), data.add(off), first);
-                std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, n - first);
+                std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, k - first);
             }
-            pos += n as u64;
-            free -= n;
+            pos += k as u64;
+            left -= k;
         }
-        if pos != h {
-            head.store(pos, Release);
-        }
-        (pos - h) as usize
+        self.chunk_word(data, h)
+            .store(chunk_stamp(h) << 32 | n as u64, Release);
+        head.store(next, Relaxed);
+        n
     }
 
-    /// Take up to `buf.len()` bytes from ring (src, dst). Only `dst` may call this.
+    /// Take up to `buf.len()` bytes from ring (src, dst). Only `dst` may call this, one
+    /// thread at a time; `left` is its count of bytes left in the chunk it is in (the
+    /// reader's position, the shared `tail`, is then inside that chunk).
     /// `took` is set when bytes were taken: then `read_done` looks whether the writer sleeps
-    /// waiting for room (it writes partial frames, so it waits only when the ring is full).
+    /// waiting for room (it writes partial chunks, so it waits only when the ring is full).
     fn ring_read(
         &self,
         src: usize,
         dst: usize,
         buf: &mut [u8],
         took: &AtomicBool,
-        head_seen: &AtomicU64,
+        left: &AtomicU64,
     ) -> Result<usize> {
-        let (head, tail, data) = self.ring(src, dst);
-        let t = tail.load(Relaxed);
-        let avail = Self::ring_readable(head, t, buf.len(), head_seen);
-        if avail > self.cap as u64 {
-            return Err(Error::Malformed {
-                rank: src,
-                detail: format!(
-                    "shared-memory ring claims {avail} bytes in a {}-byte ring",
-                    self.cap
-                ),
-            });
+        let (_, tail, data) = self.ring(src, dst);
+        let (mut t, mut l) = (tail.load(Relaxed), left.load(Relaxed));
+        let mut n = 0;
+        while n < buf.len() {
+            if l == 0 {
+                match self.chunk_at(src, data, t)? {
+                    Some(len) => (t, l) = (t + CHUNK_HEADER, len),
+                    None => break,
+                }
+            }
+            let k = (l as usize).min(buf.len() - n);
+            self.copy_out(data, t, &mut buf[n..n + k]);
+            n += k;
+            t += k as u64;
+            l -= k as u64;
+            if l == 0 {
+                t = t.next_multiple_of(LINE as u64);
+            }
         }
-        let n = buf.len().min(avail as usize);
         if n == 0 {
             return Ok(0);
         }
         // Any read may be what a writer waiting for room needs: the writer may have seen the
-        // ring full before our earlier reads freed room (our view of `head` is a snapshot),
-        // so "the ring was more than half full" is no safe test. The loom model
-        // (`ring_model.rs`) found that such a shortcut loses the wakeup.
+        // ring full before our earlier reads freed room, so "the ring was more than half
+        // full" is no safe test. The loom model (`ring_model.rs`) found that such a shortcut
+        // loses the wakeup.
         took.store(true, Relaxed);
-        let off = (t as usize) & (self.cap - 1);
-        let first = n.min(self.cap - off);
-        // SAFETY: both source ranges are inside the ring's data area; the writer published
-        // these bytes with the release store of `head` we acquired, and does not overwrite them
-        // until we advance `tail`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.add(off), buf.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(data, buf.as_mut_ptr().add(first), n - first);
-        }
-        tail.store(t + n as u64, Release);
+        left.store(l, Relaxed);
+        tail.store(t, Release);
         Ok(n)
     }
 
-    /// Bytes readable in a ring whose writer's position is `head`, from reader position `t`,
-    /// at least `want` of them if the writer has published that many. Only the ring's
-    /// reader may call this.
-    ///
-    /// `head_seen` caches the writer's position as this process last read it: the shared
-    /// head is a cache line the writer stores to with every write, so each look at it costs
-    /// a transfer of that line between the cores, and the writer's next store one more. A
-    /// reader that knows of enough bytes already takes them without looking; it looks again
-    /// when the cache shows fewer than `want` (so a reader that found the ring empty always
-    /// looks, which is what the doorbell protocol needs before a sleep). The cache only
-    /// grows, and is published with Release after the Acquire load of `head`, so a thread
-    /// of this process that acquires it also sees the bytes the writer published.
-    fn ring_readable(head: &AtomicU64, t: u64, want: usize, head_seen: &AtomicU64) -> u64 {
-        let h = head_seen.load(Acquire);
-        if h > t && h - t >= want.max(1) as u64 {
-            return h - t;
+    /// Walk the ready chunks of ring (src, dst) from the reader's position, copying into
+    /// `out` (if any) without taking anything, until `want` bytes are counted. Returns the
+    /// bytes counted (at least `want` when that many are ready), or `None` if the ring is
+    /// corrupt. Only the reader may call this; threads of the reading process may call it
+    /// while another of them reads, and then get a stale or low count, never a wrong byte
+    /// (they copy nothing: only the reading thread passes `out`).
+    fn ring_scan(
+        &self,
+        src: usize,
+        dst: usize,
+        left: &AtomicU64,
+        want: usize,
+        mut out: Option<&mut [u8]>,
+    ) -> Option<usize> {
+        let (_, tail, data) = self.ring(src, dst);
+        let (t, l) = (tail.load(Relaxed), left.load(Relaxed));
+        let mut pos = t;
+        let mut got = 0u64;
+        let want = want as u64;
+        if l > 0 {
+            got = l;
+            pos = (t + l).next_multiple_of(LINE as u64);
+            if let Some(o) = out.as_deref_mut() {
+                let k = o.len().min(l as usize);
+                self.copy_out(data, t, &mut o[..k]);
+            }
+        } else if !t.is_multiple_of(LINE as u64) {
+            // Another thread is between its two stores: count nothing now.
+            return Some(0);
         }
-        let h = head.load(Acquire);
-        head_seen.fetch_max(h, AcqRel);
-        h.wrapping_sub(t)
+        while got < want && pos < t + self.cap as u64 {
+            let len = match self.chunk_at(src, data, pos) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(_) => return None,
+            };
+            if let Some(o) = out.as_deref_mut() {
+                let at = got as usize;
+                if at < o.len() {
+                    let k = (o.len() - at).min(len as usize);
+                    self.copy_out(data, pos + CHUNK_HEADER, &mut o[at..at + k]);
+                }
+            }
+            got += len;
+            pos += chunk_span(len);
+        }
+        Some(got as usize)
     }
 
-    /// Bytes in ring (src, dst) a read would return now (0 if the ring is corrupt; the read
-    /// reports that). Looks at the writer's position (a fresh figure).
-    fn ring_available(&self, src: usize, dst: usize, head_seen: &AtomicU64) -> usize {
-        let (head, tail, _) = self.ring(src, dst);
-        let avail = Self::ring_readable(head, tail.load(Relaxed), usize::MAX, head_seen);
-        if avail > self.cap as u64 {
-            return 0;
-        }
-        avail as usize
+    /// Bytes in ring (src, dst) a read would return now, counted up to at least `want` if
+    /// that many are there (`None` if the ring is corrupt: a read reports it).
+    fn ring_available(
+        &self,
+        src: usize,
+        dst: usize,
+        left: &AtomicU64,
+        want: usize,
+    ) -> Option<usize> {
+        self.ring_scan(src, dst, left, want, None)
     }
 
     /// Copy up to `buf.len()` bytes from the front of ring (src, dst) without taking them.
-    /// Only `dst` may call this.
-    fn ring_peek(&self, src: usize, dst: usize, buf: &mut [u8], head_seen: &AtomicU64) -> usize {
-        let (head, tail, data) = self.ring(src, dst);
-        let t = tail.load(Relaxed);
-        let avail = Self::ring_readable(head, t, buf.len(), head_seen);
-        if avail > self.cap as u64 {
-            return 0;
-        }
-        let n = buf.len().min(avail as usize);
-        if n == 0 {
-            return 0;
-        }
-        let off = (t as usize) & (self.cap - 1);
-        let first = n.min(self.cap - off);
-        // SAFETY: as in `ring_read`: both ranges are inside the data area, and the `n`
-        // bytes after `tail` were published by the writer (acquired in `ring_readable`) and
-        // stay put until we advance `tail`, which this does not.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.add(off), buf.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(data, buf.as_mut_ptr().add(first), n - first);
-        }
-        n
+    /// Only `dst` may call this, as the one thread reading.
+    fn ring_peek(&self, src: usize, dst: usize, buf: &mut [u8], left: &AtomicU64) -> usize {
+        let want = buf.len();
+        self.ring_scan(src, dst, left, want, Some(buf))
+            .map_or(0, |n| n.min(want))
     }
 
-    fn ring_has_data(&self, src: usize, dst: usize, head_seen: &AtomicU64) -> bool {
-        let (head, tail, _) = self.ring(src, dst);
-        Self::ring_readable(head, tail.load(Relaxed), 1, head_seen) != 0
+    /// Whether a read of ring (src, dst) would take something now (or report a corrupt ring).
+    fn ring_has_data(&self, src: usize, dst: usize, left: &AtomicU64) -> bool {
+        self.ring_scan(src, dst, left, 1, None)
+            .is_none_or(|n| n > 0)
     }
+}
+
+/// Bytes a chunk header takes before its payload.
+const CHUNK_HEADER: u64 = 8;
+/// The least payload a partial chunk carries: a write that does not fit waits for this much
+/// room rather than cutting a message into many small chunks, so a frame of up to
+/// [`Shm::holds`]'s bound always fits in the ring, whatever the pieces it was written in.
+const MIN_CHUNK: usize = 2048;
+
+/// Ring bytes a chunk with `len` payload bytes takes, up to the next line.
+fn chunk_span(len: u64) -> u64 {
+    (CHUNK_HEADER + len).next_multiple_of(LINE as u64)
+}
+
+/// The stamp in the header of the chunk at ring position `pos`.
+fn chunk_stamp(pos: u64) -> u64 {
+    (pos / LINE as u64) & 0xffff_ffff
 }
 
 impl Drop for Segment {
@@ -615,8 +720,8 @@ pub(crate) struct Shm {
     took_some: Vec<AtomicBool>,
     /// Per peer: the last reader position we saw in our ring to it.
     tail_seen: Vec<AtomicU64>,
-    /// Per peer: the last writer position we saw in its ring to us.
-    head_seen: Vec<AtomicU64>,
+    /// Per peer: payload bytes left in the chunk of its ring to us that we are reading.
+    left: Vec<AtomicU64>,
     /// Testing knob (`RANKS_TEST_REFUSE_PULL=1`): refuse every pull, as a kernel that forbids
     /// cross-memory attach between ranks would, so the streaming fallback runs.
     refuse_pull: bool,
@@ -646,7 +751,7 @@ impl Shm {
             cma: cma_available(tuning.cma),
             took_some: (0..size).map(|_| AtomicBool::new(false)).collect(),
             tail_seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
-            head_seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
+            left: (0..size).map(|_| AtomicU64::new(0)).collect(),
             refuse_pull: tuning.refuse_pull,
             unwatched: false,
         })
@@ -682,13 +787,8 @@ impl Transport for Shm {
     }
 
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
-        self.seg.ring_read(
-            peer,
-            self.me,
-            buf,
-            &self.took_some[peer],
-            &self.head_seen[peer],
-        )
+        self.seg
+            .ring_read(peer, self.me, buf, &self.took_some[peer], &self.left[peer])
     }
 
     fn read_done(&self, peer: usize) {
@@ -698,23 +798,22 @@ impl Transport for Shm {
     }
 
     fn readable(&self, peer: usize) -> bool {
-        self.seg.ring_has_data(peer, self.me, &self.head_seen[peer])
+        self.seg.ring_has_data(peer, self.me, &self.left[peer])
     }
 
-    fn available(&self, peer: usize) -> Option<usize> {
-        Some(
-            self.seg
-                .ring_available(peer, self.me, &self.head_seen[peer]),
-        )
+    fn available(&self, peer: usize, want: usize) -> Option<usize> {
+        self.seg
+            .ring_available(peer, self.me, &self.left[peer], want)
     }
 
     fn holds(&self, _peer: usize, bytes: usize) -> bool {
-        bytes <= self.seg.cap
+        // Written in chunks of at least MIN_CHUNK bytes (but the last), each with at most a
+        // header and a line of padding more.
+        bytes + bytes / 16 + 2 * LINE <= self.seg.cap
     }
 
     fn peek(&self, peer: usize, buf: &mut [u8]) -> usize {
-        self.seg
-            .ring_peek(peer, self.me, buf, &self.head_seen[peer])
+        self.seg.ring_peek(peer, self.me, buf, &self.left[peer])
     }
 
     fn notify(&self, peer: usize) {
@@ -981,7 +1080,8 @@ mod ring_tests {
     /// buffers per write) and read by two threads of the reading process in turn, through
     /// every way a reader looks at the ring (`available`, `peek`, `read` with buffers of
     /// random sizes): every byte arrives once, in order, and is the byte written. The
-    /// readers share the cache of the writer's position, as a process's threads do.
+    /// readers share the count of bytes left in the chunk being read, as a process's
+    /// threads do.
     #[test]
     fn bytes_arrive_once_in_order_whatever_the_pieces_and_the_reading_threads() {
         // Not named `ranks-...`: the job tests look for leftovers by that name.
@@ -1017,12 +1117,12 @@ mod ring_tests {
                 }
             })
         };
-        let head_seen = AtomicU64::new(0);
+        let left = AtomicU64::new(0);
         let took = AtomicBool::new(false);
         let next = Mutex::new((0u64, 1u64)); // position to read, the thread's random state
         std::thread::scope(|sc| {
             for id in 0..2u64 {
-                let (seg, next, head_seen, took) = (&seg, &next, &head_seen, &took);
+                let (seg, next, left, took) = (&seg, &next, &left, &took);
                 sc.spawn(move || loop {
                     let mut g = next.lock().unwrap();
                     let (pos, rng) = &mut *g;
@@ -1036,23 +1136,23 @@ mod ring_tests {
                     let mut buf = vec![0u8; want];
                     let n = match (*rng >> 20) % 3 {
                         0 => {
-                            let avail = seg.ring_available(0, 1, head_seen);
-                            let n = seg.ring_peek(0, 1, &mut buf[..want.min(avail)], head_seen);
+                            let avail = seg.ring_available(0, 1, left, want).unwrap();
+                            let n = seg.ring_peek(0, 1, &mut buf[..want.min(avail)], left);
                             assert_eq!(n, want.min(avail), "a peek returned less than available");
                             let before = buf[..n].to_vec();
-                            let m = seg.ring_read(0, 1, &mut buf[..n], took, head_seen).unwrap();
+                            let m = seg.ring_read(0, 1, &mut buf[..n], took, left).unwrap();
                             assert_eq!(m, n, "a read returned less than was available");
                             assert_eq!(before, buf[..n], "peek and read disagree");
                             n
                         }
                         1 => {
-                            if !seg.ring_has_data(0, 1, head_seen) {
+                            if !seg.ring_has_data(0, 1, left) {
                                 0
                             } else {
-                                seg.ring_read(0, 1, &mut buf, took, head_seen).unwrap()
+                                seg.ring_read(0, 1, &mut buf, took, left).unwrap()
                             }
                         }
-                        _ => seg.ring_read(0, 1, &mut buf, took, head_seen).unwrap(),
+                        _ => seg.ring_read(0, 1, &mut buf, took, left).unwrap(),
                     };
                     for (i, b) in buf[..n].iter().enumerate() {
                         assert_eq!(*b, byte_at(*pos + i as u64), "byte {}", *pos + i as u64);
@@ -1066,9 +1166,84 @@ mod ring_tests {
             }
         });
         writer.join().unwrap();
-        assert!(!seg.ring_has_data(0, 1, &head_seen));
+        assert!(!seg.ring_has_data(0, 1, &left));
         drop(seg);
         assert!(!path.exists());
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    /// A two-rank segment in a file that goes when the test ends.
+    struct Seg(Option<Segment>, PathBuf);
+    impl Drop for Seg {
+        fn drop(&mut self) {
+            self.0.take();
+            let _ = std::fs::remove_file(&self.1);
+        }
+    }
+    fn segment(name: &str) -> Seg {
+        let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Seg(Some(Segment::create(&path, 2).unwrap()), path)
+    }
+
+    /// A writer whose cached view of the reader's position is old looks again before it
+    /// cuts a message into a partial chunk: a reader waiting for a whole message would
+    /// otherwise wait for the rest, which a sender busy elsewhere writes only later.
+    #[test]
+    fn a_write_is_cut_short_only_when_the_ring_is_really_full() {
+        let s = segment("chunk-full-test");
+        let seg = s.0.as_ref().unwrap();
+        let (tail_seen, left, took) =
+            (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
+        let msg = vec![5u8; seg.cap / 4];
+        for _ in 0..3 {
+            assert_eq!(seg.ring_write(0, 1, &[&msg], &tail_seen), msg.len());
+        }
+        let mut sink = vec![0u8; seg.cap];
+        while seg.ring_read(0, 1, &mut sink, &took, &left).unwrap() > 0 {}
+        assert_eq!(seg.ring_available(0, 1, &left, usize::MAX), Some(0));
+        // The writer's cache still shows a quarter free, the ring is empty: half of it
+        // goes in whole.
+        let half = vec![6u8; seg.cap / 2];
+        assert_eq!(seg.ring_write(0, 1, &[&half], &tail_seen), half.len());
+        // A small message is never cut: all of it or nothing.
+        let small = vec![1u8; MIN_CHUNK - 1];
+        loop {
+            match seg.ring_write(0, 1, &[&small], &tail_seen) {
+                0 => break,
+                k => assert_eq!(k, small.len()),
+            }
+        }
+    }
+
+    /// A word in the ring that is no header of its position (a corrupt ring, or a peer
+    /// writing where it should not) is reported by a read, and no count is made of it.
+    #[test]
+    fn a_corrupt_chunk_header_is_reported_not_followed() {
+        let s = segment("chunk-bad-test");
+        let seg = s.0.as_ref().unwrap();
+        let (tail_seen, left, took) =
+            (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
+        assert_eq!(seg.ring_write(0, 1, &[b"hello"], &tail_seen), 5);
+        let (_, _, data) = seg.ring(0, 1);
+        let next = chunk_span(5);
+        // The stamp of another lap, at the next chunk's place.
+        seg.chunk_word(data, next)
+            .store((chunk_stamp(next) + 1) << 32 | 3, Release);
+        let mut buf = [0u8; 16];
+        assert_eq!(seg.ring_read(0, 1, &mut buf[..5], &took, &left).unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert!(
+            seg.ring_has_data(0, 1, &left),
+            "a read must look, and report it"
+        );
+        assert_eq!(seg.ring_available(0, 1, &left, 1), None);
+        let e = seg.ring_read(0, 1, &mut buf, &took, &left).unwrap_err();
+        assert!(matches!(e, Error::Malformed { rank: 0, .. }), "{e}");
     }
 }
 
