@@ -79,8 +79,11 @@ pub fn ring_capacity(n: usize) -> usize {
     } else {
         per.next_power_of_two() / 2
     };
-    cap.clamp(64 << 10, 1 << 20)
+    cap.clamp(64 << 10, MAX_RING)
 }
+
+/// The largest ring (a reader's [`Cursor`] counts the bytes of a chunk in 20 bits).
+const MAX_RING: usize = 1 << 20;
 
 fn layout(n: usize, cap: usize) -> (usize, usize) {
     let rings_off = (HEADER_SIZE + n * BLOCK).next_multiple_of(4096);
@@ -184,8 +187,10 @@ impl Segment {
             return Err(bad(format!("made for {seg_n} ranks, this job has {n}")));
         }
         let cap = seg.u64_at(16).load(Relaxed) as usize;
-        if !cap.is_power_of_two() {
-            return Err(bad(format!("ring capacity {cap} is not a power of two")));
+        if !cap.is_power_of_two() || !(4 * LINE..=MAX_RING).contains(&cap) {
+            return Err(bad(format!(
+                "ring capacity {cap} is not a power of two up to {MAX_RING}"
+            )));
         }
         let (rings_off, size) = layout(n, cap);
         if size != len {
@@ -409,8 +414,8 @@ impl Segment {
     }
 
     /// Take up to `buf.len()` bytes from ring (src, dst). Only `dst` may call this, one
-    /// thread at a time; `left` is its count of bytes left in the chunk it is in (the
-    /// reader's position, the shared `tail`, is then inside that chunk).
+    /// thread at a time; `cursor` is its [`Cursor`] of the ring (the reader's position, the
+    /// shared `tail`, may be inside a chunk).
     /// `took` is set when bytes were taken: then `read_done` looks whether the writer sleeps
     /// waiting for room (it writes partial chunks, so it waits only when the ring is full).
     fn ring_read(
@@ -419,10 +424,10 @@ impl Segment {
         dst: usize,
         buf: &mut [u8],
         took: &AtomicBool,
-        left: &AtomicU64,
+        cursor: &AtomicU64,
     ) -> Result<usize> {
         let (_, tail, data) = self.ring(src, dst);
-        let (mut t, mut l) = (tail.load(Relaxed), left.load(Relaxed));
+        let (mut t, mut l) = (tail.load(Relaxed), Cursor(cursor.load(Relaxed)).left());
         let mut n = 0;
         while n < buf.len() {
             if l == 0 {
@@ -448,7 +453,7 @@ impl Segment {
         // full" is no safe test. The loom model (`ring_model.rs`) found that such a shortcut
         // loses the wakeup.
         took.store(true, Relaxed);
-        left.store(l, Relaxed);
+        cursor.store(Cursor::at(t, l).0, Relaxed);
         tail.store(t, Release);
         Ok(n)
     }
@@ -456,34 +461,29 @@ impl Segment {
     /// Walk the ready chunks of ring (src, dst) from the reader's position, copying into
     /// `out` (if any) without taking anything, until `want` bytes are counted. Returns the
     /// bytes counted (at least `want` when that many are ready), or `None` if the ring is
-    /// corrupt. Only the reader may call this; threads of the reading process may call it
-    /// while another of them reads, and then get a stale or low count, never a wrong byte
-    /// (they copy nothing: only the reading thread passes `out`).
+    /// corrupt. Only the reader may call this. Threads of the reading process may count
+    /// (without `out`) while another of them reads: they see the cursor as it was after
+    /// some read, so they count from a true chunk boundary, if an old one, and get a stale
+    /// count that only hints (the reading thread counts again before it relies on one).
     fn ring_scan(
         &self,
         src: usize,
         dst: usize,
-        left: &AtomicU64,
+        cursor: &AtomicU64,
         want: usize,
         mut out: Option<&mut [u8]>,
     ) -> Option<usize> {
         let (_, tail, data) = self.ring(src, dst);
-        let (t, l) = (tail.load(Relaxed), left.load(Relaxed));
-        let mut pos = t;
-        let mut got = 0u64;
+        let c = Cursor(cursor.load(Relaxed));
+        let (start, l) = (c.next(), c.left());
+        let mut pos = start;
+        let mut got = l;
         let want = want as u64;
-        if l > 0 {
-            got = l;
-            pos = (t + l).next_multiple_of(LINE as u64);
-            if let Some(o) = out.as_deref_mut() {
-                let k = o.len().min(l as usize);
-                self.copy_out(data, t, &mut o[..k]);
-            }
-        } else if !t.is_multiple_of(LINE as u64) {
-            // Another thread is between its two stores: count nothing now.
-            return Some(0);
+        if let Some(o) = out.as_deref_mut() {
+            let k = o.len().min(l as usize);
+            self.copy_out(data, tail.load(Relaxed), &mut o[..k]);
         }
-        while got < want && pos < t + self.cap as u64 {
+        while got < want && pos < start + self.cap as u64 {
             let len = match self.chunk_at(src, data, pos) {
                 Ok(Some(len)) => len,
                 Ok(None) => break,
@@ -508,24 +508,52 @@ impl Segment {
         &self,
         src: usize,
         dst: usize,
-        left: &AtomicU64,
+        cursor: &AtomicU64,
         want: usize,
     ) -> Option<usize> {
-        self.ring_scan(src, dst, left, want, None)
+        self.ring_scan(src, dst, cursor, want, None)
     }
 
     /// Copy up to `buf.len()` bytes from the front of ring (src, dst) without taking them.
     /// Only `dst` may call this, as the one thread reading.
-    fn ring_peek(&self, src: usize, dst: usize, buf: &mut [u8], left: &AtomicU64) -> usize {
+    fn ring_peek(&self, src: usize, dst: usize, buf: &mut [u8], cursor: &AtomicU64) -> usize {
         let want = buf.len();
-        self.ring_scan(src, dst, left, want, Some(buf))
+        self.ring_scan(src, dst, cursor, want, Some(buf))
             .map_or(0, |n| n.min(want))
     }
 
     /// Whether a read of ring (src, dst) would take something now (or report a corrupt ring).
-    fn ring_has_data(&self, src: usize, dst: usize, left: &AtomicU64) -> bool {
-        self.ring_scan(src, dst, left, 1, None)
+    fn ring_has_data(&self, src: usize, dst: usize, cursor: &AtomicU64) -> bool {
+        self.ring_scan(src, dst, cursor, 1, None)
             .is_none_or(|n| n > 0)
+    }
+}
+
+/// A reader's place in a ring, in one word so that other threads of its process read it
+/// whole: the position of the next chunk header to look at (a line boundary) and the
+/// payload bytes left before it in the chunk being read. (Rings are at most 1 MiB, so the
+/// bytes left fit in 20 bits; the line number in the other 44 lasts for 2^50 bytes.)
+#[derive(Clone, Copy)]
+struct Cursor(u64);
+
+impl Cursor {
+    const LEFT_BITS: u32 = 20;
+
+    /// The cursor of a reader at stream position `t` with `left` bytes of its chunk to go.
+    fn at(t: u64, left: u64) -> Cursor {
+        debug_assert!(left < 1 << Self::LEFT_BITS);
+        let next = if left > 0 {
+            (t + left).next_multiple_of(LINE as u64)
+        } else {
+            t
+        };
+        Cursor((next / LINE as u64) << Self::LEFT_BITS | left)
+    }
+    fn next(self) -> u64 {
+        (self.0 >> Self::LEFT_BITS) * LINE as u64
+    }
+    fn left(self) -> u64 {
+        self.0 & ((1 << Self::LEFT_BITS) - 1)
     }
 }
 
@@ -720,8 +748,8 @@ pub(crate) struct Shm {
     took_some: Vec<AtomicBool>,
     /// Per peer: the last reader position we saw in our ring to it.
     tail_seen: Vec<AtomicU64>,
-    /// Per peer: payload bytes left in the chunk of its ring to us that we are reading.
-    left: Vec<AtomicU64>,
+    /// Per peer: our [`Cursor`] in its ring to us.
+    cursor: Vec<AtomicU64>,
     /// Testing knob (`RANKS_TEST_REFUSE_PULL=1`): refuse every pull, as a kernel that forbids
     /// cross-memory attach between ranks would, so the streaming fallback runs.
     refuse_pull: bool,
@@ -751,7 +779,7 @@ impl Shm {
             cma: cma_available(tuning.cma),
             took_some: (0..size).map(|_| AtomicBool::new(false)).collect(),
             tail_seen: (0..size).map(|_| AtomicU64::new(0)).collect(),
-            left: (0..size).map(|_| AtomicU64::new(0)).collect(),
+            cursor: (0..size).map(|_| AtomicU64::new(0)).collect(),
             refuse_pull: tuning.refuse_pull,
             unwatched: false,
         })
@@ -787,8 +815,13 @@ impl Transport for Shm {
     }
 
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
-        self.seg
-            .ring_read(peer, self.me, buf, &self.took_some[peer], &self.left[peer])
+        self.seg.ring_read(
+            peer,
+            self.me,
+            buf,
+            &self.took_some[peer],
+            &self.cursor[peer],
+        )
     }
 
     fn read_done(&self, peer: usize) {
@@ -798,12 +831,12 @@ impl Transport for Shm {
     }
 
     fn readable(&self, peer: usize) -> bool {
-        self.seg.ring_has_data(peer, self.me, &self.left[peer])
+        self.seg.ring_has_data(peer, self.me, &self.cursor[peer])
     }
 
     fn available(&self, peer: usize, want: usize) -> Option<usize> {
         self.seg
-            .ring_available(peer, self.me, &self.left[peer], want)
+            .ring_available(peer, self.me, &self.cursor[peer], want)
     }
 
     fn holds(&self, _peer: usize, bytes: usize) -> bool {
@@ -813,7 +846,7 @@ impl Transport for Shm {
     }
 
     fn peek(&self, peer: usize, buf: &mut [u8]) -> usize {
-        self.seg.ring_peek(peer, self.me, buf, &self.left[peer])
+        self.seg.ring_peek(peer, self.me, buf, &self.cursor[peer])
     }
 
     fn notify(&self, peer: usize) {
@@ -1080,7 +1113,7 @@ mod ring_tests {
     /// buffers per write) and read by two threads of the reading process in turn, through
     /// every way a reader looks at the ring (`available`, `peek`, `read` with buffers of
     /// random sizes): every byte arrives once, in order, and is the byte written. The
-    /// readers share the count of bytes left in the chunk being read, as a process's
+    /// readers share the cursor, as a process's
     /// threads do.
     #[test]
     fn bytes_arrive_once_in_order_whatever_the_pieces_and_the_reading_threads() {
@@ -1117,12 +1150,12 @@ mod ring_tests {
                 }
             })
         };
-        let left = AtomicU64::new(0);
+        let cursor = AtomicU64::new(0);
         let took = AtomicBool::new(false);
         let next = Mutex::new((0u64, 1u64)); // position to read, the thread's random state
         std::thread::scope(|sc| {
             for id in 0..2u64 {
-                let (seg, next, left, took) = (&seg, &next, &left, &took);
+                let (seg, next, cursor, took) = (&seg, &next, &cursor, &took);
                 sc.spawn(move || loop {
                     let mut g = next.lock().unwrap();
                     let (pos, rng) = &mut *g;
@@ -1136,23 +1169,23 @@ mod ring_tests {
                     let mut buf = vec![0u8; want];
                     let n = match (*rng >> 20) % 3 {
                         0 => {
-                            let avail = seg.ring_available(0, 1, left, want).unwrap();
-                            let n = seg.ring_peek(0, 1, &mut buf[..want.min(avail)], left);
+                            let avail = seg.ring_available(0, 1, cursor, want).unwrap();
+                            let n = seg.ring_peek(0, 1, &mut buf[..want.min(avail)], cursor);
                             assert_eq!(n, want.min(avail), "a peek returned less than available");
                             let before = buf[..n].to_vec();
-                            let m = seg.ring_read(0, 1, &mut buf[..n], took, left).unwrap();
+                            let m = seg.ring_read(0, 1, &mut buf[..n], took, cursor).unwrap();
                             assert_eq!(m, n, "a read returned less than was available");
                             assert_eq!(before, buf[..n], "peek and read disagree");
                             n
                         }
                         1 => {
-                            if !seg.ring_has_data(0, 1, left) {
+                            if !seg.ring_has_data(0, 1, cursor) {
                                 0
                             } else {
-                                seg.ring_read(0, 1, &mut buf, took, left).unwrap()
+                                seg.ring_read(0, 1, &mut buf, took, cursor).unwrap()
                             }
                         }
-                        _ => seg.ring_read(0, 1, &mut buf, took, left).unwrap(),
+                        _ => seg.ring_read(0, 1, &mut buf, took, cursor).unwrap(),
                     };
                     for (i, b) in buf[..n].iter().enumerate() {
                         assert_eq!(*b, byte_at(*pos + i as u64), "byte {}", *pos + i as u64);
@@ -1166,7 +1199,7 @@ mod ring_tests {
             }
         });
         writer.join().unwrap();
-        assert!(!seg.ring_has_data(0, 1, &left));
+        assert!(!seg.ring_has_data(0, 1, &cursor));
         drop(seg);
         assert!(!path.exists());
     }
@@ -1197,15 +1230,15 @@ mod chunk_tests {
     fn a_write_is_cut_short_only_when_the_ring_is_really_full() {
         let s = segment("chunk-full-test");
         let seg = s.0.as_ref().unwrap();
-        let (tail_seen, left, took) =
+        let (tail_seen, cursor, took) =
             (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
         let msg = vec![5u8; seg.cap / 4];
         for _ in 0..3 {
             assert_eq!(seg.ring_write(0, 1, &[&msg], &tail_seen), msg.len());
         }
         let mut sink = vec![0u8; seg.cap];
-        while seg.ring_read(0, 1, &mut sink, &took, &left).unwrap() > 0 {}
-        assert_eq!(seg.ring_available(0, 1, &left, usize::MAX), Some(0));
+        while seg.ring_read(0, 1, &mut sink, &took, &cursor).unwrap() > 0 {}
+        assert_eq!(seg.ring_available(0, 1, &cursor, usize::MAX), Some(0));
         // The writer's cache still shows a quarter free, the ring is empty: half of it
         // goes in whole.
         let half = vec![6u8; seg.cap / 2];
@@ -1226,7 +1259,7 @@ mod chunk_tests {
     fn a_corrupt_chunk_header_is_reported_not_followed() {
         let s = segment("chunk-bad-test");
         let seg = s.0.as_ref().unwrap();
-        let (tail_seen, left, took) =
+        let (tail_seen, cursor, took) =
             (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
         assert_eq!(seg.ring_write(0, 1, &[b"hello"], &tail_seen), 5);
         let (_, _, data) = seg.ring(0, 1);
@@ -1235,14 +1268,17 @@ mod chunk_tests {
         seg.chunk_word(data, next)
             .store((chunk_stamp(next) + 1) << 32 | 3, Release);
         let mut buf = [0u8; 16];
-        assert_eq!(seg.ring_read(0, 1, &mut buf[..5], &took, &left).unwrap(), 5);
+        assert_eq!(
+            seg.ring_read(0, 1, &mut buf[..5], &took, &cursor).unwrap(),
+            5
+        );
         assert_eq!(&buf[..5], b"hello");
         assert!(
-            seg.ring_has_data(0, 1, &left),
+            seg.ring_has_data(0, 1, &cursor),
             "a read must look, and report it"
         );
-        assert_eq!(seg.ring_available(0, 1, &left, 1), None);
-        let e = seg.ring_read(0, 1, &mut buf, &took, &left).unwrap_err();
+        assert_eq!(seg.ring_available(0, 1, &cursor, 1), None);
+        let e = seg.ring_read(0, 1, &mut buf, &took, &cursor).unwrap_err();
         assert!(matches!(e, Error::Malformed { rank: 0, .. }), "{e}");
     }
 }
