@@ -5,8 +5,8 @@
 //! ```text
 //! 0     header: magic, version, rank count, ring capacity, launcher pid
 //! 4096  one 128-byte block per rank: pid, state | doorbell sequence, sleeper count
-//! ...   one ring per ordered pair (src, dst): head line, tail line, offer line, `cap` data
-//!       bytes
+//! ...   one ring per ordered pair (src, dst): head line (the writer's own), tail line,
+//!       offer line, `cap` data bytes (chunks: a header word on a line boundary, bytes)
 //! ```
 //!
 //! A ring is a single-producer single-consumer byte stream: `src` alone writes and advances
