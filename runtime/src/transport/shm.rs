@@ -427,13 +427,23 @@ impl Segment {
         cursor: &AtomicU64,
     ) -> Result<usize> {
         let (_, tail, data) = self.ring(src, dst);
-        let (mut t, mut l) = (tail.load(Relaxed), Cursor(cursor.load(Relaxed)).left());
+        let c = Cursor(cursor.load(Relaxed));
+        let (mut t, mut l) = (tail.load(Relaxed), c.left());
+        // A ring holds at most a lap: no read looks for chunks further (as `ring_scan`).
+        let end = c.next() + self.cap as u64;
         let mut n = 0;
         while n < buf.len() {
             if l == 0 {
-                match self.chunk_at(src, data, t)? {
-                    Some(len) => (t, l) = (t + CHUNK_HEADER, len),
-                    None => break,
+                if t >= end {
+                    break;
+                }
+                match self.chunk_at(src, data, t) {
+                    Ok(Some(len)) => (t, l) = (t + CHUNK_HEADER, len),
+                    Ok(None) => break,
+                    // The good bytes before a corrupt header are delivered first; the next
+                    // read reports it.
+                    Err(_) if n > 0 => break,
+                    Err(e) => return Err(e),
                 }
             }
             let k = (l as usize).min(buf.len() - n);
@@ -461,7 +471,7 @@ impl Segment {
     /// Walk the ready chunks of ring (src, dst) from the reader's position, copying into
     /// `out` (if any) without taking anything, until `want` bytes are counted. Returns the
     /// bytes counted (at least `want` when that many are ready), or `None` if the ring is
-    /// corrupt. Only the reader may call this. Threads of the reading process may count
+    /// corrupt right at the reader's position. Only the reader may call this. Threads of the reading process may count
     /// (without `out`) while another of them reads: they see the cursor as it was after
     /// some read, so they count from a true chunk boundary, if an old one, and get a stale
     /// count that only hints (the reading thread counts again before it relies on one).
@@ -487,6 +497,8 @@ impl Segment {
             let len = match self.chunk_at(src, data, pos) {
                 Ok(Some(len)) => len,
                 Ok(None) => break,
+                // As a read does: the good bytes first, the corruption when it is in front.
+                Err(_) if got > 0 => break,
                 Err(_) => return None,
             };
             if let Some(o) = out.as_deref_mut() {
@@ -572,6 +584,75 @@ fn chunk_span(len: u64) -> u64 {
 /// The stamp in the header of the chunk at ring position `pos`.
 fn chunk_stamp(pos: u64) -> u64 {
     (pos / LINE as u64) & 0xffff_ffff
+}
+
+/// For the fuzz target `shm_ring`: a reader of a ring whose data area holds `bytes` (what a
+/// corrupt or hostile writer could leave there, repeated to fill it) and whose reader starts
+/// at line `start_line`, reading in pieces of `piece` bytes (at least 1) through every call
+/// a reader makes: `has_data`, `available`, `peek`, `read`. It reads until the ring reports
+/// corruption or has nothing more, checking that a peek shows what the read then takes and
+/// that the reader never takes more than a lap. Panics only if one of those checks fails.
+/// Returns the bytes read.
+#[doc(hidden)]
+pub fn fuzz_ring_reader(bytes: &[u8], start_line: u64, piece: usize) -> usize {
+    let n = 2;
+    let cap = 64 << 10;
+    let (rings_off, size) = layout(n, cap);
+    let map = memmap2::MmapMut::map_anon(size).expect("anonymous memory for the fuzz segment");
+    let seg = Segment {
+        map: MmapRaw::from(map),
+        path: PathBuf::new(),
+        owner: false,
+        n,
+        cap,
+        rings_off,
+    };
+    let (_, tail, data) = seg.ring(0, 1);
+    if !bytes.is_empty() {
+        // SAFETY: the anonymous mapping is ours alone; the data area is `cap` bytes long and
+        // nothing else refers to it yet.
+        let area = unsafe { std::slice::from_raw_parts_mut(data, cap) };
+        for (i, b) in area.iter_mut().enumerate() {
+            *b = bytes[i % bytes.len()];
+        }
+    }
+    let start = (start_line % (1 << 40)) * LINE as u64;
+    tail.store(start, Relaxed);
+    let cursor = AtomicU64::new(Cursor::at(start, 0).0);
+    let took = AtomicBool::new(false);
+    let piece = piece.max(1);
+    let mut got = 0usize;
+    let mut look = vec![0u8; piece];
+    let mut buf = vec![0u8; piece];
+    loop {
+        let has = seg.ring_has_data(0, 1, &cursor);
+        let avail = seg.ring_available(0, 1, &cursor, piece);
+        let seen = seg.ring_peek(0, 1, &mut look, &cursor);
+        let k = match seg.ring_read(0, 1, &mut buf, &took, &cursor) {
+            Ok(k) => k,
+            Err(_) => return got,
+        };
+        assert_eq!(k, seen, "a peek showed {seen} bytes, the read took {k}");
+        assert_eq!(
+            look[..k],
+            buf[..k],
+            "a peek and the read that followed disagree"
+        );
+        if let Some(a) = avail {
+            assert_eq!(a.min(piece), k, "available said {a}, the read took {k}");
+        }
+        if k == 0 {
+            assert!(!has || avail.is_none(), "data announced, none read");
+            return got;
+        }
+        got += k;
+        // Each offset can be a valid header in one lap only (the stamp counts lines), so a
+        // ring of bytes that do not change ends within a lap per line.
+        assert!(
+            got <= cap * (cap / LINE),
+            "read {got} bytes from a {cap}-byte ring"
+        );
+    }
 }
 
 impl Drop for Segment {
@@ -1251,6 +1332,26 @@ mod chunk_tests {
                 k => assert_eq!(k, small.len()),
             }
         }
+    }
+
+    /// The fuzz target's reader reads what a well-formed ring holds, across the ring's end
+    /// too, and stops at a cleared word or a header of another position.
+    #[test]
+    fn the_fuzz_reader_reads_well_formed_chunks_and_stops() {
+        let cap = 64usize << 10;
+        let hdr = |pos: u64, len: u64| ((pos / 64) << 32 | len).to_le_bytes();
+        let mut a = vec![0u8; cap];
+        a[..8].copy_from_slice(&hdr(0, 20));
+        a[64..72].copy_from_slice(&hdr(64, 5));
+        assert_eq!(fuzz_ring_reader(&a, 0, 7), 25);
+        // From the last line: 200 bytes wrapping round the end, then 10 more.
+        let p = (cap - 64) as u64;
+        a[cap - 64..cap - 56].copy_from_slice(&hdr(p, 200));
+        a[192..200].copy_from_slice(&hdr(p + 256, 10));
+        assert_eq!(fuzz_ring_reader(&a, p / 64, 4096), 210);
+        // The same header one line off is refused.
+        a[192..200].copy_from_slice(&hdr(p + 192, 10));
+        assert_eq!(fuzz_ring_reader(&a, p / 64, 4096), 200);
     }
 
     /// A word in the ring that is no header of its position (a corrupt ring, or a peer
