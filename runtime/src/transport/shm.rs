@@ -1304,6 +1304,12 @@ mod chunk_tests {
         Seg(Some(Segment::create(&path, 2).unwrap()), path)
     }
 
+    /// The writer's cache of the reader's position, the reader's cursor and its "took"
+    /// flag, for ring (0, 1).
+    fn sides() -> (AtomicU64, AtomicU64, AtomicBool) {
+        (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false))
+    }
+
     /// A writer whose cached view of the reader's position is old looks again before it
     /// cuts a message into a partial chunk: a reader waiting for a whole message would
     /// otherwise wait for the rest, which a sender busy elsewhere writes only later.
@@ -1311,8 +1317,7 @@ mod chunk_tests {
     fn a_write_is_cut_short_only_when_the_ring_is_really_full() {
         let s = segment("chunk-full-test");
         let seg = s.0.as_ref().unwrap();
-        let (tail_seen, cursor, took) =
-            (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
+        let (tail_seen, cursor, took) = sides();
         let msg = vec![5u8; seg.cap / 4];
         for _ in 0..3 {
             assert_eq!(seg.ring_write(0, 1, &[&msg], &tail_seen), msg.len());
@@ -1360,8 +1365,7 @@ mod chunk_tests {
     fn a_corrupt_chunk_header_is_reported_not_followed() {
         let s = segment("chunk-bad-test");
         let seg = s.0.as_ref().unwrap();
-        let (tail_seen, cursor, took) =
-            (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
+        let (tail_seen, cursor, took) = sides();
         assert_eq!(seg.ring_write(0, 1, &[b"hello"], &tail_seen), 5);
         let (_, _, data) = seg.ring(0, 1);
         let next = chunk_span(5);
