@@ -188,6 +188,13 @@ impl Comm {
         )
     }
 
+    /// How many of this process's posted receives took their message straight from the
+    /// sender's stream into their buffer (for tests of that path).
+    #[doc(hidden)]
+    pub fn landed_receives(&self) -> u64 {
+        self.core.landed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// End the whole job with `code` (1 if `code` is 0): the launcher stops every other
     /// rank, even with `--keep-going`, and exits with this code whatever the others do.
     /// Under `srun` without the launcher, Slurm ends the whole step (PMI-2 abort).

@@ -261,6 +261,8 @@ pub(crate) struct Core {
     gone_news: Mutex<Vec<Option<Instant>>>,
     /// How shared pulls went (see [`Core::fetch`]).
     pub shares: Shares,
+    /// Posted receives whose message went straight from the stream into their buffer.
+    pub landed: AtomicU64,
 }
 
 /// Counts of shared pulls: parts offered to senders that they wrote, parts taken back (or
@@ -310,6 +312,7 @@ impl Core {
             board: None,
             gone_news: Mutex::new(vec![None; size]),
             shares: Shares::default(),
+            landed: AtomicU64::new(0),
         }
     }
 
@@ -519,6 +522,7 @@ impl Core {
                 self.t.read_done(peer);
                 if let Claim::Posted(id) = claim {
                     st.proto.landed(id);
+                    self.landed.fetch_add(1, Relaxed);
                 }
                 FromStream::Got(h)
             }
@@ -1223,6 +1227,82 @@ mod tests {
             .load(std::sync::atomic::Ordering::SeqCst));
         let st = w.irecv_into(1, 2, &mut them).unwrap().wait().unwrap();
         assert_eq!((st.tag, &them), (2, b"them"));
+    }
+
+    /// Rank 0 of two over a `Script` whose stream from rank 1 holds `frames` from the start.
+    fn world_with_frames(frames: &[Vec<u8>]) -> crate::Comm {
+        let script = std::sync::Arc::new(Script::default());
+        script.stream.lock().unwrap().extend(frames.concat());
+        let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
+        (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
+        let core = Core::new(0, 2, Box::new(script), tuning, "h".into());
+        crate::comm::Comm::world(std::sync::Arc::new(core))
+    }
+
+    /// Posted receives that are tested, or waited on in a set, take their message straight
+    /// from the stream into their buffer when it is next there, as a plain wait does; and
+    /// never out of MPI's order: a younger receive does not take what an older one matches.
+    #[test]
+    fn tests_and_request_sets_land_posted_receives_from_the_stream_in_order() {
+        let w = world_with_frames(&[frame(1, b"abcd")]);
+        let mut buf = [0u8; 4];
+        let st = w
+            .irecv_into(1, 1, &mut buf)
+            .unwrap()
+            .test()
+            .unwrap()
+            .ok()
+            .unwrap();
+        assert_eq!((st.tag, st.len, &buf), (1, 4, b"abcd"));
+        assert_eq!(w.landed_receives(), 1, "test() landed it");
+
+        // Sets: the frame for the second receive comes first. It lands; the frame behind
+        // it goes through the queues to the first receive, which test_any, lowest index
+        // first, hands out first.
+        let w = world_with_frames(&[frame(2, b"two!"), frame(1, b"one!")]);
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        let mut set = vec![
+            w.irecv_into(1, 1, &mut a).unwrap(),
+            w.irecv_into(1, 2, &mut b).unwrap(),
+        ];
+        let (i, st) = crate::test_any(&mut set).unwrap();
+        assert_eq!((i, st.unwrap().tag), (0, 1));
+        let (i, st) = crate::wait_any(&mut set).unwrap();
+        assert_eq!((i, st.unwrap().tag), (0, 2));
+        drop(set);
+        assert_eq!((&a, &b), (b"one!", b"two!"));
+        assert_eq!(w.landed_receives(), 1, "the first frame landed");
+
+        let w = world_with_frames(&[frame(1, b"3333"), frame(2, b"4444")]);
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        let mut set = vec![
+            w.irecv_into(1, 2, &mut a).unwrap(),
+            w.irecv_into(1, 1, &mut b).unwrap(),
+        ];
+        let mut got = crate::wait_some(&mut set);
+        got.extend(crate::test_some(&mut set));
+        let tags: Vec<_> = got
+            .iter()
+            .map(|(i, r)| (*i, r.as_ref().unwrap().tag))
+            .collect();
+        assert!(set.is_empty(), "{tags:?}");
+        drop(set);
+        assert_eq!((&a, &b), (b"4444", b"3333"));
+        assert_eq!(w.landed_receives(), 2, "both landed: {tags:?}");
+
+        // Two receives for the same tag: the frame is the older one's, even when only the
+        // younger one is tested.
+        let w = world_with_frames(&[frame(1, b"old!")]);
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        let older = w.irecv_into(1, 1, &mut a).unwrap();
+        let younger = w.irecv_into(1, 1, &mut b).unwrap();
+        let younger = younger
+            .test()
+            .unwrap()
+            .expect_err("the younger one gets nothing");
+        assert_eq!(older.wait().unwrap().tag, 1);
+        drop(younger);
+        assert_eq!((&a, &b), (b"old!", &[0u8; 4]));
     }
 
     /// A sender's side of shared pulls, scripted: every pull copies `fill`; an offer is

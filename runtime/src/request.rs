@@ -118,6 +118,27 @@ impl<'a, T> Request<'a, T> {
         self
     }
 
+    /// Take this receive's message straight from its sender's stream into its buffer, if
+    /// it is a receive that may (see [`Request::landing`]), the message is next there whole,
+    /// and no older receive matches it; the fast path of `drive`, for the calls that look
+    /// once rather than wait (`test`, the request sets). True if it landed.
+    fn land_now(&mut self, core: &Core, st: &mut State) -> bool {
+        let (ReqState::Recv { id, .. }, Some((peer, typecode))) = (&self.state, self.land) else {
+            return false;
+        };
+        let id = *id;
+        let Some(buf) = self.buf.as_deref_mut() else {
+            return false;
+        };
+        match core.recv_from_stream(st, peer, Claim::Posted(id), typecode, buf) {
+            FromStream::Got(h) => {
+                self.state = ReqState::Landed(Msg::new(&h, Body::Landed(h.len)));
+                true
+            }
+            FromStream::Empty | FromStream::No => false,
+        }
+    }
+
     /// Advance the operation; true once it is complete (or failed: `complete` says how).
     /// `direct`: the caller waits now, so a rendezvous receive is pulled into its buffer.
     fn poll_state(&mut self, core: &Core, st: &mut State, direct: bool) -> Result<bool> {
@@ -350,6 +371,9 @@ impl<'a, T> Request<'a, T> {
     fn check(&mut self) -> Result<bool> {
         let core = self.comm.core.clone();
         let mut st = core.lock();
+        if self.land_now(&core, &mut st) {
+            return Ok(true);
+        }
         core.progress(&mut st);
         self.poll_state(&core, &mut st, false)
     }
@@ -478,6 +502,9 @@ impl<T> Request<'_, T> {
     /// Look at the request without waiting (state lock held): `Some` once it completed or
     /// its peer is gone (checked only when `look_for_loss`).
     fn sweep(&mut self, core: &Core, st: &mut State, look_for_loss: bool) -> Option<Found> {
+        if self.land_now(core, st) {
+            return Some(Found::Done);
+        }
         match self.poll_state(core, st, false) {
             Ok(true) => Some(Found::Done),
             Ok(false) if look_for_loss => {
@@ -500,6 +527,32 @@ impl<T> Request<'_, T> {
             }
         }
     }
+}
+
+/// Let every receive of `reqs` that can take its message straight from the stream do so
+/// now, before progress reads the frames into the matcher's queues.
+fn land_all<T>(reqs: &mut [Request<'_, T>], core: &Core, st: &mut State) {
+    for r in reqs {
+        r.land_now(core, st);
+    }
+}
+
+/// Whether a message may be waiting in the stream of a peer some receive of `reqs` lands
+/// from (a hint for a spinning wait; `peers` from the requests).
+fn any_landing(core: &Core, peers: &[usize]) -> bool {
+    peers.iter().any(|&p| {
+        core.t
+            .available(p, HEADER_LEN)
+            .is_some_and(|n| n >= HEADER_LEN)
+    })
+}
+
+/// The peers the receives of `reqs` may land from.
+fn landing_peers<T>(reqs: &[Request<'_, T>]) -> Vec<usize> {
+    let mut peers: Vec<usize> = reqs.iter().filter_map(|r| r.land.map(|(p, _)| p)).collect();
+    peers.sort_unstable();
+    peers.dedup();
+    peers
 }
 
 /// Every request of `reqs` the sweep finds complete (or failed), as `(index, found)`.
@@ -551,7 +604,10 @@ pub fn wait_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
         return Vec::new();
     };
     let mut looks: u32 = 0;
-    let found = core.wait_for(Watch::Nobody, |core, st| {
+    // Each look sweeps before progress too, so receives land from the stream.
+    let peers = landing_peers(reqs);
+    let ready = || any_landing(&core, &peers);
+    let found = core.wait_checking_first(Watch::Nobody, &ready, |core, st| {
         // Lost peers are looked for now and then (the first look is for what is here).
         looks = looks.wrapping_add(1);
         let found = sweep_all(reqs, core, st, looks.is_multiple_of(16));
@@ -584,7 +640,9 @@ pub fn wait_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
 pub fn wait_any<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<(usize, Result<T>)> {
     let core = reqs.first().map(|r| r.comm.core.clone())?;
     let mut looks: u32 = 0;
-    let found = core.wait_for(Watch::Nobody, |core, st| {
+    let peers = landing_peers(reqs);
+    let ready = || any_landing(&core, &peers);
+    let found = core.wait_checking_first(Watch::Nobody, &ready, |core, st| {
         looks = looks.wrapping_add(1);
         let look = looks.is_multiple_of(16);
         Ok(reqs
@@ -606,6 +664,7 @@ pub fn test_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
     };
     let found = {
         let mut st = core.lock();
+        land_all(reqs, &core, &mut st);
         core.progress(&mut st);
         sweep_all(reqs, &core, &mut st, true)
     };
@@ -618,6 +677,7 @@ pub fn test_any<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<(usize, Result<T>)>
     let core = reqs.first().map(|r| r.comm.core.clone())?;
     let found = {
         let mut st = core.lock();
+        land_all(reqs, &core, &mut st);
         core.progress(&mut st);
         reqs.iter_mut()
             .enumerate()
@@ -649,6 +709,7 @@ pub fn test_all<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<Vec<Result<T>>> {
     };
     let found = {
         let mut st = core.lock();
+        land_all(reqs, &core, &mut st);
         core.progress(&mut st);
         sweep_all(reqs, &core, &mut st, true)
     };

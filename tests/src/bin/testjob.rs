@@ -1483,6 +1483,64 @@ fn posted_large(w: &Comm) -> R {
 /// message is pulled. `busy DIR`: even ranks send to the odd rank above them and stay
 /// out of the library (polling for a file the receiver makes in DIR) until the receive is
 /// done, so the receiver pulls every byte itself.
+/// `land_sets`: each rank posts 200 small receives from the rank before it, then the
+/// rank after it sends them, and the receives are finished a quarter each by `test`
+/// polling, `wait_any`, `wait_some` and `test_some` polling; every payload is checked.
+/// Prints `landed RANK COUNT` (receives that took their message straight from the stream).
+fn land_sets(w: &Comm) -> R {
+    const M: usize = 200;
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    let mut bufs = vec![[0u32; 2]; M];
+    let mut reqs: Vec<_> = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(k, b)| w.irecv_into(prev, k as i32, b))
+        .collect::<Result<_, _>>()?;
+    w.barrier()?;
+    for k in 0..M {
+        w.send_slice(next, k as i32, &[me as u32, k as u32])?;
+    }
+    let mut done = 0;
+    let mut rest = reqs.split_off(M / 4);
+    for r in reqs {
+        let mut r = r;
+        loop {
+            match r.test()? {
+                Ok(_) => break,
+                Err(again) => r = again,
+            }
+        }
+        done += 1;
+    }
+    let mut part = rest.split_off(M / 4);
+    while let Some((_, st)) = ranks::wait_any(&mut rest) {
+        st?;
+        done += 1;
+    }
+    let mut last = part.split_off(M / 4);
+    while !part.is_empty() {
+        for (_, st) in ranks::wait_some(&mut part) {
+            st?;
+            done += 1;
+        }
+    }
+    while !last.is_empty() {
+        for (_, st) in ranks::test_some(&mut last) {
+            st?;
+            done += 1;
+        }
+    }
+    assert_eq!(done, M);
+    drop((rest, part, last));
+    for (k, b) in bufs.iter().enumerate() {
+        assert_eq!(*b, [prev as u32, k as u32], "message {k} from {prev}");
+    }
+    println!("landed {me} {}", w.landed_receives());
+    w.barrier()?;
+    Ok(())
+}
+
 fn shared_pull(w: &Comm) -> R {
     let (me, n) = (w.rank(), w.size());
     let mode = std::env::args().nth(2).unwrap_or_default();
@@ -1932,6 +1990,7 @@ fn main() {
     let r = match scenario.as_str() {
         "order" => order(&w),
         "shared_pull" => shared_pull(&w),
+        "land_sets" => land_sets(&w),
         "exit_after_loss" => exit_after_loss(&w),
         "fanin" => fanin(&w),
         "sizes" => sizes(&w),
