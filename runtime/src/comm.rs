@@ -195,6 +195,15 @@ impl Comm {
         self.core.landed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many looks that do not wait (`test`, `iprobe`, ...) found nothing and gave the
+    /// core away because this host's ranks outnumber its cores (for tests of that).
+    #[doc(hidden)]
+    pub fn idle_yields(&self) -> u64 {
+        self.core
+            .idle_yields
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// End the whole job with `code` (1 if `code` is 0): the launcher stops every other
     /// rank, even with `--keep-going`, and exits with this code whatever the others do.
     /// Under `srun` without the launcher, Slurm ends the whole step (PMI-2 abort).

@@ -417,9 +417,15 @@ impl Comm {
 
     pub(crate) fn iprobe_pat(&self, pat: Pattern) -> Result<Option<Status>> {
         let core = &*self.core;
-        let mut st = core.lock();
-        core.progress(&mut st);
-        Ok(st.proto.peek(pat).map(status_of))
+        let found = {
+            let mut st = core.lock();
+            core.progress(&mut st);
+            st.proto.peek(pat).map(status_of)
+        };
+        if found.is_none() {
+            core.idle();
+        }
+        Ok(found)
     }
 
     /// Pull a rendezvous message into `dst` (its exact length): from the sender's memory, or,

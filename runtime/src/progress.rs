@@ -263,6 +263,8 @@ pub(crate) struct Core {
     pub shares: Shares,
     /// Posted receives whose message went straight from the stream into their buffer.
     pub landed: AtomicU64,
+    /// Looks (`test`, `iprobe`, ...) that found nothing and gave the core away.
+    pub idle_yields: AtomicU64,
 }
 
 /// Counts of shared pulls: parts offered to senders that they wrote, parts taken back (or
@@ -313,6 +315,7 @@ impl Core {
             gone_news: Mutex::new(vec![None; size]),
             shares: Shares::default(),
             landed: AtomicU64::new(0),
+            idle_yields: AtomicU64::new(0),
         }
     }
 
@@ -439,6 +442,17 @@ impl Core {
             self.t.wake_self();
         }
         finished
+    }
+
+    /// After a look that does not wait (`test`, `iprobe`, the request sets' tests) found
+    /// nothing: when this host's ranks outnumber its cores (waits do not spin then), give
+    /// the core away, as MPI implementations do under oversubscription, so that a program
+    /// polling in a loop does not hold the core the rank it waits for needs.
+    pub(crate) fn idle(&self) {
+        if self.tuning.spin.is_zero() {
+            self.idle_yields.fetch_add(1, Relaxed);
+            std::thread::yield_now();
+        }
     }
 
     /// Register a nonblocking collective and give it its first turn.

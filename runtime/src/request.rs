@@ -370,12 +370,18 @@ impl<'a, T> Request<'a, T> {
 
     fn check(&mut self) -> Result<bool> {
         let core = self.comm.core.clone();
-        let mut st = core.lock();
-        if self.land_now(&core, &mut st) {
-            return Ok(true);
+        let done = {
+            let mut st = core.lock();
+            if self.land_now(&core, &mut st) {
+                return Ok(true);
+            }
+            core.progress(&mut st);
+            self.poll_state(&core, &mut st, false)
+        };
+        if matches!(done, Ok(false)) {
+            core.idle();
         }
-        core.progress(&mut st);
-        self.poll_state(&core, &mut st, false)
+        done
     }
 
     /// Wait from an async task (tokio): the blocking wait runs on tokio's blocking pool.
@@ -668,6 +674,9 @@ pub fn test_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
         core.progress(&mut st);
         sweep_all(reqs, &core, &mut st, true)
     };
+    if found.is_empty() {
+        core.idle();
+    }
     take_found(reqs, found)
 }
 
@@ -683,6 +692,9 @@ pub fn test_any<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<(usize, Result<T>)>
             .enumerate()
             .find_map(|(i, r)| r.sweep(&core, &mut st, true).map(|f| (i, f)))
     };
+    if found.is_none() {
+        core.idle();
+    }
     found.map(|(i, f)| (i, reqs.remove(i).finish_found(f)))
 }
 
@@ -716,6 +728,7 @@ pub fn test_all<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<Vec<Result<T>>> {
     if found.len() < reqs.len() {
         // Completed ones stay in their requests (a receive keeps the message it matched)
         // until a later test or wait finishes them.
+        core.idle();
         return None;
     }
     Some(

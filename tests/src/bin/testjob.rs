@@ -1541,6 +1541,35 @@ fn land_sets(w: &Comm) -> R {
     Ok(())
 }
 
+/// `poll_halo ITERS`: a halo exchange of small messages whose receives are finished by
+/// polling `test`, then a message found by polling `iprobe`; every payload checked.
+/// Prints `idle RANK COUNT` (looks that found nothing and gave the core away).
+fn poll_halo(w: &Comm) -> R {
+    let iters = arg(2, 1000);
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    for it in 0..iters {
+        let (mut left, mut right) = ([0u64; 2], [0u64; 2]);
+        let reqs = [
+            w.irecv_into(prev, 0, &mut left)?,
+            w.irecv_into(next, 1, &mut right)?,
+        ];
+        w.send_slice(next, 0, &[me as u64, it])?;
+        w.send_slice(prev, 1, &[me as u64, it])?;
+        for mut r in reqs {
+            while let Err(again) = r.test()? {
+                r = again;
+            }
+        }
+        assert_eq!((left, right), ([prev as u64, it], [next as u64, it]));
+        w.send(next, 2, &it)?;
+        while w.iprobe(prev, 2)?.is_none() {}
+        assert_eq!(w.recv::<u64>(prev, 2)?.0, it);
+    }
+    println!("idle {me} {}", w.idle_yields());
+    Ok(())
+}
+
 fn shared_pull(w: &Comm) -> R {
     let (me, n) = (w.rank(), w.size());
     let mode = std::env::args().nth(2).unwrap_or_default();
@@ -1991,6 +2020,7 @@ fn main() {
         "order" => order(&w),
         "shared_pull" => shared_pull(&w),
         "land_sets" => land_sets(&w),
+        "poll_halo" => poll_halo(&w),
         "exit_after_loss" => exit_after_loss(&w),
         "fanin" => fanin(&w),
         "sizes" => sizes(&w),
