@@ -343,11 +343,7 @@ impl Comm {
         let mut posted: Option<RecvId> = None;
         // Counted from the first check until the message is here or posted.
         let mut wait = StreamWait::new(peer);
-        let ready = || {
-            core.t
-                .available(peer, HEADER_LEN)
-                .is_some_and(|n| n >= HEADER_LEN)
-        };
+        let ready = || core.frame_waiting(peer);
         let _doing = self.doing("recv", &pat);
         let _trace = self.trace_pat("recv", &pat);
         let r = core.wait_checking_first(self.watch_peer(pat.ctx, peer), &ready, |core, st| {

@@ -472,6 +472,14 @@ impl Core {
         slot
     }
 
+    /// Whether a frame's header is waiting in `peer`'s stream (a hint for a spinning wait,
+    /// true only where the stream can be read in place; no lock needed).
+    pub(crate) fn frame_waiting(&self, peer: usize) -> bool {
+        self.t
+            .available(peer, HEADER_LEN)
+            .is_some_and(|n| n >= HEADER_LEN)
+    }
+
     /// Take the next frame of `peer`'s stream straight into `dst` when it is a whole data
     /// frame for `claim`, fits, and has the element type `typecode` (MPI order is kept: a
     /// blocking receive's caller checked that no posted receive or queued message comes

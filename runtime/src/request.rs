@@ -6,7 +6,6 @@ use crate::p2p::poll_borrowed_send;
 use crate::progress::{Claim, Core, FromStream, State, StreamWait, Watch};
 use crate::protocol::matching::{Body, Msg, Pattern, RecvId};
 use crate::protocol::{SendId, Taken};
-use crate::wire::HEADER_LEN;
 
 /// Where a nonblocking operation stands.
 pub(crate) enum ReqState<'a> {
@@ -250,11 +249,7 @@ impl<'a, T> Request<'a, T> {
         };
         let r = match self.land {
             Some((peer, _)) if recv.is_some() => {
-                let ready = || {
-                    core.t
-                        .available(peer, HEADER_LEN)
-                        .is_some_and(|n| n >= HEADER_LEN)
-                };
+                let ready = || core.frame_waiting(peer);
                 core.wait_checking_first(watch, &ready, &mut check)
             }
             _ => core.wait_for(watch, &mut check),
@@ -546,11 +541,7 @@ fn land_all<T>(reqs: &mut [Request<'_, T>], core: &Core, st: &mut State) {
 /// Whether a message may be waiting in the stream of a peer some receive of `reqs` lands
 /// from (a hint for a spinning wait; `peers` from the requests).
 fn any_landing(core: &Core, peers: &[usize]) -> bool {
-    peers.iter().any(|&p| {
-        core.t
-            .available(p, HEADER_LEN)
-            .is_some_and(|n| n >= HEADER_LEN)
-    })
+    peers.iter().any(|&p| core.frame_waiting(p))
 }
 
 /// The peers the receives of `reqs` may land from.
