@@ -471,7 +471,8 @@ impl Comm {
         source: impl Into<Source>,
         tag: i32,
     ) -> Result<Request<'static, (T, Status)>> {
-        let st = self.post(self.pattern(self.ctx, source.into(), tag)?, Want::Bytes);
+        let pat = self.pattern(self.ctx, source.into(), tag)?;
+        let st = crate::request::ReqState::posted(self.post(pat, Want::Bytes), pat);
         Ok(Request::new(self.clone(), st, |c, m, _, _| {
             c.decode(m.expect("receive"))
         }))
@@ -483,7 +484,8 @@ impl Comm {
         source: impl Into<Source>,
         tag: i32,
     ) -> Result<Request<'static, (Vec<T>, Status)>> {
-        let st = self.post(self.pattern(self.ctx, source.into(), tag)?, Want::Bytes);
+        let pat = self.pattern(self.ctx, source.into(), tag)?;
+        let st = crate::request::ReqState::posted(self.post(pat, Want::Bytes), pat);
         Ok(Request::new(self.clone(), st, |c, m, _, _| {
             c.decode_vec(m.expect("receive"))
         }))

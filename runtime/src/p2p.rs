@@ -195,11 +195,8 @@ impl Comm {
 
     /// Post a receive: the message at once if one is here with its bytes; `want` says who
     /// pulls a rendezvous message it matches.
-    pub(crate) fn post(&self, pat: Pattern, want: Want) -> ReqState<'static> {
-        match self.core.lock().proto.post(pat, want) {
-            Ok(msg) => ReqState::Matched(Taken::Msg(msg)),
-            Err(id) => ReqState::Recv { id, pat },
-        }
+    pub(crate) fn post(&self, pat: Pattern, want: Want) -> std::result::Result<Msg, RecvId> {
+        self.core.lock().proto.post(pat, want)
     }
 
     /// Take the first message matching `pat` if one is here, without waiting (a rendezvous
@@ -258,12 +255,11 @@ impl Comm {
         let want = if direct { Want::Now } else { Want::Bytes };
         let mut trace = self.trace_pat("recv", &pat);
         let r = match self.post(pat, want) {
-            ReqState::Matched(t) => Ok(t),
-            ReqState::Recv { id, pat } => {
+            Ok(m) => Ok(Taken::Msg(m)),
+            Err(id) => {
                 let _doing = self.doing("recv", &pat);
                 self.wait_taken(id, self.watch_for(&pat), direct)
             }
-            _ => unreachable!("post yields a receive state"),
         };
         if let (Some(span), Ok(t)) = (&mut trace, &r) {
             let st = status_of(t.msg());
@@ -287,9 +283,8 @@ impl Comm {
     ) -> Result<Option<Msg>> {
         let _trace = self.trace_pat("recv", &pat);
         let id = match self.post(pat, Want::Bytes) {
-            ReqState::Matched(Taken::Msg(m)) => return Ok(Some(m)),
-            ReqState::Recv { id, .. } => id,
-            _ => unreachable!("post yields a receive state"),
+            Ok(m) => return Ok(Some(m)),
+            Err(id) => id,
         };
         let _doing = self.doing("recv", &pat);
         let w = if watch {
@@ -398,7 +393,7 @@ impl Comm {
             let buf: &mut [T] = bytemuck::cast_slice_mut(buf.expect("irecv_into has a buffer"));
             c.decode_into(m.expect("receive"), buf)
         }
-        let st = self.post(pat, Want::Later);
+        let st = ReqState::posted(self.post(pat, Want::Later), pat);
         let req =
             Request::with_buffer(self.clone(), st, finish::<T>, bytemuck::cast_slice_mut(buf));
         // From one other rank over a transport whose stream can be read in place.

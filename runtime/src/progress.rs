@@ -1327,6 +1327,28 @@ mod tests {
         assert_eq!((&a, &b), (b"old!", &[0u8; 4]));
     }
 
+    /// `wait_all` lands receives whose frames are next in the stream, in MPI's order: a
+    /// frame that is not the next receive's goes through the queues to its own receive.
+    #[test]
+    fn wait_all_lands_receives_in_order_and_queues_the_rest() {
+        let w = world_with_frames(&[frame(1, b"1111"), frame(3, b"3333"), frame(2, b"2222")]);
+        let mut bufs = [[0u8; 4]; 3];
+        let reqs: Vec<_> = bufs
+            .iter_mut()
+            .zip(1..)
+            .map(|(b, tag)| w.irecv_into(1, tag, b).unwrap())
+            .collect();
+        let tags: Vec<i32> = crate::wait_all(reqs)
+            .unwrap()
+            .iter()
+            .map(|st| st.tag)
+            .collect();
+        assert_eq!(tags, [1, 2, 3]);
+        assert_eq!(bufs, [*b"1111", *b"2222", *b"3333"]);
+        // Tag 3's frame was in tag 2's way: progress took both into the queues.
+        assert_eq!(w.landed_receives(), 1, "tag 1 landed");
+    }
+
     /// A sender's side of shared pulls, scripted: every pull copies `fill`; an offer is
     /// "taken" and stays so for `taken_for` looks, then ends as `end`, or the peer is gone.
     struct Offers {

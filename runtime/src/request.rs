@@ -6,6 +6,8 @@ use crate::p2p::poll_borrowed_send;
 use crate::progress::{Claim, Core, FromStream, State, StreamWait, Watch};
 use crate::protocol::matching::{Body, Msg, Pattern, RecvId};
 use crate::protocol::{SendId, Taken};
+use crate::wire::Header;
+use std::sync::Arc;
 
 /// Where a nonblocking operation stands.
 pub(crate) enum ReqState<'a> {
@@ -21,13 +23,25 @@ pub(crate) enum ReqState<'a> {
         id: RecvId,
         pat: Pattern,
     },
-    Matched(Taken),
+    /// A receive with its message (boxed: a request is moved often, and small moves are
+    /// cheap).
+    Matched(Box<Taken>),
     /// A receive whose message went straight from the sender's stream into the request's
-    /// buffer (its body says how many bytes).
-    Landed(Msg),
+    /// buffer: the message's header.
+    Landed(Header),
     /// A nonblocking collective, a state machine the core advances (see `crate::nbc`).
     Machine(std::sync::Arc<crate::nbc::Slot>),
     Done,
+}
+
+impl ReqState<'static> {
+    /// The state of a receive just posted: its message if one was here, else waiting.
+    pub(crate) fn posted(r: std::result::Result<Msg, RecvId>, pat: Pattern) -> Self {
+        match r {
+            Ok(m) => ReqState::Matched(Box::new(Taken::Msg(m))),
+            Err(id) => ReqState::Recv { id, pat },
+        }
+    }
 }
 
 /// Turns the matched message (receives) into the result, using the borrowed buffer if any.
@@ -80,7 +94,7 @@ pub struct Request<'a, T> {
     buf: Option<&'a mut [u8]>,
     /// A receive into `buf` that may take its message straight from the stream of this
     /// world rank, when it has this element type code (see [`Request::landing`]).
-    land: Option<(usize, u32)>,
+    land: Option<(u32, u32)>,
 }
 
 impl<'a, T> Request<'a, T> {
@@ -113,7 +127,8 @@ impl<'a, T> Request<'a, T> {
     /// `peer`: while its owner waits, a message of that rank's it is the first match for
     /// goes from the stream straight into the buffer (no decoder, no allocation, no copy).
     pub(crate) fn landing(mut self, peer: usize, typecode: u32) -> Self {
-        self.land = Some((peer, typecode));
+        // World ranks fit 32 bits (frame headers carry them so); a larger one never lands.
+        self.land = u32::try_from(peer).ok().map(|p| (p, typecode));
         self
     }
 
@@ -125,13 +140,13 @@ impl<'a, T> Request<'a, T> {
         let (ReqState::Recv { id, .. }, Some((peer, typecode))) = (&self.state, self.land) else {
             return false;
         };
-        let id = *id;
+        let (id, peer) = (*id, peer as usize);
         let Some(buf) = self.buf.as_deref_mut() else {
             return false;
         };
         match core.recv_from_stream(st, peer, Claim::Posted(id), typecode, buf) {
             FromStream::Got(h) => {
-                self.state = ReqState::Landed(Msg::new(&h, Body::Landed(h.len)));
+                self.state = ReqState::Landed(h);
                 true
             }
             FromStream::Empty | FromStream::No => false,
@@ -157,17 +172,24 @@ impl<'a, T> Request<'a, T> {
         }
     }
 
+    /// Whether the operation is complete without looking further: a send written whole at
+    /// once, or a receive whose message is here already.
+    fn complete_now(&self) -> bool {
+        matches!(
+            self.state,
+            ReqState::Send {
+                id: SendId::Done,
+                ..
+            } | ReqState::Matched(_)
+                | ReqState::Landed(_)
+                | ReqState::Done
+        )
+    }
+
     /// Block until the operation is complete (result not yet taken).
     fn drive(&mut self) -> Result<()> {
-        match self.state {
-            // A send written whole at once, or a message here already: nothing to wait for.
-            ReqState::Send {
-                id: SendId::Done, ..
-            }
-            | ReqState::Matched(_)
-            | ReqState::Landed(_)
-            | ReqState::Done => return Ok(()),
-            _ => {}
+        if self.complete_now() {
+            return Ok(());
         }
         let comm = self.comm.clone();
         let watch = Self::watch(&comm, &self.state);
@@ -215,7 +237,9 @@ impl<'a, T> Request<'a, T> {
         // Landing from the stream: the stream waited on, and the element type code.
         let core = &*comm.core;
         let mut landing = match (recv, self.land, self.buf.is_some()) {
-            (Some(_), Some((peer, typecode)), true) => Some((StreamWait::new(peer), typecode)),
+            (Some(_), Some((peer, typecode)), true) => {
+                Some((StreamWait::new(peer as usize), typecode))
+            }
             _ => None,
         };
         let state = &mut self.state;
@@ -229,7 +253,7 @@ impl<'a, T> Request<'a, T> {
                     {
                         FromStream::Got(h) => {
                             wait.uncount(st);
-                            *state = ReqState::Landed(Msg::new(&h, Body::Landed(h.len)));
+                            *state = ReqState::Landed(h);
                             return Ok(Some(()));
                         }
                         // Nothing whole yet: progress leaves the stream to us meanwhile. (The
@@ -249,7 +273,7 @@ impl<'a, T> Request<'a, T> {
         };
         let r = match self.land {
             Some((peer, _)) if recv.is_some() => {
-                let ready = || core.frame_waiting(peer);
+                let ready = || core.frame_waiting(peer as usize);
                 core.wait_checking_first(watch, &ready, &mut check)
             }
             _ => core.wait_for(watch, &mut check),
@@ -278,8 +302,8 @@ impl<'a, T> Request<'a, T> {
 
     fn complete(mut self) -> Result<T> {
         let (taken, bg) = match std::mem::replace(&mut self.state, ReqState::Done) {
-            ReqState::Matched(t) => (Some(t), None),
-            ReqState::Landed(m) => (Some(Taken::Msg(m)), None),
+            ReqState::Matched(t) => (Some(*t), None),
+            ReqState::Landed(h) => (Some(Taken::Msg(Msg::new(&h, Body::Landed(h.len)))), None),
             ReqState::Machine(slot) => (
                 None,
                 slot.out.lock().unwrap_or_else(|p| p.into_inner()).take(),
@@ -409,7 +433,7 @@ fn poll(state: &mut ReqState<'_>, core: &Core, st: &mut State, direct: bool) -> 
         }
         ReqState::Recv { id, .. } => match st.proto.take(*id, direct) {
             Some(t) => {
-                *state = ReqState::Matched(t);
+                *state = ReqState::Matched(Box::new(t));
                 Ok(true)
             }
             None => Ok(false),
@@ -456,7 +480,7 @@ impl<T> Drop for Request<'_, T> {
         match std::mem::replace(&mut self.state, ReqState::Done) {
             ReqState::Recv { id, .. } => self.comm.core.lock().proto.cancel(id),
             // A message this request took but nobody consumed goes back, in its place.
-            ReqState::Matched(t) => self.comm.put_back(t),
+            ReqState::Matched(t) => self.comm.put_back(*t),
             ReqState::Machine(slot) => {
                 // A collective must finish on every rank: let it run to the end.
                 self.state = ReqState::Machine(slot);
@@ -490,7 +514,27 @@ impl<T> Drop for Request<'_, T> {
 /// # Ok::<(), ranks::Error>(())
 /// ```
 pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result<Vec<T>> {
-    reqs.into_iter().map(Request::wait).collect()
+    let mut reqs: std::collections::VecDeque<Request<'a, T>> = reqs.into_iter().collect();
+    let mut out = Vec::with_capacity(reqs.len());
+    while let Some(first) = reqs.front() {
+        if !first.complete_now() {
+            // Land every receive whose message is in its stream now, under one lock, up to
+            // the first request that must wait; then wait for that one alone.
+            let core = first.comm.core.clone();
+            let mut st = core.lock();
+            for r in reqs.iter_mut() {
+                if !Arc::ptr_eq(&r.comm.core, &core)
+                    || !(r.complete_now() || r.land_now(&core, &mut st))
+                {
+                    break;
+                }
+            }
+        }
+        if let Some(r) = reqs.pop_front() {
+            out.push(r.wait()?);
+        }
+    }
+    Ok(out)
 }
 
 /// What a request set's sweep found for one request: complete, or ended by a lost peer.
@@ -546,7 +590,10 @@ fn any_landing(core: &Core, peers: &[usize]) -> bool {
 
 /// The peers the receives of `reqs` may land from.
 fn landing_peers<T>(reqs: &[Request<'_, T>]) -> Vec<usize> {
-    let mut peers: Vec<usize> = reqs.iter().filter_map(|r| r.land.map(|(p, _)| p)).collect();
+    let mut peers: Vec<usize> = reqs
+        .iter()
+        .filter_map(|r| r.land.map(|(p, _)| p as usize))
+        .collect();
     peers.sort_unstable();
     peers.dedup();
     peers
@@ -728,4 +775,17 @@ pub fn test_all<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<Vec<Result<T>>> {
             .map(|(_, r)| r)
             .collect(),
     )
+}
+#[cfg(test)]
+mod tests {
+    /// Requests are moved by value through the calls that make and collect them (a window
+    /// of nonblocking receives moves each several times); above 128 bytes each move is a
+    /// call to `memmove`, which showed in profiles of small-message streaming.
+    #[test]
+    fn a_request_is_small_enough_to_move_inline() {
+        use std::mem::size_of;
+        assert!(size_of::<super::Request<'static, ()>>() <= 128);
+        assert!(size_of::<super::Request<'static, crate::comm::Status>>() <= 128);
+        assert!(size_of::<super::Request<'static, (Vec<u8>, crate::comm::Status)>>() <= 128);
+    }
 }

@@ -206,8 +206,8 @@ fn large_pulls_are_shared_with_senders_in_the_library_and_not_waited_for_otherwi
     }
 }
 
-/// Posted receives finished by `test` polling, `wait_any`, `wait_some` and `test_some`
-/// take their small messages straight from the shared-memory stream, as `wait` does
+/// Posted receives finished by `test` polling, `wait_any`, `wait_some`, `test_some` and
+/// `wait_all` take their small messages straight from the shared-memory stream, as `wait` does
 /// (2 and 3 ranks; every payload checked by the job); over uds, where no stream can be read
 /// in place, the same job lands none and still gets every message.
 #[test]
