@@ -13,7 +13,7 @@ use crate::protocol::matching::{Msg, Pattern, RecvId};
 use crate::protocol::{
     Protocol, ProtocolConfig, PullJob, Route, RvBuf, SendId, SendPoll, Taken, Want,
 };
-use crate::transport::{Offer, Transport};
+use crate::transport::{Offer, TakeFrame, Transport};
 use crate::wire::{Encoding, FrameDecoder, Header, Kind, HEADER_LEN};
 
 /// The tunables in force (from `crate::config::Tuning`, with waiting decided by how many
@@ -496,6 +496,39 @@ impl Core {
         if st.broken[peer].is_some() || st.dec[peer].mid_frame() {
             return FromStream::No;
         }
+        // Ours when it is a data frame for `claim` of type `typecode` that fits `dst`.
+        let room = dst.len();
+        let fits = |h: &Header, st: &State| {
+            h.kind == Kind::Data
+                && match claim {
+                    Claim::Blocking(pat) => pat.matches_header(h),
+                    Claim::Posted(id) => st.proto.claimed_by(h, id),
+                }
+                && h.enc == Encoding::Raw
+                && h.typecode == typecode
+                && h.len as usize <= room
+        };
+        // In one step where the transport can (a small frame whole in one piece).
+        let mut got = None;
+        let mut pick = |hb: &[u8]| {
+            let hb: &[u8; HEADER_LEN] = hb.try_into().ok()?;
+            let h = Header::decode(hb, peer).ok().filter(|h| fits(h, st))?;
+            got = Some(h);
+            Some(h.len as usize)
+        };
+        match self.t.take_frame(peer, HEADER_LEN, dst, &mut pick) {
+            TakeFrame::Took(_) => {
+                let h = got.expect("a frame taken was picked");
+                if let Claim::Posted(id) = claim {
+                    st.proto.landed(id);
+                    self.landed.fetch_add(1, Relaxed);
+                }
+                return FromStream::Got(h);
+            }
+            TakeFrame::Empty => return FromStream::Empty,
+            TakeFrame::Left => return FromStream::No,
+            TakeFrame::Slow => {}
+        }
         let Some(avail) = self.t.available(peer, HEADER_LEN) else {
             return FromStream::No;
         };
@@ -510,13 +543,7 @@ impl Core {
             return FromStream::No;
         };
         let len = h.len as usize;
-        let ours = h.kind == Kind::Data
-            && match claim {
-                Claim::Blocking(pat) => pat.matches_header(&h),
-                Claim::Posted(id) => st.proto.claimed_by(&h, id),
-            };
-        let fits = ours && h.enc == Encoding::Raw && h.typecode == typecode && len <= dst.len();
-        if !fits {
+        if !fits(&h, st) {
             return FromStream::No;
         }
         let avail = if avail < HEADER_LEN + len {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::quic::Quic;
 use super::shm::Shm;
-use super::{local_indices, Transport};
+use super::{local_indices, TakeFrame, Transport};
 use crate::error::{Error, Result};
 
 pub(crate) struct Hybrid {
@@ -113,6 +113,17 @@ impl Transport for Hybrid {
 
     fn peek(&self, peer: usize, buf: &mut [u8]) -> usize {
         self.route(peer).map_or(0, |(t, p)| t.peek(p, buf))
+    }
+
+    fn take_frame(
+        &self,
+        peer: usize,
+        head: usize,
+        dst: &mut [u8],
+        pick: &mut dyn FnMut(&[u8]) -> Option<usize>,
+    ) -> TakeFrame {
+        self.route(peer)
+            .map_or(TakeFrame::Slow, |(t, p)| t.take_frame(p, head, dst, pick))
     }
 
     fn holds(&self, peer: usize, bytes: usize) -> bool {

@@ -57,6 +57,21 @@ pub(crate) trait Transport: Send + Sync {
         0
     }
 
+    /// Take the next frame of `peer`'s stream in one step when the transport can (a small
+    /// frame whole in one piece of a ring): `pick` sees its first `head` bytes and says how
+    /// many bytes after them go to the front of `dst` (at most its length), or `None` to
+    /// leave the frame where it is. Only the one thread reading `peer`'s stream may call
+    /// this; a frame taken needs no `read_done`.
+    fn take_frame(
+        &self,
+        _peer: usize,
+        _head: usize,
+        _dst: &mut [u8],
+        _pick: &mut dyn FnMut(&[u8]) -> Option<usize>,
+    ) -> TakeFrame {
+        TakeFrame::Slow
+    }
+
     /// Whether `peer`'s stream to us holds `bytes` at once, so that a reader may wait for a
     /// frame of that size to be all there before it reads any of it (false if it cannot
     /// tell).
@@ -130,6 +145,20 @@ pub(crate) trait Transport: Send + Sync {
     fn push(&self, _peer: usize, _token: u64, _src: u64, _len: u64, _dst: u64) -> bool {
         false
     }
+}
+
+/// What [`Transport::take_frame`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TakeFrame {
+    /// Took the frame: this many bytes went to the front of `dst`.
+    Took(usize),
+    /// Nothing is in the stream now.
+    Empty,
+    /// `pick` left the frame.
+    Left,
+    /// Not in one step: the caller reads the frame with the general calls (`available`,
+    /// `peek`, `read`, `read_done`), which also report a corrupt stream.
+    Slow,
 }
 
 /// How an offer to a peer to write a part of a pull ended ([`Transport::close_offer`]).

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use memmap2::MmapRaw;
 
-use super::Transport;
+use super::{TakeFrame, Transport};
 use crate::error::{Error, Result};
 
 const MAGIC: u64 = 0x524b_5348_4d30_0003; // "RKSHM0" + layout version
@@ -468,6 +468,61 @@ impl Segment {
         Ok(n)
     }
 
+    /// Take a frame of `head + n` bytes that is next in ring (src, dst), at the start of a
+    /// chunk that holds all of it in one piece of the data area: `pick` sees its first
+    /// `head` bytes and says how many more (`n`, at most `out.len()`) go to `out`, or leaves
+    /// it. Anything else (the reader inside a chunk, a frame across chunks or round the
+    /// ring's end, a corrupt header) is [`TakeFrame::Slow`]: the general reads handle it.
+    /// Only `dst` may call this, as the one thread reading; a frame taken rings the writer's
+    /// doorbell, as `read_done` does.
+    fn ring_take(
+        &self,
+        src: usize,
+        dst: usize,
+        head: usize,
+        out: &mut [u8],
+        pick: &mut dyn FnMut(&[u8]) -> Option<usize>,
+        cursor: &AtomicU64,
+    ) -> TakeFrame {
+        let c = Cursor(cursor.load(Relaxed));
+        if c.left() > 0 {
+            return TakeFrame::Slow;
+        }
+        let (_, tail, data) = self.ring(src, dst);
+        let pos = c.next();
+        let len = match self.chunk_at(src, data, pos) {
+            Ok(Some(len)) => len as usize,
+            Ok(None) => return TakeFrame::Empty,
+            Err(_) => return TakeFrame::Slow,
+        };
+        let body = ((pos as usize) & (self.cap - 1)) + CHUNK_HEADER as usize;
+        if len < head || body + len > self.cap {
+            return TakeFrame::Slow;
+        }
+        // SAFETY: `body + len <= cap`: the chunk's payload is inside the data area, in one
+        // piece. The writer published it (the Acquire load of its header in `chunk_at`) and
+        // does not touch it again until we free it (the `tail` store below), so nothing
+        // writes these bytes while the slice lives.
+        let bytes = unsafe { std::slice::from_raw_parts(data.add(body), len) };
+        let Some(n) = pick(&bytes[..head]) else {
+            return TakeFrame::Left;
+        };
+        let used = head + n;
+        if n > out.len() || used > len {
+            return TakeFrame::Slow;
+        }
+        out[..n].copy_from_slice(&bytes[head..used]);
+        let (t, l) = if used == len {
+            (pos + chunk_span(len as u64), 0)
+        } else {
+            (pos + CHUNK_HEADER + used as u64, (len - used) as u64)
+        };
+        cursor.store(Cursor::at(t, l).0, Relaxed);
+        tail.store(t, Release);
+        self.ring_doorbell(src, false);
+        TakeFrame::Took(n)
+    }
+
     /// Walk the ready chunks of ring (src, dst) from the reader's position, copying into
     /// `out` (if any) without taking anything, until `want` bytes are counted. Returns the
     /// bytes counted (at least `want` when that many are ready), or `None` if the ring is
@@ -589,7 +644,8 @@ fn chunk_stamp(pos: u64) -> u64 {
 /// For the fuzz target `shm_ring`: a reader of a ring whose data area holds `bytes` (what a
 /// corrupt or hostile writer could leave there, repeated to fill it) and whose reader starts
 /// at line `start_line`, reading in pieces of `piece` bytes (at least 1) through every call
-/// a reader makes: `has_data`, `available`, `peek`, `read`. It reads until the ring reports
+/// a reader makes: `has_data`, `available`, `peek`, `read`, and every other time a frame
+/// of `piece` bytes taken in one step (`take_frame`). It reads until the ring reports
 /// corruption or has nothing more, checking that a peek shows what the read then takes and
 /// that the reader never takes more than a lap. Panics only if one of those checks fails.
 /// Returns the bytes read.
@@ -624,10 +680,35 @@ pub fn fuzz_ring_reader(bytes: &[u8], start_line: u64, piece: usize) -> usize {
     let mut got = 0usize;
     let mut look = vec![0u8; piece];
     let mut buf = vec![0u8; piece];
-    loop {
+    for look_no in 0u64.. {
         let has = seg.ring_has_data(0, 1, &cursor);
         let avail = seg.ring_available(0, 1, &cursor, piece);
         let seen = seg.ring_peek(0, 1, &mut look, &cursor);
+        if look_no % 2 == 1 {
+            // Every other look takes a frame of `piece` bytes in one step where it can.
+            let head = (piece / 2).clamp(1, 64);
+            let mut front = Vec::new();
+            let mut pick = |h: &[u8]| {
+                front = h.to_vec();
+                Some(piece - head)
+            };
+            match seg.ring_take(0, 1, head, &mut buf, &mut pick, &cursor) {
+                TakeFrame::Took(n) => {
+                    assert_eq!((head + n, seen), (piece, piece), "took more than was shown");
+                    assert_eq!(look[..head], front[..], "a peek and a take disagree");
+                    assert_eq!(look[head..], buf[..n], "a peek and a take disagree");
+                    got += piece;
+                    assert!(
+                        got <= cap * (cap / LINE),
+                        "took {got} bytes from a {cap}-byte ring"
+                    );
+                    continue;
+                }
+                TakeFrame::Empty => assert_eq!(seen, 0, "a peek saw bytes where none were"),
+                TakeFrame::Left => unreachable!("the pick takes every frame"),
+                TakeFrame::Slow => {}
+            }
+        }
         let k = match seg.ring_read(0, 1, &mut buf, &took, &cursor) {
             Ok(k) => k,
             Err(_) => return got,
@@ -653,6 +734,7 @@ pub fn fuzz_ring_reader(bytes: &[u8], start_line: u64, piece: usize) -> usize {
             "read {got} bytes from a {cap}-byte ring"
         );
     }
+    got
 }
 
 impl Drop for Segment {
@@ -918,6 +1000,17 @@ impl Transport for Shm {
     fn available(&self, peer: usize, want: usize) -> Option<usize> {
         self.seg
             .ring_available(peer, self.me, &self.cursor[peer], want)
+    }
+
+    fn take_frame(
+        &self,
+        peer: usize,
+        head: usize,
+        dst: &mut [u8],
+        pick: &mut dyn FnMut(&[u8]) -> Option<usize>,
+    ) -> TakeFrame {
+        self.seg
+            .ring_take(peer, self.me, head, dst, pick, &self.cursor[peer])
     }
 
     fn holds(&self, _peer: usize, bytes: usize) -> bool {
@@ -1337,6 +1430,75 @@ mod chunk_tests {
                 k => assert_eq!(k, small.len()),
             }
         }
+    }
+
+    /// A frame whole in one chunk is taken in one step, leaving the rest of its chunk for
+    /// the next read; a frame left stays; what one step cannot take (the reader inside a
+    /// chunk, a chunk round the ring's end, a corrupt header) is left to the general reads.
+    #[test]
+    fn a_frame_in_one_chunk_is_taken_in_one_step() {
+        let s = segment("chunk-take-test");
+        let seg = s.0.as_ref().unwrap();
+        let (tail_seen, cursor, took) = sides();
+        let mut out = [0u8; 16];
+        let take = |head: usize, n: Option<usize>, out: &mut [u8]| {
+            let mut seen = Vec::new();
+            let r = seg.ring_take(
+                0,
+                1,
+                head,
+                out,
+                &mut |h: &[u8]| {
+                    seen = h.to_vec();
+                    n
+                },
+                &cursor,
+            );
+            (r, seen)
+        };
+        assert_eq!(take(4, Some(3), &mut out).0, TakeFrame::Empty);
+        // Header "head", then 3 payload bytes; the chunk holds 2 bytes more.
+        assert_eq!(
+            seg.ring_write(0, 1, &[b"head", b"abc", b"xy"], &tail_seen),
+            9
+        );
+        let (r, seen) = take(4, None, &mut out);
+        assert_eq!((r, seen.as_slice()), (TakeFrame::Left, &b"head"[..]));
+        assert_eq!(
+            seg.ring_available(0, 1, &cursor, 100),
+            Some(9),
+            "left where it was"
+        );
+        let (r, _) = take(4, Some(3), &mut out);
+        assert_eq!((r, &out[..3]), (TakeFrame::Took(3), &b"abc"[..]));
+        // The reader is inside the chunk now: the general read takes the rest.
+        assert_eq!(take(2, Some(0), &mut out).0, TakeFrame::Slow);
+        let mut rest = [0u8; 8];
+        assert_eq!(seg.ring_read(0, 1, &mut rest, &took, &cursor).unwrap(), 2);
+        assert_eq!(&rest[..2], b"xy");
+        // A frame longer than its chunk, or more than `out` takes: general reads.
+        assert_eq!(seg.ring_write(0, 1, &[b"head", b"ab"], &tail_seen), 6);
+        assert_eq!(take(4, Some(3), &mut out).0, TakeFrame::Slow);
+        assert_eq!(take(4, Some(2), &mut out[..1]).0, TakeFrame::Slow);
+        assert_eq!(take(4, Some(2), &mut out).0, TakeFrame::Took(2));
+        assert_eq!(seg.ring_available(0, 1, &cursor, 100), Some(0));
+        // A chunk round the ring's end: general reads (which copy it in two pieces).
+        let at = Cursor(cursor.load(Relaxed)).next() as usize % seg.cap;
+        let fill = vec![0u8; seg.cap - LINE - at - CHUNK_HEADER as usize];
+        assert_eq!(seg.ring_write(0, 1, &[&fill], &tail_seen), fill.len());
+        let mut sink = vec![0u8; seg.cap];
+        while seg.ring_read(0, 1, &mut sink, &took, &cursor).unwrap() > 0 {}
+        assert_eq!(seg.ring_write(0, 1, &[&[7u8; 100]], &tail_seen), 100);
+        assert_eq!(take(4, Some(4), &mut out).0, TakeFrame::Slow);
+        assert_eq!(seg.ring_read(0, 1, &mut sink, &took, &cursor).unwrap(), 100);
+        // A header word of another position where the next chunk belongs: general reads,
+        // which report it.
+        let (_, _, data) = seg.ring(0, 1);
+        let at = Cursor(cursor.load(Relaxed)).next();
+        seg.chunk_word(data, at)
+            .store((at / 64 + 1) << 32 | 8, Release);
+        assert_eq!(take(4, Some(4), &mut out).0, TakeFrame::Slow);
+        assert!(seg.ring_read(0, 1, &mut sink, &took, &cursor).is_err());
     }
 
     /// The fuzz target's reader reads what a well-formed ring holds, across the ring's end
