@@ -65,6 +65,7 @@ pub(crate) fn world_from_env() -> Result<Comm> {
             rank,
             size,
             &cfg.tuning,
+            spins(&cfg.tuning, size),
         )?),
         TransportKind::Uds => Box::new(Uds::connect(
             place.need_path(&place.dir, crate::config::env::DIR)?,
@@ -225,7 +226,11 @@ fn pmi_wire(pmi: &mut crate::pmi::Pmi, cfg: &Config) -> Result<Comm> {
             )));
         }
         let me = local[rank].expect("we are local");
-        Some(Shm::attach(std::path::Path::new(&word), me, n_local, &cfg.tuning)?.without_launcher())
+        let spins = spins(&cfg.tuning, size);
+        Some(
+            Shm::attach(std::path::Path::new(&word), me, n_local, &cfg.tuning, spins)?
+                .without_launcher(),
+        )
     } else {
         None
     };
@@ -375,4 +380,9 @@ fn local_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Whether the waiters of a rank of a job of `ranks` ranks spin before they sleep.
+pub(crate) fn spins(cfg: &crate::config::Tuning, ranks: usize) -> bool {
+    !Tuning::resolve(cfg, ranks).spin.is_zero()
 }

@@ -59,6 +59,9 @@ pub mod env {
     /// Testing knob: `1` makes a receiver that offered the sender a part of a pull wait for
     /// the sender to write it, instead of taking the offer back when its own part is done.
     pub const TEST_AWAIT_PUSH: &str = "RANKS_TEST_AWAIT_PUSH";
+    /// Testing knob: the longest a sleeping waiter sleeps before it looks again without
+    /// being woken, in milliseconds (default 50). Long naps turn a lost wakeup into a hang.
+    pub const TEST_NAP_MS: &str = "RANKS_TEST_NAP_MS";
     pub const COLL_HIER: &str = "RANKS_COLL_HIER";
     pub const TEST_HOSTS: &str = "RANKS_TEST_HOSTS";
     /// A `tracing` filter (`debug`, `ranks=trace`, ...): logging to stderr.
@@ -276,6 +279,8 @@ pub struct Tuning {
     pub share_pull: usize,
     /// Testing: a receiver waits for the sender to write the part it offered.
     pub await_push: bool,
+    /// Testing: the longest nap of a sleeping waiter (`None`: 50 ms).
+    pub nap: Option<Duration>,
     /// Two-level collectives when a communicator spans hosts (`RANKS_COLL_HIER=0`: flat).
     pub two_level: bool,
     /// Testing: the host of every rank, as numbers (`RANKS_TEST_HOSTS=0,0,1,1`), to run
@@ -296,6 +301,7 @@ impl Default for Tuning {
             refuse_pull: false,
             share_pull: 128 << 10,
             await_push: false,
+            nap: None,
             two_level: true,
             test_hosts: None,
         }
@@ -362,6 +368,7 @@ impl Config {
             refuse_pull: flag(env::TEST_REFUSE_PULL, "1"),
             share_pull: num(env::SHARE_PULL, d.share_pull as u64)? as usize,
             await_push: flag(env::TEST_AWAIT_PUSH, "1"),
+            nap: opt(env::TEST_NAP_MS)?.map(Duration::from_millis),
             two_level: !flag(env::COLL_HIER, "0"),
             test_hosts: match get(env::TEST_HOSTS) {
                 Some(h) if !h.trim().is_empty() => Some(
@@ -576,8 +583,10 @@ mod tests {
             (env::ALLREDUCE_LARGE, "1024"),
             (env::SHARE_PULL, "0"),
             (env::TEST_AWAIT_PUSH, "1"),
+            (env::TEST_NAP_MS, "60000"),
         ])
         .unwrap();
+        assert_eq!(c.tuning.nap, Some(Duration::from_secs(60)));
         assert_eq!(c.tuning.share_pull, 0);
         assert!(c.tuning.await_push);
         assert_eq!(Tuning::default().share_pull, 128 << 10);

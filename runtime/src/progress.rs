@@ -39,6 +39,8 @@ pub(crate) struct Tuning {
     pub share_pull: usize,
     /// Testing: wait for the sender to write the part offered to it.
     pub await_push: bool,
+    /// The longest a sleeping waiter sleeps before it looks again unwoken.
+    pub nap: Duration,
 }
 
 impl Tuning {
@@ -65,6 +67,7 @@ impl Tuning {
             test_hosts: cfg.test_hosts.clone(),
             share_pull: cfg.share_pull,
             await_push: cfg.await_push,
+            nap: cfg.nap.unwrap_or(Duration::from_millis(50)),
         }
     }
 }
@@ -1116,7 +1119,7 @@ impl Core {
                     .collect()
             };
             let mut outcome: Option<Result<R>> = None;
-            let mut nap = Duration::from_millis(50);
+            let mut nap = self.tuning.nap;
             if let Some(d) = deadline {
                 nap = nap.min(d.saturating_duration_since(Instant::now()));
             }

@@ -283,3 +283,35 @@ fn polling_looks_give_the_core_away_only_when_ranks_outnumber_cores() {
         }
     }
 }
+
+/// Receivers that go to sleep at every moment of their sender's write are woken by it,
+/// both when sleepers pay for the doorbell with a `membarrier` and writers skip their fence
+/// (ranks that spin first) and when writers fence (ranks that do not spin). Naps are made
+/// ten minutes long, so a lost wakeup hangs the job (the launcher's timeout ends it) rather
+/// than costing a 50 ms nap; 4000 round trips each, every value checked.
+#[test]
+fn sleeping_receivers_are_woken_by_every_write() {
+    for spin_us in ["1", "0"] {
+        let spin = format!("RANKS_SPIN_US={spin_us}");
+        let l = [
+            "-n",
+            "2",
+            "--timeout",
+            "60",
+            "-x",
+            &spin,
+            "-x",
+            "RANKS_YIELDS=0",
+            "-x",
+            "RANKS_TEST_NAP_MS=600000",
+        ];
+        let o = run_job(
+            &l,
+            "ranks-testjob",
+            &["sleepy_pingpong", "4000"],
+            Duration::from_secs(90),
+        );
+        assert_eq!(o.code, 0, "spin {spin_us} us: {o:?}");
+        assert_clean(&o);
+    }
+}

@@ -41,6 +41,7 @@ impl Hybrid {
                 local[me].expect("we are local"),
                 n_local,
                 tuning,
+                crate::bootstrap::spins(tuning, size),
             )?)
         } else {
             None

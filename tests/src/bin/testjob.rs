@@ -1544,6 +1544,40 @@ fn land_sets(w: &Comm) -> R {
     Ok(())
 }
 
+/// `sleepy_pingpong ITERS`: ranks 0 and 1 pass a counter back and forth; before each
+/// send the sender keeps busy for a pseudo-random 0-511 us, so the receiver (run with a
+/// short spin and no yields) goes to sleep at every moment of the sender's write and
+/// doorbell in turn. Every value checked; other ranks only join the last barrier.
+fn sleepy_pingpong(w: &Comm) -> R {
+    let iters = arg(2, 20000);
+    let me = w.rank();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ me as u64;
+    let mut busy = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let until = std::time::Instant::now() + std::time::Duration::from_nanos(x % 512_000);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    };
+    if me < 2 {
+        let other = 1 - me;
+        let mut buf = [0u64; 1];
+        for i in 0..iters {
+            if (i % 2 == 0) == (me == 0) {
+                busy();
+                w.send_slice(other, 0, &[i])?;
+            } else {
+                w.recv_into(other, 0, &mut buf)?;
+                assert_eq!(buf[0], i, "rank {me} got {} as message {i}", buf[0]);
+            }
+        }
+    }
+    w.barrier()?;
+    Ok(())
+}
+
 /// `poll_halo ITERS`: a halo exchange of small messages whose receives are finished by
 /// polling `test`, then a message found by polling `iprobe`; every payload checked.
 /// Prints `idle RANK COUNT` (looks that found nothing and gave the core away).
@@ -2024,6 +2058,7 @@ fn main() {
         "shared_pull" => shared_pull(&w),
         "land_sets" => land_sets(&w),
         "poll_halo" => poll_halo(&w),
+        "sleepy_pingpong" => sleepy_pingpong(&w),
         "exit_after_loss" => exit_after_loss(&w),
         "fanin" => fanin(&w),
         "sizes" => sizes(&w),
