@@ -1291,32 +1291,43 @@ mod tests {
         crate::comm::Comm::world(std::sync::Arc::new(core))
     }
 
+    /// Rank 0 of two over a `Script` whose stream from rank 1 is empty until the test adds
+    /// frames to it (`arrive`).
+    fn scripted_world() -> (crate::Comm, std::sync::Arc<Script>) {
+        let script = std::sync::Arc::new(Script::default());
+        let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
+        (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
+        let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
+        (crate::comm::Comm::world(std::sync::Arc::new(core)), script)
+    }
+
+    fn arrive(script: &Script, frames: &[Vec<u8>]) {
+        script.stream.lock().unwrap().extend(frames.concat());
+    }
+
     /// Posted receives that are tested, or waited on in a set, take their message straight
     /// from the stream into their buffer when it is next there, as a plain wait does; and
     /// never out of MPI's order: a younger receive does not take what an older one matches.
     #[test]
     fn tests_and_request_sets_land_posted_receives_from_the_stream_in_order() {
-        let w = world_with_frames(&[frame(1, b"abcd")]);
+        let (w, script) = scripted_world();
         let mut buf = [0u8; 4];
-        let st = w
-            .irecv_into(1, 1, &mut buf)
-            .unwrap()
-            .test()
-            .unwrap()
-            .ok()
-            .unwrap();
+        let r = w.irecv_into(1, 1, &mut buf).unwrap();
+        arrive(&script, &[frame(1, b"abcd")]);
+        let st = r.test().unwrap().ok().unwrap();
         assert_eq!((st.tag, st.len, &buf), (1, 4, b"abcd"));
         assert_eq!(w.landed_receives(), 1, "test() landed it");
 
         // Sets: the frame for the second receive comes first. It lands; the frame behind
         // it goes through the queues to the first receive, which test_any, lowest index
         // first, hands out first.
-        let w = world_with_frames(&[frame(2, b"two!"), frame(1, b"one!")]);
+        let (w, script) = scripted_world();
         let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
         let mut set = vec![
             w.irecv_into(1, 1, &mut a).unwrap(),
             w.irecv_into(1, 2, &mut b).unwrap(),
         ];
+        arrive(&script, &[frame(2, b"two!"), frame(1, b"one!")]);
         let (i, st) = crate::test_any(&mut set).unwrap();
         assert_eq!((i, st.unwrap().tag), (0, 1));
         let (i, st) = crate::wait_any(&mut set).unwrap();
@@ -1325,12 +1336,13 @@ mod tests {
         assert_eq!((&a, &b), (b"one!", b"two!"));
         assert_eq!(w.landed_receives(), 1, "the first frame landed");
 
-        let w = world_with_frames(&[frame(1, b"3333"), frame(2, b"4444")]);
+        let (w, script) = scripted_world();
         let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
         let mut set = vec![
             w.irecv_into(1, 2, &mut a).unwrap(),
             w.irecv_into(1, 1, &mut b).unwrap(),
         ];
+        arrive(&script, &[frame(1, b"3333"), frame(2, b"4444")]);
         let mut got = crate::wait_some(&mut set);
         got.extend(crate::test_some(&mut set));
         let tags: Vec<_> = got
@@ -1344,10 +1356,11 @@ mod tests {
 
         // Two receives for the same tag: the frame is the older one's, even when only the
         // younger one is tested.
-        let w = world_with_frames(&[frame(1, b"old!")]);
+        let (w, script) = scripted_world();
         let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
         let older = w.irecv_into(1, 1, &mut a).unwrap();
         let younger = w.irecv_into(1, 1, &mut b).unwrap();
+        arrive(&script, &[frame(1, b"old!")]);
         let younger = younger
             .test()
             .unwrap()
@@ -1361,13 +1374,17 @@ mod tests {
     /// frame that is not the next receive's goes through the queues to its own receive.
     #[test]
     fn wait_all_lands_receives_in_order_and_queues_the_rest() {
-        let w = world_with_frames(&[frame(1, b"1111"), frame(3, b"3333"), frame(2, b"2222")]);
+        let (w, script) = scripted_world();
         let mut bufs = [[0u8; 4]; 3];
         let reqs: Vec<_> = bufs
             .iter_mut()
             .zip(1..)
             .map(|(b, tag)| w.irecv_into(1, tag, b).unwrap())
             .collect();
+        arrive(
+            &script,
+            &[frame(1, b"1111"), frame(3, b"3333"), frame(2, b"2222")],
+        );
         let tags: Vec<i32> = crate::wait_all(reqs)
             .unwrap()
             .iter()
