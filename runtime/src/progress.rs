@@ -1281,16 +1281,6 @@ mod tests {
         assert_eq!((st.tag, &them), (2, b"them"));
     }
 
-    /// Rank 0 of two over a `Script` whose stream from rank 1 holds `frames` from the start.
-    fn world_with_frames(frames: &[Vec<u8>]) -> crate::Comm {
-        let script = std::sync::Arc::new(Script::default());
-        script.stream.lock().unwrap().extend(frames.concat());
-        let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
-        (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
-        let core = Core::new(0, 2, Box::new(script), tuning, "h".into());
-        crate::comm::Comm::world(std::sync::Arc::new(core))
-    }
-
     /// Rank 0 of two over a `Script` whose stream from rank 1 is empty until the test adds
     /// frames to it (`arrive`).
     fn scripted_world() -> (crate::Comm, std::sync::Arc<Script>) {
