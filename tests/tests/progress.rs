@@ -210,33 +210,48 @@ fn large_pulls_are_shared_with_senders_in_the_library_and_not_waited_for_otherwi
 /// `wait_all` take their small messages straight from the shared-memory stream, as `wait` does
 /// (2 and 3 ranks; every payload checked by the job); over uds, where no stream can be read
 /// in place, the same job lands none and still gets every message.
+///
+/// Whether a message lands depends on timing: a rank still in the barrier (or descheduled
+/// there, when other jobs share the cores) when its sender starts reads the messages into
+/// the queues, through the barrier wait's progress, and so may every rank of a run. So each
+/// shm case runs up to five times and passes once a run shows a rank that landed at least
+/// half of its receives; every run must get every message right.
 #[test]
 fn tests_and_request_sets_land_small_messages_from_the_stream() {
     for (n, transport) in [(2usize, "shm"), (3, "shm"), (2, "uds")] {
         let np = n.to_string();
         let l = ["-n", &np, "--transport", transport, "--timeout", "60"];
-        let o = run_job(&l, "ranks-testjob", &["land_sets"], Duration::from_secs(90));
-        assert_eq!(o.code, 0, "{n} ranks over {transport}: {o:?}");
-        assert_clean(&o);
-        let landed: Vec<u64> = (0..n)
-            .map(|r| {
-                o.stdout
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("landed {r} ")))
-                    .unwrap_or_else(|| panic!("no landed line for rank {r}: {o:?}"))
-                    .trim()
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
-        if transport == "shm" {
-            // A rank still in the barrier when its sender starts reads the messages into
-            // the queues (progress in the barrier's wait); around the ring at least one
-            // rank is not, and its receives land nearly all of theirs.
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let o = run_job(&l, "ranks-testjob", &["land_sets"], Duration::from_secs(90));
+            assert_eq!(o.code, 0, "{n} ranks over {transport}: {o:?}");
+            assert_clean(&o);
+            let landed: Vec<u64> = (0..n)
+                .map(|r| {
+                    o.stdout
+                        .lines()
+                        .find_map(|l| l.strip_prefix(&format!("landed {r} ")))
+                        .unwrap_or_else(|| panic!("no landed line for rank {r}: {o:?}"))
+                        .trim()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            if transport != "shm" {
+                assert_eq!(landed, vec![0; n], "over {transport}: {o:?}");
+                break;
+            }
             let most = *landed.iter().max().unwrap();
-            assert!(most >= 100, "landed {landed:?} of 200 each: {o:?}");
-        } else {
-            assert_eq!(landed, vec![0; n], "over {transport}: {o:?}");
+            seen.push(landed);
+            if most >= 100 {
+                break;
+            }
+        }
+        if transport == "shm" {
+            assert!(
+                seen.last().unwrap().iter().max().unwrap() >= &100,
+                "{n} ranks: no run landed half of a rank's 200 receives: {seen:?}"
+            );
         }
     }
 }
