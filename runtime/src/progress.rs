@@ -522,10 +522,7 @@ impl Core {
         match self.t.take_frame(peer, HEADER_LEN, dst, &mut pick) {
             TakeFrame::Took(_) => {
                 let h = got.expect("a frame taken was picked");
-                if let Claim::Posted(id) = claim {
-                    st.proto.landed(id);
-                    self.landed.fetch_add(1, Relaxed);
-                }
+                self.note_landed(st, claim);
                 return FromStream::Got(h);
             }
             TakeFrame::Empty => return FromStream::Empty,
@@ -572,10 +569,7 @@ impl Core {
         match got {
             Ok(n) if n == HEADER_LEN + len => {
                 self.t.read_done(peer);
-                if let Claim::Posted(id) = claim {
-                    st.proto.landed(id);
-                    self.landed.fetch_add(1, Relaxed);
-                }
+                self.note_landed(st, claim);
                 FromStream::Got(h)
             }
             // The bytes were there a moment ago and only we read this stream: a broken ring.
@@ -583,6 +577,15 @@ impl Core {
                 st.broken[peer] = Some("its stream lost bytes under a read".into());
                 FromStream::No
             }
+        }
+    }
+
+    /// A frame went from the stream straight to `claim`: a posted receive leaves the
+    /// matcher (and is counted for `Comm::landed_receives`).
+    fn note_landed(&self, st: &mut State, claim: Claim<'_>) {
+        if let Claim::Posted(id) = claim {
+            st.proto.landed(id);
+            self.landed.fetch_add(1, Relaxed);
         }
     }
 
