@@ -62,6 +62,9 @@ pub mod env {
     /// Testing knob: the longest a sleeping waiter sleeps before it looks again without
     /// being woken, in milliseconds (default 50). Long naps turn a lost wakeup into a hang.
     pub const TEST_NAP_MS: &str = "RANKS_TEST_NAP_MS";
+    /// Testing knob: `1` makes the core's lock fence at every release, as it does where the
+    /// kernel has no `membarrier` (see `lock.rs`).
+    pub const TEST_FENCED_LOCK: &str = "RANKS_TEST_FENCED_LOCK";
     pub const COLL_HIER: &str = "RANKS_COLL_HIER";
     pub const TEST_HOSTS: &str = "RANKS_TEST_HOSTS";
     /// A `tracing` filter (`debug`, `ranks=trace`, ...): logging to stderr.
@@ -281,6 +284,8 @@ pub struct Tuning {
     pub await_push: bool,
     /// Testing: the longest nap of a sleeping waiter (`None`: 50 ms).
     pub nap: Option<Duration>,
+    /// Testing: the core's lock fences at every release.
+    pub fenced_lock: bool,
     /// Two-level collectives when a communicator spans hosts (`RANKS_COLL_HIER=0`: flat).
     pub two_level: bool,
     /// Testing: the host of every rank, as numbers (`RANKS_TEST_HOSTS=0,0,1,1`), to run
@@ -302,6 +307,7 @@ impl Default for Tuning {
             share_pull: 128 << 10,
             await_push: false,
             nap: None,
+            fenced_lock: false,
             two_level: true,
             test_hosts: None,
         }
@@ -369,6 +375,7 @@ impl Config {
             share_pull: num(env::SHARE_PULL, d.share_pull as u64)? as usize,
             await_push: flag(env::TEST_AWAIT_PUSH, "1"),
             nap: opt(env::TEST_NAP_MS)?.map(Duration::from_millis),
+            fenced_lock: flag(env::TEST_FENCED_LOCK, "1"),
             two_level: !flag(env::COLL_HIER, "0"),
             test_hosts: match get(env::TEST_HOSTS) {
                 Some(h) if !h.trim().is_empty() => Some(
@@ -584,8 +591,10 @@ mod tests {
             (env::SHARE_PULL, "0"),
             (env::TEST_AWAIT_PUSH, "1"),
             (env::TEST_NAP_MS, "60000"),
+            (env::TEST_FENCED_LOCK, "1"),
         ])
         .unwrap();
+        assert!(c.tuning.fenced_lock && !Tuning::default().fenced_lock);
         assert_eq!(c.tuning.nap, Some(Duration::from_secs(60)));
         assert_eq!(c.tuning.share_pull, 0);
         assert!(c.tuning.await_push);

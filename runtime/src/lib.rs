@@ -17,7 +17,11 @@
 //! A program started without the launcher gets a world of size 1.
 
 #![warn(missing_docs)]
+// `unsafe` only where a module below allows it: the shared-memory mapping and rings, the
+// core's lock, and two system calls (`atexit`, adopting an inherited socket).
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
 mod at_exit;
 #[doc(hidden)]
 pub mod board;
@@ -32,9 +36,12 @@ mod error;
 mod fingerprint;
 mod group;
 mod hier;
+#[allow(unsafe_code)]
+mod lock;
 mod nbc;
 pub mod op;
 mod p2p;
+#[allow(unsafe_code)]
 mod pmi;
 pub mod primitives;
 mod progress;

@@ -5,7 +5,9 @@
 //! wakeup (futex doorbell or `poll`), so ranks that outnumber cores do not burn them.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
+
+use crate::lock::{Guard, Lock};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -41,6 +43,8 @@ pub(crate) struct Tuning {
     pub await_push: bool,
     /// The longest a sleeping waiter sleeps before it looks again unwoken.
     pub nap: Duration,
+    /// Testing: the core's lock fences at every release (see `crate::lock`).
+    pub fenced_lock: bool,
 }
 
 impl Tuning {
@@ -68,6 +72,7 @@ impl Tuning {
             share_pull: cfg.share_pull,
             await_push: cfg.await_push,
             nap: cfg.nap.unwrap_or(Duration::from_millis(50)),
+            fenced_lock: cfg.fenced_lock,
         }
     }
 }
@@ -249,7 +254,7 @@ pub(crate) struct Core {
     pub size: usize,
     pub t: Box<dyn Transport>,
     pub tuning: Tuning,
-    st: Mutex<State>,
+    st: Lock<State>,
     /// Context ids of this process's communicators.
     pub contexts: crate::context::Contexts,
     /// The name of this process's host in the job.
@@ -309,8 +314,8 @@ impl Core {
             rank,
             size,
             t,
+            st: Lock::new(st, tuning.fenced_lock),
             tuning,
-            st: Mutex::new(st),
             contexts: crate::context::Contexts::new(),
             host,
             host_ids: vec![0; size],
@@ -339,10 +344,10 @@ impl Core {
         self
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> Guard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated in a way that
-        // matters more than the panic itself; keep going rather than poison every call.
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+        // matters more than the panic itself; the lock does not poison.
+        self.st.lock()
     }
 
     /// Move bytes: flush queued frames, read and dispatch incoming frames, and make the

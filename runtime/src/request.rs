@@ -191,14 +191,28 @@ impl<'a, T> Request<'a, T> {
         if self.complete_now() {
             return Ok(());
         }
-        let comm = self.comm.clone();
-        let watch = Self::watch(&comm, &self.state);
+        let r = Self::drive_parts(&self.comm, &mut self.state, &mut self.buf, self.land);
+        if r.is_err() {
+            self.abandon();
+        }
+        r
+    }
+
+    /// [`Request::drive`] on the request's parts (so the communicator is borrowed, not
+    /// cloned: a clone is a locked add on its count, and another when dropped).
+    fn drive_parts(
+        comm: &Comm,
+        state: &mut ReqState<'a>,
+        buf: &mut Option<&'a mut [u8]>,
+        land: Option<(u32, u32)>,
+    ) -> Result<()> {
+        let watch = Self::watch(comm, state);
         // The wait of a nonblocking collective is noted as the collective itself.
-        let _call = match &self.state {
+        let _call = match &*state {
             ReqState::Machine(slot) => Some(crate::diag::call(slot.call, crate::trace::Cat::Coll)),
             _ => None,
         };
-        let _doing = match &self.state {
+        let _doing = match &*state {
             ReqState::Recv { pat, .. } => Some(comm.doing("wait", pat)),
             ReqState::Send {
                 id: SendId::Frame { peer, .. } | SendId::Rendezvous { peer, .. },
@@ -213,7 +227,7 @@ impl<'a, T> Request<'a, T> {
             })),
             _ => None,
         };
-        let _trace = match &self.state {
+        let _trace = match &*state {
             ReqState::Recv { pat, .. } => comm.trace_pat("wait", pat),
             ReqState::Send {
                 id: SendId::Frame { peer, .. } | SendId::Rendezvous { peer, .. },
@@ -229,21 +243,19 @@ impl<'a, T> Request<'a, T> {
             ),
             _ => None,
         };
-        let recv = match self.state {
+        let recv = match *state {
             ReqState::Recv { id, .. } => Some(id),
             _ => None,
         };
         let mut first = true;
         // Landing from the stream: the stream waited on, and the element type code.
         let core = &*comm.core;
-        let mut landing = match (recv, self.land, self.buf.is_some()) {
+        let mut landing = match (recv, land, buf.is_some()) {
             (Some(_), Some((peer, typecode)), true) => {
                 Some((StreamWait::new(peer as usize), typecode))
             }
             _ => None,
         };
-        let state = &mut self.state;
-        let buf = &mut self.buf;
         let mut check = |core: &Core, st: &mut State| {
             if let (Some(id), Some((wait, typecode)), Some(dst)) =
                 (recv, &mut landing, buf.as_deref_mut())
@@ -271,7 +283,7 @@ impl<'a, T> Request<'a, T> {
             }
             Ok(poll(state, core, st, true)?.then_some(()))
         };
-        let r = match self.land {
+        let r = match land {
             Some((peer, _)) if recv.is_some() => {
                 let ready = || core.frame_waiting(peer as usize);
                 core.wait_checking_first(watch, &ready, &mut check)
@@ -280,9 +292,6 @@ impl<'a, T> Request<'a, T> {
         };
         if let Some((wait, _)) = landing.as_mut().filter(|(w, _)| w.counted()) {
             wait.uncount(&mut core.lock());
-        }
-        if r.is_err() {
-            self.abandon();
         }
         r
     }

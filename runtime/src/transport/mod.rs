@@ -17,6 +17,7 @@ pub(crate) mod local;
 pub mod quic;
 #[cfg(all(test, loom))]
 mod ring_model;
+#[allow(unsafe_code)]
 pub mod shm;
 pub(crate) mod uds;
 
