@@ -109,6 +109,46 @@ fn eight_threads_create_communicators_at_once() {
     }
 }
 
+/// Threads of one rank share its core's lock: four per rank stream to the next rank on one
+/// communicator, with the lock in both forms (released by a plain store, with waiters that
+/// call `membarrier` before they sleep; and fenced, `RANKS_TEST_FENCED_LOCK=1`). A lost
+/// wakeup on the lock leaves a thread asleep for good, and the job fails at its timeout.
+#[test]
+fn threads_of_a_rank_share_its_lock_in_both_forms() {
+    for fenced in ["0", "1"] {
+        for (transport, n) in [("shm", 2), ("shm", 3), ("uds", 2)] {
+            let np = n.to_string();
+            let o = run_job(
+                &[
+                    "-n",
+                    &np,
+                    "--transport",
+                    transport,
+                    "--timeout",
+                    "120",
+                    "-x",
+                    &format!("RANKS_TEST_FENCED_LOCK={fenced}"),
+                ],
+                "ranks-testjob",
+                &["threads_share_the_core", "3000"],
+                Duration::from_secs(150),
+            );
+            assert_eq!(
+                o.code, 0,
+                "{n} ranks over {transport}, fenced {fenced}: {o:?}"
+            );
+            for r in 0..n {
+                assert!(
+                    o.stdout
+                        .contains(&format!("threads_share_the_core ok rank {r}")),
+                    "{o:?}"
+                );
+            }
+            assert_clean(&o);
+        }
+    }
+}
+
 /// The counts a `shared_pull` job's rank printed: (written by its senders, pulled back,
 /// written for its receivers).
 fn shared_counts(out: &str, rank: usize) -> (u64, u64, u64) {

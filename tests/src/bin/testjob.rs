@@ -1801,6 +1801,68 @@ fn head_to_head(w: &Comm) -> R {
     Ok(())
 }
 
+/// Four threads of every rank stream ARG small messages each to the next rank on the same
+/// communicator (thread `t` on tag `t`), blocking and nonblocking, while each receives its
+/// own tag from the previous rank: all of them contend for the process's one core lock
+/// (and sleep on it, with more threads than cores). Every value is checked.
+fn threads_share_the_core(w: &Comm) -> R {
+    const THREADS: usize = 4;
+    let count = arg(2, 3000) as u64;
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let w = w.clone();
+            std::thread::spawn(move || -> R {
+                let tag = t as i32;
+                let want = |i: u64| (prev as u64) << 48 | (t as u64) << 32 | i;
+                let mut i = 0;
+                while i < count {
+                    // A window of eight nonblocking receives and sends, then a blocking pair.
+                    let k = (count - i).min(8);
+                    let mut bufs = vec![[0u64; 1]; k as usize];
+                    let sends: Vec<[u64; 1]> = (0..k)
+                        .map(|j| [(me as u64) << 48 | (t as u64) << 32 | (i + j)])
+                        .collect();
+                    let rs = bufs
+                        .iter_mut()
+                        .map(|b| w.irecv_into(prev, tag, b))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let ss = sends
+                        .iter()
+                        .map(|b| w.isend_slice(next, tag, b))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    ranks::wait_all(rs)?;
+                    ranks::wait_all(ss)?;
+                    for (j, b) in bufs.iter().enumerate() {
+                        assert_eq!(
+                            b[0],
+                            want(i + j as u64),
+                            "thread {t}: message {}",
+                            i + j as u64
+                        );
+                    }
+                    i += k;
+                    if i < count {
+                        w.send_slice(next, tag, &[(me as u64) << 48 | (t as u64) << 32 | i])?;
+                        let mut b = [0u64];
+                        w.recv_into(prev, tag, &mut b)?;
+                        assert_eq!(b[0], want(i), "thread {t}: message {i}");
+                        i += 1;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread panicked")?;
+    }
+    w.barrier()?;
+    println!("threads_share_the_core ok rank {me}");
+    Ok(())
+}
+
 /// Eight threads, each with a communicator of its own, create communicators at the same
 /// time (dup and split, ARG rounds each) and use them at once: no two may share a context
 /// id, or their messages would cross.
@@ -2088,6 +2150,7 @@ fn main() {
         "nonblocking" => nonblocking(&w),
         "halo" => halo(&w),
         "dup_threads" => dup_threads(&w),
+        "threads_share_the_core" => threads_share_the_core(&w),
         "posted_large" => posted_large(&w),
         "land_wait" => land_wait(&w),
         "posted_order" => posted_order(&w),
