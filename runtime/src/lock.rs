@@ -23,10 +23,12 @@
 //! The lock does not poison: a panic while it is held releases it.
 
 use std::cell::UnsafeCell;
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
 #[cfg(loom)]
 use loom::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::compiler_fence;
 #[cfg(not(loom))]
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 
@@ -90,7 +92,10 @@ impl<T> Lock<T> {
         {
             self.contended();
         }
-        Guard { lock: self }
+        Guard {
+            lock: self,
+            _value: PhantomData,
+        }
     }
 
     #[cold]
@@ -135,6 +140,10 @@ impl<T> Lock<T> {
         self.held.store(0, Ordering::Release);
         if self.fenced {
             fence(Ordering::SeqCst);
+        } else {
+            // The waiter's barrier stands for a fence, but only if the load below stays
+            // after the store in the machine code: the compiler may not hoist it.
+            compiler_fence(Ordering::SeqCst);
         }
         if self.sleepers.load(Ordering::Relaxed) != 0 {
             self.futex_wake();
@@ -198,9 +207,11 @@ fn membarrier() -> bool {
     unreachable!("loom models the fenced form only")
 }
 
-/// The lock, held; released when dropped.
+/// The lock, held; released when dropped. (Shared between threads only where `T` is
+/// `Sync`, as `std::sync::MutexGuard`: it hands out `&T`.)
 pub(crate) struct Guard<'a, T> {
     lock: &'a Lock<T>,
+    _value: PhantomData<&'a mut T>,
 }
 
 impl<T> Deref for Guard<'_, T> {

@@ -41,7 +41,9 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+use std::sync::atomic::{
+    compiler_fence, fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -305,6 +307,10 @@ impl Segment {
     fn ring_doorbell(&self, rank: usize, always: bool) {
         if !(self.barriers && self.sleeper_kind_word(rank).load(Relaxed) == 1) {
             fence(SeqCst);
+        } else {
+            // No fence: the sleeper's barrier stands for it, which needs the stores before
+            // the load below in the machine code too (the compiler may not hoist it).
+            compiler_fence(SeqCst);
         }
         if always || self.sleepers_word(rank).load(SeqCst) > 0 {
             let seq = self.seq_word(rank);

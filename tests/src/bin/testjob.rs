@@ -1807,7 +1807,7 @@ fn head_to_head(w: &Comm) -> R {
 /// (and sleep on it, with more threads than cores). Every value is checked.
 fn threads_share_the_core(w: &Comm) -> R {
     const THREADS: usize = 4;
-    let count = arg(2, 3000) as u64;
+    let count = arg(2, 3000);
     let (me, n) = (w.rank(), w.size());
     let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
     let handles: Vec<_> = (0..THREADS)
