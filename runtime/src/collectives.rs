@@ -217,6 +217,9 @@ impl Comm {
         if let Some(l) = self.two_level() {
             return self.barrier_two_level(seq, l);
         }
+        if let Some(slot) = self.host_slot() {
+            return self.host_barrier(slot, seq);
+        }
         self.dissemination(seq, 0, self.size(), self.rank(), |p| p)
     }
 
@@ -591,6 +594,11 @@ impl Comm {
         ) {
             recv.copy_from_slice(send);
             return self.allreduce_two_level(seq, l, recv, op);
+        }
+        if let Some(slot) =
+            self.host_reduce_slot(std::mem::size_of_val(send), std::mem::align_of::<T>())
+        {
+            return self.host_all_reduce(slot, seq, send, recv, op);
         }
         if n > 1 && op.commutative() && std::mem::size_of_val(send) >= large && send.len() >= n {
             // Ring reduce-scatter straight into `recv` (no staging copy), then all-gather.

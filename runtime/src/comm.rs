@@ -112,6 +112,13 @@ pub struct CommData {
     pub(crate) obj_seq: Arc<std::sync::atomic::AtomicU32>,
     /// How the members sit on hosts, for two-level collectives (decided on first use).
     pub(crate) layout: std::sync::OnceLock<Option<crate::hier::Layout>>,
+    /// Agreed by the members when they made it, above any they had before (the world: 0);
+    /// see `crate::host_sync`.
+    pub(crate) epoch: u32,
+    /// Where barriers meet in shared memory, if they do (decided on first use).
+    pub(crate) host_slot: std::sync::OnceLock<Option<usize>>,
+    /// All-reductions that met in shared memory so far (the same on every member).
+    pub(crate) host_ops: std::sync::atomic::AtomicU32,
     /// The name and attributes the program gave this communicator (see `set_name`).
     pub(crate) labels: crate::group::Labels,
 }
@@ -139,6 +146,9 @@ impl Comm {
             coll_seq: Default::default(),
             obj_seq: Default::default(),
             layout: Default::default(),
+            epoch: 0,
+            host_slot: Default::default(),
+            host_ops: Default::default(),
             labels: Default::default(),
         })
     }

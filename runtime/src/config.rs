@@ -66,6 +66,7 @@ pub mod env {
     /// kernel has no `membarrier` (see `lock.rs`).
     pub const TEST_FENCED_LOCK: &str = "RANKS_TEST_FENCED_LOCK";
     pub const COLL_HIER: &str = "RANKS_COLL_HIER";
+    pub const COLL_SHM: &str = "RANKS_COLL_SHM";
     pub const TEST_HOSTS: &str = "RANKS_TEST_HOSTS";
     /// A `tracing` filter (`debug`, `ranks=trace`, ...): logging to stderr.
     pub const LOG: &str = "RANKS_LOG";
@@ -288,6 +289,9 @@ pub struct Tuning {
     pub fenced_lock: bool,
     /// Two-level collectives when a communicator spans hosts (`RANKS_COLL_HIER=0`: flat).
     pub two_level: bool,
+    /// Barriers of communicators whose ranks share one host's memory meet in it, without
+    /// messages (`RANKS_COLL_SHM=0`: by messages).
+    pub host_sync: bool,
     /// Testing: the host of every rank, as numbers (`RANKS_TEST_HOSTS=0,0,1,1`), to run
     /// two-level collectives on one machine.
     pub test_hosts: Option<Vec<u32>>,
@@ -309,6 +313,7 @@ impl Default for Tuning {
             nap: None,
             fenced_lock: false,
             two_level: true,
+            host_sync: true,
             test_hosts: None,
         }
     }
@@ -377,6 +382,7 @@ impl Config {
             nap: opt(env::TEST_NAP_MS)?.map(Duration::from_millis),
             fenced_lock: flag(env::TEST_FENCED_LOCK, "1"),
             two_level: !flag(env::COLL_HIER, "0"),
+            host_sync: !flag(env::COLL_SHM, "0"),
             test_hosts: match get(env::TEST_HOSTS) {
                 Some(h) if !h.trim().is_empty() => Some(
                     h.split(',')

@@ -4,6 +4,7 @@
 //! uses; `crate::context` owns them and says how members agree on one. Communicators of
 //! disjoint groups (the colors of one split) share an id: their messages never meet.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::comm::Comm;
@@ -37,7 +38,7 @@ impl Comm {
         let contexts = &self.core.contexts;
         let out_of_ids = || Error::InvalidArgument("out of communicator context ids".into());
         let mut floor = 2;
-        let (ctx, all) = loop {
+        let (ctx, all, epoch) = loop {
             let proposal = contexts.propose(floor).ok_or_else(out_of_ids)?;
             let mine = [
                 color.map_or(-1, i64::from),
@@ -50,10 +51,18 @@ impl Comm {
             let ctx = u32::try_from(ctx).map_err(|_| out_of_ids())?;
             // Another thread of some member may have claimed the same id meanwhile.
             let claimed = contexts.claim(ctx);
-            let mut oks = vec![0i64; n];
-            self.all_gather_slice(&[i64::from(claimed)], &mut oks)?;
-            if oks.iter().all(|&ok| ok == 1) {
-                break (ctx, all);
+            // The new communicator's epoch is above every epoch of every member
+            // (`crate::host_sync`). Read after the claim: a communicator that had this id
+            // here before was made (and its epoch noted) before it was freed.
+            let epoch_proposal = i64::from(self.core.epochs.load(Relaxed)) + 1;
+            let mut oks = vec![0i64; 2 * n];
+            self.all_gather_slice(&[i64::from(claimed), epoch_proposal], &mut oks)?;
+            if oks.chunks(2).all(|c| c[0] == 1) {
+                let epoch = oks.chunks(2).map(|c| c[1]).max().unwrap_or(1);
+                let epoch = u32::try_from(epoch)
+                    .map_err(|_| Error::InvalidArgument("out of communicator epochs".into()))?;
+                self.core.epochs.fetch_max(epoch, Relaxed);
+                break (ctx, all, epoch);
             }
             if claimed {
                 contexts.release(ctx);
@@ -84,6 +93,9 @@ impl Comm {
             coll_seq: Default::default(),
             obj_seq: Default::default(),
             layout: Default::default(),
+            epoch,
+            host_slot: Default::default(),
+            host_ops: Default::default(),
             labels: Default::default(),
         })))
     }

@@ -36,6 +36,7 @@ mod error;
 mod fingerprint;
 mod group;
 mod hier;
+mod host_sync;
 #[allow(unsafe_code)]
 mod lock;
 mod nbc;

@@ -35,6 +35,8 @@ pub(crate) struct Tuning {
     pub allreduce_large: usize,
     /// Two-level collectives across hosts.
     pub two_level: bool,
+    /// Barriers meet in a host's shared memory where they can (`crate::host_sync`).
+    pub host_sync: bool,
     /// Testing: every rank's host, as numbers.
     pub test_hosts: Option<Vec<u32>>,
     /// Pulls of at least this many bytes are shared with the sender (0: never).
@@ -68,6 +70,7 @@ impl Tuning {
             bcast_large: cfg.bcast_large,
             allreduce_large: cfg.allreduce_large,
             two_level: cfg.two_level,
+            host_sync: cfg.host_sync,
             test_hosts: cfg.test_hosts.clone(),
             share_pull: cfg.share_pull,
             await_push: cfg.await_push,
@@ -273,6 +276,8 @@ pub(crate) struct Core {
     pub landed: AtomicU64,
     /// Looks (`test`, `iprobe`, ...) that found nothing and gave the core away.
     pub idle_yields: AtomicU64,
+    /// The newest epoch of a communicator this process joined (see `crate::host_sync`).
+    pub epochs: std::sync::atomic::AtomicU32,
 }
 
 /// Counts of shared pulls: parts offered to senders that they wrote, parts taken back (or
@@ -324,6 +329,35 @@ impl Core {
             shares: Shares::default(),
             landed: AtomicU64::new(0),
             idle_yields: AtomicU64::new(0),
+            epochs: Default::default(),
+        }
+    }
+
+    /// Sync word `slot` of world rank `rank`, where this process shares memory with it
+    /// (see `crate::host_sync`).
+    pub(crate) fn sync_word(&self, rank: usize, slot: usize) -> Option<&AtomicU64> {
+        self.t.sync_word(rank, slot)
+    }
+
+    /// Bytes of each of this rank's sync data buffers (0: none; see `crate::host_sync`).
+    pub(crate) fn sync_data(&self) -> usize {
+        self.t.sync_data()
+    }
+
+    /// Put `src` in this rank's sync data buffer `which`.
+    pub(crate) fn write_sync_data(&self, which: usize, src: &[u8]) -> bool {
+        self.t.write_sync_data(which, src)
+    }
+
+    /// Copy world rank `rank`'s sync data buffer `which` into `dst`.
+    pub(crate) fn read_sync_data(&self, rank: usize, which: usize, dst: &mut [u8]) -> bool {
+        self.t.read_sync_data(rank, which, dst)
+    }
+
+    /// Wake world rank `rank` if it sleeps, after stores it may wait for.
+    pub(crate) fn wake(&self, rank: usize) {
+        if rank != self.rank {
+            self.t.notify(rank);
         }
     }
 

@@ -80,10 +80,11 @@ fn two_level_collectives_on_simulated_hosts() {
 
 /// Who talked to whom in a job of barriers on 4 ranks, from its trace.
 fn pairs(extra: &[&str]) -> Vec<(usize, usize)> {
+    static JOBS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let trace = std::env::temp_dir().join(format!(
         "ranks-test-pairs-{}-{}.json",
         std::process::id(),
-        extra.len()
+        JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let t = trace.display().to_string();
     let mut launcher = vec!["--trace", t.as_str(), "-n", "4"];
@@ -112,17 +113,41 @@ fn pairs(extra: &[&str]) -> Vec<(usize, usize)> {
 }
 
 /// With ranks 0,1 on one host and 2,3 on another, only the leaders (0 and 2) talk across
-/// hosts; `RANKS_COLL_HIER=0` gives the flat algorithms, whose pairs cross freely.
+/// hosts; `RANKS_COLL_HIER=0` gives the flat algorithms, whose pairs cross freely (with
+/// `RANKS_COLL_SHM=0`: the ranks really share one segment, where barriers meet without
+/// messages).
 #[test]
 fn only_leaders_talk_across_hosts() {
     let two = pairs(&["-x", "RANKS_TEST_HOSTS=0,0,1,1"]);
     let across: Vec<_> = two.iter().filter(|(a, b)| (a / 2) != (b / 2)).collect();
     assert_eq!(across, [&(0, 2), &(2, 0)], "{two:?}");
-    let flat = pairs(&["-x", "RANKS_TEST_HOSTS=0,0,1,1", "-x", "RANKS_COLL_HIER=0"]);
+    let flat = pairs(&[
+        "-x",
+        "RANKS_TEST_HOSTS=0,0,1,1",
+        "-x",
+        "RANKS_COLL_HIER=0",
+        "-x",
+        "RANKS_COLL_SHM=0",
+    ]);
     assert!(
         flat.iter().any(|&(a, b)| (a / 2) != (b / 2) && a % 2 == 1),
         "{flat:?}"
     );
+}
+
+/// Ranks that share a segment meet in it for barriers: a job of barriers sends no message
+/// at all (`crate::host_sync`), on shared memory and on the hybrid transport; by messages
+/// (dissemination) with `RANKS_COLL_SHM=0` or where there is no shared segment (uds).
+#[test]
+fn barriers_of_one_hosts_ranks_send_no_messages() {
+    for transport in ["shm", "auto"] {
+        let pairs = pairs(&["--transport", transport]);
+        assert!(pairs.is_empty(), "{transport}: {pairs:?}");
+    }
+    let by_messages = pairs(&["--transport", "shm", "-x", "RANKS_COLL_SHM=0"]);
+    assert!(by_messages.contains(&(0, 1)), "{by_messages:?}");
+    let uds = pairs(&["--transport", "uds"]);
+    assert!(uds.contains(&(0, 1)), "{uds:?}");
 }
 
 /// Every nonblocking collective against its blocking form (all in flight at once, waited

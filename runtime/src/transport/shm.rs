@@ -6,6 +6,10 @@
 //! 0     header: magic, version, rank count, ring capacity, launcher pid
 //! 4096  one 128-byte block per rank: pid, state, sleeper kind | doorbell sequence,
 //!       sleeper count
+//! ...   one sync block per rank: `SYNC_SLOTS` words its rank alone writes, one per
+//!       communicator slot, through which the communicators of one host meet in a barrier
+//!       without messages, and two data buffers of `SYNC_DATA` bytes for the operands of
+//!       small all-reductions (`crate::host_sync`)
 //! ...   one ring per ordered pair (src, dst): head line (the writer's own), tail line,
 //!       offer line, `cap` data bytes (chunks: a header word on a line boundary, bytes)
 //! ```
@@ -52,9 +56,14 @@ use memmap2::MmapRaw;
 use super::{TakeFrame, Transport};
 use crate::error::{Error, Result};
 
-const MAGIC: u64 = 0x524b_5348_4d30_0003; // "RKSHM0" + layout version
+const MAGIC: u64 = 0x524b_5348_4d30_0004; // "RKSHM0" + layout version
 const HEADER_SIZE: usize = 4096;
 const BLOCK: usize = 128;
+/// Sync words per rank (see [`Segment::sync_word`]).
+pub(crate) const SYNC_SLOTS: usize = 64;
+/// Bytes of each of a rank's two sync data buffers (see [`Segment::write_sync_data`]).
+pub(crate) const SYNC_DATA: usize = 256;
+const SYNC_BLOCK: usize = SYNC_SLOTS * 8 + 2 * SYNC_DATA;
 const LINE: usize = 64;
 /// Ring header: head on one cache line, tail on the next, the offer word on a third.
 const RING_HEADER: usize = 3 * LINE;
@@ -98,8 +107,12 @@ pub fn ring_capacity(n: usize) -> usize {
 const MAX_RING: usize = 1 << 20;
 
 fn layout(n: usize, cap: usize) -> (usize, usize) {
-    let rings_off = (HEADER_SIZE + n * BLOCK).next_multiple_of(4096);
+    let rings_off = (sync_off(n) + n * SYNC_BLOCK).next_multiple_of(4096);
     (rings_off, rings_off + n * n * (RING_HEADER + cap))
+}
+
+fn sync_off(n: usize) -> usize {
+    (HEADER_SIZE + n * BLOCK).next_multiple_of(LINE)
 }
 
 /// A mapped job segment.
@@ -261,6 +274,46 @@ impl Segment {
     }
     fn sleepers_word(&self, rank: usize) -> &AtomicU32 {
         self.u32_at(self.block(rank) + LINE + 4)
+    }
+
+    /// Sync word `slot` of `rank`: written by that rank alone, read by the others of its
+    /// communicator in that slot (`crate::host_sync`); zero at first.
+    pub(crate) fn sync_word(&self, rank: usize, slot: usize) -> &AtomicU64 {
+        assert!(rank < self.n && slot < SYNC_SLOTS);
+        self.u64_at(sync_off(self.n) + rank * SYNC_BLOCK + slot * 8)
+    }
+
+    fn sync_data_off(&self, rank: usize, which: usize, len: usize) -> usize {
+        assert!(rank < self.n && which < 2 && len <= SYNC_DATA);
+        sync_off(self.n) + rank * SYNC_BLOCK + SYNC_SLOTS * 8 + which * SYNC_DATA
+    }
+
+    /// Put `src` in `rank`'s sync data buffer `which` (0 or 1). Only `rank` writes its
+    /// buffers, and only while nobody reads them: `crate::host_sync` keeps the two apart
+    /// with the sync words (a reader reads a buffer after the writer's stamp, and the writer
+    /// writes it again only after every reader's next stamp).
+    pub(crate) fn write_sync_data(&self, rank: usize, which: usize, src: &[u8]) {
+        let off = self.sync_data_off(rank, which, src.len());
+        // SAFETY: `off .. off + src.len()` is inside the mapping (the sync blocks precede
+        // the rings); nobody reads this range meanwhile (see above), so the copy races with
+        // nothing, and `src` is our own memory, apart from the mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.map.as_mut_ptr().add(off), src.len())
+        }
+    }
+
+    /// Copy the start of `rank`'s sync data buffer `which` into `dst` (see
+    /// [`Segment::write_sync_data`]).
+    pub(crate) fn read_sync_data(&self, rank: usize, which: usize, dst: &mut [u8]) {
+        let off = self.sync_data_off(rank, which, dst.len());
+        // SAFETY: in the mapping, as above; its writer does not write it meanwhile.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_mut_ptr().add(off),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        }
     }
 
     /// The pid a rank registered when it attached (0 before).
@@ -1123,6 +1176,30 @@ impl Transport for Shm {
 
     fn wake_self(&self) {
         self.seg.ring_doorbell(self.me, false);
+    }
+
+    fn sync_word(&self, peer: usize, slot: usize) -> Option<&AtomicU64> {
+        (peer < self.seg.n && slot < SYNC_SLOTS).then(|| self.seg.sync_word(peer, slot))
+    }
+
+    fn sync_data(&self) -> usize {
+        SYNC_DATA
+    }
+
+    fn write_sync_data(&self, which: usize, src: &[u8]) -> bool {
+        let ok = which < 2 && src.len() <= SYNC_DATA;
+        if ok {
+            self.seg.write_sync_data(self.me, which, src);
+        }
+        ok
+    }
+
+    fn read_sync_data(&self, peer: usize, which: usize, dst: &mut [u8]) -> bool {
+        let ok = peer < self.seg.n && which < 2 && dst.len() <= SYNC_DATA;
+        if ok {
+            self.seg.read_sync_data(peer, which, dst);
+        }
+        ok
     }
 
     fn read_own(&self, addr: u64, dst: &mut [u8]) -> bool {
