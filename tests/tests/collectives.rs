@@ -80,6 +80,11 @@ fn two_level_collectives_on_simulated_hosts() {
 
 /// Who talked to whom in a job of barriers on 4 ranks, from its trace.
 fn pairs(extra: &[&str]) -> Vec<(usize, usize)> {
+    pairs_of(extra, &["barrier", "100"])
+}
+
+/// Who talked to whom in a job of `bench ARGS` on 4 ranks, from its trace.
+fn pairs_of(extra: &[&str], args: &[&str]) -> Vec<(usize, usize)> {
     static JOBS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let trace = std::env::temp_dir().join(format!(
         "ranks-test-pairs-{}-{}.json",
@@ -89,7 +94,7 @@ fn pairs(extra: &[&str]) -> Vec<(usize, usize)> {
     let t = trace.display().to_string();
     let mut launcher = vec!["--trace", t.as_str(), "-n", "4"];
     launcher.extend_from_slice(extra);
-    let o = run_job(&launcher, "bench", &["barrier", "100"], LIMIT);
+    let o = run_job(&launcher, "bench", args, LIMIT);
     assert_eq!(o.code, 0, "{o:?}");
     let report = std::process::Command::new(bin("ranks"))
         .args(["report", &t, "--svg", "/dev/null"])
@@ -148,6 +153,21 @@ fn barriers_of_one_hosts_ranks_send_no_messages() {
     assert!(by_messages.contains(&(0, 1)), "{by_messages:?}");
     let uds = pairs(&["--transport", "uds"]);
     assert!(uds.contains(&(0, 1)), "{uds:?}");
+}
+
+/// All-reductions on the world of up to a sync buffer (256 bytes) meet in the segment too:
+/// no message; larger ones, and all of them with `RANKS_COLL_SHM=0`, send messages.
+#[test]
+fn small_world_all_reductions_of_one_hosts_ranks_send_no_messages() {
+    let small = pairs_of(&["--transport", "shm"], &["allreduce", "100", "128"]);
+    assert!(small.is_empty(), "{small:?}");
+    let off = pairs_of(
+        &["--transport", "shm", "-x", "RANKS_COLL_SHM=0"],
+        &["allreduce", "100", "128"],
+    );
+    assert!(!off.is_empty(), "{off:?}");
+    let large = pairs_of(&["--transport", "shm"], &["allreduce", "100", "2048"]);
+    assert!(!large.is_empty(), "{large:?}");
 }
 
 /// Every nonblocking collective against its blocking form (all in flight at once, waited

@@ -259,16 +259,21 @@ fn barrier(w: &Comm) -> Result<(), Error> {
     Ok(())
 }
 
-/// `allreduce [ITERS]`: ITERS (10,000 by default) for up to 32 KiB, ITERS / 200 above.
+/// `allreduce [ITERS [MAX_BYTES]]`: ITERS (10,000 by default) for up to 32 KiB, ITERS / 200
+/// above, sizes from 8 bytes up to MAX_BYTES (8 MiB by default).
 fn allreduce(w: &Comm) -> Result<(), Error> {
     let small: usize = std::env::args()
         .nth(2)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10000);
+    let max: usize = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(8 << 20);
     let input = vec![1.0f64; 1 << 20];
     let mut out = vec![0.0f64; 1 << 20];
     let mut n = 1;
-    while n <= 1 << 20 {
+    while n <= 1 << 20 && n * 8 <= max {
         let iters = if n <= 4096 {
             small
         } else {
