@@ -117,8 +117,10 @@ pub struct CommData {
     pub(crate) epoch: u32,
     /// Where barriers meet in shared memory, if they do (decided on first use).
     pub(crate) host_slot: std::sync::OnceLock<Option<usize>>,
-    /// All-reductions that met in shared memory so far (the same on every member).
+    /// All-reductions that met in shared memory so far (the same on every member), and
+    /// the number of the last one.
     pub(crate) host_ops: std::sync::atomic::AtomicU32,
+    pub(crate) host_last: std::sync::atomic::AtomicU32,
     /// The name and attributes the program gave this communicator (see `set_name`).
     pub(crate) labels: crate::group::Labels,
 }
@@ -149,6 +151,7 @@ impl Comm {
             epoch: 0,
             host_slot: Default::default(),
             host_ops: Default::default(),
+            host_last: Default::default(),
             labels: Default::default(),
         })
     }

@@ -68,6 +68,9 @@ pub mod env {
     pub const COLL_HIER: &str = "RANKS_COLL_HIER";
     pub const COLL_SHM: &str = "RANKS_COLL_SHM";
     pub const TEST_HOSTS: &str = "RANKS_TEST_HOSTS";
+    /// Testing knob: `RANK:MICROS` makes that rank wait so long between meeting the others
+    /// of a shared-memory all-reduction and reading their operands (`crate::host_sync`).
+    pub const TEST_SLOW_READ: &str = "RANKS_TEST_SLOW_READ";
     /// A `tracing` filter (`debug`, `ranks=trace`, ...): logging to stderr.
     pub const LOG: &str = "RANKS_LOG";
     /// `1`: report the progress of `Pool::map` and `imap` to the launcher (`--progress`).
@@ -295,6 +298,8 @@ pub struct Tuning {
     /// Testing: the host of every rank, as numbers (`RANKS_TEST_HOSTS=0,0,1,1`), to run
     /// two-level collectives on one machine.
     pub test_hosts: Option<Vec<u32>>,
+    /// Testing: a rank that reads shared all-reduction operands late, and how late.
+    pub test_slow_read: Option<(usize, Duration)>,
 }
 
 impl Default for Tuning {
@@ -315,6 +320,7 @@ impl Default for Tuning {
             two_level: true,
             host_sync: true,
             test_hosts: None,
+            test_slow_read: None,
         }
     }
 }
@@ -389,6 +395,21 @@ impl Config {
                         .map(|x| number::<u32>(env::TEST_HOSTS, x))
                         .collect::<Result<Vec<u32>>>()?,
                 ),
+                _ => None,
+            },
+            test_slow_read: match get(env::TEST_SLOW_READ) {
+                Some(v) if !v.trim().is_empty() => {
+                    let (r, us) = v.split_once(':').ok_or_else(|| {
+                        Error::Bootstrap(format!(
+                            "{}={v:?} is not RANK:MICROS",
+                            env::TEST_SLOW_READ
+                        ))
+                    })?;
+                    Some((
+                        number::<usize>(env::TEST_SLOW_READ, r)?,
+                        Duration::from_micros(number::<u64>(env::TEST_SLOW_READ, us)?),
+                    ))
+                }
                 _ => None,
             },
         };

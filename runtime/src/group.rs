@@ -71,6 +71,8 @@ impl Comm {
             floor = ctx.checked_add(2 + self.ctx % 128).ok_or_else(out_of_ids)?;
         };
         let Some(color) = color else {
+            // No communicator here takes the id.
+            contexts.release(ctx);
             return Ok(None);
         };
         let mut group: Vec<(i64, usize)> = all
@@ -96,6 +98,7 @@ impl Comm {
             epoch,
             host_slot: Default::default(),
             host_ops: Default::default(),
+            host_last: Default::default(),
             labels: Default::default(),
         })))
     }
@@ -432,6 +435,14 @@ impl Comm {
 impl Drop for crate::comm::CommData {
     fn drop(&mut self) {
         if self.ctx != 0 && self.ctx < crate::context::RESERVED_FROM {
+            // Before the id (and its sync slot) can go to another communicator.
+            if let Some((slot, left)) = self.data_left_behind() {
+                let mut all = self.core.data_left();
+                if all.len() <= slot {
+                    all.resize_with(slot + 1, || None);
+                }
+                all[slot] = Some(left);
+            }
             self.core.contexts.release(self.ctx);
         }
     }
@@ -536,5 +547,20 @@ mod free_tests {
         }
         assert_eq!(w.compare(&w.clone()), crate::Comparison::Identical);
         assert_eq!(w.compare(&c), crate::Comparison::Congruent);
+    }
+
+    /// A rank that takes no part in a split keeps no id for it.
+    #[test]
+    fn a_split_without_this_rank_keeps_no_id() {
+        let w = world();
+        for _ in 0..100 {
+            assert!(w.split(None, 0).unwrap().is_none());
+            assert!(w.subgroup(&[]).unwrap().is_none());
+        }
+        assert_eq!(
+            w.dup().unwrap().ctx,
+            2,
+            "ids kept by splits this rank was not in"
+        );
     }
 }

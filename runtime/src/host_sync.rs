@@ -1,8 +1,8 @@
-//! Barriers in a host's shared memory: the ranks of a communicator that all share one
-//! job segment meet in it without sending a message.
+//! Barriers and small all-reductions in a host's shared memory: the ranks of a
+//! communicator that all share one job segment meet in it without sending a message.
 //!
-//! Each rank has a word per communicator slot in the segment that it alone writes
-//! (`Segment::sync_word`). Arriving at a barrier, a rank stores its *stamp* there (the
+//! Each rank has two words per communicator slot in the segment that it alone writes
+//! (`Segment::sync_word`): its arrival and, for all-reductions, what it has read. Arriving at a barrier, a rank stores its *stamp* there (the
 //! communicator's epoch and the collective's number); it has passed when every member's word
 //! shows the stamp or a later one. The arrival that finds every other member already there
 //! wakes those that sleep. Stores and loads are sequentially consistent, so of two ranks
@@ -20,17 +20,37 @@
 //! world has epoch 0 and every word starts at 0, which is no stamp (collective numbers
 //! count from 1 here).
 //!
+//! An all-reduction of up to `SYNC_DATA` bytes (in the first `DATA_SLOTS` slots) puts each
+//! member's operand in one of two data buffers of its slot, meets as a barrier does, and
+//! each member combines all operands itself, in rank order. The buffers alternate, so a
+//! member writes one again only after everyone has passed the all-reduction between, by
+//! which time everyone has read it. Across communicators that is not enough: a freed
+//! communicator's member may still be reading the last operands when the next communicator
+//! in the slot, made by other ranks, writes its first. So each member says what it has
+//! read (its second word), a freed communicator leaves its members and its last
+//! all-reduction's number behind (`Left`), and the slot's next communicator waits, before
+//! its first write, until each of them has read it or is gone.
+//!
 //! While it waits a rank drives its progress engine (MPI's progress rule), and a member's
 //! loss ends the wait with an error, as it does for a barrier by messages. Communicators
-//! that span hosts, ids above the slots, and `RANKS_COLL_SHM=0` use messages
-//! (`Comm::dissemination`).
+//! that span hosts, ids above the slots, larger all-reductions and `RANKS_COLL_SHM=0` use
+//! messages (`Comm::dissemination`, `collectives.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use crate::comm::Comm;
 use crate::error::Result;
 use crate::progress::Watch;
-use crate::transport::shm::SYNC_SLOTS;
+use crate::transport::shm::{DATA_SLOTS, SYNC_SLOTS};
+
+/// What a freed communicator's all-reductions left in its slot's data buffers at this rank:
+/// its members may still be reading the last operand. The next communicator in the slot
+/// waits until each has said it read it before it writes over it.
+pub(crate) struct Left {
+    members: std::sync::Arc<[usize]>,
+    epoch: u32,
+    seq: u32,
+}
 
 /// The word a rank stores on arriving at collective `seq` of a communicator of `epoch`.
 pub(crate) fn stamp(epoch: u32, seq: u32) -> u64 {
@@ -87,7 +107,7 @@ impl Words for InSegment<'_> {
     fn word(&self, i: usize) -> &AtomicU64 {
         self.comm
             .core
-            .sync_word(self.comm.members[i], self.slot)
+            .sync_word(self.comm.members[i], 2 * self.slot)
             .expect("every member's word exists (Comm::host_slot)")
     }
     fn members(&self) -> usize {
@@ -112,25 +132,25 @@ impl Comm {
                 && self
                     .members
                     .iter()
-                    .all(|&m| self.core.sync_word(m, slot).is_some());
+                    .all(|&m| self.core.sync_word(m, 2 * slot + 1).is_some());
             ok.then_some(slot)
         })
     }
 
     /// The sync slot of an all-reduction of `bytes` bytes of items aligned to `align`
-    /// when it meets in shared memory: the world's (whose slot is never handed to another
-    /// communicator, so a member still reading a buffer of its last all-reduction never sees
-    /// it overwritten by a later communicator's), items that fit a sync data buffer.
+    /// when it meets in shared memory: a slot with data buffers, items that fit one.
     pub(crate) fn host_reduce_slot(&self, bytes: usize, align: usize) -> Option<usize> {
         let slot = self.host_slot()?;
-        (slot == 0 && self.ctx == 0 && bytes <= self.core.sync_data() && align <= 8).then_some(slot)
+        (slot < DATA_SLOTS && bytes <= self.core.sync_data() && align <= 8).then_some(slot)
     }
 
     /// All-reduction number `seq` in sync slot `slot`: each member puts its operand in one
-    /// of its two data buffers (they alternate), meets the others as in a barrier, and
-    /// combines every member's operand itself, in rank order. A buffer is written again two
-    /// all-reductions later, after every member has arrived at the one between, that is,
-    /// after every member has read it.
+    /// of its slot's two data buffers (they alternate), meets the others as in a barrier,
+    /// combines every member's operand itself, in rank order, and says it has read them
+    /// (its second word in the slot). A buffer is written again two all-reductions later,
+    /// after every member has arrived at the one between, that is, after every member has
+    /// read it; the first all-reduction of a communicator waits for the members of the
+    /// slot's last one to have read theirs (`Left`).
     pub(crate) fn host_all_reduce<T: bytemuck::Pod, O: crate::op::Op<T> + ?Sized>(
         &self,
         slot: usize,
@@ -139,18 +159,39 @@ impl Comm {
         recv: &mut [T],
         op: &O,
     ) -> Result<()> {
-        let which = (self
-            .host_ops
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % 2) as usize;
+        use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+        let core = &*self.core;
+        let k = self.host_ops.fetch_add(1, Relaxed);
+        if k == 0 {
+            let left = core.data_left().get_mut(slot).and_then(Option::take);
+            if let Some(left) = left {
+                for &m in left.members.iter().filter(|&&m| m != core.rank) {
+                    let read = || {
+                        core.sync_word(m, 2 * slot + 1)
+                            .is_none_or(|w| reached(w.load(Acquire), left.epoch, left.seq))
+                    };
+                    if !read() {
+                        core.wait_for(Watch::Nobody, |c, _| {
+                            Ok((read() || c.peer_gone(m).is_some()).then_some(()))
+                        })?;
+                    }
+                }
+            }
+        }
+        let buf = 2 * slot + (k % 2) as usize;
         let bytes: &[u8] = bytemuck::cast_slice(send);
-        if !self.core.write_sync_data(which, bytes) {
+        if !core.write_sync_data(buf, bytes) {
             return Err(crate::error::Error::InvalidArgument(format!(
                 "all_reduce: {} bytes do not fit this rank's shared buffer",
                 bytes.len()
             )));
         }
         self.host_barrier(slot, seq)?;
+        if let Some((r, late)) = core.tuning.slow_read {
+            if r == core.rank {
+                std::thread::sleep(late);
+            }
+        }
         // recv = in_0 ∘ (in_1 ∘ (... ∘ in_{n-1})): `combine` takes the lower rank's operand
         // first.
         let (n, me) = (self.size(), self.rank());
@@ -158,7 +199,7 @@ impl Comm {
             if i == me {
                 dst.copy_from_slice(bytes);
             } else {
-                self.core.read_sync_data(self.members[i], which, dst);
+                core.read_sync_data(self.members[i], buf, dst);
             }
         };
         load(n - 1, bytemuck::cast_slice_mut(recv));
@@ -172,6 +213,10 @@ impl Comm {
                 op.combine(bytemuck::cast_slice(tmp), recv);
             }
         }
+        if let Some(w) = core.sync_word(core.rank, 2 * slot + 1) {
+            w.store(stamp(self.epoch, seq), Release);
+        }
+        self.host_last.store(seq, Relaxed);
         Ok(())
     }
 
@@ -194,6 +239,23 @@ impl Comm {
             from = i + 1;
         }
         Ok(())
+    }
+}
+
+impl crate::comm::CommData {
+    /// What this communicator's all-reductions leave in its slot (when it is freed).
+    pub(crate) fn data_left_behind(&self) -> Option<(usize, Left)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.host_ops.load(Relaxed) == 0 {
+            return None;
+        }
+        let slot = (*self.host_slot.get()?)?;
+        let left = Left {
+            members: self.members.clone(),
+            epoch: self.epoch,
+            seq: self.host_last.load(Relaxed),
+        };
+        Some((slot, left))
     }
 }
 

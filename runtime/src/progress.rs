@@ -37,6 +37,8 @@ pub(crate) struct Tuning {
     pub two_level: bool,
     /// Barriers meet in a host's shared memory where they can (`crate::host_sync`).
     pub host_sync: bool,
+    /// Testing: a rank that reads shared all-reduction operands late, and how late.
+    pub slow_read: Option<(usize, Duration)>,
     /// Testing: every rank's host, as numbers.
     pub test_hosts: Option<Vec<u32>>,
     /// Pulls of at least this many bytes are shared with the sender (0: never).
@@ -71,6 +73,7 @@ impl Tuning {
             allreduce_large: cfg.allreduce_large,
             two_level: cfg.two_level,
             host_sync: cfg.host_sync,
+            slow_read: cfg.test_slow_read,
             test_hosts: cfg.test_hosts.clone(),
             share_pull: cfg.share_pull,
             await_push: cfg.await_push,
@@ -278,6 +281,8 @@ pub(crate) struct Core {
     pub idle_yields: AtomicU64,
     /// The newest epoch of a communicator this process joined (see `crate::host_sync`).
     pub epochs: std::sync::atomic::AtomicU32,
+    /// See [`Core::data_left`].
+    data_left: Mutex<Vec<Option<crate::host_sync::Left>>>,
 }
 
 /// Counts of shared pulls: parts offered to senders that they wrote, parts taken back (or
@@ -330,13 +335,14 @@ impl Core {
             landed: AtomicU64::new(0),
             idle_yields: AtomicU64::new(0),
             epochs: Default::default(),
+            data_left: Default::default(),
         }
     }
 
-    /// Sync word `slot` of world rank `rank`, where this process shares memory with it
+    /// Sync word `index` of world rank `rank`, where this process shares memory with it
     /// (see `crate::host_sync`).
-    pub(crate) fn sync_word(&self, rank: usize, slot: usize) -> Option<&AtomicU64> {
-        self.t.sync_word(rank, slot)
+    pub(crate) fn sync_word(&self, rank: usize, index: usize) -> Option<&AtomicU64> {
+        self.t.sync_word(rank, index)
     }
 
     /// Bytes of each of this rank's sync data buffers (0: none; see `crate::host_sync`).
@@ -344,14 +350,22 @@ impl Core {
         self.t.sync_data()
     }
 
-    /// Put `src` in this rank's sync data buffer `which`.
-    pub(crate) fn write_sync_data(&self, which: usize, src: &[u8]) -> bool {
-        self.t.write_sync_data(which, src)
+    /// Put `src` in this rank's sync data buffer `buf`.
+    pub(crate) fn write_sync_data(&self, buf: usize, src: &[u8]) -> bool {
+        self.t.write_sync_data(buf, src)
     }
 
-    /// Copy world rank `rank`'s sync data buffer `which` into `dst`.
-    pub(crate) fn read_sync_data(&self, rank: usize, which: usize, dst: &mut [u8]) -> bool {
-        self.t.read_sync_data(rank, which, dst)
+    /// Copy world rank `rank`'s sync data buffer `buf` into `dst`.
+    pub(crate) fn read_sync_data(&self, rank: usize, buf: usize, dst: &mut [u8]) -> bool {
+        self.t.read_sync_data(rank, buf, dst)
+    }
+
+    /// Where each sync slot's last all-reduction left its operands, for the next
+    /// communicator in the slot (see `crate::host_sync`).
+    pub(crate) fn data_left(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<Option<crate::host_sync::Left>>> {
+        self.data_left.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wake world rank `rank` if it sleeps, after stores it may wait for.

@@ -181,3 +181,27 @@ fn nonblocking_collectives_are_state_machines() {
     testjob_ok_on_every_rank(3, "uds", &["nbc"], "nbc ok");
     testjob_ok_on_every_rank(3, "quic", &["nbc"], "nbc ok");
 }
+
+/// Small all-reductions on communicators that reuse each other's shared-memory slot with
+/// other members: the second one's first all-reduction waits until the first one's members
+/// have read their last operands, even when one of them reads late
+/// (`RANKS_TEST_SLOW_READ`). Without that wait, rank 2 reads the pair's operand in place of
+/// rank 0's and its check fails.
+#[test]
+fn a_reused_slot_keeps_operands_until_every_member_read_them() {
+    for (n, transport, slow) in [
+        ("4", "shm", "2:2000"),
+        ("4", "shm", ""),
+        ("5", "auto", "2:1000"),
+    ] {
+        let var = format!("RANKS_TEST_SLOW_READ={slow}");
+        let o = run_job(
+            &["-n", n, "--transport", transport, "-x", &var],
+            "ranks-testjob",
+            &["slot_reuse", "20"],
+            LIMIT,
+        );
+        assert_eq!(o.code, 0, "{n} ranks, {transport}, slow {slow:?}: {o:?}");
+        assert!(o.stdout.contains("slot_reuse ok"), "{o:?}");
+    }
+}

@@ -137,24 +137,24 @@ impl Transport for Hybrid {
         }
     }
 
-    fn sync_word(&self, peer: usize, slot: usize) -> Option<&std::sync::atomic::AtomicU64> {
+    fn sync_word(&self, peer: usize, index: usize) -> Option<&std::sync::atomic::AtomicU64> {
         let i = (*self.local.get(peer)?)?;
-        self.shm.as_ref()?.sync_word(i, slot)
+        self.shm.as_ref()?.sync_word(i, index)
     }
 
     fn sync_data(&self) -> usize {
         self.shm.as_ref().map_or(0, |s| s.sync_data())
     }
 
-    fn write_sync_data(&self, which: usize, src: &[u8]) -> bool {
+    fn write_sync_data(&self, buf: usize, src: &[u8]) -> bool {
         self.shm
             .as_ref()
-            .is_some_and(|s| s.write_sync_data(which, src))
+            .is_some_and(|s| s.write_sync_data(buf, src))
     }
 
-    fn read_sync_data(&self, peer: usize, which: usize, dst: &mut [u8]) -> bool {
+    fn read_sync_data(&self, peer: usize, buf: usize, dst: &mut [u8]) -> bool {
         match (self.local.get(peer), &self.shm) {
-            (Some(Some(i)), Some(s)) => s.read_sync_data(*i, which, dst),
+            (Some(Some(i)), Some(s)) => s.read_sync_data(*i, buf, dst),
             _ => false,
         }
     }

@@ -109,28 +109,28 @@ pub(crate) trait Transport: Send + Sync {
     /// Why `peer` can no longer take part (exited, killed, connection closed), if it can't.
     fn peer_gone(&self, peer: usize) -> Option<String>;
 
-    /// Sync word `slot` of `peer` (this process's own when `peer` is this rank), where this
-    /// process shares memory with it: host-local collectives meet there without messages
-    /// (`crate::host_sync`). Only `peer` stores to its words; `notify(peer)` after a store
-    /// wakes `peer` if it sleeps. `None` where there is no such memory.
-    fn sync_word(&self, _peer: usize, _slot: usize) -> Option<&std::sync::atomic::AtomicU64> {
+    /// Sync word `index` of `peer` (this process's own when `peer` is this rank), where
+    /// this process shares memory with it: host-local collectives meet there without
+    /// messages (`crate::host_sync`). Only `peer` stores to its words; `notify(peer)` after
+    /// a store wakes `peer` if it sleeps. `None` where there is no such memory.
+    fn sync_word(&self, _peer: usize, _index: usize) -> Option<&std::sync::atomic::AtomicU64> {
         None
     }
 
-    /// Bytes of each of this rank's two sync data buffers, beside its sync words (0: none).
+    /// Bytes of each of this rank's sync data buffers, beside its sync words (0: none).
     fn sync_data(&self) -> usize {
         0
     }
 
-    /// Put `src` in this rank's sync data buffer `which` (0 or 1); false where there is
-    /// none. Only while no peer reads it (`crate::host_sync` says when).
-    fn write_sync_data(&self, _which: usize, _src: &[u8]) -> bool {
+    /// Put `src` in this rank's sync data buffer `buf`; false where there is none. Only
+    /// while no peer reads it (`crate::host_sync` says when).
+    fn write_sync_data(&self, _buf: usize, _src: &[u8]) -> bool {
         false
     }
 
-    /// Copy the start of `peer`'s sync data buffer `which` into `dst`; false where there
-    /// is none.
-    fn read_sync_data(&self, _peer: usize, _which: usize, _dst: &mut [u8]) -> bool {
+    /// Copy the start of `peer`'s sync data buffer `buf` into `dst`; false where there is
+    /// none.
+    fn read_sync_data(&self, _peer: usize, _buf: usize, _dst: &mut [u8]) -> bool {
         false
     }
 

@@ -6,10 +6,11 @@
 //! 0     header: magic, version, rank count, ring capacity, launcher pid
 //! 4096  one 128-byte block per rank: pid, state, sleeper kind | doorbell sequence,
 //!       sleeper count
-//! ...   one sync block per rank: `SYNC_SLOTS` words its rank alone writes, one per
-//!       communicator slot, through which the communicators of one host meet in a barrier
-//!       without messages, and two data buffers of `SYNC_DATA` bytes for the operands of
-//!       small all-reductions (`crate::host_sync`)
+//! ...   one sync block per rank, which its rank alone writes: two words per communicator
+//!       slot (`SYNC_SLOTS`), through which the communicators of one host meet in a
+//!       barrier without messages, and two data buffers of `SYNC_DATA` bytes for each of
+//!       the first `DATA_SLOTS` slots, for the operands of small all-reductions
+//!       (`crate::host_sync`)
 //! ...   one ring per ordered pair (src, dst): head line (the writer's own), tail line,
 //!       offer line, `cap` data bytes (chunks: a header word on a line boundary, bytes)
 //! ```
@@ -59,11 +60,15 @@ use crate::error::{Error, Result};
 const MAGIC: u64 = 0x524b_5348_4d30_0004; // "RKSHM0" + layout version
 const HEADER_SIZE: usize = 4096;
 const BLOCK: usize = 128;
-/// Sync words per rank (see [`Segment::sync_word`]).
+/// Communicator slots of the sync blocks; two words per slot (see [`Segment::sync_word`]).
 pub(crate) const SYNC_SLOTS: usize = 64;
-/// Bytes of each of a rank's two sync data buffers (see [`Segment::write_sync_data`]).
+const SYNC_WORDS: usize = 2 * SYNC_SLOTS;
+/// Slots with data buffers, two each (see [`Segment::write_sync_data`]).
+pub(crate) const DATA_SLOTS: usize = 16;
+const SYNC_BUFS: usize = 2 * DATA_SLOTS;
+/// Bytes of each sync data buffer.
 pub(crate) const SYNC_DATA: usize = 256;
-const SYNC_BLOCK: usize = SYNC_SLOTS * 8 + 2 * SYNC_DATA;
+const SYNC_BLOCK: usize = SYNC_WORDS * 8 + SYNC_BUFS * SYNC_DATA;
 const LINE: usize = 64;
 /// Ring header: head on one cache line, tail on the next, the offer word on a third.
 const RING_HEADER: usize = 3 * LINE;
@@ -276,24 +281,26 @@ impl Segment {
         self.u32_at(self.block(rank) + LINE + 4)
     }
 
-    /// Sync word `slot` of `rank`: written by that rank alone, read by the others of its
-    /// communicator in that slot (`crate::host_sync`); zero at first.
-    pub(crate) fn sync_word(&self, rank: usize, slot: usize) -> &AtomicU64 {
-        assert!(rank < self.n && slot < SYNC_SLOTS);
-        self.u64_at(sync_off(self.n) + rank * SYNC_BLOCK + slot * 8)
+    /// Sync word `index` of `rank` (`2 * slot` and `2 * slot + 1` are slot `slot`'s):
+    /// written by that rank alone, read by the others of its communicator in that slot
+    /// (`crate::host_sync`); zero at first.
+    pub(crate) fn sync_word(&self, rank: usize, index: usize) -> &AtomicU64 {
+        assert!(rank < self.n && index < SYNC_WORDS);
+        self.u64_at(sync_off(self.n) + rank * SYNC_BLOCK + index * 8)
     }
 
-    fn sync_data_off(&self, rank: usize, which: usize, len: usize) -> usize {
-        assert!(rank < self.n && which < 2 && len <= SYNC_DATA);
-        sync_off(self.n) + rank * SYNC_BLOCK + SYNC_SLOTS * 8 + which * SYNC_DATA
+    fn sync_data_off(&self, rank: usize, buf: usize, len: usize) -> usize {
+        assert!(rank < self.n && buf < SYNC_BUFS && len <= SYNC_DATA);
+        sync_off(self.n) + rank * SYNC_BLOCK + SYNC_WORDS * 8 + buf * SYNC_DATA
     }
 
-    /// Put `src` in `rank`'s sync data buffer `which` (0 or 1). Only `rank` writes its
-    /// buffers, and only while nobody reads them: `crate::host_sync` keeps the two apart
-    /// with the sync words (a reader reads a buffer after the writer's stamp, and the writer
-    /// writes it again only after every reader's next stamp).
-    pub(crate) fn write_sync_data(&self, rank: usize, which: usize, src: &[u8]) {
-        let off = self.sync_data_off(rank, which, src.len());
+    /// Put `src` in `rank`'s sync data buffer `buf` (`2 * slot` and `2 * slot + 1` are slot
+    /// `slot`'s). Only `rank` writes its buffers, and only while nobody reads them:
+    /// `crate::host_sync` keeps the two apart with the sync words (a reader reads a buffer
+    /// after the writer's stamp, and the writer writes it again only after every reader
+    /// has said it read it).
+    pub(crate) fn write_sync_data(&self, rank: usize, buf: usize, src: &[u8]) {
+        let off = self.sync_data_off(rank, buf, src.len());
         // SAFETY: `off .. off + src.len()` is inside the mapping (the sync blocks precede
         // the rings); nobody reads this range meanwhile (see above), so the copy races with
         // nothing, and `src` is our own memory, apart from the mapping.
@@ -302,10 +309,10 @@ impl Segment {
         }
     }
 
-    /// Copy the start of `rank`'s sync data buffer `which` into `dst` (see
+    /// Copy the start of `rank`'s sync data buffer `buf` into `dst` (see
     /// [`Segment::write_sync_data`]).
-    pub(crate) fn read_sync_data(&self, rank: usize, which: usize, dst: &mut [u8]) {
-        let off = self.sync_data_off(rank, which, dst.len());
+    pub(crate) fn read_sync_data(&self, rank: usize, buf: usize, dst: &mut [u8]) {
+        let off = self.sync_data_off(rank, buf, dst.len());
         // SAFETY: in the mapping, as above; its writer does not write it meanwhile.
         unsafe {
             std::ptr::copy_nonoverlapping(
@@ -1178,26 +1185,26 @@ impl Transport for Shm {
         self.seg.ring_doorbell(self.me, false);
     }
 
-    fn sync_word(&self, peer: usize, slot: usize) -> Option<&AtomicU64> {
-        (peer < self.seg.n && slot < SYNC_SLOTS).then(|| self.seg.sync_word(peer, slot))
+    fn sync_word(&self, peer: usize, index: usize) -> Option<&AtomicU64> {
+        (peer < self.seg.n && index < SYNC_WORDS).then(|| self.seg.sync_word(peer, index))
     }
 
     fn sync_data(&self) -> usize {
         SYNC_DATA
     }
 
-    fn write_sync_data(&self, which: usize, src: &[u8]) -> bool {
-        let ok = which < 2 && src.len() <= SYNC_DATA;
+    fn write_sync_data(&self, buf: usize, src: &[u8]) -> bool {
+        let ok = buf < SYNC_BUFS && src.len() <= SYNC_DATA;
         if ok {
-            self.seg.write_sync_data(self.me, which, src);
+            self.seg.write_sync_data(self.me, buf, src);
         }
         ok
     }
 
-    fn read_sync_data(&self, peer: usize, which: usize, dst: &mut [u8]) -> bool {
-        let ok = peer < self.seg.n && which < 2 && dst.len() <= SYNC_DATA;
+    fn read_sync_data(&self, peer: usize, buf: usize, dst: &mut [u8]) -> bool {
+        let ok = peer < self.seg.n && buf < SYNC_BUFS && dst.len() <= SYNC_DATA;
         if ok {
-            self.seg.read_sync_data(peer, which, dst);
+            self.seg.read_sync_data(peer, buf, dst);
         }
         ok
     }

@@ -1805,6 +1805,55 @@ fn head_to_head(w: &Comm) -> R {
 /// communicator (thread `t` on tag `t`), blocking and nonblocking, while each receives its
 /// own tag from the previous rank: all of them contend for the process's one core lock
 /// (and sleep on it, with more threads than cores). Every value is checked.
+/// Small all-reductions on communicators that take each other's context id (and so the
+/// same shared-memory slot) with other members: {0,1,2}, then, made by {0,1} alone, {0,1},
+/// while rank 2 may still be reading the first one's last operands (run it with
+/// `RANKS_TEST_SLOW_READ=2:2000`). Every result is checked; prints "slot_reuse ok".
+fn slot_reuse(w: &Comm) -> R {
+    let iters = arg(2, 20);
+    let me = w.rank();
+    assert!(w.size() >= 3, "slot_reuse needs 3 ranks or more");
+    let pair = w.subgroup(&[0, 1])?;
+    let sum = |c: &Comm, j: u64| -> Result<u64, ranks::Error> {
+        let mut out = [0u64; 4];
+        let mine = [c.world_rank() as u64 * 100 + j; 4];
+        c.all_reduce_slice(&mine, &mut out, &ranks::op::Sum)?;
+        Ok(out[3])
+    };
+    for it in 0..iters {
+        // The others take part too (in a communicator of their own), so that every
+        // iteration's trio and pair get the same id.
+        let c = w
+            .split(Some(u32::from(me >= 3)), 0)?
+            .expect("every rank has a color");
+        if me < 3 {
+            for j in 0..3 {
+                let want = (100 + 200) + 3 * (it * 10 + j);
+                let got = sum(&c, it * 10 + j)?;
+                assert_eq!(
+                    got, want,
+                    "rank {me}: the trio's all-reduce {j} of iteration {it}"
+                );
+            }
+        }
+        drop(c);
+        if let Some(p) = &pair {
+            let c = p.dup()?;
+            let got = sum(&c, 7)?;
+            assert_eq!(
+                got,
+                100 + 2 * 7,
+                "rank {me}: the pair's all-reduce, iteration {it}"
+            );
+        }
+    }
+    w.barrier()?;
+    if me == 0 {
+        println!("slot_reuse ok");
+    }
+    Ok(())
+}
+
 fn threads_share_the_core(w: &Comm) -> R {
     const THREADS: usize = 4;
     let count = arg(2, 3000);
@@ -2151,6 +2200,7 @@ fn main() {
         "halo" => halo(&w),
         "dup_threads" => dup_threads(&w),
         "threads_share_the_core" => threads_share_the_core(&w),
+        "slot_reuse" => slot_reuse(&w),
         "posted_large" => posted_large(&w),
         "land_wait" => land_wait(&w),
         "posted_order" => posted_order(&w),
