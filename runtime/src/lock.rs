@@ -14,9 +14,10 @@
 //! after it counts itself and before it looks at the lock. That runs a full barrier on
 //! every core that runs a thread of this process, so any release either is visible to the
 //! waiter's look or reads the count after it went up. Waiters pay for it (about a
-//! microsecond); they were about to sleep anyway. Where the kernel has no private expedited
-//! `membarrier`, or `RANKS_TEST_FENCED_LOCK=1`, releases fence (`fence(SeqCst)`) instead,
-//! as a textbook futex mutex does; that form has a loom model (`model` below; loom cannot
+//! microsecond here); they were about to sleep anyway. Where the kernel has no private
+//! expedited `membarrier`, or `RANKS_TEST_FENCED_LOCK=1`, releases fence (`fence(SeqCst)`
+//! after the store) instead, which costs a little more than the atomic swap of a
+//! three-state futex mutex such as std's; that form has a loom model (`model` below; loom cannot
 //! express a barrier one thread puts on another, so the plain-store form is covered by the
 //! stress tests). Uncontended, taking the lock is one compare-and-swap.
 //!
@@ -65,8 +66,6 @@ pub(crate) struct Lock<T> {
 // taken with Acquire and released with Release ordering), so sharing the lock needs only
 // `T: Send`, as for `std::sync::Mutex`.
 unsafe impl<T: Send> Sync for Lock<T> {}
-// SAFETY: moving the lock moves the value; nothing in it is tied to a thread.
-unsafe impl<T: Send> Send for Lock<T> {}
 
 impl<T> Lock<T> {
     /// A lock around `value`. `fenced`: releases fence, for a process where
@@ -382,7 +381,15 @@ mod tests {
     /// release must wake the sleeper (a lost wakeup stops the ping-pong).
     #[test]
     fn every_release_wakes_a_sleeper() {
-        for fenced in [false, true] {
+        let forms: &[bool] = if barriers_available() {
+            &[false, true]
+        } else {
+            eprintln!(
+                "skipped for the plain-store form: this kernel has no private expedited membarrier"
+            );
+            &[true]
+        };
+        for &fenced in forms {
             let lock = Arc::new(Lock::new(0u64, fenced));
             let turns = 2_000u64;
             let other = {

@@ -24,11 +24,12 @@
 //! That is a store-then-load on each side (the writer's bytes, then the sleeper count; the
 //! count, then the bytes), which needs a full barrier on both. A rank that spins before it
 //! sleeps (ranks do not outnumber cores) pays for both: it calls `membarrier` before it
-//! looks a last time, which puts a barrier on every core that runs a rank of the job, and
-//! says so in its block (its sleeper kind), and then writers that registered for such
-//! barriers ring its doorbell with no fence of their own (`Segment::ring_doorbell`).
-//! Writing is then no slower than a store; sleeping costs about a microsecond more, which
-//! a rank that spun first does not notice. Ranks that sleep at once (more ranks than
+//! looks a last time, which puts a barrier on every core running a process registered for
+//! such barriers (the ranks among them), and says so in its block (its sleeper kind), and
+//! then writers that registered ring its doorbell with no fence of their own
+//! (`Segment::ring_doorbell`). Writing is then no slower than a store; sleeping costs about
+//! a microsecond more here (the call is serialised machine-wide on recent kernels, so it
+//! may cost more on a busy one), which a rank that spun first does not notice. Ranks that sleep at once (more ranks than
 //! cores) keep the fence on the writer's side.
 //! The launcher writes each rank's state when it exits and rings every doorbell, so a rank
 //! waiting on a dead peer wakes up and reports it.
