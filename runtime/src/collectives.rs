@@ -218,7 +218,8 @@ impl Comm {
             return self.barrier_two_level(seq, l);
         }
         if let Some(slot) = self.host_slot() {
-            return self.host_barrier(slot, seq);
+            let at = crate::host_sync::mark(seq, crate::host_sync::Kind::Barrier);
+            return self.host_barrier(slot, at);
         }
         self.dissemination(seq, 0, self.size(), self.rank(), |p| p)
     }

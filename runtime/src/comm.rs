@@ -117,8 +117,8 @@ pub struct CommData {
     pub(crate) epoch: u32,
     /// Where barriers meet in shared memory, if they do (decided on first use).
     pub(crate) host_slot: std::sync::OnceLock<Option<usize>>,
-    /// All-reductions that met in shared memory so far (the same on every member), and
-    /// the number of the last one.
+    /// All-reductions that may meet in shared memory so far (the same on every member;
+    /// `Comm::next_all_reduce`), and the mark of the last that did (0: none).
     pub(crate) host_ops: std::sync::atomic::AtomicU32,
     pub(crate) host_last: std::sync::atomic::AtomicU32,
     /// The name and attributes the program gave this communicator (see `set_name`).

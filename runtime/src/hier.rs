@@ -187,6 +187,15 @@ impl Comm {
             crate::collectives::ctag(seq, R_UP),
             crate::collectives::ctag(seq, R_DOWN),
         );
+        // A host's ranks that share a segment check in there (`crate::host_sync`).
+        if let Some(slot) = self.group_slot(g) {
+            let at = crate::host_sync::mark(seq, crate::host_sync::Kind::Barrier);
+            self.group_up(slot, at, g)?;
+            if g[0] == me {
+                self.list_barrier(seq, &l.leaders())?;
+            }
+            return self.group_down(slot, at, g);
+        }
         let mut token = [0u8; 0];
         if g[0] != me {
             self.c_send::<u8>(g[0], up, &[])?;
@@ -276,11 +285,21 @@ impl Comm {
         op: &O,
     ) -> Result<()> {
         let me = self.rank();
-        self.host_reduce(seq, l, buf, op)?;
         let leaders = l.leaders();
+        let g = &l.groups[l.group_of[me]];
+        // A host's ranks that share a segment meet there (`crate::host_sync`).
+        let (bytes, align) = (std::mem::size_of_val(buf), std::mem::align_of::<T>());
+        if let Some(slot) = self.group_reduce_slot(g, bytes, align) {
+            return self.group_all_reduce(slot, seq, g, buf, op, |acc| {
+                self.list_reduce(seq, R_ACROSS, &leaders, 0, acc, op)?;
+                self.list_bcast(seq, R_ACROSS + 1, &leaders, 0, acc)
+            });
+        }
+        // Counted as on the hosts whose ranks meet in memory.
+        self.next_all_reduce();
+        self.host_reduce(seq, l, buf, op)?;
         self.list_reduce(seq, R_ACROSS, &leaders, 0, buf, op)?;
         self.list_bcast(seq, R_ACROSS + 1, &leaders, 0, buf)?;
-        let g = &l.groups[l.group_of[me]];
         self.list_bcast(seq, R_DOWN, g, 0, buf)
     }
 

@@ -49,25 +49,44 @@ use crate::transport::shm::{DATA_SLOTS, SYNC_SLOTS};
 pub(crate) struct Left {
     members: std::sync::Arc<[usize]>,
     epoch: u32,
-    seq: u32,
+    at: u32,
 }
 
-/// The word a rank stores on arriving at collective `seq` of a communicator of `epoch`.
-pub(crate) fn stamp(epoch: u32, seq: u32) -> u64 {
-    u64::from(epoch) << 32 | u64::from(count(seq))
+/// Which collective a stamp is for: a rank in a barrier and one in an all-reduction of the
+/// same number do not meet (a program that calls them in a different order hangs, and the
+/// launcher's diagnosis names the mismatch, as with messages).
+#[derive(Clone, Copy)]
+pub(crate) enum Kind {
+    Barrier = 1,
+    Reduce = 2,
 }
 
-/// Collective `seq` counted from 1, so that a zero word is no arrival.
-fn count(seq: u32) -> u32 {
-    seq.wrapping_add(1)
+/// Collective `seq` of kind `kind` as the low half of a stamp: `seq` in the top 30 bits,
+/// the kind (never 0) below, so that a zero word is no arrival.
+pub(crate) fn mark(seq: u32, kind: Kind) -> u32 {
+    seq.wrapping_mul(4) | kind as u32
 }
 
-/// Whether a member whose word reads `word` has arrived at collective `seq` of the
-/// communicator of `epoch` (or left it, after its last barrier there). Counts compare
-/// across their wrap (within 2^31 of each other).
-pub(crate) fn reached(word: u64, epoch: u32, seq: u32) -> bool {
+/// The word a rank stores on arriving at collective `at` of a communicator of `epoch`.
+pub(crate) fn stamp(epoch: u32, at: u32) -> u64 {
+    u64::from(epoch) << 32 | u64::from(at)
+}
+
+/// Whether a member whose word reads `word` has arrived at collective `at` of the
+/// communicator of `epoch` (or at a later one, or left the communicator after its last).
+/// Collective numbers compare across their wrap (within 2^29 of each other).
+pub(crate) fn reached(word: u64, epoch: u32, at: u32) -> bool {
     let (e, c) = ((word >> 32) as u32, word as u32);
-    e > epoch || (e == epoch && c.wrapping_sub(count(seq)) as i32 >= 0)
+    if e != epoch {
+        return e > epoch;
+    }
+    let later = (c >> 2).wrapping_sub(at >> 2) & (u32::MAX >> 2);
+    c == at || (later != 0 && later < 1 << 29)
+}
+
+/// The header of an operand: its element type and length in bytes.
+fn header<T>(len: usize) -> u64 {
+    u64::from(crate::comm::typecode::<T>()) << 32 | len as u64
 }
 
 /// A communicator's meeting point: the words of its members in one slot.
@@ -79,11 +98,11 @@ pub(crate) trait Words {
     fn wake(&self, i: usize);
 }
 
-/// Arrive as member `me` at collective `seq` of the communicator of `epoch`. True when
+/// Arrive as member `me` at collective `at` of the communicator of `epoch`. True when
 /// every member has arrived, after waking the others.
-pub(crate) fn arrive(w: &dyn Words, me: usize, epoch: u32, seq: u32) -> bool {
-    w.word(me).store(stamp(epoch, seq), SeqCst);
-    let all = (0..w.members()).all(|i| reached(w.word(i).load(SeqCst), epoch, seq));
+pub(crate) fn arrive(w: &dyn Words, me: usize, epoch: u32, at: u32) -> bool {
+    w.word(me).store(stamp(epoch, at), SeqCst);
+    let all = (0..w.members()).all(|i| reached(w.word(i).load(SeqCst), epoch, at));
     if all {
         for i in (0..w.members()).filter(|&i| i != me) {
             w.wake(i);
@@ -92,9 +111,9 @@ pub(crate) fn arrive(w: &dyn Words, me: usize, epoch: u32, seq: u32) -> bool {
     all
 }
 
-/// The first member not yet arrived at collective `seq` (from member `from` on).
-pub(crate) fn first_missing(w: &dyn Words, from: usize, epoch: u32, seq: u32) -> Option<usize> {
-    (from..w.members()).find(|&i| !reached(w.word(i).load(SeqCst), epoch, seq))
+/// The first member not yet arrived at collective `at` (from member `from` on).
+pub(crate) fn first_missing(w: &dyn Words, from: usize, epoch: u32, at: u32) -> Option<usize> {
+    (from..w.members()).find(|&i| !reached(w.word(i).load(SeqCst), epoch, at))
 }
 
 /// The members of a communicator in its slot of the job segment.
@@ -123,18 +142,82 @@ impl Comm {
     /// than one member, all in this process's job segment, a context id with a slot, and
     /// `RANKS_COLL_SHM` not 0. Every member decides alike.
     pub(crate) fn host_slot(&self) -> Option<usize> {
-        *self.host_slot.get_or_init(|| {
-            let slot = (self.ctx / 2) as usize;
-            let ok = self.core.tuning.host_sync
-                && self.size() > 1
-                && self.ctx.is_multiple_of(2)
-                && slot < SYNC_SLOTS
-                && self
-                    .members
-                    .iter()
-                    .all(|&m| self.core.sync_word(m, 2 * slot + 1).is_some());
-            ok.then_some(slot)
+        *self
+            .host_slot
+            .get_or_init(|| self.slot_shared_by(self.members.iter().copied()))
+    }
+
+    /// This communicator's sync slot if the world ranks `ranks` (two or more) all have
+    /// words in this process's segment.
+    fn slot_shared_by(&self, mut ranks: impl ExactSizeIterator<Item = usize>) -> Option<usize> {
+        let slot = (self.ctx / 2) as usize;
+        let ok = self.core.tuning.host_sync
+            && ranks.len() > 1
+            && self.ctx.is_multiple_of(2)
+            && slot < SYNC_SLOTS
+            && ranks.all(|m| self.core.sync_word(m, 2 * slot + 1).is_some());
+        ok.then_some(slot)
+    }
+
+    /// The sync slot for the host part of a two-level collective, whose host group is
+    /// `g` (communicator ranks, the leader first): every rank of the group decides alike.
+    pub(crate) fn group_slot(&self, g: &[usize]) -> Option<usize> {
+        self.slot_shared_by(g.iter().map(|&r| self.members[r]))
+    }
+
+    /// Collective `seq`'s check-in of host group `g` in sync slot `slot`: a member stores
+    /// its stamp (and wakes the leader if it is the last); the leader waits for every
+    /// member's. The leader stores its own only in [`Comm::group_down`].
+    pub(crate) fn group_up(&self, slot: usize, at: u32, g: &[usize]) -> Result<()> {
+        let w = |r: usize| self.core.sync_word(self.members[r], 2 * slot);
+        let arrived = |r: usize| w(r).is_none_or(|w| reached(w.load(SeqCst), self.epoch, at));
+        let me = self.rank();
+        if g[0] != me {
+            if let Some(mine) = w(me) {
+                mine.store(stamp(self.epoch, at), SeqCst);
+            }
+            if g[1..].iter().all(|&r| arrived(r)) {
+                self.core.wake(self.members[g[0]]);
+            }
+            return Ok(());
+        }
+        for &r in &g[1..] {
+            self.await_stamp(r, &|| arrived(r))?;
+        }
+        Ok(())
+    }
+
+    /// Collective `seq`'s release of host group `g` (after the leaders met): the leader
+    /// stores its stamp and wakes the members; a member waits for it.
+    pub(crate) fn group_down(&self, slot: usize, at: u32, g: &[usize]) -> Result<()> {
+        let w = |r: usize| self.core.sync_word(self.members[r], 2 * slot);
+        let me = self.rank();
+        if g[0] == me {
+            if let Some(mine) = w(me) {
+                mine.store(stamp(self.epoch, at), SeqCst);
+            }
+            for &r in &g[1..] {
+                self.core.wake(self.members[r]);
+            }
+            return Ok(());
+        }
+        let leader = g[0];
+        self.await_stamp(leader, &|| {
+            w(leader).is_none_or(|w| reached(w.load(SeqCst), self.epoch, at))
         })
+    }
+
+    /// Wait (driving progress) until `arrived` says member `r` is there.
+    fn await_stamp(&self, r: usize, arrived: &dyn Fn() -> bool) -> Result<()> {
+        if arrived() {
+            return Ok(());
+        }
+        let watch = Watch::Step {
+            peer: self.members[r],
+            members: &self.members,
+        };
+        self.core
+            .wait_checking_first(watch, arrived, |_, _| Ok(arrived().then_some(())))
     }
 
     /// The sync slot of an all-reduction of `bytes` bytes of items aligned to `align`
@@ -159,16 +242,160 @@ impl Comm {
         recv: &mut [T],
         op: &O,
     ) -> Result<()> {
-        use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+        let at = mark(seq, Kind::Reduce);
+        let k = self.next_all_reduce();
+        let buf = self.data_begin(slot, k)?;
+        let bytes: &[u8] = bytemuck::cast_slice(send);
+        let want = header::<T>(bytes.len());
+        self.put_operand(buf, want, bytes)?;
+        self.host_barrier(slot, at)?;
+        self.slow_read();
+        let r = self.combine_all(buf, want, seq, send, recv, op);
+        self.data_end(slot, at);
+        r
+    }
+
+    /// recv = in_0 ∘ (in_1 ∘ (... ∘ in_{n-1})) from every member's operand in data buffer
+    /// `buf` (`send` is ours): `combine` takes the lower rank's operand first.
+    fn combine_all<T: bytemuck::Pod, O: crate::op::Op<T> + ?Sized>(
+        &self,
+        buf: usize,
+        want: u64,
+        seq: u32,
+        send: &[T],
+        recv: &mut [T],
+        op: &O,
+    ) -> Result<()> {
+        let (n, me) = (self.size(), self.rank());
+        if n - 1 == me {
+            recv.copy_from_slice(send);
+        } else {
+            self.take_operand::<T>(n - 1, buf, bytemuck::cast_slice_mut(recv), want, seq)?;
+        }
+        let mut tmp = [0u64; crate::transport::shm::SYNC_DATA / 8];
+        let tmp: &mut [u8] =
+            &mut bytemuck::cast_slice_mut(&mut tmp[..])[..std::mem::size_of_val(recv)];
+        for i in (0..n - 1).rev() {
+            if i == me {
+                op.combine(send, recv);
+            } else {
+                self.take_operand::<T>(i, buf, tmp, want, seq)?;
+                op.combine(bytemuck::cast_slice(tmp), recv);
+            }
+        }
+        Ok(())
+    }
+
+    /// Member `i`'s operand (or its leader's result) from data buffer `buf` into `dst`,
+    /// when its header is `want` (the element type and length this rank passed).
+    fn take_operand<T>(
+        &self,
+        i: usize,
+        buf: usize,
+        dst: &mut [u8],
+        want: u64,
+        seq: u32,
+    ) -> Result<()> {
+        let got = self.core.read_sync_data(self.members[i], buf, dst);
+        if got == Some(want) {
+            return Ok(());
+        }
+        let detail = match got {
+            None => "its operand is not in this rank's shared memory".to_string(),
+            Some(h) if h >> 32 == 0 => "its leader gave the all-reduction up".to_string(),
+            Some(h) => format!(
+                "rank {i} passed {} bytes{} to the same all-reduction, this rank {} bytes",
+                h as u32,
+                if h >> 32 == want >> 32 {
+                    ""
+                } else {
+                    " of another element type"
+                },
+                want as u32
+            ),
+        };
+        Err(crate::error::Error::TypeMismatch {
+            rank: i,
+            tag: crate::collectives::ctag(seq, 0),
+            expected: std::any::type_name::<T>(),
+            detail,
+        })
+    }
+
+    /// The host part of a two-level all-reduction of `acc` (collective `seq`, host group
+    /// `g`, sync slot `slot`; commutative operations): the members put their operands in the
+    /// slot and check in, the leader combines them into its own, runs `across` (the
+    /// leaders' part), puts the result in the slot and lets the members go, who read it.
+    pub(crate) fn group_all_reduce<T: bytemuck::Pod, O: crate::op::Op<T> + ?Sized>(
+        &self,
+        slot: usize,
+        seq: u32,
+        g: &[usize],
+        acc: &mut [T],
+        op: &O,
+        across: impl FnOnce(&mut [T]) -> Result<()>,
+    ) -> Result<()> {
+        let at = mark(seq, Kind::Reduce);
+        let k = self.next_all_reduce();
+        let buf = self.data_begin(slot, k)?;
+        let leader = g[0];
+        let want = header::<T>(std::mem::size_of_val(acc));
+        if leader != self.rank() {
+            self.put_operand(buf, want, bytemuck::cast_slice(acc))?;
+            self.group_up(slot, at, g)?;
+            self.group_down(slot, at, g)?;
+            self.slow_read();
+            let r = self.take_operand::<T>(leader, buf, bytemuck::cast_slice_mut(acc), want, seq);
+            self.data_end(slot, at);
+            return r;
+        }
+        self.group_up(slot, at, g)?;
+        self.slow_read();
+        let mut tmp = [0u64; crate::transport::shm::SYNC_DATA / 8];
+        let len = std::mem::size_of_val(acc);
+        let tmp: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut tmp[..])[..len];
+        let mut combined = Ok(());
+        for &r in &g[1..] {
+            combined = self.take_operand::<T>(r, buf, tmp, want, seq);
+            if combined.is_err() {
+                break;
+            }
+            op.combine(bytemuck::cast_slice(tmp), acc);
+        }
+        let combined = combined.and_then(|()| across(acc));
+        // The members go either way; a header of 0 tells them the leader gave up.
+        match &combined {
+            Ok(()) => self.put_operand(buf, want, bytemuck::cast_slice(acc))?,
+            Err(_) => self.put_operand(buf, 0, &[])?,
+        }
+        self.group_down(slot, at, g)?;
+        self.data_end(slot, at);
+        combined
+    }
+
+    /// Number the all-reduction this rank is starting (`host_ops`): counted alike on every
+    /// member by every all-reduction that may meet in shared memory, whichever way it then
+    /// goes (in a two-level one, a host's lone rank goes by messages while the others'
+    /// hosts meet in memory). Data buffers alternate by this number: an all-reduction ends
+    /// only after every member started it, and so finished reading the one before.
+    pub(crate) fn next_all_reduce(&self) -> u32 {
+        self.host_ops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The first of a shared-memory all-reduction's steps: which of the slot's data
+    /// buffers it uses; the communicator's first waits for the slot's last readers
+    /// (`Left`).
+    fn data_begin(&self, slot: usize, k: u32) -> Result<usize> {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
         let core = &*self.core;
-        let k = self.host_ops.fetch_add(1, Relaxed);
-        if k == 0 {
+        if self.host_last.load(Relaxed) == 0 {
             let left = core.data_left().get_mut(slot).and_then(Option::take);
             if let Some(left) = left {
                 for &m in left.members.iter().filter(|&&m| m != core.rank) {
                     let read = || {
                         core.sync_word(m, 2 * slot + 1)
-                            .is_none_or(|w| reached(w.load(Acquire), left.epoch, left.seq))
+                            .is_none_or(|w| reached(w.load(Acquire), left.epoch, left.at))
                     };
                     if !read() {
                         core.wait_for(Watch::Nobody, |c, _| {
@@ -178,64 +405,59 @@ impl Comm {
                 }
             }
         }
-        let buf = 2 * slot + (k % 2) as usize;
-        let bytes: &[u8] = bytemuck::cast_slice(send);
-        if !core.write_sync_data(buf, bytes) {
-            return Err(crate::error::Error::InvalidArgument(format!(
-                "all_reduce: {} bytes do not fit this rank's shared buffer",
-                bytes.len()
-            )));
+        Ok(2 * slot + (k % 2) as usize)
+    }
+
+    fn put_operand(&self, buf: usize, header: u64, bytes: &[u8]) -> Result<()> {
+        if self.core.write_sync_data(buf, header, bytes) {
+            return Ok(());
         }
-        self.host_barrier(slot, seq)?;
-        if let Some((r, late)) = core.tuning.slow_read {
-            if r == core.rank {
+        Err(crate::error::Error::InvalidArgument(format!(
+            "all_reduce: {} bytes do not fit this rank's shared buffer",
+            bytes.len()
+        )))
+    }
+
+    /// Testing (`RANKS_TEST_SLOW_READ`): this rank reads the others' operands late.
+    fn slow_read(&self) {
+        if let Some((r, late)) = self.core.tuning.slow_read {
+            if r == self.core.rank {
                 std::thread::sleep(late);
             }
         }
-        // recv = in_0 ∘ (in_1 ∘ (... ∘ in_{n-1})): `combine` takes the lower rank's operand
-        // first.
-        let (n, me) = (self.size(), self.rank());
-        let load = |i: usize, dst: &mut [u8]| {
-            if i == me {
-                dst.copy_from_slice(bytes);
-            } else {
-                core.read_sync_data(self.members[i], buf, dst);
-            }
-        };
-        load(n - 1, bytemuck::cast_slice_mut(recv));
-        let mut tmp = [0u64; crate::transport::shm::SYNC_DATA / 8];
-        let tmp: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut tmp[..])[..bytes.len()];
-        for i in (0..n - 1).rev() {
-            if i == me {
-                op.combine(send, recv);
-            } else {
-                load(i, tmp);
-                op.combine(bytemuck::cast_slice(tmp), recv);
-            }
+    }
+
+    /// The last step: say what this rank has read (collective `seq`).
+    fn data_end(&self, slot: usize, at: u32) {
+        use std::sync::atomic::Ordering::{Relaxed, Release};
+        if let Some(w) = self.core.sync_word(self.core.rank, 2 * slot + 1) {
+            w.store(stamp(self.epoch, at), Release);
         }
-        if let Some(w) = core.sync_word(core.rank, 2 * slot + 1) {
-            w.store(stamp(self.epoch, seq), Release);
-        }
-        self.host_last.store(seq, Relaxed);
-        Ok(())
+        self.host_last.store(at, Relaxed);
+    }
+
+    /// The slot of the host part of a two-level all-reduction of `bytes` bytes aligned to
+    /// `align` in host group `g`, when it meets in shared memory.
+    pub(crate) fn group_reduce_slot(
+        &self,
+        g: &[usize],
+        bytes: usize,
+        align: usize,
+    ) -> Option<usize> {
+        let slot = self.group_slot(g)?;
+        (slot < DATA_SLOTS && bytes <= self.core.sync_data() && align <= 8).then_some(slot)
     }
 
     /// Barrier number `seq` in sync slot `slot` (see the module's documentation).
-    pub(crate) fn host_barrier(&self, slot: usize, seq: u32) -> Result<()> {
+    pub(crate) fn host_barrier(&self, slot: usize, at: u32) -> Result<()> {
         let w = InSegment { comm: self, slot };
         let (me, epoch) = (self.rank(), self.epoch);
-        if arrive(&w, me, epoch, seq) {
+        if arrive(&w, me, epoch, at) {
             return Ok(());
         }
         let mut from = 0;
-        while let Some(i) = first_missing(&w, from, epoch, seq) {
-            let arrived = || reached(w.word(i).load(SeqCst), epoch, seq);
-            let watch = Watch::Step {
-                peer: self.members[i],
-                members: &self.members,
-            };
-            self.core
-                .wait_checking_first(watch, &arrived, |_, _| Ok(arrived().then_some(())))?;
+        while let Some(i) = first_missing(&w, from, epoch, at) {
+            self.await_stamp(i, &|| reached(w.word(i).load(SeqCst), epoch, at))?;
             from = i + 1;
         }
         Ok(())
@@ -246,14 +468,14 @@ impl crate::comm::CommData {
     /// What this communicator's all-reductions leave in its slot (when it is freed).
     pub(crate) fn data_left_behind(&self) -> Option<(usize, Left)> {
         use std::sync::atomic::Ordering::Relaxed;
-        if self.host_ops.load(Relaxed) == 0 {
+        if self.host_last.load(Relaxed) == 0 {
             return None;
         }
         let slot = (*self.host_slot.get()?)?;
         let left = Left {
             members: self.members.clone(),
             epoch: self.epoch,
-            seq: self.host_last.load(Relaxed),
+            at: self.host_last.load(Relaxed),
         };
         Some((slot, left))
     }
@@ -266,31 +488,45 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     use std::sync::{Arc, Condvar, Mutex};
 
+    const B: Kind = Kind::Barrier;
+    const R: Kind = Kind::Reduce;
+
     #[test]
-    fn stamps_order_by_epoch_then_count() {
+    fn stamps_order_by_epoch_then_collective_and_kinds_do_not_meet() {
         // A zero word (nobody ever wrote) is no arrival, not even at the world's first.
-        assert!(!reached(0, 0, 0));
-        assert!(reached(stamp(0, 0), 0, 0));
+        assert!(!reached(0, 0, mark(0, B)));
+        assert!(reached(stamp(0, mark(0, B)), 0, mark(0, B)));
         assert!(
-            reached(stamp(0, 5), 0, 3),
+            reached(stamp(0, mark(5, B)), 0, mark(3, B)),
             "a later barrier passed this one"
         );
-        assert!(!reached(stamp(0, 2), 0, 3));
+        assert!(reached(stamp(0, mark(5, R)), 0, mark(3, B)), "of any kind");
+        assert!(!reached(stamp(0, mark(2, B)), 0, mark(3, B)));
+        // The same collective called as another kind: no meeting (a mismatch hangs).
+        assert!(!reached(stamp(0, mark(3, R)), 0, mark(3, B)));
+        assert!(!reached(stamp(0, mark(3, B)), 0, mark(3, R)));
         // Another communicator that used the slot before this one: not arrived.
-        assert!(!reached(stamp(3, 900), 4, 0));
+        assert!(!reached(stamp(3, mark(900, B)), 4, mark(0, B)));
         // A communicator made later: the member left this one after its last barrier.
-        assert!(reached(stamp(5, 0), 4, 7));
-        // Counts wrap.
-        assert!(reached(stamp(1, u32::MAX), 1, u32::MAX - 1));
-        assert!(reached(stamp(1, 2), 1, u32::MAX));
-        assert!(!reached(stamp(1, u32::MAX - 1), 1, u32::MAX));
+        assert!(reached(stamp(5, mark(0, B)), 4, mark(7, R)));
+        // Collective numbers wrap (30 bits of them).
+        let top = u32::MAX >> 2;
+        assert!(reached(stamp(1, mark(top, B)), 1, mark(top - 1, B)));
+        assert!(reached(stamp(1, mark(top + 3, B)), 1, mark(top, R)));
+        assert!(!reached(stamp(1, mark(top - 1, B)), 1, mark(top, B)));
     }
 
     proptest! {
-        /// Against the plain order of (epoch, collective number) on unwrapped numbers.
+        /// Against the plain order of (epoch, collective number) on unwrapped numbers, with
+        /// equal numbers meeting only when their kinds are equal.
         #[test]
-        fn reached_is_the_order_of_stamps(e in 0u32..4, a in 0u32..1000, f in 0u32..4, b in 0u32..1000) {
-            prop_assert_eq!(reached(stamp(e, a), f, b), (e, a) >= (f, b));
+        fn reached_is_the_order_of_stamps(
+            e in 0u32..4, a in 0u32..1000, ka in any::<bool>(),
+            f in 0u32..4, b in 0u32..1000, kb in any::<bool>(),
+        ) {
+            let kind = |r: bool| if r { R } else { B };
+            let want = if (e, a) == (f, b) { ka == kb } else { (e, a) > (f, b) };
+            prop_assert_eq!(reached(stamp(e, mark(a, kind(ka))), f, mark(b, kind(kb))), want);
         }
     }
 
@@ -341,18 +577,19 @@ mod tests {
     #[test]
     fn the_last_arrival_passes_at_once_and_wakes_the_others() {
         let m = Mem::new(3);
-        assert!(!arrive(&m, 0, 0, 0));
-        assert_eq!(first_missing(&m, 0, 0, 0), Some(1));
-        assert!(!arrive(&m, 2, 0, 0));
-        assert_eq!(first_missing(&m, 0, 0, 0), Some(1));
+        let (first, next) = (mark(0, B), mark(1, B));
+        assert!(!arrive(&m, 0, 0, first));
+        assert_eq!(first_missing(&m, 0, 0, first), Some(1));
+        assert!(!arrive(&m, 2, 0, first));
+        assert_eq!(first_missing(&m, 0, 0, first), Some(1));
         assert_eq!(m.wakes.load(Relaxed), 0, "nobody can pass yet");
-        assert!(arrive(&m, 1, 0, 0));
-        assert_eq!(first_missing(&m, 0, 0, 0), None);
+        assert!(arrive(&m, 1, 0, first));
+        assert_eq!(first_missing(&m, 0, 0, first), None);
         assert_eq!(m.wakes.load(Relaxed), 2);
         // The next barrier starts over; arriving at it does not pass the one before late.
-        assert!(!arrive(&m, 1, 0, 1));
-        assert_eq!(first_missing(&m, 0, 0, 1), Some(0));
-        assert_eq!(first_missing(&m, 0, 0, 0), None);
+        assert!(!arrive(&m, 1, 0, next));
+        assert_eq!(first_missing(&m, 0, 0, next), Some(0));
+        assert_eq!(first_missing(&m, 0, 0, first), None);
     }
 
     #[test]
@@ -360,11 +597,11 @@ mod tests {
         let m = Mem::new(2);
         // Member 0 did 40 barriers on the communicator of epoch 3 in this slot; member 1 was
         // elsewhere (epoch 1). The new communicator (epoch 4) waits for both.
-        m.words[0].store(stamp(3, 39), SeqCst);
-        m.words[1].store(stamp(1, 7), SeqCst);
-        assert!(!arrive(&m, 1, 4, 0));
-        assert_eq!(first_missing(&m, 0, 4, 0), Some(0));
-        assert!(arrive(&m, 0, 4, 0));
+        m.words[0].store(stamp(3, mark(39, B)), SeqCst);
+        m.words[1].store(stamp(1, mark(7, R)), SeqCst);
+        assert!(!arrive(&m, 1, 4, mark(0, B)));
+        assert_eq!(first_missing(&m, 0, 4, mark(0, B)), Some(0));
+        assert!(arrive(&m, 0, 4, mark(0, B)));
     }
 
     /// Threads as ranks run many barriers; none may pass one before every rank reached it
@@ -382,8 +619,8 @@ mod tests {
                     s.spawn(move || {
                         for seq in 0..rounds {
                             done[me].store(seq as usize + 1, SeqCst);
-                            if !arrive(&*m, me, 7, seq) {
-                                m.wait(me, 7, seq);
+                            if !arrive(&*m, me, 7, mark(seq, B)) {
+                                m.wait(me, 7, mark(seq, B));
                             }
                             for (j, d) in done.iter().enumerate() {
                                 let at = d.load(SeqCst);

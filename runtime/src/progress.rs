@@ -350,13 +350,13 @@ impl Core {
         self.t.sync_data()
     }
 
-    /// Put `src` in this rank's sync data buffer `buf`.
-    pub(crate) fn write_sync_data(&self, buf: usize, src: &[u8]) -> bool {
-        self.t.write_sync_data(buf, src)
+    /// Put `src` in this rank's sync data buffer `buf`, behind `header`.
+    pub(crate) fn write_sync_data(&self, buf: usize, header: u64, src: &[u8]) -> bool {
+        self.t.write_sync_data(buf, header, src)
     }
 
-    /// Copy world rank `rank`'s sync data buffer `buf` into `dst`.
-    pub(crate) fn read_sync_data(&self, rank: usize, buf: usize, dst: &mut [u8]) -> bool {
+    /// Copy world rank `rank`'s sync data buffer `buf` into `dst`; its header.
+    pub(crate) fn read_sync_data(&self, rank: usize, buf: usize, dst: &mut [u8]) -> Option<u64> {
         self.t.read_sync_data(rank, buf, dst)
     }
 

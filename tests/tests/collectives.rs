@@ -126,6 +126,14 @@ fn only_leaders_talk_across_hosts() {
     let two = pairs(&["-x", "RANKS_TEST_HOSTS=0,0,1,1"]);
     let across: Vec<_> = two.iter().filter(|(a, b)| (a / 2) != (b / 2)).collect();
     assert_eq!(across, [&(0, 2), &(2, 0)], "{two:?}");
+    // Within a "host" the ranks share the segment and check in there: the leaders' are
+    // the only messages. By messages, each member talks to its leader.
+    assert_eq!(two, [(0, 2), (2, 0)], "{two:?}");
+    let by_messages = pairs(&["-x", "RANKS_TEST_HOSTS=0,0,1,1", "-x", "RANKS_COLL_SHM=0"]);
+    assert!(
+        by_messages.contains(&(1, 0)) && by_messages.contains(&(0, 1)),
+        "{by_messages:?}"
+    );
     let flat = pairs(&[
         "-x",
         "RANKS_TEST_HOSTS=0,0,1,1",
@@ -203,5 +211,23 @@ fn a_reused_slot_keeps_operands_until_every_member_read_them() {
         );
         assert_eq!(o.code, 0, "{n} ranks, {transport}, slow {slow:?}: {o:?}");
         assert!(o.stdout.contains("slot_reuse ok"), "{o:?}");
+    }
+}
+
+/// Ranks that disagree on an all-reduction's element type or length (in shared memory)
+/// all get a `TypeMismatch` instead of a result made of the wrong bytes, and the
+/// communicator stays usable. (By messages only the first receiver of a wrong operand
+/// fails; the others wait for it.)
+#[test]
+fn an_all_reduction_with_mismatched_operands_fails_on_every_rank() {
+    for transport in ["shm", "auto"] {
+        let o = run_job(
+            &["-n", "3", "--transport", transport],
+            "ranks-testjob",
+            &["reduce_mismatch"],
+            LIMIT,
+        );
+        assert_eq!(o.code, 0, "{transport}: {o:?}");
+        assert!(o.stdout.contains("reduce_mismatch ok"), "{o:?}");
     }
 }

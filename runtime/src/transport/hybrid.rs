@@ -146,16 +146,16 @@ impl Transport for Hybrid {
         self.shm.as_ref().map_or(0, |s| s.sync_data())
     }
 
-    fn write_sync_data(&self, buf: usize, src: &[u8]) -> bool {
+    fn write_sync_data(&self, buf: usize, header: u64, src: &[u8]) -> bool {
         self.shm
             .as_ref()
-            .is_some_and(|s| s.write_sync_data(buf, src))
+            .is_some_and(|s| s.write_sync_data(buf, header, src))
     }
 
-    fn read_sync_data(&self, peer: usize, buf: usize, dst: &mut [u8]) -> bool {
+    fn read_sync_data(&self, peer: usize, buf: usize, dst: &mut [u8]) -> Option<u64> {
         match (self.local.get(peer), &self.shm) {
             (Some(Some(i)), Some(s)) => s.read_sync_data(*i, buf, dst),
-            _ => false,
+            _ => None,
         }
     }
 

@@ -122,16 +122,17 @@ pub(crate) trait Transport: Send + Sync {
         0
     }
 
-    /// Put `src` in this rank's sync data buffer `buf`; false where there is none. Only
-    /// while no peer reads it (`crate::host_sync` says when).
-    fn write_sync_data(&self, _buf: usize, _src: &[u8]) -> bool {
+    /// Put `src` in this rank's sync data buffer `buf`, with a header word saying what it
+    /// is; false where there is none. Only while no peer reads it (`crate::host_sync` says
+    /// when).
+    fn write_sync_data(&self, _buf: usize, _header: u64, _src: &[u8]) -> bool {
         false
     }
 
-    /// Copy the start of `peer`'s sync data buffer `buf` into `dst`; false where there is
-    /// none.
-    fn read_sync_data(&self, _peer: usize, _buf: usize, _dst: &mut [u8]) -> bool {
-        false
+    /// Copy the start of `peer`'s sync data buffer `buf` into `dst`; its header word, or
+    /// `None` where there is none.
+    fn read_sync_data(&self, _peer: usize, _buf: usize, _dst: &mut [u8]) -> Option<u64> {
+        None
     }
 
     /// Whether [`Transport::pull`] can copy from `peer`'s memory.

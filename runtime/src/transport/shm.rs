@@ -67,9 +67,10 @@ const SYNC_WORDS: usize = 2 * SYNC_SLOTS;
 /// Slots with data buffers, two each (see [`Segment::write_sync_data`]).
 pub(crate) const DATA_SLOTS: usize = 16;
 const SYNC_BUFS: usize = 2 * DATA_SLOTS;
-/// Bytes of each sync data buffer.
+/// Bytes of each sync data buffer (behind a line with a header word).
 pub(crate) const SYNC_DATA: usize = 256;
-const SYNC_BLOCK: usize = SYNC_WORDS * 8 + SYNC_BUFS * SYNC_DATA;
+const SYNC_BUF: usize = LINE + SYNC_DATA;
+const SYNC_BLOCK: usize = SYNC_WORDS * 8 + SYNC_BUFS * SYNC_BUF;
 const LINE: usize = 64;
 /// Ring header: head on one cache line, tail on the next, the offer word on a third.
 const RING_HEADER: usize = 3 * LINE;
@@ -290,9 +291,10 @@ impl Segment {
         self.u64_at(sync_off(self.n) + rank * SYNC_BLOCK + index * 8)
     }
 
+    /// Offset of `rank`'s sync data buffer `buf` (its header word; the bytes a line on).
     fn sync_data_off(&self, rank: usize, buf: usize, len: usize) -> usize {
         assert!(rank < self.n && buf < SYNC_BUFS && len <= SYNC_DATA);
-        sync_off(self.n) + rank * SYNC_BLOCK + SYNC_WORDS * 8 + buf * SYNC_DATA
+        sync_off(self.n) + rank * SYNC_BLOCK + SYNC_WORDS * 8 + buf * SYNC_BUF
     }
 
     /// Put `src` in `rank`'s sync data buffer `buf` (`2 * slot` and `2 * slot + 1` are slot
@@ -300,8 +302,10 @@ impl Segment {
     /// `crate::host_sync` keeps the two apart with the sync words (a reader reads a buffer
     /// after the writer's stamp, and the writer writes it again only after every reader
     /// has said it read it).
-    pub(crate) fn write_sync_data(&self, rank: usize, buf: usize, src: &[u8]) {
-        let off = self.sync_data_off(rank, buf, src.len());
+    pub(crate) fn write_sync_data(&self, rank: usize, buf: usize, header: u64, src: &[u8]) {
+        let at = self.sync_data_off(rank, buf, src.len());
+        self.u64_at(at).store(header, Relaxed);
+        let off = at + LINE;
         // SAFETY: `off .. off + src.len()` is inside the mapping (the sync blocks precede
         // the rings); nobody reads this range meanwhile (see above), so the copy races with
         // nothing, and `src` is our own memory, apart from the mapping.
@@ -310,10 +314,12 @@ impl Segment {
         }
     }
 
-    /// Copy the start of `rank`'s sync data buffer `buf` into `dst` (see
+    /// Copy the start of `rank`'s sync data buffer `buf` into `dst`; its header word (see
     /// [`Segment::write_sync_data`]).
-    pub(crate) fn read_sync_data(&self, rank: usize, buf: usize, dst: &mut [u8]) {
-        let off = self.sync_data_off(rank, buf, dst.len());
+    pub(crate) fn read_sync_data(&self, rank: usize, buf: usize, dst: &mut [u8]) -> u64 {
+        let at = self.sync_data_off(rank, buf, dst.len());
+        let header = self.u64_at(at).load(Relaxed);
+        let off = at + LINE;
         // SAFETY: in the mapping, as above; its writer does not write it meanwhile.
         unsafe {
             std::ptr::copy_nonoverlapping(
@@ -322,6 +328,7 @@ impl Segment {
                 dst.len(),
             )
         }
+        header
     }
 
     /// The pid a rank registered when it attached (0 before).
@@ -1194,20 +1201,17 @@ impl Transport for Shm {
         SYNC_DATA
     }
 
-    fn write_sync_data(&self, buf: usize, src: &[u8]) -> bool {
+    fn write_sync_data(&self, buf: usize, header: u64, src: &[u8]) -> bool {
         let ok = buf < SYNC_BUFS && src.len() <= SYNC_DATA;
         if ok {
-            self.seg.write_sync_data(self.me, buf, src);
+            self.seg.write_sync_data(self.me, buf, header, src);
         }
         ok
     }
 
-    fn read_sync_data(&self, peer: usize, buf: usize, dst: &mut [u8]) -> bool {
+    fn read_sync_data(&self, peer: usize, buf: usize, dst: &mut [u8]) -> Option<u64> {
         let ok = peer < self.seg.n && buf < SYNC_BUFS && dst.len() <= SYNC_DATA;
-        if ok {
-            self.seg.read_sync_data(peer, buf, dst);
-        }
-        ok
+        ok.then(|| self.seg.read_sync_data(peer, buf, dst))
     }
 
     fn read_own(&self, addr: u64, dst: &mut [u8]) -> bool {

@@ -1805,6 +1805,36 @@ fn head_to_head(w: &Comm) -> R {
 /// communicator (thread `t` on tag `t`), blocking and nonblocking, while each receives its
 /// own tag from the previous rank: all of them contend for the process's one core lock
 /// (and sleep on it, with more threads than cores). Every value is checked.
+/// All-reductions whose ranks disagree on the element type, then on the length: every rank
+/// gets a `TypeMismatch` (none hangs, none gets a result), and a right one afterwards still
+/// works. Prints "reduce_mismatch ok".
+fn reduce_mismatch(w: &Comm) -> R {
+    let me = w.rank();
+    let e = if me == 0 {
+        w.all_reduce_slice(&[1.5f64], &mut [0f64], &ranks::op::Sum)
+    } else {
+        w.all_reduce_slice(&[1u64], &mut [0u64], &ranks::op::Sum)
+    }
+    .expect_err("f64 on rank 0, u64 elsewhere");
+    println!("rank {me} types: {e}");
+    assert!(matches!(e, Error::TypeMismatch { .. }), "{e:?}");
+    let len = if me == 0 { 2 } else { 1 };
+    let e = w
+        .all_reduce_slice(&vec![1u64; len], &mut vec![0u64; len], &ranks::op::Sum)
+        .expect_err("two items on rank 0, one elsewhere");
+    println!("rank {me} lengths: {e}");
+    assert!(matches!(e, Error::TypeMismatch { .. }), "{e:?}");
+    let mut out = [0u64];
+    w.all_reduce_slice(&[me as u64], &mut out, &ranks::op::Sum)?;
+    let n = w.size() as u64;
+    assert_eq!(out[0], n * (n - 1) / 2);
+    w.barrier()?;
+    if me == 0 {
+        println!("reduce_mismatch ok");
+    }
+    Ok(())
+}
+
 /// Small all-reductions on communicators that take each other's context id (and so the
 /// same shared-memory slot) with other members: {0,1,2}, then, made by {0,1} alone, {0,1},
 /// while rank 2 may still be reading the first one's last operands (run it with
@@ -2201,6 +2231,7 @@ fn main() {
         "dup_threads" => dup_threads(&w),
         "threads_share_the_core" => threads_share_the_core(&w),
         "slot_reuse" => slot_reuse(&w),
+        "reduce_mismatch" => reduce_mismatch(&w),
         "posted_large" => posted_large(&w),
         "land_wait" => land_wait(&w),
         "posted_order" => posted_order(&w),
