@@ -31,10 +31,23 @@
 //! all-reduction's number behind (`Left`), and the slot's next communicator waits, before
 //! its first write, until each of them has read it or is gone.
 //!
+//! A stamp also says which kind of collective it is for ([`Kind`]), so that a barrier and
+//! an all-reduction called as the same collective by different ranks (an erroneous
+//! program) do not meet: they hang, and the launcher's diagnosis names the mismatch, as it
+//! does with messages. An operand carries its element type and length in its buffer's
+//! header; a member that finds another's different fails with `TypeMismatch`, on every
+//! rank alike.
+//!
+//! Communicators that span hosts run two levels (`crate::hier`): within each host whose
+//! ranks share a segment, the members check in with their leader through their words
+//! ([`Comm::group_up`]) and the leader lets them go with its own, stored after the
+//! leaders met ([`Comm::group_down`]); an all-reduction's leader combines its members'
+//! operands and puts the result in its buffer.
+//!
 //! While it waits a rank drives its progress engine (MPI's progress rule), and a member's
-//! loss ends the wait with an error, as it does for a barrier by messages. Communicators
-//! that span hosts, ids above the slots, larger all-reductions and `RANKS_COLL_SHM=0` use
-//! messages (`Comm::dissemination`, `collectives.rs`).
+//! loss ends the wait with an error, as it does for a barrier by messages. Ids above the
+//! slots, larger all-reductions and `RANKS_COLL_SHM=0` use messages
+//! (`Comm::dissemination`, `collectives.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
