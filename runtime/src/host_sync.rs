@@ -375,15 +375,20 @@ impl Comm {
             }
             op.combine(bytemuck::cast_slice(tmp), acc);
         }
-        let combined = combined.and_then(|()| across(acc));
-        // The members go either way; a header of 0 tells them the leader gave up.
-        match &combined {
-            Ok(()) => self.put_operand(buf, want, bytemuck::cast_slice(acc))?,
-            Err(_) => self.put_operand(buf, 0, &[])?,
+        if let Err(e) = combined {
+            // Operands that disagree: the members fail alike (a header of 0 tells them).
+            self.put_operand(buf, 0, &[])?;
+            self.group_down(slot, at, g)?;
+            self.data_end(slot, at);
+            return Err(e);
         }
+        // A lost peer across: the members, whose wait watches every member, find the same
+        // cause themselves.
+        across(acc)?;
+        self.put_operand(buf, want, bytemuck::cast_slice(acc))?;
         self.group_down(slot, at, g)?;
         self.data_end(slot, at);
-        combined
+        Ok(())
     }
 
     /// Number the all-reduction this rank is starting (`host_ops`): counted alike on every
