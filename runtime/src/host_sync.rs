@@ -97,6 +97,17 @@ pub(crate) fn reached(word: u64, epoch: u32, at: u32) -> bool {
     c == at || (later != 0 && later < 1 << 29)
 }
 
+/// The index of a slot's arrival word among a rank's sync words.
+fn arrival(slot: usize) -> usize {
+    slot
+}
+
+/// The index of a slot's word saying which all-reduction's operands this rank has read:
+/// on a line apart from the arrival words, which the others poll.
+fn read_mark(slot: usize) -> usize {
+    SYNC_SLOTS + slot
+}
+
 /// The header of an operand: its element type and length in bytes.
 fn header<T>(len: usize) -> u64 {
     u64::from(crate::comm::typecode::<T>()) << 32 | len as u64
@@ -139,7 +150,7 @@ impl Words for InSegment<'_> {
     fn word(&self, i: usize) -> &AtomicU64 {
         self.comm
             .core
-            .sync_word(self.comm.members[i], 2 * self.slot)
+            .sync_word(self.comm.members[i], arrival(self.slot))
             .expect("every member's word exists (Comm::host_slot)")
     }
     fn members(&self) -> usize {
@@ -168,7 +179,7 @@ impl Comm {
             && ranks.len() > 1
             && self.ctx.is_multiple_of(2)
             && slot < SYNC_SLOTS
-            && ranks.all(|m| self.core.sync_word(m, 2 * slot + 1).is_some());
+            && ranks.all(|m| self.core.sync_word(m, read_mark(slot)).is_some());
         ok.then_some(slot)
     }
 
@@ -182,7 +193,7 @@ impl Comm {
     /// its stamp (and wakes the leader if it is the last); the leader waits for every
     /// member's. The leader stores its own only in [`Comm::group_down`].
     pub(crate) fn group_up(&self, slot: usize, at: u32, g: &[usize]) -> Result<()> {
-        let w = |r: usize| self.core.sync_word(self.members[r], 2 * slot);
+        let w = |r: usize| self.core.sync_word(self.members[r], arrival(slot));
         let arrived = |r: usize| w(r).is_none_or(|w| reached(w.load(SeqCst), self.epoch, at));
         let me = self.rank();
         if g[0] != me {
@@ -203,7 +214,7 @@ impl Comm {
     /// Collective `seq`'s release of host group `g` (after the leaders met): the leader
     /// stores its stamp and wakes the members; a member waits for it.
     pub(crate) fn group_down(&self, slot: usize, at: u32, g: &[usize]) -> Result<()> {
-        let w = |r: usize| self.core.sync_word(self.members[r], 2 * slot);
+        let w = |r: usize| self.core.sync_word(self.members[r], arrival(slot));
         let me = self.rank();
         if g[0] == me {
             if let Some(mine) = w(me) {
@@ -412,7 +423,7 @@ impl Comm {
             if let Some(left) = left {
                 for &m in left.members.iter().filter(|&&m| m != core.rank) {
                     let read = || {
-                        core.sync_word(m, 2 * slot + 1)
+                        core.sync_word(m, read_mark(slot))
                             .is_none_or(|w| reached(w.load(Acquire), left.epoch, left.at))
                     };
                     if !read() {
@@ -448,7 +459,7 @@ impl Comm {
     /// The last step: say what this rank has read (collective `seq`).
     fn data_end(&self, slot: usize, at: u32) {
         use std::sync::atomic::Ordering::{Relaxed, Release};
-        if let Some(w) = self.core.sync_word(self.core.rank, 2 * slot + 1) {
+        if let Some(w) = self.core.sync_word(self.core.rank, read_mark(slot)) {
             w.store(stamp(self.epoch, at), Release);
         }
         self.host_last.store(at, Relaxed);

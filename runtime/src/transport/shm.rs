@@ -67,9 +67,10 @@ const SYNC_WORDS: usize = 2 * SYNC_SLOTS;
 /// Slots with data buffers, two each (see [`Segment::write_sync_data`]).
 pub(crate) const DATA_SLOTS: usize = 16;
 const SYNC_BUFS: usize = 2 * DATA_SLOTS;
-/// Bytes of each sync data buffer (behind a line with a header word).
+/// Bytes of each sync data buffer (behind a header word, in the same cache line as the
+/// first bytes: a small operand is one line to read).
 pub(crate) const SYNC_DATA: usize = 256;
-const SYNC_BUF: usize = LINE + SYNC_DATA;
+const SYNC_BUF: usize = (8 + SYNC_DATA).next_multiple_of(LINE);
 const SYNC_BLOCK: usize = SYNC_WORDS * 8 + SYNC_BUFS * SYNC_BUF;
 const LINE: usize = 64;
 /// Ring header: head on one cache line, tail on the next, the offer word on a third.
@@ -283,15 +284,15 @@ impl Segment {
         self.u32_at(self.block(rank) + LINE + 4)
     }
 
-    /// Sync word `index` of `rank` (`2 * slot` and `2 * slot + 1` are slot `slot`'s):
-    /// written by that rank alone, read by the others of its communicator in that slot
+    /// Sync word `index` of `rank` (`crate::host_sync` says which are whose): written by
+    /// that rank alone, read by the others of its communicator in that slot
     /// (`crate::host_sync`); zero at first.
     pub(crate) fn sync_word(&self, rank: usize, index: usize) -> &AtomicU64 {
         assert!(rank < self.n && index < SYNC_WORDS);
         self.u64_at(sync_off(self.n) + rank * SYNC_BLOCK + index * 8)
     }
 
-    /// Offset of `rank`'s sync data buffer `buf` (its header word; the bytes a line on).
+    /// Offset of `rank`'s sync data buffer `buf` (its header word; the bytes right after it).
     fn sync_data_off(&self, rank: usize, buf: usize, len: usize) -> usize {
         assert!(rank < self.n && buf < SYNC_BUFS && len <= SYNC_DATA);
         sync_off(self.n) + rank * SYNC_BLOCK + SYNC_WORDS * 8 + buf * SYNC_BUF
@@ -305,7 +306,7 @@ impl Segment {
     pub(crate) fn write_sync_data(&self, rank: usize, buf: usize, header: u64, src: &[u8]) {
         let at = self.sync_data_off(rank, buf, src.len());
         self.u64_at(at).store(header, Relaxed);
-        let off = at + LINE;
+        let off = at + 8;
         // SAFETY: `off .. off + src.len()` is inside the mapping (the sync blocks precede
         // the rings); nobody reads this range meanwhile (see above), so the copy races with
         // nothing, and `src` is our own memory, apart from the mapping.
@@ -319,7 +320,7 @@ impl Segment {
     pub(crate) fn read_sync_data(&self, rank: usize, buf: usize, dst: &mut [u8]) -> u64 {
         let at = self.sync_data_off(rank, buf, dst.len());
         let header = self.u64_at(at).load(Relaxed);
-        let off = at + LINE;
+        let off = at + 8;
         // SAFETY: in the mapping, as above; its writer does not write it meanwhile.
         unsafe {
             std::ptr::copy_nonoverlapping(
