@@ -295,12 +295,16 @@ impl Comm {
                 self.list_bcast(seq, R_ACROSS + 1, &leaders, 0, acc)
             });
         }
-        // Counted as on the hosts whose ranks meet in memory.
+        // Counted and marked as on the hosts whose ranks meet in memory.
         self.next_all_reduce();
-        self.host_reduce(seq, l, buf, op)?;
-        self.list_reduce(seq, R_ACROSS, &leaders, 0, buf, op)?;
-        self.list_bcast(seq, R_ACROSS + 1, &leaders, 0, buf)?;
-        self.list_bcast(seq, R_DOWN, g, 0, buf)
+        let r = (|| {
+            self.host_reduce(seq, l, buf, op)?;
+            self.list_reduce(seq, R_ACROSS, &leaders, 0, buf, op)?;
+            self.list_bcast(seq, R_ACROSS + 1, &leaders, 0, buf)?;
+            self.list_bcast(seq, R_DOWN, g, 0, buf)
+        })();
+        self.pass_all_reduce(seq);
+        r
     }
 
     /// Every rank's contribution into its host's leader (a binomial tree within the host).

@@ -272,9 +272,11 @@ impl Comm {
         let bytes: &[u8] = bytemuck::cast_slice(send);
         let want = header::<T>(bytes.len());
         self.put_operand(buf, want, bytes)?;
-        self.host_barrier(slot, at)?;
-        self.slow_read();
-        let r = self.combine_all(buf, want, seq, send, recv, op);
+        // Marked as read however it ends (a later communicator in the slot waits for it).
+        let r = self.host_barrier(slot, at).and_then(|()| {
+            self.slow_read();
+            self.combine_all(buf, want, seq, send, recv, op)
+        });
         self.data_end(slot, at);
         r
     }
@@ -366,13 +368,36 @@ impl Comm {
         let want = header::<T>(std::mem::size_of_val(acc));
         if leader != self.rank() {
             self.put_operand(buf, want, bytemuck::cast_slice(acc))?;
-            self.group_up(slot, at, g)?;
-            self.group_down(slot, at, g)?;
-            self.slow_read();
-            let r = self.take_operand::<T>(leader, buf, bytemuck::cast_slice_mut(acc), want, seq);
+            // Marked as read however it ends (a later communicator in the slot waits for it).
+            let r = self
+                .group_up(slot, at, g)
+                .and_then(|()| self.group_down(slot, at, g))
+                .and_then(|()| {
+                    self.slow_read();
+                    self.take_operand::<T>(leader, buf, bytemuck::cast_slice_mut(acc), want, seq)
+                });
             self.data_end(slot, at);
             return r;
         }
+        let r = self.leader_all_reduce(slot, at, seq, buf, want, g, acc, op, across);
+        self.data_end(slot, at);
+        r
+    }
+
+    /// The leader's part of [`Comm::group_all_reduce`].
+    #[allow(clippy::too_many_arguments)]
+    fn leader_all_reduce<T: bytemuck::Pod, O: crate::op::Op<T> + ?Sized>(
+        &self,
+        slot: usize,
+        at: u32,
+        seq: u32,
+        buf: usize,
+        want: u64,
+        g: &[usize],
+        acc: &mut [T],
+        op: &O,
+        across: impl FnOnce(&mut [T]) -> Result<()>,
+    ) -> Result<()> {
         self.group_up(slot, at, g)?;
         self.slow_read();
         let mut tmp = [0u64; crate::transport::shm::SYNC_DATA / 8];
@@ -390,16 +415,13 @@ impl Comm {
             // Operands that disagree: the members fail alike (a header of 0 tells them).
             self.put_operand(buf, 0, &[])?;
             self.group_down(slot, at, g)?;
-            self.data_end(slot, at);
             return Err(e);
         }
         // A lost peer across: the members, whose wait watches every member, find the same
         // cause themselves.
         across(acc)?;
         self.put_operand(buf, want, bytemuck::cast_slice(acc))?;
-        self.group_down(slot, at, g)?;
-        self.data_end(slot, at);
-        Ok(())
+        self.group_down(slot, at, g)
     }
 
     /// Number the all-reduction this rank is starting (`host_ops`): counted alike on every
@@ -456,6 +478,19 @@ impl Comm {
         }
     }
 
+    /// A two-level all-reduction this rank ran by messages (collective `seq`): say it is
+    /// past it all the same, as every member of the slot's communicator does (a later
+    /// communicator in the slot waits for each member's word, `Left`).
+    pub(crate) fn pass_all_reduce(&self, seq: u32) {
+        let slot = (self.ctx / 2) as usize;
+        if self.ctx.is_multiple_of(2) && slot < SYNC_SLOTS {
+            if let Some(w) = self.core.sync_word(self.core.rank, read_mark(slot)) {
+                let at = mark(seq, Kind::Reduce);
+                w.store(stamp(self.epoch, at), std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
+
     /// The last step: say what this rank has read (collective `seq`).
     fn data_end(&self, slot: usize, at: u32) {
         use std::sync::atomic::Ordering::{Relaxed, Release};
@@ -500,7 +535,8 @@ impl crate::comm::CommData {
         if self.host_last.load(Relaxed) == 0 {
             return None;
         }
-        let slot = (*self.host_slot.get()?)?;
+        // The slot its operands went to, flat or (spanning hosts) within a host group.
+        let slot = (self.ctx / 2) as usize;
         let left = Left {
             members: self.members.clone(),
             epoch: self.epoch,

@@ -197,16 +197,19 @@ fn nonblocking_collectives_are_state_machines() {
 /// rank 0's and its check fails.
 #[test]
 fn a_reused_slot_keeps_operands_until_every_member_read_them() {
-    for (n, transport, slow) in [
-        ("4", "shm", "2:2000"),
-        ("4", "shm", ""),
-        ("5", "auto", "2:1000"),
+    for (n, transport, slow, hosts, g) in [
+        ("4", "shm", "2:2000", "", "3"),
+        ("4", "shm", "", "", "3"),
+        ("5", "auto", "2:1000", "", "3"),
+        // Two levels: rank 2 reads its leader's (rank 0's) result.
+        ("5", "shm", "2:2000", "0,0,0,1,1", "4"),
     ] {
         let var = format!("RANKS_TEST_SLOW_READ={slow}");
+        let hosts = format!("RANKS_TEST_HOSTS={hosts}");
         let o = run_job(
-            &["-n", n, "--transport", transport, "-x", &var],
+            &["-n", n, "--transport", transport, "-x", &var, "-x", &hosts],
             "ranks-testjob",
-            &["slot_reuse", "20"],
+            &["slot_reuse", "20", g],
             LIMIT,
         );
         assert_eq!(o.code, 0, "{n} ranks, {transport}, slow {slow:?}: {o:?}");

@@ -1836,13 +1836,20 @@ fn reduce_mismatch(w: &Comm) -> R {
 }
 
 /// Small all-reductions on communicators that take each other's context id (and so the
-/// same shared-memory slot) with other members: {0,1,2}, then, made by {0,1} alone, {0,1},
-/// while rank 2 may still be reading the first one's last operands (run it with
-/// `RANKS_TEST_SLOW_READ=2:2000`). Every result is checked; prints "slot_reuse ok".
+/// same shared-memory slot) with other members: ranks 0..G (`slot_reuse ITERS G`, G 3 by
+/// default), then, made by {0,1} alone, {0,1}, while rank 2 may still be reading the first
+/// one's last operands (run it with `RANKS_TEST_SLOW_READ=2:2000`; with simulated hosts
+/// `RANKS_TEST_HOSTS=0,0,0,1,1` and G 4, rank 2 reads its leader's result in a two-level
+/// all-reduce). Every result is checked; prints "slot_reuse ok".
 fn slot_reuse(w: &Comm) -> R {
     let iters = arg(2, 20);
+    // The first communicator's size (3 by default): ranks 0..G.
+    let g = arg(3, 3);
     let me = w.rank();
-    assert!(w.size() >= 3, "slot_reuse needs 3 ranks or more");
+    assert!(
+        w.size() as u64 >= g && g >= 3,
+        "slot_reuse needs G >= 3 ranks or more"
+    );
     let pair = w.subgroup(&[0, 1])?;
     let sum = |c: &Comm, j: u64| -> Result<u64, ranks::Error> {
         let mut out = [0u64; 4];
@@ -1852,17 +1859,18 @@ fn slot_reuse(w: &Comm) -> R {
     };
     for it in 0..iters {
         // The others take part too (in a communicator of their own), so that every
-        // iteration's trio and pair get the same id.
+        // iteration's first communicator and pair get the same id.
+        let mine = me as u64 >= g;
         let c = w
-            .split(Some(u32::from(me >= 3)), 0)?
+            .split(Some(u32::from(mine)), 0)?
             .expect("every rank has a color");
-        if me < 3 {
+        if !mine {
             for j in 0..3 {
-                let want = (100 + 200) + 3 * (it * 10 + j);
+                let want = 100 * g * (g - 1) / 2 + g * (it * 10 + j);
                 let got = sum(&c, it * 10 + j)?;
                 assert_eq!(
                     got, want,
-                    "rank {me}: the trio's all-reduce {j} of iteration {it}"
+                    "rank {me}: the first communicator's all-reduce {j} of iteration {it}"
                 );
             }
         }
