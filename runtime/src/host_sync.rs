@@ -193,20 +193,15 @@ impl Comm {
     /// its stamp (and wakes the leader if it is the last); the leader waits for every
     /// member's. The leader stores its own only in [`Comm::group_down`].
     pub(crate) fn group_up(&self, slot: usize, at: u32, g: &[usize]) -> Result<()> {
-        let w = |r: usize| self.core.sync_word(self.members[r], arrival(slot));
-        let arrived = |r: usize| w(r).is_none_or(|w| reached(w.load(SeqCst), self.epoch, at));
-        let me = self.rank();
-        if g[0] != me {
-            if let Some(mine) = w(me) {
-                mine.store(stamp(self.epoch, at), SeqCst);
-            }
-            if g[1..].iter().all(|&r| arrived(r)) {
+        if g[0] != self.rank() {
+            self.stamp_mine(slot, at);
+            if g[1..].iter().all(|&r| self.arrived(slot, r, at)) {
                 self.core.wake(self.members[g[0]]);
             }
             return Ok(());
         }
         for &r in &g[1..] {
-            self.await_stamp(r, &|| arrived(r))?;
+            self.await_stamp(r, &|| self.arrived(slot, r, at))?;
         }
         Ok(())
     }
@@ -214,21 +209,29 @@ impl Comm {
     /// Collective `seq`'s release of host group `g` (after the leaders met): the leader
     /// stores its stamp and wakes the members; a member waits for it.
     pub(crate) fn group_down(&self, slot: usize, at: u32, g: &[usize]) -> Result<()> {
-        let w = |r: usize| self.core.sync_word(self.members[r], arrival(slot));
-        let me = self.rank();
-        if g[0] == me {
-            if let Some(mine) = w(me) {
-                mine.store(stamp(self.epoch, at), SeqCst);
-            }
+        let leader = g[0];
+        if leader == self.rank() {
+            self.stamp_mine(slot, at);
             for &r in &g[1..] {
                 self.core.wake(self.members[r]);
             }
             return Ok(());
         }
-        let leader = g[0];
-        self.await_stamp(leader, &|| {
-            w(leader).is_none_or(|w| reached(w.load(SeqCst), self.epoch, at))
-        })
+        self.await_stamp(leader, &|| self.arrived(slot, leader, at))
+    }
+
+    /// Store this rank's arrival at collective `at` in slot `slot`.
+    fn stamp_mine(&self, slot: usize, at: u32) {
+        if let Some(mine) = self.core.sync_word(self.core.rank, arrival(slot)) {
+            mine.store(stamp(self.epoch, at), SeqCst);
+        }
+    }
+
+    /// Whether member `r` has arrived at collective `at` in slot `slot` (or has no word).
+    fn arrived(&self, slot: usize, r: usize, at: u32) -> bool {
+        self.core
+            .sync_word(self.members[r], arrival(slot))
+            .is_none_or(|w| reached(w.load(SeqCst), self.epoch, at))
     }
 
     /// Wait (driving progress) until `arrived` says member `r` is there.
@@ -247,8 +250,13 @@ impl Comm {
     /// The sync slot of an all-reduction of `bytes` bytes of items aligned to `align`
     /// when it meets in shared memory: a slot with data buffers, items that fit one.
     pub(crate) fn host_reduce_slot(&self, bytes: usize, align: usize) -> Option<usize> {
-        let slot = self.host_slot()?;
-        (slot < DATA_SLOTS && bytes <= self.core.sync_data() && align <= 8).then_some(slot)
+        self.host_slot()
+            .filter(|&slot| self.operands_fit(slot, bytes, align))
+    }
+
+    /// Whether operands of `bytes` bytes aligned to `align` fit slot `slot`'s buffers.
+    fn operands_fit(&self, slot: usize, bytes: usize, align: usize) -> bool {
+        slot < DATA_SLOTS && bytes <= self.core.sync_data() && align <= 8
     }
 
     /// All-reduction number `seq` in sync slot `slot`: each member puts its operand in one
@@ -403,14 +411,11 @@ impl Comm {
         let mut tmp = [0u64; crate::transport::shm::SYNC_DATA / 8];
         let len = std::mem::size_of_val(acc);
         let tmp: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut tmp[..])[..len];
-        let mut combined = Ok(());
-        for &r in &g[1..] {
-            combined = self.take_operand::<T>(r, buf, tmp, want, seq);
-            if combined.is_err() {
-                break;
-            }
+        let combined = g[1..].iter().try_for_each(|&r| {
+            self.take_operand::<T>(r, buf, tmp, want, seq)?;
             op.combine(bytemuck::cast_slice(tmp), acc);
-        }
+            Ok(())
+        });
         if let Err(e) = combined {
             // Operands that disagree: the members fail alike (a header of 0 tells them).
             self.put_operand(buf, 0, &[])?;
@@ -508,8 +513,8 @@ impl Comm {
         bytes: usize,
         align: usize,
     ) -> Option<usize> {
-        let slot = self.group_slot(g)?;
-        (slot < DATA_SLOTS && bytes <= self.core.sync_data() && align <= 8).then_some(slot)
+        self.group_slot(g)
+            .filter(|&slot| self.operands_fit(slot, bytes, align))
     }
 
     /// Barrier number `seq` in sync slot `slot` (see the module's documentation).
