@@ -146,7 +146,7 @@ impl Comm {
     }
 
     pub(crate) fn c_isend<'a, T: Pod>(
-        &self,
+        &'a self,
         dest: usize,
         tag: i32,
         data: &'a [T],
@@ -1003,7 +1003,7 @@ impl Comm {
     }
 
     pub(crate) fn c_irecv_exact<'a, T: Pod>(
-        &self,
+        &'a self,
         src: usize,
         tag: i32,
         buf: &'a mut [T],

@@ -205,7 +205,7 @@ impl Comm {
     /// sender's stream into their buffer (for tests of that path).
     #[doc(hidden)]
     pub fn landed_receives(&self) -> u64 {
-        self.core.landed.load(std::sync::atomic::Ordering::Relaxed)
+        self.core.lock().landed
     }
 
     /// How many looks that do not wait (`test`, `iprobe`, ...) found nothing and gave the
@@ -343,7 +343,7 @@ impl Comm {
 
     /// `isend_slice` or `issend_slice` (`sync`).
     fn isend_pod<'a, T: Pod>(
-        &self,
+        &'a self,
         dest: usize,
         tag: i32,
         data: &'a [T],
@@ -389,7 +389,7 @@ impl Comm {
     /// # Ok::<(), ranks::Error>(())
     /// ```
     pub fn issend_slice<'a, T: Pod>(
-        &self,
+        &'a self,
         dest: usize,
         tag: i32,
         data: &'a [T],
@@ -438,7 +438,7 @@ impl Comm {
     /// `mem::forget` and freeing the buffer lets a receiver that pulls a large message read
     /// whatever the memory then holds (no memory unsafety here; wrong data there).
     pub fn isend_slice<'a, T: Pod>(
-        &self,
+        &'a self,
         dest: usize,
         tag: i32,
         data: &'a [T],
@@ -507,7 +507,7 @@ impl Comm {
     /// Nonblocking receive of a slice of plain numbers into `buf`, which the request
     /// borrows until it completes.
     pub fn irecv_into<'a, T: Pod>(
-        &self,
+        &'a self,
         source: impl Into<Source>,
         tag: i32,
         buf: &'a mut [T],
@@ -768,7 +768,12 @@ pub struct PersistentSend<'a, T> {
 impl<'a, T: Pod> PersistentSend<'a, T> {
     /// Start one send of the buffer; wait on (or test) the request it gives.
     pub fn start(&self) -> Result<Request<'a, ()>> {
-        self.comm.isend_slice(self.dest, self.tag, self.data)
+        let data: &'a [u8] = bytemuck::cast_slice(self.data);
+        let (ctx, enc) = (self.comm.ctx, (Encoding::Raw, typecode::<T>()));
+        let id = self
+            .comm
+            .start_send(ctx, self.dest, self.tag, data, enc, false)?;
+        Ok(Request::send(self.comm.clone(), id, ctx, data))
     }
 }
 

@@ -156,14 +156,28 @@ impl Comm {
     /// returned request borrows until it completes. `sync`: complete only once the
     /// receiver has matched it.
     pub(crate) fn isend_borrowed<'a>(
-        &self,
+        &'a self,
         ctx: u32,
         dest: usize,
         tag: i32,
         payload: &'a [u8],
-        (enc, typecode): (Encoding, u32),
+        enc: (Encoding, u32),
         sync: bool,
     ) -> Result<Request<'a, ()>> {
+        let id = self.start_send(ctx, dest, tag, payload, enc, sync)?;
+        Ok(Request::send(self, id, ctx, payload))
+    }
+
+    /// [`Comm::isend_borrowed`] without the request: the send's id.
+    pub(crate) fn start_send(
+        &self,
+        ctx: u32,
+        dest: usize,
+        tag: i32,
+        payload: &[u8],
+        (enc, typecode): (Encoding, u32),
+        sync: bool,
+    ) -> Result<SendId> {
         Self::check_send_tag(tag)?;
         let peer = self.peer(dest)?;
         let _trace = trace::span("isend", Cat::P2p, ctx, Some(peer), Some(tag), payload.len());
@@ -182,15 +196,7 @@ impl Comm {
             Route::Eager => core.write_frame(&mut st, peer, &h, payload),
         };
         drop(st);
-        Ok(Request::new(
-            self.clone(),
-            ReqState::Send {
-                id,
-                ctx,
-                data: payload,
-            },
-            |_, _, _, _| Ok(()),
-        ))
+        Ok(id)
     }
 
     /// Post a receive: the message at once if one is here with its bytes; `want` says who
@@ -312,7 +318,7 @@ impl Comm {
     pub(crate) fn recv_into_pat<T: Pod>(&self, pat: Pattern, buf: &mut [T]) -> Result<Status> {
         let from = usize::try_from(pat.src).ok().map(|s| self.members[s]);
         let t = match from {
-            Some(peer) if peer != self.core.rank && self.core.t.available(peer, 0).is_some() => {
+            Some(peer) if peer != self.core.rank && self.core.t.in_place(peer) => {
                 match self.recv_fast(peer, pat, typecode::<T>(), bytemuck::cast_slice_mut(buf))? {
                     Ok(status) => return Ok(status),
                     Err(t) => t,
@@ -380,7 +386,7 @@ impl Comm {
     }
 
     pub(crate) fn irecv_pattern_into<'a, T: Pod>(
-        &self,
+        &'a self,
         pat: Pattern,
         buf: &'a mut [T],
     ) -> Result<Request<'a, Status>> {
@@ -394,12 +400,11 @@ impl Comm {
             c.decode_into(m.expect("receive"), buf)
         }
         let st = ReqState::posted(self.post(pat, Want::Later), pat);
-        let req =
-            Request::with_buffer(self.clone(), st, finish::<T>, bytemuck::cast_slice_mut(buf));
+        let req = Request::with_buffer(self, st, finish::<T>, bytemuck::cast_slice_mut(buf));
         // From one other rank over a transport whose stream can be read in place.
         let from = usize::try_from(pat.src).ok().map(|s| self.members[s]);
         Ok(match from {
-            Some(peer) if peer != self.core.rank && self.core.t.available(peer, 0).is_some() => {
+            Some(peer) if peer != self.core.rank && self.core.t.in_place(peer) => {
                 req.landing(peer, typecode::<T>())
             }
             _ => req,

@@ -118,6 +118,9 @@ pub(crate) struct State {
     )>,
     /// When they last looked for lost ranks, and the progress steps since.
     machines_looked: (Instant, u32),
+    /// Posted receives whose message went straight from the stream into their buffer
+    /// (counted under the lock: an atomic count would cost a locked add per message).
+    pub(crate) landed: u64,
 }
 
 impl State {
@@ -275,8 +278,6 @@ pub(crate) struct Core {
     gone_news: Mutex<Vec<Option<Instant>>>,
     /// How shared pulls went (see [`Core::fetch`]).
     pub shares: Shares,
-    /// Posted receives whose message went straight from the stream into their buffer.
-    pub landed: AtomicU64,
     /// Looks (`test`, `iprobe`, ...) that found nothing and gave the core away.
     pub idle_yields: AtomicU64,
     /// The newest epoch of a communicator this process joined (see `crate::host_sync`).
@@ -319,6 +320,7 @@ impl Core {
             stream_waiters: vec![0; size],
             machines: Vec::new(),
             machines_looked: (Instant::now(), 0),
+            landed: 0,
         };
         Core {
             rank,
@@ -332,7 +334,6 @@ impl Core {
             board: None,
             gone_news: Mutex::new(vec![None; size]),
             shares: Shares::default(),
-            landed: AtomicU64::new(0),
             idle_yields: AtomicU64::new(0),
             epochs: Default::default(),
             data_left: Default::default(),
@@ -638,7 +639,7 @@ impl Core {
     fn note_landed(&self, st: &mut State, claim: Claim<'_>) {
         if let Claim::Posted(id) = claim {
             st.proto.landed(id);
-            self.landed.fetch_add(1, Relaxed);
+            st.landed += 1;
         }
     }
 
@@ -1256,6 +1257,10 @@ mod tests {
         fn readable(&self, _peer: usize) -> bool {
             !self.stream.lock().unwrap().is_empty()
         }
+        fn in_place(&self, _peer: usize) -> bool {
+            true
+        }
+
         fn available(&self, _peer: usize, _want: usize) -> Option<usize> {
             Some(self.stream.lock().unwrap().len())
         }

@@ -66,7 +66,8 @@ pub(crate) type Background = Box<dyn std::any::Any + Send>;
 
 /// A nonblocking operation in flight. `wait` blocks for its result, `test` polls.
 ///
-/// A request may borrow the buffer it sends from or receives into (`'a`). Dropping an
+/// A request may borrow the buffer it sends from or receives into (`'a`); such a request
+/// (`isend_slice`, `irecv_into`, ...) borrows its communicator too, for as long. Dropping an
 /// unfinished receive withdraws it; dropping an unfinished send waits until the receiver no
 /// longer needs the buffer.
 ///
@@ -88,7 +89,7 @@ pub(crate) type Background = Box<dyn std::any::Any + Send>;
 /// ```
 #[must_use = "a request does nothing unless waited on or tested"]
 pub struct Request<'a, T> {
-    comm: Comm,
+    comm: CommRef<'a>,
     state: ReqState<'a>,
     finish: Finisher<'a, T>,
     buf: Option<&'a mut [u8]>,
@@ -97,10 +98,57 @@ pub struct Request<'a, T> {
     land: Option<(u32, u32)>,
 }
 
+/// The communicator a request works on: borrowed by a request that borrows a buffer
+/// anyway, so that making and dropping one touches no reference count (a `Comm` clone is a
+/// locked add, and its drop another, per message); its own otherwise.
+#[derive(Clone)]
+pub(crate) enum CommRef<'a> {
+    Own(Comm),
+    Borrowed(&'a Comm),
+}
+
+impl std::ops::Deref for CommRef<'_> {
+    type Target = Comm;
+    fn deref(&self) -> &Comm {
+        match self {
+            CommRef::Own(c) => c,
+            CommRef::Borrowed(c) => c,
+        }
+    }
+}
+
+impl From<Comm> for CommRef<'_> {
+    fn from(c: Comm) -> Self {
+        CommRef::Own(c)
+    }
+}
+
+impl<'a> From<&'a Comm> for CommRef<'a> {
+    fn from(c: &'a Comm) -> Self {
+        CommRef::Borrowed(c)
+    }
+}
+
+impl<'a> Request<'a, ()> {
+    /// The request of a send started as `id` in context `ctx`, borrowing `data`.
+    pub(crate) fn send(
+        comm: impl Into<CommRef<'a>>,
+        id: SendId,
+        ctx: u32,
+        data: &'a [u8],
+    ) -> Request<'a, ()> {
+        Request::new(comm, ReqState::Send { id, ctx, data }, |_, _, _, _| Ok(()))
+    }
+}
+
 impl<'a, T> Request<'a, T> {
-    pub(crate) fn new(comm: Comm, state: ReqState<'a>, finish: Finish<T>) -> Self {
+    pub(crate) fn new(
+        comm: impl Into<CommRef<'a>>,
+        state: ReqState<'a>,
+        finish: Finish<T>,
+    ) -> Self {
         Request {
-            comm,
+            comm: comm.into(),
             state,
             finish: Finisher::Plain(finish),
             buf: None,
@@ -109,13 +157,13 @@ impl<'a, T> Request<'a, T> {
     }
 
     pub(crate) fn with_buffer(
-        comm: Comm,
+        comm: &'a Comm,
         state: ReqState<'a>,
         finish: Finish<T>,
         buf: &'a mut [u8],
     ) -> Self {
         Request {
-            comm,
+            comm: CommRef::Borrowed(comm),
             state,
             finish: Finisher::Plain(finish),
             buf: Some(buf),
@@ -309,7 +357,9 @@ impl<'a, T> Request<'a, T> {
         }
     }
 
-    fn complete(mut self) -> Result<T> {
+    /// The result of a complete operation, taken out in place (the request is left done,
+    /// so dropping it does nothing).
+    fn complete(&mut self) -> Result<T> {
         let (taken, bg) = match std::mem::replace(&mut self.state, ReqState::Done) {
             ReqState::Matched(t) => (Some(*t), None),
             ReqState::Landed(h) => (Some(Taken::Msg(Msg::new(&h, Body::Landed(h.len)))), None),
@@ -523,25 +573,30 @@ impl<T> Drop for Request<'_, T> {
 /// # Ok::<(), ranks::Error>(())
 /// ```
 pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result<Vec<T>> {
-    let mut reqs: std::collections::VecDeque<Request<'a, T>> = reqs.into_iter().collect();
+    // Finished in place, in order (a vector given is reused, not moved); on an error the
+    // rest are dropped, which withdraws them.
+    let mut reqs: Vec<Request<'a, T>> = reqs.into_iter().collect();
     let mut out = Vec::with_capacity(reqs.len());
-    while let Some(first) = reqs.front() {
-        if !first.complete_now() {
+    // The process's core (one count for the whole call, not one per sweep).
+    let core = reqs.first().map(|r| r.comm.core.clone());
+    for i in 0..reqs.len() {
+        let first = &reqs[i];
+        let core = core.as_ref().filter(|c| Arc::ptr_eq(c, &first.comm.core));
+        if let Some(core) = core.filter(|_| !first.complete_now()) {
             // Land every receive whose message is in its stream now, under one lock, up to
             // the first request that must wait; then wait for that one alone.
-            let core = first.comm.core.clone();
             let mut st = core.lock();
-            for r in reqs.iter_mut() {
-                if !Arc::ptr_eq(&r.comm.core, &core)
-                    || !(r.complete_now() || r.land_now(&core, &mut st))
+            for r in reqs[i..].iter_mut() {
+                if !Arc::ptr_eq(&r.comm.core, core)
+                    || !(r.complete_now() || r.land_now(core, &mut st))
                 {
                     break;
                 }
             }
         }
-        if let Some(r) = reqs.pop_front() {
-            out.push(r.wait()?);
-        }
+        let r = &mut reqs[i];
+        r.drive()?;
+        out.push(r.complete()?);
     }
     Ok(out)
 }

@@ -260,7 +260,7 @@ pub(crate) struct Protocol {
     /// Matched rendezvous receives nobody is pulling, oldest first (may hold stale ids).
     pulls: VecDeque<RecvId>,
     /// Posted receives that are not `Want::Bytes` (few at a time).
-    wants: Vec<(RecvId, Want)>,
+    wants: VecDeque<(RecvId, Want)>,
     /// Parts of our rendezvous sends their receivers offered us to write (`Cts`).
     pushes: VecDeque<PushJob>,
     /// Large frame buffers already written out, for the next copies: a fresh large
@@ -288,7 +288,7 @@ impl Protocol {
             streams: HashMap::default(),
             copies: VecDeque::new(),
             pulls: VecDeque::new(),
-            wants: Vec::new(),
+            wants: VecDeque::new(),
             pushes: VecDeque::new(),
             spare: Vec::new(),
         }
@@ -767,7 +767,8 @@ impl Protocol {
             }
             None => {
                 if want != Want::Bytes {
-                    self.wants.push((id, want));
+                    // The newest id: the list stays in id order.
+                    self.wants.push_back((id, want));
                 }
                 Err(id)
             }
@@ -810,15 +811,21 @@ impl Protocol {
             Some(_) => {}
             None => {
                 self.forget_want(id);
-                self.wants.push((id, Want::Now));
+                let at = self.wants.partition_point(|&(d, _)| d < id);
+                self.wants.insert(at, (id, Want::Now));
             }
         }
     }
 
     /// Forget what a posted receive wanted; what it was, if not `Want::Bytes`.
     fn forget_want(&mut self, id: RecvId) -> Option<Want> {
-        let i = self.wants.iter().position(|&(d, _)| d == id)?;
-        Some(self.wants.swap_remove(i).1)
+        // In id order, and receives mostly finish in the order they were posted: the
+        // oldest is the one at the front.
+        if self.wants.front().is_some_and(|&(d, _)| d == id) {
+            return self.wants.pop_front().map(|(_, w)| w);
+        }
+        let i = self.wants.binary_search_by_key(&id, |&(d, _)| d).ok()?;
+        self.wants.remove(i).map(|(_, w)| w)
     }
 
     /// A matched rendezvous receive no one is pulling, for a waiting thread to pull into a

@@ -106,6 +106,10 @@ impl Transport for Hybrid {
         self.route(peer).is_ok_and(|(t, p)| t.readable(p))
     }
 
+    fn in_place(&self, peer: usize) -> bool {
+        self.route(peer).is_ok_and(|(t, p)| t.in_place(p))
+    }
+
     fn available(&self, peer: usize, want: usize) -> Option<usize> {
         self.route(peer)
             .ok()

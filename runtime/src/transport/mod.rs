@@ -52,6 +52,13 @@ pub(crate) trait Transport: Send + Sync {
         None
     }
 
+    /// Whether `peer`'s stream to us can be read in place at all ([`Transport::available`],
+    /// [`Transport::peek`], [`Transport::take_frame`]): a cheap test of the transport's
+    /// kind, made where a receive is posted.
+    fn in_place(&self, _peer: usize) -> bool {
+        false
+    }
+
     /// Copy the next `buf.len()` bytes of `peer`'s stream without consuming them (at most
     /// what is available). Only for transports whose `available` is `Some`.
     fn peek(&self, _peer: usize, _buf: &mut [u8]) -> usize {

@@ -1117,6 +1117,10 @@ impl Transport for Shm {
         self.seg.ring_has_data(peer, self.me, &self.cursor[peer])
     }
 
+    fn in_place(&self, peer: usize) -> bool {
+        peer < self.seg.n
+    }
+
     fn available(&self, peer: usize, want: usize) -> Option<usize> {
         self.seg
             .ring_available(peer, self.me, &self.cursor[peer], want)
