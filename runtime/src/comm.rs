@@ -231,10 +231,13 @@ impl Comm {
     }
 
     pub(crate) fn peer(&self, dest: usize) -> Result<usize> {
-        self.members.get(dest).copied().ok_or(Error::InvalidRank {
-            rank: dest as i64,
-            size: self.size(),
-        })
+        self.members
+            .get(dest)
+            .copied()
+            .ok_or_else(|| Error::InvalidRank {
+                rank: dest as i64,
+                size: self.size(),
+            })
     }
 
     pub(crate) fn check_send_tag(tag: i32) -> Result<()> {

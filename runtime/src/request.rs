@@ -370,9 +370,15 @@ impl<'a, T> Request<'a, T> {
             _ => (None, None),
         };
         let buf = self.buf.take();
-        match std::mem::replace(&mut self.finish, Finisher::Plain(finished)) {
-            Finisher::Plain(f) => f(&self.comm, taken, buf, bg),
-            Finisher::Mapped(f) => f(&self.comm, taken, buf, bg),
+        match &self.finish {
+            // A plain function may stay (it owns nothing); the state says the result is taken.
+            &Finisher::Plain(f) => f(&self.comm, taken, buf, bg),
+            Finisher::Mapped(_) => {
+                match std::mem::replace(&mut self.finish, Finisher::Plain(finished)) {
+                    Finisher::Mapped(f) => f(&self.comm, taken, buf, bg),
+                    Finisher::Plain(f) => f(&self.comm, taken, buf, bg),
+                }
+            }
         }
     }
 

@@ -486,7 +486,7 @@ impl Handle {
         kind: &'static str,
         make: impl FnOnce() -> Box<dyn Object>,
     ) -> Result<Handle> {
-        let owner_world = *comm.members.get(owner).ok_or(Error::InvalidRank {
+        let owner_world = *comm.members.get(owner).ok_or_else(|| Error::InvalidRank {
             rank: owner as i64,
             size: comm.size(),
         })?;

@@ -155,6 +155,10 @@ impl Matcher {
     /// got), or the id it waits under.
     pub fn post(&mut self, pat: Pattern) -> (RecvId, Option<Msg>) {
         let id = self.new_id();
+        if self.unexpected.is_empty() {
+            self.posted.push_back((id, pat));
+            return (id, None);
+        }
         if let Some(i) = self.unexpected.iter().position(|m| pat.matches(m)) {
             return (id, self.unexpected.remove(i));
         }
@@ -174,8 +178,10 @@ impl Matcher {
     /// Withdraw a posted receive that has not matched; false if it is not posted.
     pub fn cancel(&mut self, id: RecvId) -> bool {
         // Most often the oldest (a receive that just took its message from the stream).
+        if self.posted.front().is_some_and(|&(i, _)| i == id) {
+            return self.posted.pop_front().is_some();
+        }
         match self.posted.iter().position(|(i, _)| *i == id) {
-            Some(0) => self.posted.pop_front().is_some(),
             Some(i) => self.posted.remove(i).is_some(),
             None => false,
         }

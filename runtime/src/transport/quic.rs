@@ -686,7 +686,7 @@ impl Quic {
             .peers
             .get(peer)
             .and_then(|p| p.as_ref())
-            .ok_or(Error::InvalidRank {
+            .ok_or_else(|| Error::InvalidRank {
                 rank: peer as i64,
                 size: self.net.peers.len(),
             })

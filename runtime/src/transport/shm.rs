@@ -388,13 +388,26 @@ impl Segment {
         }
     }
 
+    /// Ring (src, dst): its head word, its tail word and its data area. (On every message's
+    /// path: one check of the ranks, no more.)
+    #[inline]
     fn ring(&self, src: usize, dst: usize) -> (&AtomicU64, &AtomicU64, *mut u8) {
         assert!(src < self.n && dst < self.n);
         let off = self.rings_off + (src * self.n + dst) * (RING_HEADER + self.cap);
-        assert!(off + RING_HEADER + self.cap <= self.map.len());
-        // SAFETY: `off .. off + RING_HEADER + cap` is inside the mapping (checked above).
-        let data = unsafe { self.map.as_mut_ptr().add(off + RING_HEADER) };
-        (self.u64_at(off), self.u64_at(off + LINE), data)
+        debug_assert!(off + RING_HEADER + self.cap <= self.map.len());
+        // SAFETY: a segment is only used once its mapping was checked to be `layout(n, cap)`
+        // long (`create` sizes it so, `attach` refuses any other length), which holds all
+        // n * n rings at `rings_off`: with src, dst < n, `off .. off + RING_HEADER + cap` is
+        // inside it. The head and tail words are the first words of the header's first two
+        // lines (8-aligned, as the mapping is page aligned), only ever accessed atomically.
+        unsafe {
+            let base = self.map.as_mut_ptr().add(off);
+            (
+                &*(base as *const AtomicU64),
+                &*(base.add(LINE) as *const AtomicU64),
+                base.add(RING_HEADER),
+            )
+        }
     }
 
     /// The offer word of ring (src, dst) (see the module's documentation).
@@ -446,7 +459,9 @@ impl Segment {
         // the header of, which the writer does not touch until the reader frees them.
         unsafe {
             std::ptr::copy_nonoverlapping(data.add(off), out.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(data, out.as_mut_ptr().add(first), out.len() - first);
+            if first < out.len() {
+                std::ptr::copy_nonoverlapping(data, out.as_mut_ptr().add(first), out.len() - first);
+            }
         }
     }
 
@@ -505,7 +520,9 @@ impl Segment {
             // past them by `room`) and unread until the header below is published.
             unsafe {
                 std::ptr::copy_nonoverlapping(buf.as_ptr(), data.add(off), first);
-                std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, k - first);
+                if first < k {
+                    std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, k - first);
+                }
             }
             pos += k as u64;
             left -= k;
