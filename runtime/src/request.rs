@@ -601,7 +601,9 @@ pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result
             }
         }
         let r = &mut reqs[i];
-        r.drive()?;
+        if !r.complete_now() {
+            r.drive()?;
+        }
         out.push(r.complete()?);
     }
     Ok(out)
