@@ -22,11 +22,27 @@ use serde::Serialize;
 use crate::comm::{encode, typecode, Comm, Request, Source, Status};
 use crate::error::{Error, Result};
 use crate::op::{Number, Op};
+use crate::protocol::matching::Pattern;
 use crate::wire::Encoding;
 
 /// Tag for `round` of collective number `seq`.
 pub(crate) fn ctag(seq: u32, round: u32) -> i32 {
     (((seq & 0x1f_ffff) << 10) | (round & 0x3ff)) as i32
+}
+
+/// The round whose tag carries a member's notice that it left collective `seq` with an
+/// error (see `Comm::fail_together`); no algorithm's step uses it.
+const ABORT_ROUND: u32 = 0x3ff;
+
+/// Where another member's failure notice for the collective a step with pattern `pat`
+/// belongs to would be.
+pub(crate) fn abort_pattern(pat: &Pattern) -> Pattern {
+    let seq = (pat.tag as u32) >> 10;
+    Pattern {
+        ctx: pat.ctx,
+        src: crate::protocol::matching::ANY_SOURCE,
+        tag: ctag(seq, ABORT_ROUND),
+    }
 }
 
 /// Start and length of block `i` when `len` items are split into `n` nearly equal blocks.
@@ -107,6 +123,26 @@ impl Comm {
     fn begin(&self, op: &'static str, root: Option<usize>) -> (u32, crate::diag::CallGuard) {
         let seq = self.next_seq();
         (seq, self.noting(op, seq, root))
+    }
+
+    /// The result of collective `seq` here, after telling the other members when it is an
+    /// error of this rank's own finding (operands that do not match: another type, another
+    /// length): they may be waiting for a step of ours that will not come, and each gets
+    /// `Error::CollectiveFailed` instead of waiting for ever. (Lost ranks are found by
+    /// everyone already, and a notice received is not passed on.)
+    fn fail_together<R>(&self, seq: u32, r: Result<R>) -> Result<R> {
+        if let Err(
+            e @ (Error::TypeMismatch { .. } | Error::Truncated { .. } | Error::InvalidArgument(_)),
+        ) = &r
+        {
+            let why = e.to_string();
+            let tag = ctag(seq, ABORT_ROUND);
+            for dest in (0..self.size()).filter(|&d| d != self.rank()) {
+                // A notice is small (sent eagerly); a member gone by now needs none.
+                let _ = self.c_send(dest, tag, why.as_bytes());
+            }
+        }
+        r
     }
 
     /// The note of collective call `op` number `seq` (for the thread that runs it).
@@ -269,7 +305,7 @@ impl Comm {
     pub fn broadcast_slice<T: Pod>(&self, root: usize, buf: &mut [T]) -> Result<()> {
         self.check_root(root)?;
         let (seq, _call) = self.begin("broadcast_slice", Some(root));
-        self.bcast_seq(seq, root, buf)
+        self.fail_together(seq, self.bcast_seq(seq, root, buf))
     }
 
     fn bcast_seq<T: Pod>(&self, seq: u32, root: usize, buf: &mut [T]) -> Result<()> {
@@ -445,7 +481,7 @@ impl Comm {
             check_len("reduce", recv.len(), send.len())?;
         }
         let (seq, _call) = self.begin("reduce_slice", Some(root));
-        self.reduce_seq(seq, root, send, recv, op)
+        self.fail_together(seq, self.reduce_seq(seq, root, send, recv, op))
     }
 
     fn reduce_seq<T: Pod, O: Op<T> + ?Sized>(
@@ -587,6 +623,16 @@ impl Comm {
     ) -> Result<()> {
         check_len("all_reduce", recv.len(), send.len())?;
         let (seq, _call) = self.begin("all_reduce_slice", None);
+        self.fail_together(seq, self.all_reduce_seq(seq, send, recv, op))
+    }
+
+    fn all_reduce_seq<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        seq: u32,
+        send: &[T],
+        recv: &mut [T],
+        op: &O,
+    ) -> Result<()> {
         let n = self.size();
         let large = self.core.tuning.allreduce_large;
         if let (Some(l), true) = (
@@ -648,7 +694,7 @@ impl Comm {
         op: &O,
     ) -> Result<()> {
         let (seq, _call) = self.begin("all_reduce_in_place", None);
-        self.allreduce_seq(seq, buf, op)
+        self.fail_together(seq, self.allreduce_seq(seq, buf, op))
     }
 
     /// `reduce_slice` with the buffer as both input and output: every rank's `buf` is its
@@ -1113,12 +1159,8 @@ impl Comm {
         }
         let counts = vec![recv.len(); n];
         let (seq, _call) = self.begin("scatter_slice", Some(root));
-        self.scatterv_seq(
-            seq,
-            root,
-            (self.rank() == root).then_some((send, &counts[..])),
-            recv,
-        )
+        let mine = (self.rank() == root).then_some((send, &counts[..]));
+        self.fail_together(seq, self.scatterv_seq(seq, root, mine, recv))
     }
 
     fn scatterv_seq<T: Pod>(
@@ -1238,10 +1280,11 @@ impl Comm {
         recv[me * k..(me + 1) * k].copy_from_slice(send);
         let counts = vec![k; n];
         let (seq, _call) = self.begin("all_gather_slice", None);
-        if let Some(l) = self.two_level() {
-            return self.allgather_two_level(seq, l, send, recv);
-        }
-        self.ring_allgatherv(seq, 0, recv, &counts)
+        let r = match self.two_level() {
+            Some(l) => self.allgather_two_level(seq, l, send, recv),
+            None => self.ring_allgatherv(seq, 0, recv, &counts),
+        };
+        self.fail_together(seq, r)
     }
 
     /// `all_gather_slice` in place: `buf` holds `size` equal blocks with this rank's own

@@ -264,10 +264,32 @@ impl Comm {
     /// What ends a wait for a message matching `pat` when ranks die.
     pub(crate) fn watch_for(&self, pat: &Pattern) -> Watch<'_> {
         if pat.src == ANY_SOURCE {
-            Watch::All(&self.members)
-        } else {
-            self.watch_peer(pat.ctx, self.members[pat.src as usize])
+            return Watch::All(&self.members);
         }
+        let peer = self.members[pat.src as usize];
+        if pat.ctx == self.coll_ctx() && pat.tag != ANY_TAG {
+            // A collective's step: another member's notice that it failed ends it too.
+            return Watch::Step {
+                peer,
+                members: &self.members,
+                abort: Some(crate::collectives::abort_pattern(pat)),
+            };
+        }
+        self.watch_peer(pat.ctx, peer)
+    }
+
+    /// What ends a wait for a send to world rank `peer` with `tag` in context `ctx` (a
+    /// rendezvous the receiver has not taken): as for a receive from it.
+    pub(crate) fn watch_send(&self, ctx: u32, peer: usize, tag: i32) -> Watch<'_> {
+        if ctx == self.coll_ctx() {
+            let pat = Pattern { ctx, src: 0, tag };
+            return Watch::Step {
+                peer,
+                members: &self.members,
+                abort: Some(crate::collectives::abort_pattern(&pat)),
+            };
+        }
+        self.watch_peer(ctx, peer)
     }
 
     /// What ends a wait on world rank `peer` for traffic in context `ctx`: its loss, and in
@@ -277,6 +299,7 @@ impl Comm {
             Watch::Step {
                 peer,
                 members: &self.members,
+                abort: None,
             }
         } else {
             Watch::Peer(peer)
@@ -776,7 +799,7 @@ impl<'a, T: Pod> PersistentSend<'a, T> {
         let id = self
             .comm
             .start_send(ctx, self.dest, self.tag, data, enc, false)?;
-        Ok(Request::send(self.comm.clone(), id, ctx, data))
+        Ok(Request::send(self.comm.clone(), id, (ctx, self.tag), data))
     }
 }
 

@@ -94,6 +94,17 @@ pub enum Error {
         detail: String,
     },
 
+    /// Another member of the communicator left this collective call with an error of its
+    /// own (its operands did not match this rank's: another type, another length), so the
+    /// call cannot complete here either; every member gets an error instead of waiting.
+    #[error("rank {rank} left this collective call with an error: {detail}")]
+    CollectiveFailed {
+        /// The member that failed (rank in the communicator).
+        rank: usize,
+        /// Its error.
+        detail: String,
+    },
+
     /// The peer we were sending to or waiting on is gone.
     #[error("rank {rank} is gone ({detail}); the operation waiting on it cannot complete")]
     PeerLost {

@@ -242,6 +242,7 @@ impl Comm {
         let watch = Watch::Step {
             peer: self.members[r],
             members: &self.members,
+            abort: None,
         };
         self.core
             .wait_checking_first(watch, arrived, |_, _| Ok(arrived().then_some(())))

@@ -416,6 +416,7 @@ impl Net for CoreNet<'_> {
         let watch = crate::progress::Watch::Step {
             peer: self.members[peer],
             members: self.members,
+            abort: None,
         };
         let (rank, detail) = self.core.check_watch(self.st, watch)?;
         Some(Error::PeerLost { rank, detail })

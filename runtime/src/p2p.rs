@@ -102,7 +102,7 @@ impl Comm {
             tag: Some(tag),
             bytes: payload.len(),
         });
-        let r = core.wait_for(self.watch_peer(ctx, peer), |core, st| {
+        let r = core.wait_for(self.watch_send(ctx, peer, tag), |core, st| {
             Ok(poll_borrowed_send(core, st, id, payload)?.then_some(()))
         });
         if r.is_err() {
@@ -146,7 +146,12 @@ impl Comm {
         drop(st);
         Ok(Request::new(
             self.clone(),
-            ReqState::Send { id, ctx, data: &[] },
+            ReqState::Send {
+                id,
+                ctx,
+                tag,
+                data: &[],
+            },
             |_, _, _, _| Ok(()),
         ))
     }
@@ -165,7 +170,7 @@ impl Comm {
         sync: bool,
     ) -> Result<Request<'a, ()>> {
         let id = self.start_send(ctx, dest, tag, payload, enc, sync)?;
-        Ok(Request::send(self, id, ctx, payload))
+        Ok(Request::send(self, id, (ctx, tag), payload))
     }
 
     /// [`Comm::isend_borrowed`] without the request: the send's id.
@@ -347,7 +352,7 @@ impl Comm {
         let ready = || core.frame_waiting(peer);
         let _doing = self.doing("recv", &pat);
         let _trace = self.trace_pat("recv", &pat);
-        let r = core.wait_checking_first(self.watch_peer(pat.ctx, peer), &ready, |core, st| {
+        let r = core.wait_checking_first(self.watch_for(&pat), &ready, |core, st| {
             if let Some(id) = posted {
                 return Ok(st.proto.take(id, true).map(Err));
             }

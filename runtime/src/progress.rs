@@ -223,7 +223,37 @@ pub(crate) enum Watch<'a> {
     Step {
         peer: usize,
         members: &'a [usize],
+        /// Where another member's notice that it left the collective with an error would
+        /// be (see `Comm::fail_together`); such a notice ends the wait too.
+        abort: Option<Pattern>,
     },
+}
+
+/// The error to end a collective step's wait with when another member's notice that it
+/// left the call with an error is here (the notice is taken).
+fn collective_failed(st: &mut State, watch: Watch<'_>) -> Option<Error> {
+    let Watch::Step {
+        abort: Some(pat), ..
+    } = watch
+    else {
+        return None;
+    };
+    st.peek(pat)?;
+    let m = match st.proto.post(pat, crate::protocol::Want::Bytes) {
+        Ok(m) => m,
+        Err(id) => {
+            st.proto.cancel(id);
+            return None;
+        }
+    };
+    let detail = match &m.body {
+        crate::protocol::matching::Body::Eager(v) => String::from_utf8_lossy(v).into_owned(),
+        _ => "(no detail)".into(),
+    };
+    Some(Error::CollectiveFailed {
+        rank: m.src as usize,
+        detail,
+    })
 }
 
 /// What a transport error says about a lost peer, for a later `PeerLost`'s detail (not the
@@ -982,7 +1012,7 @@ impl Core {
             Watch::Peer(p) if p == self.rank => None,
             Watch::Peer(p) => self.gone(st, p).map(|why| (p, why)),
             // A failed member is the cause to name, even when the peer left because of it.
-            Watch::Step { peer, members } => self.failed_among(members).or_else(|| {
+            Watch::Step { peer, members, .. } => self.failed_among(members).or_else(|| {
                 self.gone(st, peer)
                     .filter(|_| peer != self.rank)
                     .map(|why| (peer, why))
@@ -1113,7 +1143,8 @@ impl Core {
                 let mut st = self.lock();
                 // Peer loss is checked before progress (so everything the peer sent before it
                 // went is read first), and only now and then while spinning.
-                let (lost, gone) = if iter % 64 == 63 || std::mem::take(&mut woke) {
+                let looked = iter % 64 == 63 || std::mem::take(&mut woke);
+                let (lost, gone) = if looked {
                     (self.check_watch(&st, watch), self.lost_peers(&st))
                 } else {
                     (None, Vec::new())
@@ -1134,6 +1165,11 @@ impl Core {
                     drop(st);
                     let (rank, detail) = self.root_cause(watch, rank, detail);
                     return Err(self.lost_error(&self.lock(), rank, detail));
+                }
+                if looked {
+                    if let Some(e) = collective_failed(&mut st, watch) {
+                        return Err(e);
+                    }
                 }
             }
             let now_past = |d: Instant| Instant::now() >= d;

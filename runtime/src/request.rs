@@ -15,8 +15,9 @@ pub(crate) enum ReqState<'a> {
     /// receiver may ask to have streamed), else empty.
     Send {
         id: SendId,
-        /// Context the message goes in.
+        /// Context the message goes in, and its tag.
         ctx: u32,
+        tag: i32,
         data: &'a [u8],
     },
     Recv {
@@ -130,14 +131,15 @@ impl<'a> From<&'a Comm> for CommRef<'a> {
 }
 
 impl<'a> Request<'a, ()> {
-    /// The request of a send started as `id` in context `ctx`, borrowing `data`.
+    /// The request of a send started as `id` in context `ctx` with `tag`, borrowing `data`.
     pub(crate) fn send(
         comm: impl Into<CommRef<'a>>,
         id: SendId,
-        ctx: u32,
+        (ctx, tag): (u32, i32),
         data: &'a [u8],
     ) -> Request<'a, ()> {
-        Request::new(comm, ReqState::Send { id, ctx, data }, |_, _, _, _| Ok(()))
+        let state = ReqState::Send { id, ctx, tag, data };
+        Request::new(comm, state, |_, _, _, _| Ok(()))
     }
 }
 
@@ -213,8 +215,9 @@ impl<'a, T> Request<'a, T> {
             ReqState::Send {
                 id: SendId::Frame { peer, .. } | SendId::Rendezvous { peer, .. },
                 ctx,
+                tag,
                 ..
-            } => comm.watch_peer(*ctx, *peer),
+            } => comm.watch_send(*ctx, *peer, *tag),
             ReqState::Recv { pat, .. } => comm.watch_for(pat),
             _ => Watch::Nobody,
         }
@@ -266,6 +269,7 @@ impl<'a, T> Request<'a, T> {
                 id: SendId::Frame { peer, .. } | SendId::Rendezvous { peer, .. },
                 ctx,
                 data,
+                ..
             } => Some(crate::diag::step(crate::diag::Step {
                 op: "wait",
                 comm: *ctx,
@@ -281,6 +285,7 @@ impl<'a, T> Request<'a, T> {
                 id: SendId::Frame { peer, .. } | SendId::Rendezvous { peer, .. },
                 ctx,
                 data,
+                ..
             } => crate::trace::span(
                 "wait",
                 crate::trace::Cat::P2p,

@@ -217,20 +217,24 @@ fn a_reused_slot_keeps_operands_until_every_member_read_them() {
     }
 }
 
-/// Ranks that disagree on an all-reduction's element type or length (in shared memory)
-/// all get a `TypeMismatch` instead of a result made of the wrong bytes, and the
-/// communicator stays usable. (By messages only the first receiver of a wrong operand
-/// fails; the others wait for it.)
+/// Ranks that disagree on an all-reduction's element type or length, or on a broadcast's
+/// type, all get an error instead of a result made of the wrong bytes or a wait for ever,
+/// and the communicator stays usable: in shared memory every rank finds the mismatch
+/// itself; by messages (and over sockets) the ranks that find it tell the others, which get
+/// `CollectiveFailed` (before that notice, they waited for ever).
 #[test]
 fn an_all_reduction_with_mismatched_operands_fails_on_every_rank() {
-    for transport in ["shm", "auto"] {
-        let o = run_job(
-            &["-n", "3", "--transport", transport],
-            "ranks-testjob",
-            &["reduce_mismatch"],
-            LIMIT,
-        );
-        assert_eq!(o.code, 0, "{transport}: {o:?}");
+    for (n, args) in [
+        ("3", &["--transport", "shm"][..]),
+        ("3", &["--transport", "auto"]),
+        ("3", &["--transport", "shm", "-x", "RANKS_COLL_SHM=0"]),
+        ("5", &["--transport", "shm", "-x", "RANKS_COLL_SHM=0"]),
+        ("4", &["--transport", "uds"]),
+    ] {
+        let mut launcher = vec!["-n", n];
+        launcher.extend_from_slice(args);
+        let o = run_job(&launcher, "ranks-testjob", &["reduce_mismatch"], LIMIT);
+        assert_eq!(o.code, 0, "{launcher:?}: {o:?}");
         assert!(o.stdout.contains("reduce_mismatch ok"), "{o:?}");
     }
 }

@@ -1810,6 +1810,18 @@ fn head_to_head(w: &Comm) -> R {
 /// works. Prints "reduce_mismatch ok".
 fn reduce_mismatch(w: &Comm) -> R {
     let me = w.rank();
+    // What a rank may get when members disagree: its own finding (a type or a length that
+    // does not match), or another member's notice that it failed (by messages, the ranks
+    // that never saw the wrong operand themselves).
+    let mismatch = |e: &Error| {
+        matches!(
+            e,
+            Error::TypeMismatch { .. }
+                | Error::Truncated { .. }
+                | Error::InvalidArgument(_)
+                | Error::CollectiveFailed { .. }
+        )
+    };
     let e = if me == 0 {
         w.all_reduce_slice(&[1.5f64], &mut [0f64], &ranks::op::Sum)
     } else {
@@ -1817,13 +1829,28 @@ fn reduce_mismatch(w: &Comm) -> R {
     }
     .expect_err("f64 on rank 0, u64 elsewhere");
     println!("rank {me} types: {e}");
-    assert!(matches!(e, Error::TypeMismatch { .. }), "{e:?}");
+    assert!(mismatch(&e), "{e:?}");
     let len = if me == 0 { 2 } else { 1 };
     let e = w
         .all_reduce_slice(&vec![1u64; len], &mut vec![0u64; len], &ranks::op::Sum)
         .expect_err("two items on rank 0, one elsewhere");
     println!("rank {me} lengths: {e}");
-    assert!(matches!(e, Error::TypeMismatch { .. }), "{e:?}");
+    assert!(mismatch(&e), "{e:?}");
+    // A broadcast of another type than the others expect: the root is done when it has
+    // sent; every other rank fails, also those the root does not send to.
+    let r = if me == 0 {
+        w.broadcast_slice(0, &mut [2.5f64; 3])
+    } else {
+        w.broadcast_slice(0, &mut [0u64; 3])
+    };
+    match (me, r) {
+        (0, r) => r?,
+        (_, Ok(())) => panic!("rank {me}: a broadcast of f64 into u64 succeeded"),
+        (_, Err(e)) => {
+            println!("rank {me} broadcast: {e}");
+            assert!(mismatch(&e), "{e:?}");
+        }
+    }
     let mut out = [0u64];
     w.all_reduce_slice(&[me as u64], &mut out, &ranks::op::Sum)?;
     let n = w.size() as u64;
