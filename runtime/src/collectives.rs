@@ -32,7 +32,7 @@ pub(crate) fn ctag(seq: u32, round: u32) -> i32 {
 
 /// The round whose tag carries a member's notice that it left collective `seq` with an
 /// error (see `Comm::fail_together`); no algorithm's step uses it.
-const ABORT_ROUND: u32 = 0x3ff;
+pub(crate) const ABORT_ROUND: u32 = 0x3ff;
 
 /// Where another member's failure notice for the collective a step with pattern `pat`
 /// belongs to would be.

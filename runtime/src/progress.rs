@@ -1483,6 +1483,44 @@ mod tests {
         assert_eq!(w.landed_receives(), 1, "tag 1 landed");
     }
 
+    /// A collective's step ends with `CollectiveFailed` when another member's notice that
+    /// it left that collective with an error arrives (before the notice, it waited for
+    /// ever), and only for that collective: a notice for a later one leaves the step to its
+    /// own message.
+    #[test]
+    fn a_collective_step_ends_at_another_members_failure_notice() {
+        use crate::collectives::{ctag, ABORT_ROUND};
+        let coll_frame = |tag: i32, payload: &[u8]| {
+            let tc = crate::comm::typecode::<u8>();
+            let h = Header::data(1, 1, tag, payload.len() as u64, Encoding::Raw, tc);
+            [&h.encode()[..], payload].concat()
+        };
+        let script = std::sync::Arc::new(Script::default());
+        *script.at_first_sleep.lock().unwrap() =
+            Some(coll_frame(ctag(0, ABORT_ROUND), b"operands differ"));
+        let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
+        (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
+        let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
+        let w = crate::comm::Comm::world(std::sync::Arc::new(core));
+        let mut buf = [0u8; 4];
+        match w.c_recv_into(1, ctag(0, 0), &mut buf) {
+            Err(Error::CollectiveFailed { rank, detail }) => {
+                assert_eq!((rank, detail.as_str()), (1, "operands differ"));
+            }
+            other => panic!("expected CollectiveFailed, got {other:?}"),
+        }
+        // Collective 2's notice, then collective 1's message: the step of 1 gets its message.
+        arrive(
+            &script,
+            &[
+                coll_frame(ctag(2, ABORT_ROUND), b"later"),
+                coll_frame(ctag(1, 0), b"data"),
+            ],
+        );
+        let st = w.c_recv_into(1, ctag(1, 0), &mut buf).unwrap();
+        assert_eq!((st.len, &buf), (4, b"data"));
+    }
+
     /// A sender's side of shared pulls, scripted: every pull copies `fill`; an offer is
     /// "taken" and stays so for `taken_for` looks, then ends as `end`, or the peer is gone.
     struct Offers {
