@@ -34,6 +34,10 @@ pub(crate) fn ctag(seq: u32, round: u32) -> i32 {
 /// error (see `Comm::fail_together`); no algorithm's step uses it.
 pub(crate) const ABORT_ROUND: u32 = 0x3ff;
 
+/// The element type code a failure notice carries: even, where every type's code is odd
+/// (`comm::typecode`), so that no step's message is taken for one.
+pub(crate) const NOTICE_TYPECODE: u32 = 0xfa11_ed00;
+
 /// Where another member's failure notice for the collective a step with pattern `pat`
 /// belongs to would be.
 pub(crate) fn abort_pattern(pat: &Pattern) -> Pattern {
@@ -139,7 +143,8 @@ impl Comm {
             let tag = ctag(seq, ABORT_ROUND);
             for dest in (0..self.size()).filter(|&d| d != self.rank()) {
                 // A notice is small (sent eagerly); a member gone by now needs none.
-                let _ = self.c_send(dest, tag, why.as_bytes());
+                let notice = (why.as_bytes(), Encoding::Raw, NOTICE_TYPECODE);
+                let _ = self.send_bytes(self.coll_ctx(), dest, tag, notice.0, notice.1, notice.2);
             }
         }
         r

@@ -238,7 +238,11 @@ fn collective_failed(st: &mut State, watch: Watch<'_>) -> Option<Error> {
     else {
         return None;
     };
-    st.peek(pat)?;
+    // Only a notice: a step's message with that tag (a ring of more than 512 members has
+    // round 1023) is not one.
+    if st.peek(pat)?.typecode != crate::collectives::NOTICE_TYPECODE {
+        return None;
+    }
     let m = match st.proto.post(pat, crate::protocol::Want::Bytes) {
         Ok(m) => m,
         Err(id) => {
@@ -1491,7 +1495,11 @@ mod tests {
     fn a_collective_step_ends_at_another_members_failure_notice() {
         use crate::collectives::{ctag, ABORT_ROUND};
         let coll_frame = |tag: i32, payload: &[u8]| {
-            let tc = crate::comm::typecode::<u8>();
+            let tc = if tag & 0x3ff == ABORT_ROUND as i32 {
+                crate::collectives::NOTICE_TYPECODE
+            } else {
+                crate::comm::typecode::<u8>()
+            };
             let h = Header::data(1, 1, tag, payload.len() as u64, Encoding::Raw, tc);
             [&h.encode()[..], payload].concat()
         };
