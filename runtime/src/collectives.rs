@@ -909,7 +909,7 @@ impl Comm {
     ) -> Result<()> {
         check_len("scan", recv.len(), send.len())?;
         let (seq, _call) = self.begin("scan_slice", None);
-        self.scan_seq(seq, send, recv, op, false)
+        self.fail_together(seq, self.scan_seq(seq, send, recv, op, false))
     }
 
     /// Exclusive prefix reduction: rank r > 0 gets `x0 ∘ ... ∘ x(r-1)`; rank 0's `recv` is
@@ -922,7 +922,7 @@ impl Comm {
     ) -> Result<()> {
         check_len("exscan", recv.len(), send.len())?;
         let (seq, _call) = self.begin("exscan_slice", None);
-        self.scan_seq(seq, send, recv, op, true)
+        self.fail_together(seq, self.scan_seq(seq, send, recv, op, true))
     }
 
     fn scan_seq<T: Pod, O: Op<T> + ?Sized>(
@@ -1348,7 +1348,7 @@ impl Comm {
         let start: usize = counts[..self.rank()].iter().sum();
         out[start..start + send.len()].copy_from_slice(send);
         let (seq, _call) = self.begin("all_gather_varcount", None);
-        self.ring_allgatherv(seq, 0, &mut out, &counts)?;
+        self.fail_together(seq, self.ring_allgatherv(seq, 0, &mut out, &counts))?;
         Ok((out, counts))
     }
 
@@ -1381,7 +1381,7 @@ impl Comm {
         let k = send.len() / n;
         let counts = vec![k; n];
         let (seq, _call) = self.begin("all_to_all_slice", None);
-        self.alltoallv_seq(seq, send, &counts, recv, &counts)
+        self.fail_together(seq, self.alltoallv_seq(seq, send, &counts, recv, &counts))
     }
 
     fn alltoallv_seq<T: Pod>(
@@ -1432,7 +1432,8 @@ impl Comm {
         let rcounts: Vec<usize> = rc.iter().map(|&c| c as usize).collect();
         let mut out = vec![T::zeroed(); rcounts.iter().sum()];
         let (seq, _call) = self.begin("all_to_all_varcount", None);
-        self.alltoallv_seq(seq, send, send_counts, &mut out, &rcounts)?;
+        let r = self.alltoallv_seq(seq, send, send_counts, &mut out, &rcounts);
+        self.fail_together(seq, r)?;
         Ok((out, rcounts))
     }
 

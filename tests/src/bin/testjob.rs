@@ -1851,6 +1851,21 @@ fn reduce_mismatch(w: &Comm) -> R {
             assert!(mismatch(&e), "{e:?}");
         }
     }
+    // A prefix reduction: rank 0 only sends, so it may finish; every other rank fails
+    // (by messages, those past rank 1 on rank 1's notice).
+    let r = if me == 0 {
+        w.scan_slice(&[1.5f64], &mut [0f64], &ranks::op::Sum)
+    } else {
+        w.scan_slice(&[1u64], &mut [0u64], &ranks::op::Sum)
+    };
+    match (me, r) {
+        (0, Ok(())) => {}
+        (_, Ok(())) => panic!("rank {me}: a scan over f64 and u64 succeeded"),
+        (_, Err(e)) => {
+            println!("rank {me} scan: {e}");
+            assert!(mismatch(&e), "{e:?}");
+        }
+    }
     let mut out = [0u64];
     w.all_reduce_slice(&[me as u64], &mut out, &ranks::op::Sum)?;
     let n = w.size() as u64;
