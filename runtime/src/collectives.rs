@@ -994,6 +994,18 @@ impl Comm {
         check_len("reduce_scatter send", send.len(), counts.iter().sum())?;
         check_len("reduce_scatter recv", recv.len(), counts[self.rank()])?;
         let (seq, _call) = self.begin("reduce_scatter_slice", None);
+        let r = self.reduce_scatter_seq(seq, send, recv, counts, op);
+        self.fail_together(seq, r)
+    }
+
+    fn reduce_scatter_seq<T: Pod, O: Op<T> + ?Sized>(
+        &self,
+        seq: u32,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        op: &O,
+    ) -> Result<()> {
         let start: usize = counts[..self.rank()].iter().sum();
         if op.commutative() {
             let mut work = send.to_vec();
@@ -1022,6 +1034,10 @@ impl Comm {
     pub fn gather_slice<T: Pod>(&self, root: usize, send: &[T], recv: &mut [T]) -> Result<()> {
         self.check_root(root)?;
         let (seq, _call) = self.begin("gather_slice", Some(root));
+        self.fail_together(seq, self.gather_seq(seq, root, send, recv))
+    }
+
+    fn gather_seq<T: Pod>(&self, seq: u32, root: usize, send: &[T], recv: &mut [T]) -> Result<()> {
         let tag = ctag(seq, 0);
         let (n, me) = (self.size(), self.rank());
         if me == root {

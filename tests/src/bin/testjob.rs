@@ -1866,6 +1866,17 @@ fn reduce_mismatch(w: &Comm) -> R {
             assert!(mismatch(&e), "{e:?}");
         }
     }
+    // A reduce-scatter (a ring by messages): every rank fails.
+    let n = w.size();
+    let counts = vec![1; n];
+    let e = if me == 0 {
+        w.reduce_scatter_slice(&vec![1.5f64; n], &mut [0f64], &counts, &ranks::op::Sum)
+    } else {
+        w.reduce_scatter_slice(&vec![1u64; n], &mut [0u64], &counts, &ranks::op::Sum)
+    }
+    .expect_err("f64 on rank 0, u64 elsewhere");
+    println!("rank {me} reduce_scatter: {e}");
+    assert!(mismatch(&e), "{e:?}");
     let mut out = [0u64];
     w.all_reduce_slice(&[me as u64], &mut out, &ranks::op::Sum)?;
     let n = w.size() as u64;
