@@ -191,7 +191,10 @@ impl<T: Pod + Send> Exec<T> {
                     let mut seen = None;
                     for peer in waiting {
                         if let Some(e) = net.lost(peer) {
-                            if self.suspect == Some(peer) {
+                            // A member's notice that it failed is taken when seen: final.
+                            if self.suspect == Some(peer)
+                                || matches!(e, Error::CollectiveFailed { .. })
+                            {
                                 return Err(e);
                             }
                             seen = seen.or(Some(peer));
@@ -316,6 +319,8 @@ struct OnComm<T, O> {
     rank: usize,
     members: Arc<[usize]>,
     typecode: u32,
+    type_name: &'static str,
+    seq: u32,
     finish: Option<Output<T, O>>,
 }
 
@@ -331,6 +336,8 @@ impl<T: Pod + Send, O: Send + 'static> Machine for OnComm<T, O> {
             rank: self.rank,
             members: &self.members,
             typecode: self.typecode,
+            type_name: self.type_name,
+            seq: self.seq,
         };
         let exec = self.exec.as_mut()?;
         let r: Result<O> = match exec.advance(&mut net, look) {
@@ -342,6 +349,7 @@ impl<T: Pod + Send, O: Send + 'static> Machine for OnComm<T, O> {
             Err(e) => {
                 exec.abandon(&mut net);
                 self.exec = None;
+                net.fail_together(&e);
                 Err(e)
             }
         };
@@ -358,33 +366,15 @@ struct CoreNet<'a> {
     rank: usize,
     members: &'a [usize],
     typecode: u32,
+    /// The element type's name (for a `TypeMismatch`).
+    type_name: &'static str,
+    /// The collective's number (for failure notices, see `Comm::fail_together`).
+    seq: u32,
 }
 
 impl Net for CoreNet<'_> {
     fn send(&mut self, peer: usize, tag: i32, data: &[u8]) -> Result<SendId> {
-        let world = self.members[peer];
-        let h = Header::data(
-            self.ctx,
-            self.rank as u32,
-            tag,
-            data.len() as u64,
-            Encoding::Raw,
-            self.typecode,
-        );
-        let st = &mut *self.st;
-        Ok(match self.core.route(st, world, data.len(), false) {
-            Route::SelfSend => {
-                self.core
-                    .deliver_local(st, Msg::new(&h, Body::Eager(data.to_vec())));
-                SendId::Done
-            }
-            Route::Rendezvous => {
-                let mut buf = vec![0u8; HEADER_LEN + data.len()];
-                buf[HEADER_LEN..].copy_from_slice(data);
-                self.core.offer(st, world, &h, RvBuf::Owned(buf))
-            }
-            Route::Eager => self.core.write_frame(st, world, &h, data),
-        })
+        self.send_as(peer, tag, data, self.typecode)
     }
 
     fn sent(&mut self, id: SendId) -> Result<bool> {
@@ -412,14 +402,21 @@ impl Net for CoreNet<'_> {
 
     fn lost(&mut self, peer: usize) -> Option<Error> {
         // As a blocking collective's step: a failed member is the cause to name, even when
-        // the peer left because of it.
+        // the peer left because of it; another member's notice that it failed ends it too.
+        let abort = crate::collectives::abort_pattern(&Pattern {
+            ctx: self.ctx,
+            src: peer as i32,
+            tag: crate::collectives::ctag(self.seq, 0),
+        });
         let watch = crate::progress::Watch::Step {
             peer: self.members[peer],
             members: self.members,
-            abort: None,
+            abort: Some(abort),
         };
-        let (rank, detail) = self.core.check_watch(self.st, watch)?;
-        Some(Error::PeerLost { rank, detail })
+        if let Some((rank, detail)) = self.core.check_watch(self.st, watch) {
+            return Some(Error::PeerLost { rank, detail });
+        }
+        crate::progress::collective_failed(self.st, watch)
     }
 
     fn cancel(&mut self, id: RecvId) {
@@ -428,7 +425,64 @@ impl Net for CoreNet<'_> {
 }
 
 impl CoreNet<'_> {
+    /// Send `data` to member `peer` with `tag`, as elements of type code `typecode`.
+    fn send_as(&mut self, peer: usize, tag: i32, data: &[u8], typecode: u32) -> Result<SendId> {
+        let world = self.members[peer];
+        let h = Header::data(
+            self.ctx,
+            self.rank as u32,
+            tag,
+            data.len() as u64,
+            Encoding::Raw,
+            typecode,
+        );
+        let st = &mut *self.st;
+        Ok(match self.core.route(st, world, data.len(), false) {
+            Route::SelfSend => {
+                self.core
+                    .deliver_local(st, Msg::new(&h, Body::Eager(data.to_vec())));
+                SendId::Done
+            }
+            Route::Rendezvous => {
+                let mut buf = vec![0u8; HEADER_LEN + data.len()];
+                buf[HEADER_LEN..].copy_from_slice(data);
+                self.core.offer(st, world, &h, RvBuf::Owned(buf))
+            }
+            Route::Eager => self.core.write_frame(st, world, &h, data),
+        })
+    }
+
+    /// After this rank's own finding that the operands do not match (see
+    /// `Comm::fail_together`), tell every other member.
+    fn fail_together(&mut self, e: &Error) {
+        if !matches!(
+            e,
+            Error::TypeMismatch { .. } | Error::Truncated { .. } | Error::InvalidArgument(_)
+        ) {
+            return;
+        }
+        let why = e.to_string();
+        let tag = crate::collectives::ctag(self.seq, crate::collectives::ABORT_ROUND);
+        let me = self.rank;
+        for peer in (0..self.members.len()).filter(|&p| p != me) {
+            let _ = self.send_as(
+                peer,
+                tag,
+                why.as_bytes(),
+                crate::collectives::NOTICE_TYPECODE,
+            );
+        }
+    }
+
     fn bytes(&self, msg: Msg) -> Result<Vec<u8>> {
+        if msg.enc != Encoding::Raw || msg.typecode != self.typecode {
+            return Err(Error::TypeMismatch {
+                rank: msg.src as usize,
+                tag: msg.tag,
+                expected: self.type_name,
+                detail: "its elements are of another type".into(),
+            });
+        }
         match msg.body {
             Body::Eager(v) => Ok(v),
             Body::Failed(e) => Err(*e),
@@ -460,6 +514,8 @@ impl Comm {
             rank: self.rank(),
             members: self.members.clone(),
             typecode: typecode::<T>(),
+            type_name: std::any::type_name::<T>(),
+            seq: call.seq as u32,
             finish: Some(Box::new(finish)),
         };
         let slot = self.core.start_machine(Box::new(m), call);

@@ -231,7 +231,7 @@ pub(crate) enum Watch<'a> {
 
 /// The error to end a collective step's wait with when another member's notice that it
 /// left the call with an error is here (the notice is taken).
-fn collective_failed(st: &mut State, watch: Watch<'_>) -> Option<Error> {
+pub(crate) fn collective_failed(st: &mut State, watch: Watch<'_>) -> Option<Error> {
     let Watch::Step {
         abort: Some(pat), ..
     } = watch

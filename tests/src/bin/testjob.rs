@@ -1866,6 +1866,18 @@ fn reduce_mismatch(w: &Comm) -> R {
             assert!(mismatch(&e), "{e:?}");
         }
     }
+    // A nonblocking all-reduction: every rank fails too (before, its schedule took the
+    // other ranks' bytes as its own type and gave a wrong sum).
+    let e = if me == 0 {
+        w.iall_reduce(vec![1.5f64], ranks::op::Sum)
+            .wait()
+            .map(|_| ())
+    } else {
+        w.iall_reduce(vec![1u64], ranks::op::Sum).wait().map(|_| ())
+    }
+    .expect_err("f64 on rank 0, u64 elsewhere");
+    println!("rank {me} iall_reduce: {e}");
+    assert!(mismatch(&e), "{e:?}");
     // A reduce-scatter (a ring by messages): every rank fails.
     let n = w.size();
     let counts = vec![1; n];
