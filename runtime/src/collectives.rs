@@ -1087,6 +1087,15 @@ impl Comm {
     ) -> Result<Option<(Vec<T>, Vec<usize>)>> {
         self.check_root(root)?;
         let (seq, _call) = self.begin("gather_varcount", Some(root));
+        self.fail_together(seq, self.gatherv_seq(seq, root, send))
+    }
+
+    fn gatherv_seq<T: Pod>(
+        &self,
+        seq: u32,
+        root: usize,
+        send: &[T],
+    ) -> Result<Option<(Vec<T>, Vec<usize>)>> {
         let tag = ctag(seq, 0);
         let (n, me) = (self.size(), self.rank());
         if me != root {
@@ -1223,6 +1232,15 @@ impl Comm {
     ) -> Result<Vec<T>> {
         self.check_root(root)?;
         let (seq, _call) = self.begin("scatter_varcount", Some(root));
+        self.fail_together(seq, self.scatter_varcount_seq(seq, root, send))
+    }
+
+    fn scatter_varcount_seq<T: Pod>(
+        &self,
+        seq: u32,
+        root: usize,
+        send: Option<(&[T], &[usize])>,
+    ) -> Result<Vec<T>> {
         let tag = ctag(seq, 100);
         let (n, me) = (self.size(), self.rank());
         if me != root {

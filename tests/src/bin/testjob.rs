@@ -1866,6 +1866,24 @@ fn reduce_mismatch(w: &Comm) -> R {
             assert!(mismatch(&e), "{e:?}");
         }
     }
+    // A gather of 256 KiB blocks of another type than the root expects: the root fails.
+    // In shared memory a block that large is a rendezvous (its sender waits until the root
+    // takes it), and the senders fail on the root's notice instead of waiting for ever;
+    // over sockets it is sent whole, and they may be done.
+    let k = 32 * 1024;
+    let r = if me == 0 {
+        w.gather_slice(0, &vec![1u64; k], &mut vec![0u64; k * w.size()])
+    } else {
+        w.gather_slice(0, &vec![1.5f64; k], &mut [])
+    };
+    match (me, r) {
+        (0, Ok(())) => panic!("the root gathered f64 blocks as u64"),
+        (_, Ok(())) => println!("rank {me} gather: sent"),
+        (_, Err(e)) => {
+            println!("rank {me} gather: {e}");
+            assert!(mismatch(&e), "{e:?}");
+        }
+    }
     // A nonblocking all-reduction: every rank fails too (before, its schedule took the
     // other ranks' bytes as its own type and gave a wrong sum).
     let e = if me == 0 {
