@@ -32,21 +32,41 @@ pub(crate) fn ctag(seq: u32, round: u32) -> i32 {
 
 /// The round whose tag carries a member's notice that it left collective `seq` with an
 /// error (see `Comm::fail_together`); no algorithm's step uses it.
-pub(crate) const ABORT_ROUND: u32 = 0x3ff;
+const ABORT_ROUND: u32 = 0x3ff;
 
 /// The element type code a failure notice carries: even, where every type's code is odd
 /// (`comm::typecode`), so that no step's message is taken for one.
 pub(crate) const NOTICE_TYPECODE: u32 = 0xfa11_ed00;
 
-/// Where another member's failure notice for the collective a step with pattern `pat`
-/// belongs to would be.
-pub(crate) fn abort_pattern(pat: &Pattern) -> Pattern {
-    let seq = (pat.tag as u32) >> 10;
+/// The collective number a step's tag (`ctag`) belongs to.
+pub(crate) fn seq_of(tag: i32) -> u32 {
+    (tag as u32) >> 10
+}
+
+/// The tag of a failure notice for collective `seq`.
+pub(crate) fn notice_tag(seq: u32) -> i32 {
+    ctag(seq, ABORT_ROUND)
+}
+
+/// Where another member's failure notice for collective `seq` in (collective) context
+/// `ctx` would be.
+pub(crate) fn notice_pattern(ctx: u32, seq: u32) -> Pattern {
     Pattern {
-        ctx: pat.ctx,
+        ctx,
         src: crate::protocol::matching::ANY_SOURCE,
-        tag: ctag(seq, ABORT_ROUND),
+        tag: notice_tag(seq),
     }
+}
+
+/// What a rank that left a collective with error `e` tells the other members: its own
+/// finding that the operands do not match (another type, another length); nothing for
+/// other errors (lost ranks are found by everyone, and a notice received is not passed on).
+pub(crate) fn notice_of(e: &Error) -> Option<String> {
+    matches!(
+        e,
+        Error::TypeMismatch { .. } | Error::Truncated { .. } | Error::InvalidArgument(_)
+    )
+    .then(|| e.to_string())
 }
 
 /// Start and length of block `i` when `len` items are split into `n` nearly equal blocks.
@@ -130,21 +150,22 @@ impl Comm {
     }
 
     /// The result of collective `seq` here, after telling the other members when it is an
-    /// error of this rank's own finding (operands that do not match: another type, another
-    /// length): they may be waiting for a step of ours that will not come, and each gets
-    /// `Error::CollectiveFailed` instead of waiting for ever. (Lost ranks are found by
-    /// everyone already, and a notice received is not passed on.)
+    /// error of this rank's own finding (`notice_of`): they may be waiting for a step of ours
+    /// that will not come, and each gets `Error::CollectiveFailed` instead of waiting for
+    /// ever.
     fn fail_together<R>(&self, seq: u32, r: Result<R>) -> Result<R> {
-        if let Err(
-            e @ (Error::TypeMismatch { .. } | Error::Truncated { .. } | Error::InvalidArgument(_)),
-        ) = &r
-        {
-            let why = e.to_string();
-            let tag = ctag(seq, ABORT_ROUND);
+        if let Some(why) = r.as_ref().err().and_then(notice_of) {
             for dest in (0..self.size()).filter(|&d| d != self.rank()) {
                 // A notice is small (sent eagerly); a member gone by now needs none.
-                let notice = (why.as_bytes(), Encoding::Raw, NOTICE_TYPECODE);
-                let _ = self.send_bytes(self.coll_ctx(), dest, tag, notice.0, notice.1, notice.2);
+                let enc = (Encoding::Raw, NOTICE_TYPECODE);
+                let _ = self.send_bytes_as(
+                    self.coll_ctx(),
+                    dest,
+                    notice_tag(seq),
+                    why.as_bytes(),
+                    enc,
+                    false,
+                );
             }
         }
         r

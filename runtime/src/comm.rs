@@ -267,26 +267,23 @@ impl Comm {
             return Watch::All(&self.members);
         }
         let peer = self.members[pat.src as usize];
-        if pat.ctx == self.coll_ctx() && pat.tag != ANY_TAG {
-            // A collective's step: another member's notice that it failed ends it too.
-            return Watch::Step {
-                peer,
-                members: &self.members,
-                abort: Some(crate::collectives::abort_pattern(pat)),
-            };
+        if pat.tag == ANY_TAG {
+            return self.watch_peer(pat.ctx, peer);
         }
-        self.watch_peer(pat.ctx, peer)
+        self.watch_step(pat.ctx, peer, pat.tag)
     }
 
-    /// What ends a wait for a send to world rank `peer` with `tag` in context `ctx` (a
-    /// rendezvous the receiver has not taken): as for a receive from it.
-    pub(crate) fn watch_send(&self, ctx: u32, peer: usize, tag: i32) -> Watch<'_> {
+    /// What ends a wait on world rank `peer` for traffic with `tag` in context `ctx` (a
+    /// receive from it, or a send it has not taken): as `watch_peer`, and in the collective
+    /// context also another member's notice that it failed in the collective the tag is
+    /// of (see `Comm::fail_together`).
+    pub(crate) fn watch_step(&self, ctx: u32, peer: usize, tag: i32) -> Watch<'_> {
         if ctx == self.coll_ctx() {
-            let pat = Pattern { ctx, src: 0, tag };
+            let seq = crate::collectives::seq_of(tag);
             return Watch::Step {
                 peer,
                 members: &self.members,
-                abort: Some(crate::collectives::abort_pattern(&pat)),
+                abort: Some(crate::collectives::notice_pattern(ctx, seq)),
             };
         }
         self.watch_peer(ctx, peer)

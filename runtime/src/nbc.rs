@@ -403,11 +403,7 @@ impl Net for CoreNet<'_> {
     fn lost(&mut self, peer: usize) -> Option<Error> {
         // As a blocking collective's step: a failed member is the cause to name, even when
         // the peer left because of it; another member's notice that it failed ends it too.
-        let abort = crate::collectives::abort_pattern(&Pattern {
-            ctx: self.ctx,
-            src: peer as i32,
-            tag: crate::collectives::ctag(self.seq, 0),
-        });
+        let abort = crate::collectives::notice_pattern(self.ctx, self.seq);
         let watch = crate::progress::Watch::Step {
             peer: self.members[peer],
             members: self.members,
@@ -455,22 +451,14 @@ impl CoreNet<'_> {
     /// After this rank's own finding that the operands do not match (see
     /// `Comm::fail_together`), tell every other member.
     fn fail_together(&mut self, e: &Error) {
-        if !matches!(
-            e,
-            Error::TypeMismatch { .. } | Error::Truncated { .. } | Error::InvalidArgument(_)
-        ) {
+        let Some(why) = crate::collectives::notice_of(e) else {
             return;
-        }
-        let why = e.to_string();
-        let tag = crate::collectives::ctag(self.seq, crate::collectives::ABORT_ROUND);
+        };
+        let tag = crate::collectives::notice_tag(self.seq);
         let me = self.rank;
         for peer in (0..self.members.len()).filter(|&p| p != me) {
-            let _ = self.send_as(
-                peer,
-                tag,
-                why.as_bytes(),
-                crate::collectives::NOTICE_TYPECODE,
-            );
+            let code = crate::collectives::NOTICE_TYPECODE;
+            let _ = self.send_as(peer, tag, why.as_bytes(), code);
         }
     }
 

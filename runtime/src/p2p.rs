@@ -102,7 +102,7 @@ impl Comm {
             tag: Some(tag),
             bytes: payload.len(),
         });
-        let r = core.wait_for(self.watch_send(ctx, peer, tag), |core, st| {
+        let r = core.wait_for(self.watch_step(ctx, peer, tag), |core, st| {
             Ok(poll_borrowed_send(core, st, id, payload)?.then_some(()))
         });
         if r.is_err() {
@@ -144,16 +144,7 @@ impl Comm {
             }
         };
         drop(st);
-        Ok(Request::new(
-            self.clone(),
-            ReqState::Send {
-                id,
-                ctx,
-                tag,
-                data: &[],
-            },
-            |_, _, _, _| Ok(()),
-        ))
+        Ok(Request::send(self.clone(), id, (ctx, tag), &[]))
     }
 
     /// Nonblocking send straight from a borrowed buffer: small messages are written (or

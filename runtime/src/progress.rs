@@ -1493,9 +1493,9 @@ mod tests {
     /// own message.
     #[test]
     fn a_collective_step_ends_at_another_members_failure_notice() {
-        use crate::collectives::{ctag, ABORT_ROUND};
+        use crate::collectives::{ctag, notice_tag, seq_of};
         let coll_frame = |tag: i32, payload: &[u8]| {
-            let tc = if tag & 0x3ff == ABORT_ROUND as i32 {
+            let tc = if tag == notice_tag(seq_of(tag)) {
                 crate::collectives::NOTICE_TYPECODE
             } else {
                 crate::comm::typecode::<u8>()
@@ -1505,7 +1505,7 @@ mod tests {
         };
         let script = std::sync::Arc::new(Script::default());
         *script.at_first_sleep.lock().unwrap() =
-            Some(coll_frame(ctag(0, ABORT_ROUND), b"operands differ"));
+            Some(coll_frame(notice_tag(0), b"operands differ"));
         let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
         (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
         let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
@@ -1521,7 +1521,7 @@ mod tests {
         arrive(
             &script,
             &[
-                coll_frame(ctag(2, ABORT_ROUND), b"later"),
+                coll_frame(notice_tag(2), b"later"),
                 coll_frame(ctag(1, 0), b"data"),
             ],
         );

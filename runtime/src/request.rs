@@ -217,7 +217,7 @@ impl<'a, T> Request<'a, T> {
                 ctx,
                 tag,
                 ..
-            } => comm.watch_send(*ctx, *peer, *tag),
+            } => comm.watch_step(*ctx, *peer, *tag),
             ReqState::Recv { pat, .. } => comm.watch_for(pat),
             _ => Watch::Nobody,
         }

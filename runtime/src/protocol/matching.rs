@@ -155,12 +155,11 @@ impl Matcher {
     /// got), or the id it waits under.
     pub fn post(&mut self, pat: Pattern) -> (RecvId, Option<Msg>) {
         let id = self.new_id();
-        if self.unexpected.is_empty() {
-            self.posted.push_back((id, pat));
-            return (id, None);
-        }
-        if let Some(i) = self.unexpected.iter().position(|m| pat.matches(m)) {
-            return (id, self.unexpected.remove(i));
+        // (Nothing queued, most often: no search.)
+        if !self.unexpected.is_empty() {
+            if let Some(i) = self.unexpected.iter().position(|m| pat.matches(m)) {
+                return (id, self.unexpected.remove(i));
+            }
         }
         self.posted.push_back((id, pat));
         (id, None)
