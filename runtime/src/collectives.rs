@@ -19,7 +19,7 @@ use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::comm::{encode, typecode, Comm, Request, Source, Status};
+use crate::comm::{typecode, Comm, Request, Source, Status};
 use crate::error::{Error, Result};
 use crate::op::{Number, Op};
 use crate::protocol::matching::Pattern;
@@ -111,12 +111,21 @@ pub(crate) fn offsets(counts: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Encode each value; the bytes end to end, and each one's length.
+/// A serde operand of a collective as it travels: the fingerprint of its type (4 bytes,
+/// little-endian), then its postcard bytes. Ranks that disagree on the type then fail with
+/// `TypeMismatch` (`Comm::decode_bytes`) instead of decoding bytes that happen to fit (a
+/// `u64` taken for an `i64`).
+fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let fp = crate::fingerprint::of::<T>().to_le_bytes();
+    postcard::to_extend(value, fp.to_vec()).map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Encode each value (`encode_value`); the bytes end to end, and each one's length.
 fn encode_blocks<T: Serialize>(values: &[T]) -> Result<(Vec<u8>, Vec<usize>)> {
     let mut bytes = Vec::new();
     let mut counts = Vec::with_capacity(values.len());
     for v in values {
-        let b = encode(v)?;
+        let b = encode_value(v)?;
         counts.push(b.len());
         bytes.extend_from_slice(&b);
     }
@@ -433,18 +442,40 @@ impl Comm {
     ) -> Result<()> {
         self.check_root(root)?;
         let (seq, _call) = self.begin("broadcast", Some(root));
-        let n = self.size();
-        let vrank = (self.rank() + n - root) % n;
-        let tag = ctag(seq, 0);
-        let mut bytes = if vrank == 0 {
-            encode(value)?
+        let mut bytes = if self.rank() == root {
+            encode_value(value)?
         } else {
             Vec::new()
         };
+        // The bytes go on before they are decoded: a rank that cannot decode them fails
+        // alone, and no other rank waits for it.
+        let from = self.broadcast_bytes(seq, 0, root, &mut bytes)?;
+        if let Some(from) = from {
+            *value = self.decode_bytes(&bytes, from, ctag(seq, 0))?;
+        }
+        Ok(())
+    }
+
+    /// The binomial tree of `broadcast` for the bytes of a value, in round `round` of
+    /// collective `seq`: `bytes` is the root's on the root and replaced by them elsewhere.
+    /// The rank they came from (`None` on the root).
+    fn broadcast_bytes(
+        &self,
+        seq: u32,
+        round: u32,
+        root: usize,
+        bytes: &mut Vec<u8>,
+    ) -> Result<Option<usize>> {
+        let n = self.size();
+        let vrank = (self.rank() + n - root) % n;
+        let tag = ctag(seq, round);
+        let mut from = None;
         let mut mask = 1;
         while mask < n {
             if vrank & mask != 0 {
-                bytes = self.c_recv_vec::<u8>((vrank - mask + root) % n, tag)?;
+                let parent = (vrank - mask + root) % n;
+                *bytes = self.c_recv_vec::<u8>(parent, tag)?;
+                from = Some(parent);
                 break;
             }
             mask <<= 1;
@@ -452,14 +483,11 @@ impl Comm {
         mask >>= 1;
         while mask > 0 {
             if vrank + mask < n {
-                self.c_send((vrank + mask + root) % n, tag, &bytes)?;
+                self.c_send((vrank + mask + root) % n, tag, bytes)?;
             }
             mask >>= 1;
         }
-        if vrank != 0 {
-            *value = self.decode_bytes(&bytes, (vrank + n - 1 + root) % n, tag)?;
-        }
-        Ok(())
+        Ok(from)
     }
 
     /// Decode one value from each block of `all` (block r came from rank r).
@@ -473,21 +501,29 @@ impl Comm {
         Ok(out)
     }
 
+    /// The value of a collective's operand made by `encode_value`, sent by rank `from`
+    /// with `tag`: `TypeMismatch` when it was sent as another type or does not decode.
     fn decode_bytes<T: DeserializeOwned>(&self, bytes: &[u8], from: usize, tag: i32) -> Result<T> {
-        match postcard::take_from_bytes::<T>(bytes) {
+        let mismatch = |detail: String| Error::TypeMismatch {
+            rank: from,
+            tag,
+            expected: std::any::type_name::<T>(),
+            detail,
+        };
+        let Some((fp, body)) = bytes.split_first_chunk::<4>() else {
+            return Err(mismatch(format!(
+                "{} bytes, too few for a value",
+                bytes.len()
+            )));
+        };
+        let fp = u32::from_le_bytes(*fp);
+        if fp != crate::fingerprint::of::<T>() {
+            return Err(mismatch(crate::fingerprint::sent_as(fp)));
+        }
+        match postcard::take_from_bytes::<T>(body) {
             Ok((v, [])) => Ok(v),
-            Ok((_, rest)) => Err(Error::TypeMismatch {
-                rank: from,
-                tag,
-                expected: std::any::type_name::<T>(),
-                detail: format!("{} bytes left over", rest.len()),
-            }),
-            Err(e) => Err(Error::TypeMismatch {
-                rank: from,
-                tag,
-                expected: std::any::type_name::<T>(),
-                detail: e.to_string(),
-            }),
+            Ok((_, rest)) => Err(mismatch(format!("{} bytes left over", rest.len()))),
+            Err(e) => Err(mismatch(e.to_string())),
         }
     }
 
@@ -582,13 +618,25 @@ impl Comm {
     ) -> Result<Option<T>> {
         self.check_root(root)?;
         let (seq, _call) = self.begin("reduce", Some(root));
+        let r = self.reduce_value(seq, root, value, &f);
+        self.fail_together(seq, r)
+    }
+
+    /// The binomial tree of `reduce` in rounds 0 and 1 of collective `seq`.
+    fn reduce_value<T: Serialize + DeserializeOwned>(
+        &self,
+        seq: u32,
+        root: usize,
+        value: T,
+        f: &impl Fn(T, T) -> T,
+    ) -> Result<Option<T>> {
         let (n, me) = (self.size(), self.rank());
         let mut acc = value;
         let tag = ctag(seq, 0);
         let mut mask = 1;
         while mask < n {
             if me & mask != 0 {
-                self.c_send(me - mask, tag, &encode(&acc)?)?;
+                self.c_send(me - mask, tag, &encode_value(&acc)?)?;
                 break;
             }
             if me + mask < n {
@@ -601,7 +649,7 @@ impl Comm {
         let tag = ctag(seq, 1);
         if root != 0 {
             if me == 0 {
-                self.c_send(root, tag, &encode(&acc)?)?;
+                self.c_send(root, tag, &encode_value(&acc)?)?;
                 return Ok(None);
             }
             if me == root {
@@ -614,15 +662,27 @@ impl Comm {
     }
 
     /// Reduce any serde value with `f(lower, higher)`; every rank gets the result.
+    ///
+    /// One collective: a reduction to rank 0, then a broadcast of the result. A rank that
+    /// finds another type among the values tells the others, which fail with
+    /// `CollectiveFailed` where they would have waited for the result.
     pub fn all_reduce<T: Serialize + DeserializeOwned>(
         &self,
         value: T,
         f: impl Fn(T, T) -> T,
     ) -> Result<T> {
-        let mut v = self.reduce(0, value, f)?;
-        // Broadcast the Option so non-roots need no default value.
-        self.broadcast(0, &mut v)?;
-        v.ok_or_else(|| Error::InvalidArgument("all_reduce: root had no result".into()))
+        let (seq, _call) = self.begin("all_reduce", None);
+        let r = self.reduce_value(seq, 0, value, &f);
+        let total = self.fail_together(seq, r)?;
+        let mut bytes = match &total {
+            Some(v) => encode_value(v)?,
+            None => Vec::new(),
+        };
+        match self.broadcast_bytes(seq, 2, 0, &mut bytes)? {
+            Some(from) => self.decode_bytes(&bytes, from, ctag(seq, 2)),
+            None => total
+                .ok_or_else(|| Error::InvalidArgument("all_reduce: rank 0 had no result".into())),
+        }
     }
 
     // ----- all_reduce ----------------------------------------------------------------------
@@ -1155,7 +1215,7 @@ impl Comm {
         root: usize,
         value: &T,
     ) -> Result<Option<Vec<T>>> {
-        let bytes = encode(value)?;
+        let bytes = encode_value(value)?;
         let Some((all, counts)) = self.gather_varcount(root, &bytes)? else {
             return Ok(None);
         };
@@ -1409,7 +1469,7 @@ impl Comm {
 
     /// Every rank's serde value, in rank order, to every rank.
     pub fn all_gather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>> {
-        let (all, counts) = self.all_gather_varcount(&encode(value)?)?;
+        let (all, counts) = self.all_gather_varcount(&encode_value(value)?)?;
         self.decode_blocks(&all, &counts)
     }
 

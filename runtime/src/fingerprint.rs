@@ -52,6 +52,15 @@ pub(crate) fn name_of(fp: u32) -> Option<&'static str> {
         .copied()
 }
 
+/// How a mismatch names what the sender sent: its type's name when this process knows it,
+/// else its fingerprint.
+pub(crate) fn sent_as(fp: u32) -> String {
+    match name_of(fp) {
+        Some(name) => format!("it was sent as {name}"),
+        None => format!("it was sent as another type (type fingerprint {fp:#010x})"),
+    }
+}
+
 fn table() -> &'static RwLock<HashMap<u32, &'static str>> {
     static NAMES: OnceLock<RwLock<HashMap<u32, &'static str>>> = OnceLock::new();
     NAMES.get_or_init(|| RwLock::new(common()))

@@ -536,13 +536,7 @@ impl Comm {
         if msg.typecode != 0 && msg.typecode != crate::fingerprint::of::<T>() {
             // Sent as another type: refuse it, and leave it to be received as what it is.
             let st = status_of(msg);
-            let sent = match crate::fingerprint::name_of(msg.typecode) {
-                Some(name) => format!("it was sent as {name}"),
-                None => format!(
-                    "it was sent as another type (type fingerprint {:#010x})",
-                    msg.typecode
-                ),
-            };
+            let sent = crate::fingerprint::sent_as(msg.typecode);
             self.put_back(t);
             return Err(Error::TypeMismatch {
                 rank: st.source,

@@ -238,3 +238,23 @@ fn an_all_reduction_with_mismatched_operands_fails_on_every_rank() {
         assert!(o.stdout.contains("reduce_mismatch ok"), "{o:?}");
     }
 }
+
+/// Collectives of serde values where one rank's values are of another type (i64 against
+/// u64, the same bytes for small numbers): the ranks that take a value of the other type
+/// fail with `TypeMismatch`, and the ranks that wait for a reduction the failing rank
+/// cannot finish get `CollectiveFailed`. Before, the values were decoded as they came, and
+/// on 4 ranks the all-reduction's root waited for ever for the rank that failed.
+#[test]
+fn collectives_of_serde_values_of_another_type_fail_on_every_rank_that_needs_them() {
+    for (n, args) in [
+        ("2", &["--transport", "shm"][..]),
+        ("4", &["--transport", "shm"]),
+        ("5", &["--transport", "uds"]),
+    ] {
+        let mut launcher = vec!["-n", n];
+        launcher.extend_from_slice(args);
+        let o = run_job(&launcher, "ranks-testjob", &["serde_mismatch"], LIMIT);
+        assert_eq!(o.code, 0, "{launcher:?}: {o:?}");
+        assert!(o.stdout.contains("serde_mismatch ok"), "{o:?}");
+    }
+}

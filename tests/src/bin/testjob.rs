@@ -1918,6 +1918,96 @@ fn reduce_mismatch(w: &Comm) -> R {
     Ok(())
 }
 
+/// The collectives of serde values when the last rank's values are `i64` and everyone
+/// else's `u64` (the same bytes for small numbers): every rank that takes the odd rank's
+/// value, or whose value the odd rank takes, must get an error, and so must every rank that
+/// waits for a result that cannot come; afterwards the communicator works. Before, the odd
+/// values were decoded as they came (1 read as -1) and a reduction tree whose inner rank
+/// failed left the ranks above it waiting for ever. Prints "serde_mismatch ok".
+fn serde_mismatch(w: &Comm) -> R {
+    let (me, n) = (w.rank(), w.size());
+    assert!(n >= 2, "serde_mismatch needs 2 ranks or more");
+    let odd = me == n - 1;
+    let mismatch = |e: &Error| {
+        matches!(
+            e,
+            Error::TypeMismatch { .. } | Error::CollectiveFailed { .. }
+        )
+    };
+    let fails = |what: &str, r: Result<(), Error>| {
+        let e = r.expect_err(what);
+        println!("rank {me} {what}: {e}");
+        assert!(mismatch(&e), "{what}: {e:?}");
+    };
+    // All-reduce: every rank fails (those above the rank that found it on its notice).
+    let r = if odd {
+        w.all_reduce(1i64, |a, b| a + b).map(|_| ())
+    } else {
+        w.all_reduce(1u64, |a, b| a + b).map(|_| ())
+    };
+    fails("all_reduce", r);
+    // Reduce to rank 0: the root fails; a rank that only sent may be done.
+    let r = if odd {
+        w.reduce(0, 1i64, |a, b| a + b).map(|v| v.is_some())
+    } else {
+        w.reduce(0, 1u64, |a, b| a + b).map(|v| v.is_some())
+    };
+    match (me, r) {
+        (0, r) => fails("reduce", r.map(|_| ())),
+        (_, Ok(got)) => assert!(!got, "rank {me}: a reduce result off the root"),
+        (_, Err(e)) => {
+            println!("rank {me} reduce: {e}");
+            assert!(mismatch(&e), "{e:?}");
+        }
+    }
+    // Broadcast of u64 from rank 0: the odd rank fails, the others get it.
+    if odd {
+        let mut v = 0i64;
+        fails("broadcast", w.broadcast(0, &mut v));
+    } else {
+        let mut v = if me == 0 { 42u64 } else { 0 };
+        w.broadcast(0, &mut v)?;
+        assert_eq!(v, 42, "rank {me}: broadcast");
+    }
+    // Gather to rank 0: the root fails, the others have sent.
+    let r = if odd {
+        w.gather(0, &5i64).map(|v| v.is_some())
+    } else {
+        w.gather(0, &5u64).map(|v| v.is_some())
+    };
+    match me {
+        0 => fails("gather", r.map(|_| ())),
+        _ => assert!(!r?, "rank {me}: a gather result off the root"),
+    }
+    // All-gather and all-to-all: every rank meets a block of the other type.
+    let r = if odd {
+        w.all_gather(&5i64).map(|_| ())
+    } else {
+        w.all_gather(&5u64).map(|_| ())
+    };
+    fails("all_gather", r);
+    let r = if odd {
+        w.all_to_all(vec![5i64; n]).map(|_| ())
+    } else {
+        w.all_to_all(vec![5u64; n]).map(|_| ())
+    };
+    fails("all_to_all", r);
+    // Scatter of u64 from rank 0: the odd rank fails, the others get theirs.
+    if odd {
+        fails("scatter", w.scatter::<i64>(0, None).map(|_| ()));
+    } else {
+        let all = (me == 0).then(|| (0..n as u64).collect());
+        assert_eq!(w.scatter::<u64>(0, all)?, me as u64, "rank {me}: scatter");
+    }
+    let total = w.all_reduce(me as u64, |a, b| a + b)?;
+    assert_eq!(total, (n * (n - 1) / 2) as u64);
+    w.barrier()?;
+    if me == 0 {
+        println!("serde_mismatch ok");
+    }
+    Ok(())
+}
+
 /// Small all-reductions on communicators that take each other's context id (and so the
 /// same shared-memory slot) with other members: ranks 0..G (`slot_reuse ITERS G`, G 3 by
 /// default), then, made by {0,1} alone, {0,1}, while rank 2 may still be reading the first
@@ -2323,6 +2413,7 @@ fn main() {
         "threads_share_the_core" => threads_share_the_core(&w),
         "slot_reuse" => slot_reuse(&w),
         "reduce_mismatch" => reduce_mismatch(&w),
+        "serde_mismatch" => serde_mismatch(&w),
         "posted_large" => posted_large(&w),
         "land_wait" => land_wait(&w),
         "posted_order" => posted_order(&w),
