@@ -16,7 +16,7 @@ use crate::protocol::{
     Protocol, ProtocolConfig, PullJob, Route, RvBuf, SendId, SendPoll, Taken, Want,
 };
 use crate::transport::{Offer, TakeFrame, Transport};
-use crate::wire::{Encoding, FrameDecoder, Header, Kind, HEADER_LEN};
+use crate::wire::{DataTemplate, Encoding, FrameDecoder, Header, Kind, HEADER_LEN};
 
 /// The tunables in force (from `crate::config::Tuning`, with waiting decided by how many
 /// ranks share the cores).
@@ -145,8 +145,9 @@ pub(crate) enum Claim<'p> {
     /// A blocking receive for this pattern, with no posted receive or queued message that
     /// could come first (the caller checked).
     Blocking(&'p Pattern),
-    /// This posted receive, if it is the oldest posted one the frame matches.
-    Posted(RecvId),
+    /// This posted receive (with its pattern), if it is the oldest posted one the frame
+    /// matches.
+    Posted(RecvId, &'p Pattern),
 }
 
 /// A thread that takes its message from one peer's stream itself
@@ -589,21 +590,34 @@ impl Core {
         }
         // Ours when it is a data frame for `claim` of type `typecode` that fits `dst`.
         let room = dst.len();
+        let claimed = |h: &Header, st: &State| match claim {
+            Claim::Blocking(pat) => pat.matches_header(h),
+            Claim::Posted(id, _) => st.proto.claimed_by(h, id),
+        };
         let fits = |h: &Header, st: &State| {
             h.kind == Kind::Data
-                && match claim {
-                    Claim::Blocking(pat) => pat.matches_header(h),
-                    Claim::Posted(id) => st.proto.claimed_by(h, id),
-                }
+                && claimed(h, st)
                 && h.enc == Encoding::Raw
                 && h.typecode == typecode
                 && h.len as usize <= room
         };
+        // The header expected when the pattern names one source and one tag: recognised
+        // by four compares, where decoding checks every field (the general decoder is for
+        // anything else).
+        let pat = match claim {
+            Claim::Blocking(pat) | Claim::Posted(_, pat) => pat,
+        };
+        let template = u32::try_from(pat.src)
+            .ok()
+            .and_then(|src| DataTemplate::new(pat.ctx, src, pat.tag, typecode));
         // In one step where the transport can (a small frame whole in one piece).
         let mut got = None;
         let mut pick = |hb: &[u8]| {
             let hb: &[u8; HEADER_LEN] = hb.try_into().ok()?;
-            let h = Header::decode(hb, peer).ok().filter(|h| fits(h, st))?;
+            let h = match template.and_then(|t| t.header(hb)) {
+                Some(h) => Some(h).filter(|h| h.len as usize <= room && claimed(h, st)),
+                None => Header::decode(hb, peer).ok().filter(|h| fits(h, st)),
+            }?;
             got = Some(h);
             Some(h.len as usize)
         };
@@ -671,7 +685,7 @@ impl Core {
     /// A frame went from the stream straight to `claim`: a posted receive leaves the
     /// matcher (and is counted for `Comm::landed_receives`).
     fn note_landed(&self, st: &mut State, claim: Claim<'_>) {
-        if let Claim::Posted(id) = claim {
+        if let Claim::Posted(id, _) = claim {
             st.proto.landed(id);
             st.landed += 1;
         }

@@ -187,14 +187,14 @@ impl<'a, T> Request<'a, T> {
     /// and no older receive matches it; the fast path of `drive`, for the calls that look
     /// once rather than wait (`test`, the request sets). True if it landed.
     fn land_now(&mut self, core: &Core, st: &mut State) -> bool {
-        let (ReqState::Recv { id, .. }, Some((peer, typecode))) = (&self.state, self.land) else {
+        let (ReqState::Recv { id, pat }, Some((peer, typecode))) = (&self.state, self.land) else {
             return false;
         };
-        let (id, peer) = (*id, peer as usize);
+        let (id, pat, peer) = (*id, *pat, peer as usize);
         let Some(buf) = self.buf.as_deref_mut() else {
             return false;
         };
-        match core.recv_from_stream(st, peer, Claim::Posted(id), typecode, buf) {
+        match core.recv_from_stream(st, peer, Claim::Posted(id, &pat), typecode, buf) {
             FromStream::Got(h) => {
                 self.state = ReqState::Landed(h);
                 true
@@ -297,7 +297,7 @@ impl<'a, T> Request<'a, T> {
             _ => None,
         };
         let recv = match *state {
-            ReqState::Recv { id, .. } => Some(id),
+            ReqState::Recv { id, pat } => Some((id, pat)),
             _ => None,
         };
         let mut first = true;
@@ -310,12 +310,12 @@ impl<'a, T> Request<'a, T> {
             _ => None,
         };
         let mut check = |core: &Core, st: &mut State| {
-            if let (Some(id), Some((wait, typecode)), Some(dst)) =
+            if let (Some((id, pat)), Some((wait, typecode)), Some(dst)) =
                 (recv, &mut landing, buf.as_deref_mut())
             {
                 if matches!(state, ReqState::Recv { .. }) {
-                    match core.recv_from_stream(st, wait.peer(), Claim::Posted(id), *typecode, dst)
-                    {
+                    let claim = Claim::Posted(id, &pat);
+                    match core.recv_from_stream(st, wait.peer(), claim, *typecode, dst) {
                         FromStream::Got(h) => {
                             wait.uncount(st);
                             *state = ReqState::Landed(h);
@@ -330,7 +330,7 @@ impl<'a, T> Request<'a, T> {
                     }
                 }
             }
-            if let Some(id) = recv.filter(|_| std::mem::take(&mut first)) {
+            if let Some((id, _)) = recv.filter(|_| std::mem::take(&mut first)) {
                 // We wait now: a rendezvous it matches is pulled into our buffer.
                 st.proto.set_direct(id);
             }

@@ -192,6 +192,55 @@ impl Header {
 }
 
 /// What the decoder produced.
+/// The header of a raw data frame whose every field but the length is known in advance (a
+/// receive for one source, one tag and one element type): recognised by comparing four
+/// words, where `Header::decode` checks field by field. What it accepts, `decode` accepts as
+/// the same header; anything else (another tag, a malformed header) is left to `decode`.
+#[derive(Debug, Clone, Copy)]
+pub struct DataTemplate {
+    /// Bytes 0..8 (magic, version, kind, context), 8..16 (source, tag), 24..32 (aux) and
+    /// 32..40 (encoding, reserved, type code), as little-endian words.
+    words: [u64; 4],
+}
+
+impl DataTemplate {
+    /// The template of raw data frames of context `ctx` from `src` with `tag` (not
+    /// negative: a negative tag is malformed) and element type code `typecode`.
+    pub fn new(ctx: u32, src: u32, tag: i32, typecode: u32) -> Option<DataTemplate> {
+        if tag < 0 {
+            return None;
+        }
+        // As `Header::encode` lays them out (the unit tests hold the two together).
+        let w0 = u64::from(u16::from_le_bytes(MAGIC))
+            | u64::from(VERSION) << 16
+            | (Kind::Data as u64) << 24
+            | u64::from(ctx) << 32;
+        let w1 = u64::from(src) | u64::from(tag as u32) << 32;
+        let w4 = Encoding::Raw as u64 | u64::from(typecode) << 32;
+        Some(DataTemplate {
+            words: [w0, w1, 0, w4],
+        })
+    }
+
+    /// The header in `b` if it is this template's with some length.
+    #[inline]
+    pub fn header(&self, b: &[u8; HEADER_LEN]) -> Option<Header> {
+        let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        if [w(0), w(8), w(24), w(32)] != self.words {
+            return None;
+        }
+        let [w0, w1, _, w4] = self.words;
+        Some(Header::data(
+            (w0 >> 32) as u32,
+            w1 as u32,
+            (w1 >> 32) as i32,
+            w(16),
+            Encoding::Raw,
+            (w4 >> 32) as u32,
+        ))
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
     /// A complete frame and its payload.
@@ -340,6 +389,42 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A template accepts exactly its own frames, whatever their length, and what it
+        /// accepts `decode` reads as the same header: any other byte anywhere but the
+        /// length makes it refuse.
+        #[test]
+        fn a_data_template_accepts_what_decode_accepts_as_its_frame(
+            ctx in any::<u32>(), src in any::<u32>(), tag in 0..=i32::MAX, code in any::<u32>(),
+            len in any::<u64>(), flip in 0..HEADER_LEN, bit in 0..8u32,
+        ) {
+            let t = DataTemplate::new(ctx, src, tag, code).expect("a tag that is not negative");
+            let h = Header::data(ctx, src, tag, len, Encoding::Raw, code);
+            let mut b = h.encode();
+            prop_assert_eq!(t.header(&b), Some(h));
+            prop_assert_eq!(Header::decode(&b, 0).ok(), Some(h));
+            b[flip] ^= 1 << bit;
+            match t.header(&b) {
+                // Only the length may differ: then decode agrees.
+                Some(g) => {
+                    prop_assert!((16..24).contains(&flip));
+                    prop_assert_eq!(Header::decode(&b, 0).ok(), Some(g));
+                }
+                None => prop_assert!(!(16..24).contains(&flip)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_data_template_is_not_made_for_a_negative_tag_nor_takes_other_kinds() {
+        assert!(DataTemplate::new(1, 2, -1, 3).is_none());
+        let t = DataTemplate::new(0, 0, 0, 0).unwrap();
+        assert!(t.header(&Header::control(Kind::Fin, 0).encode()).is_none());
+        let serde = Header::data(0, 0, 0, 8, Encoding::Serde, 0).encode();
+        assert!(t.header(&serde).is_none());
+    }
 
     /// Feeds `bytes` to a decoder `step` bytes at a time and collects what comes out.
     fn decode_all(bytes: &[u8], step: usize, max: u64) -> Result<Vec<Decoded>> {
