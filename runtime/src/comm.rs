@@ -208,6 +208,13 @@ impl Comm {
         self.core.lock().landed
     }
 
+    /// How many rendezvous messages progress pulled into a buffer of its own, to be
+    /// copied again into their receive's buffer (for tests of who pulls).
+    #[doc(hidden)]
+    pub fn staged_pulls(&self) -> u64 {
+        self.core.lock().staged_pulls
+    }
+
     /// How many looks that do not wait (`test`, `iprobe`, ...) found nothing and gave the
     /// core away because this host's ranks outnumber its cores (for tests of that).
     #[doc(hidden)]

@@ -121,6 +121,9 @@ pub(crate) struct State {
     /// Posted receives whose message went straight from the stream into their buffer
     /// (counted under the lock: an atomic count would cost a locked add per message).
     pub(crate) landed: u64,
+    /// Rendezvous messages progress pulled into a buffer of its own for a receive whose
+    /// owner was not there (`Comm::staged_pulls`).
+    pub(crate) staged_pulls: u64,
 }
 
 impl State {
@@ -356,6 +359,7 @@ impl Core {
             machines: Vec::new(),
             machines_looked: (Instant::now(), 0),
             landed: 0,
+            staged_pulls: 0,
         };
         Core {
             rank,
@@ -477,6 +481,7 @@ impl Core {
             }
         }
         while let Some(job) = st.proto.claim_pull(urgent) {
+            st.staged_pulls += 1;
             let bytes = self.pull_new(st, &job);
             st.proto.pull_done(&job, bytes);
             any = true;
@@ -689,6 +694,39 @@ impl Core {
             st.proto.landed(id);
             st.landed += 1;
         }
+    }
+
+    /// Pull the matched rendezvous message of posted receive `id` into `dst` now, for the
+    /// thread that owns the receive while it waits for another of its requests (rather than
+    /// leave it to progress, which pulls into a new buffer and copies again). Only a raw
+    /// message of element type `typecode` that fits `dst`; anything else stays for the
+    /// receive's own wait to report. Its header once pulled; `None` if there was nothing to
+    /// pull or the sender refused (it then streams the bytes, and the receive takes them
+    /// as any message).
+    pub(crate) fn pull_into(
+        &self,
+        st: &mut State,
+        id: RecvId,
+        typecode: u32,
+        dst: &mut [u8],
+    ) -> Option<Header> {
+        let m = st.proto.unpulled(id)?;
+        let len = m.len();
+        if m.enc != Encoding::Raw || m.typecode != typecode || len > dst.len() as u64 {
+            return None;
+        }
+        let Some(Taken::Pull(job, msg)) = st.proto.take(id, true) else {
+            return None;
+        };
+        let pulled = self.fetch(&job, &mut dst[..len as usize], &mut |cts| {
+            self.queue_frame(st, job.peer, cts);
+            self.flush_peer(st, job.peer);
+        });
+        st.proto
+            .pull_done(&job, if pulled { Ok(None) } else { Err(()) });
+        self.flush_peer(st, job.peer);
+        let h = Header::data(msg.ctx, msg.src, msg.tag, len, msg.enc, msg.typecode);
+        pulled.then_some(h)
     }
 
     /// Pull a rendezvous payload into a new buffer (`Err` when refused).

@@ -242,11 +242,57 @@ impl<'a, T> Request<'a, T> {
         if self.complete_now() {
             return Ok(());
         }
-        let r = Self::drive_parts(&self.comm, &mut self.state, &mut self.buf, self.land);
+        let r = Self::drive_parts(
+            &self.comm,
+            &mut self.state,
+            &mut self.buf,
+            self.land,
+            &mut [],
+        );
         if r.is_err() {
             self.abandon();
         }
         r
+    }
+
+    /// [`Request::drive`] for the first of `reqs` while the others wait too (`wait_all`):
+    /// their matched rendezvous messages are pulled into their own buffers meanwhile.
+    fn drive_first(reqs: &mut [Self]) -> Result<()> {
+        let Some((first, others)) = reqs.split_first_mut() else {
+            return Ok(());
+        };
+        if first.complete_now() {
+            return Ok(());
+        }
+        let r = Self::drive_parts(
+            &first.comm,
+            &mut first.state,
+            &mut first.buf,
+            first.land,
+            others,
+        );
+        if r.is_err() {
+            first.abandon();
+        }
+        r
+    }
+
+    /// Pull this receive's matched rendezvous message into its buffer now if it is one
+    /// that may land (see [`Request::landing`]) and nobody pulls it yet: its owner waits
+    /// for another request meanwhile. True if it did.
+    fn pull_now(&mut self, core: &Core, st: &mut State) -> bool {
+        let (ReqState::Recv { id, .. }, Some((_, typecode)), Some(buf)) =
+            (&self.state, self.land, self.buf.as_deref_mut())
+        else {
+            return false;
+        };
+        match core.pull_into(st, *id, typecode, buf) {
+            Some(h) => {
+                self.state = ReqState::Landed(h);
+                true
+            }
+            None => false,
+        }
     }
 
     /// [`Request::drive`] on the request's parts (so the communicator is borrowed, not
@@ -256,6 +302,7 @@ impl<'a, T> Request<'a, T> {
         state: &mut ReqState<'a>,
         buf: &mut Option<&'a mut [u8]>,
         land: Option<(u32, u32)>,
+        others: &mut [Self],
     ) -> Result<()> {
         let watch = Self::watch(comm, state);
         // The wait of a nonblocking collective is noted as the collective itself.
@@ -334,7 +381,19 @@ impl<'a, T> Request<'a, T> {
                 // We wait now: a rendezvous it matches is pulled into our buffer.
                 st.proto.set_direct(id);
             }
-            Ok(poll(state, core, st, true)?.then_some(()))
+            if poll(state, core, st, true)? {
+                return Ok(Some(()));
+            }
+            // Not yet: the other requests of the set are ours, and their pulls are work
+            // this thread would do anyway, into their own buffers.
+            if st.proto.pulls_waiting() {
+                for o in others.iter_mut() {
+                    if Arc::ptr_eq(&o.comm.core, &comm.core) {
+                        o.pull_now(core, st);
+                    }
+                }
+            }
+            Ok(None)
         };
         let r = match land {
             Some((peer, _)) if recv.is_some() => {
@@ -590,6 +649,9 @@ pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result
     let mut out = Vec::with_capacity(reqs.len());
     // The process's core (one count for the whole call, not one per sweep).
     let core = reqs.first().map(|r| r.comm.core.clone());
+    if let Some(core) = &core {
+        own_pulls(&reqs, core);
+    }
     for i in 0..reqs.len() {
         let first = &reqs[i];
         let core = core.as_ref().filter(|c| Arc::ptr_eq(c, &first.comm.core));
@@ -605,13 +667,36 @@ pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result
                 }
             }
         }
-        let r = &mut reqs[i];
-        if !r.complete_now() {
-            r.drive()?;
-        }
-        out.push(r.complete()?);
+        Request::drive_first(&mut reqs[i..])?;
+        out.push(reqs[i].complete()?);
     }
     Ok(out)
+}
+
+/// The receives of `reqs` (a set one thread waits for whole) that a rendezvous may come
+/// to are pulled by that thread into their own buffers while it waits for any of them
+/// ([`Request::drive_first`]): progress no longer takes them into a buffer of its own after
+/// a while (then they were copied twice, into memory the kernel had to fault in first).
+fn own_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>) {
+    let mut own = reqs
+        .iter()
+        .filter_map(|r| match (&r.state, r.land, &r.buf) {
+            (ReqState::Recv { id, .. }, Some((peer, _)), Some(b))
+                if Arc::ptr_eq(&r.comm.core, core) =>
+            {
+                Some((*id, peer as usize, b.len()))
+            }
+            _ => None,
+        });
+    let Some(first) = own.next() else {
+        return;
+    };
+    let mut st = core.lock();
+    for (id, peer, len) in std::iter::once(first).chain(own) {
+        if st.proto.may_pull(peer, len) {
+            st.proto.set_direct(id);
+        }
+    }
 }
 
 /// What a request set's sweep found for one request: complete, or ended by a lost peer.

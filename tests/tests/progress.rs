@@ -75,6 +75,14 @@ fn eager_messages_larger_than_the_rings_and_as_large_as_they_allow() {
     }
 }
 
+/// The rendezvous messages of receives one thread waits for as a set (`wait_all`) go
+/// straight into their own buffers, pulled by that thread while it waits for another of
+/// the set, even when the set cannot finish without such a pull (testjob `own_pulls`).
+#[test]
+fn a_set_of_receives_pulls_its_own_messages_while_it_waits() {
+    pattern("own_pulls", &[]);
+}
+
 #[test]
 fn head_to_head_large_sends_into_a_posted_wildcard_receive() {
     pattern("head_to_head", &[]);

@@ -746,9 +746,9 @@ impl Protocol {
         let want = self.forget_want(id).unwrap_or(want);
         if matches!(msg.body, Body::Remote { .. }) {
             self.recvs.insert(id, Slot::NeedPull { msg, want });
-            if want != Want::Now {
-                self.pulls.push_back(id);
-            }
+            // Listed for every taker: progress takes those it may (`claim_pull`), an owner
+            // waiting on a set looks here for its own (`pulls_waiting`).
+            self.pulls.push_back(id);
         } else {
             self.recvs.insert(id, Slot::Ready(msg));
         }
@@ -842,8 +842,10 @@ impl Protocol {
                 Some(Slot::NeedPull {
                     want: Want::Later, ..
                 }) if urgent => {}
+                // Left to their owners (the list forgets them here once they are pulled).
                 Some(Slot::NeedPull {
-                    want: Want::Later, ..
+                    want: Want::Later | Want::Now,
+                    ..
                 }) => {
                     i += 1;
                     continue;
@@ -868,6 +870,24 @@ impl Protocol {
             return Some(job);
         }
         None
+    }
+
+    /// Whether a message of `len` bytes from `peer` may come as a rendezvous (to be pulled).
+    pub(crate) fn may_pull(&self, peer: usize, len: usize) -> bool {
+        len >= self.cfg.rendezvous_threshold && self.cfg.can_pull.get(peer) == Some(&true)
+    }
+
+    /// Whether a matched rendezvous receive may be waiting for someone to pull it.
+    pub(crate) fn pulls_waiting(&self) -> bool {
+        !self.pulls.is_empty()
+    }
+
+    /// The message of receive `id` if it is a matched rendezvous nobody pulls yet.
+    pub(crate) fn unpulled(&self, id: RecvId) -> Option<&Msg> {
+        match self.recvs.get(&id) {
+            Some(Slot::NeedPull { msg, .. }) => Some(msg),
+            _ => None,
+        }
     }
 
     /// A pull finished. `Ok(Some(bytes))`: pulled into a buffer of the protocol's (the
