@@ -678,7 +678,18 @@ pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result
 /// ([`Request::drive_first`]): progress no longer takes them into a buffer of its own after
 /// a while (then they were copied twice, into memory the kernel had to fault in first).
 fn own_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>) {
-    let mut own = reqs
+    mark_pulls(reqs, core, true);
+}
+
+/// The receives `own_pulls` gave a set's waiting thread go back to being pulled by whoever
+/// waits a while (the thread returns with them still pending: `wait_some`, `wait_any`).
+fn release_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>) {
+    mark_pulls(reqs, core, false);
+}
+
+/// `own_pulls` (`own`) or `release_pulls`.
+fn mark_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>, own: bool) {
+    let mut large = reqs
         .iter()
         .filter_map(|r| match (&r.state, r.land, &r.buf) {
             (ReqState::Recv { id, .. }, Some((peer, _)), Some(b))
@@ -688,13 +699,17 @@ fn own_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>) {
             }
             _ => None,
         });
-    let Some(first) = own.next() else {
+    let Some(first) = large.next() else {
         return;
     };
     let mut st = core.lock();
-    for (id, peer, len) in std::iter::once(first).chain(own) {
+    for (id, peer, len) in std::iter::once(first).chain(large) {
         if st.proto.may_pull(peer, len) {
-            st.proto.set_direct(id);
+            if own {
+                st.proto.set_direct(id);
+            } else {
+                st.proto.set_later(id);
+            }
         }
     }
 }
@@ -714,6 +729,9 @@ impl<T> Request<'_, T> {
         }
         match self.poll_state(core, st, false) {
             Ok(true) => Some(Found::Done),
+            // A matched rendezvous nobody pulls yet: the caller owns the request, so its
+            // pull goes straight into its buffer now.
+            Ok(false) if st.proto.pulls_waiting() && self.pull_now(core, st) => Some(Found::Done),
             Ok(false) if look_for_loss => {
                 let watch = Self::watch(&self.comm, &self.state);
                 core.check_watch(st, watch)
@@ -813,12 +831,14 @@ pub fn wait_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
     // Each look sweeps before progress too, so receives land from the stream.
     let peers = landing_peers(reqs);
     let ready = || any_landing(&core, &peers);
+    own_pulls(reqs, &core);
     let found = core.wait_checking_first(Watch::Nobody, &ready, |core, st| {
         // Lost peers are looked for now and then (the first look is for what is here).
         looks = looks.wrapping_add(1);
         let found = sweep_all(reqs, core, st, looks.is_multiple_of(16));
         Ok((!found.is_empty()).then_some(found))
     });
+    release_pulls(reqs, &core);
     match found {
         Ok(found) => take_found(reqs, found),
         // The wait itself cannot fail without a watch; be safe anyway.
@@ -848,6 +868,7 @@ pub fn wait_any<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<(usize, Result<T>)>
     let mut looks: u32 = 0;
     let peers = landing_peers(reqs);
     let ready = || any_landing(&core, &peers);
+    own_pulls(reqs, &core);
     let found = core.wait_checking_first(Watch::Nobody, &ready, |core, st| {
         looks = looks.wrapping_add(1);
         let look = looks.is_multiple_of(16);
@@ -856,6 +877,7 @@ pub fn wait_any<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<(usize, Result<T>)>
             .enumerate()
             .find_map(|(i, r)| r.sweep(core, st, look).map(|f| (i, f))))
     });
+    release_pulls(reqs, &core);
     match found {
         Ok((i, f)) => Some((i, reqs.remove(i).finish_found(f))),
         Err(e) => Some((0, Err(e))),

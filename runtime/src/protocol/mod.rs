@@ -817,6 +817,21 @@ impl Protocol {
         }
     }
 
+    /// Undo [`Protocol::set_direct`]: the owner of receive `id` no longer waits on it, and
+    /// another waiting thread may pull its rendezvous message after a while again.
+    pub(crate) fn set_later(&mut self, id: RecvId) {
+        match self.recvs.get_mut(&id) {
+            Some(Slot::NeedPull { want, .. }) if *want == Want::Now => *want = Want::Later,
+            Some(_) => {}
+            None => {
+                if self.forget_want(id).is_some() {
+                    let at = self.wants.partition_point(|&(d, _)| d < id);
+                    self.wants.insert(at, (id, Want::Later));
+                }
+            }
+        }
+    }
+
     /// Forget what a posted receive wanted; what it was, if not `Want::Bytes`.
     fn forget_want(&mut self, id: RecvId) -> Option<Want> {
         // In id order, and receives mostly finish in the order they were posted: the

@@ -501,6 +501,41 @@ fn receives_with_buffers_of_their_own_are_left_to_their_owners_until_a_wait_drag
     let _ = s;
 }
 
+/// A receive whose owner waits on its set (`wait_all`, `wait_some`) is left to the owner
+/// even by a wait that drags on, and is listed as waiting for a pull; once the owner lets
+/// go (`set_later`), a dragging wait takes it again, before and after it matched.
+#[test]
+fn a_receive_its_owner_waits_on_is_left_to_it_until_it_lets_go() {
+    let mut net = Net::new(2, 100);
+    let pat = Pattern {
+        ctx: 0,
+        src: 1,
+        tag: 0,
+    };
+    // Marked before its message matches.
+    let a = net.cores[0].post(pat, Want::Later).unwrap_err();
+    net.cores[0].set_direct(a);
+    let _ = net.send(1, 0, 0, payload(1, 0, 300));
+    net.deliver(1, 0);
+    assert!(net.cores[0].pulls_waiting(), "listed for its owner");
+    assert!(net.cores[0].unpulled(a).is_some());
+    assert!(net.cores[0].claim_pull(true).is_none(), "left to its owner");
+    net.cores[0].set_later(a);
+    assert_eq!(net.cores[0].claim_pull(true).map(|j| j.id), Some(a));
+    // Marked and let go before its message matches.
+    let b = net.cores[0].post(pat, Want::Later).unwrap_err();
+    net.cores[0].set_direct(b);
+    net.cores[0].set_later(b);
+    let _ = net.send(1, 0, 0, payload(1, 0, 300));
+    net.deliver(1, 0);
+    assert!(
+        net.cores[0].claim_pull(false).is_none(),
+        "a wait just begun"
+    );
+    assert_eq!(net.cores[0].claim_pull(true).map(|j| j.id), Some(b));
+    assert!(net.cores[0].unpulled(b).is_none(), "being pulled");
+}
+
 #[test]
 fn a_receive_takes_from_the_stream_only_a_frame_it_is_the_oldest_match_for() {
     let mut p = Protocol::new(ProtocolConfig {

@@ -1429,55 +1429,78 @@ fn halo(w: &Comm) -> R {
     Ok(())
 }
 
-/// Who pulls the rendezvous messages of a set of receives one thread waits for whole
-/// (`wait_all`). Rank 0 sends rank 1 K messages of ARG u32s (256 KiB by default, a
-/// rendezvous in shared memory) for tags 1..=K after 50 ms and tag 0 50 ms later; rank 1
-/// waits for all K+1, tag 0 first. While it waits for tag 0, the others are pulled by rank
-/// 1's thread straight into their own buffers: none goes through a buffer of progress's
-/// own (before, after the wait's first spin progress pulled each into a new buffer and the
-/// receive copied it again). On 3 ranks or more, a wait that needs a pull of the same set
-/// to end: rank 0 sends rank 1 tag K+1 with a blocking send and only then tells rank 2,
-/// which only then sends rank 1 the message its set waits for first.
+/// Who pulls the rendezvous messages of a set of receives one thread waits on (`wait_all`,
+/// `wait_any`, `wait_some`). Rank 0 sends rank 1 K messages of ARG u32s (256 KiB by
+/// default, a rendezvous in shared memory) for tags 1..=K after 50 ms and tag 0 50 ms
+/// later, once for each of the three; rank 1 waits for all K+1 with each in turn. While it
+/// waits, the messages that are there are pulled by rank 1's thread straight into their
+/// own buffers: none goes through a buffer of progress's own (before, after the wait's
+/// first spin progress pulled each into a new buffer and the receive copied it again). On
+/// 3 ranks or more, a wait that needs a pull of the same set to end: rank 0 sends rank 1
+/// tag K+1 with a blocking send and only then tells rank 2, which only then sends rank 1
+/// the message its set waits for first.
 fn own_pulls(w: &Comm) -> R {
     let len = arg(2, 1 << 16) as usize;
     const K: usize = 8;
     let me = w.rank();
     let n = w.size();
     let fill = |tag: usize| (tag * 1000 + 7) as u32;
+    // The set waited for whole, then one at a time, then some at a time.
+    let modes = ["wait_all", "wait_any", "wait_some"];
     match me {
         0 => {
             let data: Vec<Vec<u32>> = (0..=K).map(|t| vec![fill(t); len]).collect();
-            // The others arrive while rank 1 has waited a while already (when progress
-            // used to take them), the one it waits for first later still.
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            let mut sends = Vec::new();
-            for (t, d) in data.iter().enumerate().skip(1) {
-                sends.push(w.isend_slice(1, t as i32, d)?);
+            for _ in modes {
+                // The others arrive while rank 1 has waited a while already (when progress
+                // used to take them), the one it waits for first later still.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let mut sends = Vec::new();
+                for (t, d) in data.iter().enumerate().skip(1) {
+                    sends.push(w.isend_slice(1, t as i32, d)?);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                sends.push(w.isend_slice(1, 0, &data[0])?);
+                ranks::wait_all(sends)?;
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            sends.push(w.isend_slice(1, 0, &data[0])?);
-            ranks::wait_all(sends)?;
             if n >= 3 {
                 w.send_slice(1, K as i32 + 1, &vec![fill(K + 1); len])?;
                 w.send(2, 0, &"go")?;
             }
         }
         1 => {
-            let mut bufs = vec![vec![0u32; len]; K + 1];
-            let reqs = bufs
-                .iter_mut()
-                .enumerate()
-                .map(|(t, b)| w.irecv_into(0, t as i32, b))
-                .collect::<Result<Vec<_>, _>>()?;
-            ranks::wait_all(reqs)?;
-            for (t, b) in bufs.iter().enumerate() {
-                assert!(b.iter().all(|&x| x == fill(t)), "tag {t}");
+            for mode in modes {
+                let mut bufs = vec![vec![0u32; len]; K + 1];
+                {
+                    let mut reqs = bufs
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(t, b)| w.irecv_into(0, t as i32, b))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    match mode {
+                        "wait_all" => drop(ranks::wait_all(reqs)?),
+                        "wait_any" => {
+                            while let Some((_, r)) = ranks::wait_any(&mut reqs) {
+                                r?;
+                            }
+                        }
+                        _ => {
+                            while !reqs.is_empty() {
+                                for (_, r) in ranks::wait_some(&mut reqs) {
+                                    r?;
+                                }
+                            }
+                        }
+                    }
+                }
+                for (t, b) in bufs.iter().enumerate() {
+                    assert!(b.iter().all(|&x| x == fill(t)), "{mode}: tag {t}");
+                }
+                assert_eq!(
+                    w.staged_pulls(),
+                    0,
+                    "{mode}: receives waited for in a set were pulled through another buffer"
+                );
             }
-            assert_eq!(
-                w.staged_pulls(),
-                0,
-                "receives waited for in a set were pulled through another buffer"
-            );
             if n >= 3 {
                 let mut first = vec![0u32; len];
                 let mut second = vec![0u32; len];
