@@ -239,6 +239,20 @@ impl<'a, T> Request<'a, T> {
 
     /// Block until the operation is complete (result not yet taken).
     fn drive(&mut self) -> Result<()> {
+        self.drive_with(&mut [])
+    }
+
+    /// [`Request::drive`] for the first of `reqs` while the others wait too (`wait_all`):
+    /// their matched rendezvous messages are pulled into their own buffers meanwhile.
+    fn drive_first(reqs: &mut [Self]) -> Result<()> {
+        match reqs.split_first_mut() {
+            Some((first, others)) => first.drive_with(others),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Request::drive`], pulling for `others` (the waiting thread's too) meanwhile.
+    fn drive_with(&mut self, others: &mut [Self]) -> Result<()> {
         if self.complete_now() {
             return Ok(());
         }
@@ -247,32 +261,10 @@ impl<'a, T> Request<'a, T> {
             &mut self.state,
             &mut self.buf,
             self.land,
-            &mut [],
-        );
-        if r.is_err() {
-            self.abandon();
-        }
-        r
-    }
-
-    /// [`Request::drive`] for the first of `reqs` while the others wait too (`wait_all`):
-    /// their matched rendezvous messages are pulled into their own buffers meanwhile.
-    fn drive_first(reqs: &mut [Self]) -> Result<()> {
-        let Some((first, others)) = reqs.split_first_mut() else {
-            return Ok(());
-        };
-        if first.complete_now() {
-            return Ok(());
-        }
-        let r = Self::drive_parts(
-            &first.comm,
-            &mut first.state,
-            &mut first.buf,
-            first.land,
             others,
         );
         if r.is_err() {
-            first.abandon();
+            self.abandon();
         }
         r
     }
@@ -678,37 +670,31 @@ pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result
 /// ([`Request::drive_first`]): progress no longer takes them into a buffer of its own after
 /// a while (then they were copied twice, into memory the kernel had to fault in first).
 fn own_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>) {
-    mark_pulls(reqs, core, true);
+    if reqs.iter().any(|r| r.land.is_some()) {
+        mark_pulls(reqs, core, &mut core.lock(), true);
+    }
 }
 
 /// The receives `own_pulls` gave a set's waiting thread go back to being pulled by whoever
 /// waits a while (the thread returns with them still pending: `wait_some`, `wait_any`).
 fn release_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>) {
-    mark_pulls(reqs, core, false);
+    if reqs.iter().any(|r| r.land.is_some()) {
+        mark_pulls(reqs, core, &mut core.lock(), false);
+    }
 }
 
-/// `own_pulls` (`own`) or `release_pulls`.
-fn mark_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>, own: bool) {
-    let mut large = reqs
-        .iter()
-        .filter_map(|r| match (&r.state, r.land, &r.buf) {
-            (ReqState::Recv { id, .. }, Some((peer, _)), Some(b))
-                if Arc::ptr_eq(&r.comm.core, core) =>
-            {
-                Some((*id, peer as usize, b.len()))
-            }
-            _ => None,
-        });
-    let Some(first) = large.next() else {
-        return;
-    };
-    let mut st = core.lock();
-    for (id, peer, len) in std::iter::once(first).chain(large) {
-        if st.proto.may_pull(peer, len) {
+/// `own_pulls` (`own`) or `release_pulls`, under the lock.
+fn mark_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>, st: &mut State, own: bool) {
+    for r in reqs.iter().filter(|r| Arc::ptr_eq(&r.comm.core, core)) {
+        let (ReqState::Recv { id, .. }, Some((peer, _)), Some(b)) = (&r.state, r.land, &r.buf)
+        else {
+            continue;
+        };
+        if st.proto.may_pull(peer as usize, b.len()) {
             if own {
-                st.proto.set_direct(id);
+                st.proto.set_direct(*id);
             } else {
-                st.proto.set_later(id);
+                st.proto.set_later(*id);
             }
         }
     }
@@ -893,8 +879,12 @@ pub fn test_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
     let found = {
         let mut st = core.lock();
         land_all(reqs, &core, &mut st);
+        // The set's rendezvous messages are ours to pull, into their own buffers.
+        mark_pulls(reqs, &core, &mut st, true);
         core.progress(&mut st);
-        sweep_all(reqs, &core, &mut st, true)
+        let found = sweep_all(reqs, &core, &mut st, true);
+        mark_pulls(reqs, &core, &mut st, false);
+        found
     };
     if found.is_empty() {
         core.idle();
@@ -909,10 +899,14 @@ pub fn test_any<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<(usize, Result<T>)>
     let found = {
         let mut st = core.lock();
         land_all(reqs, &core, &mut st);
+        mark_pulls(reqs, &core, &mut st, true);
         core.progress(&mut st);
-        reqs.iter_mut()
+        let found = reqs
+            .iter_mut()
             .enumerate()
-            .find_map(|(i, r)| r.sweep(&core, &mut st, true).map(|f| (i, f)))
+            .find_map(|(i, r)| r.sweep(&core, &mut st, true).map(|f| (i, f)));
+        mark_pulls(reqs, &core, &mut st, false);
+        found
     };
     if found.is_none() {
         core.idle();
@@ -944,8 +938,12 @@ pub fn test_all<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<Vec<Result<T>>> {
     let found = {
         let mut st = core.lock();
         land_all(reqs, &core, &mut st);
+        // The set's rendezvous messages are ours to pull, into their own buffers.
+        mark_pulls(reqs, &core, &mut st, true);
         core.progress(&mut st);
-        sweep_all(reqs, &core, &mut st, true)
+        let found = sweep_all(reqs, &core, &mut st, true);
+        mark_pulls(reqs, &core, &mut st, false);
+        found
     };
     if found.len() < reqs.len() {
         // Completed ones stay in their requests (a receive keeps the message it matched)

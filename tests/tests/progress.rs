@@ -75,9 +75,10 @@ fn eager_messages_larger_than_the_rings_and_as_large_as_they_allow() {
     }
 }
 
-/// The rendezvous messages of receives one thread waits on as a set (`wait_all`,
-/// `wait_any`, `wait_some`) go straight into their own buffers, pulled by that thread while
-/// it waits, even when the set cannot finish without such a pull (testjob `own_pulls`).
+/// The rendezvous messages of receives one thread waits on or tests as a set (`wait_all`,
+/// `wait_any`, `wait_some`, `test_any`, `test_some`) go straight into their own buffers,
+/// pulled by that thread, even when the set cannot finish without such a pull (testjob
+/// `own_pulls`).
 #[test]
 fn a_set_of_receives_pulls_its_own_messages_while_it_waits() {
     pattern("own_pulls", &[]);

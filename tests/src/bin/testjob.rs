@@ -1430,10 +1430,10 @@ fn halo(w: &Comm) -> R {
 }
 
 /// Who pulls the rendezvous messages of a set of receives one thread waits on (`wait_all`,
-/// `wait_any`, `wait_some`). Rank 0 sends rank 1 K messages of ARG u32s (256 KiB by
-/// default, a rendezvous in shared memory) for tags 1..=K after 50 ms and tag 0 50 ms
-/// later, once for each of the three; rank 1 waits for all K+1 with each in turn. While it
-/// waits, the messages that are there are pulled by rank 1's thread straight into their
+/// `wait_any`, `wait_some`, and polling with `test_any`, `test_some`). Rank 0 sends rank 1
+/// K messages of ARG u32s (256 KiB by default, a rendezvous in shared memory) for tags
+/// 1..=K after 50 ms and tag 0 50 ms later, once for each of the five; rank 1 waits for all
+/// K+1 with each in turn. While it waits, the messages that are there are pulled by rank 1's thread straight into their
 /// own buffers: none goes through a buffer of progress's own (before, after the wait's
 /// first spin progress pulled each into a new buffer and the receive copied it again). On
 /// 3 ranks or more, a wait that needs a pull of the same set to end: rank 0 sends rank 1
@@ -1446,7 +1446,7 @@ fn own_pulls(w: &Comm) -> R {
     let n = w.size();
     let fill = |tag: usize| (tag * 1000 + 7) as u32;
     // The set waited for whole, then one at a time, then some at a time.
-    let modes = ["wait_all", "wait_any", "wait_some"];
+    let modes = ["wait_all", "wait_any", "wait_some", "test_any", "test_some"];
     match me {
         0 => {
             let data: Vec<Vec<u32>> = (0..=K).map(|t| vec![fill(t); len]).collect();
@@ -1483,9 +1483,23 @@ fn own_pulls(w: &Comm) -> R {
                                 r?;
                             }
                         }
-                        _ => {
+                        "wait_some" => {
                             while !reqs.is_empty() {
                                 for (_, r) in ranks::wait_some(&mut reqs) {
+                                    r?;
+                                }
+                            }
+                        }
+                        "test_any" => {
+                            while !reqs.is_empty() {
+                                if let Some((_, r)) = ranks::test_any(&mut reqs) {
+                                    r?;
+                                }
+                            }
+                        }
+                        _ => {
+                            while !reqs.is_empty() {
+                                for (_, r) in ranks::test_some(&mut reqs) {
                                     r?;
                                 }
                             }
