@@ -700,6 +700,23 @@ fn mark_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>, st: &mut State, own:
     }
 }
 
+/// One look at a request set without waiting (the `test_*` calls), under one lock: land
+/// what is in the streams, progress, then `sweep`. The set's rendezvous messages are the
+/// caller's to pull, into their own buffers, for the length of the look.
+fn look_once<T, R>(
+    reqs: &mut [Request<'_, T>],
+    core: &Arc<Core>,
+    sweep: impl FnOnce(&mut [Request<'_, T>], &mut State) -> R,
+) -> R {
+    let mut st = core.lock();
+    land_all(reqs, core, &mut st);
+    mark_pulls(reqs, core, &mut st, true);
+    core.progress(&mut st);
+    let found = sweep(reqs, &mut st);
+    mark_pulls(reqs, core, &mut st, false);
+    found
+}
+
 /// What a request set's sweep found for one request: complete, or ended by a lost peer.
 enum Found {
     Done,
@@ -876,16 +893,7 @@ pub fn test_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
     let Some(core) = reqs.first().map(|r| r.comm.core.clone()) else {
         return Vec::new();
     };
-    let found = {
-        let mut st = core.lock();
-        land_all(reqs, &core, &mut st);
-        // The set's rendezvous messages are ours to pull, into their own buffers.
-        mark_pulls(reqs, &core, &mut st, true);
-        core.progress(&mut st);
-        let found = sweep_all(reqs, &core, &mut st, true);
-        mark_pulls(reqs, &core, &mut st, false);
-        found
-    };
+    let found = look_once(reqs, &core, |reqs, st| sweep_all(reqs, &core, st, true));
     if found.is_empty() {
         core.idle();
     }
@@ -896,18 +904,11 @@ pub fn test_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
 /// `Testany`).
 pub fn test_any<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<(usize, Result<T>)> {
     let core = reqs.first().map(|r| r.comm.core.clone())?;
-    let found = {
-        let mut st = core.lock();
-        land_all(reqs, &core, &mut st);
-        mark_pulls(reqs, &core, &mut st, true);
-        core.progress(&mut st);
-        let found = reqs
-            .iter_mut()
+    let found = look_once(reqs, &core, |reqs, st| {
+        reqs.iter_mut()
             .enumerate()
-            .find_map(|(i, r)| r.sweep(&core, &mut st, true).map(|f| (i, f)));
-        mark_pulls(reqs, &core, &mut st, false);
-        found
-    };
+            .find_map(|(i, r)| r.sweep(&core, st, true).map(|f| (i, f)))
+    });
     if found.is_none() {
         core.idle();
     }
@@ -935,16 +936,7 @@ pub fn test_all<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<Vec<Result<T>>> {
     let Some(core) = reqs.first().map(|r| r.comm.core.clone()) else {
         return Some(Vec::new());
     };
-    let found = {
-        let mut st = core.lock();
-        land_all(reqs, &core, &mut st);
-        // The set's rendezvous messages are ours to pull, into their own buffers.
-        mark_pulls(reqs, &core, &mut st, true);
-        core.progress(&mut st);
-        let found = sweep_all(reqs, &core, &mut st, true);
-        mark_pulls(reqs, &core, &mut st, false);
-        found
-    };
+    let found = look_once(reqs, &core, |reqs, st| sweep_all(reqs, &core, st, true));
     if found.len() < reqs.len() {
         // Completed ones stay in their requests (a receive keeps the message it matched)
         // until a later test or wait finishes them.

@@ -191,7 +191,6 @@ impl Header {
     }
 }
 
-/// What the decoder produced.
 /// The header of a raw data frame whose every field but the length is known in advance (a
 /// receive for one source, one tag and one element type): recognised by comparing four
 /// words, where `Header::decode` checks field by field. What it accepts, `decode` accepts as
@@ -241,6 +240,7 @@ impl DataTemplate {
     }
 }
 
+/// What the decoder produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
     /// A complete frame and its payload.
