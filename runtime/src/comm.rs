@@ -517,7 +517,7 @@ impl Comm {
         let pat = self.pattern(self.ctx, source.into(), tag)?;
         let st = crate::request::ReqState::posted(self.post(pat, Want::Bytes), pat);
         Ok(Request::new(self.clone(), st, |c, m, _, _| {
-            c.decode(m.expect("receive"))
+            c.decode(m.take().expect("receive"))
         }))
     }
 
@@ -530,7 +530,7 @@ impl Comm {
         let pat = self.pattern(self.ctx, source.into(), tag)?;
         let st = crate::request::ReqState::posted(self.post(pat, Want::Bytes), pat);
         Ok(Request::new(self.clone(), st, |c, m, _, _| {
-            c.decode_vec(m.expect("receive"))
+            c.decode_vec(m.take().expect("receive"))
         }))
     }
 

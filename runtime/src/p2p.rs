@@ -388,12 +388,12 @@ impl Comm {
     ) -> Result<Request<'a, Status>> {
         fn finish<T: Pod>(
             c: &Comm,
-            m: Option<Taken>,
+            m: &mut Option<Taken>,
             buf: Option<&mut [u8]>,
             _: Option<crate::request::Background>,
         ) -> Result<Status> {
             let buf: &mut [T] = bytemuck::cast_slice_mut(buf.expect("irecv_into has a buffer"));
-            c.decode_into(m.expect("receive"), buf)
+            c.decode_into(m.take().expect("receive"), buf)
         }
         let st = ReqState::posted(self.post(pat, Want::Later), pat);
         let req = Request::with_buffer(self, st, finish::<T>, bytemuck::cast_slice_mut(buf));

@@ -15,7 +15,7 @@ use crate::protocol::matching::{Msg, Pattern, RecvId};
 use crate::protocol::{
     Protocol, ProtocolConfig, PullJob, Route, RvBuf, SendId, SendPoll, Taken, Want,
 };
-use crate::transport::{Offer, TakeFrame, Transport};
+use crate::transport::{Offer, TakeFrame, Templated, Transport};
 use crate::wire::{DataTemplate, Encoding, FrameDecoder, Header, Kind, HEADER_LEN};
 
 /// The tunables in force (from `crate::config::Tuning`, with waiting decided by how many
@@ -615,6 +615,25 @@ impl Core {
         let template = u32::try_from(pat.src)
             .ok()
             .and_then(|src| DataTemplate::new(pat.ctx, src, pat.tag, typecode));
+        // The frames of such a pattern are this receive's if it is their claimant, which is
+        // known before looking: the transport then compares the header where it lies.
+        if let Some(t) = &template {
+            let ours = match claim {
+                Claim::Blocking(_) => true,
+                Claim::Posted(id, pat) => st.proto.claims(id, pat),
+            };
+            if ours {
+                match self.t.take_templated(peer, t, dst) {
+                    Templated::Took(len) => {
+                        self.note_landed(st, claim);
+                        return FromStream::Got(t.with_len(len));
+                    }
+                    Templated::Empty => return FromStream::Empty,
+                    Templated::Other => return FromStream::No,
+                    Templated::Slow => {}
+                }
+            }
+        }
         // In one step where the transport can (a small frame whole in one piece).
         let mut got = None;
         let mut pick = |hb: &[u8]| {
@@ -689,6 +708,7 @@ impl Core {
 
     /// A frame went from the stream straight to `claim`: a posted receive leaves the
     /// matcher (and is counted for `Comm::landed_receives`).
+    #[inline]
     fn note_landed(&self, st: &mut State, claim: Claim<'_>) {
         if let Claim::Posted(id, _) = claim {
             st.proto.landed(id);

@@ -46,11 +46,14 @@ impl ReqState<'static> {
 }
 
 /// Turns the matched message (receives) into the result, using the borrowed buffer if any.
-type Finish<T> = fn(&Comm, Option<Taken>, Option<&mut [u8]>, Option<Background>) -> Result<T>;
+///
+/// The message is lent (`&mut`, taken out by the finisher that consumes it): passed by value,
+/// the large `Option<Taken>` was copied into every call, a send's too.
+type Finish<T> = fn(&Comm, &mut Option<Taken>, Option<&mut [u8]>, Option<Background>) -> Result<T>;
 
 /// A `Finish` followed by `Request::map`s.
 type Mapped<'a, T> = Box<
-    dyn FnOnce(&Comm, Option<Taken>, Option<&mut [u8]>, Option<Background>) -> Result<T>
+    dyn FnOnce(&Comm, &mut Option<Taken>, Option<&mut [u8]>, Option<Background>) -> Result<T>
         + Send
         + 'a,
 >;
@@ -416,7 +419,7 @@ impl<'a, T> Request<'a, T> {
     /// The result of a complete operation, taken out in place (the request is left done,
     /// so dropping it does nothing).
     fn complete(&mut self) -> Result<T> {
-        let (taken, bg) = match std::mem::replace(&mut self.state, ReqState::Done) {
+        let (mut taken, bg) = match std::mem::replace(&mut self.state, ReqState::Done) {
             ReqState::Matched(t) => (Some(*t), None),
             ReqState::Landed(h) => (Some(Taken::Msg(Msg::new(&h, Body::Landed(h.len)))), None),
             ReqState::Machine(slot) => (
@@ -428,11 +431,11 @@ impl<'a, T> Request<'a, T> {
         let buf = self.buf.take();
         match &self.finish {
             // A plain function may stay (it owns nothing); the state says the result is taken.
-            &Finisher::Plain(f) => f(&self.comm, taken, buf, bg),
+            &Finisher::Plain(f) => f(&self.comm, &mut taken, buf, bg),
             Finisher::Mapped(_) => {
                 match std::mem::replace(&mut self.finish, Finisher::Plain(finished)) {
-                    Finisher::Mapped(f) => f(&self.comm, taken, buf, bg),
-                    Finisher::Plain(f) => f(&self.comm, taken, buf, bg),
+                    Finisher::Mapped(f) => f(&self.comm, &mut taken, buf, bg),
+                    Finisher::Plain(f) => f(&self.comm, &mut taken, buf, bg),
                 }
             }
         }
@@ -567,7 +570,7 @@ fn poll(state: &mut ReqState<'_>, core: &Core, st: &mut State, direct: bool) -> 
 /// The finisher left behind in a request whose result was taken (never called).
 fn finished<T>(
     _: &Comm,
-    _: Option<Taken>,
+    _: &mut Option<Taken>,
     _: Option<&mut [u8]>,
     _: Option<Background>,
 ) -> Result<T> {
@@ -581,7 +584,7 @@ impl<T: Send + 'static> Request<'static, T> {
     pub(crate) fn running(comm: Comm, slot: std::sync::Arc<crate::nbc::Slot>) -> Self {
         fn finish<T: 'static>(
             _: &Comm,
-            _: Option<Taken>,
+            _: &mut Option<Taken>,
             _: Option<&mut [u8]>,
             bg: Option<Background>,
         ) -> Result<T> {
@@ -598,6 +601,18 @@ impl<T: Send + 'static> Request<'static, T> {
 
 impl<T> Drop for Request<'_, T> {
     fn drop(&mut self) {
+        // Finished, or complete with nothing held (the common end of a request).
+        if matches!(
+            self.state,
+            ReqState::Done
+                | ReqState::Landed(_)
+                | ReqState::Send {
+                    id: SendId::Done,
+                    ..
+                }
+        ) {
+            return;
+        }
         match std::mem::replace(&mut self.state, ReqState::Done) {
             ReqState::Recv { id, .. } => self.comm.core.lock().proto.cancel(id),
             // A message this request took but nobody consumed goes back, in its place.
@@ -644,22 +659,28 @@ pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result
     if let Some(core) = &core {
         own_pulls(&reqs, core);
     }
+    // Requests before `ready` are complete (landed or finished at once).
+    let mut ready = 0;
     for i in 0..reqs.len() {
-        let first = &reqs[i];
-        let core = core.as_ref().filter(|c| Arc::ptr_eq(c, &first.comm.core));
-        if let Some(core) = core.filter(|_| !first.complete_now()) {
-            // Land every receive whose message is in its stream now, under one lock, up to
-            // the first request that must wait; then wait for that one alone.
-            let mut st = core.lock();
-            for r in reqs[i..].iter_mut() {
-                if !Arc::ptr_eq(&r.comm.core, core)
-                    || !(r.complete_now() || r.land_now(core, &mut st))
-                {
-                    break;
+        if i >= ready {
+            let first = &reqs[i];
+            let core = core.as_ref().filter(|c| Arc::ptr_eq(c, &first.comm.core));
+            if let Some(core) = core.filter(|_| !first.complete_now()) {
+                // Land every receive whose message is in its stream now, under one lock, up
+                // to the first request that must wait; then wait for that one alone.
+                let mut st = core.lock();
+                ready = i;
+                for r in reqs[i..].iter_mut() {
+                    if !Arc::ptr_eq(&r.comm.core, core)
+                        || !(r.complete_now() || r.land_now(core, &mut st))
+                    {
+                        break;
+                    }
+                    ready += 1;
                 }
             }
+            Request::drive_first(&mut reqs[i..])?;
         }
-        Request::drive_first(&mut reqs[i..])?;
         out.push(reqs[i].complete()?);
     }
     Ok(out)

@@ -228,15 +228,28 @@ impl DataTemplate {
         if [w(0), w(8), w(24), w(32)] != self.words {
             return None;
         }
+        Some(self.with_len(w(16)))
+    }
+
+    /// The header's fixed words, as [`DataTemplate::header`] compares them: bytes 0..8,
+    /// 8..16, 24..32 and 32..40 (bytes 16..24 hold the length).
+    #[inline]
+    pub fn words(&self) -> &[u64; 4] {
+        &self.words
+    }
+
+    /// This template's header with payload length `len`.
+    #[inline]
+    pub fn with_len(&self, len: u64) -> Header {
         let [w0, w1, _, w4] = self.words;
-        Some(Header::data(
+        Header::data(
             (w0 >> 32) as u32,
             w1 as u32,
             (w1 >> 32) as i32,
-            w(16),
+            len,
             Encoding::Raw,
             (w4 >> 32) as u32,
-        ))
+        )
     }
 }
 

@@ -174,7 +174,29 @@ impl Matcher {
             .map(|&(id, _)| id)
     }
 
+    /// Whether posted receive `id` is the [`Matcher::claimant`] of data frames with the
+    /// context, source and tag of `pat` (which names one source and one tag).
+    #[inline]
+    pub fn claims(&self, id: RecvId, pat: &Pattern) -> bool {
+        // Most often the oldest: a window of receives posted in order.
+        if let Some((first, p)) = self.posted.front() {
+            if *first == id {
+                return true;
+            }
+            if p == pat {
+                return false;
+            }
+        }
+        let wants = |p: &Pattern| {
+            p.ctx == pat.ctx
+                && (p.src == ANY_SOURCE || p.src == pat.src)
+                && (p.tag == ANY_TAG || p.tag == pat.tag)
+        };
+        self.posted.iter().find(|(_, p)| wants(p)).map(|&(i, _)| i) == Some(id)
+    }
+
     /// Withdraw a posted receive that has not matched; false if it is not posted.
+    #[inline]
     pub fn cancel(&mut self, id: RecvId) -> bool {
         // Most often the oldest (a receive that just took its message from the stream).
         if self.posted.front().is_some_and(|&(i, _)| i == id) {
@@ -294,6 +316,44 @@ mod tests {
         assert!(!m.cancel(a));
         assert!(m.incoming(msg(0, 0, 4)).is_none());
         assert_eq!(first_byte(&m.post(pat(0, 0)).1.unwrap()), 4);
+    }
+
+    proptest! {
+        /// `claims` (the fast test of a landing receive) says what `claimant` says for
+        /// frames of the receive's own pattern, whatever else is posted before and after.
+        #[test]
+        fn claims_agrees_with_claimant(
+            posted in proptest::collection::vec((-1i32..3, -1i32..3, 0u32..2), 1..12),
+            pick in 0usize..12,
+        ) {
+            let mut m = Matcher::default();
+            let ids: Vec<(RecvId, Pattern)> = posted
+                .iter()
+                .map(|&(src, tag, ctx)| {
+                    let p = Pattern { ctx, src, tag };
+                    (m.post(p).0, p)
+                })
+                .collect();
+            let (id, pat) = ids[pick % ids.len()];
+            prop_assume!(pat.src >= 0 && pat.tag >= 0);
+            let h = crate::wire::Header::data(
+                pat.ctx,
+                pat.src as u32,
+                pat.tag,
+                8,
+                Encoding::Raw,
+                0,
+            );
+            prop_assert_eq!(m.claims(id, &pat), m.claimant(&h) == Some(id));
+            // And once the oldest receives are withdrawn one by one.
+            for &(other, _) in &ids {
+                if other == id {
+                    break;
+                }
+                m.cancel(other);
+                prop_assert_eq!(m.claims(id, &pat), m.claimant(&h) == Some(id));
+            }
+        }
     }
 
     /// What can happen to a matcher.

@@ -833,6 +833,7 @@ impl Protocol {
     }
 
     /// Forget what a posted receive wanted; what it was, if not `Want::Bytes`.
+    #[inline]
     fn forget_want(&mut self, id: RecvId) -> Option<Want> {
         // In id order, and receives mostly finish in the order they were posted: the
         // oldest is the one at the front.
@@ -1002,8 +1003,16 @@ impl Protocol {
         self.matcher.claimant(h) == Some(id)
     }
 
+    /// [`Protocol::claimed_by`] for the frames of `pat`, the pattern of receive `id`, which
+    /// names one source and one tag.
+    #[inline]
+    pub(crate) fn claims(&self, id: RecvId, pat: &Pattern) -> bool {
+        self.matcher.claims(id, pat)
+    }
+
     /// Posted receive `id` took its message (the next frame of the sender's stream, which
     /// [`Protocol::claimed_by`] gave it) straight into its owner's buffer: it is done.
+    #[inline]
     pub(crate) fn landed(&mut self, id: RecvId) {
         self.forget_want(id);
         self.matcher.cancel(id);

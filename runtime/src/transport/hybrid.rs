@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use super::quic::Quic;
 use super::shm::Shm;
-use super::{local_indices, TakeFrame, Transport};
+use super::{local_indices, TakeFrame, Templated, Transport};
 use crate::error::{Error, Result};
+use crate::wire::DataTemplate;
 
 pub(crate) struct Hybrid {
     /// Per world rank: its index in this host's segment, or `None` when it is on another host.
@@ -129,6 +130,11 @@ impl Transport for Hybrid {
     ) -> TakeFrame {
         self.route(peer)
             .map_or(TakeFrame::Slow, |(t, p)| t.take_frame(p, head, dst, pick))
+    }
+
+    fn take_templated(&self, peer: usize, tmpl: &DataTemplate, dst: &mut [u8]) -> Templated {
+        self.route(peer)
+            .map_or(Templated::Slow, |(t, p)| t.take_templated(p, tmpl, dst))
     }
 
     fn holds(&self, peer: usize, bytes: usize) -> bool {

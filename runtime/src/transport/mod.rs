@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::error::Result;
+use crate::wire::{DataTemplate, HEADER_LEN};
 
 #[cfg(feature = "quic")]
 pub(crate) mod driver;
@@ -78,6 +79,26 @@ pub(crate) trait Transport: Send + Sync {
         _pick: &mut dyn FnMut(&[u8]) -> Option<usize>,
     ) -> TakeFrame {
         TakeFrame::Slow
+    }
+
+    /// [`Transport::take_frame`] for the one frame header `tmpl` describes (any payload
+    /// length up to `dst.len()`): the header's length once its payload is at the front of
+    /// `dst`. Transports that can compare the header where it lies do so (no callback);
+    /// the others pick through `take_frame`.
+    fn take_templated(&self, peer: usize, tmpl: &DataTemplate, dst: &mut [u8]) -> Templated {
+        let room = dst.len();
+        let mut got = 0;
+        let mut pick = |hb: &[u8]| {
+            let h = tmpl.header(hb.try_into().ok()?)?;
+            got = h.len;
+            (h.len <= room as u64).then_some(h.len as usize)
+        };
+        match self.take_frame(peer, HEADER_LEN, dst, &mut pick) {
+            TakeFrame::Took(_) => Templated::Took(got),
+            TakeFrame::Empty => Templated::Empty,
+            TakeFrame::Left => Templated::Other,
+            TakeFrame::Slow => Templated::Slow,
+        }
     }
 
     /// Whether `peer`'s stream to us holds `bytes` at once, so that a reader may wait for a
@@ -179,6 +200,19 @@ pub(crate) trait Transport: Send + Sync {
     fn push(&self, _peer: usize, _token: u64, _src: u64, _len: u64, _dst: u64) -> bool {
         false
     }
+}
+
+/// What [`Transport::take_templated`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Templated {
+    /// Took the frame; its payload length (now at the front of `dst`).
+    Took(u64),
+    /// Nothing is in the stream now.
+    Empty,
+    /// Another frame is next, or this one does not fit.
+    Other,
+    /// Not in one step (see [`TakeFrame::Slow`]).
+    Slow,
 }
 
 /// What [`Transport::take_frame`] did.

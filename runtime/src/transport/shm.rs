@@ -55,8 +55,9 @@ use std::time::Duration;
 
 use memmap2::MmapRaw;
 
-use super::{TakeFrame, Transport};
+use super::{TakeFrame, Templated, Transport};
 use crate::error::{Error, Result};
+use crate::wire::{DataTemplate, HEADER_LEN};
 
 const MAGIC: u64 = 0x524b_5348_4d30_0004; // "RKSHM0" + layout version
 const HEADER_SIZE: usize = 4096;
@@ -643,6 +644,62 @@ impl Segment {
         TakeFrame::Took(n)
     }
 
+    /// [`Segment::ring_take`] for the frame whose header has `tmpl`'s fixed words, compared
+    /// where they lie in the ring (no callback, no decoding): its payload, up to
+    /// `out.len()` bytes, goes to the front of `out`; the payload length is returned.
+    fn ring_take_templated(
+        &self,
+        src: usize,
+        dst: usize,
+        tmpl: &DataTemplate,
+        out: &mut [u8],
+        cursor: &AtomicU64,
+    ) -> Templated {
+        let c = Cursor(cursor.load(Relaxed));
+        if c.left() > 0 {
+            return Templated::Slow;
+        }
+        let (_, tail, data) = self.ring(src, dst);
+        let pos = c.next();
+        let len = match self.chunk_at(src, data, pos) {
+            Ok(Some(len)) => len as usize,
+            Ok(None) => return Templated::Empty,
+            Err(_) => return Templated::Slow,
+        };
+        let body = ((pos as usize) & (self.cap - 1)) + CHUNK_HEADER as usize;
+        if len < HEADER_LEN || body + len > self.cap {
+            return Templated::Slow;
+        }
+        // SAFETY: as in `ring_take`: `body + len <= cap`, the chunk is published (the
+        // Acquire load in `chunk_at`) and its writer leaves it alone until we free it.
+        let bytes = unsafe { std::slice::from_raw_parts(data.add(body), len) };
+        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        if [word(0), word(8), word(24), word(32)] != *tmpl.words() {
+            return Templated::Other;
+        }
+        let n = word(16);
+        if n > out.len() as u64 || n > (len - HEADER_LEN) as u64 {
+            // Too long for `out`: the general path reports it; a frame longer than its
+            // chunk is theirs to find corrupt.
+            return if n > out.len() as u64 {
+                Templated::Other
+            } else {
+                Templated::Slow
+            };
+        }
+        let used = HEADER_LEN + n as usize;
+        out[..n as usize].copy_from_slice(&bytes[HEADER_LEN..used]);
+        let (t, l) = if used == len {
+            (pos + chunk_span(len as u64), 0)
+        } else {
+            (pos + CHUNK_HEADER + used as u64, (len - used) as u64)
+        };
+        cursor.store(Cursor::at(t, l).0, Relaxed);
+        tail.store(t, Release);
+        self.ring_doorbell(src, false);
+        Templated::Took(n)
+    }
+
     /// Walk the ready chunks of ring (src, dst) from the reader's position, copying into
     /// `out` (if any) without taking anything, until `want` bytes are counted. Returns the
     /// bytes counted (at least `want` when that many are ready), or `None` if the ring is
@@ -1152,6 +1209,11 @@ impl Transport for Shm {
     ) -> TakeFrame {
         self.seg
             .ring_take(peer, self.me, head, dst, pick, &self.cursor[peer])
+    }
+
+    fn take_templated(&self, peer: usize, tmpl: &DataTemplate, dst: &mut [u8]) -> Templated {
+        self.seg
+            .ring_take_templated(peer, self.me, tmpl, dst, &self.cursor[peer])
     }
 
     fn holds(&self, _peer: usize, bytes: usize) -> bool {
@@ -1674,6 +1736,67 @@ mod chunk_tests {
             .store((at / 64 + 1) << 32 | 8, Release);
         assert_eq!(take(4, Some(4), &mut out).0, TakeFrame::Slow);
         assert!(seg.ring_read(0, 1, &mut sink, &took, &cursor).is_err());
+    }
+
+    /// A templated take takes the frame whose header has the template's fixed words and
+    /// any length that fits, in one step; another frame (another tag, a longer payload
+    /// than the room) stays where it is; what one step cannot take is left to the general
+    /// reads, as for `ring_take`.
+    #[test]
+    fn a_frame_of_the_template_is_taken_where_it_lies() {
+        use crate::wire::{Encoding, Header};
+        let s = segment("templated-take-test");
+        let seg = s.0.as_ref().unwrap();
+        let (tail_seen, cursor, took) = sides();
+        let tmpl = DataTemplate::new(3, 0, 7, 11).unwrap();
+        let frame = |tag: i32, payload: &[u8]| {
+            let h = Header::data(3, 0, tag, payload.len() as u64, Encoding::Raw, 11);
+            let mut b = h.encode().to_vec();
+            b.extend_from_slice(payload);
+            b
+        };
+        let mut out = [0u8; 8];
+        let take = |out: &mut [u8]| seg.ring_take_templated(0, 1, &tmpl, out, &cursor);
+        assert_eq!(take(&mut out), Templated::Empty);
+        // Another tag first: it stays, and is still there for the general reads.
+        let other = frame(8, b"zz");
+        assert_eq!(seg.ring_write(0, 1, &[&other], &tail_seen), other.len());
+        assert_eq!(take(&mut out), Templated::Other);
+        assert_eq!(seg.ring_available(0, 1, &cursor, 100), Some(other.len()));
+        let mut sink = vec![0u8; 1024];
+        assert_eq!(
+            seg.ring_read(0, 1, &mut sink, &took, &cursor).unwrap(),
+            other.len()
+        );
+        // Ours: its payload lands at the front of `out`, the header's length comes back.
+        let ours = frame(7, b"abcde");
+        assert_eq!(seg.ring_write(0, 1, &[&ours], &tail_seen), ours.len());
+        assert_eq!(take(&mut out), Templated::Took(5));
+        assert_eq!(&out[..5], b"abcde");
+        assert_eq!(seg.ring_available(0, 1, &cursor, 100), Some(0));
+        // Ours but longer than the room: left for the general path to report.
+        let long = frame(7, &[1u8; 12]);
+        assert_eq!(seg.ring_write(0, 1, &[&long], &tail_seen), long.len());
+        assert_eq!(take(&mut out), Templated::Other);
+        assert_eq!(take(&mut [0u8; 12]), Templated::Took(12));
+        // Two frames in one chunk: the first in one step, then the reader is inside the
+        // chunk and the general reads take the second.
+        let two = [frame(7, b"xy"), frame(7, b"uv")].concat();
+        assert_eq!(seg.ring_write(0, 1, &[&two], &tail_seen), two.len());
+        assert_eq!(take(&mut out), Templated::Took(2));
+        assert_eq!(&out[..2], b"xy");
+        assert_eq!(take(&mut out), Templated::Slow);
+        assert_eq!(
+            seg.ring_read(0, 1, &mut sink, &took, &cursor).unwrap(),
+            HEADER_LEN + 2
+        );
+        // A header that says more payload than its chunk holds: the general reads.
+        let cut = frame(7, b"abcd");
+        assert_eq!(
+            seg.ring_write(0, 1, &[&cut[..cut.len() - 2]], &tail_seen),
+            cut.len() - 2
+        );
+        assert_eq!(take(&mut out), Templated::Slow);
     }
 
     /// The fuzz target's reader reads what a well-formed ring holds, across the ring's end
