@@ -582,6 +582,7 @@ impl Core {
     /// blocking receive's caller checked that no posted receive or queued message comes
     /// first; a posted receive takes only a frame it is the oldest match for). No decoder,
     /// no allocation, no queues: the small-message fast path.
+    #[inline]
     pub(crate) fn recv_from_stream(
         &self,
         st: &mut State,
@@ -593,30 +594,17 @@ impl Core {
         if st.broken[peer].is_some() || st.dec[peer].mid_frame() {
             return FromStream::No;
         }
-        // Ours when it is a data frame for `claim` of type `typecode` that fits `dst`.
-        let room = dst.len();
-        let claimed = |h: &Header, st: &State| match claim {
-            Claim::Blocking(pat) => pat.matches_header(h),
-            Claim::Posted(id, _) => st.proto.claimed_by(h, id),
-        };
-        let fits = |h: &Header, st: &State| {
-            h.kind == Kind::Data
-                && claimed(h, st)
-                && h.enc == Encoding::Raw
-                && h.typecode == typecode
-                && h.len as usize <= room
-        };
         // The header expected when the pattern names one source and one tag: recognised
         // by four compares, where decoding checks every field (the general decoder is for
-        // anything else).
+        // anything else). The frames of such a pattern are this receive's if it is their
+        // claimant, which is known before looking: the transport then compares the header
+        // where it lies.
         let pat = match claim {
             Claim::Blocking(pat) | Claim::Posted(_, pat) => pat,
         };
         let template = u32::try_from(pat.src)
             .ok()
             .and_then(|src| DataTemplate::new(pat.ctx, src, pat.tag, typecode));
-        // The frames of such a pattern are this receive's if it is their claimant, which is
-        // known before looking: the transport then compares the header where it lies.
         if let Some(t) = &template {
             let ours = match claim {
                 Claim::Blocking(_) => true,
@@ -634,6 +622,34 @@ impl Core {
                 }
             }
         }
+        self.recv_from_stream_general(st, peer, claim, typecode, dst, template)
+    }
+
+    /// [`Core::recv_from_stream`] past its templated step: any pattern, a frame the
+    /// transport cannot take in one step, or read piece by piece.
+    #[inline(never)]
+    fn recv_from_stream_general(
+        &self,
+        st: &mut State,
+        peer: usize,
+        claim: Claim<'_>,
+        typecode: u32,
+        dst: &mut [u8],
+        template: Option<DataTemplate>,
+    ) -> FromStream {
+        // Ours when it is a data frame for `claim` of type `typecode` that fits `dst`.
+        let room = dst.len();
+        let claimed = |h: &Header, st: &State| match claim {
+            Claim::Blocking(pat) => pat.matches_header(h),
+            Claim::Posted(id, _) => st.proto.claimed_by(h, id),
+        };
+        let fits = |h: &Header, st: &State| {
+            h.kind == Kind::Data
+                && claimed(h, st)
+                && h.enc == Encoding::Raw
+                && h.typecode == typecode
+                && h.len as usize <= room
+        };
         // In one step where the transport can (a small frame whole in one piece).
         let mut got = None;
         let mut pick = |hb: &[u8]| {

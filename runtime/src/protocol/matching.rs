@@ -202,6 +202,12 @@ impl Matcher {
         if self.posted.front().is_some_and(|&(i, _)| i == id) {
             return self.posted.pop_front().is_some();
         }
+        self.cancel_inside(id)
+    }
+
+    /// [`Matcher::cancel`] of a receive that is not the oldest.
+    #[inline(never)]
+    fn cancel_inside(&mut self, id: RecvId) -> bool {
         match self.posted.iter().position(|(i, _)| *i == id) {
             Some(i) => self.posted.remove(i).is_some(),
             None => false,

@@ -840,6 +840,12 @@ impl Protocol {
         if self.wants.front().is_some_and(|&(d, _)| d == id) {
             return self.wants.pop_front().map(|(_, w)| w);
         }
+        self.forget_want_inside(id)
+    }
+
+    /// [`Protocol::forget_want`] of a receive that is not the oldest.
+    #[inline(never)]
+    fn forget_want_inside(&mut self, id: RecvId) -> Option<Want> {
         let i = self.wants.binary_search_by_key(&id, |&(d, _)| d).ok()?;
         self.wants.remove(i).map(|(_, w)| w)
     }

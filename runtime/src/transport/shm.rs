@@ -375,17 +375,33 @@ impl Segment {
     /// needs a full barrier between its store and its load, the other the same, or a
     /// `membarrier` from the sleeper that covers us (see the module's documentation).
     fn ring_doorbell(&self, rank: usize, always: bool) {
-        if !(self.barriers && self.sleeper_kind_word(rank).load(Relaxed) == 1) {
+        let (kind, seq, sleepers) = self.doorbell_words(rank);
+        if !(self.barriers && kind.load(Relaxed) == 1) {
             fence(SeqCst);
         } else {
             // No fence: the sleeper's barrier stands for it, which needs the stores before
             // the load below in the machine code too (the compiler may not hoist it).
             compiler_fence(SeqCst);
         }
-        if always || self.sleepers_word(rank).load(SeqCst) > 0 {
-            let seq = self.seq_word(rank);
+        if always || sleepers.load(SeqCst) > 0 {
             seq.fetch_add(1, SeqCst);
             futex_wake(seq);
+        }
+    }
+
+    /// `rank`'s sleeper kind, doorbell and sleeper count words (as `sleeper_kind_word`,
+    /// `seq_word` and `sleepers_word`), with one bounds check: a doorbell is on every
+    /// message's path.
+    #[inline]
+    fn doorbell_words(&self, rank: usize) -> (&AtomicU32, &AtomicU32, &AtomicU32) {
+        let b = self.block(rank);
+        assert!(b + LINE + 8 <= self.map.len());
+        // SAFETY: `b + 8`, `b + LINE` and `b + LINE + 4` are in bounds (above) and 4-aligned
+        // (blocks start on lines of the page-aligned mapping); these words are only ever
+        // accessed atomically, as `u32_at` hands them out.
+        unsafe {
+            let at = |off: usize| &*(self.map.as_mut_ptr().add(b + off) as *const AtomicU32);
+            (at(8), at(LINE), at(LINE + 4))
         }
     }
 
