@@ -151,6 +151,7 @@ impl Comm {
     /// queued) at once; large ones are pulled by the receiver from `payload`, which the
     /// returned request borrows until it completes. `sync`: complete only once the
     /// receiver has matched it.
+    #[inline]
     pub(crate) fn isend_borrowed<'a>(
         &'a self,
         ctx: u32,
@@ -197,6 +198,7 @@ impl Comm {
 
     /// Post a receive: the message at once if one is here with its bytes; `want` says who
     /// pulls a rendezvous message it matches.
+    #[inline]
     pub(crate) fn post(&self, pat: Pattern, want: Want) -> std::result::Result<Msg, RecvId> {
         self.core.lock().proto.post(pat, want)
     }
@@ -618,6 +620,7 @@ impl Comm {
         Ok((v, st))
     }
 
+    #[inline]
     pub(crate) fn decode_into<T: Pod>(&self, t: impl Into<Taken>, buf: &mut [T]) -> Result<Status> {
         let t = t.into();
         // Landed from the stream: its type and room were checked then, its bytes are in
@@ -633,6 +636,12 @@ impl Comm {
                 return Ok(status_of(m));
             }
         }
+        self.decode_into_taken(t, buf)
+    }
+
+    /// [`Comm::decode_into`] of a message that did not land: check, copy or report.
+    #[inline(never)]
+    fn decode_into_taken<T: Pod>(&self, t: Taken, buf: &mut [T]) -> Result<Status> {
         if let Err(e) = self.check_raw::<T>(t.msg()) {
             // Not lost: it stays queued for a receive of the right type.
             self.put_back(t);

@@ -37,6 +37,7 @@ pub(crate) enum ReqState<'a> {
 
 impl ReqState<'static> {
     /// The state of a receive just posted: its message if one was here, else waiting.
+    #[inline]
     pub(crate) fn posted(r: std::result::Result<Msg, RecvId>, pat: Pattern) -> Self {
         match r {
             Ok(m) => ReqState::Matched(Box::new(Taken::Msg(m))),
@@ -255,10 +256,17 @@ impl<'a, T> Request<'a, T> {
     }
 
     /// [`Request::drive`], pulling for `others` (the waiting thread's too) meanwhile.
+    #[inline]
     fn drive_with(&mut self, others: &mut [Self]) -> Result<()> {
         if self.complete_now() {
             return Ok(());
         }
+        self.drive_pending(others)
+    }
+
+    /// [`Request::drive_with`] of a request that is not complete yet.
+    #[inline(never)]
+    fn drive_pending(&mut self, others: &mut [Self]) -> Result<()> {
         let r = Self::drive_parts(
             &self.comm,
             &mut self.state,
@@ -419,6 +427,22 @@ impl<'a, T> Request<'a, T> {
     /// The result of a complete operation, taken out in place (the request is left done,
     /// so dropping it does nothing).
     fn complete(&mut self) -> Result<T> {
+        // The common ends, with no move of the whole state: a small receive's header
+        // becomes its message; a send written at once has none.
+        match &self.state {
+            ReqState::Landed(h) => {
+                let mut taken = Some(Taken::Msg(Msg::new(h, Body::Landed(h.len))));
+                self.state = ReqState::Done;
+                return self.finish_with(&mut taken, None);
+            }
+            ReqState::Send {
+                id: SendId::Done, ..
+            } => {
+                self.state = ReqState::Done;
+                return self.finish_with(&mut None, None);
+            }
+            _ => {}
+        }
         let (mut taken, bg) = match std::mem::replace(&mut self.state, ReqState::Done) {
             ReqState::Matched(t) => (Some(*t), None),
             ReqState::Landed(h) => (Some(Taken::Msg(Msg::new(&h, Body::Landed(h.len)))), None),
@@ -428,14 +452,20 @@ impl<'a, T> Request<'a, T> {
             ),
             _ => (None, None),
         };
+        self.finish_with(&mut taken, bg)
+    }
+
+    /// Run the finisher on the taken message (the state is done already).
+    #[inline]
+    fn finish_with(&mut self, taken: &mut Option<Taken>, bg: Option<Background>) -> Result<T> {
         let buf = self.buf.take();
         match &self.finish {
             // A plain function may stay (it owns nothing); the state says the result is taken.
-            &Finisher::Plain(f) => f(&self.comm, &mut taken, buf, bg),
+            &Finisher::Plain(f) => f(&self.comm, taken, buf, bg),
             Finisher::Mapped(_) => {
                 match std::mem::replace(&mut self.finish, Finisher::Plain(finished)) {
-                    Finisher::Mapped(f) => f(&self.comm, &mut taken, buf, bg),
-                    Finisher::Plain(f) => f(&self.comm, &mut taken, buf, bg),
+                    Finisher::Mapped(f) => f(&self.comm, taken, buf, bg),
+                    Finisher::Plain(f) => f(&self.comm, taken, buf, bg),
                 }
             }
         }
@@ -600,9 +630,10 @@ impl<T: Send + 'static> Request<'static, T> {
 }
 
 impl<T> Drop for Request<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         // Finished, or complete with nothing held (the common end of a request).
-        if matches!(
+        if !matches!(
             self.state,
             ReqState::Done
                 | ReqState::Landed(_)
@@ -611,8 +642,15 @@ impl<T> Drop for Request<'_, T> {
                     ..
                 }
         ) {
-            return;
+            self.drop_pending();
         }
+    }
+}
+
+impl<T> Request<'_, T> {
+    /// What dropping an unfinished request does: withdraw it, or see it through.
+    #[inline(never)]
+    fn drop_pending(&mut self) {
         match std::mem::replace(&mut self.state, ReqState::Done) {
             ReqState::Recv { id, .. } => self.comm.core.lock().proto.cancel(id),
             // A message this request took but nobody consumed goes back, in its place.

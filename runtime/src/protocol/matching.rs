@@ -153,6 +153,7 @@ impl Matcher {
 
     /// Post a receive: the oldest matching queued message at once (with the id the receive
     /// got), or the id it waits under.
+    #[inline]
     pub fn post(&mut self, pat: Pattern) -> (RecvId, Option<Msg>) {
         let id = self.new_id();
         // (Nothing queued, most often: no search.)

@@ -757,6 +757,7 @@ impl Protocol {
     /// Post a receive. A message already here with its bytes is returned at once (with no
     /// table entry); otherwise the receive waits under the returned id (a rendezvous message
     /// it matched is in the table, to be pulled, as `want` says).
+    #[inline]
     pub(crate) fn post(&mut self, pat: Pattern, want: Want) -> Result<Msg, RecvId> {
         let (id, got) = self.matcher.post(pat);
         match got {

@@ -524,6 +524,22 @@ impl Segment {
         let next = h + chunk_span(n as u64);
         self.chunk_word(data, next).store(0, Relaxed);
         let mut pos = h + CHUNK_HEADER;
+        let start = (pos as usize) & (self.cap - 1);
+        if n == want && start + n <= self.cap {
+            // All of it, in one piece before the ring's end (a small frame, most often).
+            let mut at = start;
+            for buf in bufs {
+                // SAFETY: `at + buf.len() <= start + n <= cap`: inside the data area; the
+                // bytes from `h` to `next` are free (the reader is past them by `room`) and
+                // unread until the header below is published.
+                unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), data.add(at), buf.len()) };
+                at += buf.len();
+            }
+            self.chunk_word(data, h)
+                .store(chunk_stamp(h) << 32 | n as u64, Release);
+            head.store(next, Relaxed);
+            return n;
+        }
         let mut left = n;
         for buf in bufs {
             let k = buf.len().min(left);
