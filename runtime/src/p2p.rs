@@ -73,9 +73,13 @@ impl Comm {
                     } else if let Some(detail) = core.t.peer_gone(peer) {
                         Err(Error::PeerLost { rank: peer, detail })
                     } else {
-                        let id = core.write_frame(&mut st, peer, &h, payload);
-                        core.send_finished(&mut st, id)
-                            .map(|done| (!done).then_some(id))
+                        match core.write_frame(&mut st, peer, &h, payload) {
+                            // Written whole at once (most often): nothing to wait for.
+                            SendId::Done => Ok(None),
+                            id => core
+                                .send_finished(&mut st, id)
+                                .map(|done| (!done).then_some(id)),
+                        }
                     }
                 }
                 Route::Rendezvous => {
