@@ -637,42 +637,20 @@ impl Segment {
         pick: &mut dyn FnMut(&[u8]) -> Option<usize>,
         cursor: &AtomicU64,
     ) -> TakeFrame {
-        let c = Cursor(cursor.load(Relaxed));
-        if c.left() > 0 {
-            return TakeFrame::Slow;
-        }
-        let (_, tail, data) = self.ring(src, dst);
-        let pos = c.next();
-        let len = match self.chunk_at(src, data, pos) {
-            Ok(Some(len)) => len as usize,
-            Ok(None) => return TakeFrame::Empty,
-            Err(_) => return TakeFrame::Slow,
+        let (pos, bytes, tail) = match self.whole_chunk(src, dst, head, cursor) {
+            Ok(chunk) => chunk,
+            Err(true) => return TakeFrame::Empty,
+            Err(false) => return TakeFrame::Slow,
         };
-        let body = ((pos as usize) & (self.cap - 1)) + CHUNK_HEADER as usize;
-        if len < head || body + len > self.cap {
-            return TakeFrame::Slow;
-        }
-        // SAFETY: `body + len <= cap`: the chunk's payload is inside the data area, in one
-        // piece. The writer published it (the Acquire load of its header in `chunk_at`) and
-        // does not touch it again until we free it (the `tail` store below), so nothing
-        // writes these bytes while the slice lives.
-        let bytes = unsafe { std::slice::from_raw_parts(data.add(body), len) };
         let Some(n) = pick(&bytes[..head]) else {
             return TakeFrame::Left;
         };
         let used = head + n;
-        if n > out.len() || used > len {
+        if n > out.len() || used > bytes.len() {
             return TakeFrame::Slow;
         }
         out[..n].copy_from_slice(&bytes[head..used]);
-        let (t, l) = if used == len {
-            (pos + chunk_span(len as u64), 0)
-        } else {
-            (pos + CHUNK_HEADER + used as u64, (len - used) as u64)
-        };
-        cursor.store(Cursor::at(t, l).0, Relaxed);
-        tail.store(t, Release);
-        self.ring_doorbell(src, false);
+        self.took_from_chunk(src, cursor, tail, pos, bytes.len(), used);
         TakeFrame::Took(n)
     }
 
@@ -687,40 +665,80 @@ impl Segment {
         out: &mut [u8],
         cursor: &AtomicU64,
     ) -> Templated {
-        let c = Cursor(cursor.load(Relaxed));
-        if c.left() > 0 {
-            return Templated::Slow;
-        }
-        let (_, tail, data) = self.ring(src, dst);
-        let pos = c.next();
-        let len = match self.chunk_at(src, data, pos) {
-            Ok(Some(len)) => len as usize,
-            Ok(None) => return Templated::Empty,
-            Err(_) => return Templated::Slow,
+        let (pos, bytes, tail) = match self.whole_chunk(src, dst, HEADER_LEN, cursor) {
+            Ok(chunk) => chunk,
+            Err(true) => return Templated::Empty,
+            Err(false) => return Templated::Slow,
         };
-        let body = ((pos as usize) & (self.cap - 1)) + CHUNK_HEADER as usize;
-        if len < HEADER_LEN || body + len > self.cap {
-            return Templated::Slow;
-        }
-        // SAFETY: as in `ring_take`: `body + len <= cap`, the chunk is published (the
-        // Acquire load in `chunk_at`) and its writer leaves it alone until we free it.
-        let bytes = unsafe { std::slice::from_raw_parts(data.add(body), len) };
         let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
         if [word(0), word(8), word(24), word(32)] != *tmpl.words() {
             return Templated::Other;
         }
         let n = word(16);
-        if n > out.len() as u64 || n > (len - HEADER_LEN) as u64 {
-            // Too long for `out`: the general path reports it; a frame longer than its
-            // chunk is theirs to find corrupt.
-            return if n > out.len() as u64 {
-                Templated::Other
-            } else {
-                Templated::Slow
-            };
+        if n > out.len() as u64 {
+            // Too long for `out`: the general path reports it.
+            return Templated::Other;
         }
         let used = HEADER_LEN + n as usize;
+        if used > bytes.len() {
+            // Longer than its chunk: the general reads take it (or find the ring corrupt).
+            return Templated::Slow;
+        }
         out[..n as usize].copy_from_slice(&bytes[HEADER_LEN..used]);
+        self.took_from_chunk(src, cursor, tail, pos, bytes.len(), used);
+        Templated::Took(n)
+    }
+
+    /// The ready chunk at the reader's position of ring (src, dst), when a frame of at least
+    /// `head` bytes may be taken from it in one step: its position, its bytes and the ring's
+    /// `tail`. `Err(true)`: nothing is there; `Err(false)`: not in one step (the reader is
+    /// inside a chunk, the chunk is shorter or round the ring's end, or its header is
+    /// corrupt), which the general reads handle. Only `dst` may call this, as the one thread
+    /// reading.
+    #[inline(always)]
+    fn whole_chunk(
+        &self,
+        src: usize,
+        dst: usize,
+        head: usize,
+        cursor: &AtomicU64,
+    ) -> std::result::Result<(u64, &[u8], &AtomicU64), bool> {
+        let c = Cursor(cursor.load(Relaxed));
+        if c.left() > 0 {
+            return Err(false);
+        }
+        let (_, tail, data) = self.ring(src, dst);
+        let pos = c.next();
+        let len = match self.chunk_at(src, data, pos) {
+            Ok(Some(len)) => len as usize,
+            Ok(None) => return Err(true),
+            Err(_) => return Err(false),
+        };
+        let body = ((pos as usize) & (self.cap - 1)) + CHUNK_HEADER as usize;
+        if len < head || body + len > self.cap {
+            return Err(false);
+        }
+        // SAFETY: `body + len <= cap`: the chunk's payload is inside the data area, in one
+        // piece. The writer published it (the Acquire load of its header in `chunk_at`) and
+        // does not touch it again until we free it (the `tail` store in
+        // `took_from_chunk`), so nothing writes these bytes while the slice lives.
+        let bytes = unsafe { std::slice::from_raw_parts(data.add(body), len) };
+        Ok((pos, bytes, tail))
+    }
+
+    /// The first `used` bytes of the `len`-byte chunk at `pos` of ring (src, _) were taken:
+    /// move the reader on (past the chunk, or inside it), free them and ring the writer's
+    /// doorbell, as `read_done` does.
+    #[inline(always)]
+    fn took_from_chunk(
+        &self,
+        src: usize,
+        cursor: &AtomicU64,
+        tail: &AtomicU64,
+        pos: u64,
+        len: usize,
+        used: usize,
+    ) {
         let (t, l) = if used == len {
             (pos + chunk_span(len as u64), 0)
         } else {
@@ -729,7 +747,6 @@ impl Segment {
         cursor.store(Cursor::at(t, l).0, Relaxed);
         tail.store(t, Release);
         self.ring_doorbell(src, false);
-        Templated::Took(n)
     }
 
     /// Walk the ready chunks of ring (src, dst) from the reader's position, copying into
