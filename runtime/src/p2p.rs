@@ -402,15 +402,13 @@ impl Comm {
             c.decode_into(m.take().expect("receive"), buf)
         }
         let st = ReqState::posted(self.post(pat, Want::Later), pat);
-        let req = Request::with_buffer(self, st, finish::<T>, bytemuck::cast_slice_mut(buf));
+        let mut req = Request::with_buffer(self, st, finish::<T>, bytemuck::cast_slice_mut(buf));
         // From one other rank over a transport whose stream can be read in place.
         let from = usize::try_from(pat.src).ok().map(|s| self.members[s]);
-        Ok(match from {
-            Some(peer) if peer != self.core.rank && self.core.t.in_place(peer) => {
-                req.landing(peer, typecode::<T>())
-            }
-            _ => req,
-        })
+        if let Some(peer) = from.filter(|&p| p != self.core.rank && self.core.t.in_place(p)) {
+            req.set_landing(peer, typecode::<T>());
+        }
+        Ok(req)
     }
 
     pub(crate) fn iprobe_pat(&self, pat: Pattern) -> Result<Option<Status>> {
@@ -637,7 +635,11 @@ impl Comm {
         ) = &t
         {
             if len.is_multiple_of(std::mem::size_of::<T>().max(1) as u64) {
-                return Ok(status_of(m));
+                let status = status_of(m);
+                // A landed message owns nothing (its bytes are in `buf`): forgetting it
+                // skips its drop, which a small message's path would otherwise call.
+                std::mem::forget(t);
+                return Ok(status);
             }
         }
         self.decode_into_taken(t, buf)

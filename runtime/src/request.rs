@@ -99,7 +99,7 @@ pub struct Request<'a, T> {
     finish: Finisher<'a, T>,
     buf: Option<&'a mut [u8]>,
     /// A receive into `buf` that may take its message straight from the stream of this
-    /// world rank, when it has this element type code (see [`Request::landing`]).
+    /// world rank, when it has this element type code (see [`Request::set_landing`]).
     land: Option<(u32, u32)>,
 }
 
@@ -180,14 +180,13 @@ impl<'a, T> Request<'a, T> {
     /// A receive into its own buffer of raw elements of type code `typecode` from world rank
     /// `peer`: while its owner waits, a message of that rank's it is the first match for
     /// goes from the stream straight into the buffer (no decoder, no allocation, no copy).
-    pub(crate) fn landing(mut self, peer: usize, typecode: u32) -> Self {
+    pub(crate) fn set_landing(&mut self, peer: usize, typecode: u32) {
         // World ranks fit 32 bits (frame headers carry them so); a larger one never lands.
         self.land = u32::try_from(peer).ok().map(|p| (p, typecode));
-        self
     }
 
     /// Take this receive's message straight from its sender's stream into its buffer, if
-    /// it is a receive that may (see [`Request::landing`]), the message is next there whole,
+    /// it is a receive that may (see [`Request::set_landing`]), the message is next there whole,
     /// and no older receive matches it; the fast path of `drive`, for the calls that look
     /// once rather than wait (`test`, the request sets). True if it landed.
     fn land_now(&mut self, core: &Core, st: &mut State) -> bool {
@@ -281,7 +280,7 @@ impl<'a, T> Request<'a, T> {
     }
 
     /// Pull this receive's matched rendezvous message into its buffer now if it is one
-    /// that may land (see [`Request::landing`]) and nobody pulls it yet: its owner waits
+    /// that may land (see [`Request::set_landing`]) and nobody pulls it yet: its owner waits
     /// for another request meanwhile. True if it did.
     fn pull_now(&mut self, core: &Core, st: &mut State) -> bool {
         let (ReqState::Recv { id, .. }, Some((_, typecode)), Some(buf)) =
