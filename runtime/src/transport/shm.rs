@@ -870,8 +870,10 @@ fn chunk_stamp(pos: u64) -> u64 {
 /// For the fuzz target `shm_ring`: a reader of a ring whose data area holds `bytes` (what a
 /// corrupt or hostile writer could leave there, repeated to fill it) and whose reader starts
 /// at line `start_line`, reading in pieces of `piece` bytes (at least 1) through every call
-/// a reader makes: `has_data`, `available`, `peek`, `read`, and every other time a frame
-/// of `piece` bytes taken in one step (`take_frame`). It reads until the ring reports
+/// a reader makes: `has_data`, `available`, `peek`, `read`, every other time a frame
+/// of `piece` bytes taken in one step (`take_frame`), and every fourth time the frame whose
+/// header the peek shows taken by its template (`take_templated`, when that header is a raw
+/// data frame's). It reads until the ring reports
 /// corruption or has nothing more, checking that a peek shows what the read then takes and
 /// that the reader never takes more than a lap. Panics only if one of those checks fails.
 /// Returns the bytes read.
@@ -911,6 +913,34 @@ pub fn fuzz_ring_reader(bytes: &[u8], start_line: u64, piece: usize) -> usize {
         let has = seg.ring_has_data(0, 1, &cursor);
         let avail = seg.ring_available(0, 1, &cursor, piece);
         let seen = seg.ring_peek(0, 1, &mut look, &cursor);
+        // Every fourth look takes the frame the peek shows by its header's template, where
+        // that header is a raw data frame's.
+        let tmpl = (look_no % 4 == 2 && seen >= HEADER_LEN)
+            .then(|| crate::wire::Header::decode(look[..HEADER_LEN].try_into().ok()?, 0).ok())
+            .flatten()
+            .filter(|h| h.kind == crate::wire::Kind::Data && h.enc == crate::wire::Encoding::Raw)
+            .and_then(|h| DataTemplate::new(h.ctx, h.src, h.tag, h.typecode));
+        if let Some(t) = tmpl {
+            match seg.ring_take_templated(0, 1, &t, &mut buf, &cursor) {
+                Templated::Took(n) => {
+                    let n = n as usize;
+                    let shown = seen.min(HEADER_LEN + n) - HEADER_LEN;
+                    assert_eq!(
+                        look[HEADER_LEN..HEADER_LEN + shown],
+                        buf[..shown],
+                        "a peek and a templated take disagree"
+                    );
+                    got += HEADER_LEN + n;
+                    assert!(
+                        got <= cap * (cap / LINE),
+                        "took {got} bytes from a {cap}-byte ring"
+                    );
+                    continue;
+                }
+                Templated::Empty => assert_eq!(seen, 0, "a peek saw bytes where none were"),
+                Templated::Other | Templated::Slow => {}
+            }
+        }
         if look_no % 2 == 1 {
             // Every other look takes a frame of `piece` bytes in one step where it can.
             let head = (piece / 2).clamp(1, 64);
@@ -1866,6 +1896,20 @@ mod chunk_tests {
         // The same header one line off is refused.
         a[192..200].copy_from_slice(&hdr(p + 192, 10));
         assert_eq!(fuzz_ring_reader(&a, p / 64, 4096), 200);
+        // Chunks that each hold a raw data frame, read a frame at a time: the reader's
+        // plain reads, one-step takes and templated takes (every fourth look) all agree.
+        let mut f = vec![0u8; cap];
+        for i in 0..6u64 {
+            let at = (i * 64) as usize;
+            let frame = crate::wire::Header::data(2, 1, 9, 8, crate::wire::Encoding::Raw, 5);
+            f[at..at + 8].copy_from_slice(&hdr(i * 64, (HEADER_LEN + 8) as u64));
+            f[at + 8..at + 8 + HEADER_LEN].copy_from_slice(&frame.encode());
+            f[at + 8 + HEADER_LEN..at + 16 + HEADER_LEN].copy_from_slice(&i.to_le_bytes());
+        }
+        assert_eq!(
+            fuzz_ring_reader(&f, 0, HEADER_LEN + 8),
+            6 * (HEADER_LEN + 8)
+        );
     }
 
     /// A word in the ring that is no header of its position (a corrupt ring, or a peer
