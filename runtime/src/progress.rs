@@ -622,7 +622,7 @@ impl Core {
                 }
             }
         }
-        self.recv_from_stream_general(st, peer, claim, typecode, dst, template)
+        self.recv_from_stream_general(st, peer, claim, typecode, dst)
     }
 
     /// [`Core::recv_from_stream`] past its templated step: any pattern, a frame the
@@ -635,7 +635,6 @@ impl Core {
         claim: Claim<'_>,
         typecode: u32,
         dst: &mut [u8],
-        template: Option<DataTemplate>,
     ) -> FromStream {
         // Ours when it is a data frame for `claim` of type `typecode` that fits `dst`.
         let room = dst.len();
@@ -650,14 +649,12 @@ impl Core {
                 && h.typecode == typecode
                 && h.len as usize <= room
         };
-        // In one step where the transport can (a small frame whole in one piece).
+        // In one step where the transport can (a small frame whole in one piece). The
+        // frames a template describes were decided by the templated step already.
         let mut got = None;
         let mut pick = |hb: &[u8]| {
             let hb: &[u8; HEADER_LEN] = hb.try_into().ok()?;
-            let h = match template.and_then(|t| t.header(hb)) {
-                Some(h) => Some(h).filter(|h| h.len as usize <= room && claimed(h, st)),
-                None => Header::decode(hb, peer).ok().filter(|h| fits(h, st)),
-            }?;
+            let h = Header::decode(hb, peer).ok().filter(|h| fits(h, st))?;
             got = Some(h);
             Some(h.len as usize)
         };

@@ -444,7 +444,6 @@ impl<'a, T> Request<'a, T> {
         }
         let (mut taken, bg) = match std::mem::replace(&mut self.state, ReqState::Done) {
             ReqState::Matched(t) => (Some(*t), None),
-            ReqState::Landed(h) => (Some(Taken::Msg(Msg::new(&h, Body::Landed(h.len)))), None),
             ReqState::Machine(slot) => (
                 None,
                 slot.out.lock().unwrap_or_else(|p| p.into_inner()).take(),

@@ -535,30 +535,28 @@ impl Segment {
                 unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), data.add(at), buf.len()) };
                 at += buf.len();
             }
-            self.chunk_word(data, h)
-                .store(chunk_stamp(h) << 32 | n as u64, Release);
-            head.store(next, Relaxed);
-            return n;
-        }
-        let mut left = n;
-        for buf in bufs {
-            let k = buf.len().min(left);
-            if k == 0 {
-                continue;
-            }
-            let off = (pos as usize) & (self.cap - 1);
-            let first = k.min(self.cap - off);
-            // SAFETY: `off + first <= cap` and `k - first <= cap`, so both copies stay inside
-            // the ring's data area; the bytes from `h` to `next` are free (the reader is
-            // past them by `room`) and unread until the header below is published.
-            unsafe {
-                std::ptr::copy_nonoverlapping(buf.as_ptr(), data.add(off), first);
-                if first < k {
-                    std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, k - first);
+        } else {
+            let mut left = n;
+            for buf in bufs {
+                let k = buf.len().min(left);
+                if k == 0 {
+                    continue;
                 }
+                let off = (pos as usize) & (self.cap - 1);
+                let first = k.min(self.cap - off);
+                // SAFETY: `off + first <= cap` and `k - first <= cap`, so both copies stay
+                // inside the ring's data area; the bytes from `h` to `next` are free (the
+                // reader is past them by `room`) and unread until the header below is
+                // published.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(buf.as_ptr(), data.add(off), first);
+                    if first < k {
+                        std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, k - first);
+                    }
+                }
+                pos += k as u64;
+                left -= k;
             }
-            pos += k as u64;
-            left -= k;
         }
         self.chunk_word(data, h)
             .store(chunk_stamp(h) << 32 | n as u64, Release);
