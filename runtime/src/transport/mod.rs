@@ -12,6 +12,8 @@ use crate::wire::{DataTemplate, HEADER_LEN};
 #[cfg(feature = "quic")]
 pub(crate) mod driver;
 #[cfg(feature = "quic")]
+mod gso;
+#[cfg(feature = "quic")]
 pub(crate) mod hybrid;
 pub(crate) mod local;
 #[cfg(feature = "quic")]

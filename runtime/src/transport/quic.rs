@@ -274,11 +274,23 @@ fn check_pin(trust: &Trust, conn: &quinn::Connection, peer: usize) -> Result<()>
     }
 }
 
+/// The cryptography of every connection: ring's, preferring AES-128-GCM among TLS 1.3's
+/// cipher suites (rustls puts AES-256-GCM first). 128-bit keys are TLS 1.3's mandatory
+/// suite and what QUIC's own handshake packets use; four fewer AES rounds a block made
+/// streaming 5-10 % faster (the sender's and receiver's packet sealing and opening were a
+/// fifth of their time).
+fn provider() -> rustls::crypto::CryptoProvider {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    p
+}
+
 /// Server and client configurations that accept only the job's ranks, and the server name
 /// to ask for when connecting to a rank.
 fn configs(trust: &Trust) -> Result<(quinn::ServerConfig, quinn::ClientConfig)> {
     let tls = |e: rustls::Error| Error::Bootstrap(format!("TLS setup: {e}"));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(provider());
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?;
@@ -579,7 +591,16 @@ fn bind_endpoint(
     let mut last = None;
     for port in ports.0..=ports.1 {
         let addr = SocketAddr::new(ip, port);
-        match rt.block_on(async { quinn::Endpoint::server(server.clone(), addr) }) {
+        let made = rt.block_on(async {
+            // quinn's own socket, wrapped so that its batches of datagrams leave in bigger
+            // sends (`gso.rs`).
+            let rt = Arc::new(quinn::TokioRuntime);
+            let sock = quinn::Runtime::wrap_udp_socket(&*rt, std::net::UdpSocket::bind(addr)?)?;
+            let sock = super::gso::Joining::new(sock);
+            let config = quinn::EndpointConfig::default();
+            quinn::Endpoint::new_with_abstract_socket(config, Some(server.clone()), sock, rt)
+        });
+        match made {
             Ok(e) => return Ok(e),
             Err(e) => last = Some((addr, e)),
         }
@@ -1388,6 +1409,22 @@ mod tests {
             "the next block came from the pool"
         );
         assert_eq!(ob.block.capacity(), BLOCK);
+    }
+
+    /// Connections prefer AES-128-GCM, and offer every TLS 1.3 suite they did before.
+    #[test]
+    fn connections_prefer_aes_128_gcm() {
+        let ours: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(ours[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let mut all: Vec<_> = rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        let mut sorted = ours.clone();
+        sorted.sort_by_key(|s| u16::from(*s));
+        all.sort_by_key(|s| u16::from(*s));
+        assert_eq!(sorted, all);
     }
 
     fn bound(me: usize, size: usize, id: Identity) -> Bound {
