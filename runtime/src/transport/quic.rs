@@ -577,8 +577,6 @@ fn addr_file(dir: &Path, rank: usize) -> std::path::PathBuf {
     dir.join(format!("r{rank}.addr"))
 }
 
-/// The address to bind: `bind` (an IP address of this host; 127.0.0.1 when unset) and a
-/// port, the first free one of `ports` or any.
 /// Ask for a receive buffer of [`RECV_BUFFER`] bytes. The kernel's default (208 KiB) holds
 /// only a few joined sends of 64 KiB (`gso.rs`): the burst of a large message overflowed it,
 /// and the drops cost retransmissions and congestion backoff (between two namespaces,
@@ -593,6 +591,8 @@ fn receive_buffer(sock: &std::net::UdpSocket) -> Option<usize> {
     got
 }
 
+/// The address to bind: `bind` (an IP address of this host; 127.0.0.1 when unset) and a
+/// port, the first free one of `ports` or any.
 fn bind_endpoint(
     rt: &Driver,
     server: quinn::ServerConfig,
