@@ -23,6 +23,8 @@ mod ring_model;
 #[allow(unsafe_code)]
 pub mod shm;
 pub(crate) mod uds;
+#[cfg(feature = "quic")]
+mod window;
 
 /// A way for one rank to exchange byte streams with the others.
 pub(crate) trait Transport: Send + Sync {
