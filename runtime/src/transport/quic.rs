@@ -490,7 +490,7 @@ struct Outbox {
     /// The block being filled (no capacity before the first write).
     block: Vec<u8>,
     /// Filled blocks, in order.
-    full: VecDeque<bytes::Bytes>,
+    full: Vec<bytes::Bytes>,
     len: usize,
     pool: &'static Pool,
 }
@@ -499,7 +499,7 @@ impl Default for Outbox {
     fn default() -> Outbox {
         Outbox {
             block: Vec::new(),
-            full: VecDeque::new(),
+            full: Vec::new(),
             len: 0,
             pool: &POOL,
         }
@@ -556,19 +556,19 @@ impl Outbox {
             buf = &buf[k..];
             if self.block.len() == self.block.capacity() {
                 let b = Block(std::mem::take(&mut self.block), self.pool);
-                self.full.push_back(bytes::Bytes::from_owner(b));
+                self.full.push(bytes::Bytes::from_owner(b));
             }
         }
     }
 
     /// Everything appended so far, in order, for quinn.
-    fn drain(&mut self) -> VecDeque<bytes::Bytes> {
+    fn drain(&mut self) -> Vec<bytes::Bytes> {
         let mut out = std::mem::take(&mut self.full);
         if self.block.len() >= SMALL {
             let b = Block(std::mem::take(&mut self.block), self.pool);
-            out.push_back(bytes::Bytes::from_owner(b));
+            out.push(bytes::Bytes::from_owner(b));
         } else if !self.block.is_empty() {
-            out.push_back(bytes::Bytes::copy_from_slice(&self.block));
+            out.push(bytes::Bytes::copy_from_slice(&self.block));
             self.block.clear();
         }
         self.len = 0;
@@ -1231,7 +1231,7 @@ async fn writer(
 ) {
     loop {
         // Everything written so far, handed to quinn as it is (no copy).
-        let chunks = io.outbox.lock().unwrap_or_else(|p| p.into_inner()).drain();
+        let mut chunks = io.outbox.lock().unwrap_or_else(|p| p.into_inner()).drain();
         if chunks.is_empty() {
             if *exiting.borrow() {
                 break;
@@ -1242,22 +1242,20 @@ async fn writer(
             }
             continue;
         }
-        for chunk in chunks {
-            // A write waits while the peer's window is full; a peer that died never opens
-            // it again (its connection lives on until the idle timeout), and this task is
-            // one the exit waits for: stop when the job board says the peer ended.
-            let write = tx.write_chunk(chunk);
-            tokio::pin!(write);
-            let wrote = tokio::select! {
-                biased;
-                r = &mut write => r.map_err(|e| format!("writing to it failed: {e}")),
-                () = until_ended(&io) => Err("it ended".to_string()),
-            };
-            if let Err(why) = wrote {
-                io.lose(why);
-                signal.bump();
-                return;
-            }
+        // A write waits while the peer's window is full; a peer that died never opens it
+        // again (its connection lives on until the idle timeout), and this task is one the
+        // exit waits for: stop when the job board says the peer ended.
+        let write = tx.write_all_chunks(&mut chunks);
+        tokio::pin!(write);
+        let wrote = tokio::select! {
+            biased;
+            r = &mut write => r.map_err(|e| format!("writing to it failed: {e}")),
+            () = until_ended(&io) => Err("it ended".to_string()),
+        };
+        if let Err(why) = wrote {
+            io.lose(why);
+            signal.bump();
+            return;
         }
         signal.bump();
     }
