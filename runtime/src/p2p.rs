@@ -401,14 +401,20 @@ impl Comm {
             let buf: &mut [T] = bytemuck::cast_slice_mut(buf.expect("irecv_into has a buffer"));
             c.decode_into(m.take().expect("receive"), buf)
         }
-        let st = ReqState::posted(self.post(pat, Want::Later), pat);
-        let mut req = Request::with_buffer(self, st, finish::<T>, bytemuck::cast_slice_mut(buf));
         // From one other rank over a transport whose stream can be read in place.
         let from = usize::try_from(pat.src).ok().map(|s| self.members[s]);
-        if let Some(peer) = from.filter(|&p| p != self.core.rank && self.core.t.in_place(p)) {
-            req.set_landing(peer, typecode::<T>());
-        }
-        Ok(req)
+        let land = from
+            .filter(|&p| p != self.core.rank && self.core.t.in_place(p))
+            .and_then(|peer| u32::try_from(peer).ok())
+            .map(|p| (p, typecode::<T>()));
+        let st = ReqState::posted(self.post(pat, Want::Later), pat);
+        Ok(Request::with_buffer(
+            self,
+            st,
+            finish::<T>,
+            bytemuck::cast_slice_mut(buf),
+            land,
+        ))
     }
 
     pub(crate) fn iprobe_pat(&self, pat: Pattern) -> Result<Option<Status>> {

@@ -99,8 +99,34 @@ pub struct Request<'a, T> {
     finish: Finisher<'a, T>,
     buf: Option<&'a mut [u8]>,
     /// A receive into `buf` that may take its message straight from the stream of this
-    /// world rank, when it has this element type code (see [`Request::set_landing`]).
-    land: Option<(u32, u32)>,
+    /// world rank, when it has this element type code (see [`Request::with_buffer`]).
+    land: Landing,
+}
+
+/// `Option<(world rank, element type code)>` in one word, written by one store (a request
+/// is moved right after it is made, in wide copies that stall on small stores still in
+/// flight).
+#[derive(Clone, Copy)]
+struct Landing(u64);
+
+impl Landing {
+    /// No landing (no world rank is `u32::MAX`).
+    const NONE: Landing = Landing(u32::MAX as u64);
+
+    fn new(land: Option<(u32, u32)>) -> Landing {
+        match land {
+            Some((peer, typecode)) if peer != u32::MAX => {
+                Landing(u64::from(peer) | u64::from(typecode) << 32)
+            }
+            _ => Landing::NONE,
+        }
+    }
+
+    #[inline]
+    fn get(self) -> Option<(u32, u32)> {
+        let peer = self.0 as u32;
+        (peer != u32::MAX).then_some((peer, (self.0 >> 32) as u32))
+    }
 }
 
 /// The communicator a request works on: borrowed by a request that borrows a buffer
@@ -158,39 +184,40 @@ impl<'a, T> Request<'a, T> {
             state,
             finish: Finisher::Plain(finish),
             buf: None,
-            land: None,
+            land: Landing::NONE,
         }
     }
 
+    /// A receive into its own buffer `buf`. `land`: the world rank whose stream its
+    /// message may come straight from, and the element type code it must have: while its
+    /// owner waits, a message of that rank's it is the first match for goes from the
+    /// stream into the buffer (no decoder, no allocation, no copy). Made in one piece
+    /// (a request built and then changed was copied whole on its way out, read back
+    /// before the stores of its fields had landed: a quarter of the receiver's posting).
+    #[inline(always)]
     pub(crate) fn with_buffer(
         comm: &'a Comm,
         state: ReqState<'a>,
         finish: Finish<T>,
         buf: &'a mut [u8],
+        land: Option<(u32, u32)>,
     ) -> Self {
         Request {
             comm: CommRef::Borrowed(comm),
             state,
             finish: Finisher::Plain(finish),
             buf: Some(buf),
-            land: None,
+            land: Landing::new(land),
         }
     }
 
-    /// A receive into its own buffer of raw elements of type code `typecode` from world rank
-    /// `peer`: while its owner waits, a message of that rank's it is the first match for
-    /// goes from the stream straight into the buffer (no decoder, no allocation, no copy).
-    pub(crate) fn set_landing(&mut self, peer: usize, typecode: u32) {
-        // World ranks fit 32 bits (frame headers carry them so); a larger one never lands.
-        self.land = u32::try_from(peer).ok().map(|p| (p, typecode));
-    }
-
     /// Take this receive's message straight from its sender's stream into its buffer, if
-    /// it is a receive that may (see [`Request::set_landing`]), the message is next there whole,
+    /// it is a receive that may (see [`Request::with_buffer`]), the message is next there whole,
     /// and no older receive matches it; the fast path of `drive`, for the calls that look
     /// once rather than wait (`test`, the request sets). True if it landed.
     fn land_now(&mut self, core: &Core, st: &mut State) -> bool {
-        let (ReqState::Recv { id, pat }, Some((peer, typecode))) = (&self.state, self.land) else {
+        let (ReqState::Recv { id, pat }, Some((peer, typecode))) = (&self.state, self.land.get())
+        else {
             return false;
         };
         let (id, pat, peer) = (*id, *pat, peer as usize);
@@ -270,7 +297,7 @@ impl<'a, T> Request<'a, T> {
             &self.comm,
             &mut self.state,
             &mut self.buf,
-            self.land,
+            self.land.get(),
             others,
         );
         if r.is_err() {
@@ -280,11 +307,11 @@ impl<'a, T> Request<'a, T> {
     }
 
     /// Pull this receive's matched rendezvous message into its buffer now if it is one
-    /// that may land (see [`Request::set_landing`]) and nobody pulls it yet: its owner waits
+    /// that may land (see [`Request::with_buffer`]) and nobody pulls it yet: its owner waits
     /// for another request meanwhile. True if it did.
     fn pull_now(&mut self, core: &Core, st: &mut State) -> bool {
         let (ReqState::Recv { id, .. }, Some((_, typecode)), Some(buf)) =
-            (&self.state, self.land, self.buf.as_deref_mut())
+            (&self.state, self.land.get(), self.buf.as_deref_mut())
         else {
             return false;
         };
@@ -727,7 +754,7 @@ pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result
 /// ([`Request::drive_first`]): progress no longer takes them into a buffer of its own after
 /// a while (then they were copied twice, into memory the kernel had to fault in first).
 fn own_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>) {
-    if reqs.iter().any(|r| r.land.is_some()) {
+    if reqs.iter().any(|r| r.land.get().is_some()) {
         mark_pulls(reqs, core, &mut core.lock(), true);
     }
 }
@@ -735,7 +762,7 @@ fn own_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>) {
 /// The receives `own_pulls` gave a set's waiting thread go back to being pulled by whoever
 /// waits a while (the thread returns with them still pending: `wait_some`, `wait_any`).
 fn release_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>) {
-    if reqs.iter().any(|r| r.land.is_some()) {
+    if reqs.iter().any(|r| r.land.get().is_some()) {
         mark_pulls(reqs, core, &mut core.lock(), false);
     }
 }
@@ -743,7 +770,8 @@ fn release_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>) {
 /// `own_pulls` (`own`) or `release_pulls`, under the lock.
 fn mark_pulls<T>(reqs: &[Request<'_, T>], core: &Arc<Core>, st: &mut State, own: bool) {
     for r in reqs.iter().filter(|r| Arc::ptr_eq(&r.comm.core, core)) {
-        let (ReqState::Recv { id, .. }, Some((peer, _)), Some(b)) = (&r.state, r.land, &r.buf)
+        let (ReqState::Recv { id, .. }, Some((peer, _)), Some(b)) =
+            (&r.state, r.land.get(), &r.buf)
         else {
             continue;
         };
@@ -832,7 +860,7 @@ fn any_landing(core: &Core, peers: &[usize]) -> bool {
 fn landing_peers<T>(reqs: &[Request<'_, T>]) -> Vec<usize> {
     let mut peers: Vec<usize> = reqs
         .iter()
-        .filter_map(|r| r.land.map(|(p, _)| p as usize))
+        .filter_map(|r| r.land.get().map(|(p, _)| p as usize))
         .collect();
     peers.sort_unstable();
     peers.dedup();
@@ -1018,5 +1046,19 @@ mod tests {
         assert!(size_of::<super::Request<'static, ()>>() <= 128);
         assert!(size_of::<super::Request<'static, crate::comm::Status>>() <= 128);
         assert!(size_of::<super::Request<'static, (Vec<u8>, crate::comm::Status)>>() <= 128);
+    }
+
+    /// A landing's rank and element type code come back as they went in, whatever the
+    /// type code; a rank that does not fit is no landing.
+    #[test]
+    fn a_landing_holds_its_rank_and_type_code_in_one_word() {
+        use super::Landing;
+        for (peer, code) in [(0, 0), (1, 0xb42b_2f90), (7, u32::MAX), (u32::MAX - 1, 3)] {
+            assert_eq!(Landing::new(Some((peer, code))).get(), Some((peer, code)));
+        }
+        assert_eq!(Landing::new(None).get(), None);
+        assert_eq!(Landing::NONE.get(), None);
+        assert_eq!(Landing::new(Some((u32::MAX, 5))).get(), None);
+        assert_eq!(std::mem::size_of::<Landing>(), 8);
     }
 }
