@@ -49,6 +49,9 @@ pub mod env {
     pub const BCAST_LARGE: &str = "RANKS_BCAST_LARGE";
     /// All-reductions of at least this many bytes use reduce-scatter + all-gather.
     pub const ALLREDUCE_LARGE: &str = "RANKS_ALLREDUCE_LARGE";
+    /// The most bytes QUIC keeps in flight to one peer (a cap on its congestion window);
+    /// `0`: no cap.
+    pub const QUIC_WINDOW: &str = "RANKS_QUIC_WINDOW";
     /// `0` turns off cross-memory attach (rendezvous payloads are streamed).
     pub const CMA: &str = "RANKS_CMA";
     /// Testing knob: `1` refuses every pull, as a kernel forbidding cross-memory attach would.
@@ -300,7 +303,14 @@ pub struct Tuning {
     pub test_hosts: Option<Vec<u32>>,
     /// Testing: a rank that reads shared all-reduction operands late, and how late.
     pub test_slow_read: Option<(usize, Duration)>,
+    /// The cap on QUIC's congestion window, bytes (`RANKS_QUIC_WINDOW`; `None`: Cubic's
+    /// own window, uncapped).
+    pub quic_window: Option<u64>,
 }
+
+/// The least `RANKS_QUIC_WINDOW` other than 0: a window below a few packets would stall
+/// every connection.
+pub const MIN_QUIC_WINDOW: u64 = 64 << 10;
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -321,6 +331,9 @@ impl Default for Tuning {
             host_sync: true,
             test_hosts: None,
             test_slow_read: None,
+            // 1 MiB in flight: 10 GB/s at 100 us round trips, 1 GB/s at 1 ms (see
+            // `transport/window.rs`).
+            quic_window: Some(1 << 20),
         }
     }
 }
@@ -350,7 +363,14 @@ impl Config {
     pub fn global() -> Result<&'static Config> {
         static CFG: std::sync::OnceLock<std::result::Result<Config, String>> =
             std::sync::OnceLock::new();
-        match CFG.get_or_init(|| Config::from_env().map_err(|e| e.to_string())) {
+        // The message alone: it is a bootstrap error again below, not one inside another.
+        let read = || {
+            Config::from_env().map_err(|e| match e {
+                Error::Bootstrap(m) => m,
+                other => other.to_string(),
+            })
+        };
+        match CFG.get_or_init(read) {
             Ok(c) => Ok(c),
             Err(e) => Err(Error::Bootstrap(e.clone())),
         }
@@ -411,6 +431,16 @@ impl Config {
                     ))
                 }
                 _ => None,
+            },
+            quic_window: match num(env::QUIC_WINDOW, d.quic_window.unwrap_or(0))? {
+                0 => None,
+                w if w < MIN_QUIC_WINDOW => {
+                    return Err(Error::Bootstrap(format!(
+                        "{}={w} is below the least window, {MIN_QUIC_WINDOW} bytes (0: no cap)",
+                        env::QUIC_WINDOW
+                    )))
+                }
+                w => Some(w),
             },
         };
         Ok(Config {
@@ -630,5 +660,19 @@ mod tests {
         assert_eq!(c.tuning.spin, Some(Duration::ZERO));
         assert!(!c.tuning.cma && c.tuning.refuse_pull);
         assert_eq!(c.tuning.allreduce_large, 1024);
+    }
+
+    #[test]
+    fn the_quic_window_is_capped_at_a_mebibyte_unless_told_otherwise() {
+        assert_eq!(cfg(&[]).unwrap().tuning.quic_window, Some(1 << 20));
+        let w = |v: &str| cfg(&[(env::QUIC_WINDOW, v)]).map(|c| c.tuning.quic_window);
+        assert_eq!(w("8388608").unwrap(), Some(8 << 20));
+        assert_eq!(w("0").unwrap(), None, "0: no cap");
+        assert_eq!(w(" ").unwrap(), Some(1 << 20), "empty: the default");
+        assert_eq!(w("65536").unwrap(), Some(MIN_QUIC_WINDOW));
+        let small = w("1500").unwrap_err().to_string();
+        assert!(small.contains("RANKS_QUIC_WINDOW=1500 is below"), "{small}");
+        let junk = w("1M").unwrap_err().to_string();
+        assert!(junk.contains("RANKS_QUIC_WINDOW"), "{junk}");
     }
 }

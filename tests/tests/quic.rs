@@ -96,3 +96,46 @@ fn a_failing_rank_over_quic_stops_the_job() {
     assert_eq!(o.code, 3, "{o:?}");
     assert_clean(&o);
 }
+
+/// `RANKS_QUIC_WINDOW` caps what a connection keeps in flight: messages of up to 64 MiB
+/// each way arrive whole with the least window allowed and with no cap; a window too
+/// small to move anything is refused by name before any message moves.
+#[test]
+fn the_quic_window_is_a_setting() {
+    for w in ["65536", "0"] {
+        let x = format!("RANKS_QUIC_WINDOW={w}");
+        let o = run_job(
+            &["-n", "2", "--transport", "quic", "-x", &x],
+            "ranks-testjob",
+            &["sizes"],
+            LIMIT,
+        );
+        assert_eq!(o.code, 0, "{x}: {o:?}");
+        assert!(o.stdout.contains("sizes ok"), "{x}: {o:?}");
+        assert_clean(&o);
+    }
+    let o = run_job(
+        &[
+            "-n",
+            "2",
+            "--transport",
+            "quic",
+            "-x",
+            "RANKS_QUIC_WINDOW=1000",
+        ],
+        "ranks-testjob",
+        &["sizes"],
+        LIMIT,
+    );
+    assert_ne!(o.code, 0, "{o:?}");
+    assert!(
+        o.stderr
+            .contains("bootstrap failed: RANKS_QUIC_WINDOW=1000 is below the least window"),
+        "{o:?}"
+    );
+    assert!(
+        !o.stderr.contains("bootstrap failed: bootstrap failed"),
+        "{o:?}"
+    );
+    assert_clean(&o);
+}

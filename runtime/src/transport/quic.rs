@@ -35,9 +35,6 @@ const ALPN: &[u8] = b"ranks/1";
 const OUT_LIMIT: usize = 8 << 20;
 /// Socket receive buffer QUIC asks for (the kernel caps it at `net.core.rmem_max`).
 const RECV_BUFFER: usize = 4 << 20;
-/// The most bytes a connection keeps in flight (see `window.rs`): 1 MiB is 10 GB/s at an
-/// RTT of 100 us, and 1 GB/s at 1 ms.
-const WINDOW_CAP: u64 = 1 << 20;
 /// Size of the blocks a peer's outgoing bytes are copied into (see [`Outbox`]).
 const BLOCK: usize = 256 << 10;
 /// Fewer bytes than this, left in a block when the writer drains the outbox, are copied out
@@ -585,7 +582,8 @@ fn addr_file(dir: &Path, rank: usize) -> std::path::PathBuf {
 /// and the drops cost retransmissions and congestion backoff (between two namespaces,
 /// 256 KiB one-way 320-830 us and 1 MiB 1.2-1.6 ms, against 230-240 us and 0.78-0.83 ms
 /// with this buffer). With it alone, long streams were 10-15 % slower than with the small
-/// buffer (which kept less in flight, by its drops): [`WINDOW_CAP`] brings that back.
+/// buffer (which kept less in flight, by its drops): a cap on the window (`window.rs`,
+/// `RANKS_QUIC_WINDOW`) brings that back.
 /// Best effort: a smaller buffer only costs speed.
 fn receive_buffer(sock: &std::net::UdpSocket) -> Option<usize> {
     use rustix::net::sockopt;
@@ -685,11 +683,13 @@ impl Bound {
         tc.max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(Duration::from_secs(5)).expect("5 s is a valid timeout"),
         ));
-        // Cubic, its window capped (`window.rs`).
-        tc.congestion_controller_factory(Arc::new(super::window::CappedCubic {
-            cap: WINDOW_CAP,
-            cubic: Arc::new(quinn::congestion::CubicConfig::default()),
-        }));
+        // Cubic, its window capped (`window.rs`) as `RANKS_QUIC_WINDOW` says (bootstrap
+        // read and checked the settings before any transport was made).
+        let window = crate::config::Config::global().map_or_else(
+            |_| crate::config::Tuning::default().quic_window,
+            |c| c.tuning.quic_window,
+        );
+        tc.congestion_controller_factory(super::window::congestion(window));
         let tc = Arc::new(tc);
         server.transport_config(tc.clone());
         client.transport_config(tc);

@@ -16,6 +16,16 @@ use std::time::Instant;
 
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
 
+/// The congestion controllers of QUIC connections: Cubic, its window at most `cap` bytes
+/// (`RANKS_QUIC_WINDOW`), or Cubic alone for `None`.
+pub(crate) fn congestion(cap: Option<u64>) -> Arc<dyn ControllerFactory + Send + Sync> {
+    let cubic = Arc::new(CubicConfig::default());
+    match cap {
+        Some(cap) => Arc::new(CappedCubic { cap, cubic }),
+        None => cubic,
+    }
+}
+
 /// Builds Cubic controllers whose window is at most `cap` bytes.
 pub(crate) struct CappedCubic {
     pub(crate) cap: u64,
@@ -132,5 +142,15 @@ mod tests {
         c.on_congestion_event(now, now, false, 1200);
         assert!(c.window() < initial - 1000, "a loss halves Cubic's window");
         assert_eq!(c.clone_box().window(), c.window());
+    }
+
+    /// `RANKS_QUIC_WINDOW`'s cap reaches the controllers connections are built with; no
+    /// cap builds Cubic's own.
+    #[test]
+    fn connections_get_the_window_cap_they_are_told() {
+        let build = |cap| congestion(cap).build(Instant::now(), 1200).into_any();
+        let c = build(Some(3 << 20)).downcast::<Capped>().expect("capped");
+        assert_eq!(c.cap, 3 << 20);
+        assert!(build(None).downcast::<Capped>().is_err(), "Cubic alone");
     }
 }
