@@ -144,6 +144,31 @@ impl State {
 
 /// Whose message [`Core::recv_from_stream`] may take.
 #[derive(Clone, Copy)]
+/// The frames of a pattern that names one source and one tag, and one element type,
+/// recognised by their header's four fixed words, which the transport compares where they
+/// lie (decoding checks every field; the general decoder is for anything else). Such a
+/// frame is a posted receive's if that receive is their claimant, which is known before
+/// looking.
+pub(crate) struct Lander {
+    peer: usize,
+    template: DataTemplate,
+}
+
+impl Lander {
+    #[inline]
+    fn new(peer: usize, pat: &Pattern, typecode: u32) -> Option<Lander> {
+        let src = u32::try_from(pat.src).ok()?;
+        let template = DataTemplate::new(pat.ctx, src, pat.tag, typecode)?;
+        Some(Lander { peer, template })
+    }
+
+    /// The header of a frame of this lander's with a payload of `len` bytes.
+    #[inline]
+    pub(crate) fn header(&self, len: u64) -> Header {
+        self.template.with_len(len)
+    }
+}
+
 pub(crate) enum Claim<'p> {
     /// A blocking receive for this pattern, with no posted receive or queued message that
     /// could come first (the caller checked).
@@ -594,27 +619,19 @@ impl Core {
         if st.broken[peer].is_some() || st.dec[peer].mid_frame() {
             return FromStream::No;
         }
-        // The header expected when the pattern names one source and one tag: recognised
-        // by four compares, where decoding checks every field (the general decoder is for
-        // anything else). The frames of such a pattern are this receive's if it is their
-        // claimant, which is known before looking: the transport then compares the header
-        // where it lies.
         let pat = match claim {
             Claim::Blocking(pat) | Claim::Posted(_, pat) => pat,
         };
-        let template = u32::try_from(pat.src)
-            .ok()
-            .and_then(|src| DataTemplate::new(pat.ctx, src, pat.tag, typecode));
-        if let Some(t) = &template {
+        if let Some(l) = Lander::new(peer, pat, typecode) {
             let ours = match claim {
                 Claim::Blocking(_) => true,
                 Claim::Posted(id, pat) => st.proto.claims(id, pat),
             };
             if ours {
-                match self.t.take_templated(peer, t, dst) {
+                match self.t.take_templated(peer, &l.template, dst) {
                     Templated::Took(len) => {
                         self.note_landed(st, claim);
-                        return FromStream::Got(t.with_len(len));
+                        return FromStream::Got(l.template.with_len(len));
                     }
                     Templated::Empty => return FromStream::Empty,
                     Templated::Other => return FromStream::No,
@@ -623,6 +640,46 @@ impl Core {
             }
         }
         self.recv_from_stream_general(st, peer, claim, typecode, dst)
+    }
+
+    /// A [`Lander`] for posted receives of `pat` from `peer` of element type `typecode`,
+    /// when their frames may be taken where they lie now.
+    #[inline]
+    pub(crate) fn lander(
+        &self,
+        st: &State,
+        peer: usize,
+        pat: &Pattern,
+        typecode: u32,
+    ) -> Option<Lander> {
+        if st.broken[peer].is_some() || st.dec[peer].mid_frame() {
+            return None;
+        }
+        Lander::new(peer, pat, typecode)
+    }
+
+    /// [`Core::recv_from_stream`]'s templated step for posted receive `id` of `l`'s pattern
+    /// `pat`, one of a run of them (`wait_all`'s window of receives): the template made
+    /// once for the run, and the landed message's length returned, not its header.
+    /// `Templated::Other` when `id` is not the claimant of the next frame; `Slow` when the
+    /// general path must take it.
+    #[inline]
+    pub(crate) fn land_next(
+        &self,
+        st: &mut State,
+        l: &Lander,
+        id: RecvId,
+        pat: &Pattern,
+        dst: &mut [u8],
+    ) -> Templated {
+        if !st.proto.claims(id, pat) {
+            return Templated::Other;
+        }
+        let got = self.t.take_templated(l.peer, &l.template, dst);
+        if let Templated::Took(_) = got {
+            self.note_landed(st, Claim::Posted(id, pat));
+        }
+        got
     }
 
     /// [`Core::recv_from_stream`] past its templated step: any pattern, a frame the
@@ -1570,6 +1627,72 @@ mod tests {
         assert_eq!(bufs, [*b"1111", *b"2222", *b"3333"]);
         // Tag 3's frame was in tag 2's way: progress took both into the queues.
         assert_eq!(w.landed_receives(), 1, "tag 1 landed");
+    }
+
+    /// A window of receives lands in runs of one pattern and element type (`land_run`),
+    /// each receive taking the next frame in turn; where the pattern or the type changes a
+    /// new run starts, and a frame no receive of the window matches goes through the
+    /// queues without taking another's place.
+    #[test]
+    fn wait_all_lands_a_window_in_runs_in_order() {
+        let (w, script) = scripted_world();
+        let mut bytes = [[0u8; 4]; 5];
+        let mut word = [0u32; 1];
+        let mut reqs: Vec<_> = bytes
+            .iter_mut()
+            .zip([1, 1, 1, 2, 2])
+            .map(|(b, tag)| w.irecv_into(1, tag, b).unwrap())
+            .collect();
+        reqs.push(w.irecv_into(1, 1, &mut word).unwrap());
+        let u32_frame = {
+            let tc = crate::comm::typecode::<u32>();
+            let h = Header::data(0, 1, 1, 4, Encoding::Raw, tc);
+            [&h.encode()[..], &7u32.to_le_bytes()].concat()
+        };
+        arrive(
+            &script,
+            &[
+                frame(1, b"aaaa"),
+                frame(1, b"bbbb"),
+                frame(1, b"cccc"),
+                frame(2, b"dddd"),
+                frame(2, b"eeee"),
+                u32_frame,
+            ],
+        );
+        let got: Vec<(i32, usize)> = crate::wait_all(reqs)
+            .unwrap()
+            .iter()
+            .map(|st| (st.tag, st.len))
+            .collect();
+        assert_eq!(got, [(1, 4), (1, 4), (1, 4), (2, 4), (2, 4), (1, 4)]);
+        assert_eq!(bytes, [*b"aaaa", *b"bbbb", *b"cccc", *b"dddd", *b"eeee"]);
+        assert_eq!(word, [7]);
+        assert_eq!(w.landed_receives(), 6, "every frame landed");
+
+        // A frame for tag 7 between tag 1's: the run stops there; the frame waits in the
+        // queues for its own receive, and tag 1's frames reach their receives in order.
+        let (w, script) = scripted_world();
+        let mut bytes = [[0u8; 4]; 3];
+        let reqs: Vec<_> = bytes
+            .iter_mut()
+            .map(|b| w.irecv_into(1, 1, b).unwrap())
+            .collect();
+        arrive(
+            &script,
+            &[
+                frame(1, b"1st!"),
+                frame(7, b"zzzz"),
+                frame(1, b"2nd!"),
+                frame(1, b"3rd!"),
+            ],
+        );
+        assert_eq!(crate::wait_all(reqs).unwrap().len(), 3);
+        assert_eq!(bytes, [*b"1st!", *b"2nd!", *b"3rd!"]);
+        assert!(w.landed_receives() >= 1, "the first one landed");
+        let mut other = [0u8; 4];
+        assert_eq!(w.recv_into(1, 7, &mut other).unwrap().tag, 7);
+        assert_eq!(&other, b"zzzz");
     }
 
     /// A collective's step ends with `CollectiveFailed` when another member's notice that

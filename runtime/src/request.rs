@@ -6,6 +6,7 @@ use crate::p2p::poll_borrowed_send;
 use crate::progress::{Claim, Core, FromStream, State, StreamWait, Watch};
 use crate::protocol::matching::{Body, Msg, Pattern, RecvId};
 use crate::protocol::{SendId, Taken};
+use crate::transport::Templated;
 use crate::wire::Header;
 use std::sync::Arc;
 
@@ -733,13 +734,20 @@ pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result
                 // to the first request that must wait; then wait for that one alone.
                 let mut st = core.lock();
                 ready = i;
-                for r in reqs[i..].iter_mut() {
-                    if !Arc::ptr_eq(&r.comm.core, core)
-                        || !(r.complete_now() || r.land_now(core, &mut st))
-                    {
+                while let Some(r) = reqs.get_mut(ready) {
+                    if !Arc::ptr_eq(&r.comm.core, core) {
                         break;
                     }
-                    ready += 1;
+                    if r.complete_now() {
+                        ready += 1;
+                        continue;
+                    }
+                    // A run of receives of one pattern (a window), or this one alone.
+                    match land_run(&mut reqs[ready..], core, &mut st) {
+                        0 if reqs[ready].land_now(core, &mut st) => ready += 1,
+                        0 => break,
+                        n => ready += n,
+                    }
                 }
             }
             Request::drive_first(&mut reqs[i..])?;
@@ -747,6 +755,43 @@ pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result
         out.push(reqs[i].complete()?);
     }
     Ok(out)
+}
+
+/// Land the receives at the front of `reqs` whose messages are next in their sender's
+/// stream, while they are posted receives of the first one's pattern, sender and element
+/// type, each the claimant of the next frame in turn (a window of receives posted in
+/// order): the template made once for the run, each header written straight into its
+/// request. How many landed (0: the first is no such receive, or its message is not
+/// there whole; `land_now` handles the general cases).
+fn land_run<T>(reqs: &mut [Request<'_, T>], core: &Core, st: &mut State) -> usize {
+    let Some(first) = reqs.first() else {
+        return 0;
+    };
+    let (ReqState::Recv { pat, .. }, Some((peer, typecode))) = (&first.state, first.land.get())
+    else {
+        return 0;
+    };
+    let (pat, land) = (*pat, (peer, typecode));
+    let Some(lander) = core.lander(st, peer as usize, &pat, typecode) else {
+        return 0;
+    };
+    let mut n = 0;
+    for r in reqs {
+        let (ReqState::Recv { id, pat: p }, Some(buf)) = (&r.state, r.buf.as_deref_mut()) else {
+            break;
+        };
+        if *p != pat || r.land.get() != Some(land) {
+            break;
+        }
+        match core.land_next(st, &lander, *id, &pat, buf) {
+            Templated::Took(len) => {
+                r.state = ReqState::Landed(lander.header(len));
+                n += 1;
+            }
+            _ => break,
+        }
+    }
+    n
 }
 
 /// The receives of `reqs` (a set one thread waits for whole) that a rendezvous may come

@@ -1,7 +1,7 @@
 //! OSU-style micro-benchmarks, same tests and output format as `../shared/bench/mpi_bench.c`
 //! so figures can be compared line by line.
 //!
-//! Usage: `ranks run -n 2 bench latency|bw|stream [MiB]|barrier|allreduce|pairs|queue|pipe|lock|pool|startup [none|ring|barrier|alltoall]|hello`
+//! Usage: `ranks run -n 2 bench latency|bw|phases [SIZE [ITERS]]|stream [MiB]|barrier|allreduce|pairs|queue|pipe|lock|pool|startup [none|ring|barrier|alltoall]|hello`
 //! Prints `<test> <bytes> <value> <unit>` lines on rank 0.
 
 use std::time::Instant;
@@ -45,6 +45,91 @@ fn latency(w: &Comm) -> Result<(), Error> {
             println!("latency {size} {us:.3} us");
         }
         size *= 4;
+    }
+    Ok(())
+}
+
+/// `bench bw`'s window taken apart: per message, the time each rank spends in each phase
+/// of a window (the sender's sends, its wait for them, its wait for the acknowledgement;
+/// the receiver's posting, its wait, its acknowledgement), for one size (argument 2,
+/// default 8 bytes) over ITERS windows (argument 3, default 20000). Both ranks print
+/// `phases RANK SIZE: total T ns, PHASE T ns ...`; the slower side is the one that waits
+/// least. `BENCH_LATE_NS=N`: the receiver posts N ns after its acknowledgement, so that
+/// every message of the window is there when it looks (the landing alone).
+fn phases(w: &Comm) -> Result<(), Error> {
+    const WINDOW: usize = 64;
+    let arg = |i: usize, d: usize| -> usize {
+        std::env::args()
+            .nth(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(d)
+    };
+    let (size, iters) = (arg(2, 8).clamp(1, 1 << 16), arg(3, 20000));
+    let late: u128 = std::env::var("BENCH_LATE_NS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // Buffers of their own pages each, sliced as `bw` does.
+    let mut bufs: Vec<Vec<u8>> = (0..WINDOW).map(|_| vec![1u8; size.max(4096)]).collect();
+    let mut ack = [0u8; 1];
+    let mut spent = [std::time::Duration::ZERO; 3];
+    w.barrier()?;
+    let start = Instant::now();
+    for _ in 0..iters {
+        let (t0, t1, t2) = match w.rank() {
+            0 => {
+                let t0 = Instant::now();
+                let mut sends = Vec::with_capacity(WINDOW);
+                for b in &bufs {
+                    sends.push(w.isend_slice(1, 2, &b[..size])?);
+                }
+                let t1 = Instant::now();
+                ranks::wait_all(sends)?;
+                let t2 = Instant::now();
+                w.recv_into(1, 3, &mut ack)?;
+                (t0, t1, t2)
+            }
+            1 => {
+                let acked = Instant::now();
+                while acked.elapsed().as_nanos() < late {
+                    std::hint::spin_loop();
+                }
+                let t0 = Instant::now();
+                let mut recvs = Vec::with_capacity(WINDOW);
+                for b in bufs.iter_mut() {
+                    recvs.push(w.irecv_into(0, 2, &mut b[..size])?);
+                }
+                let t1 = Instant::now();
+                ranks::wait_all(recvs)?;
+                let t2 = Instant::now();
+                w.send_slice(0, 3, &ack)?;
+                (t0, t1, t2)
+            }
+            _ => break,
+        };
+        spent[0] += t1 - t0;
+        spent[1] += t2 - t1;
+        spent[2] += t2.elapsed();
+    }
+    let msgs = (iters * WINDOW) as f64;
+    let ns = |d: std::time::Duration| d.as_secs_f64() * 1e9 / msgs;
+    let names = if w.rank() == 0 {
+        ["sending", "waiting for the sends", "waiting for the ack"]
+    } else {
+        ["posting", "waiting for the messages", "acknowledging"]
+    };
+    if w.rank() < 2 {
+        println!(
+            "phases {} {size}: total {:.1} ns, {} {:.1} ns, {} {:.1} ns, {} {:.1} ns",
+            w.rank(),
+            ns(start.elapsed()),
+            names[0],
+            ns(spent[0]),
+            names[1],
+            ns(spent[1]),
+            names[2],
+            ns(spent[2])
+        );
     }
     Ok(())
 }
@@ -439,6 +524,7 @@ fn main() -> Result<(), Error> {
     match std::env::args().nth(1).as_deref().unwrap_or("latency") {
         "latency" => latency(&w),
         "bw" => bw(&w),
+        "phases" => phases(&w),
         "serde" => serde_latency(&w),
         "stream" => stream(&w),
         "barrier" => barrier(&w),
@@ -457,7 +543,7 @@ fn main() -> Result<(), Error> {
             Ok(())
         }
         other => {
-            eprintln!("unknown benchmark {other:?}: latency|bw|stream [MiB]|barrier|allreduce|pairs|queue|pipe|lock|pool|startup [none|ring|barrier|alltoall]|hello");
+            eprintln!("unknown benchmark {other:?}: latency|bw|phases [SIZE [ITERS]]|stream [MiB]|barrier|allreduce|pairs|queue|pipe|lock|pool|startup [none|ring|barrier|alltoall]|hello");
             std::process::exit(2);
         }
     }
