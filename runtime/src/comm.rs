@@ -536,6 +536,7 @@ impl Comm {
 
     /// Nonblocking receive of a slice of plain numbers into `buf`, which the request
     /// borrows until it completes.
+    #[inline(always)]
     pub fn irecv_into<'a, T: Pod>(
         &'a self,
         source: impl Into<Source>,

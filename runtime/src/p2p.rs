@@ -387,6 +387,7 @@ impl Comm {
         r
     }
 
+    #[inline(always)]
     pub(crate) fn irecv_pattern_into<'a, T: Pod>(
         &'a self,
         pat: Pattern,

@@ -955,14 +955,8 @@ impl Core {
         if !st.proto.can_write_direct(peer) {
             return st.proto.queue_copy(peer, h, payload);
         }
-        let hb = h.encode();
-        match self.t.write2(peer, &hb, payload) {
-            Ok(n) => {
-                if n > 0 {
-                    self.t.notify(peer);
-                }
-                st.proto.wrote_direct(peer, &hb, payload, n)
-            }
+        match self.t.write_frame(peer, h, payload) {
+            Ok(n) => st.proto.wrote_direct(peer, h, payload, n),
             Err(e) => {
                 st.proto.write_failed(peer, loss_detail(&e));
                 st.proto.queue_copy(peer, h, payload)

@@ -120,17 +120,25 @@ impl Header {
 
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
-        b[0..2].copy_from_slice(&MAGIC);
-        b[2] = VERSION;
-        b[3] = self.kind as u8;
-        b[4..8].copy_from_slice(&self.ctx.to_le_bytes());
-        b[8..12].copy_from_slice(&self.src.to_le_bytes());
-        b[12..16].copy_from_slice(&self.tag.to_le_bytes());
-        b[16..24].copy_from_slice(&self.len.to_le_bytes());
-        b[24..32].copy_from_slice(&self.aux.to_le_bytes());
-        b[32] = self.enc as u8;
-        b[36..40].copy_from_slice(&self.typecode.to_le_bytes());
+        for (i, w) in self.words().into_iter().enumerate() {
+            b[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+        }
         b
+    }
+
+    /// The encoded header as five little-endian words: bytes 0..2 the magic, 2 the
+    /// version, 3 the kind, 4..8 the context; 8..12 the source, 12..16 the tag; 16..24 the
+    /// length; 24..32 aux; 32 the encoding, 33..36 zero, 36..40 the type code. (A
+    /// transport that writes a small frame in place stores these words whole.)
+    #[inline]
+    pub fn words(&self) -> [u64; 5] {
+        [
+            word0(self.kind, self.ctx),
+            word1(self.src, self.tag),
+            self.len,
+            self.aux,
+            word4(self.enc, self.typecode),
+        ]
     }
 
     /// Parse and validate a header; `peer` only names the sender in errors.
@@ -191,6 +199,27 @@ impl Header {
     }
 }
 
+/// A header's first word: magic, version, kind and context.
+#[inline]
+fn word0(kind: Kind, ctx: u32) -> u64 {
+    u64::from(u16::from_le_bytes(MAGIC))
+        | u64::from(VERSION) << 16
+        | (kind as u64) << 24
+        | u64::from(ctx) << 32
+}
+
+/// A header's second word: source and tag.
+#[inline]
+fn word1(src: u32, tag: i32) -> u64 {
+    u64::from(src) | u64::from(tag as u32) << 32
+}
+
+/// A header's fifth word: encoding and type code.
+#[inline]
+fn word4(enc: Encoding, typecode: u32) -> u64 {
+    enc as u64 | u64::from(typecode) << 32
+}
+
 /// The header of a raw data frame whose every field but the length is known in advance (a
 /// receive for one source, one tag and one element type): recognised by comparing four
 /// words, where `Header::decode` checks field by field. What it accepts, `decode` accepts as
@@ -209,15 +238,14 @@ impl DataTemplate {
         if tag < 0 {
             return None;
         }
-        // As `Header::encode` lays them out (the unit tests hold the two together).
-        let w0 = u64::from(u16::from_le_bytes(MAGIC))
-            | u64::from(VERSION) << 16
-            | (Kind::Data as u64) << 24
-            | u64::from(ctx) << 32;
-        let w1 = u64::from(src) | u64::from(tag as u32) << 32;
-        let w4 = Encoding::Raw as u64 | u64::from(typecode) << 32;
+        // As `Header::words` lays them out.
         Some(DataTemplate {
-            words: [w0, w1, 0, w4],
+            words: [
+                word0(Kind::Data, ctx),
+                word1(src, tag),
+                0,
+                word4(Encoding::Raw, typecode),
+            ],
         })
     }
 
@@ -480,6 +508,32 @@ mod tests {
             typecode: 0x1234_5678,
         };
         assert_eq!(Header::decode(&h.encode(), 0).unwrap(), h);
+    }
+
+    /// The bytes of a header, field by field as the wire defines them (the encoding is made
+    /// of words; this pins where each field's bytes go).
+    #[test]
+    fn a_header_lays_out_its_fields_byte_by_byte() {
+        let h = Header::data(
+            0x0403_0201,
+            0x1111_2222,
+            0x3344_5566,
+            0x0807_0605_0403_0201,
+            Encoding::Raw,
+            0xa1b2_c3d4,
+        );
+        let b = h.encode();
+        assert_eq!(b[0..2], MAGIC);
+        assert_eq!((b[2], b[3]), (VERSION, Kind::Data as u8));
+        assert_eq!(b[4..8], 0x0403_0201u32.to_le_bytes());
+        assert_eq!(b[8..12], 0x1111_2222u32.to_le_bytes());
+        assert_eq!(b[12..16], 0x3344_5566i32.to_le_bytes());
+        assert_eq!(b[16..24], 0x0807_0605_0403_0201u64.to_le_bytes());
+        assert_eq!(b[24..32], [0; 8]);
+        assert_eq!(b[32..36], [Encoding::Raw as u8, 0, 0, 0]);
+        assert_eq!(b[36..40], 0xa1b2_c3d4u32.to_le_bytes());
+        let words: Vec<u8> = h.words().iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(words, b);
     }
 
     #[test]

@@ -341,12 +341,12 @@ impl Protocol {
         self.out[peer].q.is_empty() && self.write_err[peer].is_none()
     }
 
-    /// A frame of header `hb` and `payload` of which the transport took `written` bytes
+    /// A frame of header `h` and `payload` of which the transport took `written` bytes
     /// directly; the rest is queued (copied). Returns what the send waits for.
     pub(crate) fn wrote_direct(
         &mut self,
         peer: usize,
-        hb: &[u8; HEADER_LEN],
+        h: &Header,
         payload: &[u8],
         written: usize,
     ) -> SendId {
@@ -359,7 +359,7 @@ impl Protocol {
         }
         let mut rest = self.frame_buf(total - written);
         if written < HEADER_LEN {
-            rest.extend_from_slice(&hb[written..]);
+            rest.extend_from_slice(&h.encode()[written..]);
             rest.extend_from_slice(payload);
         } else {
             rest.extend_from_slice(&payload[written - HEADER_LEN..]);

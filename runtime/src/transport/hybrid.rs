@@ -98,6 +98,11 @@ impl Transport for Hybrid {
         t.write2(p, a, b)
     }
 
+    fn write_frame(&self, peer: usize, h: &crate::wire::Header, payload: &[u8]) -> Result<usize> {
+        let (t, p) = self.route(peer)?;
+        t.write_frame(p, h, payload)
+    }
+
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
         let (t, p) = self.route(peer)?;
         t.read(p, buf)

@@ -44,6 +44,18 @@ pub(crate) trait Transport: Send + Sync {
         Ok(n + self.write(peer, b)?)
     }
 
+    /// Write the frame of header `h` and `payload` for `peer` as [`Transport::write2`] of
+    /// the encoded header and the payload does, and tell `peer` (as
+    /// [`Transport::notify`]) when anything was written. Returns how many bytes of the two
+    /// were taken. Transports that can write a small frame in one step do so.
+    fn write_frame(&self, peer: usize, h: &crate::wire::Header, payload: &[u8]) -> Result<usize> {
+        let n = self.write2(peer, &h.encode(), payload)?;
+        if n > 0 {
+            self.notify(peer);
+        }
+        Ok(n)
+    }
+
     /// Read available bytes of `peer`'s stream to us; 0 when nothing is there now.
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize>;
 

@@ -564,6 +564,60 @@ impl Segment {
         n
     }
 
+    /// [`Segment::ring_write`] of a whole small frame, header `h` and `payload`, in one
+    /// chunk before the ring's end: the header's words are stored whole where they go and
+    /// a payload of up to [`SMALL_PAYLOAD`] bytes is copied a word at a time, with no
+    /// encoded copy of the header, no `memcpy` and no loop over pieces (about a third of a
+    /// small send's instructions went there). `None`, having written nothing, when the
+    /// frame is larger, or does not fit so as the reader's position was last seen:
+    /// `ring_write` then takes it (looking at the reader's position again, or cutting it).
+    #[inline]
+    fn ring_write_frame(
+        &self,
+        src: usize,
+        dst: usize,
+        h: &crate::wire::Header,
+        payload: &[u8],
+        tail_seen: &AtomicU64,
+    ) -> Option<usize> {
+        if payload.len() > SMALL_PAYLOAD {
+            return None;
+        }
+        let (head, _, data) = self.ring(src, dst);
+        let at = head.load(Relaxed);
+        let want = HEADER_LEN + payload.len();
+        // As `ring_write`'s room: the chunk and the word after it before the reader's
+        // position a lap on.
+        let next = at + chunk_span(want as u64);
+        let start = ((at + CHUNK_HEADER) as usize) & (self.cap - 1);
+        if next + CHUNK_HEADER > tail_seen.load(Relaxed) + self.cap as u64
+            || start + want > self.cap
+        {
+            return None;
+        }
+        self.chunk_word(data, next).store(0, Relaxed);
+        // SAFETY: `start + want <= cap`: the frame is inside the data area, in one piece;
+        // the bytes from `at` to `next` are free (the reader is a lap behind `next` and the
+        // word after it, checked above) and unread until the header below is published.
+        // `start` is 8 past a line, so the words are aligned; `payload` is the caller's,
+        // apart from the ring.
+        unsafe {
+            let words = data.add(start) as *mut u64;
+            for (i, w) in h.words().into_iter().enumerate() {
+                words.add(i).write(w.to_le());
+            }
+            copy_words(
+                payload.as_ptr(),
+                data.add(start + HEADER_LEN),
+                payload.len(),
+            );
+        }
+        self.chunk_word(data, at)
+            .store(chunk_stamp(at) << 32 | want as u64, Release);
+        head.store(next, Relaxed);
+        Some(want)
+    }
+
     /// Take up to `buf.len()` bytes from ring (src, dst). Only `dst` may call this, one
     /// thread at a time; `cursor` is its [`Cursor`] of the ring (the reader's position, the
     /// shared `tail`, may be inside a chunk).
@@ -845,6 +899,43 @@ impl Cursor {
     }
     fn left(self) -> u64 {
         self.0 & ((1 << Self::LEFT_BITS) - 1)
+    }
+}
+
+/// Payloads up to this long go in one step with their header (`Segment::ring_write_frame`).
+const SMALL_PAYLOAD: usize = 64;
+
+/// Copy `len` bytes, at most [`SMALL_PAYLOAD`], from `src` to `dst`: eight at a time,
+/// inline (a call to `memcpy` for a few bytes cost more than the copy).
+///
+/// # Safety
+/// As `std::ptr::copy_nonoverlapping`: `src` readable and `dst` writable for `len` bytes,
+/// the two ranges apart.
+#[inline(always)]
+unsafe fn copy_words(src: *const u8, dst: *mut u8, len: usize) {
+    use std::ptr::{read_unaligned as rd, write_unaligned as wr};
+    debug_assert!(len <= SMALL_PAYLOAD);
+    // SAFETY (all of it): every access is of 8 bytes at an offset from 0 to `len - 8`, or
+    // of one byte below `len`: inside both ranges.
+    unsafe {
+        if len < 8 {
+            for i in 0..len {
+                *dst.add(i) = *src.add(i);
+            }
+            return;
+        }
+        let mut i = 0;
+        while i + 8 <= len {
+            wr(dst.add(i) as *mut u64, rd(src.add(i) as *const u64));
+            i += 8;
+        }
+        if i < len {
+            // The last eight bytes, overlapping the word before.
+            wr(
+                dst.add(len - 8) as *mut u64,
+                rd(src.add(len - 8) as *const u64),
+            );
+        }
     }
 }
 
@@ -1246,6 +1337,20 @@ impl Transport for Shm {
         Ok(self
             .seg
             .ring_write(self.me, peer, &[a, b], &self.tail_seen[peer]))
+    }
+
+    fn write_frame(&self, peer: usize, h: &crate::wire::Header, payload: &[u8]) -> Result<usize> {
+        let seen = &self.tail_seen[peer];
+        let n = match self.seg.ring_write_frame(self.me, peer, h, payload, seen) {
+            Some(n) => n,
+            None => self
+                .seg
+                .ring_write(self.me, peer, &[&h.encode(), payload], seen),
+        };
+        if n > 0 {
+            self.seg.ring_doorbell(peer, false);
+        }
+        Ok(n)
     }
 
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
@@ -1874,6 +1979,92 @@ mod chunk_tests {
             cut.len() - 2
         );
         assert_eq!(take(&mut out), Templated::Slow);
+    }
+
+    /// Small frames go into the ring in one step (`ring_write_frame`), as the same bytes
+    /// `ring_write` would write; a longer one, or one that would cross the ring's end or
+    /// find no room as the reader was last seen, is left to `ring_write` with nothing
+    /// written. Read back, the stream is every frame in order.
+    #[test]
+    fn small_frames_go_in_one_step_and_read_back_as_written() {
+        use crate::wire::{Encoding, Header};
+        let s = segment("frame-write-test");
+        let seg = s.0.as_ref().unwrap();
+        let (tail_seen, cursor, took) = sides();
+        let (mut sent, mut got) = (Vec::new(), Vec::new());
+        let (mut quick, mut at_end) = (0, 0);
+        let mut buf = vec![0u8; 1 << 16];
+        for i in 0..30_000usize {
+            let len = i % 80;
+            let payload: Vec<u8> = (0..len).map(|k| (i * 7 + k) as u8).collect();
+            let h = Header::data(1, 0, (i % 5) as i32, len as u64, Encoding::Raw, 3);
+            let n = match seg.ring_write_frame(0, 1, &h, &payload, &tail_seen) {
+                Some(n) => {
+                    assert!(len <= SMALL_PAYLOAD, "{len}");
+                    quick += 1;
+                    n
+                }
+                None => {
+                    if len <= SMALL_PAYLOAD {
+                        at_end += 1;
+                    }
+                    seg.ring_write(0, 1, &[&h.encode(), &payload], &tail_seen)
+                }
+            };
+            assert_eq!(n, HEADER_LEN + len);
+            sent.extend_from_slice(&h.encode());
+            sent.extend_from_slice(&payload);
+            if i % 7 == 0 {
+                let n = seg.ring_read(0, 1, &mut buf, &took, &cursor).unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        while got.len() < sent.len() {
+            let n = seg.ring_read(0, 1, &mut buf, &took, &cursor).unwrap();
+            assert!(n > 0, "the ring ran dry after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got == sent, "the stream read back differs");
+        assert!(
+            quick > 20_000 && at_end > 0,
+            "{quick} in one step, {at_end} at the end"
+        );
+
+        // A full ring: the one-step write declines, and the general one finds no room
+        // either; once the reader took some, frames go in again.
+        let s = segment("frame-write-full-test");
+        let seg = s.0.as_ref().unwrap();
+        let (tail_seen, cursor, took) = sides();
+        let h = Header::data(1, 0, 1, 8, Encoding::Raw, 3);
+        let mut written = 0;
+        while seg
+            .ring_write_frame(0, 1, &h, b"12345678", &tail_seen)
+            .is_some()
+        {
+            written += 1;
+        }
+        assert!(written > 100, "{written}");
+        assert_eq!(
+            seg.ring_write(0, 1, &[&h.encode(), b"12345678"], &tail_seen),
+            0
+        );
+        assert_eq!(
+            seg.ring_available(0, 1, &cursor, 1 << 30),
+            Some(written * 48)
+        );
+        assert_eq!(
+            seg.ring_read(0, 1, &mut buf[..4800], &took, &cursor)
+                .unwrap(),
+            4800
+        );
+        assert_eq!(
+            seg.ring_write(0, 1, &[&h.encode(), b"12345678"], &tail_seen),
+            48
+        );
+        assert_eq!(
+            seg.ring_write_frame(0, 1, &h, b"12345678", &tail_seen),
+            Some(48)
+        );
     }
 
     /// The fuzz target's reader reads what a well-formed ring holds, across the ring's end
