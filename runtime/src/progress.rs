@@ -140,10 +140,15 @@ impl State {
     pub(crate) fn peek(&self, pat: Pattern) -> Option<&Msg> {
         self.proto.peek(pat)
     }
+
+    /// Whether `peer`'s stream may be read a frame at a time where it lies: it is not
+    /// broken and the decoder is not inside a frame of it.
+    #[inline]
+    fn readable_in_place(&self, peer: usize) -> bool {
+        self.broken[peer].is_none() && !self.dec[peer].mid_frame()
+    }
 }
 
-/// Whose message [`Core::recv_from_stream`] may take.
-#[derive(Clone, Copy)]
 /// The frames of a pattern that names one source and one tag, and one element type,
 /// recognised by their header's four fixed words, which the transport compares where they
 /// lie (decoding checks every field; the general decoder is for anything else). Such a
@@ -169,6 +174,8 @@ impl Lander {
     }
 }
 
+/// Whose message [`Core::recv_from_stream`] may take.
+#[derive(Clone, Copy)]
 pub(crate) enum Claim<'p> {
     /// A blocking receive for this pattern, with no posted receive or queued message that
     /// could come first (the caller checked).
@@ -616,7 +623,7 @@ impl Core {
         typecode: u32,
         dst: &mut [u8],
     ) -> FromStream {
-        if st.broken[peer].is_some() || st.dec[peer].mid_frame() {
+        if !st.readable_in_place(peer) {
             return FromStream::No;
         }
         let pat = match claim {
@@ -628,11 +635,8 @@ impl Core {
                 Claim::Posted(id, pat) => st.proto.claims(id, pat),
             };
             if ours {
-                match self.t.take_templated(peer, &l.template, dst) {
-                    Templated::Took(len) => {
-                        self.note_landed(st, claim);
-                        return FromStream::Got(l.template.with_len(len));
-                    }
+                match self.take_landing(st, &l, claim, dst) {
+                    Templated::Took(len) => return FromStream::Got(l.header(len)),
                     Templated::Empty => return FromStream::Empty,
                     Templated::Other => return FromStream::No,
                     Templated::Slow => {}
@@ -652,7 +656,7 @@ impl Core {
         pat: &Pattern,
         typecode: u32,
     ) -> Option<Lander> {
-        if st.broken[peer].is_some() || st.dec[peer].mid_frame() {
+        if !st.readable_in_place(peer) {
             return None;
         }
         Lander::new(peer, pat, typecode)
@@ -675,9 +679,22 @@ impl Core {
         if !st.proto.claims(id, pat) {
             return Templated::Other;
         }
+        self.take_landing(st, l, Claim::Posted(id, pat), dst)
+    }
+
+    /// The transport's templated take of `l`'s next frame into `dst`, for `claim`, whose
+    /// frame it is; a frame taken is noted as landed.
+    #[inline]
+    fn take_landing(
+        &self,
+        st: &mut State,
+        l: &Lander,
+        claim: Claim<'_>,
+        dst: &mut [u8],
+    ) -> Templated {
         let got = self.t.take_templated(l.peer, &l.template, dst);
         if let Templated::Took(_) = got {
-            self.note_landed(st, Claim::Posted(id, pat));
+            self.note_landed(st, claim);
         }
         got
     }

@@ -504,11 +504,7 @@ impl Segment {
         if want == 0 {
             return 0;
         }
-        // Payload that fits before the reader's position `t`, leaving the cleared word.
-        let room = |t: u64| -> usize {
-            let free = (t + self.cap as u64).saturating_sub(h + CHUNK_HEADER);
-            (free & !(LINE as u64 - 1)).saturating_sub(CHUNK_HEADER) as usize
-        };
+        let room = |t: u64| self.room(h, t);
         let enough = |r: usize| r >= want || (want >= MIN_CHUNK && r >= MIN_CHUNK);
         let mut r = room(tail_seen.load(Relaxed));
         if r < want {
@@ -564,6 +560,14 @@ impl Segment {
         n
     }
 
+    /// Payload bytes a chunk written at `at` may hold before the reader's position `t` a
+    /// lap on, leaving the word after it (cleared for the next chunk's header).
+    #[inline]
+    fn room(&self, at: u64, t: u64) -> usize {
+        let free = (t + self.cap as u64).saturating_sub(at + CHUNK_HEADER);
+        (free & !(LINE as u64 - 1)).saturating_sub(CHUNK_HEADER) as usize
+    }
+
     /// [`Segment::ring_write`] of a whole small frame, header `h` and `payload`, in one
     /// chunk before the ring's end: the header's words are stored whole where they go and
     /// a payload of up to [`SMALL_PAYLOAD`] bytes is copied a word at a time, with no
@@ -586,19 +590,15 @@ impl Segment {
         let (head, _, data) = self.ring(src, dst);
         let at = head.load(Relaxed);
         let want = HEADER_LEN + payload.len();
-        // As `ring_write`'s room: the chunk and the word after it before the reader's
-        // position a lap on.
-        let next = at + chunk_span(want as u64);
         let start = ((at + CHUNK_HEADER) as usize) & (self.cap - 1);
-        if next + CHUNK_HEADER > tail_seen.load(Relaxed) + self.cap as u64
-            || start + want > self.cap
-        {
+        if self.room(at, tail_seen.load(Relaxed)) < want || start + want > self.cap {
             return None;
         }
+        let next = at + chunk_span(want as u64);
         self.chunk_word(data, next).store(0, Relaxed);
         // SAFETY: `start + want <= cap`: the frame is inside the data area, in one piece;
-        // the bytes from `at` to `next` are free (the reader is a lap behind `next` and the
-        // word after it, checked above) and unread until the header below is published.
+        // the bytes from `at` to `next` are free (the room above) and unread until the
+        // header below is published.
         // `start` is 8 past a line, so the words are aligned; `payload` is the caller's,
         // apart from the ring.
         unsafe {
