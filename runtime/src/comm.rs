@@ -372,6 +372,7 @@ impl Comm {
     }
 
     /// `isend_slice` or `issend_slice` (`sync`).
+    #[inline(always)]
     fn isend_pod<'a, T: Pod>(
         &'a self,
         dest: usize,
@@ -467,6 +468,7 @@ impl Comm {
     /// As with MPI, the buffer must outlive the transfer: leaking the request with
     /// `mem::forget` and freeing the buffer lets a receiver that pulls a large message read
     /// whatever the memory then holds (no memory unsafety here; wrong data there).
+    #[inline(always)]
     pub fn isend_slice<'a, T: Pod>(
         &'a self,
         dest: usize,

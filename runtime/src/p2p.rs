@@ -155,7 +155,7 @@ impl Comm {
     /// queued) at once; large ones are pulled by the receiver from `payload`, which the
     /// returned request borrows until it completes. `sync`: complete only once the
     /// receiver has matched it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn isend_borrowed<'a>(
         &'a self,
         ctx: u32,
@@ -170,6 +170,7 @@ impl Comm {
     }
 
     /// [`Comm::isend_borrowed`] without the request: the send's id.
+    #[inline(always)]
     pub(crate) fn start_send(
         &self,
         ctx: u32,

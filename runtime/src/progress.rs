@@ -962,6 +962,7 @@ impl Core {
 
     /// Send header + payload to `peer` as one frame, straight from `payload` when nothing is
     /// queued ahead; whatever the transport does not take now is copied into the queue.
+    #[inline(always)]
     pub(crate) fn write_frame(
         &self,
         st: &mut State,

@@ -343,6 +343,7 @@ impl Protocol {
 
     /// A frame of header `h` and `payload` of which the transport took `written` bytes
     /// directly; the rest is queued (copied). Returns what the send waits for.
+    #[inline]
     pub(crate) fn wrote_direct(
         &mut self,
         peer: usize,
@@ -350,13 +351,19 @@ impl Protocol {
         payload: &[u8],
         written: usize,
     ) -> SendId {
-        let total = HEADER_LEN + payload.len();
-        if written >= total {
+        if written >= HEADER_LEN + payload.len() {
             let oq = &mut self.out[peer];
             oq.enqueued += 1;
             oq.sent += 1;
             return SendId::Done;
         }
+        self.wrote_part(peer, h, payload, written)
+    }
+
+    /// [`Protocol::wrote_direct`] of a frame the transport took only part of.
+    #[inline(never)]
+    fn wrote_part(&mut self, peer: usize, h: &Header, payload: &[u8], written: usize) -> SendId {
+        let total = HEADER_LEN + payload.len();
         let mut rest = self.frame_buf(total - written);
         if written < HEADER_LEN {
             rest.extend_from_slice(&h.encode()[written..]);
