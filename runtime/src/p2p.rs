@@ -355,7 +355,8 @@ impl Comm {
                 return Ok(st.proto.take(id, true).map(Err));
             }
             wait.count(st);
-            if st.proto.may_bypass(pat) {
+            // (A frame this receive lands in parts is its own whatever was posted since.)
+            if st.proto.may_bypass(pat) || core.landing_into(st, peer, dst) {
                 match core.recv_from_stream(st, peer, Claim::Blocking(&pat), typecode, dst) {
                     FromStream::Got(h) => {
                         wait.uncount(st);
@@ -380,6 +381,9 @@ impl Comm {
         });
         if wait.counted() || (r.is_err() && posted.is_some()) {
             let mut st = core.lock();
+            if r.is_err() {
+                core.give_up_landing(&mut st, peer, dst);
+            }
             wait.uncount(&mut st);
             if let (Err(_), Some(id)) = (&r, posted) {
                 st.proto.cancel(id);

@@ -185,6 +185,12 @@ pub(crate) enum Claim<'p> {
     Posted(RecvId, &'p Pattern),
 }
 
+/// The name a receive that lands a frame in parts goes by in the stream's decoder: where its
+/// buffer is (no two live receives share a buffer).
+fn landing_owner(dst: &[u8]) -> usize {
+    dst.as_ptr() as usize
+}
+
 /// A thread that takes its message from one peer's stream itself
 /// ([`Core::recv_from_stream`]): while it is counted, progress leaves that stream to it.
 pub(crate) struct StreamWait {
@@ -623,6 +629,11 @@ impl Core {
         typecode: u32,
         dst: &mut [u8],
     ) -> FromStream {
+        if let Claim::Blocking(_) = claim {
+            if let Some(got) = self.continue_landing(st, peer, dst) {
+                return got;
+            }
+        }
         if !st.readable_in_place(peer) {
             return FromStream::No;
         }
@@ -768,9 +779,12 @@ impl Core {
         if avail < HEADER_LEN + len {
             // Ours, not all here yet. Wait for the rest where the stream can hold the whole
             // frame: large eager messages then go from the ring straight into the caller's
-            // buffer too, copied out by us while the sender copies in the next one.
+            // buffer too, copied out by us while the sender copies in the next one. Where
+            // it cannot, a blocking receive reads it a part at a time as it comes.
             return if self.t.holds(peer, HEADER_LEN + len) {
                 FromStream::Empty
+            } else if matches!(claim, Claim::Blocking(_)) && self.t.lands_in_parts(peer) {
+                self.start_landing(st, peer, h, dst)
             } else {
                 FromStream::No
             };
@@ -789,6 +803,82 @@ impl Core {
             _ => {
                 st.broken[peer] = Some("its stream lost bytes under a read".into());
                 FromStream::No
+            }
+        }
+    }
+
+    /// Start landing frame `h` (ours, its payload not all there yet) of `peer`'s stream in
+    /// parts: its header and the payload bytes there now are read, the rest by
+    /// [`Core::continue_landing`]; meanwhile the stream's decoder knows the frame as
+    /// `dst`'s. Only for a blocking receive, whose thread waits for nothing else and gives
+    /// the frame back ([`Core::give_up_landing`]) if its wait fails.
+    fn start_landing(&self, st: &mut State, peer: usize, h: Header, dst: &mut [u8]) -> FromStream {
+        let len = h.len as usize;
+        let mut hb = [0u8; HEADER_LEN];
+        let got = self.t.read(peer, &mut hb).and_then(|n| {
+            let m = self.t.read(peer, &mut dst[..len])?;
+            Ok((n, m))
+        });
+        match got {
+            Ok((HEADER_LEN, n)) => {
+                self.t.read_done(peer);
+                if n == len {
+                    // The rest came meanwhile.
+                    return FromStream::Got(h);
+                }
+                st.dec[peer].start_landing(h, n, landing_owner(dst));
+                FromStream::Empty
+            }
+            Ok(_) => {
+                st.broken[peer] = Some("its stream lost bytes under a read".into());
+                FromStream::No
+            }
+            Err(e) => {
+                st.broken[peer] = Some(loss_detail(&e));
+                FromStream::No
+            }
+        }
+    }
+
+    /// Whether a frame of `peer`'s stream is being landed in parts into `dst`.
+    pub(crate) fn landing_into(&self, st: &State, peer: usize, dst: &[u8]) -> bool {
+        st.dec[peer]
+            .landing()
+            .is_some_and(|(_, _, owner)| owner == landing_owner(dst))
+    }
+
+    /// Read more of the frame landing in parts into `dst`: `Got` once it is all there,
+    /// else `Empty`; `None` when no frame lands into `dst`.
+    fn continue_landing(&self, st: &mut State, peer: usize, dst: &mut [u8]) -> Option<FromStream> {
+        let (h, have, owner) = st.dec[peer].landing()?;
+        if owner != landing_owner(dst) {
+            return None;
+        }
+        match self.t.read(peer, &mut dst[have..h.len as usize]) {
+            Ok(0) => Some(FromStream::Empty),
+            Ok(n) => {
+                self.t.read_done(peer);
+                Some(if st.dec[peer].landed_more(n) {
+                    FromStream::Got(h)
+                } else {
+                    FromStream::Empty
+                })
+            }
+            Err(e) => {
+                st.broken[peer] = Some(loss_detail(&e));
+                Some(FromStream::No)
+            }
+        }
+    }
+
+    /// A blocking receive whose wait failed gives back the frame it was landing in parts
+    /// into `dst`: the bytes it has go into a buffer of the decoder's, which reads the rest
+    /// and hands the message to matching as any other (nothing is lost, the stream moves
+    /// on).
+    pub(crate) fn give_up_landing(&self, st: &mut State, peer: usize, dst: &[u8]) {
+        if let Some((_, have, owner)) = st.dec[peer].landing() {
+            if owner == landing_owner(dst) {
+                st.dec[peer].give_up_landing(&dst[..have]);
             }
         }
     }
@@ -1431,6 +1521,10 @@ mod tests {
         stream: Mutex<std::collections::VecDeque<u8>>,
         at_first_sleep: Mutex<Option<Vec<u8>>>,
         slept_unread: std::sync::atomic::AtomicBool,
+        /// Blocking receives land frames not all there yet in parts (as over QUIC).
+        in_parts: bool,
+        /// Rank 1 has gone.
+        gone: std::sync::atomic::AtomicBool,
     }
 
     impl Transport for std::sync::Arc<Script> {
@@ -1477,8 +1571,13 @@ mod tests {
                     .store(true, std::sync::atomic::Ordering::SeqCst);
             }
         }
+        fn lands_in_parts(&self, _peer: usize) -> bool {
+            self.in_parts
+        }
         fn peer_gone(&self, _peer: usize) -> Option<String> {
-            None
+            self.gone
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then(|| "it ended".into())
         }
     }
 
@@ -1548,6 +1647,95 @@ mod tests {
 
     fn arrive(script: &Script, frames: &[Vec<u8>]) {
         script.stream.lock().unwrap().extend(frames.concat());
+    }
+
+    /// A blocking receive on another thread, from rank 1 with tag 1, of a 5000-byte frame
+    /// that arrives in parts over a stream where frames land in parts; the test has seen it
+    /// take the header and the first 100 bytes into its buffer. Returns the world's core,
+    /// the stream, the frame and the receive.
+    #[allow(clippy::type_complexity)]
+    fn landing_in_parts() -> (
+        std::sync::Arc<Core>,
+        std::sync::Arc<Script>,
+        Vec<u8>,
+        std::thread::JoinHandle<Result<(crate::Status, Vec<u8>)>>,
+    ) {
+        let script = std::sync::Arc::new(Script {
+            in_parts: true,
+            ..Script::default()
+        });
+        let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
+        (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
+        let core = std::sync::Arc::new(Core::new(
+            0,
+            2,
+            Box::new(script.clone()),
+            tuning,
+            "h".into(),
+        ));
+        let w = crate::comm::Comm::world(core.clone());
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let recv = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 5000];
+            let st = w.recv_into(1, 1, &mut buf)?;
+            Ok((st, buf))
+        });
+        let bytes = frame(1, &payload);
+        arrive(&script, &[bytes[..HEADER_LEN + 100].to_vec()]);
+        until_landed(&core, 100);
+        assert!(
+            script.stream.lock().unwrap().is_empty(),
+            "the receive read what there was of its frame into its buffer"
+        );
+        (core, script, bytes, recv)
+    }
+
+    /// Wait until a frame of rank 1's lands in parts and has `have` payload bytes.
+    fn until_landed(core: &Core, have: usize) {
+        let start = std::time::Instant::now();
+        while core.lock().dec[1].landing().map(|(_, h, _)| h) != Some(have) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "never landed {have}"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Over a stream that does not hold a frame whole (QUIC's), a blocking receive reads a
+    /// large frame straight into its buffer as its parts arrive, not through a buffer of
+    /// the decoder's that it copies afterwards.
+    #[test]
+    fn a_blocking_receive_lands_a_large_frame_in_parts_as_it_arrives() {
+        let (core, script, bytes, recv) = landing_in_parts();
+        arrive(&script, &[bytes[HEADER_LEN + 100..3000].to_vec()]);
+        until_landed(&core, 3000 - HEADER_LEN);
+        arrive(&script, &[bytes[3000..].to_vec()]);
+        let (st, buf) = recv.join().unwrap().unwrap();
+        assert_eq!((st.source, st.tag, st.len), (1, 1, 5000));
+        assert_eq!(buf, bytes[HEADER_LEN..]);
+        let st = core.lock();
+        assert!(st.dec[1].landing().is_none() && !st.dec[1].mid_frame());
+    }
+
+    /// A receive whose sender goes while its frame lands in parts fails (the stream ended
+    /// inside a frame) and gives the frame back to the decoder: nothing waits on a landing
+    /// that nobody will finish.
+    #[test]
+    fn a_receive_whose_sender_goes_mid_frame_fails_and_gives_the_frame_back() {
+        let (core, script, _, recv) = landing_in_parts();
+        script.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = recv.join().unwrap().unwrap_err();
+        assert!(
+            matches!(err, crate::Error::TruncatedFrame { rank: 1, .. }),
+            "{err}"
+        );
+        let st = core.lock();
+        assert!(st.dec[1].landing().is_none(), "given back");
+        assert!(
+            st.dec[1].mid_frame(),
+            "the decoder holds the frame's first bytes"
+        );
     }
 
     /// Posted receives that are tested, or waited on in a set, take their message straight

@@ -303,6 +303,13 @@ enum State {
     Skip {
         left: u64,
     },
+    /// A receive reads this frame's payload straight into its own buffer, a part at a time
+    /// as it arrives; `have` bytes of it are there. `owner` names that receive.
+    Landing {
+        header: Header,
+        have: usize,
+        owner: usize,
+    },
 }
 
 /// Turns one peer's byte stream into frames.
@@ -329,8 +336,62 @@ impl FrameDecoder {
     pub fn mid_frame(&self) -> bool {
         match &self.state {
             State::Header { have, .. } => *have > 0,
-            State::Body { .. } | State::Skip { .. } => true,
+            State::Body { .. } | State::Skip { .. } | State::Landing { .. } => true,
         }
+    }
+
+    /// The frame a receive lands a part at a time: its header, the payload bytes it has,
+    /// and the receive's name.
+    pub fn landing(&self) -> Option<(Header, usize, usize)> {
+        match &self.state {
+            State::Landing {
+                header,
+                have,
+                owner,
+            } => Some((*header, *have, *owner)),
+            _ => None,
+        }
+    }
+
+    /// Receive `owner` has read the header of the next frame and `have` bytes of its
+    /// payload (less than all) into its own buffer, and reads the rest as it comes: until
+    /// it is done or gives up, `pump` reads nothing. Only between frames.
+    pub fn start_landing(&mut self, header: Header, have: usize, owner: usize) {
+        debug_assert!(!self.mid_frame(), "a landing starts between frames");
+        self.state = State::Landing {
+            header,
+            have,
+            owner,
+        };
+    }
+
+    /// The landing receive read `n` more bytes of the payload; true once it has all of it
+    /// (the decoder is then between frames again).
+    pub fn landed_more(&mut self, n: usize) -> bool {
+        let State::Landing { header, have, .. } = &mut self.state else {
+            return false;
+        };
+        *have += n;
+        if (*have as u64) < header.len {
+            return false;
+        }
+        self.reset();
+        true
+    }
+
+    /// The landing receive gives up with `got` (the payload bytes it has): the frame is
+    /// finished as any other, in a buffer of its own, and goes where frames go.
+    pub fn give_up_landing(&mut self, got: &[u8]) {
+        let State::Landing { header, .. } = self.state else {
+            return;
+        };
+        let mut buf = vec![0u8; header.len as usize];
+        buf[..got.len()].copy_from_slice(got);
+        self.state = State::Body {
+            header,
+            buf,
+            have: got.len(),
+        };
     }
 
     /// Reads with `read` (which returns 0 when nothing more is available now) until one frame
@@ -403,6 +464,8 @@ impl FrameDecoder {
                         return Ok(Some(Decoded::Frame(header, buf)));
                     }
                 }
+                // Its owner reads this frame (and gives it back before it leaves).
+                State::Landing { .. } => return Ok(None),
                 State::Skip { left } => {
                     let mut scratch = [0u8; 4096];
                     let want = (*left).min(scratch.len() as u64) as usize;
@@ -560,6 +623,58 @@ mod tests {
                 )
             );
         }
+    }
+
+    /// A frame a receive lands in parts is the receive's: `pump` reads nothing of it. Given
+    /// back half-way, the decoder finishes it with the bytes the receive had, and the
+    /// frames behind it follow as ever.
+    #[test]
+    fn a_frame_landing_in_parts_is_left_alone_and_given_back_whole() {
+        let payload: Vec<u8> = (0..200u8).collect();
+        let mut stream = frame(5, &payload);
+        stream.extend(frame(6, b"next"));
+        let h = Header::decode(stream[..HEADER_LEN].try_into().unwrap(), 7).unwrap();
+        let mut d = FrameDecoder::new(7, 1 << 20);
+        // The receive read the header and 50 bytes into its buffer.
+        d.start_landing(h, 50, 0xbeef);
+        assert!(d.mid_frame());
+        assert_eq!(d.landing(), Some((h, 50, 0xbeef)));
+        let got = d.pump(|_| panic!("read a stream a receive is landing from"));
+        assert!(matches!(got, Ok(None)));
+        assert!(!d.landed_more(100), "150 of 200");
+        assert_eq!(d.landing(), Some((h, 150, 0xbeef)));
+        // It gives up with its 150 bytes; the decoder reads the other 50 and the next frame.
+        d.give_up_landing(&payload[..150]);
+        assert_eq!(d.landing(), None);
+        let mut pos = HEADER_LEN + 150;
+        let mut frames = Vec::new();
+        while let Some(f) = d
+            .pump(|buf| {
+                let n = buf.len().min(stream.len() - pos);
+                buf[..n].copy_from_slice(&stream[pos..pos + n]);
+                pos += n;
+                Ok(n)
+            })
+            .unwrap()
+        {
+            frames.push(f);
+        }
+        assert_eq!(
+            frames,
+            [
+                Decoded::Frame(h, payload.clone()),
+                Decoded::Frame(
+                    Header::data(7, 1, 6, 4, Encoding::Serde, 0),
+                    b"next".to_vec()
+                )
+            ]
+        );
+        // Landed to the end instead: the decoder is between frames again.
+        let mut d = FrameDecoder::new(7, 1 << 20);
+        d.start_landing(h, 0, 1);
+        assert!(!d.landed_more(199));
+        assert!(d.landed_more(1));
+        assert!(!d.mid_frame() && d.landing().is_none());
     }
 
     #[test]

@@ -146,6 +146,10 @@ impl Transport for Hybrid {
         self.route(peer).is_ok_and(|(t, p)| t.holds(p, bytes))
     }
 
+    fn lands_in_parts(&self, peer: usize) -> bool {
+        self.route(peer).is_ok_and(|(t, p)| t.lands_in_parts(p))
+    }
+
     fn notify(&self, peer: usize) {
         if let Ok((t, p)) = self.route(peer) {
             t.notify(p)

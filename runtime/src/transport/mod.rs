@@ -124,6 +124,13 @@ pub(crate) trait Transport: Send + Sync {
         false
     }
 
+    /// Whether a blocking receive may read a frame of `peer`'s stream that is not all
+    /// there yet a part at a time, straight into its buffer, as the rest arrives (where the
+    /// stream does not [`Transport::hold`](Transport::holds) the frame whole).
+    fn lands_in_parts(&self, _peer: usize) -> bool {
+        false
+    }
+
     /// Tell `peer` that we wrote to it or made room in its stream (wakes it if asleep).
     fn notify(&self, peer: usize);
 

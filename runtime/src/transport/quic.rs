@@ -476,6 +476,20 @@ impl Inbox {
         self.len -= n;
         n
     }
+
+    /// Copy the first bytes into `dst` without taking them, as many as there are and fit.
+    fn peek(&self, dst: &mut [u8]) -> usize {
+        let mut n = 0;
+        for c in &self.chunks {
+            if n == dst.len() {
+                break;
+            }
+            let k = c.len().min(dst.len() - n);
+            dst[n..n + k].copy_from_slice(&c[..k]);
+            n += k;
+        }
+        n
+    }
 }
 
 /// A peer's bytes written by the engine and not yet handed to quinn, copied into blocks of
@@ -1308,6 +1322,31 @@ impl Transport for Quic {
         self.net.peers[peer]
             .as_ref()
             .is_some_and(|io| io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len > 0)
+    }
+
+    /// A peer's bytes wait in its inbox as quinn delivered them: a receive looks at the
+    /// frame at the front and reads its payload straight into its own buffer (one copy;
+    /// through the general decoder a payload went into a fresh zeroed buffer, faulted in
+    /// page by page when large, and the receive copied it again).
+    fn in_place(&self, peer: usize) -> bool {
+        self.net.peers.get(peer).is_some_and(Option::is_some)
+    }
+
+    fn available(&self, peer: usize, _want: usize) -> Option<usize> {
+        let io = self.net.peers.get(peer)?.as_ref()?;
+        Some(io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len)
+    }
+
+    fn peek(&self, peer: usize, buf: &mut [u8]) -> usize {
+        self.io(peer).map_or(0, |io| {
+            io.inbox.lock().unwrap_or_else(|p| p.into_inner()).peek(buf)
+        })
+    }
+
+    /// A frame not all there yet is read as it comes (waiting for all of it before
+    /// copying any made a large message's copy come after its last byte).
+    fn lands_in_parts(&self, _peer: usize) -> bool {
+        true
     }
 
     /// After writes to `peer`: its writer task takes them, and this thread runs it now.
