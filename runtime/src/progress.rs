@@ -608,11 +608,16 @@ impl Core {
     }
 
     /// Whether a frame's header is waiting in `peer`'s stream (a hint for a spinning wait,
-    /// true only where the stream can be read in place; no lock needed).
+    /// true only where the stream can be read in place, and always where only driving the
+    /// transport brings bytes in; no lock of the core's needed).
     pub(crate) fn frame_waiting(&self, peer: usize) -> bool {
-        self.t
-            .available(peer, HEADER_LEN)
-            .is_some_and(|n| n >= HEADER_LEN)
+        // Where bytes come only as the waiting thread drives the transport, its next round
+        // (which drives) is the only way to see more.
+        self.t.driven(peer)
+            || self
+                .t
+                .available(peer, HEADER_LEN)
+                .is_some_and(|n| n >= HEADER_LEN)
     }
 
     /// Take the next frame of `peer`'s stream straight into `dst` when it is a whole data
@@ -1525,6 +1530,12 @@ mod tests {
         in_parts: bool,
         /// Rank 1 has gone.
         gone: std::sync::atomic::AtomicBool,
+        /// Bytes come in only as the process drives the transport (as over QUIC): these
+        /// come at the drive that makes `drives` reach the count.
+        driven: Option<(usize, Vec<u8>)>,
+        drives: std::sync::atomic::AtomicUsize,
+        /// Calls of `available`.
+        looks: std::sync::atomic::AtomicUsize,
     }
 
     impl Transport for std::sync::Arc<Script> {
@@ -1550,7 +1561,22 @@ mod tests {
         }
 
         fn available(&self, _peer: usize, _want: usize) -> Option<usize> {
+            self.looks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Some(self.stream.lock().unwrap().len())
+        }
+        fn driven(&self, _peer: usize) -> bool {
+            self.driven.is_some()
+        }
+        fn drive(&self) {
+            let n = self
+                .drives
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            if let Some((at, bytes)) = &self.driven {
+                if n == *at {
+                    self.stream.lock().unwrap().extend(bytes);
+                }
+            }
         }
         fn peek(&self, _peer: usize, buf: &mut [u8]) -> usize {
             let s = self.stream.lock().unwrap();
@@ -1716,6 +1742,31 @@ mod tests {
         assert_eq!(buf, bytes[HEADER_LEN..]);
         let st = core.lock();
         assert!(st.dec[1].landing().is_none() && !st.dec[1].mid_frame());
+    }
+
+    /// Where bytes come in only as the waiting thread drives the transport, a spinning
+    /// blocking receive drives at every round instead of looking at the empty stream
+    /// between rounds (64 looks a round, when no look could see anything new).
+    #[test]
+    fn a_wait_on_a_driven_transport_drives_rather_than_looks() {
+        let script = std::sync::Arc::new(Script {
+            driven: Some((200, frame(1, b"late"))),
+            ..Script::default()
+        });
+        let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
+        (tuning.spin, tuning.yields) = (Duration::from_secs(5), 0);
+        let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
+        let w = crate::comm::Comm::world(std::sync::Arc::new(core));
+        let mut buf = [0u8; 4];
+        let st = w.recv_into(1, 1, &mut buf).unwrap();
+        assert_eq!((st.tag, &buf), (1, b"late"));
+        let drives = script.drives.load(std::sync::atomic::Ordering::SeqCst);
+        let looks = script.looks.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(drives >= 200);
+        assert!(
+            looks < 4 * drives,
+            "{looks} looks at the stream for {drives} drives"
+        );
     }
 
     /// A receive whose sender goes while its frame lands in parts fails (the stream ended

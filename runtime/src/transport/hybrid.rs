@@ -150,6 +150,10 @@ impl Transport for Hybrid {
         self.route(peer).is_ok_and(|(t, p)| t.lands_in_parts(p))
     }
 
+    fn driven(&self, peer: usize) -> bool {
+        self.route(peer).is_ok_and(|(t, p)| t.driven(p))
+    }
+
     fn notify(&self, peer: usize) {
         if let Ok((t, p)) = self.route(peer) {
             t.notify(p)

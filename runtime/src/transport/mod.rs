@@ -149,6 +149,13 @@ pub(crate) trait Transport: Send + Sync {
     /// the rank's waiting threads). Called as progress starts.
     fn drive(&self) {}
 
+    /// Whether `peer`'s bytes come in only as this process drives the transport
+    /// ([`Transport::drive`], QUIC's): a wait then has nothing to spin on between its
+    /// rounds of progress, each of which drives.
+    fn driven(&self, _peer: usize) -> bool {
+        false
+    }
+
     /// Wake this process's own threads sleeping in `wait` (after a message to ourselves).
     fn wake_self(&self);
 

@@ -1349,6 +1349,10 @@ impl Transport for Quic {
         true
     }
 
+    fn driven(&self, _peer: usize) -> bool {
+        true
+    }
+
     /// After writes to `peer`: its writer task takes them, and this thread runs it now.
     fn notify(&self, peer: usize) {
         if let Ok(io) = self.io(peer) {
