@@ -125,8 +125,8 @@ pub(crate) trait Transport: Send + Sync {
     }
 
     /// Whether a blocking receive may read a frame of `peer`'s stream that is not all
-    /// there yet a part at a time, straight into its buffer, as the rest arrives (where the
-    /// stream does not [`Transport::hold`](Transport::holds) the frame whole).
+    /// there yet a part at a time, straight into its buffer, as the rest arrives (asked
+    /// where the stream cannot hold the frame whole: [`Transport::holds`]).
     fn lands_in_parts(&self, _peer: usize) -> bool {
         false
     }
