@@ -561,29 +561,53 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    /// Threads add to a plain counter under the lock, some holding it long enough that the
-    /// others go to sleep; a lost wakeup hangs, which the watchdog turns into a failure.
-    fn hammer(fenced: bool, threads: usize, each: usize) {
-        let lock = Arc::new(Lock::new((0usize, 0usize), fenced));
+    /// `threads` threads that each take `lock` `each` times, adding 1 to its first number
+    /// and their index to its second; take `i` of thread `t` holds it for `hold(i, t)`, if
+    /// any, and each thread rests `pause` after every release. Returns the threads and the
+    /// count of those done.
+    fn adders(
+        lock: &Arc<Lock<(usize, usize)>>,
+        threads: usize,
+        each: usize,
+        hold: fn(usize, usize) -> Option<Duration>,
+        pause: Duration,
+    ) -> (Vec<std::thread::JoinHandle<()>>, Arc<AtomicUsize>) {
         let done = Arc::new(AtomicUsize::new(0));
-        let hs: Vec<_> = (0..threads)
+        let hs = (0..threads)
             .map(|t| {
                 let (lock, done) = (lock.clone(), done.clone());
                 std::thread::spawn(move || {
                     for i in 0..each {
                         let mut g = lock.lock();
                         let before = g.0;
-                        // Every so often hold it a while, so the others sleep on it.
-                        if (i + t) % 97 == 0 {
-                            std::thread::sleep(Duration::from_micros(200));
+                        if let Some(d) = hold(i, t) {
+                            std::thread::sleep(d);
                         }
                         g.0 = before + 1;
                         g.1 += t;
+                        drop(g);
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
                     }
                     done.fetch_add(1, Ordering::SeqCst);
                 })
             })
             .collect();
+        (hs, done)
+    }
+
+    /// Threads add to a plain counter under the lock, some holding it long enough that the
+    /// others go to sleep; a lost wakeup hangs, which the watchdog turns into a failure.
+    fn hammer(fenced: bool, threads: usize, each: usize) {
+        let lock = Arc::new(Lock::new((0usize, 0usize), fenced));
+        // Every so often one holds it a while, so the others sleep on it.
+        let hold = |i: usize, t: usize| {
+            (i + t)
+                .is_multiple_of(97)
+                .then(|| Duration::from_micros(200))
+        };
+        let (hs, done) = adders(&lock, threads, each, hold, Duration::ZERO);
         let start = Instant::now();
         while done.load(Ordering::SeqCst) < threads {
             assert!(
@@ -613,26 +637,8 @@ mod tests {
             token(),
             "biased to its maker"
         );
-        let done = Arc::new(AtomicUsize::new(0));
-        let hs: Vec<_> = (0..others)
-            .map(|t| {
-                let (lock, done) = (lock.clone(), done.clone());
-                std::thread::spawn(move || {
-                    for i in 0..each {
-                        let mut g = lock.lock();
-                        let before = g.0;
-                        if i % 7 == 3 {
-                            std::thread::sleep(Duration::from_micros(100));
-                        }
-                        g.0 = before + 1;
-                        g.1 += t + 1;
-                        drop(g);
-                        std::thread::sleep(Duration::from_micros(50));
-                    }
-                    done.fetch_add(1, Ordering::SeqCst);
-                })
-            })
-            .collect();
+        let hold = |i: usize, _| (i % 7 == 3).then(|| Duration::from_micros(100));
+        let (hs, done) = adders(&lock, others, each, hold, Duration::from_micros(50));
         let start = Instant::now();
         let mut mine = 0usize;
         while done.load(Ordering::SeqCst) < others || mine < 100_000 {
@@ -655,7 +661,7 @@ mod tests {
         }
         let g = lock.lock();
         assert_eq!(g.0, mine + others * each, "an update was lost");
-        assert_eq!(g.1, each * (1..=others).sum::<usize>());
+        assert_eq!(g.1, each * (0..others).sum::<usize>());
         drop(g);
         let biased = lock.bias.load(Ordering::Relaxed) != 0;
         let takes = (others * each) as u32;
