@@ -183,6 +183,37 @@ pub(crate) enum Claim<'p> {
     /// This posted receive (with its pattern), if it is the oldest posted one the frame
     /// matches.
     Posted(RecvId, &'p Pattern),
+    /// As `Posted`, for a receive whose thread waits for it now (its `wait`, or the one
+    /// `wait_all` waits for): a frame of its that is not all there yet may land in parts,
+    /// as for a blocking receive, and the wait gives it back if it ends any other way
+    /// ([`Core::give_up_landing`]).
+    Waited(RecvId, &'p Pattern),
+}
+
+impl<'p> Claim<'p> {
+    /// The pattern of the receive.
+    #[inline]
+    fn pattern(self) -> &'p Pattern {
+        match self {
+            Claim::Blocking(pat) | Claim::Posted(_, pat) | Claim::Waited(_, pat) => pat,
+        }
+    }
+
+    /// The posted receive, if the claim is one's.
+    #[inline]
+    fn posted(self) -> Option<RecvId> {
+        match self {
+            Claim::Blocking(_) => None,
+            Claim::Posted(id, _) | Claim::Waited(id, _) => Some(id),
+        }
+    }
+
+    /// Whether a frame of the claim's may land in parts: its thread waits for it and
+    /// gives it back if the wait fails.
+    #[inline]
+    fn waits(self) -> bool {
+        !matches!(self, Claim::Posted(..))
+    }
 }
 
 /// The name a receive that lands a frame in parts goes by in the stream's decoder: where its
@@ -634,21 +665,22 @@ impl Core {
         typecode: u32,
         dst: &mut [u8],
     ) -> FromStream {
-        if let Claim::Blocking(_) = claim {
+        if claim.waits() {
             if let Some(got) = self.continue_landing(st, peer, dst) {
+                if let FromStream::Got(_) = got {
+                    self.note_landed(st, claim);
+                }
                 return got;
             }
         }
         if !st.readable_in_place(peer) {
             return FromStream::No;
         }
-        let pat = match claim {
-            Claim::Blocking(pat) | Claim::Posted(_, pat) => pat,
-        };
+        let pat = claim.pattern();
         if let Some(l) = Lander::new(peer, pat, typecode) {
-            let ours = match claim {
-                Claim::Blocking(_) => true,
-                Claim::Posted(id, pat) => st.proto.claims(id, pat),
+            let ours = match claim.posted() {
+                None => true,
+                Some(id) => st.proto.claims(id, pat),
             };
             if ours {
                 match self.take_landing(st, &l, claim, dst) {
@@ -728,9 +760,9 @@ impl Core {
     ) -> FromStream {
         // Ours when it is a data frame for `claim` of type `typecode` that fits `dst`.
         let room = dst.len();
-        let claimed = |h: &Header, st: &State| match claim {
-            Claim::Blocking(pat) => pat.matches_header(h),
-            Claim::Posted(id, _) => st.proto.claimed_by(h, id),
+        let claimed = |h: &Header, st: &State| match claim.posted() {
+            None => claim.pattern().matches_header(h),
+            Some(id) => st.proto.claimed_by(h, id),
         };
         let fits = |h: &Header, st: &State| {
             h.kind == Kind::Data
@@ -788,8 +820,12 @@ impl Core {
             // it cannot, a blocking receive reads it a part at a time as it comes.
             return if self.t.holds(peer, HEADER_LEN + len) {
                 FromStream::Empty
-            } else if matches!(claim, Claim::Blocking(_)) && self.t.lands_in_parts(peer) {
-                self.start_landing(st, peer, h, dst)
+            } else if claim.waits() && self.t.lands_in_parts(peer) {
+                let got = self.start_landing(st, peer, h, dst);
+                if let FromStream::Got(_) = got {
+                    self.note_landed(st, claim);
+                }
+                got
             } else {
                 FromStream::No
             };
@@ -815,7 +851,7 @@ impl Core {
     /// Start landing frame `h` (ours, its payload not all there yet) of `peer`'s stream in
     /// parts: its header and the payload bytes there now are read, the rest by
     /// [`Core::continue_landing`]; meanwhile the stream's decoder knows the frame as
-    /// `dst`'s. Only for a blocking receive, whose thread waits for nothing else and gives
+    /// `dst`'s. Only for a receive whose thread waits for it ([`Claim::waits`]) and gives
     /// the frame back ([`Core::give_up_landing`]) if its wait fails.
     fn start_landing(&self, st: &mut State, peer: usize, h: Header, dst: &mut [u8]) -> FromStream {
         let len = h.len as usize;
@@ -876,7 +912,7 @@ impl Core {
         }
     }
 
-    /// A blocking receive whose wait failed gives back the frame it was landing in parts
+    /// A receive whose wait failed gives back the frame it was landing in parts
     /// into `dst`: the bytes it has go into a buffer of the decoder's, which reads the rest
     /// and hands the message to matching as any other (nothing is lost, the stream moves
     /// on).
@@ -892,7 +928,7 @@ impl Core {
     /// matcher (and is counted for `Comm::landed_receives`).
     #[inline]
     fn note_landed(&self, st: &mut State, claim: Claim<'_>) {
-        if let Claim::Posted(id, _) = claim {
+        if let Some(id) = claim.posted() {
             st.proto.landed(id);
             st.landed += 1;
         }
@@ -1675,12 +1711,27 @@ mod tests {
         script.stream.lock().unwrap().extend(frames.concat());
     }
 
-    /// A blocking receive on another thread, from rank 1 with tag 1, of a 5000-byte frame
-    /// that arrives in parts over a stream where frames land in parts; the test has seen it
-    /// take the header and the first 100 bytes into its buffer. Returns the world's core,
-    /// the stream, the frame and the receive.
+    /// How a test's receive is made and waited for.
+    #[derive(Clone, Copy, Debug)]
+    enum Receive {
+        /// `recv_into`.
+        Blocking,
+        /// `irecv_into`, then its `wait`.
+        Posted,
+        /// `irecv_into`, waited for by `wait_all`.
+        InSet,
+    }
+
+    const RECEIVES: [Receive; 3] = [Receive::Blocking, Receive::Posted, Receive::InSet];
+
+    /// A receive (made `how`) on another thread, from rank 1 with tag 1, of a 5000-byte
+    /// frame that arrives in parts over a stream where frames land in parts; the test has
+    /// seen it take the header and the first 100 bytes into its buffer. Returns the world's
+    /// core, the stream, the frame and the receive.
     #[allow(clippy::type_complexity)]
-    fn landing_in_parts() -> (
+    fn landing_in_parts(
+        how: Receive,
+    ) -> (
         std::sync::Arc<Core>,
         std::sync::Arc<Script>,
         Vec<u8>,
@@ -1703,12 +1754,16 @@ mod tests {
         let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
         let recv = std::thread::spawn(move || {
             let mut buf = vec![0u8; 5000];
-            let st = w.recv_into(1, 1, &mut buf)?;
+            let st = match how {
+                Receive::Blocking => w.recv_into(1, 1, &mut buf)?,
+                Receive::Posted => w.irecv_into(1, 1, &mut buf)?.wait()?,
+                Receive::InSet => crate::wait_all([w.irecv_into(1, 1, &mut buf)?])?[0],
+            };
             Ok((st, buf))
         });
         let bytes = frame(1, &payload);
         arrive(&script, &[bytes[..HEADER_LEN + 100].to_vec()]);
-        until_landed(&core, 100);
+        until_landed(&core, 100, how);
         assert!(
             script.stream.lock().unwrap().is_empty(),
             "the receive read what there was of its frame into its buffer"
@@ -1716,32 +1771,62 @@ mod tests {
         (core, script, bytes, recv)
     }
 
-    /// Wait until a frame of rank 1's lands in parts and has `have` payload bytes.
-    fn until_landed(core: &Core, have: usize) {
+    /// Wait until a frame of rank 1's lands in parts and has `have` payload bytes (for the
+    /// receive made `how`).
+    fn until_landed(core: &Core, have: usize, how: Receive) {
         let start = std::time::Instant::now();
         while core.lock().dec[1].landing().map(|(_, h, _)| h) != Some(have) {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "never landed {have}"
+                "{how:?}: never landed {have}"
             );
             std::thread::sleep(Duration::from_micros(200));
         }
     }
 
-    /// Over a stream that does not hold a frame whole (QUIC's), a blocking receive reads a
-    /// large frame straight into its buffer as its parts arrive, not through a buffer of
-    /// the decoder's that it copies afterwards.
+    /// Over a stream that does not hold a frame whole (QUIC's), a receive its thread waits
+    /// for (blocking, a posted one's `wait`, `wait_all`) reads a large frame straight into
+    /// its buffer as its parts arrive, not through a buffer of the decoder's that it copies
+    /// afterwards.
     #[test]
-    fn a_blocking_receive_lands_a_large_frame_in_parts_as_it_arrives() {
-        let (core, script, bytes, recv) = landing_in_parts();
-        arrive(&script, &[bytes[HEADER_LEN + 100..3000].to_vec()]);
-        until_landed(&core, 3000 - HEADER_LEN);
-        arrive(&script, &[bytes[3000..].to_vec()]);
+    fn a_waited_receive_lands_a_large_frame_in_parts_as_it_arrives() {
+        for how in RECEIVES {
+            let (core, script, bytes, recv) = landing_in_parts(how);
+            arrive(&script, &[bytes[HEADER_LEN + 100..3000].to_vec()]);
+            until_landed(&core, 3000 - HEADER_LEN, how);
+            arrive(&script, &[bytes[3000..].to_vec()]);
+            let (st, buf) = recv.join().unwrap().unwrap();
+            assert_eq!((st.source, st.tag, st.len), (1, 1, 5000), "{how:?}");
+            assert_eq!(buf, bytes[HEADER_LEN..], "{how:?}");
+            let st = core.lock();
+            assert!(st.dec[1].landing().is_none() && !st.dec[1].mid_frame());
+            assert!(!st.proto.has_posted(), "{how:?}: left posted");
+        }
+    }
+
+    /// While a posted receive's frame lands in parts, another thread's receive from the
+    /// same sender neither takes from the middle of that frame nor waits it out: it is
+    /// posted behind, and gets the next frame.
+    #[test]
+    fn a_receive_behind_a_frame_landing_in_parts_gets_the_next_frame() {
+        let (core, script, bytes, recv) = landing_in_parts(Receive::Posted);
+        let w = crate::comm::Comm::world(core.clone());
+        let mut next = [0u8; 4];
+        let r = w.irecv_into(1, 2, &mut next).unwrap();
+        let r = r
+            .test()
+            .unwrap()
+            .map(|_| ())
+            .expect_err("nothing for it yet");
+        assert_eq!(core.lock().dec[1].landing().map(|(_, h, _)| h), Some(100));
+        arrive(
+            &script,
+            &[bytes[HEADER_LEN + 100..].to_vec(), frame(2, b"next")],
+        );
         let (st, buf) = recv.join().unwrap().unwrap();
-        assert_eq!((st.source, st.tag, st.len), (1, 1, 5000));
-        assert_eq!(buf, bytes[HEADER_LEN..]);
-        let st = core.lock();
-        assert!(st.dec[1].landing().is_none() && !st.dec[1].mid_frame());
+        assert_eq!((st.tag, &buf[..]), (1, &bytes[HEADER_LEN..]));
+        let st = r.wait().unwrap();
+        assert_eq!((st.tag, &next), (2, b"next"));
     }
 
     /// Where bytes come in only as the waiting thread drives the transport, a spinning
@@ -1774,19 +1859,22 @@ mod tests {
     /// that nobody will finish.
     #[test]
     fn a_receive_whose_sender_goes_mid_frame_fails_and_gives_the_frame_back() {
-        let (core, script, _, recv) = landing_in_parts();
-        script.gone.store(true, std::sync::atomic::Ordering::SeqCst);
-        let err = recv.join().unwrap().unwrap_err();
-        assert!(
-            matches!(err, crate::Error::TruncatedFrame { rank: 1, .. }),
-            "{err}"
-        );
-        let st = core.lock();
-        assert!(st.dec[1].landing().is_none(), "given back");
-        assert!(
-            st.dec[1].mid_frame(),
-            "the decoder holds the frame's first bytes"
-        );
+        for how in RECEIVES {
+            let (core, script, _, recv) = landing_in_parts(how);
+            script.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+            let err = recv.join().unwrap().unwrap_err();
+            assert!(
+                matches!(err, crate::Error::TruncatedFrame { rank: 1, .. }),
+                "{how:?}: {err}"
+            );
+            let st = core.lock();
+            assert!(st.dec[1].landing().is_none(), "{how:?}: given back");
+            assert!(
+                st.dec[1].mid_frame(),
+                "{how:?}: the decoder holds the frame's first bytes"
+            );
+            assert!(!st.proto.has_posted(), "{how:?}: left posted");
+        }
     }
 
     /// Posted receives that are tested, or waited on in a set, take their message straight

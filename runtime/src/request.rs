@@ -391,7 +391,9 @@ impl<'a, T> Request<'a, T> {
                 (recv, &mut landing, buf.as_deref_mut())
             {
                 if matches!(state, ReqState::Recv { .. }) {
-                    let claim = Claim::Posted(id, &pat);
+                    // Waited for now: a large frame may land in parts, given back by
+                    // `abandon` if the wait fails.
+                    let claim = Claim::Waited(id, &pat);
                     match core.recv_from_stream(st, wait.peer(), claim, *typecode, dst) {
                         FromStream::Got(h) => {
                             wait.uncount(st);
@@ -438,11 +440,17 @@ impl<'a, T> Request<'a, T> {
         r
     }
 
-    /// Give up on an operation whose wait failed (its peer is gone).
+    /// Give up on an operation whose wait failed (its peer is gone): a receive gives back
+    /// the frame it was landing in parts, if any, and is withdrawn.
     fn abandon(&mut self) {
         let mut st = self.comm.core.lock();
         match std::mem::replace(&mut self.state, ReqState::Done) {
-            ReqState::Recv { id, .. } => st.proto.cancel(id),
+            ReqState::Recv { id, .. } => {
+                if let (Some((peer, _)), Some(buf)) = (self.land.get(), self.buf.as_deref()) {
+                    self.comm.core.give_up_landing(&mut st, peer as usize, buf);
+                }
+                st.proto.cancel(id)
+            }
             ReqState::Send {
                 id: SendId::Rendezvous { peer, token },
                 ..
@@ -678,7 +686,11 @@ impl<T> Request<'_, T> {
     #[inline(never)]
     fn drop_pending(&mut self) {
         match std::mem::replace(&mut self.state, ReqState::Done) {
-            ReqState::Recv { id, .. } => self.comm.core.lock().proto.cancel(id),
+            // Withdrawn, with any frame it was landing in parts given back.
+            state @ ReqState::Recv { .. } => {
+                self.state = state;
+                self.abandon();
+            }
             // A message this request took but nobody consumed goes back, in its place.
             ReqState::Matched(t) => self.comm.put_back(*t),
             ReqState::Machine(slot) => {

@@ -1012,6 +1012,12 @@ impl Protocol {
         !self.matcher.has_posted() && self.matcher.peek(pat).is_none()
     }
 
+    /// Whether any receive is posted (for tests).
+    #[cfg(test)]
+    pub(crate) fn has_posted(&self) -> bool {
+        self.matcher.has_posted()
+    }
+
     /// Whether a data frame with header `h` arriving now goes to posted receive `id`.
     pub(crate) fn claimed_by(&self, h: &Header, id: RecvId) -> bool {
         self.matcher.claimant(h) == Some(id)

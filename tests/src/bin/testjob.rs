@@ -1845,6 +1845,50 @@ fn land_wait(w: &Comm) -> R {
     Ok(())
 }
 
+/// `land_parts [LEN]`: rank 1 sends rank 0 four messages of LEN u32s (default 1 Mi: 4 MiB)
+/// with blocking sends, right after a barrier; rank 0 posted receives into buffers for them
+/// before the barrier, and waits for the first two one by one and for the last two with
+/// `wait_all`. Every value is checked. Rank 0 prints `landed 0 COUNT` (receives that took
+/// their message straight from the stream into their buffer).
+fn land_parts(w: &Comm) -> R {
+    const K: usize = 4;
+    let len = arg(2, 1 << 20) as usize;
+    let me = w.rank();
+    let value = |k: usize, i: usize| (i as u32).wrapping_mul(k as u32 + 1);
+    if me == 0 {
+        let mut bufs = vec![vec![0u32; len]; K];
+        let mut first = bufs
+            .iter_mut()
+            .enumerate()
+            .map(|(k, b)| w.irecv_into(1, k as i32, b))
+            .collect::<Result<Vec<_>, _>>()?;
+        w.barrier()?;
+        let rest = first.split_off(2);
+        for r in first {
+            assert_eq!(r.wait()?.len, len * 4);
+        }
+        for st in ranks::wait_all(rest)? {
+            assert_eq!(st.len, len * 4);
+        }
+        for (k, b) in bufs.iter().enumerate() {
+            let wrong = b.iter().enumerate().position(|(i, &v)| v != value(k, i));
+            assert_eq!(wrong, None, "message {k}: first wrong value");
+        }
+        println!("landed 0 {}", w.landed_receives());
+    } else {
+        w.barrier()?;
+        if me == 1 {
+            for k in 0..K {
+                let data: Vec<u32> = (0..len).map(|i| value(k, i)).collect();
+                w.send_slice(0, k as i32, &data)?;
+            }
+        }
+    }
+    w.barrier()?;
+    println!("land_parts ok rank {me}");
+    Ok(())
+}
+
 fn posted_order(w: &Comm) -> R {
     let len = arg(2, 4) as usize;
     let (me, n) = (w.rank(), w.size());
@@ -2526,6 +2570,7 @@ fn main() {
         "serde_mismatch" => serde_mismatch(&w),
         "posted_large" => posted_large(&w),
         "land_wait" => land_wait(&w),
+        "land_parts" => land_parts(&w),
         "posted_order" => posted_order(&w),
         "head_to_head" => head_to_head(&w),
         "async" => asynchronous(&w),
