@@ -14,6 +14,62 @@ fn quic_job(n: usize, program: &str, args: &[&str], expect: &str) {
     assert_clean(&o);
 }
 
+/// A job that uses QUIC gives its ranks glibc's allocator settings that keep freed memory
+/// (README: quinn's receive buffers made the heap shrink and grow at every burst), after
+/// tunables of the user's own; a user who chose allocator settings keeps theirs; a job
+/// over shared memory gets none.
+#[test]
+fn quic_jobs_keep_freed_memory_unless_the_user_chose_otherwise() {
+    let values = |launcher: &[&str]| -> Vec<String> {
+        let o = run_job(
+            launcher,
+            "ranks-testjob",
+            &["getenv", "GLIBC_TUNABLES"],
+            LIMIT,
+        );
+        assert_eq!(o.code, 0, "{launcher:?}: {o:?}");
+        assert_clean(&o);
+        let mut v: Vec<String> = o
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("getenv "))
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let ours = "glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=4194304:\
+                glibc.malloc.mmap_threshold=33554432";
+    assert_eq!(
+        values(&["-n", "2", "--transport", "quic"]),
+        [format!("0 {ours}"), format!("1 {ours}")]
+    );
+    assert_eq!(
+        values(&[
+            "-n",
+            "1",
+            "--transport",
+            "quic",
+            "-x",
+            "GLIBC_TUNABLES=glibc.pthread.rseq=0"
+        ]),
+        [format!("0 glibc.pthread.rseq=0:{ours}")]
+    );
+    let own = "GLIBC_TUNABLES=glibc.malloc.arena_max=2";
+    assert_eq!(
+        values(&["-n", "1", "--transport", "quic", "-x", own]),
+        ["0 glibc.malloc.arena_max=2"]
+    );
+    assert_eq!(
+        values(&["-n", "1", "--transport", "quic", "-x", "MALLOC_TOP_PAD_=0"]),
+        ["0 <unset>"]
+    );
+    assert_eq!(
+        values(&["-n", "2", "--transport", "shm"]),
+        ["0 <unset>", "1 <unset>"]
+    );
+}
+
 #[test]
 fn point_to_point_over_quic() {
     quic_job(2, "ranks-testjob", &["order", "20000"], "order ok 20000");

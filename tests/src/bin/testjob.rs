@@ -1314,6 +1314,14 @@ fn compute(w: &Comm) -> R {
     Ok(())
 }
 
+/// `getenv NAME`: each rank prints `getenv RANK VALUE` (`<unset>` when it has none).
+fn getenv(w: &Comm) -> R {
+    let name = std::env::args().nth(2).unwrap_or_default();
+    let value = std::env::var(&name).unwrap_or_else(|_| "<unset>".into());
+    println!("getenv {} {value}", w.rank());
+    Ok(())
+}
+
 fn sleep(w: &Comm) -> R {
     let _ = w.rank();
     std::thread::sleep(std::time::Duration::from_secs(arg(2, 30)));
@@ -2548,6 +2556,7 @@ fn main() {
         "chatter" => chatter(&w),
         "peerlost" => peerlost(&w),
         "sleep" => sleep(&w),
+        "getenv" => getenv(&w),
         "compute" => compute(&w),
         "ssend" => ssend(&w),
         "groups" => groups(&w),
