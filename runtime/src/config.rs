@@ -392,18 +392,26 @@ impl Config {
             }
         };
         let num = |name: &str, default: u64| Ok::<u64, Error>(opt(name)?.unwrap_or(default));
+        // A size in bytes (`4M` allowed), `None` when not set (or set empty).
+        let opt_size = |name: &str| -> Result<Option<u64>> {
+            match get(name) {
+                Some(v) if !v.trim().is_empty() => size(name, &v).map(Some),
+                _ => Ok(None),
+            }
+        };
+        let bytes = |name: &str, default: u64| Ok::<u64, Error>(opt_size(name)?.unwrap_or(default));
         let flag = |name: &str, on: &str| get(name).is_some_and(|v| v.trim() == on);
         let tuning = Tuning {
-            max_message: num(env::MAX_MESSAGE, d.max_message)?,
-            rendezvous_threshold: opt(env::RENDEZVOUS_THRESHOLD)?.map(|n| n as usize),
+            max_message: bytes(env::MAX_MESSAGE, d.max_message)?,
+            rendezvous_threshold: opt_size(env::RENDEZVOUS_THRESHOLD)?.map(|n| n as usize),
             spin: opt(env::SPIN_US)?.map(Duration::from_micros),
             yields: u32::try_from(num(env::YIELDS, u64::from(d.yields))?)
                 .map_err(|_| Error::Bootstrap(format!("{} is too large", env::YIELDS)))?,
-            bcast_large: num(env::BCAST_LARGE, d.bcast_large as u64)? as usize,
-            allreduce_large: num(env::ALLREDUCE_LARGE, d.allreduce_large as u64)? as usize,
+            bcast_large: bytes(env::BCAST_LARGE, d.bcast_large as u64)? as usize,
+            allreduce_large: bytes(env::ALLREDUCE_LARGE, d.allreduce_large as u64)? as usize,
             cma: !flag(env::CMA, "0"),
             refuse_pull: flag(env::TEST_REFUSE_PULL, "1"),
-            share_pull: num(env::SHARE_PULL, d.share_pull as u64)? as usize,
+            share_pull: bytes(env::SHARE_PULL, d.share_pull as u64)? as usize,
             await_push: flag(env::TEST_AWAIT_PUSH, "1"),
             nap: opt(env::TEST_NAP_MS)?.map(Duration::from_millis),
             fenced_lock: flag(env::TEST_FENCED_LOCK, "1"),
@@ -432,7 +440,7 @@ impl Config {
                 }
                 _ => None,
             },
-            quic_window: match num(env::QUIC_WINDOW, d.quic_window.unwrap_or(0))? {
+            quic_window: match bytes(env::QUIC_WINDOW, d.quic_window.unwrap_or(0))? {
                 0 => None,
                 w if w < MIN_QUIC_WINDOW => {
                     return Err(Error::Bootstrap(format!(
@@ -491,6 +499,34 @@ pub fn parse_abort_line(rank: usize, line: &[u8]) -> Option<u8> {
     let rest = line.strip_prefix(&format!("ranks: rank {rank} called abort("))?;
     let code: u8 = rest.strip_suffix(')')?.parse().ok()?;
     (code != 0).then_some(code)
+}
+
+/// A size in bytes: a number, or one followed by `K`, `M` or `G` (binary multiples: 1024,
+/// 1024², 1024³; `Ki`, `KiB` and `KB` say the same), as in `RANKS_QUIC_WINDOW=4M`.
+pub fn size(name: &str, v: &str) -> Result<u64> {
+    let bad = || {
+        Error::Bootstrap(format!(
+            "{name}={v:?} is not a size in bytes (a number, or one with K, M or G, as in 4M)"
+        ))
+    };
+    let t = v.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let unit = unit.trim();
+    let unit = unit
+        .strip_suffix("iB")
+        .or_else(|| unit.strip_suffix('B').filter(|u| !u.is_empty()))
+        .or_else(|| unit.strip_suffix('i'))
+        .unwrap_or(unit);
+    let shift = match unit {
+        "" => 0,
+        "k" | "K" => 10,
+        "m" | "M" => 20,
+        "g" | "G" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
 fn number<T: FromStr>(name: &str, v: &str) -> Result<T> {
@@ -556,6 +592,42 @@ mod tests {
         assert_eq!(parse_progress_line(3, b"progress 7 1/2"), None);
     }
     use std::collections::HashMap;
+
+    #[test]
+    fn sizes_in_bytes_take_binary_multiples() {
+        for (v, n) in [
+            ("0", 0),
+            ("65536", 65536),
+            (" 4M ", 4 << 20),
+            ("4m", 4 << 20),
+            ("64K", 64 << 10),
+            ("64KiB", 64 << 10),
+            ("64 KB", 64 << 10),
+            ("2Mi", 2 << 20),
+            ("1G", 1 << 30),
+            ("4GiB", 4 << 30),
+        ] {
+            assert_eq!(size("X", v).unwrap(), n, "{v:?}");
+        }
+        for v in ["", "M", "4X", "4 MM", "-1", "1.5M", "4B", "99999999999999G"] {
+            let e = size("RANKS_QUIC_WINDOW", v).unwrap_err().to_string();
+            assert!(
+                e.contains("RANKS_QUIC_WINDOW") && e.contains("not a size in bytes"),
+                "{v:?}: {e}"
+            );
+        }
+        let c = cfg(&[
+            ("RANKS_QUIC_WINDOW", "4M"),
+            ("RANKS_RENDEZVOUS_THRESHOLD", "64K"),
+        ]);
+        let t = c.unwrap().tuning;
+        assert_eq!(t.quic_window, Some(4 << 20));
+        assert_eq!(t.rendezvous_threshold, Some(64 << 10));
+        let e = cfg(&[("RANKS_MAX_MESSAGE", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RANKS_MAX_MESSAGE=\"lots\""), "{e}");
+    }
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config> {
         let m: HashMap<String, String> = vars
@@ -672,7 +744,8 @@ mod tests {
         assert_eq!(w("65536").unwrap(), Some(MIN_QUIC_WINDOW));
         let small = w("1500").unwrap_err().to_string();
         assert!(small.contains("RANKS_QUIC_WINDOW=1500 is below"), "{small}");
-        let junk = w("1M").unwrap_err().to_string();
+        assert_eq!(w("2M").unwrap(), Some(2 << 20));
+        let junk = w("1Q").unwrap_err().to_string();
         assert!(junk.contains("RANKS_QUIC_WINDOW"), "{junk}");
     }
 }

@@ -10,12 +10,14 @@ use std::fmt;
 ///     Err(ranks::Error::InvalidRank { rank, size }) => assert_eq!(rank as usize, size + 5),
 ///     other => panic!("{other:?}"),
 /// }
-/// // Errors display as sentences, for `main` and logs:
+/// // Errors display as sentences, for `main` and logs; `{:?}` (what a `main` that returns
+/// // `Result<(), ranks::Error>` prints) gives the same sentence:
 /// let e = ranks::Error::InvalidTag(-7);
 /// assert!(e.to_string().starts_with("invalid tag -7"));
+/// assert_eq!(format!("{e:?}"), e.to_string());
 /// # Ok::<(), ranks::Error>(())
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The environment the launcher set up is missing or inconsistent.
     #[error("bootstrap failed: {0}")]
@@ -179,6 +181,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The sentence, as `Display` gives it: a program whose `main` returns `Result<(),
+/// ranks::Error>` prints its error with `Debug`, and a user should read the sentence there,
+/// not the variant's fields.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 impl Error {

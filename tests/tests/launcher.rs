@@ -401,6 +401,31 @@ fn ranks_main_prints_a_failing_ranks_error_readably() {
     assert_clean(&o);
 }
 
+/// A program whose `main` returns `Result<(), ranks::Error>` (as the README's do) prints
+/// the error's sentence, not its variant's fields; a malformed setting is named with its
+/// value, and a size may be written `64K`.
+#[test]
+fn a_main_returning_the_error_prints_its_sentence() {
+    let bad = "RANKS_RENDEZVOUS_THRESHOLD=lots";
+    let o = run_job(&["-n", "2", "-x", bad], "hello", &[], LIMIT);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains(
+            "Error: bootstrap failed: RANKS_RENDEZVOUS_THRESHOLD=\"lots\" is not a size in bytes"
+        ),
+        "{o:?}"
+    );
+    assert!(!o.stderr.contains("Bootstrap("), "Debug form: {o:?}");
+    assert_clean(&o);
+    let o = run_job(
+        &["-n", "2", "-x", "RANKS_RENDEZVOUS_THRESHOLD=64K"],
+        "hello",
+        &[],
+        LIMIT,
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+}
+
 #[test]
 fn ranks_log_has_no_colour_codes_when_not_on_a_terminal() {
     let o = run_job(&["-n", "2", "-x", "RANKS_LOG=debug"], "hello", &[], LIMIT);
