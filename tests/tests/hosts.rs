@@ -547,6 +547,33 @@ fn progress_patterns_across_hosts() {
             }
         }
     }
+    // Large messages into posted receives waited for as they arrive over QUIC (landed in
+    // parts), rank 0 and rank 1 on two hosts; and the allocator settings reach the ranks
+    // on every host.
+    let two = [
+        "-n",
+        "2",
+        "--host",
+        "ranks-h1:1,ranks-h2:1",
+        "--timeout",
+        "60",
+    ];
+    ok_job(
+        &two,
+        "ranks-testjob",
+        &["land_parts"],
+        "land_parts ok rank 1",
+    );
+    let o = ok_job(
+        &two,
+        "ranks-testjob",
+        &["getenv", "GLIBC_TUNABLES"],
+        "getenv 1 ",
+    );
+    for r in 0..2 {
+        let line = format!("getenv {r} glibc.malloc.trim_threshold=67108864:");
+        assert!(o.stdout.contains(&line), "{o:?}");
+    }
 }
 
 /// A rank killed on one host: survivors on every host, blocked in a collective or an
