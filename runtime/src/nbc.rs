@@ -444,7 +444,7 @@ impl CoreNet<'_> {
                 buf[HEADER_LEN..].copy_from_slice(data);
                 self.core.offer(st, world, &h, RvBuf::Owned(buf))
             }
-            Route::Eager => self.core.write_frame(st, world, &h, data),
+            Route::Eager => self.core.write_frame(st, world, &h, data, false),
         })
     }
 

@@ -73,7 +73,7 @@ impl Comm {
                     } else if let Some(detail) = core.t.peer_gone(peer) {
                         Err(Error::PeerLost { rank: peer, detail })
                     } else {
-                        match core.write_frame(&mut st, peer, &h, payload) {
+                        match core.write_frame(&mut st, peer, &h, payload, false) {
                             // Written whole at once (most often): nothing to wait for.
                             SendId::Done => Ok(None),
                             id => core
@@ -144,7 +144,7 @@ impl Comm {
             Route::Rendezvous => core.offer(&mut st, peer, &h, RvBuf::Owned(buf)),
             Route::Eager => {
                 buf[..HEADER_LEN].copy_from_slice(&h.encode());
-                core.queue_frame(&mut st, peer, buf)
+                core.queue_frame_later(&mut st, peer, buf)
             }
         };
         drop(st);
@@ -195,7 +195,7 @@ impl Comm {
                 let (addr, len) = (payload.as_ptr() as u64, payload.len() as u64);
                 core.offer(&mut st, peer, &h, RvBuf::Borrowed { addr, len })
             }
-            Route::Eager => core.write_frame(&mut st, peer, &h, payload),
+            Route::Eager => core.write_frame(&mut st, peer, &h, payload, true),
         };
         drop(st);
         Ok(id)

@@ -369,6 +369,9 @@ pub(crate) struct Core {
     pub rank: usize,
     pub size: usize,
     pub t: Box<dyn Transport>,
+    /// The transport may hold back the frames of nonblocking sends
+    /// ([`Transport::holds_back`]): waits flush them first ([`Core::flush_held`]).
+    holds_back: bool,
     pub tuning: Tuning,
     st: Lock<State>,
     /// Context ids of this process's communicators.
@@ -433,6 +436,7 @@ impl Core {
         Core {
             rank,
             size,
+            holds_back: t.holds_back(),
             t,
             st: Lock::new(st, tuning.fenced_lock),
             tuning,
@@ -1071,6 +1075,23 @@ impl Core {
     }
 
     pub(crate) fn flush_peer(&self, st: &mut State, peer: usize) -> bool {
+        self.write_queued(st, peer, false)
+    }
+
+    /// Send what the transport held back of nonblocking sends (see
+    /// [`Transport::write_frame_later`]): every wait does this before it looks, so that a
+    /// request complete at once (a small send written whole) does not leave its bytes
+    /// behind while its owner computes.
+    #[inline]
+    pub(crate) fn flush_held(&self) {
+        if self.holds_back {
+            self.t.flush();
+        }
+    }
+
+    /// [`Core::flush_peer`]; `later`: for a nonblocking send (the transport may hold the
+    /// bytes back until the next wait).
+    fn write_queued(&self, st: &mut State, peer: usize, later: bool) -> bool {
         let mut wrote = false;
         while let Some(front) = st.proto.out_front(peer) {
             match self.t.write(peer, front) {
@@ -1085,7 +1106,9 @@ impl Core {
                 }
             }
         }
-        if wrote {
+        if wrote && later {
+            self.t.notify_later(peer);
+        } else if wrote {
             self.t.notify(peer);
         }
         wrote
@@ -1093,6 +1116,8 @@ impl Core {
 
     /// Send header + payload to `peer` as one frame, straight from `payload` when nothing is
     /// queued ahead; whatever the transport does not take now is copied into the queue.
+    /// `later`: for a nonblocking send, whose frame the transport may hold back until the
+    /// next wait ([`Transport::write_frame_later`]).
     #[inline(always)]
     pub(crate) fn write_frame(
         &self,
@@ -1100,11 +1125,17 @@ impl Core {
         peer: usize,
         h: &Header,
         payload: &[u8],
+        later: bool,
     ) -> SendId {
         if !st.proto.can_write_direct(peer) {
             return st.proto.queue_copy(peer, h, payload);
         }
-        match self.t.write_frame(peer, h, payload) {
+        let written = if later {
+            self.t.write_frame_later(peer, h, payload)
+        } else {
+            self.t.write_frame(peer, h, payload)
+        };
+        match written {
             Ok(n) => st.proto.wrote_direct(peer, h, payload, n),
             Err(e) => {
                 st.proto.write_failed(peer, loss_detail(&e));
@@ -1117,6 +1148,13 @@ impl Core {
     pub(crate) fn queue_frame(&self, st: &mut State, peer: usize, bytes: Vec<u8>) -> SendId {
         let id = st.proto.queue_frame(peer, bytes);
         self.flush_peer(st, peer);
+        id
+    }
+
+    /// [`Core::queue_frame`] for a nonblocking send (see [`Core::write_frame`]'s `later`).
+    pub(crate) fn queue_frame_later(&self, st: &mut State, peer: usize, bytes: Vec<u8>) -> SendId {
+        let id = st.proto.queue_frame(peer, bytes);
+        self.write_queued(st, peer, true);
         id
     }
 

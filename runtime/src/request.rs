@@ -286,6 +286,9 @@ impl<'a, T> Request<'a, T> {
     #[inline]
     fn drive_with(&mut self, others: &mut [Self]) -> Result<()> {
         if self.complete_now() {
+            // Complete without a look at the transport: what it held back of nonblocking
+            // sends (this one, say) goes now, not whenever the owner next calls in.
+            self.comm.core.flush_held();
             return Ok(());
         }
         self.drive_pending(others)
@@ -733,6 +736,7 @@ pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result
     // The process's core (one count for the whole call, not one per sweep).
     let core = reqs.first().map(|r| r.comm.core.clone());
     if let Some(core) = &core {
+        core.flush_held();
         own_pulls(&reqs, core);
     }
     // Requests before `ready` are complete (landed or finished at once).
@@ -976,6 +980,7 @@ pub fn wait_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
     // Each look sweeps before progress too, so receives land from the stream.
     let peers = landing_peers(reqs);
     let ready = || any_landing(&core, &peers);
+    core.flush_held();
     own_pulls(reqs, &core);
     let found = core.wait_checking_first(Watch::Nobody, &ready, |core, st| {
         // Lost peers are looked for now and then (the first look is for what is here).
@@ -1013,6 +1018,7 @@ pub fn wait_any<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<(usize, Result<T>)>
     let mut looks: u32 = 0;
     let peers = landing_peers(reqs);
     let ready = || any_landing(&core, &peers);
+    core.flush_held();
     own_pulls(reqs, &core);
     let found = core.wait_checking_first(Watch::Nobody, &ready, |core, st| {
         looks = looks.wrapping_add(1);

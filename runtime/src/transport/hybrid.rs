@@ -103,6 +103,32 @@ impl Transport for Hybrid {
         t.write_frame(p, h, payload)
     }
 
+    fn write_frame_later(
+        &self,
+        peer: usize,
+        h: &crate::wire::Header,
+        payload: &[u8],
+    ) -> Result<usize> {
+        let (t, p) = self.route(peer)?;
+        t.write_frame_later(p, h, payload)
+    }
+
+    fn notify_later(&self, peer: usize) {
+        if let Ok((t, p)) = self.route(peer) {
+            t.notify_later(p)
+        }
+    }
+
+    fn holds_back(&self) -> bool {
+        self.quic.as_ref().is_some_and(|q| q.holds_back())
+    }
+
+    fn flush(&self) {
+        if let Some(q) = &self.quic {
+            q.flush();
+        }
+    }
+
     fn read(&self, peer: usize, buf: &mut [u8]) -> Result<usize> {
         let (t, p) = self.route(peer)?;
         t.read(p, buf)

@@ -134,6 +134,35 @@ pub(crate) trait Transport: Send + Sync {
     /// Tell `peer` that we wrote to it or made room in its stream (wakes it if asleep).
     fn notify(&self, peer: usize);
 
+    /// [`Transport::write_frame`] for a nonblocking send, whose caller waits for it (or
+    /// calls in again) soon after: a transport whose every push of bytes costs a packet
+    /// (QUIC) may hold the frame back until then ([`Transport::flush`], or the next
+    /// [`Transport::drive`]), so that a window of small sends leaves in a few packets
+    /// instead of one each. Where nothing is held back, `write_frame`.
+    fn write_frame_later(
+        &self,
+        peer: usize,
+        h: &crate::wire::Header,
+        payload: &[u8],
+    ) -> Result<usize> {
+        self.write_frame(peer, h, payload)
+    }
+
+    /// [`Transport::notify`] after writes of a nonblocking send (as
+    /// [`Transport::write_frame_later`]).
+    fn notify_later(&self, peer: usize) {
+        self.notify(peer);
+    }
+
+    /// Whether [`Transport::write_frame_later`] may hold frames back: then every wait
+    /// calls [`Transport::flush`] before it looks at its requests.
+    fn holds_back(&self) -> bool {
+        false
+    }
+
+    /// Send what [`Transport::write_frame_later`] held back.
+    fn flush(&self) {}
+
     /// Copy `dst.len()` bytes at `addr` in our own address space, through the kernel (which
     /// checks the range), for streaming a borrowed buffer. False if that is not possible.
     fn read_own(&self, _addr: u64, _dst: &mut [u8]) -> bool {

@@ -441,7 +441,16 @@ impl PeerIo {
 pub(crate) struct Quic {
     net: Arc<Net>,
     driver: Arc<Driver>,
+    /// Frames of nonblocking sends were written and held back (their writer tasks are
+    /// notified, but nobody ran them yet): the next wait's [`Transport::flush`], or
+    /// [`Transport::drive`], sends them.
+    held: AtomicBool,
 }
+
+/// Bytes of nonblocking sends a peer's outbox may hold back before they are pushed at
+/// once (a window of small sends leaves in a few packets; a stream of large ones is not
+/// delayed).
+const HOLD_BACK: usize = 64 << 10;
 
 /// A peer's bytes read from its stream and not yet taken by the engine: the chunks quinn
 /// handed over, kept as they are (no copy until the engine takes them).
@@ -822,7 +831,11 @@ impl Quic {
         if EXIT.set(exit).is_ok() {
             crate::at_exit::add(flush_at_exit);
         }
-        Ok(Quic { net, driver: rt })
+        Ok(Quic {
+            net,
+            driver: rt,
+            held: AtomicBool::new(false),
+        })
     }
 
     /// Run `sleep`, a wait on something else than this transport (a shared-memory doorbell,
@@ -1361,8 +1374,52 @@ impl Transport for Quic {
         }
     }
 
+    fn write_frame_later(
+        &self,
+        peer: usize,
+        h: &crate::wire::Header,
+        payload: &[u8],
+    ) -> Result<usize> {
+        let n = self.write2(peer, &h.encode(), payload)?;
+        if n > 0 {
+            self.notify_later(peer);
+        }
+        Ok(n)
+    }
+
+    /// The writer task is told (whoever next runs the runtime hands the bytes to quinn),
+    /// but this thread does not run it now, unless the outbox holds [`HOLD_BACK`] bytes.
+    fn notify_later(&self, peer: usize) {
+        let Ok(io) = self.io(peer) else {
+            return;
+        };
+        io.out_ready.notify_one();
+        let queued = io.outbox.lock().unwrap_or_else(|p| p.into_inner()).len;
+        if queued >= HOLD_BACK {
+            self.held.store(false, SeqCst);
+            self.driver.push();
+        } else {
+            self.held.store(true, SeqCst);
+        }
+    }
+
+    fn holds_back(&self) -> bool {
+        true
+    }
+
+    fn flush(&self) {
+        if self.held.swap(false, SeqCst) {
+            self.driver.push();
+        }
+    }
+
     fn drive(&self) {
-        self.driver.tick();
+        if self.held.swap(false, SeqCst) {
+            // (A thread that cannot drive has the helper do it.)
+            self.driver.push();
+        } else {
+            self.driver.tick();
+        }
     }
 
     fn wake_self(&self) {
