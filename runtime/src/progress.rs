@@ -1610,6 +1610,12 @@ mod tests {
         drives: std::sync::atomic::AtomicUsize,
         /// Calls of `available`.
         looks: std::sync::atomic::AtomicUsize,
+        /// Frames of nonblocking sends may be held back (as over QUIC): what the engine
+        /// asked for is counted, `notify` (at once), `later` (held back) and `flush`.
+        holds: bool,
+        nows: std::sync::atomic::AtomicUsize,
+        laters: std::sync::atomic::AtomicUsize,
+        flushes: std::sync::atomic::AtomicUsize,
     }
 
     impl Transport for std::sync::Arc<Script> {
@@ -1660,7 +1666,30 @@ mod tests {
             }
             n
         }
-        fn notify(&self, _peer: usize) {}
+        fn notify(&self, _peer: usize) {
+            self.nows.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn write_frame_later(&self, peer: usize, h: &Header, payload: &[u8]) -> Result<usize> {
+            if !self.holds {
+                return self.write_frame(peer, h, payload);
+            }
+            self.notify_later(peer);
+            Ok(HEADER_LEN + payload.len())
+        }
+        fn notify_later(&self, peer: usize) {
+            if !self.holds {
+                return self.notify(peer);
+            }
+            self.laters
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn holds_back(&self) -> bool {
+            self.holds
+        }
+        fn flush(&self) {
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         fn wake_self(&self) {}
         fn wait(&self, _w: &[usize], _t: Duration, prepare: &mut dyn FnMut() -> bool) {
             if let Some(bytes) = self.at_first_sleep.lock().unwrap().take() {
@@ -1685,6 +1714,54 @@ mod tests {
         let tc = crate::comm::typecode::<u8>();
         let h = Header::data(0, 1, tag, payload.len() as u64, Encoding::Raw, tc);
         [&h.encode()[..], payload].concat()
+    }
+
+    /// Over a transport that may hold frames back (QUIC), nonblocking sends (of slices and
+    /// of serde values) ask for it, and every wait (`wait`, `wait_all`, `wait_any`,
+    /// `wait_some`) flushes before it looks, even on a request complete at once; a blocking
+    /// send never asks. Where nothing is held back, no wait flushes.
+    #[test]
+    fn nonblocking_sends_may_be_held_back_until_the_next_wait() {
+        use std::sync::atomic::Ordering::SeqCst;
+        for holds in [true, false] {
+            let script = std::sync::Arc::new(Script {
+                holds,
+                ..Script::default()
+            });
+            let tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
+            let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
+            let w = crate::comm::Comm::world(std::sync::Arc::new(core));
+            let counts = || {
+                (
+                    script.nows.load(SeqCst),
+                    script.laters.load(SeqCst),
+                    script.flushes.load(SeqCst),
+                )
+            };
+            let data = [7u8; 8];
+            let a = w.isend_slice(1, 1, &data).unwrap();
+            let b = w.isend(1, 2, &5u32).unwrap();
+            let (c, d) = (w.isend(1, 3, &6u32).unwrap(), w.isend(1, 4, &7u32).unwrap());
+            let held = usize::from(holds);
+            assert_eq!(counts(), (4 * (1 - held), 4 * held, 0), "holds {holds}");
+            a.wait().unwrap();
+            assert_eq!(counts().2, held, "a wait flushes");
+            crate::wait_all([b]).unwrap();
+            assert_eq!(counts().2, 2 * held, "wait_all flushes");
+            let mut set = vec![c];
+            assert!(crate::wait_any(&mut set).is_some());
+            assert_eq!(counts().2, 3 * held, "wait_any flushes");
+            let mut set = vec![d];
+            assert_eq!(crate::wait_some(&mut set).len(), 1);
+            assert_eq!(counts().2, 4 * held, "wait_some flushes");
+            w.send_slice(1, 5, &data).unwrap();
+            assert_eq!(
+                counts().0,
+                4 * (1 - held) + 1,
+                "a blocking send leaves at once"
+            );
+            assert_eq!(counts().1, 4 * held);
+        }
     }
 
     /// Rank 0 of two over a `Script` whose waiters never spin or yield: at its first sleep,

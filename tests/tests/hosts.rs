@@ -548,8 +548,9 @@ fn progress_patterns_across_hosts() {
         }
     }
     // Large messages into posted receives waited for as they arrive over QUIC (landed in
-    // parts), rank 0 and rank 1 on two hosts; and the allocator settings reach the ranks
-    // on every host.
+    // parts), rank 0 and rank 1 on two hosts; small nonblocking sends held back until a
+    // wait still leave while their sender sleeps; and the allocator settings reach the
+    // ranks on every host.
     let two = [
         "-n",
         "2",
@@ -563,6 +564,12 @@ fn progress_patterns_across_hosts() {
         "ranks-testjob",
         &["land_parts"],
         "land_parts ok rank 1",
+    );
+    ok_job(
+        &two,
+        "ranks-testjob",
+        &["held_isend"],
+        "held_isend ok rank 0",
     );
     let o = ok_job(
         &two,

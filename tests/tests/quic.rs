@@ -70,6 +70,15 @@ fn quic_jobs_keep_freed_memory_unless_the_user_chose_otherwise() {
     );
 }
 
+/// Over QUIC the frames of small nonblocking sends are held back until the sender's next
+/// wait (so a window of them leaves in a few packets): a send waited for leaves then, and
+/// one not waited for leaves at the transport's next turn, while its sender sleeps
+/// outside the library (testjob `held_isend`; between two hosts in `hosts.rs`).
+#[test]
+fn held_back_sends_leave_while_their_sender_stays_away() {
+    quic_job(2, "ranks-testjob", &["held_isend"], "held_isend ok rank 0");
+}
+
 #[test]
 fn point_to_point_over_quic() {
     quic_job(2, "ranks-testjob", &["order", "20000"], "order ok 20000");

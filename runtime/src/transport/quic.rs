@@ -1637,6 +1637,38 @@ mod tests {
         panic!("rank {peer} never counted as lost");
     }
 
+    /// Frames of nonblocking sends are held back (written, their writer told, but not run)
+    /// until a flush, unless [`HOLD_BACK`] bytes are queued; what was held arrives whole
+    /// and in order.
+    #[test]
+    fn frames_written_later_wait_for_a_flush_unless_many() {
+        use crate::wire::{Encoding, Header, HEADER_LEN};
+        let q = ranks(2, |a, p| Some(a[p]));
+        send(&q[0], 1, b"hi");
+        assert_eq!(read_all(&q[1], 0, 2), b"hi");
+        let frames: Vec<Vec<u8>> = (0..10u8)
+            .map(|i| {
+                let h = Header::data(0, 1, i.into(), 8, Encoding::Raw, 0);
+                let n = q[0].write_frame_later(1, &h, &[i; 8]).unwrap();
+                assert_eq!(n, HEADER_LEN + 8);
+                [&h.encode()[..], &[i; 8]].concat()
+            })
+            .collect();
+        assert!(q[0].held.load(SeqCst), "held back");
+        q[0].flush();
+        assert!(!q[0].held.load(SeqCst), "flushed");
+        assert_eq!(read_all(&q[1], 0, 10 * (HEADER_LEN + 8)), frames.concat());
+        let big = vec![3u8; HOLD_BACK];
+        let h = Header::data(0, 1, 11, big.len() as u64, Encoding::Raw, 0);
+        assert_eq!(
+            q[0].write_frame_later(1, &h, &big).unwrap(),
+            HEADER_LEN + HOLD_BACK
+        );
+        assert!(!q[0].held.load(SeqCst), "64 KiB are pushed at once");
+        let got = read_all(&q[1], 0, HEADER_LEN + HOLD_BACK);
+        assert_eq!(got, [&h.encode()[..], &big].concat());
+    }
+
     /// Two ranks with self-signed certificates pinned by fingerprint (a job started by srun)
     /// connect when they first talk; a process with a certificate of its own is refused on
     /// both sides: as a client posing as rank 1 (rank 0 takes no connection from it, and

@@ -1314,6 +1314,40 @@ fn compute(w: &Comm) -> R {
     Ok(())
 }
 
+/// `held_isend`: small nonblocking sends whose sender then stays out of the library still
+/// leave (over QUIC their frames are held back until the next wait): rank 0 sends rank 1
+/// one message and waits for it (complete at once), another without waiting, then sleeps
+/// a second each time without calling in; rank 1 answers each, and rank 0's first look
+/// after its sleep must find the answer there.
+fn held_isend(w: &Comm) -> R {
+    let nap = std::time::Duration::from_secs(1);
+    match w.rank() {
+        0 => {
+            w.isend(1, 1, &11u32)?.wait()?;
+            std::thread::sleep(nap);
+            assert!(w.iprobe(1, 2)?.is_some(), "no answer to a send waited for");
+            assert_eq!(w.recv::<u32>(1, 2)?.0, 12);
+            let pending = w.isend(1, 3, &13u32)?;
+            std::thread::sleep(nap);
+            assert!(
+                w.iprobe(1, 4)?.is_some(),
+                "no answer to a send not waited for"
+            );
+            assert_eq!(w.recv::<u32>(1, 4)?.0, 14);
+            pending.wait()?;
+        }
+        1 => {
+            assert_eq!(w.recv::<u32>(0, 1)?.0, 11);
+            w.send(0, 2, &12u32)?;
+            assert_eq!(w.recv::<u32>(0, 3)?.0, 13);
+            w.send(0, 4, &14u32)?;
+        }
+        _ => {}
+    }
+    println!("held_isend ok rank {}", w.rank());
+    Ok(())
+}
+
 /// `getenv NAME`: each rank prints `getenv RANK VALUE` (`<unset>` when it has none).
 fn getenv(w: &Comm) -> R {
     let name = std::env::args().nth(2).unwrap_or_default();
@@ -2557,6 +2591,7 @@ fn main() {
         "peerlost" => peerlost(&w),
         "sleep" => sleep(&w),
         "getenv" => getenv(&w),
+        "held_isend" => held_isend(&w),
         "compute" => compute(&w),
         "ssend" => ssend(&w),
         "groups" => groups(&w),
