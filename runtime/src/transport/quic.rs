@@ -1331,6 +1331,12 @@ impl Transport for Quic {
         Ok(n)
     }
 
+    /// Nothing to tell: the read itself told the peer's reader task of the room it made
+    /// (QUIC's flow control tells the peer). The default, `notify`, ran this rank's writer
+    /// to that peer and a turn of the runtime after every frame read: most of a small
+    /// message's cost on a receiver taking a window of them.
+    fn read_done(&self, _peer: usize) {}
+
     fn readable(&self, peer: usize) -> bool {
         self.net.peers[peer]
             .as_ref()
