@@ -503,7 +503,7 @@ pub fn parse_abort_line(rank: usize, line: &[u8]) -> Option<u8> {
 
 /// A size in bytes: a number, or one followed by `K`, `M` or `G` (binary multiples: 1024,
 /// 1024², 1024³; `Ki`, `KiB` and `KB` say the same), as in `RANKS_QUIC_WINDOW=4M`.
-pub fn size(name: &str, v: &str) -> Result<u64> {
+fn size(name: &str, v: &str) -> Result<u64> {
     let bad = || {
         Error::Bootstrap(format!(
             "{name}={v:?} is not a size in bytes (a number, or one with K, M or G, as in 4M)"
