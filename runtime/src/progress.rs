@@ -821,7 +821,7 @@ impl Core {
             // Ours, not all here yet. Wait for the rest where the stream can hold the whole
             // frame: large eager messages then go from the ring straight into the caller's
             // buffer too, copied out by us while the sender copies in the next one. Where
-            // it cannot, a blocking receive reads it a part at a time as it comes.
+            // it cannot, a receive its thread waits for reads it a part at a time as it comes.
             return if self.t.holds(peer, HEADER_LEN + len) {
                 FromStream::Empty
             } else if claim.waits() && self.t.lands_in_parts(peer) {
