@@ -384,21 +384,16 @@ impl Config {
     /// Read settings through `get` (the environment, or a map in tests).
     pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
         let d = Tuning::default();
-        // A number, `None` when not set (or set empty).
-        let opt = |name: &str| -> Result<Option<u64>> {
-            match get(name) {
-                Some(v) if !v.trim().is_empty() => number(name, &v).map(Some),
-                _ => Ok(None),
-            }
+        // A setting read by `parse`, `None` when not set (or set empty).
+        let parsed = |name: &str, parse: fn(&str, &str) -> Result<u64>| match get(name) {
+            Some(v) if !v.trim().is_empty() => parse(name, &v).map(Some),
+            _ => Ok(None),
         };
+        // A number.
+        let opt = |name: &str| parsed(name, number::<u64>);
         let num = |name: &str, default: u64| Ok::<u64, Error>(opt(name)?.unwrap_or(default));
         // A size in bytes (`4M` allowed), `None` when not set (or set empty).
-        let opt_size = |name: &str| -> Result<Option<u64>> {
-            match get(name) {
-                Some(v) if !v.trim().is_empty() => size(name, &v).map(Some),
-                _ => Ok(None),
-            }
-        };
+        let opt_size = |name: &str| parsed(name, size);
         let bytes = |name: &str, default: u64| Ok::<u64, Error>(opt_size(name)?.unwrap_or(default));
         let flag = |name: &str, on: &str| get(name).is_some_and(|v| v.trim() == on);
         let tuning = Tuning {

@@ -124,8 +124,8 @@ pub(crate) trait Transport: Send + Sync {
         false
     }
 
-    /// Whether a blocking receive may read a frame of `peer`'s stream that is not all
-    /// there yet a part at a time, straight into its buffer, as the rest arrives (asked
+    /// Whether a receive its thread waits for (a blocking one, or a posted one in its
+    /// wait) may read a frame of `peer`'s stream that is not all there yet a part at a time, straight into its buffer, as the rest arrives (asked
     /// where the stream cannot hold the frame whole: [`Transport::holds`]).
     fn lands_in_parts(&self, _peer: usize) -> bool {
         false

@@ -468,21 +468,21 @@ impl Inbox {
 
     /// Move the first bytes into `dst`, as many as there are and fit; how many.
     fn take(&mut self, dst: &mut [u8]) -> usize {
-        let mut n = 0;
-        while n < dst.len() {
+        let n = self.peek(dst);
+        self.len -= n;
+        let mut left = n;
+        while left > 0 {
             let Some(front) = self.chunks.front_mut() else {
                 break;
             };
-            let k = front.len().min(dst.len() - n);
-            dst[n..n + k].copy_from_slice(&front[..k]);
-            n += k;
-            if k == front.len() {
+            if front.len() <= left {
+                left -= front.len();
                 self.chunks.pop_front();
             } else {
-                bytes::Buf::advance(front, k);
+                bytes::Buf::advance(front, left);
+                left = 0;
             }
         }
-        self.len -= n;
         n
     }
 
@@ -836,6 +836,16 @@ impl Quic {
             driver: rt,
             held: AtomicBool::new(false),
         })
+    }
+
+    /// Push what nonblocking sends held back, if anything (a thread that cannot drive has
+    /// the helper do it); whether there was.
+    fn push_held(&self) -> bool {
+        let held = self.held.swap(false, SeqCst);
+        if held {
+            self.driver.push();
+        }
+        held
     }
 
     /// Run `sleep`, a wait on something else than this transport (a shared-memory doorbell,
@@ -1414,16 +1424,11 @@ impl Transport for Quic {
     }
 
     fn flush(&self) {
-        if self.held.swap(false, SeqCst) {
-            self.driver.push();
-        }
+        self.push_held();
     }
 
     fn drive(&self) {
-        if self.held.swap(false, SeqCst) {
-            // (A thread that cannot drive has the helper do it.)
-            self.driver.push();
-        } else {
+        if !self.push_held() {
             self.driver.tick();
         }
     }
