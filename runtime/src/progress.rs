@@ -127,6 +127,25 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// In a run ([`Core::take_run`]): posted receive `id` of pattern `pat` takes `payload`
+    /// into the front of `dst` if it is the claimant of the frame and the payload fits,
+    /// and is noted as landed. Whether it took it.
+    #[inline(always)]
+    pub(crate) fn land_payload(
+        &mut self,
+        id: RecvId,
+        pat: &Pattern,
+        payload: &[u8],
+        dst: &mut [u8],
+    ) -> bool {
+        if payload.len() > dst.len() || !self.proto.land_claimed(id, pat) {
+            return false;
+        }
+        dst[..payload.len()].copy_from_slice(payload);
+        self.landed += 1;
+        true
+    }
+
     /// The message of receive `id` once it is here with its bytes (pulls of rendezvous
     /// messages are made by progress).
     pub(crate) fn take_msg(&mut self, id: RecvId) -> Option<Msg> {
@@ -734,6 +753,21 @@ impl Core {
         self.take_landing(st, l, Claim::Posted(id, pat), dst)
     }
 
+    /// A run of `l`'s frames taken one after another where the transport can
+    /// ([`Transport::take_run`]): `each` gets the state and a frame's payload, and lands it
+    /// ([`State::land_payload`]) or says no, which ends the run. How many landed; `None`
+    /// where the transport takes them one at a time ([`Core::land_next`]).
+    #[inline]
+    pub(crate) fn take_run(
+        &self,
+        st: &mut State,
+        l: &Lander,
+        mut each: impl FnMut(&mut State, &[u8]) -> bool,
+    ) -> Option<usize> {
+        self.t
+            .take_run(l.peer, &l.template, &mut |payload| each(st, payload))
+    }
+
     /// The transport's templated take of `l`'s next frame into `dst`, for `claim`, whose
     /// frame it is; a frame taken is noted as landed.
     #[inline]
@@ -930,7 +964,7 @@ impl Core {
 
     /// A frame went from the stream straight to `claim`: a posted receive leaves the
     /// matcher (and is counted for `Comm::landed_receives`).
-    #[inline]
+    #[inline(always)]
     fn note_landed(&self, st: &mut State, claim: Claim<'_>) {
         if let Some(id) = claim.posted() {
             st.proto.landed(id);
@@ -1616,6 +1650,10 @@ mod tests {
         nows: std::sync::atomic::AtomicUsize,
         laters: std::sync::atomic::AtomicUsize,
         flushes: std::sync::atomic::AtomicUsize,
+        /// Frames of a template are taken in runs (as from a shared-memory ring): the runs
+        /// and the frames they took are counted.
+        runs: Option<std::sync::atomic::AtomicUsize>,
+        run_frames: std::sync::atomic::AtomicUsize,
     }
 
     impl Transport for std::sync::Arc<Script> {
@@ -1702,6 +1740,36 @@ mod tests {
         }
         fn lands_in_parts(&self, _peer: usize) -> bool {
             self.in_parts
+        }
+        fn take_run(
+            &self,
+            _peer: usize,
+            tmpl: &DataTemplate,
+            each: &mut dyn FnMut(&[u8]) -> bool,
+        ) -> Option<usize> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.runs.as_ref()?.fetch_add(1, SeqCst);
+            let mut s = self.stream.lock().unwrap();
+            let mut n = 0;
+            loop {
+                let v: Vec<u8> = s.iter().copied().collect();
+                let Some(h) = v
+                    .get(..HEADER_LEN)
+                    .and_then(|hb| tmpl.header(hb.try_into().ok()?))
+                else {
+                    break;
+                };
+                let Some(payload) = v.get(HEADER_LEN..HEADER_LEN + h.len as usize) else {
+                    break;
+                };
+                if !each(payload) {
+                    break;
+                }
+                s.drain(..HEADER_LEN + payload.len());
+                n += 1;
+            }
+            self.run_frames.fetch_add(n, SeqCst);
+            Some(n)
         }
         fn peer_gone(&self, _peer: usize) -> Option<String> {
             self.gone
@@ -2089,6 +2157,25 @@ mod tests {
     /// queues without taking another's place.
     #[test]
     fn wait_all_lands_a_window_in_runs_in_order() {
+        for runs in [false, true] {
+            window_lands_in_runs_in_order(runs);
+        }
+    }
+
+    /// [`wait_all_lands_a_window_in_runs_in_order`], over a transport that takes frames
+    /// one at a time (`runs` false) or in runs ([`Transport::take_run`]).
+    fn window_lands_in_runs_in_order(runs: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let scripted_world = || {
+            let script = std::sync::Arc::new(Script {
+                runs: runs.then(Default::default),
+                ..Script::default()
+            });
+            let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
+            (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
+            let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
+            (crate::comm::Comm::world(std::sync::Arc::new(core)), script)
+        };
         let (w, script) = scripted_world();
         let mut bytes = [[0u8; 4]; 5];
         let mut word = [0u32; 1];
@@ -2123,6 +2210,11 @@ mod tests {
         assert_eq!(bytes, [*b"aaaa", *b"bbbb", *b"cccc", *b"dddd", *b"eeee"]);
         assert_eq!(word, [7]);
         assert_eq!(w.landed_receives(), 6, "every frame landed");
+        if runs {
+            // Tag 1's three, tag 2's two, then the u32 one: a run each.
+            assert_eq!(script.run_frames.load(SeqCst), 6);
+            assert_eq!(script.runs.as_ref().unwrap().load(SeqCst), 3);
+        }
 
         // A frame for tag 7 between tag 1's: the run stops there; the frame waits in the
         // queues for its own receive, and tag 1's frames reach their receives in order.
@@ -2147,6 +2239,32 @@ mod tests {
         let mut other = [0u8; 4];
         assert_eq!(w.recv_into(1, 7, &mut other).unwrap().tag, 7);
         assert_eq!(&other, b"zzzz");
+
+        // A frame longer than its receive's buffer ends the run: that receive reports
+        // `Truncated`, and the frame stays for a later receive (the window's last receive
+        // is withdrawn with the error); the frame before it landed.
+        let (w, script) = scripted_world();
+        let mut bytes = [[0u8; 4]; 3];
+        let reqs: Vec<_> = bytes
+            .iter_mut()
+            .map(|b| w.irecv_into(1, 1, b).unwrap())
+            .collect();
+        arrive(
+            &script,
+            &[frame(1, b"aaaa"), frame(1, b"longer!!"), frame(1, b"cccc")],
+        );
+        let err = crate::wait_all(reqs).unwrap_err();
+        assert!(matches!(err, Error::Truncated { .. }), "{err}");
+        assert_eq!(bytes[0], *b"aaaa");
+        assert_eq!(w.landed_receives(), 1);
+        if runs {
+            assert_eq!(script.run_frames.load(SeqCst), 1);
+        }
+        let (mut long, mut last) = ([0u8; 8], [0u8; 4]);
+        assert_eq!(w.recv_into(1, 1, &mut long).unwrap().len, 8);
+        assert_eq!(&long, b"longer!!");
+        w.recv_into(1, 1, &mut last).unwrap();
+        assert_eq!(&last, b"cccc");
     }
 
     /// A collective's step ends with `CollectiveFailed` when another member's notice that

@@ -792,6 +792,29 @@ fn land_run<T>(reqs: &mut [Request<'_, T>], core: &Core, st: &mut State) -> usiz
         return 0;
     };
     let mut n = 0;
+    // Where the transport takes a run of frames: each frame's payload to the next request.
+    let ran = core.take_run(st, &lander, |st, payload| {
+        let Some(r) = reqs.get_mut(n) else {
+            return false;
+        };
+        let (ReqState::Recv { id, pat: p }, Some(buf)) = (&r.state, r.buf.as_deref_mut()) else {
+            return false;
+        };
+        if *p != pat || r.land.get() != Some(land) || !st.land_payload(*id, &pat, payload, buf) {
+            return false;
+        }
+        // The state replaced is a receive's, which owns nothing: forgotten, not dropped
+        // (the drop was a call per message, to look which state it was).
+        std::mem::forget(std::mem::replace(
+            &mut r.state,
+            ReqState::Landed(lander.header(payload.len() as u64)),
+        ));
+        n += 1;
+        true
+    });
+    if let Some(n) = ran {
+        return n;
+    }
     for r in reqs {
         let (ReqState::Recv { id, pat: p }, Some(buf)) = (&r.state, r.buf.as_deref_mut()) else {
             break;

@@ -75,6 +75,48 @@ fn eager_messages_larger_than_the_rings_and_as_large_as_they_allow() {
     }
 }
 
+/// A window of posted receives of one tag, waited for with `wait_all` once its messages
+/// are in the stream, takes them straight from the shared-memory ring in a run (one
+/// look at the ring's words, one free and one doorbell for the run), and a frame of
+/// another tag between them still reaches its own receive (testjob `land_window`: 64
+/// messages of 1 to 4 u32 and one of another tag in the middle, every value and length
+/// checked). Every transport gets every message right on 2, 3 and 5 ranks; over shm a run
+/// must show a rank that landed at least the half of the window before the other tag's
+/// frame (up to five runs: a rank still in the barrier when its messages come reads them
+/// into the queues instead).
+#[test]
+fn a_window_of_one_tag_lands_from_the_stream_in_runs() {
+    pattern_with("land_window", &[], &["shm", "uds", "quic"], &[None]);
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let l = ["-n", "2", "--transport", "shm", "--timeout", "60"];
+        let o = run_job(
+            &l,
+            "ranks-testjob",
+            &["land_window"],
+            Duration::from_secs(90),
+        );
+        assert_eq!(o.code, 0, "{o:?}");
+        assert_clean(&o);
+        let landed: Vec<u64> = (0..2)
+            .map(|r| {
+                o.stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("landed {r} ")))
+                    .unwrap_or_else(|| panic!("no landed line for rank {r}: {o:?}"))
+                    .trim()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        seen.push(landed.clone());
+        if landed.iter().any(|&l| l >= 32) {
+            return;
+        }
+    }
+    panic!("receives landed in each run: {seen:?}");
+}
+
 /// Over QUIC, whose streams do not wait for a large frame to be whole, a posted receive
 /// its thread waits for (`wait`, `wait_all`) reads its message straight into its buffer as
 /// the parts arrive, as a blocking receive does, rather than through a buffer of the

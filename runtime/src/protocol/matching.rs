@@ -196,6 +196,20 @@ impl Matcher {
         self.posted.iter().find(|(_, p)| wants(p)).map(|&(i, _)| i) == Some(id)
     }
 
+    /// Posted receive `id` takes the next data frame with the context, source and tag of
+    /// `pat` (its pattern, which names one source and one tag) if it is the frame's
+    /// [`Matcher::claimant`] (see [`Matcher::claims`]): it leaves the posted receives.
+    /// Whether it took it.
+    #[inline(always)]
+    pub fn take_claimed(&mut self, id: RecvId, pat: &Pattern) -> bool {
+        // Most often the oldest: a window of receives posted in order.
+        if self.posted.front().is_some_and(|&(i, _)| i == id) {
+            self.posted.pop_front();
+            return true;
+        }
+        self.claims(id, pat) && self.cancel(id)
+    }
+
     /// Withdraw a posted receive that has not matched; false if it is not posted.
     #[inline]
     pub fn cancel(&mut self, id: RecvId) -> bool {
@@ -378,6 +392,9 @@ mod tests {
         },
         /// Cancel the k-th receive posted so far (if still waiting).
         Cancel(usize),
+        /// The k-th receive posted so far, if it names one source and one tag, takes a new
+        /// frame of theirs straight from the stream if it is the frame's claimant.
+        Land(usize),
         /// Take the k-th matched message and put it back.
         PutBack(usize),
     }
@@ -387,6 +404,7 @@ mod tests {
             4 => (0u32..3, 0i32..3, 0u32..2).prop_map(|(src, tag, ctx)| Op::Arrive { src, tag, ctx }),
             4 => (-1i32..3, -1i32..3, 0u32..2).prop_map(|(src, tag, ctx)| Op::Post { src, tag, ctx }),
             1 => (0usize..16).prop_map(Op::Cancel),
+            2 => (0usize..16).prop_map(Op::Land),
             1 => (0usize..16).prop_map(Op::PutBack),
         ]
     }
@@ -482,6 +500,35 @@ mod tests {
                             let waiting = model.recvs[k].2;
                             prop_assert_eq!(m.cancel(ids[k]), waiting);
                             model.recvs[k].2 = false;
+                        }
+                    }
+                    Op::Land(k) => {
+                        let Some(&(p, _, _)) = model.recvs.get(k) else { continue };
+                        if p.src == ANY_SOURCE || p.tag == ANY_TAG {
+                            continue;
+                        }
+                        // In the model: a frame of the pattern's arrives; it takes it if the
+                        // arrival goes to receive k, else the frame stays in its stream
+                        // (it never arrived).
+                        let n = model.msgs.len();
+                        model.msgs.push((p.src as u32, p.tag, p.ctx, true));
+                        let to = model.offer(n);
+                        let took = m.take_claimed(ids[k], &p);
+                        prop_assert_eq!(took, to == Some(k), "receive {} landing", k);
+                        match to {
+                            Some(ri) if ri == k => {
+                                // Landed: done, nothing held.
+                                model.recvs[k].1 = None;
+                            }
+                            Some(ri) => {
+                                // Undo: the frame stays in the stream.
+                                model.recvs[ri].1 = None;
+                                model.recvs[ri].2 = true;
+                                model.msgs.pop();
+                            }
+                            None => {
+                                model.msgs.pop();
+                            }
                         }
                     }
                     Op::PutBack(k) => {

@@ -1030,9 +1030,21 @@ impl Protocol {
         self.matcher.claims(id, pat)
     }
 
+    /// Posted receive `id` of pattern `pat` (one source and one tag) takes the next data
+    /// frame of its source's stream straight into its owner's buffer if the frame is its
+    /// ([`Protocol::claims`]): it is done. Whether it took it.
+    #[inline(always)]
+    pub(crate) fn land_claimed(&mut self, id: RecvId, pat: &Pattern) -> bool {
+        if !self.matcher.take_claimed(id, pat) {
+            return false;
+        }
+        self.forget_want(id);
+        true
+    }
+
     /// Posted receive `id` took its message (the next frame of the sender's stream, which
     /// [`Protocol::claimed_by`] gave it) straight into its owner's buffer: it is done.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn landed(&mut self, id: RecvId) {
         self.forget_want(id);
         self.matcher.cancel(id);

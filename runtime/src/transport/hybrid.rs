@@ -168,6 +168,16 @@ impl Transport for Hybrid {
             .map_or(Templated::Slow, |(t, p)| t.take_templated(p, tmpl, dst))
     }
 
+    fn take_run(
+        &self,
+        peer: usize,
+        tmpl: &DataTemplate,
+        each: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Option<usize> {
+        let (t, p) = self.route(peer).ok()?;
+        t.take_run(p, tmpl, each)
+    }
+
     fn holds(&self, peer: usize, bytes: usize) -> bool {
         self.route(peer).is_ok_and(|(t, p)| t.holds(p, bytes))
     }

@@ -117,6 +117,21 @@ pub(crate) trait Transport: Send + Sync {
         }
     }
 
+    /// Take the frames with `tmpl`'s header that are next in `peer`'s stream, one after
+    /// another, each in one step, while `each` takes the frame's payload (copies it where
+    /// it goes and says true; false leaves the frame and ends the run): how many it took,
+    /// or `None` where the transport takes such frames only one at a time
+    /// ([`Transport::take_templated`]). Only the one thread reading `peer`'s stream may
+    /// call this.
+    fn take_run(
+        &self,
+        _peer: usize,
+        _tmpl: &DataTemplate,
+        _each: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Option<usize> {
+        None
+    }
+
     /// Whether `peer`'s stream to us holds `bytes` at once, so that a reader may wait for a
     /// frame of that size to be all there before it reads any of it (false if it cannot
     /// tell).

@@ -722,23 +722,67 @@ impl Segment {
             Err(true) => return Templated::Empty,
             Err(false) => return Templated::Slow,
         };
-        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        if [word(0), word(8), word(24), word(32)] != *tmpl.words() {
-            return Templated::Other;
-        }
-        let n = word(16);
-        if n > out.len() as u64 {
-            // Too long for `out`: the general path reports it.
-            return Templated::Other;
-        }
-        let used = HEADER_LEN + n as usize;
-        if used > bytes.len() {
-            // Longer than its chunk: the general reads take it (or find the ring corrupt).
-            return Templated::Slow;
-        }
-        out[..n as usize].copy_from_slice(&bytes[HEADER_LEN..used]);
+        let n = match templated(bytes, tmpl, out.len()) {
+            Ok(n) => n,
+            Err(other) => return other,
+        };
+        let used = HEADER_LEN + n;
+        out[..n].copy_from_slice(&bytes[HEADER_LEN..used]);
         self.took_from_chunk(src, cursor, tail, pos, bytes.len(), used);
-        Templated::Took(n)
+        Templated::Took(n as u64)
+    }
+
+    /// Take the frames with `tmpl`'s header that are next in ring (src, dst), one after
+    /// another, each at the start of a chunk that holds it in one piece, while `each` takes
+    /// the frame's payload (copies it where it goes and says true; false leaves the frame
+    /// and ends the run). The run frees what it took and rings the writer's doorbell once,
+    /// at its end (a window of small messages: taken one at a time, each paid for both,
+    /// and for finding the ring's words again). How many frames were taken. A run ends
+    /// inside a chunk that holds more frames, at anything `ring_take_templated` would not
+    /// take, and after a lap. Only `dst` may call this, as the one thread reading.
+    fn ring_take_run(
+        &self,
+        src: usize,
+        dst: usize,
+        tmpl: &DataTemplate,
+        cursor: &AtomicU64,
+        each: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> usize {
+        let c = Cursor(cursor.load(Relaxed));
+        if c.left() > 0 {
+            return 0;
+        }
+        let (_, tail, data) = self.ring(src, dst);
+        let start = c.next();
+        let (mut pos, mut left, mut n) = (start, 0, 0);
+        while pos < start + self.cap as u64 {
+            let Ok(bytes) = self.chunk_bytes(src, data, pos, HEADER_LEN) else {
+                break;
+            };
+            let Ok(m) = templated(bytes, tmpl, usize::MAX) else {
+                break;
+            };
+            let used = HEADER_LEN + m;
+            if !each(&bytes[HEADER_LEN..used]) {
+                break;
+            }
+            n += 1;
+            if used < bytes.len() {
+                // More frames in this chunk: the reader stops inside it.
+                (pos, left) = (
+                    pos + CHUNK_HEADER + used as u64,
+                    (bytes.len() - used) as u64,
+                );
+                break;
+            }
+            pos += chunk_span(bytes.len() as u64);
+        }
+        if n > 0 {
+            cursor.store(Cursor::at(pos, left).0, Relaxed);
+            tail.store(pos, Release);
+            self.ring_doorbell(src, false);
+        }
+        n
     }
 
     /// The ready chunk at the reader's position of ring (src, dst), when a frame of at least
@@ -761,6 +805,20 @@ impl Segment {
         }
         let (_, tail, data) = self.ring(src, dst);
         let pos = c.next();
+        let bytes = self.chunk_bytes(src, data, pos, head)?;
+        Ok((pos, bytes, tail))
+    }
+
+    /// [`Segment::whole_chunk`] for the chunk whose header is at `pos` in ring (src, _),
+    /// whose data area is `data`.
+    #[inline(always)]
+    fn chunk_bytes(
+        &self,
+        src: usize,
+        data: *mut u8,
+        pos: u64,
+        head: usize,
+    ) -> std::result::Result<&[u8], bool> {
         let len = match self.chunk_at(src, data, pos) {
             Ok(Some(len)) => len as usize,
             Ok(None) => return Err(true),
@@ -773,9 +831,9 @@ impl Segment {
         // SAFETY: `body + len <= cap`: the chunk's payload is inside the data area, in one
         // piece. The writer published it (the Acquire load of its header in `chunk_at`) and
         // does not touch it again until we free it (the `tail` store in
-        // `took_from_chunk`), so nothing writes these bytes while the slice lives.
-        let bytes = unsafe { std::slice::from_raw_parts(data.add(body), len) };
-        Ok((pos, bytes, tail))
+        // `took_from_chunk` or `ring_take_run`), so nothing writes these bytes while the
+        // slice lives.
+        Ok(unsafe { std::slice::from_raw_parts(data.add(body), len) })
     }
 
     /// The first `used` bytes of the `len`-byte chunk at `pos` of ring (src, _) were taken:
@@ -956,13 +1014,38 @@ fn chunk_stamp(pos: u64) -> u64 {
     (pos / LINE as u64) & 0xffff_ffff
 }
 
+/// The payload length of the frame at the front of chunk `bytes` (at least a header long)
+/// when its header has `tmpl`'s fixed words, compared where they lie, and its payload fits
+/// in `room` bytes and in the chunk. `Other`: another frame, or one longer than `room`
+/// (the general path reports it); `Slow`: longer than its chunk (the general reads take
+/// it, or find the ring corrupt).
+#[inline(always)]
+fn templated(
+    bytes: &[u8],
+    tmpl: &DataTemplate,
+    room: usize,
+) -> std::result::Result<usize, Templated> {
+    let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    if [word(0), word(8), word(24), word(32)] != *tmpl.words() {
+        return Err(Templated::Other);
+    }
+    let n = word(16);
+    if n > room as u64 {
+        return Err(Templated::Other);
+    }
+    if HEADER_LEN as u64 + n > bytes.len() as u64 {
+        return Err(Templated::Slow);
+    }
+    Ok(n as usize)
+}
+
 /// For the fuzz target `shm_ring`: a reader of a ring whose data area holds `bytes` (what a
 /// corrupt or hostile writer could leave there, repeated to fill it) and whose reader starts
 /// at line `start_line`, reading in pieces of `piece` bytes (at least 1) through every call
 /// a reader makes: `has_data`, `available`, `peek`, `read`, every other time a frame
 /// of `piece` bytes taken in one step (`take_frame`), and every fourth time the frame whose
 /// header the peek shows taken by its template (`take_templated`, when that header is a raw
-/// data frame's). It reads until the ring reports
+/// data frame's; every eighth time a run of up to three such frames, `take_run`). It reads until the ring reports
 /// corruption or has nothing more, checking that a peek shows what the read then takes and
 /// that the reader never takes more than a lap. Panics only if one of those checks fails.
 /// Returns the bytes read.
@@ -1009,6 +1092,30 @@ pub fn fuzz_ring_reader(bytes: &[u8], start_line: u64, piece: usize) -> usize {
             .flatten()
             .filter(|h| h.kind == crate::wire::Kind::Data && h.enc == crate::wire::Encoding::Raw)
             .and_then(|h| DataTemplate::new(h.ctx, h.src, h.tag, h.typecode));
+        if let (Some(t), true) = (&tmpl, look_no % 8 == 6) {
+            // Every other such look takes a run of up to three frames of the template.
+            let mut taken: Vec<Vec<u8>> = Vec::new();
+            let n = seg.ring_take_run(0, 1, t, &cursor, &mut |p| {
+                taken.push(p.to_vec());
+                taken.len() <= 3
+            });
+            taken.truncate(3);
+            assert_eq!(n, taken.len(), "a run miscounted what it took");
+            if let Some(first) = taken.first() {
+                let shown = seen.min(HEADER_LEN + first.len()) - HEADER_LEN;
+                assert_eq!(
+                    look[HEADER_LEN..HEADER_LEN + shown],
+                    first[..shown],
+                    "a peek and a run disagree"
+                );
+                got += taken.iter().map(|p| HEADER_LEN + p.len()).sum::<usize>();
+                assert!(
+                    got <= cap * (cap / LINE),
+                    "took {got} bytes from a {cap}-byte ring"
+                );
+                continue;
+            }
+        }
         if let Some(t) = tmpl {
             match seg.ring_take_templated(0, 1, &t, &mut buf, &cursor) {
                 Templated::Took(n) => {
@@ -1396,6 +1503,18 @@ impl Transport for Shm {
     fn take_templated(&self, peer: usize, tmpl: &DataTemplate, dst: &mut [u8]) -> Templated {
         self.seg
             .ring_take_templated(peer, self.me, tmpl, dst, &self.cursor[peer])
+    }
+
+    fn take_run(
+        &self,
+        peer: usize,
+        tmpl: &DataTemplate,
+        each: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Option<usize> {
+        Some(
+            self.seg
+                .ring_take_run(peer, self.me, tmpl, &self.cursor[peer], each),
+        )
     }
 
     fn holds(&self, _peer: usize, bytes: usize) -> bool {
@@ -1981,6 +2100,111 @@ mod chunk_tests {
         assert_eq!(take(&mut out), Templated::Slow);
     }
 
+    /// A run takes the frames of the template one after another while its callback takes
+    /// them, frees their room and rings the writer's doorbell once for the whole run; it
+    /// stops, leaving the frame where it is, at another frame, at one the callback refuses,
+    /// at a chunk round the ring's end or longer than its header says, and inside a chunk
+    /// that holds more than one frame.
+    #[test]
+    fn a_run_of_frames_of_the_template_is_taken_and_freed_at_once() {
+        use crate::wire::{Encoding, Header};
+        let s = segment("templated-run-test");
+        let seg = s.0.as_ref().unwrap();
+        let (tail_seen, cursor, took) = sides();
+        let tmpl = DataTemplate::new(3, 0, 7, 11).unwrap();
+        let frame = |tag: i32, payload: &[u8]| {
+            let h = Header::data(3, 0, tag, payload.len() as u64, Encoding::Raw, 11);
+            let mut b = h.encode().to_vec();
+            b.extend_from_slice(payload);
+            b
+        };
+        let write = |b: &[u8]| assert_eq!(seg.ring_write(0, 1, &[b], &tail_seen), b.len());
+        let mut sink = vec![0u8; seg.cap];
+        // Takes up to `max` frames; what each run was given.
+        let run = |max: usize| {
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let n = seg.ring_take_run(0, 1, &tmpl, &cursor, &mut |p| {
+                got.push(p.to_vec());
+                got.len() <= max
+            });
+            got.truncate(max);
+            assert_eq!(n, got.len());
+            got
+        };
+        assert!(run(10).is_empty(), "nothing is there");
+        // Three of ours, then another tag's: three taken, with one doorbell, and their room
+        // freed; the other frame is still there for the general reads.
+        for p in [&b"a1"[..], b"b22", b"c333"] {
+            write(&frame(7, p));
+        }
+        let other = frame(8, b"zz");
+        write(&other);
+        let (sleepers, seq) = (seg.sleepers_word(0), seg.seq_word(0));
+        sleepers.store(1, SeqCst);
+        let rung = seq.load(SeqCst);
+        assert_eq!(run(10), [&b"a1"[..], b"b22", b"c333"]);
+        assert_eq!(seq.load(SeqCst), rung + 1, "one doorbell for the run");
+        sleepers.store(0, SeqCst);
+        let (_, tail, _) = seg.ring(0, 1);
+        assert_eq!(tail.load(SeqCst), Cursor(cursor.load(SeqCst)).next());
+        assert_eq!(seg.ring_available(0, 1, &cursor, 100), Some(other.len()));
+        assert_eq!(
+            seg.ring_read(0, 1, &mut sink, &took, &cursor).unwrap(),
+            other.len()
+        );
+        // The callback refuses the third: two taken, the third is next.
+        for p in [&b"x"[..], b"y", b"z"] {
+            write(&frame(7, p));
+        }
+        assert_eq!(run(2), [&b"x"[..], b"y"]);
+        let mut out = [0u8; 4];
+        assert_eq!(
+            seg.ring_take_templated(0, 1, &tmpl, &mut out, &cursor),
+            Templated::Took(1)
+        );
+        assert_eq!(out[0], b'z');
+        // Two frames in one chunk: the run takes the first and stops inside the chunk; the
+        // general reads take the second.
+        write(&[frame(7, b"uv"), frame(7, b"wx")].concat());
+        write(&frame(7, b"after"));
+        assert_eq!(run(10), [&b"uv"[..]]);
+        assert!(run(10).is_empty(), "inside a chunk");
+        assert_eq!(
+            seg.ring_read(0, 1, &mut sink[..HEADER_LEN + 2], &took, &cursor)
+                .unwrap(),
+            HEADER_LEN + 2
+        );
+        assert_eq!(&sink[HEADER_LEN..HEADER_LEN + 2], b"wx");
+        assert_eq!(run(10), [&b"after"[..]]);
+        // A header that says more payload than its chunk holds: not taken.
+        let cut = frame(7, b"abcd");
+        write(&cut[..cut.len() - 2]);
+        assert!(run(10).is_empty(), "a frame longer than its chunk");
+        assert_eq!(
+            seg.ring_read(0, 1, &mut sink, &took, &cursor).unwrap(),
+            cut.len() - 2
+        );
+        // Near the ring's end: the frame before the end is taken, the one round it is
+        // left to the general reads.
+        let h = Cursor(cursor.load(SeqCst)).next() as usize % seg.cap;
+        let fill = seg.cap - h - 4 * LINE - CHUNK_HEADER as usize;
+        write(&vec![0u8; fill]);
+        assert_eq!(
+            seg.ring_read(0, 1, &mut sink, &took, &cursor).unwrap(),
+            fill
+        );
+        let (p1, p2) = ([1u8; 100], [2u8; 100]);
+        write(&frame(7, &p1));
+        write(&frame(7, &p2));
+        assert_eq!(run(10), [p1.to_vec()]);
+        assert!(run(10).is_empty(), "round the ring's end");
+        assert_eq!(
+            seg.ring_read(0, 1, &mut sink, &took, &cursor).unwrap(),
+            HEADER_LEN + 100
+        );
+        assert_eq!(&sink[HEADER_LEN..HEADER_LEN + 100], &p2);
+    }
+
     /// Small frames go into the ring in one step (`ring_write_frame`), as the same bytes
     /// `ring_write` would write; a longer one, or one that would cross the ring's end or
     /// find no room as the reader was last seen, is left to `ring_write` with nothing
@@ -2086,9 +2310,10 @@ mod chunk_tests {
         a[192..200].copy_from_slice(&hdr(p + 192, 10));
         assert_eq!(fuzz_ring_reader(&a, p / 64, 4096), 200);
         // Chunks that each hold a raw data frame, read a frame at a time: the reader's
-        // plain reads, one-step takes and templated takes (every fourth look) all agree.
+        // plain reads, one-step takes, templated takes (every fourth look) and runs of
+        // them (the seventh look) all agree.
         let mut f = vec![0u8; cap];
-        for i in 0..6u64 {
+        for i in 0..12u64 {
             let at = (i * 64) as usize;
             let frame = crate::wire::Header::data(2, 1, 9, 8, crate::wire::Encoding::Raw, 5);
             f[at..at + 8].copy_from_slice(&hdr(i * 64, (HEADER_LEN + 8) as u64));
@@ -2097,7 +2322,7 @@ mod chunk_tests {
         }
         assert_eq!(
             fuzz_ring_reader(&f, 0, HEADER_LEN + 8),
-            6 * (HEADER_LEN + 8)
+            12 * (HEADER_LEN + 8)
         );
     }
 

@@ -1887,6 +1887,49 @@ fn land_wait(w: &Comm) -> R {
     Ok(())
 }
 
+/// `land_window`: each rank posts a window of 64 receives of tag 3 from the rank before it
+/// (buffers of four u32), then a receive of tag 4 from it; after a barrier each sends the
+/// rank after it 32 messages of tag 3, one of tag 4, and 32 more of tag 3, with blocking
+/// sends of 1 to 4 u32, and waits 20 ms (so that the messages are in the stream) before
+/// `wait_all` of the window. The tag-4 message is between the window's messages in the
+/// stream; it must reach its own receive, and the window's receives theirs in order. Every
+/// value and length is checked. Prints `landed RANK COUNT` and `land_window ok rank RANK`.
+fn land_window(w: &Comm) -> R {
+    const K: usize = 64;
+    let (me, n) = (w.rank(), w.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    let value = |from: usize, k: usize, i: usize| (from * 1000 + k * 10 + i) as u32;
+    let len = |k: usize| k % 4 + 1;
+    let mut bufs = vec![[0u32; 4]; K];
+    let mut odd = [0u32; 1];
+    let window = bufs
+        .iter_mut()
+        .map(|b| w.irecv_into(prev, 3, b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let between = w.irecv_into(prev, 4, &mut odd)?;
+    w.barrier()?;
+    for k in 0..K {
+        if k == K / 2 {
+            w.send_slice(next, 4, &[me as u32])?;
+        }
+        let data: Vec<u32> = (0..len(k)).map(|i| value(me, k, i)).collect();
+        w.send_slice(next, 3, &data)?;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let got = ranks::wait_all(window)?;
+    assert_eq!(between.wait()?.len, 4);
+    assert_eq!(odd, [prev as u32]);
+    for (k, (b, st)) in bufs.iter().zip(&got).enumerate() {
+        assert_eq!(st.len, len(k) * 4, "message {k}'s length");
+        let want: Vec<u32> = (0..len(k)).map(|i| value(prev, k, i)).collect();
+        assert_eq!(b[..len(k)], want[..], "message {k} from {prev}");
+    }
+    println!("landed {me} {}", w.landed_receives());
+    w.barrier()?;
+    println!("land_window ok rank {me}");
+    Ok(())
+}
+
 /// `land_parts [LEN]`: rank 1 sends rank 0 four messages of LEN u32s (default 1 Mi: 4 MiB)
 /// with blocking sends, right after a barrier; rank 0 posted receives into buffers for them
 /// before the barrier, and waits for the first two one by one and for the last two with
@@ -2615,6 +2658,7 @@ fn main() {
         "posted_large" => posted_large(&w),
         "land_wait" => land_wait(&w),
         "land_parts" => land_parts(&w),
+        "land_window" => land_window(&w),
         "posted_order" => posted_order(&w),
         "head_to_head" => head_to_head(&w),
         "async" => asynchronous(&w),
