@@ -745,28 +745,33 @@ pub fn wait_all<'a, T>(reqs: impl IntoIterator<Item = Request<'a, T>>) -> Result
         if i >= ready {
             let first = &reqs[i];
             let core = core.as_ref().filter(|c| Arc::ptr_eq(c, &first.comm.core));
-            if let Some(core) = core.filter(|_| !first.complete_now()) {
-                // Land every receive whose message is in its stream now, under one lock, up
-                // to the first request that must wait; then wait for that one alone.
-                let mut st = core.lock();
-                ready = i;
-                while let Some(r) = reqs.get_mut(ready) {
-                    if !Arc::ptr_eq(&r.comm.core, core) {
-                        break;
-                    }
-                    if r.complete_now() {
-                        ready += 1;
-                        continue;
-                    }
-                    // A run of receives of one pattern (a window), or this one alone.
-                    match land_run(&mut reqs[ready..], core, &mut st) {
-                        0 if reqs[ready].land_now(core, &mut st) => ready += 1,
-                        0 => break,
-                        n => ready += n,
+            // Complete at once (a send written, most often), on the core flushed above:
+            // nothing to drive.
+            if !(core.is_some() && first.complete_now()) {
+                if let Some(core) = core {
+                    // Land every receive whose message is in its stream now, under one
+                    // lock, up to the first request that must wait; then wait for that
+                    // one alone.
+                    let mut st = core.lock();
+                    ready = i;
+                    while let Some(r) = reqs.get_mut(ready) {
+                        if !Arc::ptr_eq(&r.comm.core, core) {
+                            break;
+                        }
+                        if r.complete_now() {
+                            ready += 1;
+                            continue;
+                        }
+                        // A run of receives of one pattern (a window), or this one alone.
+                        match land_run(&mut reqs[ready..], core, &mut st) {
+                            0 if reqs[ready].land_now(core, &mut st) => ready += 1,
+                            0 => break,
+                            n => ready += n,
+                        }
                     }
                 }
+                Request::drive_first(&mut reqs[i..])?;
             }
-            Request::drive_first(&mut reqs[i..])?;
         }
         out.push(reqs[i].complete()?);
     }
