@@ -27,6 +27,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use super::driver::{Count, Driver};
 use super::Transport;
 use crate::error::{Error, Result};
+use crate::wire::{DataTemplate, HEADER_LEN};
 
 /// Name every rank's certificate carries.
 const SERVER_NAME: &str = "ranks-job";
@@ -481,6 +482,40 @@ impl Inbox {
             } else {
                 bytes::Buf::advance(front, left);
                 left = 0;
+            }
+        }
+        n
+    }
+
+    /// Take the frames with `tmpl`'s header at the front, each whole in the front chunk
+    /// (where it lies: no copy of the header, no decoder), while `each` takes the frame's
+    /// payload ([`Transport::take_run`]). How many it took; a frame across chunks ends
+    /// the run, for the general reads.
+    fn take_run(&mut self, tmpl: &DataTemplate, each: &mut dyn FnMut(&[u8]) -> bool) -> usize {
+        let mut n = 0;
+        while let Some(front) = self.chunks.front_mut() {
+            let Some(h) = front
+                .get(..HEADER_LEN)
+                .and_then(|hb| tmpl.header(hb.try_into().ok()?))
+            else {
+                break;
+            };
+            let used = usize::try_from(h.len)
+                .ok()
+                .and_then(|l| l.checked_add(HEADER_LEN))
+                .filter(|&u| u <= front.len());
+            let Some(used) = used else {
+                break;
+            };
+            if !each(&front[HEADER_LEN..used]) {
+                break;
+            }
+            n += 1;
+            self.len -= used;
+            if used == front.len() {
+                self.chunks.pop_front();
+            } else {
+                bytes::Buf::advance(front, used);
             }
         }
         n
@@ -1366,6 +1401,23 @@ impl Transport for Quic {
         Some(io.inbox.lock().unwrap_or_else(|p| p.into_inner()).len)
     }
 
+    /// A window of small messages lands under one lock of the inbox (the general reads
+    /// lock it three or four times a frame, and decode each header).
+    fn take_run(
+        &self,
+        peer: usize,
+        tmpl: &DataTemplate,
+        each: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Option<usize> {
+        let io = self.io(peer).ok()?;
+        let mut ib = io.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let n = ib.take_run(tmpl, each);
+        if n > 0 && ib.len <= IN_LIMIT {
+            io.inbox_space.notify_one();
+        }
+        Some(n)
+    }
+
     fn peek(&self, peer: usize, buf: &mut [u8]) -> usize {
         self.io(peer).map_or(0, |io| {
             io.inbox.lock().unwrap_or_else(|p| p.into_inner()).peek(buf)
@@ -1500,6 +1552,61 @@ mod tests {
         assert_eq!(ib.take(&mut more), 1);
         assert_eq!(&more[..1], b"h");
         assert_eq!((ib.len, ib.take(&mut more)), (0, 0));
+    }
+
+    /// A run takes the frames of the template at the front of the inbox while each is
+    /// whole in the front chunk and the callback takes it; it stops, leaving the frame, at
+    /// another frame, at one the callback refuses and at one across chunks, which the
+    /// general reads then take.
+    #[test]
+    fn the_inbox_takes_a_run_of_frames_of_the_template() {
+        use crate::wire::{Encoding, Header};
+        let tmpl = DataTemplate::new(3, 0, 7, 11).unwrap();
+        let frame = |tag: i32, payload: &[u8]| {
+            let h = Header::data(3, 0, tag, payload.len() as u64, Encoding::Raw, 11);
+            [&h.encode()[..], payload].concat()
+        };
+        let mut ib = Inbox::default();
+        let run = |ib: &mut Inbox, max: usize| {
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let n = ib.take_run(&tmpl, &mut |p| {
+                got.push(p.to_vec());
+                got.len() <= max
+            });
+            got.truncate(max);
+            assert_eq!(n, got.len());
+            got
+        };
+        assert!(run(&mut ib, 10).is_empty());
+        // One chunk with three of ours and another tag's; then one of ours cut across
+        // two chunks.
+        let mine = [frame(7, b"a"), frame(7, b"bb"), frame(7, b"")].concat();
+        let other = frame(8, b"zz");
+        let cut = frame(7, b"cut");
+        ib.push(bytes::Bytes::from(
+            [&mine[..], &other[..], &cut[..10]].concat(),
+        ));
+        ib.push(bytes::Bytes::from(cut[10..].to_vec()));
+        let total = mine.len() + other.len() + cut.len();
+        assert_eq!(ib.len, total);
+        // The callback refuses the second: one taken.
+        assert_eq!(run(&mut ib, 1), [b"a".to_vec()]);
+        assert_eq!(run(&mut ib, 10), [b"bb".to_vec(), vec![]]);
+        assert_eq!(ib.len, other.len() + cut.len());
+        assert!(run(&mut ib, 10).is_empty(), "another tag's frame is next");
+        let mut o = vec![0u8; other.len()];
+        assert_eq!(ib.take(&mut o), other.len());
+        assert_eq!(o, other);
+        assert!(run(&mut ib, 10).is_empty(), "a frame across chunks");
+        let mut c = vec![0u8; cut.len()];
+        assert_eq!(ib.take(&mut c), cut.len());
+        assert_eq!(c, cut);
+        assert_eq!(ib.len, 0);
+        // Frames that fill their chunks exactly: each chunk goes as it is taken.
+        ib.push(bytes::Bytes::from(frame(7, b"x")));
+        ib.push(bytes::Bytes::from(frame(7, b"y")));
+        assert_eq!(run(&mut ib, 10), [b"x".to_vec(), b"y".to_vec()]);
+        assert!(ib.chunks.is_empty() && ib.len == 0);
     }
 
     /// The outbox hands over its bytes in order across blocks; a few bytes left in a block
@@ -1653,7 +1760,7 @@ mod tests {
     /// and in order.
     #[test]
     fn frames_written_later_wait_for_a_flush_unless_many() {
-        use crate::wire::{Encoding, Header, HEADER_LEN};
+        use crate::wire::{Encoding, Header};
         let q = ranks(2, |a, p| Some(a[p]));
         send(&q[0], 1, b"hi");
         assert_eq!(read_all(&q[1], 0, 2), b"hi");
