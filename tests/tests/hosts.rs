@@ -537,7 +537,9 @@ fn progress_patterns_across_hosts() {
         ] {
             let launcher = ["-n", n, "--host", hosts, "-x", &var, "--timeout", "60"];
             let last = format!("rank {}", n.parse::<usize>().unwrap() - 1);
-            for scenario in ["halo", "posted_large", "head_to_head"] {
+            // land_window: windows of small messages taken in runs, from the shared
+            // memory of a host and from QUIC between hosts (a ring of ranks crosses both).
+            for scenario in ["halo", "posted_large", "head_to_head", "land_window"] {
                 ok_job(
                     &launcher,
                     "ranks-testjob",
