@@ -64,9 +64,42 @@ pub(crate) fn notice_pattern(ctx: u32, seq: u32) -> Pattern {
 pub(crate) fn notice_of(e: &Error) -> Option<String> {
     matches!(
         e,
-        Error::TypeMismatch { .. } | Error::Truncated { .. } | Error::InvalidArgument(_)
+        Error::CollectiveMismatch { .. }
+            | Error::TypeMismatch { .. }
+            | Error::Truncated { .. }
+            | Error::InvalidArgument(_)
     )
     .then(|| e.to_string())
+}
+
+/// Error `e` of a collective call, as its caller should see it: a message of the call's
+/// that does not decode as this rank's type, or is longer than this rank's part, is the
+/// members' operands not matching (`CollectiveMismatch`). Its tag is the call's own, not
+/// one the caller chose, and nothing of it stays queued for anyone to receive.
+pub(crate) fn in_collective(e: Error) -> Error {
+    match e {
+        Error::TypeMismatch {
+            rank,
+            expected,
+            detail,
+            ..
+        } => Error::CollectiveMismatch {
+            rank,
+            detail: format!("rank {rank}'s operand does not decode as this rank's {expected}: {detail}"),
+        },
+        Error::Truncated {
+            rank,
+            len,
+            capacity,
+            ..
+        } => Error::CollectiveMismatch {
+            rank,
+            detail: format!(
+                "a message of rank {rank}'s in this call has {len} bytes where this rank expects {capacity}"
+            ),
+        },
+        e => e,
+    }
 }
 
 /// Start and length of block `i` when `len` items are split into `n` nearly equal blocks.
@@ -113,7 +146,7 @@ pub(crate) fn offsets(counts: &[usize]) -> Vec<usize> {
 
 /// A serde operand of a collective as it travels: the fingerprint of its type (4 bytes,
 /// little-endian), then its postcard bytes. Ranks that disagree on the type then fail with
-/// `TypeMismatch` (`Comm::decode_bytes`) instead of decoding bytes that happen to fit (a
+/// `CollectiveMismatch` (`Comm::decode_bytes`) instead of decoding bytes that happen to fit (a
 /// `u64` taken for an `i64`).
 fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     let fp = crate::fingerprint::of::<T>().to_le_bytes();
@@ -163,6 +196,7 @@ impl Comm {
     /// that will not come, and each gets `Error::CollectiveFailed` instead of waiting for
     /// ever.
     fn fail_together<R>(&self, seq: u32, r: Result<R>) -> Result<R> {
+        let r = r.map_err(in_collective);
         if let Some(why) = r.as_ref().err().and_then(notice_of) {
             for dest in (0..self.size()).filter(|&d| d != self.rank()) {
                 // A notice is small (sent eagerly); a member gone by now needs none.
@@ -451,7 +485,7 @@ impl Comm {
         // alone, and no other rank waits for it.
         let from = self.broadcast_bytes(seq, 0, root, &mut bytes)?;
         if let Some(from) = from {
-            *value = self.decode_bytes(&bytes, from, ctag(seq, 0))?;
+            *value = self.decode_bytes(&bytes, from)?;
         }
         Ok(())
     }
@@ -495,20 +529,22 @@ impl Comm {
         let mut out = Vec::with_capacity(counts.len());
         let mut pos = 0;
         for (r, &c) in counts.iter().enumerate() {
-            out.push(self.decode_bytes(&all[pos..pos + c], r, 0)?);
+            out.push(self.decode_bytes(&all[pos..pos + c], r)?);
             pos += c;
         }
         Ok(out)
     }
 
-    /// The value of a collective's operand made by `encode_value`, sent by rank `from`
-    /// with `tag`: `TypeMismatch` when it was sent as another type or does not decode.
-    fn decode_bytes<T: DeserializeOwned>(&self, bytes: &[u8], from: usize, tag: i32) -> Result<T> {
-        let mismatch = |detail: String| Error::TypeMismatch {
-            rank: from,
-            tag,
-            expected: std::any::type_name::<T>(),
-            detail,
+    /// The value of a collective's operand made by `encode_value`, sent by rank `from`:
+    /// `CollectiveMismatch` when it was sent as another type or does not decode.
+    fn decode_bytes<T: DeserializeOwned>(&self, bytes: &[u8], from: usize) -> Result<T> {
+        let mismatch = |detail: String| {
+            in_collective(Error::TypeMismatch {
+                rank: from,
+                tag: 0,
+                expected: std::any::type_name::<T>(),
+                detail,
+            })
         };
         let Some((fp, body)) = bytes.split_first_chunk::<4>() else {
             return Err(mismatch(format!(
@@ -641,7 +677,7 @@ impl Comm {
             }
             if me + mask < n {
                 let bytes = self.c_recv_vec::<u8>(me + mask, tag)?;
-                let higher: T = self.decode_bytes(&bytes, me + mask, tag)?;
+                let higher: T = self.decode_bytes(&bytes, me + mask)?;
                 acc = f(acc, higher);
             }
             mask <<= 1;
@@ -654,7 +690,7 @@ impl Comm {
             }
             if me == root {
                 let bytes = self.c_recv_vec::<u8>(0, tag)?;
-                return Ok(Some(self.decode_bytes(&bytes, 0, tag)?));
+                return Ok(Some(self.decode_bytes(&bytes, 0)?));
             }
             return Ok(None);
         }
@@ -679,7 +715,7 @@ impl Comm {
             None => Vec::new(),
         };
         match self.broadcast_bytes(seq, 2, 0, &mut bytes)? {
-            Some(from) => self.decode_bytes(&bytes, from, ctag(seq, 2)),
+            Some(from) => self.decode_bytes(&bytes, from),
             None => total
                 .ok_or_else(|| Error::InvalidArgument("all_reduce: rank 0 had no result".into())),
         }
@@ -1387,7 +1423,7 @@ impl Comm {
         };
         let send = (self.rank() == root).then_some((&bytes[..], &counts[..]));
         let mine = self.scatter_varcount(root, send)?;
-        self.decode_bytes(&mine, root, 0)
+        self.decode_bytes(&mine, root)
     }
 
     // ----- all_gather ----------------------------------------------------------------------

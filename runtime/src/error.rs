@@ -49,6 +49,19 @@ pub enum Error {
         detail: String,
     },
 
+    /// The members of a communicator passed operands that do not match to the same
+    /// collective call (another element type, another serde type, another length). The
+    /// member that finds it gets this; the members waiting for it get `CollectiveFailed`
+    /// with its sentence. (Before, it was a `TypeMismatch` or a `Truncated` that named a
+    /// tag of the call's own and said the message stayed queued.)
+    #[error("the operands of this collective call do not match: {detail}")]
+    CollectiveMismatch {
+        /// The member whose operand does not match this rank's (rank in the communicator).
+        rank: usize,
+        /// How they differ.
+        detail: String,
+    },
+
     /// A frame announced a payload above the size limit (`RANKS_MAX_MESSAGE`).
     #[error("message from rank {rank} with tag {tag} has {len} bytes, above the limit of {max} bytes (set RANKS_MAX_MESSAGE to raise it)")]
     FrameTooLarge {

@@ -35,7 +35,7 @@
 //! an all-reduction called as the same collective by different ranks (an erroneous
 //! program) do not meet: they hang, and the launcher's diagnosis names the mismatch, as it
 //! does with messages. An operand carries its element type and length in its buffer's
-//! header; a member that finds another's different fails with `TypeMismatch`, on every
+//! header; a member that finds another's different fails with `CollectiveMismatch`, on every
 //! rank alike.
 //!
 //! Communicators that span hosts run two levels (`crate::hier`): within each host whose
@@ -284,7 +284,7 @@ impl Comm {
         // Marked as read however it ends (a later communicator in the slot waits for it).
         let r = self.host_barrier(slot, at).and_then(|()| {
             self.slow_read();
-            self.combine_all(buf, want, seq, send, recv, op)
+            self.combine_all(buf, want, send, recv, op)
         });
         self.data_end(slot, at);
         r
@@ -296,7 +296,6 @@ impl Comm {
         &self,
         buf: usize,
         want: u64,
-        seq: u32,
         send: &[T],
         recv: &mut [T],
         op: &O,
@@ -305,7 +304,7 @@ impl Comm {
         if n - 1 == me {
             recv.copy_from_slice(send);
         } else {
-            self.take_operand::<T>(n - 1, buf, bytemuck::cast_slice_mut(recv), want, seq)?;
+            self.take_operand::<T>(n - 1, buf, bytemuck::cast_slice_mut(recv), want)?;
         }
         let mut tmp = [0u64; crate::transport::shm::SYNC_DATA / 8];
         let tmp: &mut [u8] =
@@ -314,7 +313,7 @@ impl Comm {
             if i == me {
                 op.combine(send, recv);
             } else {
-                self.take_operand::<T>(i, buf, tmp, want, seq)?;
+                self.take_operand::<T>(i, buf, tmp, want)?;
                 op.combine(bytemuck::cast_slice(tmp), recv);
             }
         }
@@ -323,38 +322,29 @@ impl Comm {
 
     /// Member `i`'s operand (or its leader's result) from data buffer `buf` into `dst`,
     /// when its header is `want` (the element type and length this rank passed).
-    fn take_operand<T>(
-        &self,
-        i: usize,
-        buf: usize,
-        dst: &mut [u8],
-        want: u64,
-        seq: u32,
-    ) -> Result<()> {
+    fn take_operand<T>(&self, i: usize, buf: usize, dst: &mut [u8], want: u64) -> Result<()> {
         let got = self.core.read_sync_data(self.members[i], buf, dst);
         if got == Some(want) {
             return Ok(());
         }
         let detail = match got {
-            None => "its operand is not in this rank's shared memory".to_string(),
-            Some(h) if h >> 32 == 0 => "its leader gave the all-reduction up".to_string(),
+            None => format!("rank {i}'s operand is not in this host's shared memory"),
+            Some(h) if h >> 32 == 0 => {
+                format!("rank {i}'s host leader gave the all-reduction up")
+            }
             Some(h) => format!(
-                "rank {i} passed {} bytes{} to the same all-reduction, this rank {} bytes",
+                "rank {i} passed {} bytes{} to the same all-reduction, this rank {} bytes of {}",
                 h as u32,
                 if h >> 32 == want >> 32 {
                     ""
                 } else {
                     " of another element type"
                 },
-                want as u32
+                want as u32,
+                std::any::type_name::<T>()
             ),
         };
-        Err(crate::error::Error::TypeMismatch {
-            rank: i,
-            tag: crate::collectives::ctag(seq, 0),
-            expected: std::any::type_name::<T>(),
-            detail,
-        })
+        Err(crate::error::Error::CollectiveMismatch { rank: i, detail })
     }
 
     /// The host part of a two-level all-reduction of `acc` (collective `seq`, host group
@@ -383,12 +373,12 @@ impl Comm {
                 .and_then(|()| self.group_down(slot, at, g))
                 .and_then(|()| {
                     self.slow_read();
-                    self.take_operand::<T>(leader, buf, bytemuck::cast_slice_mut(acc), want, seq)
+                    self.take_operand::<T>(leader, buf, bytemuck::cast_slice_mut(acc), want)
                 });
             self.data_end(slot, at);
             return r;
         }
-        let r = self.leader_all_reduce(slot, at, seq, buf, want, g, acc, op, across);
+        let r = self.leader_all_reduce(slot, at, buf, want, g, acc, op, across);
         self.data_end(slot, at);
         r
     }
@@ -399,7 +389,6 @@ impl Comm {
         &self,
         slot: usize,
         at: u32,
-        seq: u32,
         buf: usize,
         want: u64,
         g: &[usize],
@@ -413,7 +402,7 @@ impl Comm {
         let len = std::mem::size_of_val(acc);
         let tmp: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut tmp[..])[..len];
         let combined = g[1..].iter().try_for_each(|&r| {
-            self.take_operand::<T>(r, buf, tmp, want, seq)?;
+            self.take_operand::<T>(r, buf, tmp, want)?;
             op.combine(bytemuck::cast_slice(tmp), acc);
             Ok(())
         });

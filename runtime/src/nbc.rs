@@ -349,6 +349,7 @@ impl<T: Pod + Send, O: Send + 'static> Machine for OnComm<T, O> {
             Err(e) => {
                 exec.abandon(&mut net);
                 self.exec = None;
+                let e = crate::collectives::in_collective(e);
                 net.fail_together(&e);
                 Err(e)
             }

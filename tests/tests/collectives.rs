@@ -221,7 +221,9 @@ fn a_reused_slot_keeps_operands_until_every_member_read_them() {
 /// type, all get an error instead of a result made of the wrong bytes or a wait for ever,
 /// and the communicator stays usable: in shared memory every rank finds the mismatch
 /// itself; by messages (and over sockets) the ranks that find it tell the others, which get
-/// `CollectiveFailed` (before that notice, they waited for ever).
+/// `CollectiveFailed` (before that notice, they waited for ever). The error says the
+/// operands do not match (`CollectiveMismatch`); before, it was a receive's error that named
+/// a tag of the call's own and said the message stayed queued.
 #[test]
 fn an_all_reduction_with_mismatched_operands_fails_on_every_rank() {
     for (n, args) in [
@@ -236,12 +238,20 @@ fn an_all_reduction_with_mismatched_operands_fails_on_every_rank() {
         let o = run_job(&launcher, "ranks-testjob", &["reduce_mismatch"], LIMIT);
         assert_eq!(o.code, 0, "{launcher:?}: {o:?}");
         assert!(o.stdout.contains("reduce_mismatch ok"), "{o:?}");
+        assert!(
+            o.stdout
+                .contains("the operands of this collective call do not match"),
+            "{o:?}"
+        );
+        for wrong in [" with tag ", "stays queued"] {
+            assert!(!o.stdout.contains(wrong), "{wrong:?} in {o:?}");
+        }
     }
 }
 
 /// Collectives of serde values where one rank's values are of another type (i64 against
 /// u64, the same bytes for small numbers): the ranks that take a value of the other type
-/// fail with `TypeMismatch`, and the ranks that wait for a reduction the failing rank
+/// fail with `CollectiveMismatch`, and the ranks that wait for a reduction the failing rank
 /// cannot finish get `CollectiveFailed`. Before, the values were decoded as they came, and
 /// on 4 ranks the all-reduction's root waited for ever for the rank that failed.
 #[test]
@@ -256,5 +266,13 @@ fn collectives_of_serde_values_of_another_type_fail_on_every_rank_that_needs_the
         let o = run_job(&launcher, "ranks-testjob", &["serde_mismatch"], LIMIT);
         assert_eq!(o.code, 0, "{launcher:?}: {o:?}");
         assert!(o.stdout.contains("serde_mismatch ok"), "{o:?}");
+        assert!(
+            o.stdout
+                .contains("operand does not decode as this rank's u64: it was sent as i64"),
+            "{o:?}"
+        );
+        for wrong in [" with tag ", "stays queued"] {
+            assert!(!o.stdout.contains(wrong), "{wrong:?} in {o:?}");
+        }
     }
 }

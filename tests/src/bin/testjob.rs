@@ -2039,13 +2039,10 @@ fn head_to_head(w: &Comm) -> R {
     Ok(())
 }
 
-/// Four threads of every rank stream ARG small messages each to the next rank on the same
-/// communicator (thread `t` on tag `t`), blocking and nonblocking, while each receives its
-/// own tag from the previous rank: all of them contend for the process's one core lock
-/// (and sleep on it, with more threads than cores). Every value is checked.
 /// All-reductions whose ranks disagree on the element type, then on the length: every rank
-/// gets a `TypeMismatch` (none hangs, none gets a result), and a right one afterwards still
-/// works. Prints "reduce_mismatch ok".
+/// gets a `CollectiveMismatch` (its own finding) or a `CollectiveFailed` (another's), none
+/// hangs, none gets a result, and a right one afterwards still works. Prints
+/// "reduce_mismatch ok".
 fn reduce_mismatch(w: &Comm) -> R {
     let me = w.rank();
     // What a rank may get when members disagree: its own finding (a type or a length that
@@ -2054,8 +2051,7 @@ fn reduce_mismatch(w: &Comm) -> R {
     let mismatch = |e: &Error| {
         matches!(
             e,
-            Error::TypeMismatch { .. }
-                | Error::Truncated { .. }
+            Error::CollectiveMismatch { .. }
                 | Error::InvalidArgument(_)
                 | Error::CollectiveFailed { .. }
         )
@@ -2169,7 +2165,7 @@ fn serde_mismatch(w: &Comm) -> R {
     let mismatch = |e: &Error| {
         matches!(
             e,
-            Error::TypeMismatch { .. } | Error::CollectiveFailed { .. }
+            Error::CollectiveMismatch { .. } | Error::CollectiveFailed { .. }
         )
     };
     let fails = |what: &str, r: Result<(), Error>| {
@@ -2303,6 +2299,10 @@ fn slot_reuse(w: &Comm) -> R {
     Ok(())
 }
 
+/// Four threads of every rank stream ARG small messages each to the next rank on the same
+/// communicator (thread `t` on tag `t`), blocking and nonblocking, while each receives its
+/// own tag from the previous rank: all of them contend for the process's one core lock
+/// (and sleep on it, with more threads than cores). Every value is checked.
 fn threads_share_the_core(w: &Comm) -> R {
     const THREADS: usize = 4;
     let count = arg(2, 3000);
