@@ -83,10 +83,7 @@ pub(crate) fn in_collective(e: Error) -> Error {
             expected,
             detail,
             ..
-        } => Error::CollectiveMismatch {
-            rank,
-            detail: format!("rank {rank}'s operand does not decode as this rank's {expected}: {detail}"),
-        },
+        } => undecodable(rank, expected, &detail),
         Error::Truncated {
             rank,
             len,
@@ -99,6 +96,17 @@ pub(crate) fn in_collective(e: Error) -> Error {
             ),
         },
         e => e,
+    }
+}
+
+/// Rank `rank`'s operand to a collective call does not decode as this rank's type
+/// `expected`, for the reason `detail`.
+fn undecodable(rank: usize, expected: &str, detail: &str) -> Error {
+    Error::CollectiveMismatch {
+        rank,
+        detail: format!(
+            "rank {rank}'s operand does not decode as this rank's {expected}: {detail}"
+        ),
     }
 }
 
@@ -538,14 +546,7 @@ impl Comm {
     /// The value of a collective's operand made by `encode_value`, sent by rank `from`:
     /// `CollectiveMismatch` when it was sent as another type or does not decode.
     fn decode_bytes<T: DeserializeOwned>(&self, bytes: &[u8], from: usize) -> Result<T> {
-        let mismatch = |detail: String| {
-            in_collective(Error::TypeMismatch {
-                rank: from,
-                tag: 0,
-                expected: std::any::type_name::<T>(),
-                detail,
-            })
-        };
+        let mismatch = |detail: String| undecodable(from, std::any::type_name::<T>(), &detail);
         let Some((fp, body)) = bytes.split_first_chunk::<4>() else {
             return Err(mismatch(format!(
                 "{} bytes, too few for a value",

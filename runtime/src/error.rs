@@ -52,8 +52,7 @@ pub enum Error {
     /// The members of a communicator passed operands that do not match to the same
     /// collective call (another element type, another serde type, another length). The
     /// member that finds it gets this; the members waiting for it get `CollectiveFailed`
-    /// with its sentence. (Before, it was a `TypeMismatch` or a `Truncated` that named a
-    /// tag of the call's own and said the message stayed queued.)
+    /// with its sentence.
     #[error("the operands of this collective call do not match: {detail}")]
     CollectiveMismatch {
         /// The member whose operand does not match this rank's (rank in the communicator).

@@ -964,7 +964,7 @@ impl Core {
 
     /// A frame went from the stream straight to `claim`: a posted receive leaves the
     /// matcher (and is counted for `Comm::landed_receives`).
-    #[inline(always)]
+    #[inline]
     fn note_landed(&self, st: &mut State, claim: Claim<'_>) {
         if let Some(id) = claim.posted() {
             st.proto.landed(id);

@@ -76,9 +76,10 @@ fn eager_messages_larger_than_the_rings_and_as_large_as_they_allow() {
 }
 
 /// A window of posted receives of one tag, waited for with `wait_all` once its messages
-/// are in the stream, takes them straight from the shared-memory ring in a run (one
-/// look at the ring's words, one free and one doorbell for the run), and a frame of
-/// another tag between them still reaches its own receive (testjob `land_window`: 64
+/// are in the stream, takes them straight from it (in runs over shared memory and QUIC:
+/// one look at the ring's words, or one lock of the inbox, for a run; the unit tests count
+/// the runs), and a frame of another tag between them still reaches its own receive
+/// (testjob `land_window`: 64
 /// messages of 1 to 4 u32 and one of another tag in the middle, every value and length
 /// checked). Every transport gets every message right on 2, 3 and 5 ranks; over shm a run
 /// must show a rank that landed at least the half of the window before the other tag's

@@ -1044,7 +1044,7 @@ impl Protocol {
 
     /// Posted receive `id` took its message (the next frame of the sender's stream, which
     /// [`Protocol::claimed_by`] gave it) straight into its owner's buffer: it is done.
-    #[inline(always)]
+    #[inline]
     pub(crate) fn landed(&mut self, id: RecvId) {
         self.forget_want(id);
         self.matcher.cancel(id);

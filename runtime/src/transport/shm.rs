@@ -1042,13 +1042,13 @@ fn templated(
 /// For the fuzz target `shm_ring`: a reader of a ring whose data area holds `bytes` (what a
 /// corrupt or hostile writer could leave there, repeated to fill it) and whose reader starts
 /// at line `start_line`, reading in pieces of `piece` bytes (at least 1) through every call
-/// a reader makes: `has_data`, `available`, `peek`, `read`, every other time a frame
-/// of `piece` bytes taken in one step (`take_frame`), and every fourth time the frame whose
+/// a reader makes: `has_data`, `available`, `peek`, `read`, every other time a frame of
+/// `piece` bytes taken in one step (`take_frame`), and every fourth time the frame whose
 /// header the peek shows taken by its template (`take_templated`, when that header is a raw
-/// data frame's; every eighth time a run of up to three such frames, `take_run`). It reads until the ring reports
-/// corruption or has nothing more, checking that a peek shows what the read then takes and
-/// that the reader never takes more than a lap. Panics only if one of those checks fails.
-/// Returns the bytes read.
+/// data frame's; every eighth time a run of up to three such frames, `take_run`). It reads
+/// until the ring reports corruption or has nothing more, checking that a peek shows what
+/// the read then takes and that the reader never takes more than a lap. Panics only if one
+/// of those checks fails. Returns the bytes read.
 #[doc(hidden)]
 pub fn fuzz_ring_reader(bytes: &[u8], start_line: u64, piece: usize) -> usize {
     let n = 2;
