@@ -39,6 +39,22 @@ fn pattern_with(scenario: &str, args: &[&str], transports: &[&str], thresholds: 
     }
 }
 
+/// What each of the job's first `n` ranks printed as `landed RANK COUNT` (receives that
+/// took their message straight from the stream).
+fn landed_counts(o: &Outcome, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|r| {
+            o.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("landed {r} ")))
+                .unwrap_or_else(|| panic!("no landed line for rank {r}: {o:?}"))
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn halo_exchange_with_blocking_rendezvous_sends() {
     pattern("halo", &[]);
@@ -99,17 +115,7 @@ fn a_window_of_one_tag_lands_from_the_stream_in_runs() {
         );
         assert_eq!(o.code, 0, "{o:?}");
         assert_clean(&o);
-        let landed: Vec<u64> = (0..2)
-            .map(|r| {
-                o.stdout
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("landed {r} ")))
-                    .unwrap_or_else(|| panic!("no landed line for rank {r}: {o:?}"))
-                    .trim()
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
+        let landed = landed_counts(&o, 2);
         seen.push(landed.clone());
         if landed.iter().any(|&l| l >= 32) {
             return;
@@ -144,14 +150,7 @@ fn waited_receives_land_large_messages_in_parts_over_quic() {
         );
         assert_eq!(o.code, 0, "{o:?}");
         assert_clean(&o);
-        let landed: u64 = o
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("landed 0 "))
-            .unwrap_or_else(|| panic!("no landed line: {o:?}"))
-            .trim()
-            .parse()
-            .unwrap();
+        let landed = landed_counts(&o, 1)[0];
         seen.push(landed);
         if landed >= 3 {
             break;
@@ -363,17 +362,7 @@ fn tests_and_request_sets_land_small_messages_from_the_stream() {
             let o = run_job(&l, "ranks-testjob", &["land_sets"], Duration::from_secs(90));
             assert_eq!(o.code, 0, "{n} ranks over {transport}: {o:?}");
             assert_clean(&o);
-            let landed: Vec<u64> = (0..n)
-                .map(|r| {
-                    o.stdout
-                        .lines()
-                        .find_map(|l| l.strip_prefix(&format!("landed {r} ")))
-                        .unwrap_or_else(|| panic!("no landed line for rank {r}: {o:?}"))
-                        .trim()
-                        .parse()
-                        .unwrap()
-                })
-                .collect();
+            let landed = landed_counts(&o, n);
             if transport != "shm" {
                 assert_eq!(landed, vec![0; n], "over {transport}: {o:?}");
                 break;

@@ -2039,23 +2039,25 @@ mod chunk_tests {
         assert!(seg.ring_read(0, 1, &mut sink, &took, &cursor).is_err());
     }
 
+    /// A raw data frame with tag `tag` and `payload`, in context 3 from rank 0 with
+    /// element type code 11 (a frame of `DataTemplate::new(3, 0, 7, 11)` for tag 7).
+    fn template_frame(tag: i32, payload: &[u8]) -> Vec<u8> {
+        use crate::wire::{Encoding, Header};
+        let h = Header::data(3, 0, tag, payload.len() as u64, Encoding::Raw, 11);
+        [&h.encode()[..], payload].concat()
+    }
+
     /// A templated take takes the frame whose header has the template's fixed words and
     /// any length that fits, in one step; another frame (another tag, a longer payload
     /// than the room) stays where it is; what one step cannot take is left to the general
     /// reads, as for `ring_take`.
     #[test]
     fn a_frame_of_the_template_is_taken_where_it_lies() {
-        use crate::wire::{Encoding, Header};
         let s = segment("templated-take-test");
         let seg = s.0.as_ref().unwrap();
         let (tail_seen, cursor, took) = sides();
         let tmpl = DataTemplate::new(3, 0, 7, 11).unwrap();
-        let frame = |tag: i32, payload: &[u8]| {
-            let h = Header::data(3, 0, tag, payload.len() as u64, Encoding::Raw, 11);
-            let mut b = h.encode().to_vec();
-            b.extend_from_slice(payload);
-            b
-        };
+        let frame = template_frame;
         let mut out = [0u8; 8];
         let take = |out: &mut [u8]| seg.ring_take_templated(0, 1, &tmpl, out, &cursor);
         assert_eq!(take(&mut out), Templated::Empty);
@@ -2107,17 +2109,11 @@ mod chunk_tests {
     /// that holds more than one frame.
     #[test]
     fn a_run_of_frames_of_the_template_is_taken_and_freed_at_once() {
-        use crate::wire::{Encoding, Header};
         let s = segment("templated-run-test");
         let seg = s.0.as_ref().unwrap();
         let (tail_seen, cursor, took) = sides();
         let tmpl = DataTemplate::new(3, 0, 7, 11).unwrap();
-        let frame = |tag: i32, payload: &[u8]| {
-            let h = Header::data(3, 0, tag, payload.len() as u64, Encoding::Raw, 11);
-            let mut b = h.encode().to_vec();
-            b.extend_from_slice(payload);
-            b
-        };
+        let frame = template_frame;
         let write = |b: &[u8]| assert_eq!(seg.ring_write(0, 1, &[b], &tail_seen), b.len());
         let mut sink = vec![0u8; seg.cap];
         // Takes up to `max` frames; what each run was given.
