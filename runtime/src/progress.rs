@@ -1883,7 +1883,16 @@ mod tests {
     /// Rank 0 of two over a `Script` whose stream from rank 1 is empty until the test adds
     /// frames to it (`arrive`).
     fn scripted_world() -> (crate::Comm, std::sync::Arc<Script>) {
-        let script = std::sync::Arc::new(Script::default());
+        scripted_world_with(false)
+    }
+
+    /// [`scripted_world`] over a transport that takes frames in runs (`runs`), counting
+    /// them ([`Transport::take_run`]), or one at a time.
+    fn scripted_world_with(runs: bool) -> (crate::Comm, std::sync::Arc<Script>) {
+        let script = std::sync::Arc::new(Script {
+            runs: runs.then(Default::default),
+            ..Script::default()
+        });
         let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
         (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
         let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
@@ -2166,16 +2175,7 @@ mod tests {
     /// one at a time (`runs` false) or in runs ([`Transport::take_run`]).
     fn window_lands_in_runs_in_order(runs: bool) {
         use std::sync::atomic::Ordering::SeqCst;
-        let scripted_world = || {
-            let script = std::sync::Arc::new(Script {
-                runs: runs.then(Default::default),
-                ..Script::default()
-            });
-            let mut tuning = Tuning::resolve(&crate::config::Tuning::default(), 2);
-            (tuning.spin, tuning.yields) = (Duration::ZERO, 0);
-            let core = Core::new(0, 2, Box::new(script.clone()), tuning, "h".into());
-            (crate::comm::Comm::world(std::sync::Arc::new(core)), script)
-        };
+        let scripted_world = || scripted_world_with(runs);
         let (w, script) = scripted_world();
         let mut bytes = [[0u8; 4]; 5];
         let mut word = [0u32; 1];
@@ -2265,6 +2265,51 @@ mod tests {
         assert_eq!(&long, b"longer!!");
         w.recv_into(1, 1, &mut last).unwrap();
         assert_eq!(&last, b"cccc");
+    }
+
+    /// The calls that look at a request set once (`test_*`, and `wait_some` and `wait_any`
+    /// between their sleeps) land a window of receives of one pattern in a run too, and
+    /// the receive left over lands later from its own frame.
+    #[test]
+    fn request_sets_land_a_window_in_runs() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (w, script) = scripted_world_with(true);
+        let counts = || {
+            (
+                script.runs.as_ref().unwrap().load(SeqCst),
+                script.run_frames.load(SeqCst),
+            )
+        };
+        let mut bytes = [[0u8; 4]; 4];
+        let mut reqs: Vec<_> = bytes
+            .iter_mut()
+            .map(|b| w.irecv_into(1, 1, b).unwrap())
+            .collect();
+        arrive(
+            &script,
+            &[frame(1, b"aaaa"), frame(1, b"bbbb"), frame(1, b"cccc")],
+        );
+        let done: Vec<usize> = crate::wait_some(&mut reqs)
+            .into_iter()
+            .map(|(i, r)| {
+                assert_eq!(r.unwrap().len, 4);
+                i
+            })
+            .collect();
+        assert_eq!(done, [0, 1, 2]);
+        // One run took the three frames; a second, for the fourth receive, found nothing.
+        assert_eq!(counts(), (2, 3));
+        assert!(
+            crate::test_all(&mut reqs).is_none(),
+            "the fourth is not here"
+        );
+        arrive(&script, &[frame(1, b"dddd")]);
+        let last = crate::test_all(&mut reqs).expect("the fourth is here");
+        assert_eq!(last[0].as_ref().unwrap().len, 4);
+        assert_eq!(counts().1, 4);
+        drop(reqs);
+        assert_eq!(bytes, [*b"aaaa", *b"bbbb", *b"cccc", *b"dddd"]);
+        assert_eq!(w.landed_receives(), 4);
     }
 
     /// A collective's step ends with `CollectiveFailed` when another member's notice that

@@ -932,10 +932,32 @@ impl<T> Request<'_, T> {
 }
 
 /// Let every receive of `reqs` that can take its message straight from the stream do so
-/// now, before progress reads the frames into the matcher's queues.
+/// now, before progress reads the frames into the matcher's queues: windows of one
+/// pattern in runs (`land_run`), any other alone.
 fn land_all<T>(reqs: &mut [Request<'_, T>], core: &Core, st: &mut State) {
-    for r in reqs {
-        r.land_now(core, st);
+    let mut i = 0;
+    while i < reqs.len() {
+        match land_run(&mut reqs[i..], core, st) {
+            0 if !reqs[i].land_now(core, st) => {
+                // A receive that cannot land now: nor can the receives of its pattern
+                // that follow it, when posted after it (a window; the oldest comes
+                // first). They are not looked at here; the sweep still looks at each.
+                let pat = match reqs[i].state {
+                    ReqState::Recv { pat, .. } => Some(pat),
+                    _ => None,
+                };
+                i += 1;
+                while pat.is_some()
+                    && reqs.get(i).is_some_and(
+                        |r| matches!(r.state, ReqState::Recv { pat: p, .. } if Some(p) == pat),
+                    )
+                {
+                    i += 1;
+                }
+            }
+            0 => i += 1,
+            n => i += n,
+        }
     }
 }
 
@@ -1005,7 +1027,8 @@ pub fn wait_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
         return Vec::new();
     };
     let mut looks: u32 = 0;
-    // Each look sweeps before progress too, so receives land from the stream.
+    // Each look lands what it can (windows in runs) and sweeps before progress, so
+    // receives land from the stream.
     let peers = landing_peers(reqs);
     let ready = || any_landing(&core, &peers);
     core.flush_held();
@@ -1013,6 +1036,7 @@ pub fn wait_some<T>(reqs: &mut Vec<Request<'_, T>>) -> Vec<(usize, Result<T>)> {
     let found = core.wait_checking_first(Watch::Nobody, &ready, |core, st| {
         // Lost peers are looked for now and then (the first look is for what is here).
         looks = looks.wrapping_add(1);
+        land_all(reqs, core, st);
         let found = sweep_all(reqs, core, st, looks.is_multiple_of(16));
         Ok((!found.is_empty()).then_some(found))
     });
@@ -1051,6 +1075,7 @@ pub fn wait_any<T>(reqs: &mut Vec<Request<'_, T>>) -> Option<(usize, Result<T>)>
     let found = core.wait_checking_first(Watch::Nobody, &ready, |core, st| {
         looks = looks.wrapping_add(1);
         let look = looks.is_multiple_of(16);
+        land_all(reqs, core, st);
         Ok(reqs
             .iter_mut()
             .enumerate()
