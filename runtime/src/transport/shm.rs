@@ -754,7 +754,8 @@ impl Segment {
         }
         let (_, tail, data) = self.ring(src, dst);
         let start = c.next();
-        let (mut pos, mut left, mut n) = (start, 0, 0);
+        // The chunk of the last frame taken: its position, length and the bytes taken.
+        let (mut pos, mut last, mut n) = (start, None, 0);
         while pos < start + self.cap as u64 {
             let Ok(bytes) = self.chunk_bytes(src, data, pos, HEADER_LEN) else {
                 break;
@@ -767,20 +768,15 @@ impl Segment {
                 break;
             }
             n += 1;
+            last = Some((pos, bytes.len(), used));
             if used < bytes.len() {
                 // More frames in this chunk: the reader stops inside it.
-                (pos, left) = (
-                    pos + CHUNK_HEADER + used as u64,
-                    (bytes.len() - used) as u64,
-                );
                 break;
             }
             pos += chunk_span(bytes.len() as u64);
         }
-        if n > 0 {
-            cursor.store(Cursor::at(pos, left).0, Relaxed);
-            tail.store(pos, Release);
-            self.ring_doorbell(src, false);
+        if let Some((at, len, used)) = last {
+            self.took_from_chunk(src, cursor, tail, at, len, used);
         }
         n
     }
@@ -831,14 +827,14 @@ impl Segment {
         // SAFETY: `body + len <= cap`: the chunk's payload is inside the data area, in one
         // piece. The writer published it (the Acquire load of its header in `chunk_at`) and
         // does not touch it again until we free it (the `tail` store in
-        // `took_from_chunk` or `ring_take_run`), so nothing writes these bytes while the
-        // slice lives.
+        // `took_from_chunk`), so nothing writes these bytes while the slice lives.
         Ok(unsafe { std::slice::from_raw_parts(data.add(body), len) })
     }
 
-    /// The first `used` bytes of the `len`-byte chunk at `pos` of ring (src, _) were taken:
-    /// move the reader on (past the chunk, or inside it), free them and ring the writer's
-    /// doorbell, as `read_done` does.
+    /// The first `used` bytes of the `len`-byte chunk at `pos` of ring (src, _) were taken
+    /// (the last chunk of a run, for `ring_take_run`): move the reader on (past the chunk,
+    /// or inside it), free them and all before, and ring the writer's doorbell, as
+    /// `read_done` does.
     #[inline(always)]
     fn took_from_chunk(
         &self,
