@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 
+use super::Want;
 use crate::error::Error;
 use crate::wire::Encoding;
 
@@ -102,36 +103,45 @@ impl Pattern {
 /// Identifies a posted receive.
 pub(crate) type RecvId = u64;
 
+/// A posted receive: its id, what it asks for, and who pulls its message if that is a
+/// rendezvous (kept here, with the receive, so that posting and matching touch one queue).
+#[derive(Debug, Clone, Copy)]
+struct Posted {
+    id: RecvId,
+    pat: Pattern,
+    want: Want,
+}
+
 /// The matching engine: unexpected messages and posted receives. It only decides who gets
 /// what; the protocol keeps the matched messages in its request table.
 #[derive(Default)]
 pub(crate) struct Matcher {
     unexpected: VecDeque<Msg>,
-    /// Oldest first; most receives match the oldest (a window of posted receives filled in
-    /// order), which a deque removes without moving the rest.
-    posted: VecDeque<(RecvId, Pattern)>,
+    /// Oldest first, so in id order; most receives match the oldest (a window of posted
+    /// receives filled in order), which a deque removes without moving the rest.
+    posted: VecDeque<Posted>,
     next_id: RecvId,
     next_seq: u64,
 }
 
 impl Matcher {
     /// A message arrived: the oldest matching posted receive takes it (returned with its
-    /// id), or it is queued.
-    pub fn incoming(&mut self, mut msg: Msg) -> Option<(RecvId, Msg)> {
+    /// id and what it wanted), or it is queued.
+    pub fn incoming(&mut self, mut msg: Msg) -> Option<(RecvId, Msg, Want)> {
         msg.seq = self.next_seq;
         self.next_seq += 1;
         self.deliver(msg)
     }
 
     /// Put back a message that was taken but not consumed, in its arrival place.
-    pub fn incoming_front(&mut self, msg: Msg) -> Option<(RecvId, Msg)> {
+    pub fn incoming_front(&mut self, msg: Msg) -> Option<(RecvId, Msg, Want)> {
         self.deliver(msg)
     }
 
-    fn deliver(&mut self, msg: Msg) -> Option<(RecvId, Msg)> {
-        if let Some(i) = self.posted.iter().position(|(_, p)| p.matches(&msg)) {
-            let (id, _) = self.posted.remove(i).expect("index from position");
-            return Some((id, msg));
+    fn deliver(&mut self, msg: Msg) -> Option<(RecvId, Msg, Want)> {
+        if let Some(i) = self.posted.iter().position(|r| r.pat.matches(&msg)) {
+            let r = self.posted.remove(i).expect("index from position");
+            return Some((r.id, msg, r.want));
         }
         // In arrival order, ahead of everything that arrived after it (a fresh message has
         // the highest sequence so far and goes to the back).
@@ -152,9 +162,9 @@ impl Matcher {
     }
 
     /// Post a receive: the oldest matching queued message at once (with the id the receive
-    /// got), or the id it waits under.
+    /// got), or the id it waits under, wanting what `want` says.
     #[inline]
-    pub fn post(&mut self, pat: Pattern) -> (RecvId, Option<Msg>) {
+    pub fn post(&mut self, pat: Pattern, want: Want) -> (RecvId, Option<Msg>) {
         let id = self.new_id();
         // (Nothing queued, most often: no search.)
         if !self.unexpected.is_empty() {
@@ -162,8 +172,25 @@ impl Matcher {
                 return (id, self.unexpected.remove(i));
             }
         }
-        self.posted.push_back((id, pat));
+        self.posted.push_back(Posted { id, pat, want });
         (id, None)
+    }
+
+    /// Posted receive `id` now wants what `want` says; false if it is not posted.
+    pub fn set_want(&mut self, id: RecvId, want: Want) -> bool {
+        match self.posted.binary_search_by_key(&id, |r| r.id) {
+            Ok(i) => {
+                self.posted[i].want = want;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// What posted receive `id` wants (`None`: it is not posted).
+    pub fn want_of(&self, id: RecvId) -> Option<Want> {
+        let i = self.posted.binary_search_by_key(&id, |r| r.id).ok()?;
+        Some(self.posted[i].want)
     }
 
     /// The posted receive a data frame with header `h` would go to if it arrived now: the
@@ -171,8 +198,8 @@ impl Matcher {
     pub fn claimant(&self, h: &crate::wire::Header) -> Option<RecvId> {
         self.posted
             .iter()
-            .find(|(_, p)| p.matches_header(h))
-            .map(|&(id, _)| id)
+            .find(|r| r.pat.matches_header(h))
+            .map(|r| r.id)
     }
 
     /// Whether posted receive `id` is the [`Matcher::claimant`] of data frames with the
@@ -180,11 +207,11 @@ impl Matcher {
     #[inline]
     pub fn claims(&self, id: RecvId, pat: &Pattern) -> bool {
         // Most often the oldest: a window of receives posted in order.
-        if let Some((first, p)) = self.posted.front() {
-            if *first == id {
+        if let Some(first) = self.posted.front() {
+            if first.id == id {
                 return true;
             }
-            if p == pat {
+            if first.pat == *pat {
                 return false;
             }
         }
@@ -193,7 +220,7 @@ impl Matcher {
                 && (p.src == ANY_SOURCE || p.src == pat.src)
                 && (p.tag == ANY_TAG || p.tag == pat.tag)
         };
-        self.posted.iter().find(|(_, p)| wants(p)).map(|&(i, _)| i) == Some(id)
+        self.posted.iter().find(|r| wants(&r.pat)).map(|r| r.id) == Some(id)
     }
 
     /// Posted receive `id` takes the next data frame with the context, source and tag of
@@ -203,7 +230,7 @@ impl Matcher {
     #[inline(always)]
     pub fn take_claimed(&mut self, id: RecvId, pat: &Pattern) -> bool {
         // Most often the oldest: a window of receives posted in order.
-        if self.posted.front().is_some_and(|&(i, _)| i == id) {
+        if self.posted.front().is_some_and(|r| r.id == id) {
             self.posted.pop_front();
             return true;
         }
@@ -214,7 +241,7 @@ impl Matcher {
     #[inline]
     pub fn cancel(&mut self, id: RecvId) -> bool {
         // Most often the oldest (a receive that just took its message from the stream).
-        if self.posted.front().is_some_and(|&(i, _)| i == id) {
+        if self.posted.front().is_some_and(|r| r.id == id) {
             return self.posted.pop_front().is_some();
         }
         self.cancel_inside(id)
@@ -223,9 +250,9 @@ impl Matcher {
     /// [`Matcher::cancel`] of a receive that is not the oldest.
     #[inline(never)]
     fn cancel_inside(&mut self, id: RecvId) -> bool {
-        match self.posted.iter().position(|(i, _)| *i == id) {
-            Some(i) => self.posted.remove(i).is_some(),
-            None => false,
+        match self.posted.binary_search_by_key(&id, |r| r.id) {
+            Ok(i) => self.posted.remove(i).is_some(),
+            Err(_) => false,
         }
     }
 
@@ -278,25 +305,31 @@ mod tests {
         assert!(m.incoming(msg(1, 5, 1)).is_none());
         assert!(m.incoming(msg(2, 5, 2)).is_none());
         assert!(m.incoming(msg(1, 5, 3)).is_none());
-        assert_eq!(first_byte(&m.post(pat(1, 5)).1.unwrap()), 1);
-        assert_eq!(first_byte(&m.post(pat(ANY_SOURCE, 5)).1.unwrap()), 2);
-        assert_eq!(first_byte(&m.post(pat(1, ANY_TAG)).1.unwrap()), 3);
-        assert!(m.post(pat(1, 5)).1.is_none());
+        assert_eq!(first_byte(&m.post(pat(1, 5), Want::Bytes).1.unwrap()), 1);
+        assert_eq!(
+            first_byte(&m.post(pat(ANY_SOURCE, 5), Want::Bytes).1.unwrap()),
+            2
+        );
+        assert_eq!(
+            first_byte(&m.post(pat(1, ANY_TAG), Want::Bytes).1.unwrap()),
+            3
+        );
+        assert!(m.post(pat(1, 5), Want::Bytes).1.is_none());
     }
 
     #[test]
     fn posted_receives_match_in_post_order_and_respect_context() {
         let mut m = Matcher::default();
-        let (a, _) = m.post(pat(ANY_SOURCE, ANY_TAG));
-        let (b, _) = m.post(pat(3, 7));
+        let (a, _) = m.post(pat(ANY_SOURCE, ANY_TAG), Want::Bytes);
+        let (b, _) = m.post(pat(3, 7), Want::Bytes);
         let other_ctx = Msg {
             ctx: 9,
             ..msg(3, 7, 0)
         };
         assert!(m.incoming(other_ctx).is_none());
-        let (id, got) = m.incoming(msg(3, 7, 10)).unwrap();
+        let (id, got, _) = m.incoming(msg(3, 7, 10)).unwrap();
         assert_eq!((id, first_byte(&got)), (a, 10));
-        let (id, got) = m.incoming(msg(3, 7, 11)).unwrap();
+        let (id, got, _) = m.incoming(msg(3, 7, 11)).unwrap();
         assert_eq!((id, first_byte(&got)), (b, 11));
         let ctx9 = Pattern {
             ctx: 9,
@@ -311,32 +344,38 @@ mod tests {
         let mut m = Matcher::default();
         m.incoming(msg(0, 1, 1)); // A
         m.incoming(msg(0, 2, 2)); // B
-        let b = m.post(pat(0, 2)).1.unwrap();
+        let b = m.post(pat(0, 2), Want::Bytes).1.unwrap();
         assert!(m.incoming_front(b).is_none());
         // A was sent first and still comes first for a wildcard receive.
-        assert_eq!(first_byte(&m.post(pat(0, ANY_TAG)).1.unwrap()), 1);
-        assert_eq!(first_byte(&m.post(pat(0, ANY_TAG)).1.unwrap()), 2);
+        assert_eq!(
+            first_byte(&m.post(pat(0, ANY_TAG), Want::Bytes).1.unwrap()),
+            1
+        );
+        assert_eq!(
+            first_byte(&m.post(pat(0, ANY_TAG), Want::Bytes).1.unwrap()),
+            2
+        );
         // A message put back goes to a posted receive that wants it.
-        let (r2, _) = m.post(pat(2, 5));
-        let (_, got) = m.post(pat(ANY_SOURCE, ANY_TAG));
+        let (r2, _) = m.post(pat(2, 5), Want::Bytes);
+        let (_, got) = m.post(pat(ANY_SOURCE, ANY_TAG), Want::Bytes);
         assert!(got.is_none());
         let c = Msg {
             seq: 0,
             ..msg(2, 5, 9)
         };
         // Of the two waiting receives that match, the one posted first takes it.
-        let (id, _) = m.incoming_front(c).unwrap();
+        let (id, _, _) = m.incoming_front(c).unwrap();
         assert_eq!(id, r2);
     }
 
     #[test]
     fn cancel_withdraws_only_posted_receives() {
         let mut m = Matcher::default();
-        let (a, _) = m.post(pat(0, 0));
+        let (a, _) = m.post(pat(0, 0), Want::Bytes);
         assert!(m.cancel(a));
         assert!(!m.cancel(a));
         assert!(m.incoming(msg(0, 0, 4)).is_none());
-        assert_eq!(first_byte(&m.post(pat(0, 0)).1.unwrap()), 4);
+        assert_eq!(first_byte(&m.post(pat(0, 0), Want::Bytes).1.unwrap()), 4);
     }
 
     proptest! {
@@ -352,7 +391,7 @@ mod tests {
                 .iter()
                 .map(|&(src, tag, ctx)| {
                     let p = Pattern { ctx, src, tag };
-                    (m.post(p).0, p)
+                    (m.post(p, Want::Bytes).0, p)
                 })
                 .collect();
             let (id, pat) = ids[pick % ids.len()];
@@ -397,6 +436,13 @@ mod tests {
         Land(usize),
         /// Take the k-th matched message and put it back.
         PutBack(usize),
+        /// The k-th receive posted so far (if still waiting) wants this now.
+        SetWant(usize, u8),
+    }
+
+    /// The want of a code (receives are posted with `want(index)`).
+    fn want(code: usize) -> Want {
+        [Want::Bytes, Want::Later, Want::Now][code % 3]
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -406,6 +452,7 @@ mod tests {
             1 => (0usize..16).prop_map(Op::Cancel),
             2 => (0usize..16).prop_map(Op::Land),
             1 => (0usize..16).prop_map(Op::PutBack),
+            1 => (0usize..16, 0u8..3).prop_map(|(k, w)| Op::SetWant(k, w)),
         ]
     }
 
@@ -456,6 +503,8 @@ mod tests {
             // carried in the payload).
             let mut ids: Vec<RecvId> = Vec::new();
             let mut held: Vec<(usize, Msg)> = Vec::new(); // (receive index, message)
+            // What each receive wants: a match hands back the receive's own.
+            let mut wants: Vec<Want> = Vec::new();
             for op in ops {
                 match op {
                     Op::Arrive { src, tag, ctx } => {
@@ -473,8 +522,9 @@ mod tests {
                         let want = model.offer(n);
                         match (got, want) {
                             (None, None) => {}
-                            (Some((id, x)), Some(ri)) => {
+                            (Some((id, x, w)), Some(ri)) => {
                                 prop_assert_eq!(id, ids[ri]);
+                                prop_assert_eq!(w, wants[ri]);
                                 held.push((ri, x));
                             }
                             (g, w) => prop_assert!(false, "arrival {n}: matcher {:?}, model {w:?}", g.map(|g| g.0)),
@@ -482,7 +532,8 @@ mod tests {
                     }
                     Op::Post { src, tag, ctx } => {
                         let p = Pattern { ctx, src, tag };
-                        let (id, got) = m.post(p);
+                        let (id, got) = m.post(p, want(ids.len()));
+                        wants.push(want(ids.len()));
                         ids.push(id);
                         let ri = ids.len() - 1;
                         let want = model.post(p);
@@ -531,6 +582,16 @@ mod tests {
                             }
                         }
                     }
+                    Op::SetWant(k, w) => {
+                        if k < ids.len() {
+                            let waiting = model.recvs[k].2;
+                            prop_assert_eq!(m.want_of(ids[k]), waiting.then_some(wants[k]));
+                            prop_assert_eq!(m.set_want(ids[k], want(w.into())), waiting);
+                            if waiting {
+                                wants[k] = want(w.into());
+                            }
+                        }
+                    }
                     Op::PutBack(k) => {
                         if k < held.len() {
                             let (ri, x) = held.remove(k);
@@ -540,8 +601,9 @@ mod tests {
                             let want = model.offer(mi);
                             match (got, want) {
                                 (None, None) => {}
-                                (Some((id, x)), Some(ri)) => {
+                                (Some((id, x, w)), Some(ri)) => {
                                     prop_assert_eq!(id, ids[ri]);
+                                    prop_assert_eq!(w, wants[ri]);
                                     held.push((ri, x));
                                 }
                                 (g, w) => prop_assert!(false, "put back {mi}: matcher {:?}, model {w:?}", g.map(|g| g.0)),

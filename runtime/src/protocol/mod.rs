@@ -259,8 +259,6 @@ pub(crate) struct Protocol {
     copies: VecDeque<(usize, u64)>,
     /// Matched rendezvous receives nobody is pulling, oldest first (may hold stale ids).
     pulls: VecDeque<RecvId>,
-    /// Posted receives that are not `Want::Bytes` (few at a time).
-    wants: VecDeque<(RecvId, Want)>,
     /// Parts of our rendezvous sends their receivers offered us to write (`Cts`).
     pushes: VecDeque<PushJob>,
     /// Large frame buffers already written out, for the next copies: a fresh large
@@ -288,7 +286,6 @@ impl Protocol {
             streams: HashMap::default(),
             copies: VecDeque::new(),
             pulls: VecDeque::new(),
-            wants: VecDeque::new(),
             pushes: VecDeque::new(),
             spare: Vec::new(),
         }
@@ -744,13 +741,12 @@ impl Protocol {
 
     /// A message to match (arrived, or sent to ourselves).
     fn arrived(&mut self, msg: Msg) {
-        if let Some((id, msg)) = self.matcher.incoming(msg) {
-            self.matched(id, msg, Want::Bytes);
+        if let Some((id, msg, want)) = self.matcher.incoming(msg) {
+            self.matched(id, msg, want);
         }
     }
 
     fn matched(&mut self, id: RecvId, msg: Msg, want: Want) {
-        let want = self.forget_want(id).unwrap_or(want);
         if matches!(msg.body, Body::Remote { .. }) {
             self.recvs.insert(id, Slot::NeedPull { msg, want });
             // Listed for every taker: progress takes those it may (`claim_pull`), an owner
@@ -766,20 +762,14 @@ impl Protocol {
     /// it matched is in the table, to be pulled, as `want` says).
     #[inline]
     pub(crate) fn post(&mut self, pat: Pattern, want: Want) -> Result<Msg, RecvId> {
-        let (id, got) = self.matcher.post(pat);
+        let (id, got) = self.matcher.post(pat, want);
         match got {
             Some(m) if !matches!(m.body, Body::Remote { .. }) => Ok(m),
             Some(m) => {
                 self.matched(id, m, want);
                 Err(id)
             }
-            None => {
-                if want != Want::Bytes {
-                    // The newest id: the list stays in id order.
-                    self.wants.push_back((id, want));
-                }
-                Err(id)
-            }
+            None => Err(id),
         }
     }
 
@@ -818,9 +808,7 @@ impl Protocol {
             Some(Slot::NeedPull { want, .. }) => *want = Want::Now,
             Some(_) => {}
             None => {
-                self.forget_want(id);
-                let at = self.wants.partition_point(|&(d, _)| d < id);
-                self.wants.insert(at, (id, Want::Now));
+                self.matcher.set_want(id, Want::Now);
             }
         }
     }
@@ -832,30 +820,11 @@ impl Protocol {
             Some(Slot::NeedPull { want, .. }) if *want == Want::Now => *want = Want::Later,
             Some(_) => {}
             None => {
-                if self.forget_want(id).is_some() {
-                    let at = self.wants.partition_point(|&(d, _)| d < id);
-                    self.wants.insert(at, (id, Want::Later));
+                if self.matcher.want_of(id) == Some(Want::Now) {
+                    self.matcher.set_want(id, Want::Later);
                 }
             }
         }
-    }
-
-    /// Forget what a posted receive wanted; what it was, if not `Want::Bytes`.
-    #[inline]
-    fn forget_want(&mut self, id: RecvId) -> Option<Want> {
-        // In id order, and receives mostly finish in the order they were posted: the
-        // oldest is the one at the front.
-        if self.wants.front().is_some_and(|&(d, _)| d == id) {
-            return self.wants.pop_front().map(|(_, w)| w);
-        }
-        self.forget_want_inside(id)
-    }
-
-    /// [`Protocol::forget_want`] of a receive that is not the oldest.
-    #[inline(never)]
-    fn forget_want_inside(&mut self, id: RecvId) -> Option<Want> {
-        let i = self.wants.binary_search_by_key(&id, |&(d, _)| d).ok()?;
-        self.wants.remove(i).map(|(_, w)| w)
     }
 
     /// A matched rendezvous receive no one is pulling, for a waiting thread to pull into a
@@ -959,7 +928,6 @@ impl Protocol {
     /// Withdraw receive `id` (its request was dropped or its wait failed). A message it
     /// matched goes back to matching, in its place.
     pub(crate) fn cancel(&mut self, id: RecvId) {
-        self.forget_want(id);
         if self.matcher.cancel(id) {
             return;
         }
@@ -989,8 +957,8 @@ impl Protocol {
 
     /// A matched message the taker did not consume goes back to matching, in its place.
     pub(crate) fn put_back(&mut self, msg: Msg) {
-        if let Some((id, msg)) = self.matcher.incoming_front(msg) {
-            self.matched(id, msg, Want::Bytes);
+        if let Some((id, msg, want)) = self.matcher.incoming_front(msg) {
+            self.matched(id, msg, want);
         }
     }
 
@@ -1035,18 +1003,13 @@ impl Protocol {
     /// ([`Protocol::claims`]): it is done. Whether it took it.
     #[inline(always)]
     pub(crate) fn land_claimed(&mut self, id: RecvId, pat: &Pattern) -> bool {
-        if !self.matcher.take_claimed(id, pat) {
-            return false;
-        }
-        self.forget_want(id);
-        true
+        self.matcher.take_claimed(id, pat)
     }
 
     /// Posted receive `id` took its message (the next frame of the sender's stream, which
     /// [`Protocol::claimed_by`] gave it) straight into its owner's buffer: it is done.
     #[inline]
     pub(crate) fn landed(&mut self, id: RecvId) {
-        self.forget_want(id);
         self.matcher.cancel(id);
     }
 
