@@ -1763,7 +1763,7 @@ fn poll_halo(w: &Comm) -> R {
 fn shared_pull(w: &Comm) -> R {
     let (me, n) = (w.rank(), w.size());
     let mode = std::env::args().nth(2).unwrap_or_default();
-    // All rendezvous messages at the default threshold (128 KiB): 256 KiB, an odd size,
+    // All rendezvous messages at the default threshold (256 KiB): 256 KiB, an odd size,
     // 1 MiB + 1, 4 MiB.
     let sizes = [256 << 10, 300_007, (1 << 20) + 1, 4 << 20];
     let byte = |from: usize, k: usize, i: usize| (from * 131 + k * 17 + i * 7 + i / 4099) as u8;
