@@ -83,25 +83,22 @@ impl Tuning {
     }
 }
 
-/// The rendezvous threshold when none is set: 256 KiB where the shared-memory rings are
-/// 1 MiB (jobs of up to 8 ranks), 64 KiB where they are 512 KiB (up to 11 ranks), else
-/// 32 KiB. Below it a message is copied twice (into the ring, and out of it, straight
-/// into a receive waiting for it, which waits for the whole frame in the ring), by the two
-/// ranks at once; from it, once, by the receiver (`process_vm_readv`) and, from
-/// `share_pull` (128 KiB), half of it by the sender (`process_vm_writev`) at the same time.
-/// A pull pins every page it copies, which costs a quarter of its time; the two copies
-/// through the ring stay in the caches. On two cores (see BENCHMARKS.md), 128 and 192 KiB
-/// messages went faster eager (one-way 3.0-3.4 against 7.7-9.2 us at 128 KiB, 4.7 against
-/// 10-12 us at 192 KiB; streaming 1.1-2.5x at 128 KiB, level at 192 KiB; a 4-rank 512 KiB
-/// all-reduce 2.2-2.6x), while streaming 256 KiB went faster as pulls (10.1-15.0 against
-/// 9.6-11.9 GB/s, a window of 64 of them filling the ring), though one at a time it is
-/// still twice as fast eager.
+/// The rendezvous threshold when none is set: a quarter of the shared-memory rings, and at
+/// least 32 KiB. That is 256 KiB in jobs of up to 8 ranks (1 MiB rings), 128 KiB up to 11
+/// ranks, 64 KiB up to 16, else 32 KiB. Below it a message is copied twice (into the ring,
+/// and out of it, straight into a receive waiting for it, which waits for the whole frame
+/// in the ring), by the two ranks at once; from it, once, by the receiver
+/// (`process_vm_readv`) and, from `share_pull` (128 KiB), half of it by the sender
+/// (`process_vm_writev`) at the same time. A pull pins every page it copies, which costs a
+/// quarter of its time; the two copies through the ring stay in the caches. On two cores
+/// (see BENCHMARKS.md), with 1 MiB rings, 128 and 192 KiB messages went faster eager
+/// (one-way 3.0-3.4 against 7.7-9.2 us at 128 KiB, 4.7 against 10-12 us at 192 KiB;
+/// streaming 1.1-2.5x at 128 KiB, level at 192 KiB; a 4-rank 512 KiB all-reduce
+/// 2.2-2.6x), while streaming 256 KiB went faster as pulls (a window of 64 of them fills
+/// the ring), though one at a time it is still twice as fast eager. With 512 KiB rings (10
+/// ranks) 64 KiB, and with 256 KiB rings (12 ranks) 32-64 KiB, went faster eager both ways.
 fn default_threshold(ranks: usize) -> usize {
-    match crate::transport::shm::ring_capacity(ranks) {
-        c if c >= 1 << 20 => 256 << 10,
-        c if c >= 512 << 10 => 64 << 10,
-        _ => 32 << 10,
-    }
+    (crate::transport::shm::ring_capacity(ranks) / 4).max(32 << 10)
 }
 
 /// Everything the progress layer mutates, behind one mutex.
@@ -2498,10 +2495,16 @@ mod tests {
     #[test]
     fn the_rendezvous_threshold_follows_the_rings_unless_set() {
         let cfg = crate::config::Tuning::default();
+        // A quarter of the rings: 1 MiB up to 8 ranks, 512 KiB up to 11, 256 KiB up to 16.
         assert_eq!(Tuning::resolve(&cfg, 2).rendezvous_threshold, 256 << 10);
         assert_eq!(Tuning::resolve(&cfg, 8).rendezvous_threshold, 256 << 10);
-        assert_eq!(Tuning::resolve(&cfg, 11).rendezvous_threshold, 64 << 10);
-        // Small rings (64 ranks: 64 KiB each): a 48 KiB message would not fit twice.
+        assert_eq!(Tuning::resolve(&cfg, 9).rendezvous_threshold, 128 << 10);
+        assert_eq!(Tuning::resolve(&cfg, 11).rendezvous_threshold, 128 << 10);
+        assert_eq!(Tuning::resolve(&cfg, 12).rendezvous_threshold, 64 << 10);
+        assert_eq!(Tuning::resolve(&cfg, 16).rendezvous_threshold, 64 << 10);
+        assert_eq!(Tuning::resolve(&cfg, 17).rendezvous_threshold, 32 << 10);
+        // Small rings (64 ranks: 64 KiB each): a 48 KiB message would not fit twice; no
+        // lower than 32 KiB.
         assert_eq!(Tuning::resolve(&cfg, 64).rendezvous_threshold, 32 << 10);
         let set = crate::config::Tuning {
             rendezvous_threshold: Some(1),
