@@ -83,8 +83,8 @@ impl Tuning {
     }
 }
 
-/// The rendezvous threshold when none is set: a quarter of the shared-memory rings, and at
-/// least 32 KiB. That is 256 KiB in jobs of up to 8 ranks (1 MiB rings), 128 KiB up to 11
+/// The rendezvous threshold when none is set: a quarter of a shared-memory ring's size, and
+/// at least 32 KiB. That is 256 KiB in jobs of up to 8 ranks (1 MiB rings), 128 KiB up to 11
 /// ranks, 64 KiB up to 16, else 32 KiB. Below it a message is copied twice (into the ring,
 /// and out of it, straight into a receive waiting for it, which waits for the whole frame
 /// in the ring), by the two ranks at once; from it, once, by the receiver
